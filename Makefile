@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench bench-endpoints mariadb clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+mariadb:
+	@scripts/ensure-mariadb.sh
+
+demo: $(STAMP) mariadb
+	$(VENV)/bin/cdc-scorer demo
+
+test: $(STAMP) mariadb
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cdc_scorer tests benchmarks
+	$(VENV)/bin/ruff format --check cdc_scorer tests benchmarks
+	$(VENV)/bin/mypy
+
+bench-endpoints: $(STAMP)
+	$(PY) -m benchmarks.endpoints_capacity
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from cdc_scorer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Command line: ``cdc-scorer serve-models | init | run | check | status | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+
+from cdc_scorer import __version__
+from cdc_scorer.errors import CdcScorerError, ConfigError
+
+
+def _serve_models(args: argparse.Namespace) -> int:
+    from cdc_scorer.local.endpoints import (
+        DEFAULT_ENDPOINT,
+        ModelServer,
+        ModelServerConfig,
+        parse_endpoint_spec,
+        serve_forever,
+    )
+
+    try:
+        endpoints = dict(parse_endpoint_spec(s) for s in (args.endpoint or [DEFAULT_ENDPOINT]))
+        server = ModelServer(
+            ModelServerConfig(endpoints=endpoints, variant=args.variant, seed=args.seed)
+        )
+        flags = {
+            "latency_ms": args.latency_ms,
+            "latency_per_row_ms": args.latency_per_row_ms,
+            "latency_jitter_ms": args.latency_jitter_ms,
+            "throttle_rate": args.throttle_rate,
+            "error_5xx_rate": args.error_5xx_rate,
+            "model_error_rate": args.model_error_rate,
+        }
+        server.set_faults({"all": {k: v for k, v in flags.items() if v is not None}})
+        if args.faults:
+            server.set_faults(json.loads(args.faults))
+    except ValueError as exc:
+        print(f"cdc-scorer serve-models: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(server, args.host, args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdc-scorer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cdc-scorer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve-models",
+        help="local SageMaker Runtime + Comprehend endpoints backed by real models",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="NAME[=FORM]",
+        help="a SageMaker endpoint to serve (repeatable); FORM is predicted_label | "
+        "predicted_label,probability (default) | probabilities",
+    )
+    serve.add_argument("--variant", default="AllTraffic", help="production variant name")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
+    for flag, meaning in (
+        ("latency-ms", "added latency per call"),
+        ("latency-per-row-ms", "added latency per row/document"),
+        ("latency-jitter-ms", "uniform random extra latency up to this"),
+        ("throttle-rate", "probability of a throttling error per call"),
+        ("error-5xx-rate", "probability of a 500/503 per call"),
+        ("model-error-rate", "probability of ModelError (SageMaker) / an ErrorList item"),
+    ):
+        serve.add_argument(f"--{flag}", type=float, default=None, help=f"{meaning}, all services")
+    serve.add_argument(
+        "--faults",
+        metavar="JSON",
+        help='per-service faults as for POST /_local/faults, e.g. \'{"sagemaker": '
+        '{"latency_ms": 15}}\'',
+    )
+    serve.set_defaults(handler=_serve_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print("cdc-scorer: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except CdcScorerError as exc:
+        print(f"cdc-scorer: {exc}", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,1 @@
+"""The embedded default: a private MariaDB, local model endpoints, demo data and models."""

@@ -1,0 +1,249 @@
+"""The one launcher of a private MariaDB with row binlog (used by demo, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import pymysql
+
+from cdc_scorer.errors import FatalError
+
+_SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec")
+
+# Settings every private instance gets; the binlog ones are what cdc-scorer needs (§6).
+ROW_BINLOG_ARGS: tuple[str, ...] = (
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+)
+
+
+def _find_binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+        for directory in _SEARCH_DIRS:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise FatalError(
+        f"{names[0]} not found: install the MariaDB server "
+        "(apt-get install -y mariadb-server) to run the embedded default"
+    )
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class MariaDBServer:
+    """How to reach a running private MariaDB."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    server_id: int
+    datadir: Path
+    socket_path: Path
+
+    def connect(
+        self, database: str | None = None, connect_timeout: float = 10
+    ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        """An autocommit utf8mb4 connection as the root user (tests and the demo)."""
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=connect_timeout,
+        )
+
+
+@dataclass
+class PrivateMariaDB:
+    """A throw-away ``mariadbd`` on a free loopback port, in its own directory.
+
+    ``binlog_args`` defaults to a full row binlog; tests pass others (``--binlog-format=STATEMENT``,
+    or none with ``log_bin=False``) to provoke the preflight errors.
+    """
+
+    basedir: Path | None = None
+    server_id: int = 1
+    log_bin: bool = True
+    binlog_args: tuple[str, ...] = ROW_BINLOG_ARGS
+    extra_args: tuple[str, ...] = ()
+    start_timeout_s: float = 30.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _owned_dir: tempfile.TemporaryDirectory[str] | None = field(
+        default=None, init=False, repr=False
+    )
+    _server: MariaDBServer | None = field(default=None, init=False, repr=False)
+
+    @property
+    def server(self) -> MariaDBServer:
+        if self._server is None:
+            raise RuntimeError("the private MariaDB is not started")
+        return self._server
+
+    def _directory(self) -> Path:
+        if self.basedir is None:
+            self._owned_dir = tempfile.TemporaryDirectory(prefix="cdc-scorer-mariadb-")
+            self.basedir = Path(self._owned_dir.name)
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        return self.basedir
+
+    def start(self) -> MariaDBServer:
+        """Install (first time) and start the server; return once it accepts connections."""
+        base = self._directory()
+        datadir = base / "data"
+        if not (datadir / "mysql").is_dir():
+            self._install(datadir)
+        last_error = ""
+        for _ in range(3):  # the free port may be taken between probe and bind
+            port = free_port()
+            server = MariaDBServer(
+                host="127.0.0.1",
+                port=port,
+                user="root",
+                password="",
+                server_id=self.server_id,
+                datadir=datadir,
+                socket_path=base / "mariadbd.sock",
+            )
+            self._process = self._spawn(server, base)
+            try:
+                self._wait_ready(server, base)
+            except _PortTaken as exc:
+                last_error = str(exc)
+                self._process.wait(timeout=10)
+                continue
+            self._server = server
+            return server
+        raise FatalError(f"private MariaDB could not bind a port: {last_error}")
+
+    def _install(self, datadir: Path) -> None:
+        install_db = _find_binary("mariadb-install-db", "mysql_install_db")
+        args = [
+            install_db,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FatalError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
+
+    def _spawn(self, server: MariaDBServer, base: Path) -> subprocess.Popen[bytes]:
+        args = [
+            _find_binary("mariadbd", "mysqld"),
+            "--no-defaults",
+            f"--datadir={server.datadir}",
+            f"--port={server.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={server.socket_path}",
+            f"--pid-file={base / 'mariadbd.pid'}",
+            f"--log-error={base / 'mariadbd.err'}",
+            f"--server-id={server.server_id}",
+            # --no-defaults starts in latin1; 4-byte text would fail with error 1366 (§7).
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            "--skip-name-resolve",
+            "--performance-schema=OFF",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+            "--max-connections=300",
+        ]
+        if self.log_bin:
+            args += [f"--log-bin={server.datadir / 'binlog'}", *self.binlog_args]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        args += list(self.extra_args)
+        return subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def _wait_ready(self, server: MariaDBServer, base: Path) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                log = _tail(base / "mariadbd.err")
+                if "Address already in use" in log or "Can't start server: Bind" in log:
+                    raise _PortTaken(log)
+                raise FatalError(f"private MariaDB exited at start-up: {log}")
+            try:
+                server.connect(connect_timeout=1).close()
+                return
+            except pymysql.err.OperationalError:
+                time.sleep(0.05)
+        self.stop()
+        raise FatalError(f"private MariaDB did not accept connections in {self.start_timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash tests); the data directory is kept."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Shut the server down cleanly (SIGTERM, then SIGKILL after 30 s); keep the data."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._process = None
+
+    def close(self) -> None:
+        """Stop and remove the directory if this launcher created it."""
+        self.stop()
+        if self._owned_dir is not None:
+            with contextlib.suppress(OSError):
+                self._owned_dir.cleanup()
+            self._owned_dir = None
+
+    def __enter__(self) -> MariaDBServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no error log)"
