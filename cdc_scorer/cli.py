@@ -8,6 +8,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cdc_scorer import __version__
 from cdc_scorer.errors import CdcScorerError, ConfigError
@@ -43,6 +44,64 @@ def _serve_models(args: argparse.Namespace) -> int:
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(server, args.host, args.port))
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+    from cdc_scorer.db import connect
+    from cdc_scorer.schema import init_schema
+
+    spec = load_config(args.config)
+    conn = connect(spec.source)
+    try:
+        statements = init_schema(conn, spec)
+    finally:
+        conn.close()
+    print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+    from cdc_scorer.logs import configure_logging
+
+    spec = load_config(args.config)
+    configure_logging(args.log_format)
+    return asyncio.run(run_daemon(spec))
+
+
+async def run_daemon(spec: Any) -> int:
+    """Run until SIGTERM/SIGINT; drain within the grace period; 0 on a clean stop."""
+    import signal
+
+    from cdc_scorer.app import ScorerApp
+
+    app = ScorerApp(spec)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        app.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    task = asyncio.create_task(app.run())
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        try:
+            await asyncio.wait_for(task, spec.shutdown_grace_s)
+        except TimeoutError:
+            print(
+                f"cdc-scorer: shutdown grace of {spec.shutdown_grace_s}s exceeded; "
+                "uncommitted batches will be replayed at the next start",
+                file=sys.stderr,
+            )
+            return 1
+    stop_wait.cancel()
+    task.result()
     return 0
 
 
@@ -82,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         '{"latency_ms": 15}}\'',
     )
     serve.set_defaults(handler=_serve_models)
+
+    init = commands.add_parser("init", help="create the scorer's tables and views (idempotent)")
+    init.add_argument("--config", required=True, help="TOML configuration file")
+    init.set_defaults(handler=_init)
+
+    run = commands.add_parser("run", help="the daemon: binlog → models → prediction tables")
+    run.add_argument("--config", required=True, help="TOML configuration file")
+    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    run.set_defaults(handler=_run)
     return parser
 
 

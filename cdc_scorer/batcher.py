@@ -1,0 +1,184 @@
+"""Per-pipeline accumulator: max rows / max bytes / linger, dedupe by key, skip no-op updates.
+
+Consumes source items in order and emits :class:`Batch`es in order. A batch's checkpoint is the
+last transaction boundary seen when it was cut: every row before that boundary is in this batch
+or an earlier one, so committing it with the batch is exactly right even when a large
+transaction spans many batches (the partial transaction is replayed after a crash, and
+re-applying a prediction is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import replace
+
+from cdc_scorer.records import (
+    Batch,
+    Checkpoint,
+    Commit,
+    Gtid,
+    Op,
+    Position,
+    RowChange,
+    SnapshotProgress,
+    SourceItem,
+)
+from cdc_scorer.spec import PipelineSpec
+
+CHECKPOINT_ONLY_INTERVAL_S = 1.0
+END = None
+
+
+class Batcher:
+    def __init__(
+        self,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        checkpoint: Checkpoint,
+        inbox: asyncio.Queue[tuple[SourceItem, ...] | None],
+        outbox: asyncio.Queue[Batch | None],
+        *,
+        applied: Position | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._inputs = pipeline.input_columns
+        self._key_columns = key_columns
+        self._checkpoint = checkpoint
+        # Transactions at or before the pipeline's own checkpoint were applied already (the
+        # shared reader starts at the oldest checkpoint of all pipelines).
+        self._applied = applied if applied is not None else checkpoint.position
+        self._inbox = inbox
+        self._outbox = outbox
+        self._pending: dict[tuple[object, ...], RowChange] = {}
+        self._pending_bytes = 0
+        self._first_at = 0.0
+        self._skipped: Counter[str] = Counter()
+        self._sequence = 0
+        self._emitted_checkpoint = checkpoint
+        self._last_emit = time.monotonic()
+
+    async def run(self) -> None:
+        linger = self._pipeline.batching.linger_s
+        while True:
+            timeout = None
+            if self._pending:
+                timeout = max(0.0, self._first_at + linger - time.monotonic())
+            try:
+                items = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                await self._flush()
+                continue
+            if items is END:
+                await self._flush(force_checkpoint=True)
+                await self._outbox.put(END)
+                return
+            for item in items:
+                await self._accept(item)
+
+    async def _accept(self, item: SourceItem) -> None:
+        if isinstance(item, RowChange):
+            if (
+                item.gtid is not None
+                and self._applied is not None
+                and self._applied.includes(item.gtid)
+            ):
+                return
+            self._add(item)
+            batching = self._pipeline.batching
+            if len(self._pending) >= batching.max_rows or self._pending_bytes >= batching.max_bytes:
+                await self._flush()
+        elif isinstance(item, Commit):
+            if (
+                item.gtid is not None
+                and self._applied is not None
+                and self._applied.includes(item.gtid)
+            ):
+                return
+            self._checkpoint = replace(self._checkpoint, position=item.position)
+            if (
+                not self._pending
+                and time.monotonic() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S
+            ):
+                await self._flush(force_checkpoint=True)
+        elif isinstance(item, SnapshotProgress):
+            if item.done:
+                self._checkpoint = Checkpoint(
+                    position=self._checkpoint.snapshot_position,
+                    snapshot_state="done",
+                    snapshot_cursor=item.cursor,
+                    snapshot_position=self._checkpoint.snapshot_position,
+                )
+            else:
+                self._checkpoint = replace(self._checkpoint, snapshot_cursor=item.cursor)
+            await self._flush(force_checkpoint=True)
+
+    def _add(self, change: RowChange) -> None:
+        if change.op is Op.UPDATE and change.before is not None:
+            old_key = tuple(change.before.get(c) for c in self._key_columns)
+            if old_key != change.key:
+                # A key change is a delete of the old key and an insert of the new one.
+                self._put(
+                    RowChange(
+                        Op.DELETE,
+                        change.table,
+                        old_key,
+                        change.before,
+                        change.gtid,
+                        change.committed_at,
+                    )
+                )
+            elif all(change.before.get(c) == change.values.get(c) for c in self._inputs):
+                self._skipped["unchanged_inputs"] += 1
+                return
+        self._put(change)
+
+    def _put(self, change: RowChange) -> None:
+        if not self._pending:
+            self._first_at = time.monotonic()
+        previous = self._pending.pop(change.key, None)
+        if previous is not None:
+            self._skipped["superseded"] += 1  # last version wins within a batch
+        self._pending[change.key] = change
+        self._pending_bytes += sum(len(str(change.values.get(c))) + 1 for c in self._inputs)
+
+    async def _flush(self, force_checkpoint: bool = False) -> None:
+        if not self._pending and not (
+            force_checkpoint and self._checkpoint != self._emitted_checkpoint
+        ):
+            return
+        changes = list(self._pending.values())
+        batch = Batch(
+            sequence=self._sequence,
+            upserts=tuple(c for c in changes if c.op is not Op.DELETE),
+            deletes=tuple(c for c in changes if c.op is Op.DELETE),
+            checkpoint=self._checkpoint,
+            rows_skipped=dict(self._skipped),
+        )
+        self._sequence += 1
+        self._pending = {}
+        self._pending_bytes = 0
+        self._skipped = Counter()
+        self._emitted_checkpoint = self._checkpoint
+        self._last_emit = time.monotonic()
+        await self._outbox.put(batch)
+
+
+def start_position(checkpoints: list[Checkpoint], fallback: Position) -> Position:
+    """The oldest position any pipeline still needs (per GTID domain)."""
+    positions = [c.position for c in checkpoints if c.position is not None]
+    if not positions:
+        return fallback
+    if any(p.log_file is not None for p in positions):
+        return min(positions, key=lambda p: (p.log_file or "", p.log_pos or 0))
+    seen_by: Counter[int] = Counter()
+    lowest: dict[int, Gtid] = {}
+    for position in positions:
+        for gtid in position.gtids:
+            seen_by[gtid.domain] += 1
+            if gtid.domain not in lowest or gtid.seq < lowest[gtid.domain].seq:
+                lowest[gtid.domain] = gtid
+    # A domain some pipeline has not seen yet must be read from its start: leave it out.
+    kept = tuple(g for d, g in lowest.items() if seen_by[d] == len(positions))
+    return Position(positions[0].server_identity, tuple(sorted(kept)))

@@ -1,0 +1,73 @@
+"""Connections to the source database and the mapping of pymysql errors to ours."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import pymysql
+import pymysql.cursors
+
+from cdc_scorer.errors import CdcScorerError, FatalError, RetriableError
+from cdc_scorer.spec import SourceSpec
+
+if TYPE_CHECKING:
+    Connection: TypeAlias = pymysql.connections.Connection[pymysql.cursors.Cursor]
+else:
+    Connection = pymysql.connections.Connection
+
+# Client/server codes that a new attempt can cure.
+RETRIABLE_CODES = {
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1205,  # lock wait timeout
+    1213,  # deadlock
+    2002,
+    2003,  # cannot connect
+    2006,
+    2013,  # gone away / lost during query
+    2014,
+    2027,
+    2055,
+}
+FIXES = {
+    1044: "grant the scorer's user access to the database",
+    1045: "check [source] user and CDC_SCORER_SOURCE__PASSWORD",
+    1049: "create the database or fix [source] database",
+    1142: "grant the missing privilege (README: Grants)",
+    1146: "create the table, or run `cdc-scorer init` for the scorer's own tables",
+    1227: "grant REPLICATION SLAVE and BINLOG MONITOR (MariaDB) / REPLICATION CLIENT (MySQL)",
+    1236: "the checkpoint's binlog position is no longer on the server (purged or another "
+    "server): raise binlog retention and re-snapshot by deleting the pipeline's row in "
+    "cdc_scorer_checkpoint",
+}
+
+
+def map_error(exc: BaseException, doing: str) -> CdcScorerError:
+    """Our error for a pymysql exception raised while ``doing`` something."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    message = exc.args[1] if len(exc.args) > 1 else str(exc)
+    if isinstance(exc, pymysql.err.InterfaceError) or code in RETRIABLE_CODES:
+        return RetriableError(f"{doing}: MySQL error {code}: {message}", code=f"mysql_{code}")
+    fix = FIXES.get(code or 0)
+    return FatalError(f"{doing}: MySQL error {code}: {message}" + (f" — {fix}" if fix else ""))
+
+
+def connect(source: SourceSpec, *, database: bool = True, **extra: Any) -> Connection:
+    try:
+        return pymysql.connect(
+            host=source.host,
+            port=source.port,
+            user=source.user,
+            password=source.password,
+            database=source.database if database else None,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=int(source.connect_timeout_s),
+            **extra,
+        )
+    except pymysql.MySQLError as exc:
+        raise map_error(exc, f"connecting to {source.host}:{source.port}") from exc
+
+
+def quote(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"

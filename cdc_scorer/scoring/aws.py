@@ -1,0 +1,92 @@
+"""aiobotocore clients and the mapping of botocore errors to ours (the AWS boundary)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ReadTimeoutError,
+)
+
+from cdc_scorer.errors import CdcScorerError, FatalError, PoisonError, RetriableError
+from cdc_scorer.spec import AwsSpec
+
+RETRIABLE_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "ModelNotReadyException",
+    "InternalFailure",
+    "InternalServerException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalDependencyException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+POISON_CODES = {
+    "ModelError",
+    "InvalidRequestException",
+    "TextSizeLimitExceededException",
+    "BatchSizeLimitExceededException",
+    "UnsupportedLanguageException",
+}
+
+
+def create_client_context(service: str, aws: AwsSpec, pool_size: int) -> Any:
+    """An async context manager of an aiobotocore client; retries are ours, not botocore's."""
+    config = AioConfig(
+        retries={"total_max_attempts": 1},
+        max_pool_connections=max(10, pool_size),
+        read_timeout=aws.call_timeout_s,
+        connect_timeout=min(10.0, aws.call_timeout_s),
+    )
+    kwargs: dict[str, Any] = {"config": config}
+    if aws.region:
+        kwargs["region_name"] = aws.region
+    if aws.endpoint_url:
+        kwargs["endpoint_url"] = aws.endpoint_url
+    try:
+        return get_session().create_client(service, **kwargs)
+    except NoRegionError as exc:
+        raise FatalError("no AWS region: set AWS_REGION or [aws] region") from exc
+
+
+def map_aws_error(exc: BaseException, doing: str) -> CdcScorerError:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        message = str(error.get("Message", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code == "ModelError":
+            original = exc.response.get("OriginalMessage") or message
+            return PoisonError(f"{doing}: ModelError: {original}", reason="model_error")
+        if code in POISON_CODES:
+            return PoisonError(f"{doing}: {code}: {message}", reason=_snake(code))
+        if code in RETRIABLE_CODES or status >= 500 or status == 429:
+            return RetriableError(f"{doing}: {code}: {message}", code=code)
+        return FatalError(f"{doing}: {code} (HTTP {status}): {message}")
+    if isinstance(
+        exc,
+        EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError,
+    ):
+        return RetriableError(f"{doing}: {exc}", code=type(exc).__name__)
+    if isinstance(exc, NoCredentialsError):
+        return FatalError(f"{doing}: no AWS credentials (task role, AWS_ACCESS_KEY_ID, ...)")
+    if isinstance(exc, BotoCoreError | OSError | TimeoutError):
+        return RetriableError(f"{doing}: {exc!r}", code=type(exc).__name__)
+    return FatalError(f"{doing}: unexpected {exc!r}")
+
+
+def _snake(code: str) -> str:
+    out = "".join(f"_{c.lower()}" if c.isupper() else c for c in code.removesuffix("Exception"))
+    return out.lstrip("_")

@@ -1,0 +1,199 @@
+"""The sink: ONE transaction per batch — prediction upserts/deletes, dead letters, checkpoint.
+
+Because the checkpoint commits with the predictions it covers, a crash at any point leaves
+either both or neither, and restart resumes exactly after the last applied batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+
+from cdc_scorer.db import Connection, connect, map_error, quote
+from cdc_scorer.errors import RetriableError
+from cdc_scorer.records import Checkpoint, Position, ScoredBatch
+from cdc_scorer.retry import retrying
+from cdc_scorer.schema import CHECKPOINT_TABLE, DEAD_LETTER_TABLE, prediction_value_columns
+from cdc_scorer.spec import PipelineSpec, RetrySpec, SourceSpec
+
+
+def key_hash(key: tuple[Any, ...]) -> bytes:
+    """The predictions table's primary key: SHA-256 of the source key's JSON."""
+    return hashlib.sha256(json.dumps(list(key), default=str).encode()).digest()
+
+
+def encode_cursor(cursor: tuple[Any, ...] | None) -> str | None:
+    return None if cursor is None else json.dumps(list(cursor), default=str)
+
+
+def _checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[Any, ...]:
+    return (
+        name,
+        checkpoint.position.encode() if checkpoint.position else None,
+        identity,
+        checkpoint.snapshot_state,
+        encode_cursor(checkpoint.snapshot_cursor),
+        checkpoint.snapshot_position.encode() if checkpoint.snapshot_position else None,
+    )
+
+
+CHECKPOINT_UPSERT = f"""INSERT INTO {CHECKPOINT_TABLE}
+ (pipeline, position, server_identity, snapshot_state, snapshot_cursor, snapshot_position,
+  updated_at)
+ VALUES (%s, %s, %s, %s, %s, %s, NOW(6))
+ ON DUPLICATE KEY UPDATE position=VALUES(position), server_identity=VALUES(server_identity),
+ snapshot_state=VALUES(snapshot_state), snapshot_cursor=VALUES(snapshot_cursor),
+ snapshot_position=VALUES(snapshot_position), updated_at=VALUES(updated_at)"""
+
+
+def load_checkpoints(conn: Connection, names: list[str]) -> dict[str, tuple[Checkpoint, str]]:
+    """Checkpoints by pipeline name, with the server identity each was taken on."""
+    if not names:
+        return {}
+    with conn.cursor() as cursor:
+        cursor.execute(
+            f"SELECT pipeline, position, server_identity, snapshot_state, snapshot_cursor, "
+            f"snapshot_position FROM {CHECKPOINT_TABLE} WHERE pipeline IN "
+            f"({','.join(['%s'] * len(names))})",
+            names,
+        )
+        rows = cursor.fetchall()
+    found: dict[str, tuple[Checkpoint, str]] = {}
+    for name, position, identity, state, snap_cursor, snap_position in rows:
+        found[str(name)] = (
+            Checkpoint(
+                position=Position.decode(identity, position) if position else None,
+                snapshot_state=str(state),
+                snapshot_cursor=tuple(json.loads(snap_cursor)) if snap_cursor else None,
+                snapshot_position=Position.decode(identity, snap_position)
+                if snap_position
+                else None,
+            ),
+            str(identity),
+        )
+    return found
+
+
+def save_checkpoint(conn: Connection, name: str, checkpoint: Checkpoint, identity: str) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute(CHECKPOINT_UPSERT, _checkpoint_row(name, checkpoint, identity))
+
+
+class Sink:
+    """Writes one pipeline's scored batches, in order, through its own connection."""
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        model_endpoint: str,
+        server_identity: str,
+        retry: RetrySpec,
+        on_retry: Callable[[str, RetriableError], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._pipeline = pipeline
+        self._key_columns = key_columns
+        self._model_endpoint = model_endpoint
+        self._identity = server_identity
+        self._retry = retry
+        self._on_retry = on_retry
+        self._conn: Connection | None = None
+        value_columns = prediction_value_columns(pipeline)
+        columns = [
+            "key_hash",
+            *key_columns,
+            *value_columns,
+            "model_endpoint",
+            "model_variant",
+            "source_position",
+            "source_committed_at",
+        ]
+        updates = [c for c in columns if c != "key_hash" and c not in key_columns]
+        self._value_columns = value_columns
+        self._upsert = (
+            f"INSERT INTO {quote(pipeline.predictions_table)} "
+            f"({', '.join(quote(c) for c in columns)}, scored_at) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}, NOW(6)) ON DUPLICATE KEY UPDATE "
+            + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"])
+        )
+        self._delete = f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash = %s"
+        self._dead_letter = (
+            f"INSERT INTO {DEAD_LETTER_TABLE} (pipeline, source_key, source_position, reason, "
+            "error, payload, created_at) VALUES (%s, %s, %s, %s, %s, %s, NOW(6))"
+        )
+
+    async def write(self, batch: ScoredBatch) -> None:
+        await retrying(
+            lambda: asyncio.to_thread(self._write_transaction, batch),
+            spec=self._retry,
+            stage="sink",
+            on_retry=self._on_retry,
+        )
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = connect(self._source)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(pymysql.MySQLError):
+                self._conn.close()
+            self._conn = None
+
+    def _write_transaction(self, batch: ScoredBatch) -> None:
+        try:
+            conn = self._connection()
+            conn.begin()
+            with conn.cursor() as cursor:
+                if batch.upserts:
+                    cursor.executemany(
+                        self._upsert,
+                        [
+                            (
+                                key_hash(p.key),
+                                *p.key,
+                                *(p.columns.get(c) for c in self._value_columns),
+                                self._model_endpoint,
+                                p.variant,
+                                p.source_gtid,
+                                p.source_committed_at,
+                            )
+                            for p in batch.upserts
+                        ],
+                    )
+                # A dead-lettered row's older prediction would belong to an older version.
+                removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+                if removed:
+                    cursor.executemany(self._delete, [(key_hash(k),) for k in removed])
+                if batch.dead_letters:
+                    cursor.executemany(
+                        self._dead_letter,
+                        [
+                            (
+                                self._pipeline.name,
+                                json.dumps(list(d.key), default=str),
+                                d.source_gtid,
+                                d.reason[:64],
+                                d.error,
+                                d.payload,
+                            )
+                            for d in batch.dead_letters
+                        ],
+                    )
+                cursor.execute(
+                    CHECKPOINT_UPSERT,
+                    _checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity),
+                )
+            conn.commit()
+        except pymysql.MySQLError as exc:
+            self.close()  # a failed transaction's connection is not reused
+            raise map_error(exc, f"writing predictions of {self._pipeline.name}") from exc

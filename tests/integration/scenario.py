@@ -1,0 +1,191 @@
+"""The blog scenario on a private MariaDB: schema, data, config, and the differential oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from cdc_scorer.config import load_config
+from cdc_scorer.local.churn_data import (
+    CHURN_TABLE_DDL,
+    FEATURE_COLUMNS,
+    FEEDBACK_TABLE_DDL,
+    ChurnRowGenerator,
+)
+from cdc_scorer.local.churn_model import ChurnModel
+from cdc_scorer.local.mariadb import MariaDBServer
+from cdc_scorer.local.sentiment import SentimentModel
+from cdc_scorer.spec import ScorerSpec
+
+CONFIG_TEMPLATE = """
+shutdown_grace_s = 20
+[source]
+host = "127.0.0.1"
+port = {port}
+user = "root"
+database = "{database}"
+server_id = {server_id}
+heartbeat_interval_s = 0.5
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint_url}"
+
+[retry]
+base_ms = 20
+cap_ms = 200
+
+[[pipelines]]
+name = "churn"
+table = "churn"
+key_columns = ["phone"]
+service = "sagemaker"
+snapshot = "{snapshot}"
+[pipelines.sagemaker]
+endpoint_name = "churn-autopilot-endpoint"
+feature_columns = {features}
+[pipelines.batching]
+max_rows = {max_rows}
+linger_ms = 50
+max_in_flight = 4
+
+[[pipelines]]
+name = "feedback"
+table = "feedback"
+service = "comprehend"
+snapshot = "{snapshot}"
+[pipelines.comprehend]
+text_column = "user_feedback"
+language = "en"
+overlong_text = "{overlong}"
+[pipelines.batching]
+max_rows = 25
+linger_ms = 50
+"""
+
+
+def write_config(
+    path: Path,
+    server: MariaDBServer,
+    database: str,
+    endpoint_url: str,
+    *,
+    server_id: int = 4001,
+    snapshot: str = "initial",
+    max_rows: int = 100,
+    overlong: str = "dead_letter",
+) -> ScorerSpec:
+    features = "[" + ", ".join(f'"{c}"' for c in FEATURE_COLUMNS) + "]"
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            port=server.port,
+            database=database,
+            server_id=server_id,
+            endpoint_url=endpoint_url,
+            snapshot=snapshot,
+            features=features,
+            max_rows=max_rows,
+            overlong=overlong,
+        )
+    )
+    return load_config(path)
+
+
+def create_database(server: MariaDBServer, database: str) -> None:
+    conn = server.connect()
+    with conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {database}")
+        cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+        cursor.execute(f"USE {database}")
+        cursor.execute(CHURN_TABLE_DDL)
+        cursor.execute(FEEDBACK_TABLE_DDL)
+    conn.close()
+
+
+def insert_churn(conn: pymysql.connections.Connection[Any], rows: list[dict[str, Any]]) -> None:
+    columns = [*FEATURE_COLUMNS, "Churn"]
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO churn ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
+            [tuple(r[c] for c in columns) for r in rows],
+        )
+
+
+def expected_churn(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple[str, float]]:
+    """The differential oracle: a from-scratch scoring of the current source rows."""
+    model = ChurnModel.load()
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM churn")
+        rows = cursor.fetchall()
+    expected = {}
+    for row in rows:
+        out = io.StringIO()
+        csv.writer(out).writerow(
+            ["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row]
+        )
+        record = next(csv.reader(io.StringIO(out.getvalue())))
+        try:
+            p = model.probability(record)
+        except ValueError:
+            continue  # the model rejects it: it belongs in the dead-letter table
+        expected[str(row[3])] = ("True." if p >= 0.5 else "False.", p)
+    return expected
+
+
+def stored_churn(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple[str, float]]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT phone, will_churn, churn_probability FROM churn_predictions")
+        return {str(p): (str(label), float(prob)) for p, label, prob in cursor.fetchall()}
+
+
+def expected_feedback(conn: pymysql.connections.Connection[Any]) -> dict[int, str]:
+    model = SentimentModel()
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT id, user_feedback FROM feedback")
+        rows = cursor.fetchall()
+    return {
+        int(i): model.detect(t).sentiment
+        for i, t in rows
+        if t and t.strip() and len(t.encode()) <= 5000
+    }
+
+
+def stored_feedback(conn: pymysql.connections.Connection[Any]) -> dict[int, str]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT id, sentiment FROM feedback_predictions")
+        return {int(i): str(s) for i, s in cursor.fetchall()}
+
+
+def churn_matches(conn: pymysql.connections.Connection[Any]) -> bool:
+    expected, stored = expected_churn(conn), stored_churn(conn)
+    return expected.keys() == stored.keys() and all(
+        stored[k][0] == v[0] and abs(stored[k][1] - v[1]) < 1e-9 for k, v in expected.items()
+    )
+
+
+RUNNING: list[asyncio.Task[Any]] = []  # daemons under test: a dead one fails the wait at once
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
+    """Poll a condition until it holds (no sleeps as synchronisation)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for task in RUNNING:
+            if task.done():
+                task.result()
+                raise AssertionError(f"the scorer stopped while waiting for {what}")
+        if await asyncio.to_thread(condition):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+        await asyncio.sleep(0.05)
+
+
+__all__ = ["ChurnRowGenerator"]
