@@ -105,6 +105,15 @@ async def run_daemon(spec: Any) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cdc_scorer.local.demo import run_demo
+
+    workdir = Path(args.workdir) if args.workdir else None
+    return asyncio.run(run_demo(args.seconds, args.rate, not args.no_wait, workdir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdc-scorer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cdc-scorer {__version__}")
@@ -150,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="TOML configuration file")
     run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo", help="private MariaDB + local endpoints + the scorer, with a live workload"
+    )
+    demo.add_argument("--seconds", type=float, default=20.0, help="length of the live workload")
+    demo.add_argument("--rate", type=float, default=50.0, help="workload transactions per second")
+    demo.add_argument("--no-wait", action="store_true", help="exit after the queries")
+    demo.add_argument("--workdir", help="keep the MariaDB data here (default: a temp dir)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

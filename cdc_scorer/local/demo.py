@@ -1,0 +1,265 @@
+"""`cdc-scorer demo`: the whole product on one machine, with data flowing.
+
+Private MariaDB with row binlog → the blog's tables with 5,000 generated churn rows and a few
+hundred feedback texts → local model endpoints → the scorer (snapshot first) → a live workload
+of inserts, updates and deletes → the blog's queries against the ``*_scored`` views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cdc_scorer.app import ScorerApp
+from cdc_scorer.config import load_config
+from cdc_scorer.db import connect
+from cdc_scorer.local.churn_data import (
+    CHURN_TABLE_DDL,
+    FEATURE_COLUMNS,
+    FEEDBACK_TABLE_DDL,
+    ChurnRowGenerator,
+    FeedbackGenerator,
+)
+from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT, ModelServer
+from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.logs import configure_logging
+from cdc_scorer.schema import init_schema
+
+DATABASE = "mltest"
+
+DEMO_CONFIG = """
+[source]
+host = "127.0.0.1"
+port = {port}
+user = "root"
+database = "{database}"
+server_id = 4001
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint_url}"
+
+[[pipelines]]
+name = "churn"
+table = "churn"
+key_columns = ["phone"]
+service = "sagemaker"
+[pipelines.sagemaker]
+endpoint_name = "{endpoint}"
+feature_columns = [{features}]
+
+[[pipelines]]
+name = "feedback"
+table = "feedback"
+service = "comprehend"
+[pipelines.comprehend]
+text_column = "user_feedback"
+language = "en"
+"""
+
+BLOG_QUERY = (
+    "SELECT state, acc_length, area_code, int_plan, phone, will_churn FROM churn_scored LIMIT 5"
+)
+SENTIMENT_QUERY = (
+    "SELECT id, LEFT(user_feedback, 50) AS user_feedback, sentiment, "
+    "ROUND(sentiment_positive, 3) AS positive, ROUND(sentiment_negative, 3) AS negative "
+    "FROM feedback_scored ORDER BY id DESC LIMIT 5"
+)
+
+
+def _load_scenario(server: MariaDBServer, churn_rows: int, feedback_rows: int) -> None:
+    conn = server.connect()
+    columns = [*FEATURE_COLUMNS, "Churn"]
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4")
+        cursor.execute(f"USE {DATABASE}")
+        cursor.execute(CHURN_TABLE_DDL)
+        cursor.execute(FEEDBACK_TABLE_DDL)
+        rows = [tuple(r[c] for c in columns) for r in ChurnRowGenerator(1).rows(churn_rows)]
+        cursor.executemany(
+            f"INSERT INTO churn ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
+            rows,
+        )
+        texts = FeedbackGenerator(2)
+        cursor.executemany(
+            "INSERT INTO feedback (user_feedback) VALUES (%s)",
+            [(texts.text(),) for _ in range(feedback_rows)],
+        )
+    conn.close()
+
+
+def _workload_step(
+    conn: Any,
+    churn: ChurnRowGenerator,
+    feedback: FeedbackGenerator,
+    rng: random.Random,
+    phones: list[str],
+) -> None:
+    """One small application transaction: insert, update or delete."""
+    columns = [*FEATURE_COLUMNS, "Churn"]
+    with conn.cursor() as cursor:
+        draw = rng.random()
+        if draw < 0.4:
+            row = churn.row()
+            cursor.execute(
+                f"INSERT INTO churn ({', '.join(columns)}) "
+                f"VALUES ({', '.join(['%s'] * len(columns))})",
+                tuple(row[c] for c in columns),
+            )
+            phones.append(row["phone"])
+        elif draw < 0.75 and phones:
+            fresh = churn.features(rng.random() < 0.5)
+            cursor.execute(
+                "UPDATE churn SET day_mins=%s, day_charge=%s, night_calls=%s WHERE phone=%s",
+                (fresh["day_mins"], fresh["day_charge"], fresh["night_calls"], rng.choice(phones)),
+            )
+        elif draw < 0.85 and phones:
+            phone = phones.pop(rng.randrange(len(phones)))
+            cursor.execute("DELETE FROM churn WHERE phone=%s", (phone,))
+        else:
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES (%s)", (feedback.text(),))
+
+
+def _status(conn: Any) -> tuple[int, int, int, int]:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT COUNT(*) FROM churn), (SELECT COUNT(*) FROM churn_scored "
+            "WHERE will_churn IS NULL), (SELECT COUNT(*) FROM feedback), "
+            "(SELECT COUNT(*) FROM feedback_scored WHERE sentiment IS NULL)"
+        )
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def _print_query(conn: Any, sql: str) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute(sql)
+        names = [d[0] for d in cursor.description]
+        rows = [[("NULL" if v is None else str(v)) for v in r] for r in cursor.fetchall()]
+    widths = [
+        max(len(n), *(len(r[i]) for r in rows)) if rows else len(n) for i, n in enumerate(names)
+    ]
+    print(f"\nmysql> {sql};")
+    print(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None) -> int:
+    configure_logging("console" if wait else "json")
+    # The local endpoints accept any SigV4 signature; the SDK still needs something to sign with.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local-demo")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-demo")
+    base = workdir or Path(tempfile.mkdtemp(prefix="cdc-scorer-demo-"))
+    mariadb = PrivateMariaDB(basedir=base / "mariadb")
+    print(f"[demo] starting a private MariaDB with row binlog in {base}", flush=True)
+    server = await asyncio.to_thread(mariadb.start)
+    models = ModelServer()
+    app: ScorerApp | None = None
+    scorer_task: asyncio.Task[None] | None = None
+    try:
+        endpoint_url = await models.start()
+        print(f"[demo] local model endpoints on {endpoint_url}", flush=True)
+        await asyncio.to_thread(_load_scenario, server, 5000, 300)
+        print("[demo] loaded mltest.churn (5,000 generated rows) and mltest.feedback (300 texts)")
+        config_path = base / "cdc-scorer.toml"
+        config_path.write_text(
+            DEMO_CONFIG.format(
+                port=server.port,
+                database=DATABASE,
+                endpoint_url=endpoint_url,
+                endpoint=DEFAULT_ENDPOINT,
+                features=", ".join(f'"{c}"' for c in FEATURE_COLUMNS),
+            )
+        )
+        spec = load_config(config_path)
+        conn = connect(spec.source)
+        await asyncio.to_thread(init_schema, conn, spec)
+        print(f"[demo] cdc-scorer init done; config in {config_path}")
+        app = ScorerApp(spec)
+        scorer_task = asyncio.create_task(app.run())
+        print("[demo] scorer started: snapshot of existing rows first, then the binlog")
+        await _play(conn, app, models, scorer_task, seconds, rate)
+        _print_query(conn, BLOG_QUERY)
+        _print_query(conn, SENTIMENT_QUERY)
+        print(
+            f"\n[demo] connect while it runs:  mariadb -h 127.0.0.1 -P {server.port} -u root "
+            f"{DATABASE}\n        e.g. SELECT * FROM churn_scored LIMIT 5;"
+        )
+        if wait:
+            print(
+                "[demo] the scorer keeps running on new writes; Ctrl-C stops everything", flush=True
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            done = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({done, scorer_task}, return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
+        conn.close()
+    finally:
+        if app is not None and scorer_task is not None:
+            app.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(scorer_task, 30)
+        await models.stop()
+        await asyncio.to_thread(mariadb.stop)
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+        print("[demo] stopped: scorer, endpoints and MariaDB are down, temp dir removed")
+    if scorer_task is not None and scorer_task.done() and scorer_task.exception():
+        raise scorer_task.exception()  # type: ignore[misc]
+    return 0
+
+
+async def _play(
+    conn: Any,
+    app: ScorerApp,
+    models: ModelServer,
+    scorer_task: asyncio.Task[None],
+    seconds: float,
+    rate: float,
+) -> None:
+    churn, feedback, rng = ChurnRowGenerator(99), FeedbackGenerator(98), random.Random(97)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT phone FROM churn")
+        phones = [str(r[0]) for r in cursor.fetchall()]
+    started = time.monotonic()
+    next_report = started
+    writes = 0
+    print(f"[demo] playing a live workload for {seconds:.0f}s at ~{rate:.0f} transactions/s")
+    while True:
+        now = time.monotonic()
+        if scorer_task.done():
+            scorer_task.result()
+        if now - started < seconds:
+            await asyncio.to_thread(_workload_step, conn, churn, feedback, rng, phones)
+            writes += 1
+        if now >= next_report:
+            churn_rows, churn_pending, feedback_rows, feedback_pending = _status(conn)
+            stats = models.stats()
+            print(
+                f"[demo] t={now - started:5.1f}s writes={writes} "
+                f"scored churn={app.progress.rows_scored['churn']} "
+                f"feedback={app.progress.rows_scored['feedback']} | unscored rows: "
+                f"churn {churn_pending}/{churn_rows}, feedback {feedback_pending}/{feedback_rows}"
+                f" | model calls={stats['total_calls']} dead letters="
+                f"{sum(app.progress.dead_letters.values())}",
+                flush=True,
+            )
+            next_report = now + 2
+            if now - started >= seconds and churn_pending == 0 and feedback_pending == 0:
+                return
+            if now - started > seconds + 60:
+                raise RuntimeError("the scorer did not catch up within 60 s of the workload")
+        await asyncio.sleep(1 / rate if now - started < seconds else 0.2)
