@@ -150,6 +150,13 @@ async def test_poison_rows_are_dead_lettered(
             )
         await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 29, what="churn")
         await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
+        assert stored_feedback(db) == {1: "NEGATIVE", 4: "POSITIVE"}
+        with db.cursor() as cursor:  # feedback updates and deletes
+            cursor.execute(
+                "UPDATE feedback SET user_feedback='terrible, I am cancelling' WHERE id=4"
+            )
+            cursor.execute("DELETE FROM feedback WHERE id=1")
+        await wait_for(lambda: stored_feedback(db) == {4: "NEGATIVE"}, what="feedback u/d")
     with db.cursor() as cursor:
         cursor.execute(
             "SELECT pipeline, reason FROM cdc_scorer_dead_letter ORDER BY pipeline, reason"
@@ -159,7 +166,6 @@ async def test_poison_rows_are_dead_lettered(
             ("feedback", "empty_text"),
             ("feedback", "text_too_long"),
         )
-    assert stored_feedback(db) == {1: "NEGATIVE", 4: "POSITIVE"}
 
 
 async def test_throttling_and_5xx_lose_nothing(
