@@ -180,20 +180,15 @@ class ScorerApp:
                     group.create_task(runner.run(), name=f"pipeline-{runner.pipeline.name}")
                 group.create_task(self._feed(runners, tables, server), name="feed")
                 heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
-                await self._wait_feed_done(group, heartbeat)
+                await self._stop.wait()
+                # The feed task ends the runners once intake stops; the heartbeat just stops.
+                heartbeat.cancel()
         log.info(
             "stopped",
             rows_scored=dict(self.progress.rows_scored),
             dead_letters=dict(self.progress.dead_letters),
             model_calls=dict(self.progress.model_calls),
         )
-
-    async def _wait_feed_done(
-        self, group: asyncio.TaskGroup, heartbeat: asyncio.Task[None]
-    ) -> None:
-        await self._stop.wait()
-        # The feed task ends the runners; the heartbeat just stops.
-        heartbeat.cancel()
 
     def _prepare(
         self, conn: Connection

@@ -60,7 +60,6 @@ class BinlogSource:
         queue: asyncio.Queue[SourceBatch],
         *,
         on_disconnect: Callable[[], None] | None = None,
-        on_events: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self._source = source
         self._capture = capture
@@ -68,7 +67,6 @@ class BinlogSource:
         self._queue = queue
         self._stop = threading.Event()
         self._on_disconnect = on_disconnect
-        self._on_events = on_events
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def stop(self) -> None:
@@ -168,10 +166,6 @@ class BinlogSource:
                 if key_columns is None:
                     continue
                 changes = _row_changes(event, key_columns, gtid)
-                if self._on_events is not None:
-                    self._on_events(
-                        event.table, changes[0].op.value if changes else "", len(changes)
-                    )
                 self._put(tuple(changes))
 
     def _put(self, items: SourceBatch) -> None:

@@ -17,7 +17,6 @@ from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
     FEEDBACK_TABLE_DDL,
-    ChurnRowGenerator,
 )
 from cdc_scorer.local.churn_model import ChurnModel
 from cdc_scorer.local.mariadb import MariaDBServer
@@ -186,6 +185,3 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 60, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
         await asyncio.sleep(0.05)
-
-
-__all__ = ["ChurnRowGenerator"]
