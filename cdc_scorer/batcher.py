@@ -4,7 +4,8 @@ Consumes source items in order and emits :class:`Batch`es in order. A batch's ch
 last transaction boundary seen when it was cut: every row before that boundary is in this batch
 or an earlier one, so committing it with the batch is exactly right even when a large
 transaction spans many batches (the partial transaction is replayed after a crash, and
-re-applying a prediction is idempotent).
+re-applying a prediction is idempotent). A full batch is cut at the next item, so a batch that
+fills on the last row of a transaction still carries that transaction's commit.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ class Batcher:
                 and self._applied.includes(item.gtid)
             ):
                 return
-            self._add(item)
-            batching = self._pipeline.batching
-            if len(self._pending) >= batching.max_rows or self._pending_bytes >= batching.max_bytes:
+            # A full batch waits for one more item: when that is the commit of the transaction
+            # it ends in, the batch carries that boundary and nothing is replayed after a stop.
+            # Only a transaction larger than the batch is cut inside.
+            if self._full():
                 await self._flush()
+            self._add(item)
         elif isinstance(item, Commit):
             if (
                 item.gtid is not None
@@ -97,7 +100,9 @@ class Batcher:
             ):
                 return
             self._checkpoint = replace(self._checkpoint, position=item.position)
-            if (
+            if self._full():
+                await self._flush()
+            elif (
                 not self._pending
                 and time.monotonic() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S
             ):
@@ -113,6 +118,10 @@ class Batcher:
             else:
                 self._checkpoint = replace(self._checkpoint, snapshot_cursor=item.cursor)
             await self._flush(force_checkpoint=True)
+
+    def _full(self) -> bool:
+        batching = self._pipeline.batching
+        return len(self._pending) >= batching.max_rows or self._pending_bytes >= batching.max_bytes
 
     def _add(self, change: RowChange) -> None:
         if change.op is Op.UPDATE and change.before is not None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -62,19 +63,25 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _run(args: argparse.Namespace) -> int:
+    # ECS may stop a task while it is still importing: remember the signal until the event
+    # loop's handlers take over, and then stop cleanly instead of dying by the signal.
+    early: list[int] = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     from cdc_scorer.config import load_config
     from cdc_scorer.logs import configure_logging
 
     spec = load_config(args.config)
     configure_logging(args.log_format)
-    return asyncio.run(run_daemon(spec))
+    return asyncio.run(run_daemon(spec, early))
 
 
-async def run_daemon(spec: Any) -> int:
+async def run_daemon(spec: Any, early_signals: Sequence[int] = ()) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; 0 on a clean stop."""
-    import signal
-
     from cdc_scorer.app import ScorerApp
 
     app = ScorerApp(spec)
@@ -85,8 +92,10 @@ async def run_daemon(spec: Any) -> int:
         stopping.set()
         app.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
+    if early_signals:
+        stop()
     task = asyncio.create_task(app.run())
     stop_wait = asyncio.create_task(stopping.wait())
     await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -102,6 +111,49 @@ async def run_daemon(spec: Any) -> int:
             return 1
     stop_wait.cancel()
     task.result()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cdc_scorer.check import run_checks
+    from cdc_scorer.config import load_config
+
+    spec = load_config(args.config)
+    results = asyncio.run(run_checks(spec))
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+    from cdc_scorer.db import connect
+    from cdc_scorer.status import pipeline_status
+
+    spec = load_config(args.config)
+    conn = connect(spec.source)
+    try:
+        statuses = pipeline_status(conn, spec)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+        return 0
+    for s in statuses:
+        age = "-" if s.checkpoint_age_s is None else f"{s.checkpoint_age_s:.1f}s ago"
+        lag = "-" if s.transactions_behind is None else f"{s.transactions_behind} transactions"
+        leader = (
+            "none (no instance running)"
+            if s.leader_connection is None
+            else (f"connection {s.leader_connection}")
+        )
+        print(
+            f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}); "
+            f"behind: {lag}; leader: {leader}; predictions {s.predictions}; "
+            f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
+        )
     return 0
 
 
@@ -159,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="TOML configuration file")
     run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check", help="preflight before deploying: binlog, grants, tables, endpoints"
+    )
+    check.add_argument("--config", required=True, help="TOML configuration file")
+    check.set_defaults(handler=_check)
+
+    status = commands.add_parser(
+        "status", help="per pipeline: checkpoint, lag, leader, dead letters, snapshot"
+    )
+    status.add_argument("--config", required=True, help="TOML configuration file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
 
     demo = commands.add_parser(
         "demo", help="private MariaDB + local endpoints + the scorer, with a live workload"

@@ -60,22 +60,34 @@ class BinlogSource:
         queue: asyncio.Queue[SourceBatch],
         *,
         on_disconnect: Callable[[], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_rows: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self._source = source
         self._capture = capture
         self._position = start
         self._queue = queue
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop at the next transaction boundary
+        self._abort = threading.Event()  # stop now (the task was cancelled)
         self._on_disconnect = on_disconnect
+        self._on_connect = on_connect
+        self._on_rows = on_rows
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def stop(self) -> None:
+        """Stop reading once the transaction being read has ended (nothing half-read)."""
         self._stop.set()
 
     async def run(self) -> None:
         """Run the reader thread; returns when stopped, raises what killed it."""
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._read_forever)
+        try:
+            await asyncio.to_thread(self._read_forever)
+        except asyncio.CancelledError:
+            # The drain ran out of time: leave now, or interpreter exit waits for the thread.
+            self._abort.set()
+            self._stop.set()
+            raise
 
     # ------------------------------------------------------------------ reader thread
     def _stream(self) -> BinLogStreamReader:
@@ -146,10 +158,17 @@ class BinlogSource:
     def _read(self, stream: BinLogStreamReader) -> None:
         keys = self._capture.key_columns
         gtid: Gtid | None = None
-        while not self._stop.is_set():
+        connected = False
+        # A stop lets the current transaction finish: a clean stop then commits a checkpoint
+        # that covers every row it scored.
+        while not self._abort.is_set() and not (self._stop.is_set() and gtid is None):
             event = stream.fetchone()
             if event is None:  # the server closed the stream (shutdown): reconnect
                 raise pymysql.err.OperationalError(2013, "binlog stream ended")
+            if not connected:
+                connected = True
+                if self._on_connect is not None:
+                    self._on_connect()
             if isinstance(event, MariadbGtidEvent):
                 gtid = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
             elif isinstance(event, XidEvent) or (
@@ -165,7 +184,9 @@ class BinlogSource:
                 key_columns = keys.get(event.table)
                 if key_columns is None:
                     continue
-                changes = _row_changes(event, key_columns, gtid)
+                changes = row_changes(event, key_columns, gtid)
+                if self._on_rows is not None and changes:
+                    self._on_rows(event.table, changes[0].op.value, len(changes))
                 self._put(tuple(changes))
 
     def _put(self, items: SourceBatch) -> None:
@@ -177,12 +198,12 @@ class BinlogSource:
                 future.result(timeout=_STOP_POLL_S)
                 return
             except TimeoutError:
-                if self._stop.is_set():
+                if self._abort.is_set():
                     future.cancel()
                     return
 
 
-def _row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) -> list[RowChange]:
+def row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) -> list[RowChange]:
     table = event.table
     committed_at = _utc(event.timestamp)
     changes: list[RowChange] = []
@@ -208,3 +229,35 @@ def _row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) ->
             RowChange(op, table, tuple(values[c] for c in key_columns), values, gtid, committed_at)
         )
     return changes
+
+
+def probe_replication(source: SourceSpec, start: Position, mariadb: bool) -> None:
+    """Open a binlog stream at ``start`` and read what is there (proves the replication grant)."""
+    settings = {
+        "host": source.host,
+        "port": source.port,
+        "user": source.user,
+        "password": source.password,
+        "connect_timeout": int(source.connect_timeout_s),
+    }
+    position: dict[str, Any] = (
+        {"auto_position": start.gtid_state or None}
+        if mariadb
+        else {"log_file": start.log_file, "log_pos": start.log_pos, "resume_stream": True}
+    )
+    stream = BinLogStreamReader(
+        connection_settings=settings,
+        server_id=source.server_id,
+        blocking=False,
+        is_mariadb=mariadb,
+        only_events=[RotateEvent],
+        **position,
+    )
+    try:
+        while stream.fetchone() is not None:
+            pass
+    except pymysql.MySQLError as exc:
+        mapped = map_error(exc, "reading the binlog")
+        raise FatalError(str(mapped)) from exc
+    finally:
+        stream.close()
