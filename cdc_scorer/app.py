@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -18,7 +15,18 @@ import structlog
 from cdc_scorer.batcher import END, Batcher, start_position
 from cdc_scorer.db import Connection, connect, quote
 from cdc_scorer.errors import CdcScorerError, FatalError, RetriableError
-from cdc_scorer.records import Batch, Checkpoint, Commit, Position, ScoredBatch, SourceItem
+from cdc_scorer.leader import lock_name
+from cdc_scorer.metrics import PipelineState, Telemetry
+from cdc_scorer.ops_http import OpsServer
+from cdc_scorer.records import (
+    Batch,
+    Checkpoint,
+    Commit,
+    Position,
+    RowChange,
+    ScoredBatch,
+    SourceItem,
+)
 from cdc_scorer.schema import (
     HEARTBEAT_TABLE,
     ServerInfo,
@@ -39,24 +47,7 @@ from cdc_scorer.source.snapshot import snapshot_rows
 from cdc_scorer.spec import COMPREHEND, SAGEMAKER, PipelineSpec, ScorerSpec
 
 log = structlog.get_logger("cdc_scorer.app")
-
-
-@dataclass
-class Progress:
-    """Counts for the log, the demo and (later) metrics."""
-
-    rows_scored: Counter[str] = field(default_factory=Counter)
-    rows_deleted: Counter[str] = field(default_factory=Counter)
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    rows_skipped: Counter[str] = field(default_factory=Counter)
-    model_calls: Counter[str] = field(default_factory=Counter)
-    batches: Counter[str] = field(default_factory=Counter)
-    retries: Counter[str] = field(default_factory=Counter)
-    disconnects: int = 0
-    last_commit_at: dict[str, float] = field(default_factory=dict)
-
-    def on_retry(self, stage: str, exc: RetriableError) -> None:
-        self.retries[stage] += 1
+_LEADER_POLL_S = 1.0  # a standby re-asks for the lock this often (and notices a stop request)
 
 
 class PipelineRunner:
@@ -69,7 +60,7 @@ class PipelineRunner:
         checkpoint: Checkpoint,
         scorer: Scorer,
         sink: Sink,
-        progress: Progress,
+        telemetry: Telemetry,
     ) -> None:
         self.pipeline = pipeline
         self.checkpoint = checkpoint
@@ -87,7 +78,12 @@ class PipelineRunner:
         )
         self._scorer = scorer
         self._sink = sink
-        self._progress = progress
+        self._telemetry = telemetry
+        telemetry.pipelines[pipeline.name] = PipelineState(
+            snapshot_state=checkpoint.snapshot_state,
+            inbox_depth=self.inbox.qsize,
+            in_flight=self._in_flight.qsize,
+        )
 
     async def run(self) -> None:
         try:
@@ -117,31 +113,41 @@ class PipelineRunner:
             scored = await task
             await self._sink.write(scored)
             self.checkpoint = scored.checkpoint
-            progress = self._progress
-            progress.rows_scored[name] += len(scored.upserts)
-            progress.rows_deleted[name] += len(scored.deletes)
-            progress.model_calls[name] += scored.model_calls
-            progress.batches[name] += 1
-            progress.last_commit_at[name] = time.time()
-            for reason, count in scored.rows_skipped.items():
-                progress.rows_skipped[f"{name}:{reason}"] += count
-            for dead in scored.dead_letters:
-                progress.dead_letters[f"{name}:{dead.reason}"] += 1
+            self._telemetry.on_commit(name, scored)
 
 
 class ScorerApp:
     def __init__(self, spec: ScorerSpec) -> None:
         self.spec = spec
-        self.progress = Progress()
+        self.telemetry = Telemetry()
+        self.telemetry.source.heartbeat_interval_s = spec.source.heartbeat_interval_s
         self._stop = asyncio.Event()
         self._source: BinlogSource | None = None
         self.server: ServerInfo | None = None
+        self.ops: OpsServer | None = None
 
     def request_stop(self) -> None:
         """Stop intake; what was read is flushed, scored and committed."""
         self._stop.set()
         if self._source is not None:
             self._source.stop()
+
+    def not_ready(self) -> list[str]:
+        """Why this process should not count as ready (empty: ready)."""
+        source = self.telemetry.source
+        reasons = []
+        if not source.leader:
+            reasons.append("not the leader (standby)")
+        running = [n for n, p in self.telemetry.pipelines.items() if p.snapshot_state == "running"]
+        if running:
+            reasons.append(f"snapshot running: {', '.join(running)}")
+        elif not (source.streaming and source.connected):
+            reasons.append("binlog stream not connected")
+        lag = source.lag_s()
+        if source.leader and (lag is None or lag > self.spec.http.ready_max_lag_s):
+            shown = "unknown" if lag is None else f"{lag:.1f}s"
+            reasons.append(f"source lag {shown} over {self.spec.http.ready_max_lag_s}s")
+        return reasons
 
     async def run(self) -> None:
         try:
@@ -150,16 +156,36 @@ class ScorerApp:
             raise _first(group) from None
 
     async def _run(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.spec.http.port:
+                self.ops = OpsServer(self.spec.http, self.telemetry, self.not_ready)
+                await self.ops.start()
+                stack.push_async_callback(self.ops.stop)
+            await self._run_pipelines()
+
+    async def _run_pipelines(self) -> None:
         spec = self.spec
         conn = await asyncio.to_thread(connect, spec.source)
         try:
-            server, tables, checkpoints = await asyncio.to_thread(self._prepare, conn)
+            server, tables = await asyncio.to_thread(self._inspect, conn)
+            self.server = server
+            sinks = {p.name: self._sink(p, tables[p.table], server) for p in spec.pipelines}
+            try:
+                if not await self._lead(sinks):
+                    return
+                checkpoints = await asyncio.to_thread(self._prepare, conn, server)
+            except BaseException:
+                for sink in sinks.values():
+                    sink.close()
+                raise
         finally:
             conn.close()
-        self.server = server
+        for name, sink in sinks.items():
+            sink.expect(checkpoints[name])
         log.info(
             "starting",
             server=server.version,
+            server_id=spec.source.server_id,
             pipelines=[p.name for p in spec.pipelines],
             positions={n: str(c.position or c.snapshot_position) for n, c in checkpoints.items()},
         )
@@ -172,7 +198,7 @@ class ScorerApp:
                         create_client_context(name, spec.aws, pool)
                     )
             runners = [
-                self._runner(p, tables[p.table], checkpoints[p.name], clients, server)
+                self._runner(p, tables[p.table], checkpoints[p.name], clients, sinks[p.name])
                 for p in spec.pipelines
             ]
             async with asyncio.TaskGroup() as group:
@@ -183,20 +209,43 @@ class ScorerApp:
                 await self._stop.wait()
                 # The feed task ends the runners once intake stops; the heartbeat just stops.
                 heartbeat.cancel()
+        self.telemetry.on_leader(False)
         log.info(
             "stopped",
-            rows_scored=dict(self.progress.rows_scored),
-            dead_letters=dict(self.progress.dead_letters),
-            model_calls=dict(self.progress.model_calls),
+            rows_scored=dict(self.telemetry.rows_scored),
+            dead_letters=dict(self.telemetry.dead_letters),
+            model_calls=dict(self.telemetry.model_calls),
         )
 
-    def _prepare(
-        self, conn: Connection
-    ) -> tuple[ServerInfo, dict[str, TableInfo], dict[str, Checkpoint]]:
-        spec = self.spec
+    def _inspect(self, conn: Connection) -> tuple[ServerInfo, dict[str, TableInfo]]:
         server = preflight_binlog(conn)
-        tables = inspect_tables(conn, spec)
-        check_schema(conn, spec)
+        tables = inspect_tables(conn, self.spec)
+        check_schema(conn, self.spec)
+        return server, tables
+
+    async def _lead(self, sinks: dict[str, Sink]) -> bool:
+        """Take every pipeline's lock (in name order: no deadlock between two instances).
+
+        A standby waits here until the leader dies or stops; False if asked to stop first.
+        """
+        waiting_logged = False
+        for name in sorted(sinks):
+            sink = sinks[name]
+            while not await asyncio.to_thread(sink.try_lead, _LEADER_POLL_S):
+                if self._stop.is_set():
+                    return False
+                if not waiting_logged:
+                    log.info("standby: another instance holds the leader lock", lock=sink.lock)
+                    waiting_logged = True
+            if self._stop.is_set():
+                return False
+        self.telemetry.on_leader(True)
+        log.info("leader", locks=[sinks[n].lock for n in sorted(sinks)])
+        return True
+
+    def _prepare(self, conn: Connection, server: ServerInfo) -> dict[str, Checkpoint]:
+        """Checkpoints, read only once the locks are held: nobody else writes them now."""
+        spec = self.spec
         saved = load_checkpoints(conn, [p.name for p in spec.pipelines])
         now = current_position(conn, server)
         checkpoints: dict[str, Checkpoint] = {}
@@ -215,7 +264,24 @@ class ScorerApp:
                 checkpoint = Checkpoint(position=now, snapshot_state="skipped")
                 save_checkpoint(conn, pipeline.name, checkpoint, server.identity)
             checkpoints[pipeline.name] = checkpoint
-        return server, tables, checkpoints
+        return checkpoints
+
+    def _sink(self, pipeline: PipelineSpec, table: TableInfo, server: ServerInfo) -> Sink:
+        scorer_endpoint = (
+            pipeline.sagemaker.endpoint_name
+            if pipeline.sagemaker is not None
+            else ComprehendScorer.model_endpoint
+        )
+        return Sink(
+            self.spec.source,
+            pipeline,
+            table.key_columns,
+            scorer_endpoint,
+            server.identity,
+            self.spec.retry,
+            on_retry=self.telemetry.on_retry,
+            lock=lock_name(self.spec.source.database, pipeline.name),
+        )
 
     def _runner(
         self,
@@ -223,7 +289,7 @@ class ScorerApp:
         table: TableInfo,
         checkpoint: Checkpoint,
         clients: dict[str, Any],
-        server: ServerInfo,
+        sink: Sink,
     ) -> PipelineRunner:
         scorer: Scorer
         if pipeline.sagemaker is not None:
@@ -231,7 +297,8 @@ class ScorerApp:
                 clients[SAGEMAKER],
                 pipeline.sagemaker,
                 self.spec.retry,
-                on_retry=self.progress.on_retry,
+                on_retry=self.telemetry.on_retry,
+                on_call=self.telemetry.model_call_observer(SAGEMAKER),
             )
         else:
             assert pipeline.comprehend is not None
@@ -239,18 +306,10 @@ class ScorerApp:
                 clients[COMPREHEND],
                 pipeline.comprehend,
                 self.spec.retry,
-                on_retry=self.progress.on_retry,
+                on_retry=self.telemetry.on_retry,
+                on_call=self.telemetry.model_call_observer(COMPREHEND),
             )
-        sink = Sink(
-            self.spec.source,
-            pipeline,
-            table.key_columns,
-            scorer.model_endpoint,
-            server.identity,
-            self.spec.retry,
-            on_retry=self.progress.on_retry,
-        )
-        return PipelineRunner(pipeline, table, checkpoint, scorer, sink, self.progress)
+        return PipelineRunner(pipeline, table, checkpoint, scorer, sink, self.telemetry)
 
     async def _feed(
         self, runners: list[PipelineRunner], tables: dict[str, TableInfo], server: ServerInfo
@@ -274,7 +333,7 @@ class ScorerApp:
                 log.info(
                     "snapshot starting",
                     pipeline=runner.pipeline.name,
-                    resume_after=runner.checkpoint.snapshot_cursor,
+                    resuming=runner.checkpoint.snapshot_cursor is not None,  # keys stay out
                 )
                 async for items in snapshot_rows(
                     conn,
@@ -282,6 +341,7 @@ class ScorerApp:
                     tables[runner.pipeline.table],
                     runner.checkpoint.snapshot_cursor,
                 ):
+                    self.telemetry.on_snapshot_rows(runner.pipeline.name, len(items) - 1)
                     await runner.inbox.put(items)
                     if self._stop.is_set():
                         return
@@ -304,11 +364,15 @@ class ScorerApp:
             CaptureSpec(keys),
             start,
             queue,
-            on_disconnect=self._count_disconnect,
+            on_disconnect=self._on_disconnect,
+            on_connect=self._on_connect,
+            on_rows=self.telemetry.on_rows_read,
         )
         if self._stop.is_set():
             return
         by_table = {r.pipeline.table: r for r in runners}
+        self.telemetry.source.queue_depth = queue.qsize
+        self.telemetry.source.streaming = True
         log.info("streaming", start=str(start))
         reader = asyncio.create_task(self._source.run(), name="binlog-reader")
         try:
@@ -323,6 +387,7 @@ class ScorerApp:
                     return
                 await self._route(get.result(), runners, by_table)
         finally:
+            self.telemetry.source.streaming = False
             if not reader.done():
                 self._source.stop()
                 await asyncio.gather(reader, return_exceptions=True)
@@ -337,12 +402,21 @@ class ScorerApp:
             for runner in runners:
                 await runner.inbox.put(items)
             return
-        target = by_table.get(getattr(first, "table", ""))
+        table = getattr(first, "table", "")
+        target = by_table.get(table)
         if target is not None:
             await target.inbox.put(items)
+        elif table == HEARTBEAT_TABLE:
+            last = items[-1]
+            if isinstance(last, RowChange) and last.values.get("beat_at") is not None:
+                self.telemetry.on_heartbeat(last.values["beat_at"])
 
-    def _count_disconnect(self) -> None:
-        self.progress.disconnects += 1
+    def _on_disconnect(self) -> None:
+        self.telemetry.on_disconnect()
+        self.telemetry.source.connected = False
+
+    def _on_connect(self) -> None:
+        self.telemetry.source.connected = True
 
     async def _heartbeat(self) -> None:
         """Keep positions moving on quiet tables: a tiny transaction every few seconds."""
@@ -350,7 +424,8 @@ class ScorerApp:
             f"INSERT INTO {quote(HEARTBEAT_TABLE)} (instance, beat_at) VALUES (%s, NOW(6)) "
             "ON DUPLICATE KEY UPDATE beat_at = VALUES(beat_at)"
         )
-        instance = str(self.spec.source.server_id)
+        # One row per pipeline set (not per process): restarts do not grow the table.
+        instance = ",".join(sorted(p.name for p in self.spec.pipelines))[:64]
         conn: Connection | None = None
         while True:
             try:

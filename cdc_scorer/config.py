@@ -9,6 +9,7 @@ Environment overrides use ``__`` between levels: ``CDC_SCORER_SOURCE__PASSWORD``
 
 from __future__ import annotations
 
+import random
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from cdc_scorer.spec import (
     AwsSpec,
     BatchingSpec,
     ComprehendSpec,
+    HttpSpec,
     PipelineSpec,
     RetrySpec,
     SageMakerSpec,
@@ -43,11 +45,8 @@ class SourceConfig(_Strict):
     user: str = "cdc_scorer"
     password: str = ""
     database: str = Field(pattern=_IDENTIFIER)
-    server_id: int = Field(
-        ge=1,
-        le=4294967295,
-        description="replica server_id of this reader; unique per instance",
-    )
+    # Unset: a random id per process, so the tasks of one ECS service never clash.
+    server_id: int | None = Field(None, ge=1, le=4294967295)
     connect_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
     queue_max_items: int = Field(256, ge=1)
@@ -116,6 +115,12 @@ class RetryConfig(_Strict):
     cap_ms: float = Field(10_000, gt=0)
 
 
+class HttpConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(9400, ge=0, le=65535)
+    ready_max_lag_s: float = Field(30.0, gt=0)
+
+
 class ScorerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CDC_SCORER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -125,6 +130,7 @@ class ScorerConfig(BaseSettings):
     aws: AwsConfig = Field(default_factory=AwsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     shutdown_grace_s: float = Field(20.0, gt=0)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     pipelines: list[PipelineConfig] = Field(min_length=1)
 
     @classmethod
@@ -255,7 +261,7 @@ def _to_spec(config: ScorerConfig) -> ScorerSpec:
             user=source.user,
             password=source.password,
             database=source.database,
-            server_id=source.server_id,
+            server_id=source.server_id or random_server_id(),
             connect_timeout_s=source.connect_timeout_s,
             heartbeat_interval_s=source.heartbeat_interval_s,
             queue_max_items=source.queue_max_items,
@@ -268,4 +274,14 @@ def _to_spec(config: ScorerConfig) -> ScorerSpec:
         pipelines=tuple(pipelines),
         retry=RetrySpec(base_s=config.retry.base_ms / 1000, cap_s=config.retry.cap_ms / 1000),
         shutdown_grace_s=config.shutdown_grace_s,
+        http=HttpSpec(
+            host=config.http.host,
+            port=config.http.port,
+            ready_max_lag_s=config.http.ready_max_lag_s,
+        ),
     )
+
+
+def random_server_id() -> int:
+    # Above the ids people give real servers (small numbers), below the 32-bit limit.
+    return random.randint(1 << 24, (1 << 32) - 1)

@@ -41,22 +41,22 @@ def _variables(conn: Connection, names: tuple[str, ...]) -> dict[str, str]:
         return {str(k).lower(): str(v) for k, v in cursor.fetchall()}
 
 
-def preflight_binlog(conn: Connection) -> ServerInfo:
-    """Binlog on, ROW format, FULL images and metadata: else one line naming setting and fix."""
+_BINLOG_VARIABLES = (
+    "version",
+    "log_bin",
+    "binlog_format",
+    "binlog_row_image",
+    "binlog_row_metadata",
+    "server_id",
+    "server_uuid",
+    "gtid_mode",
+)
+
+
+def server_info(conn: Connection) -> tuple[ServerInfo, list[tuple[str, str | None]]]:
+    """The server's facts and each binlog setting: (setting, problem with its fix or None)."""
     try:
-        values = _variables(
-            conn,
-            (
-                "version",
-                "log_bin",
-                "binlog_format",
-                "binlog_row_image",
-                "binlog_row_metadata",
-                "server_id",
-                "server_uuid",
-                "gtid_mode",
-            ),
-        )
+        values = _variables(conn, _BINLOG_VARIABLES)
     except pymysql.MySQLError as exc:
         raise map_error(exc, "reading server variables") from exc
     version = values.get("version", "")
@@ -66,25 +66,42 @@ def preflight_binlog(conn: Connection) -> ServerInfo:
         if flavor == "mysql"
         else "in the server options (my.cnf), then restart"
     )
-    if values.get("log_bin", "OFF").upper() != "ON":
-        raise FatalError(f"binary log is off (log_bin=OFF): enable it {where}")
+    settings: list[tuple[str, str | None]] = []
+    log_bin = values.get("log_bin", "OFF").upper()
+    settings.append(
+        (
+            "log_bin",
+            None if log_bin == "ON" else f"binary log is off (log_bin=OFF): enable it {where}",
+        )
+    )
     checks = [("binlog_format", "ROW"), ("binlog_row_image", "FULL")]
     # Column names in rows events need full metadata (MySQL 8.0.14+, MariaDB 10.5+).
     if "binlog_row_metadata" in values:
         checks.append(("binlog_row_metadata", "FULL"))
     for name, wanted in checks:
         actual = values.get(name, "")
+        problem = None
         if actual.upper() != wanted:
-            raise FatalError(
+            problem = (
                 f"{name} is {actual or 'unset'}, must be {wanted}: set {name}={wanted} {where}"
             )
+        settings.append((name, problem))
     if flavor == "mariadb":
         identity = f"mariadb:server_id={values.get('server_id')}"
         gtid_mode = True
     else:
         identity = f"mysql:{values.get('server_uuid')}"
         gtid_mode = values.get("gtid_mode", "OFF").upper() == "ON"
-    return ServerInfo(flavor, version, identity, gtid_mode)
+    return ServerInfo(flavor, version, identity, gtid_mode), settings
+
+
+def preflight_binlog(conn: Connection) -> ServerInfo:
+    """Binlog on, ROW format, FULL images and metadata: else one line naming setting and fix."""
+    server, settings = server_info(conn)
+    for _name, problem in settings:
+        if problem is not None:
+            raise FatalError(problem)
+    return server
 
 
 def current_position(conn: Connection, server: ServerInfo) -> Position:

@@ -2,6 +2,10 @@
 
 Because the checkpoint commits with the predictions it covers, a crash at any point leaves
 either both or neither, and restart resumes exactly after the last applied batch.
+
+The connection holds this pipeline's leader lock (``leader.py``). A new connection must win the
+lock again and find the checkpoint as this process left it before it writes anything; otherwise
+another instance has taken over and this one stops (fencing).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import pymysql
 
 from cdc_scorer.db import Connection, connect, map_error, quote
-from cdc_scorer.errors import RetriableError
+from cdc_scorer.errors import FatalError, RetriableError
+from cdc_scorer.leader import try_lock
 from cdc_scorer.records import Checkpoint, Position, ScoredBatch
 from cdc_scorer.retry import retrying
 from cdc_scorer.schema import CHECKPOINT_TABLE, DEAD_LETTER_TABLE, prediction_value_columns
@@ -97,7 +102,13 @@ class Sink:
         server_identity: str,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
+        *,
+        lock: str,
     ) -> None:
+        self.lock = lock
+        self._leading = False
+        self._written: tuple[Any, ...] | None = None  # the checkpoint row we last committed
+        self._attempted: tuple[Any, ...] | None = None  # the one of a commit under way
         self._source = source
         self._pipeline = pipeline
         self._key_columns = key_columns
@@ -138,10 +149,46 @@ class Sink:
             on_retry=self._on_retry,
         )
 
+    def try_lead(self, wait_s: float) -> bool:
+        """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self._source)
+            self._leading = try_lock(self._conn, self.lock, wait_s)
+        except pymysql.MySQLError as exc:
+            self.close()
+            raise map_error(exc, f"taking the leader lock {self.lock}") from exc
+        return self._leading
+
+    def expect(self, checkpoint: Checkpoint) -> None:
+        """The checkpoint the table holds now; a reconnect must find what we wrote last."""
+        self._written = _checkpoint_row(self._pipeline.name, checkpoint, self._identity)
+
     def _connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = connect(self._source)
-        return self._conn
+        if self._conn is not None:
+            return self._conn
+        assert self._leading, "try_lead() first"
+        conn = connect(self._source)
+        try:
+            if not try_lock(conn, self.lock, 0):
+                raise FatalError(
+                    f"lost the leader lock {self.lock}: another instance is scoring pipeline "
+                    f"{self._pipeline.name}; this one stops (restart it to run as a standby)"
+                )
+            found = load_checkpoints(conn, [self._pipeline.name]).get(self._pipeline.name)
+            row = None if found is None else _checkpoint_row(self._pipeline.name, *found)
+            # A commit whose answer was lost may have landed: the retried batch is idempotent.
+            if row not in (self._written, self._attempted):
+                raise FatalError(
+                    f"the checkpoint of pipeline {self._pipeline.name} changed while this "
+                    "instance was disconnected: another instance scored it; this one stops "
+                    "(restart it to resume from the new checkpoint)"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -150,6 +197,7 @@ class Sink:
             self._conn = None
 
     def _write_transaction(self, batch: ScoredBatch) -> None:
+        row = _checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
         try:
             conn = self._connection()
             conn.begin()
@@ -189,11 +237,10 @@ class Sink:
                             for d in batch.dead_letters
                         ],
                     )
-                cursor.execute(
-                    CHECKPOINT_UPSERT,
-                    _checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity),
-                )
+                cursor.execute(CHECKPOINT_UPSERT, row)
+            self._attempted = row
             conn.commit()
+            self._written = row
         except pymysql.MySQLError as exc:
             self.close()  # a failed transaction's connection is not reused
             raise map_error(exc, f"writing predictions of {self._pipeline.name}") from exc

@@ -15,7 +15,7 @@ class SourceSpec:
     user: str
     password: str = field(repr=False)
     database: str
-    server_id: int
+    server_id: int  # this process's replica id; random per process unless configured
     connect_timeout_s: float = 10.0
     heartbeat_interval_s: float = 2.0
     queue_max_items: int = 256
@@ -95,9 +95,19 @@ class RetrySpec:
 
 
 @dataclass(frozen=True)
+class HttpSpec:
+    """The operations port: /metrics, /healthz, /readyz (port 0: no server)."""
+
+    host: str = "0.0.0.0"
+    port: int = 9400
+    ready_max_lag_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class ScorerSpec:
     source: SourceSpec
     aws: AwsSpec
     pipelines: tuple[PipelineSpec, ...]
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: float = 20.0
+    http: HttpSpec = HttpSpec()

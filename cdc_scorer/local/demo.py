@@ -29,7 +29,7 @@ from cdc_scorer.local.churn_data import (
     FeedbackGenerator,
 )
 from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT, ModelServer
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB, free_port
 from cdc_scorer.logs import configure_logging
 from cdc_scorer.schema import init_schema
 
@@ -41,7 +41,10 @@ host = "127.0.0.1"
 port = {port}
 user = "root"
 database = "{database}"
-server_id = 4001
+
+[http]
+host = "127.0.0.1"
+port = {http_port}
 
 [aws]
 region = "us-east-1"
@@ -172,16 +175,19 @@ async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None
         await asyncio.to_thread(_load_scenario, server, 5000, 300)
         print("[demo] loaded mltest.churn (5,000 generated rows) and mltest.feedback (300 texts)")
         config_path = base / "cdc-scorer.toml"
+        http_port = free_port()
         config_path.write_text(
             DEMO_CONFIG.format(
                 port=server.port,
                 database=DATABASE,
                 endpoint_url=endpoint_url,
                 endpoint=DEFAULT_ENDPOINT,
+                http_port=http_port,
                 features=", ".join(f'"{c}"' for c in FEATURE_COLUMNS),
             )
         )
         spec = load_config(config_path)
+        print(f"[demo] metrics and health: http://127.0.0.1:{http_port}/metrics  /readyz")
         conn = connect(spec.source)
         await asyncio.to_thread(init_schema, conn, spec)
         print(f"[demo] cdc-scorer init done; config in {config_path}")
@@ -250,11 +256,11 @@ async def _play(
             stats = models.stats()
             print(
                 f"[demo] t={now - started:5.1f}s writes={writes} "
-                f"scored churn={app.progress.rows_scored['churn']} "
-                f"feedback={app.progress.rows_scored['feedback']} | unscored rows: "
+                f"scored churn={app.telemetry.rows_scored['churn']} "
+                f"feedback={app.telemetry.rows_scored['feedback']} | unscored rows: "
                 f"churn {churn_pending}/{churn_rows}, feedback {feedback_pending}/{feedback_rows}"
                 f" | model calls={stats['total_calls']} dead letters="
-                f"{sum(app.progress.dead_letters.values())}",
+                f"{sum(app.telemetry.dead_letters.values())}",
                 flush=True,
             )
             next_report = now + 2

@@ -8,7 +8,7 @@ import time as clock
 from collections.abc import Callable
 from typing import Any
 
-from cdc_scorer.errors import PoisonError, RetriableError
+from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import backoff_s, retrying
 from cdc_scorer.scoring.aws import map_aws_error
@@ -38,7 +38,7 @@ class ComprehendScorer:
         spec: ComprehendSpec,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
-        on_call: Callable[[float, str | None], None] | None = None,
+        on_call: Callable[[float, CdcScorerError | None], None] | None = None,
     ) -> None:
         self._client = client
         self._spec = spec
@@ -182,7 +182,7 @@ class ComprehendScorer:
         except Exception as exc:
             mapped = map_aws_error(exc, "BatchDetectSentiment")
             if self._on_call is not None:
-                self._on_call(clock.monotonic() - started, type(mapped).__name__)
+                self._on_call(clock.monotonic() - started, mapped)
             raise mapped from exc
         if self._on_call is not None:
             self._on_call(clock.monotonic() - started, None)

@@ -12,7 +12,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from cdc_scorer.errors import PoisonError, RetriableError
+from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import retrying
 from cdc_scorer.scoring.aws import map_aws_error
@@ -62,7 +62,7 @@ class SageMakerScorer:
         spec: SageMakerSpec,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
-        on_call: Callable[[float, str | None], None] | None = None,
+        on_call: Callable[[float, CdcScorerError | None], None] | None = None,
     ) -> None:
         self._client = client
         self._spec = spec
@@ -145,7 +145,7 @@ class SageMakerScorer:
         except Exception as exc:
             mapped = map_aws_error(exc, f"InvokeEndpoint {self._spec.endpoint_name}")
             if self._on_call is not None:
-                self._on_call(clock.monotonic() - loop_time, type(mapped).__name__)
+                self._on_call(clock.monotonic() - loop_time, mapped)
             raise mapped from exc
         if self._on_call is not None:
             self._on_call(clock.monotonic() - loop_time, None)

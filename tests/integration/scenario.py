@@ -30,8 +30,11 @@ host = "127.0.0.1"
 port = {port}
 user = "root"
 database = "{database}"
-server_id = {server_id}
-heartbeat_interval_s = 0.5
+{server_id_line}heartbeat_interval_s = 0.5
+
+[http]
+host = "127.0.0.1"
+port = {http_port}
 
 [aws]
 region = "us-east-1"
@@ -76,22 +79,24 @@ def write_config(
     database: str,
     endpoint_url: str,
     *,
-    server_id: int = 4001,
+    server_id: int | None = None,
     snapshot: str = "initial",
     max_rows: int = 100,
     overlong: str = "dead_letter",
+    http_port: int = 0,
 ) -> ScorerSpec:
     features = "[" + ", ".join(f'"{c}"' for c in FEATURE_COLUMNS) + "]"
     path.write_text(
         CONFIG_TEMPLATE.format(
             port=server.port,
             database=database,
-            server_id=server_id,
+            server_id_line="" if server_id is None else f"server_id = {server_id}\n",
             endpoint_url=endpoint_url,
             snapshot=snapshot,
             features=features,
             max_rows=max_rows,
             overlong=overlong,
+            http_port=http_port,
         )
     )
     return load_config(path)

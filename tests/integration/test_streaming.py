@@ -95,11 +95,11 @@ async def test_snapshot_then_stream_inserts_updates_deletes(spec: ScorerSpec, db
             )
         await wait_for(lambda: churn_matches(db), what="streamed predictions")
         assert existing[30]["phone"] not in stored_churn(db)
-        calls_before = app.progress.model_calls["churn"]
+        calls_before = app.telemetry.model_calls["churn"]
         with db.cursor() as cursor:  # a non-feature column: no model call
             cursor.execute("UPDATE churn SET Churn='x' WHERE phone=%s", (existing[1]["phone"],))
-        await wait_for(lambda: app.progress.rows_skipped["churn:unchanged_inputs"] >= 1)
-        assert app.progress.model_calls["churn"] == calls_before
+        await wait_for(lambda: app.telemetry.rows_skipped["churn:unchanged_inputs"] >= 1)
+        assert app.telemetry.model_calls["churn"] == calls_before
     with db.cursor() as cursor:
         cursor.execute("SELECT COUNT(*), COUNT(will_churn) FROM churn_scored")
         assert cursor.fetchone() == (548, 548)
@@ -183,4 +183,4 @@ async def test_throttling_and_5xx_lose_nothing(
             )
         await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 300, what="all rows")
         await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
-        assert sum(app.progress.retries.values()) > 0
+        assert sum(app.telemetry.retries.values()) > 0
