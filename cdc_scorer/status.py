@@ -1,0 +1,81 @@
+"""``cdc-scorer status``: per pipeline checkpoint, lag, leader, dead letters, snapshot state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from cdc_scorer.db import Connection, quote
+from cdc_scorer.leader import lock_holder, lock_name
+from cdc_scorer.records import Position
+from cdc_scorer.schema import DEAD_LETTER_TABLE, ServerInfo, current_position, preflight_binlog
+from cdc_scorer.sink import load_checkpoints
+from cdc_scorer.spec import ScorerSpec
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    pipeline: str
+    snapshot_state: str
+    position: str | None
+    checkpoint_age_s: float | None
+    transactions_behind: int | None
+    leader_connection: int | None
+    predictions: int
+    dead_letters: int
+    dead_letters_24h: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def behind(checkpoint: Position, now: Position) -> int | None:
+    """Transactions the checkpoint is behind ``now`` (GTID positions), or None if unknown."""
+    if not now.gtids and not checkpoint.gtids:
+        return None
+    mine = {g.domain: g.seq for g in checkpoint.gtids}
+    return sum(max(0, g.seq - mine.get(g.domain, 0)) for g in now.gtids)
+
+
+def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
+    server: ServerInfo = preflight_binlog(conn)
+    now = current_position(conn, server)
+    names = [p.name for p in spec.pipelines]
+    saved = load_checkpoints(conn, names)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT NOW(6)")
+        (db_now,) = cursor.fetchone() or (None,)
+    statuses = []
+    for pipeline in spec.pipelines:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT updated_at FROM cdc_scorer_checkpoint WHERE pipeline=%s",
+                (pipeline.name,),
+            )
+            row = cursor.fetchone()
+            updated: datetime | None = row[0] if row else None
+            cursor.execute(f"SELECT COUNT(*) FROM {quote(pipeline.predictions_table)}")
+            (predictions,) = cursor.fetchone() or (0,)
+            cursor.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(created_at > NOW(6) - INTERVAL 1 DAY), 0) "
+                f"FROM {DEAD_LETTER_TABLE} WHERE pipeline=%s",
+                (pipeline.name,),
+            )
+            dead, dead_24h = cursor.fetchone() or (0, 0)
+        found = saved.get(pipeline.name)
+        checkpoint = found[0] if found else None
+        at = checkpoint.position or checkpoint.snapshot_position if checkpoint else None
+        statuses.append(
+            PipelineStatus(
+                pipeline=pipeline.name,
+                snapshot_state=checkpoint.snapshot_state if checkpoint else "not started",
+                position=str(at) if at else None,
+                checkpoint_age_s=(db_now - updated).total_seconds() if updated and db_now else None,
+                transactions_behind=behind(at, now) if at else None,
+                leader_connection=lock_holder(conn, lock_name(spec.source.database, pipeline.name)),
+                predictions=int(predictions),
+                dead_letters=int(dead),
+                dead_letters_24h=int(dead_24h),
+            )
+        )
+    return statuses
