@@ -1,0 +1,83 @@
+"""The deployment artefacts are valid and talk about metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from cdc_scorer.metrics import Telemetry
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> str:
+    found = BIN / name if (BIN / name).exists() else shutil.which(name)
+    assert found, f"{name} is not installed: run `make test`, which installs it"
+    return str(found)
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, check=False)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(_tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cloudformation_passes_cfn_lint() -> None:
+    result = _run(_tool("cfn-lint"), *sorted(str(p) for p in DEPLOY.glob("*.yaml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts_test.yml"),
+        ("check", "config", "prometheus.yml"),
+    ],
+    ids=["check-rules", "test-rules", "check-config"],
+)
+def test_prometheus_files_pass_promtool(args: tuple[str, ...]) -> None:
+    result = _run(_tool("promtool"), *args, cwd=DEPLOY / "prometheus")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _exposed_names() -> set[str]:
+    text = generate_latest(Telemetry().registry).decode()
+    return {m.group(1) for m in re.finditer(r"^# TYPE (\S+) ", text, re.MULTILINE)}
+
+
+def _used_names(text: str) -> set[str]:
+    names = set(re.findall(r"\bcdc_scorer_[a-z_]+", text))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def test_alerts_dashboard_and_readme_name_real_metrics() -> None:
+    exposed = _exposed_names()
+    counters = {n + "_total" for n in exposed}
+    known = exposed | counters | {"cdc_scorer_build_info"}
+    alerts = " ".join(
+        line
+        for line in (DEPLOY / "prometheus" / "alerts.yml").read_text().splitlines()
+        if line.strip().startswith("expr:")
+    )
+    dashboard = json.loads((DEPLOY / "grafana" / "cdc-scorer.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for where, text in (("alerts.yml", alerts), ("dashboard", exprs)):
+        unknown = _used_names(text) - known
+        assert not unknown, f"{where} uses metrics that do not exist: {unknown}"
+    readme = (ROOT / "README.md").read_text()
+    for name in sorted(exposed):
+        shown = name + "_total" if f"{name}_total" in readme else name
+        assert f"`{shown}" in readme, f"README does not document {name}"
