@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints mariadb clean
+.PHONY: demo test lint bench bench-endpoints system-packages clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-mariadb:
-	@scripts/ensure-mariadb.sh
+system-packages:
+	@scripts/ensure-system-packages.sh
 
-demo: $(STAMP) mariadb
+demo: $(STAMP) system-packages
 	$(VENV)/bin/cdc-scorer demo
 
-test: $(STAMP) mariadb
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

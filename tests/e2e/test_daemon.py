@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
 from cdc_scorer.schema import init_schema
+from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
@@ -29,14 +27,6 @@ from tests.integration.scenario import (
     write_config,
 )
 
-CLI = [sys.executable, "-m", "cdc_scorer"]
-
-
-def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
 
 def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
@@ -44,14 +34,13 @@ def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
         '[source]\nport = 99999\ndatabse = "x"\n\n[[pipelines]]\nname = "churn"\n'
         'table = "churn"\nservice = "sagemaker"\n'
     )
-    result = _run_cli("run", "--config", str(config))
+    result = run_cli("run", "--config", str(config))
     assert result.returncode == 2
     err = result.stderr
     for expected in (
         "source.port",
         "source.databse: Extra inputs are not permitted",
         "source.database: Field required",
-        "source.server_id: Field required",
         "add a [pipelines.sagemaker] section",
     ):
         assert expected in err, err
@@ -62,7 +51,7 @@ def test_statement_binlog_is_one_clear_line(tmp_path: Path) -> None:
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
         write_config(config, server, "mltest", "http://127.0.0.1:9")
-        result = _run_cli("run", "--config", str(config))
+        result = run_cli("run", "--config", str(config))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("cdc-scorer: binlog_format is STATEMENT, must be ROW"), lines
@@ -77,7 +66,7 @@ def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: MariaDBServer)
         write_config(config, mariadb, database, "http://127.0.0.1:9")
         and config.read_text().replace('key_columns = ["phone"]\n', "")
     )
-    result = _run_cli("init", "--config", str(config))
+    result = run_cli("init", "--config", str(config))
     assert result.returncode == 1
     assert "table churn has no primary key" in result.stderr
     assert "key_columns" in result.stderr
@@ -87,40 +76,6 @@ def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: MariaDBServer)
 def endpoints() -> Iterator[BackgroundModelServer]:
     with BackgroundModelServer() as server:
         yield server
-
-
-def _wait(
-    condition: Any, timeout_s: float, what: str, process: subprocess.Popen[str] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(
-                f"daemon exited ({process.returncode}) waiting for {what}: "
-                f"{process.stderr.read() if process.stderr else ''}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _kill(daemon: subprocess.Popen[str], sig: int = signal.SIGKILL) -> int:
-    daemon.send_signal(sig)
-    code = daemon.wait(timeout=30)
-    if daemon.stderr is not None:
-        daemon.stderr.close()
-    return code
-
-
-def _start(config: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}
-    return subprocess.Popen(
-        [*CLI, "run", "--config", str(config), "--log-format", "json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 @pytest.mark.timeout(240)
@@ -136,17 +91,20 @@ def test_kill_9_at_several_points_converges(
     conn.close()
     db = mariadb.connect(database)
     generator = ChurnRowGenerator(21)
-    live: list[dict[str, Any]] = list(generator.rows(3000))
+    live: list[dict[str, Any]] = list(generator.rows(5000))  # the scenario's 5,000 rows
     insert_churn(db, live)
     # Kill during the snapshot, then during a mixed stream, three times over.
     endpoints.set_faults({"sagemaker": {"latency_ms": 20}})
-    daemon = _start(config)
-    _wait(lambda: len(stored_churn(db)) > 200, 60, "snapshot under way", daemon)
-    _kill(daemon)
-    assert len(stored_churn(db)) < 3000  # it really died in the middle of the snapshot
+    daemon = start(config)
+    wait(lambda: len(stored_churn(db)) > 200, 60, "snapshot under way", daemon)
+    kill(daemon)
+    assert len(stored_churn(db)) < 5000  # it really died in the middle of the snapshot
     endpoints.set_faults({"sagemaker": {"latency_ms": 0}})
+    monitor = VersionMonitor(mariadb, database)
     for round_ in range(3):
-        daemon = _start(config)
+        if round_ == 1:  # the snapshot's catch-up is over: from now on versions only move on
+            monitor.start()
+        daemon = start(config)
         with db.cursor() as cursor:
             for i in range(200):
                 pick = i % 10
@@ -169,21 +127,122 @@ def test_kill_9_at_several_points_converges(
                         (f"great service, thank you {round_}-{i}",),
                     )
                 if i == 120:
-                    _kill(daemon)  # mid-stream
-                    daemon = _start(config)
-        _wait(lambda: churn_matches(db), 90, f"convergence after round {round_}", daemon)
+                    kill(daemon)  # mid-stream
+                    daemon = start(config)
+        wait(lambda: churn_matches(db), 90, f"convergence after round {round_}", daemon)
         if round_ < 2:
-            _kill(daemon)
-    _wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", daemon)
-    assert _kill(daemon, signal.SIGTERM) == 0
+            kill(daemon)
+    wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
     assert churn_matches(db)  # the differential check after a clean stop
+    monitor.stop()
+    assert monitor.polls > 10
+    assert not monitor.regressions, monitor.regressions[:5]
     db.close()
 
 
+class VersionMonitor(threading.Thread):
+    """Polls the predictions while the daemon is killed and restarted: for every key, the
+    source transaction of its prediction must never go back to an older row version."""
+
+    def __init__(self, server: MariaDBServer, database: str) -> None:
+        super().__init__(daemon=True)
+        self._conn = server.connect(database)
+        self._halt = threading.Event()
+        self.seen: dict[str, int] = {}
+        self.regressions: list[tuple[str, int, int]] = []
+        self.polls = 0
+
+    def run(self) -> None:
+        while not self._halt.wait(0.05):
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT phone, source_position FROM churn_predictions")
+                rows = cursor.fetchall()
+            self.polls += 1
+            for phone, position in rows:
+                seq = int(str(position).rsplit("-", 1)[-1]) if position else -1
+                before = self.seen.get(phone, -1)
+                if seq < before:
+                    self.regressions.append((phone, before, seq))
+                self.seen[phone] = max(before, seq)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        self._conn.close()
+
+
 def test_demo_runs_and_shows_predictions() -> None:
-    result = _run_cli("demo", "--seconds", "3", "--no-wait", timeout=180)
+    result = run_cli("demo", "--seconds", "3", "--no-wait", timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "FROM churn_scored LIMIT 5" in out
     assert "unscored rows: churn 0/" in out
     assert "scorer, endpoints and MariaDB are down" in out
+
+
+@pytest.mark.timeout(180)
+def test_foreign_purged_and_reset_checkpoints_are_refused(
+    tmp_path: Path, endpoints: BackgroundModelServer
+) -> None:
+    with PrivateMariaDB(server_id=7) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
+        conn = connect(spec.source)
+        init_schema(conn, spec)
+        conn.close()
+        db = server.connect("mltest")
+        generator = ChurnRowGenerator(31)
+        daemon = start(config)
+        wait(lambda: _checkpoint_identity(db) is not None, 30, "first checkpoint", daemon)
+        insert_churn(db, list(generator.rows(20)))
+        wait(lambda: len(stored_churn(db)) == 20, 30, "scored", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+
+        def refused() -> str:
+            result = run_cli("run", "--config", str(config))
+            assert result.returncode == 1, result.stderr[-2000:]
+            return result.stderr.strip().splitlines()[-1]
+
+        # A checkpoint taken on another server.
+        with db.cursor() as cursor:
+            cursor.execute(
+                "UPDATE cdc_scorer_checkpoint SET server_identity='mariadb:server_id=99'"
+            )
+        line = refused()
+        assert line.startswith("cdc-scorer: checkpoint belongs to mariadb:server_id=99, but this ")
+        assert "delete the pipeline rows in cdc_scorer_checkpoint" in line
+        with db.cursor() as cursor:
+            cursor.execute("UPDATE cdc_scorer_checkpoint SET server_identity='mariadb:server_id=7'")
+
+        # The binlog the checkpoint needs was purged while the scorer was down.
+        insert_churn(db, list(generator.rows(5)))
+        with db.cursor() as cursor:
+            cursor.execute("FLUSH BINARY LOGS")
+            cursor.execute("SHOW BINARY LOGS")
+            newest = cursor.fetchall()[-1][0]
+
+            def purged() -> bool:
+                # MariaDB keeps a file until InnoDB has checkpointed its transactions.
+                cursor.execute(f"PURGE BINARY LOGS TO '{newest}'")
+                cursor.execute("SHOW BINARY LOGS")
+                return len(cursor.fetchall()) == 1
+
+            wait(purged, 30, "binlog purged")
+        line = refused()
+        assert "cannot be read" in line and "raise binlog retention" in line, line
+
+        # The binlog was reset: the checkpoint's GTIDs are not on the server any more.
+        with db.cursor() as cursor:
+            cursor.execute("RESET MASTER")
+        line = refused()
+        assert "is not in this server's binlog state" in line, line
+        db.close()
+
+
+def _checkpoint_identity(db: Any) -> str | None:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT server_identity FROM cdc_scorer_checkpoint LIMIT 1")
+        row = cursor.fetchone()
+    return None if row is None else str(row[0])

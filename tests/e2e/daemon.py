@@ -1,0 +1,86 @@
+"""The daemon as a subprocess, as an operator runs it: start, wait, signal, scrape."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CLI = [sys.executable, "-m", "cdc_scorer"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Daemon(subprocess.Popen[str]):
+    """``cdc-scorer run`` with its log in a file (a pipe nobody reads would block it)."""
+
+    def __init__(
+        self, config: Path, name: str = "daemon", env: dict[str, str] | None = None
+    ) -> None:
+        self.log_path = config.parent / f"{name}.log"
+        self._log = self.log_path.open("a")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", **(env or {})}
+        super().__init__(
+            [*CLI, "run", "--config", str(config), "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            text=True,
+            env=env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGKILL, timeout: float = 30) -> int:
+        self.send_signal(sig)
+        code = self.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+
+def wait(condition: Any, timeout_s: float, what: str, process: Daemon | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(
+                f"daemon exited ({process.returncode}) waiting for {what}: {process.log()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start(config: Path, name: str = "daemon", env: dict[str, str] | None = None) -> Daemon:
+    return Daemon(config, name, env)
+
+
+def kill(daemon: Daemon, sig: int = signal.SIGKILL) -> int:
+    return daemon.stop(sig)
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """Status and body of a GET (errors are answers too: 503 from /readyz)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of one sample line (``name`` includes labels) of an exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
