@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pymysql
@@ -90,6 +91,25 @@ def save_checkpoint(conn: Connection, name: str, checkpoint: Checkpoint, identit
         cursor.execute(CHECKPOINT_UPSERT, _checkpoint_row(name, checkpoint, identity))
 
 
+@dataclass(frozen=True)
+class _MultiRow:
+    """A statement with a list of row groups: ``head + row, row, … + tail``."""
+
+    head: str
+    row: str
+    tail: str
+    rows_per_statement: int = 500  # well under max_allowed_packet for any prediction row
+
+    def execute(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        step = self.rows_per_statement
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            cursor.execute(
+                self.head + ", ".join([self.row] * len(chunk)) + self.tail,
+                [value for row in chunk for value in row],
+            )
+
+
 class Sink:
     """Writes one pipeline's scored batches, in order, through its own connection."""
 
@@ -129,16 +149,24 @@ class Sink:
         ]
         updates = [c for c in columns if c != "key_hash" and c not in key_columns]
         self._value_columns = value_columns
-        self._upsert = (
+        # Multi-row statements, built here: pymysql's executemany batches only statements whose
+        # VALUES are all placeholders (ours has NOW(6)) and sends one round trip per row
+        # otherwise, which made the sink the pipeline's bottleneck (docs/benchmarks.md).
+        self._upsert = _MultiRow(
             f"INSERT INTO {quote(pipeline.predictions_table)} "
-            f"({', '.join(quote(c) for c in columns)}, scored_at) "
-            f"VALUES ({', '.join(['%s'] * len(columns))}, NOW(6)) ON DUPLICATE KEY UPDATE "
-            + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"])
+            f"({', '.join(quote(c) for c in columns)}, scored_at) VALUES ",
+            f"({', '.join(['%s'] * len(columns))}, NOW(6))",
+            " ON DUPLICATE KEY UPDATE "
+            + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"]),
         )
-        self._delete = f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash = %s"
-        self._dead_letter = (
+        self._delete = _MultiRow(
+            f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash IN (", "%s", ")"
+        )
+        self._dead_letter = _MultiRow(
             f"INSERT INTO {DEAD_LETTER_TABLE} (pipeline, source_key, source_position, reason, "
-            "error, payload, created_at) VALUES (%s, %s, %s, %s, %s, %s, NOW(6))"
+            "error, payload, created_at) VALUES ",
+            "(%s, %s, %s, %s, %s, %s, NOW(6))",
+            "",
         )
 
     async def write(self, batch: ScoredBatch) -> None:
@@ -203,8 +231,8 @@ class Sink:
             conn.begin()
             with conn.cursor() as cursor:
                 if batch.upserts:
-                    cursor.executemany(
-                        self._upsert,
+                    self._upsert.execute(
+                        cursor,
                         [
                             (
                                 key_hash(p.key),
@@ -221,10 +249,10 @@ class Sink:
                 # A dead-lettered row's older prediction would belong to an older version.
                 removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
                 if removed:
-                    cursor.executemany(self._delete, [(key_hash(k),) for k in removed])
+                    self._delete.execute(cursor, [(key_hash(k),) for k in removed])
                 if batch.dead_letters:
-                    cursor.executemany(
-                        self._dead_letter,
+                    self._dead_letter.execute(
+                        cursor,
                         [
                             (
                                 self._pipeline.name,
