@@ -42,7 +42,7 @@ from cdc_scorer.scoring.aws import create_client_context
 from cdc_scorer.scoring.comprehend import ComprehendScorer
 from cdc_scorer.scoring.sagemaker import SageMakerScorer
 from cdc_scorer.sink import Sink, load_checkpoints, save_checkpoint
-from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, SourceBatch
+from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, Handover, SourceBatch
 from cdc_scorer.source.snapshot import snapshot_rows
 from cdc_scorer.spec import COMPREHEND, SAGEMAKER, PipelineSpec, ScorerSpec
 
@@ -358,12 +358,12 @@ class ScorerApp:
         start = start_position(positions, Position(server.identity))
         keys = {table: info.key_columns for table, info in tables.items()}
         keys[HEARTBEAT_TABLE] = ("instance",)
-        queue: asyncio.Queue[SourceBatch] = asyncio.Queue(maxsize=self.spec.source.queue_max_items)
+        handover = Handover(self.spec.source.queue_max_items)
         self._source = BinlogSource(
             self.spec.source,
             CaptureSpec(keys),
             start,
-            queue,
+            handover,
             on_disconnect=self._on_disconnect,
             on_connect=self._on_connect,
             on_rows=self.telemetry.on_rows_read,
@@ -371,21 +371,23 @@ class ScorerApp:
         if self._stop.is_set():
             return
         by_table = {r.pipeline.table: r for r in runners}
-        self.telemetry.source.queue_depth = queue.qsize
+        self.telemetry.source.queue_depth = handover.qsize
         self.telemetry.source.streaming = True
         log.info("streaming", start=str(start))
         reader = asyncio.create_task(self._source.run(), name="binlog-reader")
         try:
             while True:
-                get = asyncio.ensure_future(queue.get())
+                get = asyncio.ensure_future(handover.get())
                 done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
                     await reader  # raises what stopped the reader, or returns when stopped
-                    while not queue.empty():  # what was read before the stop is still applied
-                        await self._route(queue.get_nowait(), runners, by_table)
+                    while not handover.empty():  # what was read before the stop is applied
+                        for items in handover.get_nowait():
+                            await self._route(items, runners, by_table)
                     return
-                await self._route(get.result(), runners, by_table)
+                for items in get.result():
+                    await self._route(items, runners, by_table)
         finally:
             self.telemetry.source.streaming = False
             if not reader.done():

@@ -49,7 +49,7 @@ class SourceConfig(_Strict):
     server_id: int | None = Field(None, ge=1, le=4294967295)
     connect_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
-    queue_max_items: int = Field(256, ge=1)
+    queue_max_items: int = Field(64, ge=1)
 
 
 class BatchingConfig(_Strict):
