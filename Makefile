@@ -26,6 +26,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cdc_scorer tests benchmarks
 	$(VENV)/bin/mypy
 
+# Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
+BENCH ?= quick
+bench: $(STAMP) system-packages
+	$(PY) -m benchmarks.run --mode $(BENCH) --out docs
+
 bench-endpoints: $(STAMP)
 	$(PY) -m benchmarks.endpoints_capacity
 

@@ -1,0 +1,89 @@
+"""The parse-only ceiling: read a stretch of binlog into ``RowChange``s and nothing else.
+
+The same reader settings as the daemon (one connection, only the churn table), bounded by GTIDs
+so inserts and updates are timed apart. Each decoder the project has is timed on the same
+binlog in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import HeartbeatLogEvent, MariadbGtidEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+from benchmarks.harness import gtid_seq
+from cdc_scorer.local.mariadb import MariaDBServer
+from cdc_scorer.source.binlog import row_changes
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    decoder: str
+    operation: str
+    rows: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s else 0.0
+
+
+def read_range(
+    server: MariaDBServer, database: str, start: str, stop: str, decoder: str, operation: str
+) -> DecodeResult:
+    """Decode the churn rows events after GTID ``start`` up to and including ``stop``."""
+    stream = BinLogStreamReader(
+        connection_settings={
+            "host": server.host,
+            "port": server.port,
+            "user": "root",
+            "password": "",
+        },
+        server_id=987_654,
+        # Non-blocking MariaDB streams end in a reconnect loop at the end of the binlog: block,
+        # and take the first heartbeat (sent once the server has nothing more) as the end.
+        blocking=True,
+        slave_heartbeat=0.5,
+        is_mariadb=True,
+        auto_position=start,
+        only_schemas=[database],
+        only_tables=["churn"],
+        only_events=[
+            MariadbGtidEvent,
+            HeartbeatLogEvent,
+            WriteRowsEvent,
+            UpdateRowsEvent,
+            DeleteRowsEvent,
+        ],
+    )
+    last = gtid_seq(stop)
+    rows = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    wall, cpu = wall0, cpu0  # as of the last rows event: the heartbeat wait is not counted
+    try:
+        for event in stream:
+            if isinstance(event, HeartbeatLogEvent):
+                break
+            if isinstance(event, MariadbGtidEvent):
+                if event.gtid_seq_no > last:
+                    break
+                continue
+            rows += len(_decode(event, decoder))
+            wall, cpu = time.perf_counter(), time.process_time()
+    finally:
+        stream.close()
+    return DecodeResult(decoder, operation, rows, wall - wall0, cpu - cpu0)
+
+
+def _decode(event: Any, decoder: str) -> list[Any]:
+    if decoder == "stock":
+        return row_changes(event, ("phone",), None)
+    raise ValueError(f"unknown decoder {decoder!r}")
+
+
+DECODERS = ("stock",)

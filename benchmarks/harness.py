@@ -1,0 +1,451 @@
+"""Benchmark parts: the environment, the workload driver, a process meter, the measurements.
+
+Everything real: the project's private MariaDB, ``cdc-scorer serve-models`` as its own process
+with an emulated latency profile, ``cdc-scorer run`` as its own process (so its CPU time and RSS
+are its own), and a writer on its own connection. Freshness is measured on one clock — the
+database's: prediction ``scored_at`` - source ``updated_at``, both ``NOW(6)`` of the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdc_scorer.local.churn_data import (
+    FEATURE_COLUMNS,
+    LABEL_COLUMN,
+    ChurnRowGenerator,
+    FeedbackGenerator,
+)
+from cdc_scorer.local.mariadb import MariaDBServer, free_port
+
+CLI = [sys.executable, "-m", "cdc_scorer"]
+CHURN_COLUMNS = (*FEATURE_COLUMNS, LABEL_COLUMN)
+
+# The blog's tables plus what a benchmark needs: an index on the natural key and the time of
+# the row's last write on the database's clock.
+BENCH_CHURN_DDL = """
+CREATE TABLE churn (
+  state VARCHAR(2048), acc_length BIGINT, area_code BIGINT, phone VARCHAR(2048),
+  int_plan VARCHAR(2048), vmail_plan VARCHAR(2048), vmail_msg BIGINT,
+  day_mins DOUBLE, day_calls BIGINT, day_charge DOUBLE,
+  eve_mins DOUBLE, eve_calls BIGINT, eve_charge DOUBLE,
+  night_mins DOUBLE, night_calls BIGINT, night_charge DOUBLE,
+  int_mins DOUBLE, int_calls BIGINT, int_charge DOUBLE,
+  cust_service_calls BIGINT, Churn VARCHAR(2048),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  KEY phone (phone(16)),
+  KEY updated_at (updated_at)
+) CHARACTER SET utf8mb4
+"""
+BENCH_FEEDBACK_DDL = """
+CREATE TABLE feedback (
+  id BIGINT AUTO_INCREMENT PRIMARY KEY,
+  user_feedback TEXT,
+  language VARCHAR(8) NOT NULL DEFAULT 'en',
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  KEY updated_at (updated_at)
+) CHARACTER SET utf8mb4
+"""
+
+# Emulated model latency (issue 5): SageMaker 15 ms + 0.02 ms/row, Comprehend 40 ms a batch.
+LATENCY_PROFILE = {
+    "sagemaker": {"latency_ms": 15, "latency_per_row_ms": 0.02},
+    "comprehend": {"latency_ms": 40},
+}
+
+SCORER_CONFIG = """
+shutdown_grace_s = 60
+[source]
+host = "127.0.0.1"
+port = {port}
+user = "root"
+database = "{database}"
+heartbeat_interval_s = 0.5
+queue_max_items = 64
+
+[http]
+host = "127.0.0.1"
+port = {http_port}
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint_url}"
+call_timeout_s = 60
+
+[[pipelines]]
+name = "churn"
+table = "churn"
+key_columns = ["phone"]
+service = "sagemaker"
+snapshot = "never"
+[pipelines.sagemaker]
+endpoint_name = "churn-autopilot-endpoint"
+feature_columns = {features}
+[pipelines.batching]
+max_rows = {max_rows}
+linger_ms = {linger_ms}
+max_in_flight = {max_in_flight}
+
+[[pipelines]]
+name = "feedback"
+table = "feedback"
+service = "comprehend"
+snapshot = "never"
+[pipelines.comprehend]
+text_column = "user_feedback"
+[pipelines.batching]
+max_rows = {feedback_rows}
+linger_ms = {linger_ms}
+max_in_flight = {max_in_flight}
+"""
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_rows: int = 100
+    linger_ms: float = 50
+    max_in_flight: int = 4
+
+    @property
+    def feedback_rows(self) -> int:
+        return min(25, self.max_rows)
+
+
+def create_bench_database(server: MariaDBServer, database: str) -> None:
+    conn = server.connect()
+    with conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {database}")
+        cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+        cursor.execute(f"USE {database}")
+        cursor.execute(BENCH_CHURN_DDL)
+        cursor.execute(BENCH_FEEDBACK_DDL)
+    conn.close()
+
+
+def write_scorer_config(
+    path: Path, server: MariaDBServer, database: str, endpoint_url: str, batching: Batching
+) -> int:
+    """Write a config for ``database``; returns its operations port."""
+    http_port = free_port()
+    path.write_text(
+        SCORER_CONFIG.format(
+            port=server.port,
+            database=database,
+            http_port=http_port,
+            endpoint_url=endpoint_url,
+            features=json.dumps(list(FEATURE_COLUMNS)),
+            max_rows=batching.max_rows,
+            feedback_rows=batching.feedback_rows,
+            linger_ms=batching.linger_ms,
+            max_in_flight=batching.max_in_flight,
+        )
+    )
+    return http_port
+
+
+def init_scorer_tables(config: Path) -> None:
+    subprocess.run([*CLI, "init", "--config", str(config)], check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------------------- processes
+class ProcessMeter(threading.Thread):
+    """CPU seconds and RSS of a process, sampled from /proc every ``interval_s``."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_rss_mb = 0.0
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, RSS MB)
+        self._halt = threading.Event()
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+
+    def rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            pass
+        return 0.0
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s):
+            rss = self.rss_mb()
+            self.samples.append((time.monotonic(), rss))
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+class ModelEndpoints:
+    """``cdc-scorer serve-models`` in its own process, with the latency profile."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / "endpoints.log").open("w")
+        self._process = subprocess.Popen(
+            [
+                *CLI,
+                "serve-models",
+                "--port",
+                str(self.port),
+                "--faults",
+                json.dumps(LATENCY_PROFILE),
+            ],
+            stdout=self._log,
+            stderr=self._log,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.stats()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise RuntimeError("model endpoints did not start") from None
+                time.sleep(0.1)
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_local/stats", timeout=5) as response:
+            result: dict[str, Any] = json.loads(response.read())
+        return result
+
+    def reset_stats(self) -> None:
+        request = urllib.request.Request(f"{self.url}/_local/stats/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=30)
+        self._log.close()
+
+
+class Process:
+    """A child process with its log in a file and a meter on it."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self._log = log.open("w")
+        self.log_path = log
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=self._log, env={**os.environ, **(env or {})}
+        )
+        self.meter = ProcessMeter(self.process.pid)
+        self.meter.start()
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.log_path.stem} exited {self.process.returncode}: "
+                f"{self.log_path.read_text()[-2000:]}"
+            )
+
+    def stop(self) -> None:
+        self.meter.stop()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def scorer_process(config: Path, log: Path) -> Process:
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    return Process([*CLI, "run", "--config", str(config), "--log-format", "json"], log, env)
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+# ---------------------------------------------------------------------------- workload
+@dataclass
+class Workload:
+    """The application: churn inserts (50 %), updates of model inputs (40 %), deletes (10 %),
+    and a feedback text for every 20 churn changes."""
+
+    conn: Any
+    seed: int = 1
+    live: list[str] = field(default_factory=list)
+    rows_written: int = 0
+    last_gtid: str = ""
+
+    def __post_init__(self) -> None:
+        self._churn = ChurnRowGenerator(self.seed)
+        self._feedback = FeedbackGenerator(self.seed)
+        self._rng = random.Random(self.seed)
+        self._insert = (
+            f"INSERT INTO churn ({', '.join(CHURN_COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(CHURN_COLUMNS))})"
+        )
+
+    def preload(self, rows: int, chunk: int = 2000) -> None:
+        """Rows that exist before the measured phase (multi-row INSERTs)."""
+        with self.conn.cursor() as cursor:
+            done = 0
+            while done < rows:
+                n = min(chunk, rows - done)
+                batch = [self._churn.row() for _ in range(n)]
+                cursor.executemany(
+                    self._insert, [tuple(r[c] for c in CHURN_COLUMNS) for r in batch]
+                )
+                self.live.extend(r["phone"] for r in batch)
+                done += n
+
+    def step(self, rows: int) -> int:
+        """One application transaction of about ``rows`` row changes; returns the count."""
+        inserts = updates = deletes = 0
+        for _ in range(rows):
+            draw = self._rng.random()
+            if draw < 0.5 or len(self.live) < 100:
+                inserts += 1
+            elif draw < 0.9:
+                updates += 1
+            else:
+                deletes += 1
+        with self.conn.cursor() as cursor:
+            self.conn.begin()
+            if inserts:
+                batch = [self._churn.row() for _ in range(inserts)]
+                cursor.executemany(
+                    self._insert, [tuple(r[c] for c in CHURN_COLUMNS) for r in batch]
+                )
+                self.live.extend(r["phone"] for r in batch)
+            if updates:
+                phones = self._rng.sample(self.live, min(updates, len(self.live)))
+                for phone in phones:
+                    cursor.execute(
+                        "UPDATE churn SET day_mins=%s, day_charge=%s, cust_service_calls=%s "
+                        "WHERE phone=%s",
+                        (
+                            round(self._rng.uniform(0, 350), 1),
+                            round(self._rng.uniform(0, 60), 2),
+                            self._rng.randint(0, 9),
+                            phone,
+                        ),
+                    )
+            for _ in range(deletes):
+                if len(self.live) > 100:
+                    phone = self.live.pop(self._rng.randrange(len(self.live)))
+                    cursor.execute("DELETE FROM churn WHERE phone=%s", (phone,))
+            feedback = sum(1 for _ in range(rows) if self._rng.random() < 0.05)
+            if feedback:
+                cursor.executemany(
+                    "INSERT INTO feedback (user_feedback) VALUES (%s)",
+                    [(self._feedback.text(),) for _ in range(feedback)],
+                )
+            self.conn.commit()
+            cursor.execute("SELECT @@last_gtid")
+            (gtid,) = cursor.fetchone() or ("",)
+        self.last_gtid = str(gtid)
+        written = inserts + updates + deletes + feedback
+        self.rows_written += written
+        return written
+
+    def drive(self, rate: float | None, seconds: float, max_rows: int | None = None) -> float:
+        """Write at ``rate`` rows/s (None: flat out) for ``seconds``; returns the time taken."""
+        started = time.monotonic()
+        written = 0
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed >= seconds or (max_rows is not None and written >= max_rows):
+                return elapsed
+            if rate is None:
+                written += self.step(100)
+                continue
+            due = int(rate * elapsed) - written
+            if due <= 0:
+                time.sleep(min(0.005, 1 / rate))
+                continue
+            written += self.step(min(due, 200))
+
+
+def gtid_seq(gtid: str) -> int:
+    return int(gtid.rsplit("-", 1)[-1]) if gtid else 0
+
+
+def caught_up(conn: Any, last_gtid: str) -> bool:
+    """Every pipeline's checkpoint is at or after the workload's last transaction."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT position FROM cdc_scorer_checkpoint")
+        rows = cursor.fetchall()
+    if not rows:
+        return False
+    wanted = gtid_seq(last_gtid)
+    for (position,) in rows:
+        if not position:
+            return False
+        seqs = [gtid_seq(g) for g in str(position).split(":", 1)[1].split(",") if g]
+        if not seqs or max(seqs) < wanted:
+            return False
+    return True
+
+
+def freshness_s(conn: Any, since: str) -> list[float]:
+    """Seconds from each row's last write (since ``since``) to its prediction, both DB time."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, c.updated_at, p.scored_at) FROM churn c "
+            "JOIN churn_predictions p ON p.phone = c.phone "
+            "WHERE c.updated_at >= %s AND p.scored_at >= c.updated_at",
+            (since,),
+        )
+        values = [int(r[0]) / 1e6 for r in cursor.fetchall()]
+        cursor.execute(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, f.updated_at, p.scored_at) FROM feedback f "
+            "JOIN feedback_predictions p ON p.id = f.id "
+            "WHERE f.updated_at >= %s AND p.scored_at >= f.updated_at",
+            (since,),
+        )
+        values += [int(r[0]) / 1e6 for r in cursor.fetchall()]
+    return values
+
+
+def db_now(conn: Any) -> str:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT NOW(6)")
+        (now,) = cursor.fetchone() or ("",)
+    return str(now)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]

@@ -1,0 +1,452 @@
+"""``make bench``: freshness, throughput, model calls, CPU and memory — cdc-scorer and the
+alternatives, in one run on this machine — written to docs/benchmarks.md with plots.
+
+    python -m benchmarks.run [--mode quick|full|smoke] [--out docs]
+
+Modes differ only in sizes and durations: ``quick`` (under 3 minutes), ``full`` (the long one,
+with the 1M-row transaction), ``smoke`` (seconds; what the test suite runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.decode import DECODERS, DecodeResult, read_range
+from benchmarks.harness import (
+    Batching,
+    ModelEndpoints,
+    Process,
+    Workload,
+    caught_up,
+    create_bench_database,
+    db_now,
+    freshness_s,
+    init_scorer_tables,
+    metrics,
+    percentile,
+    scorer_process,
+    wait_until,
+    write_scorer_config,
+)
+from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    phase_s: float  # writing time of each fixed-rate phase
+    drain_s: float  # how long a phase may take to catch up after writing stops
+    rates: tuple[int, ...]
+    flat_out_rows: int
+    decode_rows: int
+    big_update_rows: int
+    preload_rows: int
+
+
+MODES = {
+    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500),
+    "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000),
+    "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000),
+}
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    approach: str
+    load: str
+    rows: int = 0
+    write_rows_per_s: float | None = None
+    e2e_rows_per_s: float | None = None
+    caught_up: bool | None = None
+    backlog_rows: int | None = None
+    p50_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    calls_per_1k: float | None = None
+    cpu_s_per_1k: float | None = None
+    peak_rss_mb: float | None = None
+    note: str = ""
+    freshness: list[float] = field(default_factory=list, repr=False)
+
+
+class Bench:
+    def __init__(self, mode: Mode, workdir: Path, server: MariaDBServer) -> None:
+        self.mode = mode
+        self.workdir = workdir
+        self.server = server
+        self.endpoints = ModelEndpoints(workdir)
+        self.rows: list[Row] = []
+        self.decode: list[DecodeResult] = []
+        self._databases = 0
+
+    def _database(self, name: str) -> str:
+        self._databases += 1
+        database = f"b{self._databases}_{name}"
+        create_bench_database(self.server, database)
+        return database
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    # ------------------------------------------------------------------ (d) MariaDB alone
+    def mariadb_write_rate(self) -> None:
+        database = self._database("write")
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=2)
+        workload.preload(self.mode.preload_rows)
+        elapsed = workload.drive(None, self.mode.phase_s)
+        rate = workload.rows_written / elapsed
+        self.rows.append(
+            Row(
+                "MariaDB alone (the workload, flat out)",
+                "flat out",
+                workload.rows_written,
+                write_rows_per_s=rate,
+                note="100-row transactions: 50 % insert, 40 % update, 10 % delete, +5 % feedback",
+            )
+        )
+        self.log(f"MariaDB write rate: {rate:,.0f} rows/s")
+        conn.close()
+
+    # ------------------------------------------------------------------ (a) parse only
+    def parse_only(self) -> None:
+        database = self._database("decode")
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=3)
+        start = _gtid_pos(conn)
+        t0 = time.perf_counter()
+        workload.preload(self.mode.decode_rows, chunk=1000)
+        insert_rate = self.mode.decode_rows / (time.perf_counter() - t0)
+        after_inserts = _gtid_pos(conn)
+        t0 = time.perf_counter()
+        with conn.cursor() as cursor:
+            cursor.execute("UPDATE churn SET day_mins = day_mins + 1")  # one transaction
+        update_rate = self.mode.decode_rows / (time.perf_counter() - t0)
+        after_updates = _gtid_pos(conn)
+        conn.close()
+        self.rows.append(
+            Row(
+                "MariaDB alone (bulk INSERT / one UPDATE)",
+                "flat out",
+                2 * self.mode.decode_rows,
+                write_rows_per_s=None,
+                note=f"INSERT {insert_rate:,.0f} rows/s (1000-row statements); "
+                f"UPDATE {update_rate:,.0f} rows/s (one statement)",
+            )
+        )
+        self.log(f"MariaDB bulk: insert {insert_rate:,.0f} rows/s, update {update_rate:,.0f}/s")
+        for decoder in DECODERS:
+            for operation, begin, end in (
+                ("insert", start, after_inserts),
+                ("update", after_inserts, after_updates),
+            ):
+                result = read_range(self.server, database, begin, end, decoder, operation)
+                self.decode.append(result)
+                self.log(
+                    f"parse-only {decoder} {operation}: {result.rows:,} rows, "
+                    f"{result.rows_per_s:,.0f} rows/s"
+                )
+        # The profile of the stock decoder on updates: where the ceiling comes from.
+        profile = cProfile.Profile()
+        profile.enable()
+        read_range(self.server, database, after_inserts, after_updates, "stock", "update")
+        profile.disable()
+        out = self.workdir / "profile.txt"
+        with out.open("w") as stream:
+            stats = pstats.Stats(profile, stream=stream)
+            stats.sort_stats("tottime").print_stats(15)
+        self.profile_text = out.read_text()
+
+    # ------------------------------------------------------------------ scorer phases
+    def scorer_phase(
+        self, approach: str, batching: Batching, rate: float | None, max_rows: int | None = None
+    ) -> Row:
+        name = approach.split(" ")[0].lower().replace("-", "")
+        database = self._database(name)
+        config = self.workdir / f"{database}.toml"
+        port = write_scorer_config(config, self.server, database, self.endpoints.url, batching)
+        init_scorer_tables(config)
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=5)
+        workload.preload(self.mode.preload_rows)
+        scorer = scorer_process(config, self.workdir / f"{database}.log")
+        try:
+            if not wait_until(lambda: _ready(port, scorer), 60):
+                raise RuntimeError(
+                    f"scorer did not get ready: {scorer.log_path.read_text()[-2000:]}"
+                )
+            return self._measure(approach, scorer, conn, workload, rate, max_rows)
+        finally:
+            scorer.stop()
+            conn.close()
+
+    def polling_phase(self, rate: float) -> Row:
+        database = self._database("polling")
+        config = self.workdir / f"{database}.toml"
+        write_scorer_config(config, self.server, database, self.endpoints.url, Batching())
+        init_scorer_tables(config)  # the same prediction tables
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=5)
+        workload.preload(self.mode.preload_rows)
+        poller = Process(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.polling",
+                "--port",
+                str(self.server.port),
+                "--database",
+                database,
+                "--endpoint-url",
+                self.endpoints.url,
+            ],
+            self.workdir / f"{database}.log",
+            {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"},
+        )
+        try:
+            time.sleep(1.0)
+            poller.check_alive()
+            return self._measure(
+                "Polling every 1 s (MindsDB JOBS / cron)", poller, conn, workload, rate, None
+            )
+        finally:
+            poller.stop()
+            conn.close()
+
+    def _measure(
+        self,
+        approach: str,
+        process: Process,
+        conn: Any,
+        workload: Workload,
+        rate: float | None,
+        max_rows: int | None,
+    ) -> Row:
+        polling = approach.startswith("Polling")
+        self.endpoints.reset_stats()
+        since = db_now(conn)
+        cpu0 = process.meter.cpu_s()
+        started = time.monotonic()
+        seconds = self.mode.phase_s if max_rows is None else 3600.0
+        written_before = workload.rows_written
+        writing = workload.drive(rate, seconds, max_rows)
+        written = workload.rows_written - written_before
+        done = wait_until(
+            lambda: (
+                (process.check_alive() or True)
+                and (_polled_up(conn, since) if polling else caught_up(conn, workload.last_gtid))
+            ),
+            self.mode.drain_s,
+            poll_s=0.05,
+        )
+        elapsed = time.monotonic() - started
+        cpu = process.meter.cpu_s() - cpu0
+        calls = self.endpoints.stats()["total_calls"]
+        fresh = freshness_s(conn, since)
+        backlog = 0 if done else _backlog(conn, since)
+        load = "flat out" if rate is None else f"{rate:,.0f} rows/s"
+        row = Row(
+            approach,
+            load,
+            written,
+            write_rows_per_s=written / writing,
+            e2e_rows_per_s=written / elapsed if done else (written - backlog) / elapsed,
+            caught_up=done,
+            backlog_rows=backlog,
+            p50_s=percentile(fresh, 50),
+            p95_s=percentile(fresh, 95),
+            p99_s=percentile(fresh, 99),
+            calls_per_1k=1000 * calls / written if written else None,
+            cpu_s_per_1k=1000 * cpu / written if written else None,
+            peak_rss_mb=process.meter.peak_rss_mb,
+            freshness=fresh,
+        )
+        self.log(
+            f"{approach} @ {load}: {written:,} rows, e2e {row.e2e_rows_per_s:,.0f} rows/s, "
+            f"caught up={done}, p50={_fmt(row.p50_s)} p99={_fmt(row.p99_s)} s, "
+            f"calls/1k={_fmt(row.calls_per_1k)}, cpu/1k={_fmt(row.cpu_s_per_1k)} s"
+        )
+        return row
+
+    # ------------------------------------------------------------------ one big transaction
+    def big_update(self) -> Row:
+        rows = self.mode.big_update_rows
+        database = self._database("bigtxn")
+        config = self.workdir / f"{database}.toml"
+        port = write_scorer_config(config, self.server, database, self.endpoints.url, Batching())
+        init_scorer_tables(config)
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=7)
+        workload.preload(rows, chunk=5000)
+        scorer = scorer_process(config, self.workdir / f"{database}.log")
+        try:
+            wait_until(lambda: _ready(port, scorer), 60)
+            time.sleep(1.0)
+            baseline = scorer.meter.rss_mb()
+            self.endpoints.reset_stats()
+            cpu0 = scorer.meter.cpu_s()
+            started = time.monotonic()
+            with conn.cursor() as cursor:
+                cursor.execute("UPDATE churn SET day_mins = day_mins + 1")
+                cursor.execute("SELECT @@last_gtid")
+                (gtid,) = cursor.fetchone() or ("",)
+            done = wait_until(lambda: caught_up(conn, str(gtid)), self.mode.drain_s * 4, 0.1)
+            elapsed = time.monotonic() - started
+            row = Row(
+                "cdc-scorer (stock decoder), one UPDATE transaction",
+                f"{rows:,} rows",
+                rows,
+                e2e_rows_per_s=rows / elapsed if done else None,
+                caught_up=done,
+                calls_per_1k=1000 * self.endpoints.stats()["total_calls"] / rows,
+                cpu_s_per_1k=1000 * (scorer.meter.cpu_s() - cpu0) / rows,
+                peak_rss_mb=scorer.meter.peak_rss_mb,
+                note=f"RSS {baseline:.0f} MB before the transaction, "
+                f"{scorer.meter.peak_rss_mb:.0f} MB peak during it",
+            )
+            self.rss_trace = [
+                (t - started, rss) for t, rss in scorer.meter.samples if t >= started - 2
+            ]
+            self.log(f"big update: {rows:,} rows, {row.note}, caught up={done}")
+            return row
+        finally:
+            scorer.stop()
+            conn.close()
+
+
+def _gtid_pos(conn: Any) -> str:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        (pos,) = cursor.fetchone() or ("",)
+    return str(pos)
+
+
+def _ready(port: int, process: Process) -> bool:
+    process.check_alive()
+    try:
+        text = metrics(port)
+    except OSError:
+        return False
+    return "\ncdc_scorer_source_connected 1.0" in text
+
+
+def _polled_up(conn: Any, since: str) -> bool:
+    return _backlog(conn, since) == 0
+
+
+def _backlog(conn: Any, since: str) -> int:
+    """Rows written since ``since`` whose prediction is missing or older than the row."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM churn c LEFT JOIN churn_predictions p ON p.phone = c.phone "
+            "WHERE c.updated_at >= %s AND (p.scored_at IS NULL OR p.scored_at < c.updated_at)",
+            (since,),
+        )
+        (count,) = cursor.fetchone() or (0,)
+    return int(count)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def run(mode: Mode, out: Path) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="cdc-scorer-bench-"))
+    started = time.monotonic()
+    try:
+        with PrivateMariaDB() as server:
+            bench = Bench(mode, workdir, server)
+            try:
+                bench.mariadb_write_rate()
+                bench.parse_only()
+                rows = bench.rows
+                for rate in mode.rates:
+                    rows.append(bench.scorer_phase("cdc-scorer (stock decoder)", Batching(), rate))
+                rows.append(
+                    bench.scorer_phase(
+                        "cdc-scorer (stock decoder)", Batching(), None, mode.flat_out_rows
+                    )
+                )
+                row_at_a_time = Batching(max_rows=1, linger_ms=0, max_in_flight=1)
+                rows.append(
+                    bench.scorer_phase(
+                        "Row-at-a-time (Aurora ML non-batched)", row_at_a_time, mode.rates[0]
+                    )
+                )
+                for rate in mode.rates[:2]:
+                    rows.append(bench.polling_phase(rate))
+                rows.append(bench.big_update())
+            finally:
+                bench.endpoints.close()
+            results = {
+                "mode": mode.name,
+                "seconds": time.monotonic() - started,
+                "machine": _machine(server),
+                "rows": [{k: v for k, v in asdict(r).items() if k != "freshness"} for r in rows],
+                "decode": [asdict(d) | {"rows_per_s": d.rows_per_s} for d in bench.decode],
+                "profile": bench.profile_text,
+            }
+            write_report(results, rows, bench, out)
+            return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _machine(server: MariaDBServer) -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    conn = server.connect()
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        (version,) = cursor.fetchone() or ("",)
+    conn.close()
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory_gb": f"{int(memory) / 1024 / 1024:.0f}",
+        "python": platform.python_version(),
+        "mariadb": str(version),
+        "os": platform.platform(),
+    }
+
+
+def write_report(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) -> None:
+    from benchmarks.report import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    render(results, rows, bench, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--out", default="docs", help="where benchmarks.md and the plots go")
+    args = parser.parse_args()
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(key, "bench")
+    mode = MODES[args.mode]
+    results = run(mode, Path(args.out))
+    print(f"[bench] done in {results['seconds']:.0f} s: {Path(args.out) / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()

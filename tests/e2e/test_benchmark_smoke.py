@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end (smoke sizes); no speed is asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(300)
+def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--mode", "smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| approach | load |" in report
+    for plot in ("benchmarks-freshness.png", "benchmarks-throughput.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    results = json.loads((tmp_path / "benchmarks.json").read_text())
+    approaches = {row["approach"] for row in results["rows"]}
+    assert any(a.startswith("cdc-scorer") for a in approaches)
+    assert any(a.startswith("Polling") for a in approaches)
+    assert any(a.startswith("Row-at-a-time") for a in approaches)
+    # Every scoring phase caught up and measured freshness on real rows.
+    scored = [r for r in results["rows"] if r["caught_up"] is not None]
+    assert scored and all(r["caught_up"] for r in scored), scored
+    assert all(r["rows"] > 0 for r in scored)
+    assert {(d["decoder"], d["operation"]) for d in results["decode"]} >= {
+        ("stock", "insert"),
+        ("stock", "update"),
+    }
+    assert all(d["rows"] > 0 for d in results["decode"])
