@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +74,7 @@ port = {port}
 user = "root"
 database = "{database}"
 heartbeat_interval_s = 0.5
-queue_max_items = 64
+queue_max_rows = 2000
 
 [http]
 host = "127.0.0.1"
@@ -291,6 +293,100 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 
             return False
         time.sleep(poll_s)
     return True
+
+
+class Profiler:
+    """py-spy sampling a running process (all threads, without pausing it) until stopped."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.error = ""
+        exe = Path(sys.executable).parent / "py-spy"
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [
+                    str(exe),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            self._process, self.error = None, str(exc)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling; the summary: samples, top functions by own and inclusive samples."""
+        if self._process is None:
+            return {"error": self.error}
+        self._process.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        _, stderr = self._process.communicate(timeout=60)
+        if not self.out.exists():
+            return {"error": stderr.decode(errors="replace")[-500:]}
+        return summarise_profile(self.out.read_text())
+
+
+def summarise_profile(raw: str, top: int = 15) -> dict[str, Any]:
+    """Own and inclusive sample shares per function, from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the thread
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    share = (lambda c: c / total) if total else (lambda c: 0.0)
+    return {
+        "samples": total,
+        "own": [(f, share(c)) for f, c in own.most_common(top)],
+        "inclusive": [
+            (f, share(c)) for f, c in inclusive.most_common() if not f.startswith(_PLUMBING)
+        ][:top],
+    }
+
+
+# Frames every sample passes through: thread and event-loop plumbing, not where time goes.
+_PLUMBING = (
+    "Thread.",
+    "_worker ",
+    "_WorkItem.run",
+    "<module>",
+    "_run_code",
+    "_run_module_as_main",
+    "main (cdc_scorer/cli",
+    "_run (cdc_scorer/cli",
+    "run (asyncio",
+    "Runner.run",
+    "BaseEventLoop.",
+    "Handle._run",
+)
+
+
+def _frame(frame: str) -> str:
+    """``func (path/to/site-packages/pkg/mod.py:12)`` → ``func (pkg/mod.py)``."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if "/cdc_scorer/" in path:
+        path = "cdc_scorer/" + path.split("/cdc_scorer/", 1)[1]
+    return f"{name} ({path})"
 
 
 # ---------------------------------------------------------------------------- workload

@@ -90,7 +90,7 @@ def _rss_plot(trace: list[tuple[float, float]], path: Path, label: str) -> None:
 def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) -> None:
     _freshness_plot(rows, out / "benchmarks-freshness.png")
     _throughput_plot(results, rows, out / "benchmarks-throughput.png")
-    big = next((r for r in rows if "one UPDATE" in r.approach), None)
+    big = next((r for r in rows if "UPDATE transaction" in r.approach), None)
     if big is not None and getattr(bench, "rss_trace", None):
         _rss_plot(bench.rss_trace, out / "benchmarks-memory.png", big.load.split()[0])
     m = results["machine"]
@@ -159,6 +159,23 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
             "",
             "![Memory](benchmarks-memory.png)",
         ]
+    spy = results.get("scorer_profile") or {}
+    if spy.get("samples"):
+        lines += [
+            "",
+            f"## Where the scorer's time goes: {spy['phase']} (py-spy, all threads)",
+            "",
+            f"{spy['samples']:,} samples at 100 Hz of the `cdc-scorer run` process while it "
+            "caught up. Shares of all samples; a thread waiting on a socket or a lock is "
+            "not sampled, so the shares add up to where the CPU (and the GIL) went.",
+            "",
+            "| share (inclusive) | function | | share (own) | function |",
+            "|---:|---|---|---:|---|",
+        ]
+        for (inc_f, inc_s), (own_f, own_s) in zip(spy["inclusive"], spy["own"], strict=False):
+            lines.append(f"| {inc_s:.1%} | `{inc_f}` | | {own_s:.1%} | `{own_f}` |")
+    elif spy.get("error"):
+        lines += ["", f"(py-spy could not profile the scorer: {spy['error']})"]
     lines += [
         "",
         "## Where the time goes: the stock decoder on updates (cProfile, top 15 by own time)",

@@ -28,6 +28,7 @@ from benchmarks.harness import (
     Batching,
     ModelEndpoints,
     Process,
+    Profiler,
     Workload,
     caught_up,
     create_bench_database,
@@ -53,10 +54,11 @@ class Mode:
     decode_rows: int
     big_update_rows: int
     preload_rows: int
+    profile: bool = True  # py-spy on the scorer in the flat-out phase
 
 
 MODES = {
-    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500),
+    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500, profile=False),
     "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000),
     "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000),
 }
@@ -92,6 +94,7 @@ class Bench:
         self.rows: list[Row] = []
         self.decode: list[DecodeResult] = []
         self._databases = 0
+        self.scorer_profile: dict[str, Any] = {}
 
     def _database(self, name: str) -> str:
         self._databases += 1
@@ -243,6 +246,12 @@ class Bench:
         started = time.monotonic()
         seconds = self.mode.phase_s if max_rows is None else 3600.0
         written_before = workload.rows_written
+        # The flat-out phase is where the ceiling shows: sample where the scorer's time goes.
+        profiler = (
+            Profiler(process.process.pid, self.workdir / f"{process.log_path.stem}.spy")
+            if rate is None and self.mode.profile
+            else None
+        )
         writing = workload.drive(rate, seconds, max_rows)
         written = workload.rows_written - written_before
         done = wait_until(
@@ -254,6 +263,8 @@ class Bench:
             poll_s=0.05,
         )
         elapsed = time.monotonic() - started
+        if profiler is not None:
+            self.scorer_profile = profiler.stop() | {"phase": f"{approach} @ flat out"}
         cpu = process.meter.cpu_s() - cpu0
         calls = self.endpoints.stats()["total_calls"]
         fresh = freshness_s(conn, since)
@@ -399,6 +410,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "rows": [{k: v for k, v in asdict(r).items() if k != "freshness"} for r in rows],
                 "decode": [asdict(d) | {"rows_per_s": d.rows_per_s} for d in bench.decode],
                 "profile": bench.profile_text,
+                "scorer_profile": bench.scorer_profile,
             }
             write_report(results, rows, bench, out)
             return results

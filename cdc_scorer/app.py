@@ -358,7 +358,7 @@ class ScorerApp:
         start = start_position(positions, Position(server.identity))
         keys = {table: info.key_columns for table, info in tables.items()}
         keys[HEARTBEAT_TABLE] = ("instance",)
-        handover = Handover(self.spec.source.queue_max_items)
+        handover = Handover(self.spec.source.queue_max_rows)
         self._source = BinlogSource(
             self.spec.source,
             CaptureSpec(keys),

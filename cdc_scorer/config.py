@@ -49,7 +49,7 @@ class SourceConfig(_Strict):
     server_id: int | None = Field(None, ge=1, le=4294967295)
     connect_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
-    queue_max_items: int = Field(64, ge=1)
+    queue_max_rows: int = Field(2000, ge=1)
 
 
 class BatchingConfig(_Strict):
@@ -264,7 +264,7 @@ def _to_spec(config: ScorerConfig) -> ScorerSpec:
             server_id=source.server_id or random_server_id(),
             connect_timeout_s=source.connect_timeout_s,
             heartbeat_interval_s=source.heartbeat_interval_s,
-            queue_max_items=source.queue_max_items,
+            queue_max_rows=source.queue_max_rows,
         ),
         aws=AwsSpec(
             region=config.aws.region,

@@ -257,7 +257,10 @@ class _StateCollector(Collector):
             lag.add_metric([], value)
         yield lag
         depth = GaugeMetricFamily(
-            "cdc_scorer_queue_depth", "Items waiting in a queue", None, ["queue"]
+            "cdc_scorer_queue_depth",
+            "Items waiting in a queue (source: row changes; pipeline: rows events)",
+            None,
+            ["queue"],
         )
         depth.add_metric(["source"], float(t.source.queue_depth()))
         in_flight = GaugeMetricFamily(

@@ -18,7 +18,7 @@ class SourceSpec:
     server_id: int  # this process's replica id; random per process unless configured
     connect_timeout_s: float = 10.0
     heartbeat_interval_s: float = 2.0
-    queue_max_items: int = 64  # parts of the reader → pipelines hand-over
+    queue_max_rows: int = 2000  # row changes read and not yet taken by the pipelines
 
 
 @dataclass(frozen=True)

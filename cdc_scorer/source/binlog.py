@@ -38,49 +38,60 @@ log = structlog.get_logger("cdc_scorer.source")
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
 _STOP_POLL_S = 0.5
 # A large transaction is handed over in parts of about this many row changes.
-_HANDOVER_PART_ROWS = 500
+_HANDOVER_PART_ROWS = 200
 
 
 class Handover:
-    """The bounded hand-over from the reader thread to the event loop.
+    """The bounded hand-over from the reader thread to the event loop, counted in row changes.
 
-    The reader never waits for the loop while there is room: it takes a slot, schedules the
-    put and goes on reading. With all ``max_parts`` slots taken it blocks (backpressure);
-    the loop frees a slot with each part it takes.
+    The reader never waits for the loop while there is room: it schedules the put and goes on
+    reading. Once ``max_rows`` row changes are waiting it blocks (backpressure) until the loop
+    has taken some; a part larger than the bound is let through alone, so nothing deadlocks.
     """
 
-    def __init__(self, max_parts: int) -> None:
-        self._parts: asyncio.Queue[list[SourceBatch]] = asyncio.Queue()  # bounded by _slots
-        self._slots = threading.Semaphore(max_parts)
+    def __init__(self, max_rows: int) -> None:
+        self._parts: asyncio.Queue[tuple[list[SourceBatch], int]] = asyncio.Queue()
+        self._max_rows = max_rows
+        self._waiting_rows = 0
+        self._room = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def put(self, part: list[SourceBatch], abort: threading.Event) -> bool:
+    def put(self, part: list[SourceBatch], rows: int, abort: threading.Event) -> bool:
         """Reader thread: hand ``part`` over; False if aborted while waiting for room."""
-        while not self._slots.acquire(timeout=_STOP_POLL_S):
-            if abort.is_set():
-                return False
+        with self._room:
+            while self._waiting_rows and self._waiting_rows + rows > self._max_rows:
+                self._room.wait(_STOP_POLL_S)
+                if abort.is_set():
+                    return False
+            self._waiting_rows += rows
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._parts.put_nowait, part)
+        self._loop.call_soon_threadsafe(self._parts.put_nowait, (part, rows))
         return True
 
+    def _taken(self, rows: int) -> None:
+        with self._room:
+            self._waiting_rows -= rows
+            self._room.notify()
+
     async def get(self) -> list[SourceBatch]:
-        part = await self._parts.get()
-        self._slots.release()
+        part, rows = await self._parts.get()
+        self._taken(rows)
         return part
 
     def get_nowait(self) -> list[SourceBatch]:
-        part = self._parts.get_nowait()
-        self._slots.release()
+        part, rows = self._parts.get_nowait()
+        self._taken(rows)
         return part
 
     def empty(self) -> bool:
         return self._parts.empty()
 
     def qsize(self) -> int:
-        return self._parts.qsize()
+        """Row changes waiting (the queue-depth gauge)."""
+        return self._waiting_rows
 
 
 @dataclass(frozen=True)
@@ -250,8 +261,9 @@ class BinlogSource:
     def _flush(self) -> None:
         """Hand what was read to the loop; blocks while the hand-over is full (backpressure)."""
         if self._part:
-            part, self._part, self._part_rows = self._part, [], 0
-            self._handover.put(part, self._abort)
+            part, rows = self._part, self._part_rows
+            self._part, self._part_rows = [], 0
+            self._handover.put(part, rows, self._abort)
 
 
 def row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) -> list[RowChange]:
