@@ -218,7 +218,7 @@ class ScorerApp:
         )
 
     def _inspect(self, conn: Connection) -> tuple[ServerInfo, dict[str, TableInfo]]:
-        server = preflight_binlog(conn)
+        server = preflight_binlog(conn, self.spec.source.positions)
         tables = inspect_tables(conn, self.spec)
         check_schema(conn, self.spec)
         return server, tables

@@ -63,13 +63,13 @@ def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, Tabl
 def _with_connection(
     conn: Connection, spec: ScorerSpec, results: list[CheckResult]
 ) -> tuple[list[CheckResult], dict[str, TableInfo]]:
-    server, settings = server_info(conn)
+    server, settings = server_info(conn, spec.source.positions)
     for name, problem in settings:
         results.append(CheckResult(f"binlog {name}", problem is None, problem or "ok"))
     if all(problem is None for _, problem in settings):
         try:
             start = current_position(conn, server)
-            probe_replication(spec.source, start, server.flavor == "mariadb")
+            probe_replication(spec.source, start)
             results.append(CheckResult("grant: binlog replication", True, "binlog read"))
         except CdcScorerError as exc:
             results.append(CheckResult("grant: binlog replication", False, str(exc)))

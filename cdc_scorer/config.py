@@ -50,6 +50,7 @@ class SourceConfig(_Strict):
     connect_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
     queue_max_rows: int = Field(2000, ge=1)
+    positions: Literal["auto", "file"] = "auto"
 
 
 class BatchingConfig(_Strict):
@@ -265,6 +266,7 @@ def _to_spec(config: ScorerConfig) -> ScorerSpec:
             connect_timeout_s=source.connect_timeout_s,
             heartbeat_interval_s=source.heartbeat_interval_s,
             queue_max_rows=source.queue_max_rows,
+            positions=source.positions,
         ),
         aws=AwsSpec(
             region=config.aws.region,

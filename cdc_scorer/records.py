@@ -32,6 +32,22 @@ class Gtid:
         return f"{self.domain}-{self.server}-{self.seq}"
 
 
+@dataclass(frozen=True, order=True)
+class BinlogCoordinate:
+    """A place in the binlog files, ``file:pos``; for a transaction: where it starts."""
+
+    log_file: str
+    log_pos: int
+
+    def __str__(self) -> str:
+        return f"{self.log_file}:{self.log_pos}"
+
+
+# What a row change and a commit name their transaction by: its GTID (MariaDB), or where it
+# starts in the binlog files (servers read by file:pos).
+TxId = Gtid | BinlogCoordinate
+
+
 @dataclass(frozen=True)
 class Position:
     """A transaction boundary in the binlog, with the identity of the server it belongs to.
@@ -54,9 +70,15 @@ class Position:
         others = tuple(g for g in self.gtids if g.domain != gtid.domain)
         return Position(self.server_identity, tuple(sorted((*others, gtid))))
 
-    def includes(self, gtid: Gtid) -> bool:
-        """Whether the transaction ``gtid`` is at or before this position."""
-        return any(g.domain == gtid.domain and g.seq >= gtid.seq for g in self.gtids)
+    def includes(self, tx: TxId) -> bool:
+        """Whether the transaction ``tx`` is at or before this position."""
+        if isinstance(tx, BinlogCoordinate):
+            # Positions are transaction ends: a transaction starting before one ended there.
+            return self.log_file is not None and (tx.log_file, tx.log_pos) < (
+                self.log_file,
+                self.log_pos or 0,
+            )
+        return any(g.domain == tx.domain and g.seq >= tx.seq for g in self.gtids)
 
     def encode(self) -> str:
         if self.log_file is not None:
@@ -90,7 +112,7 @@ class RowChange:
     table: str
     key: tuple[Any, ...]
     values: dict[str, Any]
-    gtid: Gtid | None
+    gtid: TxId | None
     committed_at: datetime | None
     before: dict[str, Any] | None = None
 
@@ -101,7 +123,7 @@ class Commit:
 
     position: Position
     committed_at: datetime | None
-    gtid: Gtid | None = None
+    gtid: TxId | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ class ServerInfo:
     version: str
     identity: str
     gtid_mode: bool
+    # How positions are kept: "gtid" (MariaDB GTIDs) or "file" (file:pos — MySQL/Aurora MySQL,
+    # or MariaDB with source.positions = "file").
+    positions: str = "gtid"
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,14 @@ _BINLOG_VARIABLES = (
 )
 
 
-def server_info(conn: Connection) -> tuple[ServerInfo, list[tuple[str, str | None]]]:
-    """The server's facts and each binlog setting: (setting, problem with its fix or None)."""
+def server_info(
+    conn: Connection, positions: str = "auto"
+) -> tuple[ServerInfo, list[tuple[str, str | None]]]:
+    """The server's facts and each binlog setting: (setting, problem with its fix or None).
+
+    ``positions`` is ``source.positions``: "auto" keeps GTIDs on MariaDB and file:pos on MySQL
+    (resuming MySQL by GTID set is not built yet), "file" keeps file:pos on both.
+    """
     try:
         values = _variables(conn, _BINLOG_VARIABLES)
     except pymysql.MySQLError as exc:
@@ -92,12 +101,13 @@ def server_info(conn: Connection) -> tuple[ServerInfo, list[tuple[str, str | Non
     else:
         identity = f"mysql:{values.get('server_uuid')}"
         gtid_mode = values.get("gtid_mode", "OFF").upper() == "ON"
-    return ServerInfo(flavor, version, identity, gtid_mode), settings
+    kind = "gtid" if flavor == "mariadb" and positions == "auto" else "file"
+    return ServerInfo(flavor, version, identity, gtid_mode, kind), settings
 
 
-def preflight_binlog(conn: Connection) -> ServerInfo:
+def preflight_binlog(conn: Connection, positions: str = "auto") -> ServerInfo:
     """Binlog on, ROW format, FULL images and metadata: else one line naming setting and fix."""
-    server, settings = server_info(conn)
+    server, settings = server_info(conn, positions)
     for _name, problem in settings:
         if problem is not None:
             raise FatalError(problem)
@@ -107,7 +117,7 @@ def preflight_binlog(conn: Connection) -> ServerInfo:
 def current_position(conn: Connection, server: ServerInfo) -> Position:
     """The binlog position now (a transaction boundary)."""
     with conn.cursor() as cursor:
-        if server.flavor == "mariadb":
+        if server.positions == "gtid":
             cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
             (state,) = cursor.fetchone() or ("",)
             return Position.decode(server.identity, f"gtid:{state or ''}")
@@ -126,7 +136,17 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
             f"{server.identity}: point [source] at the original server, or delete the "
             f"pipeline rows in {CHECKPOINT_TABLE} to start over with a snapshot"
         )
-    if server.flavor != "mariadb" or not position.gtids:
+    kind = "file" if position.log_file is not None else "gtid"
+    if kind != server.positions:
+        raise FatalError(
+            f"checkpoint position {position} is kept by {kind}, but source.positions makes "
+            f"this run keep them by {server.positions}: set source.positions back, or delete "
+            f"the pipeline rows in {CHECKPOINT_TABLE} to start over with a snapshot"
+        )
+    if position.log_file is not None:
+        _check_binlog_file(conn, position)
+        return
+    if not position.gtids:
         return
     with conn.cursor() as cursor:
         cursor.execute("SELECT @@GLOBAL.gtid_binlog_state")
@@ -140,6 +160,25 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
                 f"the binlog was reset or this is another server — delete the pipeline rows in "
                 f"{CHECKPOINT_TABLE} to start over with a snapshot"
             )
+
+
+def _check_binlog_file(conn: Connection, position: Position) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        files = {str(row[0]): int(row[1]) for row in cursor.fetchall()}
+    size = files.get(position.log_file or "")
+    if size is None:
+        raise FatalError(
+            f"checkpoint binlog file {position.log_file} is no longer on the server (purged; "
+            f"it has {', '.join(sorted(files)) or 'none'}): raise the binlog retention, and "
+            f"delete the pipeline rows in {CHECKPOINT_TABLE} to start over with a snapshot"
+        )
+    if (position.log_pos or 0) > size:
+        raise FatalError(
+            f"checkpoint {position.log_file}:{position.log_pos} is past the end of that file "
+            f"({size} bytes): the binlog was reset or this is another server — delete the "
+            f"pipeline rows in {CHECKPOINT_TABLE} to start over with a snapshot"
+        )
 
 
 def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:

@@ -19,6 +19,7 @@ class SourceSpec:
     connect_timeout_s: float = 10.0
     heartbeat_interval_s: float = 2.0
     queue_max_rows: int = 2000  # row changes read and not yet taken by the pipelines
+    positions: str = "auto"  # auto: GTIDs on MariaDB, file:pos on MySQL; file: file:pos
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def behind(checkpoint: Position, now: Position) -> int | None:
 
 
 def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
-    server: ServerInfo = preflight_binlog(conn)
+    server: ServerInfo = preflight_binlog(conn, spec.source.positions)
     now = current_position(conn, server)
     names = [p.name for p in spec.pipelines]
     saved = load_checkpoints(conn, names)

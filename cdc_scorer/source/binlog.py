@@ -20,6 +20,7 @@ import pymysql
 import structlog
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
     QueryEvent,
@@ -30,7 +31,16 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from cdc_scorer.db import FIXES, RETRIABLE_CODES, map_error
 from cdc_scorer.errors import FatalError
-from cdc_scorer.records import Commit, Gtid, Op, Position, RowChange, SourceItem
+from cdc_scorer.records import (
+    BinlogCoordinate,
+    Commit,
+    Gtid,
+    Op,
+    Position,
+    RowChange,
+    SourceItem,
+    TxId,
+)
 from cdc_scorer.spec import SourceSpec
 
 log = structlog.get_logger("cdc_scorer.source")
@@ -155,19 +165,17 @@ class BinlogSource:
             "password": self._source.password,
             "connect_timeout": int(self._source.connect_timeout_s),
         }
-        gtid_state = self._position.gtid_state
         return BinLogStreamReader(
             connection_settings=settings,
             server_id=self._source.server_id,
             blocking=True,
             resume_stream=True,
-            is_mariadb=True,
-            # MariaDB ignores file:pos without auto_position and replays the whole binlog (§7).
-            auto_position=gtid_state or None,
+            **_start_arguments(self._position),
             only_schemas=[self._source.database],  # only_tables matches bare names (§7)
             only_tables=list(self._capture.key_columns),
             only_events=[
                 MariadbGtidEvent,
+                GtidEvent,
                 XidEvent,
                 QueryEvent,
                 RotateEvent,
@@ -216,11 +224,12 @@ class BinlogSource:
 
     def _read(self, stream: BinLogStreamReader) -> None:
         keys = self._capture.key_columns
-        gtid: Gtid | None = None
+        by_file = self._position.log_file is not None
+        tx: TxId | None = None  # the transaction being read
         connected = False
         # A stop lets the current transaction finish: a clean stop then commits a checkpoint
         # that covers every row it scored.
-        while not self._abort.is_set() and not (self._stop.is_set() and gtid is None):
+        while not self._abort.is_set() and not (self._stop.is_set() and tx is None):
             event = stream.fetchone()
             if event is None:  # the server closed the stream (shutdown): reconnect
                 raise pymysql.err.OperationalError(2013, "binlog stream ended")
@@ -228,29 +237,49 @@ class BinlogSource:
                 connected = True
                 if self._on_connect is not None:
                     self._on_connect()
-            if isinstance(event, MariadbGtidEvent):
-                gtid = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
+            if isinstance(event, RotateEvent):
+                if tx is not None:
+                    # The library reconnected by itself in the middle of a transaction, where
+                    # the table maps are behind it: start again from our last commit.
+                    raise pymysql.err.OperationalError(2013, "binlog reconnected mid-transaction")
+            elif tx is None and (
+                isinstance(event, MariadbGtidEvent | GtidEvent)
+                or (isinstance(event, QueryEvent) and event.query == "BEGIN")
+            ):
+                if by_file:
+                    packet = event.packet
+                    tx = BinlogCoordinate(stream.log_file, packet.log_pos - packet.event_size)
+                elif isinstance(event, MariadbGtidEvent):
+                    tx = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
             elif isinstance(event, XidEvent) or (
                 isinstance(event, QueryEvent) and event.query != "BEGIN"
             ):
-                if gtid is not None:
-                    self._position = self._position.after(gtid)
-                    # The library's own reconnect resumes from auto_position: keep it current.
-                    stream.auto_position = self._position.gtid_state
-                    self._put((Commit(self._position, _utc(event.timestamp), gtid),))
+                if tx is not None:
+                    self._position = self._commit(stream, tx, event)
+                    self._put((Commit(self._position, _utc(event.timestamp), tx),))
                     self._flush()
-                gtid = None
+                tx = None
             elif isinstance(event, HeartbeatLogEvent):
                 self._flush()
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 key_columns = keys.get(event.table)
                 if key_columns is None:
                     continue
-                changes = row_changes(event, key_columns, gtid)
+                changes = row_changes(event, key_columns, tx)
                 if self._on_rows is not None and changes:
                     self._on_rows(event.table, changes[0].op.value, len(changes))
                 self._put(tuple(changes))
         self._flush()
+
+    def _commit(self, stream: BinLogStreamReader, tx: TxId, event: Any) -> Position:
+        """The position after ``tx`` commits; the library's own reconnect must resume there."""
+        if isinstance(tx, Gtid):
+            position = self._position.after(tx)
+            stream.auto_position = position.gtid_state
+            return position
+        return Position(
+            self._position.server_identity, log_file=stream.log_file, log_pos=event.packet.log_pos
+        )
 
     def _put(self, items: SourceBatch) -> None:
         self._part.append(items)
@@ -266,7 +295,15 @@ class BinlogSource:
             self._handover.put(part, rows, self._abort)
 
 
-def row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) -> list[RowChange]:
+def _start_arguments(start: Position) -> dict[str, Any]:
+    """Where a stream starts: by GTID on MariaDB, else by file:pos (a transaction boundary)."""
+    if start.log_file is not None:
+        return {"is_mariadb": False, "log_file": start.log_file, "log_pos": start.log_pos}
+    # MariaDB ignores file:pos without auto_position and replays the whole binlog (§7).
+    return {"is_mariadb": True, "auto_position": start.gtid_state or None}
+
+
+def row_changes(event: Any, key_columns: tuple[str, ...], gtid: TxId | None) -> list[RowChange]:
     table = event.table
     committed_at = _utc(event.timestamp)
     changes: list[RowChange] = []
@@ -294,7 +331,7 @@ def row_changes(event: Any, key_columns: tuple[str, ...], gtid: Gtid | None) -> 
     return changes
 
 
-def probe_replication(source: SourceSpec, start: Position, mariadb: bool) -> None:
+def probe_replication(source: SourceSpec, start: Position) -> None:
     """Open a binlog stream at ``start`` and read what is there (proves the replication grant)."""
     settings = {
         "host": source.host,
@@ -303,18 +340,13 @@ def probe_replication(source: SourceSpec, start: Position, mariadb: bool) -> Non
         "password": source.password,
         "connect_timeout": int(source.connect_timeout_s),
     }
-    position: dict[str, Any] = (
-        {"auto_position": start.gtid_state or None}
-        if mariadb
-        else {"log_file": start.log_file, "log_pos": start.log_pos, "resume_stream": True}
-    )
     stream = BinLogStreamReader(
         connection_settings=settings,
         server_id=source.server_id,
         blocking=False,
-        is_mariadb=mariadb,
+        resume_stream=True,
         only_events=[RotateEvent],
-        **position,
+        **_start_arguments(start),
     )
     try:
         while stream.fetchone() is not None:

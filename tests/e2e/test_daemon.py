@@ -79,13 +79,14 @@ def endpoints() -> Iterator[BackgroundModelServer]:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("positions", ["auto", "file"])
 def test_kill_9_at_several_points_converges(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer, positions: str
 ) -> None:
     database = f"kill_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
     config = tmp_path / "s.toml"
-    spec = write_config(config, mariadb, database, endpoints.url, max_rows=50)
+    spec = write_config(config, mariadb, database, endpoints.url, max_rows=50, positions=positions)
     conn = connect(spec.source)
     init_schema(conn, spec)
     conn.close()
@@ -149,8 +150,8 @@ class VersionMonitor(threading.Thread):
         super().__init__(daemon=True)
         self._conn = server.connect(database)
         self._halt = threading.Event()
-        self.seen: dict[str, int] = {}
-        self.regressions: list[tuple[str, int, int]] = []
+        self.seen: dict[str, tuple[str, int]] = {}
+        self.regressions: list[tuple[str, tuple[str, int], tuple[str, int]]] = []
         self.polls = 0
 
     def run(self) -> None:
@@ -160,8 +161,8 @@ class VersionMonitor(threading.Thread):
                 rows = cursor.fetchall()
             self.polls += 1
             for phone, position in rows:
-                seq = int(str(position).rsplit("-", 1)[-1]) if position else -1
-                before = self.seen.get(phone, -1)
+                seq = _transaction_order(position)
+                before = self.seen.get(phone, ("", -1))
                 if seq < before:
                     self.regressions.append((phone, before, seq))
                 self.seen[phone] = max(before, seq)
@@ -170,6 +171,16 @@ class VersionMonitor(threading.Thread):
         self._halt.set()
         self.join(timeout=10)
         self._conn.close()
+
+
+def _transaction_order(position: str | None) -> tuple[str, int]:
+    """A prediction's source transaction as a sortable value: GTID seq or binlog file:pos."""
+    if not position:
+        return ("", -1)  # a snapshot row
+    if ":" in position:
+        log_file, _, pos = position.rpartition(":")
+        return (log_file, int(pos))
+    return ("", int(position.rsplit("-", 1)[-1]))
 
 
 def test_demo_runs_and_shows_predictions() -> None:
@@ -246,3 +257,49 @@ def _checkpoint_identity(db: Any) -> str | None:
         cursor.execute("SELECT server_identity FROM cdc_scorer_checkpoint LIMIT 1")
         row = cursor.fetchone()
     return None if row is None else str(row[0])
+
+
+@pytest.mark.timeout(120)
+def test_file_positions_purged_reset_and_switched_are_refused(
+    tmp_path: Path, endpoints: BackgroundModelServer
+) -> None:
+    with PrivateMariaDB(server_id=8) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        spec = write_config(
+            config, server, "mltest", endpoints.url, snapshot="never", positions="file"
+        )
+        conn = connect(spec.source)
+        init_schema(conn, spec)
+        conn.close()
+        db = server.connect("mltest")
+        with db.cursor() as cursor:
+            cursor.execute("SHOW MASTER STATUS")
+            (current_file, *_) = cursor.fetchone() or ("",)
+
+        def refused_at(position: str, config_path: Path = config) -> str:
+            with db.cursor() as cursor:
+                cursor.execute("DELETE FROM cdc_scorer_checkpoint")
+                for name in ("churn", "feedback"):
+                    cursor.execute(
+                        "INSERT INTO cdc_scorer_checkpoint (pipeline, position, server_identity, "
+                        "snapshot_state, updated_at) VALUES (%s, %s, 'mariadb:server_id=8', "
+                        "'skipped', NOW(6))",
+                        (name, position),
+                    )
+            result = run_cli("run", "--config", str(config_path))
+            assert result.returncode == 1, result.stderr[-2000:]
+            return result.stderr.strip().splitlines()[-1]
+
+        line = refused_at("file:binlog.000099:4")
+        assert "binlog file binlog.000099 is no longer on the server (purged" in line, line
+        line = refused_at(f"file:{current_file}:999999999")
+        assert "is past the end of that file" in line, line
+        # A GTID checkpoint read with source.positions = "file" (and the other way round).
+        line = refused_at("gtid:0-8-1")
+        assert "is kept by gtid, but source.positions makes this run keep them by file" in line
+        auto = tmp_path / "auto.toml"
+        auto.write_text(config.read_text().replace('positions = "file"', 'positions = "auto"'))
+        line = refused_at(f"file:{current_file}:4", auto)
+        assert "is kept by file, but source.positions makes this run keep them by gtid" in line
+        db.close()

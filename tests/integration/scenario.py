@@ -31,6 +31,7 @@ port = {port}
 user = "root"
 database = "{database}"
 {server_id_line}heartbeat_interval_s = 0.5
+positions = "{positions}"
 
 [http]
 host = "127.0.0.1"
@@ -84,6 +85,7 @@ def write_config(
     max_rows: int = 100,
     overlong: str = "dead_letter",
     http_port: int = 0,
+    positions: str = "auto",
 ) -> ScorerSpec:
     features = "[" + ", ".join(f'"{c}"' for c in FEATURE_COLUMNS) + "]"
     path.write_text(
@@ -97,6 +99,7 @@ def write_config(
             max_rows=max_rows,
             overlong=overlong,
             http_port=http_port,
+            positions=positions,
         )
     )
     return load_config(path)

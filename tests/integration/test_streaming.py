@@ -36,9 +36,18 @@ def database(mariadb: MariaDBServer) -> str:
     return name
 
 
-@pytest.fixture
-def spec(tmp_path: Path, mariadb: MariaDBServer, database: str, models: ModelServer) -> ScorerSpec:
-    spec = write_config(tmp_path / "scorer.toml", mariadb, database, models.url)
+# "auto" keeps MariaDB GTIDs; "file" keeps file:pos, as on MySQL / Aurora MySQL.
+@pytest.fixture(params=["auto", "file"])
+def spec(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mariadb: MariaDBServer,
+    database: str,
+    models: ModelServer,
+) -> ScorerSpec:
+    spec = write_config(
+        tmp_path / "scorer.toml", mariadb, database, models.url, positions=request.param
+    )
     conn = connect(spec.source)
     init_schema(conn, spec)
     conn.close()
