@@ -16,8 +16,10 @@ from pymysqlreplication.event import HeartbeatLogEvent, MariadbGtidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from benchmarks.harness import gtid_seq
+from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.mariadb import MariaDBServer
 from cdc_scorer.source.binlog import row_changes
+from cdc_scorer.source.decoder import FastRowsDecoder
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ def read_range(
         slave_heartbeat=0.5,
         is_mariadb=True,
         auto_position=start,
+        freeze_schema=True,  # as the daemon reads
         only_schemas=[database],
         only_tables=["churn"],
         only_events=[
@@ -83,7 +86,11 @@ def read_range(
 def _decode(event: Any, decoder: str) -> list[Any]:
     if decoder == "stock":
         return row_changes(event, ("phone",), None)
+    if decoder == "fast":
+        return row_changes(event, ("phone",), None, _FAST)
     raise ValueError(f"unknown decoder {decoder!r}")
 
 
-DECODERS = ("stock",)
+# What the daemon's churn pipeline reads: the key and the model's features.
+_FAST = FastRowsDecoder({"churn": frozenset({"phone", *FEATURE_COLUMNS})})
+DECODERS = ("stock", "fast")

@@ -358,10 +358,17 @@ class ScorerApp:
         start = start_position(positions, Position(server.identity))
         keys = {table: info.key_columns for table, info in tables.items()}
         keys[HEARTBEAT_TABLE] = ("instance",)
+        # The columns anything downstream reads: keys and model inputs (the decoder skips the
+        # rest), and the heartbeat's time.
+        read: dict[str, frozenset[str] | None] = {table: frozenset(keys[table]) for table in tables}
+        for runner in runners:
+            table = runner.pipeline.table
+            read[table] = frozenset(read[table] or ()) | set(runner.pipeline.input_columns)
+        read[HEARTBEAT_TABLE] = frozenset({"instance", "beat_at"})
         handover = Handover(self.spec.source.queue_max_rows)
         self._source = BinlogSource(
             self.spec.source,
-            CaptureSpec(keys),
+            CaptureSpec(keys, read),
             start,
             handover,
             on_disconnect=self._on_disconnect,

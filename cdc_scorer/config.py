@@ -51,6 +51,7 @@ class SourceConfig(_Strict):
     heartbeat_interval_s: float = Field(2.0, gt=0)
     queue_max_rows: int = Field(2000, ge=1)
     positions: Literal["auto", "file"] = "auto"
+    decoder: Literal["fast", "stock"] = "fast"
 
 
 class BatchingConfig(_Strict):
@@ -267,6 +268,7 @@ def _to_spec(config: ScorerConfig) -> ScorerSpec:
             heartbeat_interval_s=source.heartbeat_interval_s,
             queue_max_rows=source.queue_max_rows,
             positions=source.positions,
+            decoder=source.decoder,
         ),
         aws=AwsSpec(
             region=config.aws.region,

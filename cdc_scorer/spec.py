@@ -20,6 +20,7 @@ class SourceSpec:
     heartbeat_interval_s: float = 2.0
     queue_max_rows: int = 2000  # row changes read and not yet taken by the pipelines
     positions: str = "auto"  # auto: GTIDs on MariaDB, file:pos on MySQL; file: file:pos
+    decoder: str = "fast"  # rows events: fast (per-table compiled plans) | stock (the library)
 
 
 @dataclass(frozen=True)

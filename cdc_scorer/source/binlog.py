@@ -41,6 +41,7 @@ from cdc_scorer.records import (
     SourceItem,
     TxId,
 )
+from cdc_scorer.source.decoder import FastRowsDecoder
 from cdc_scorer.spec import SourceSpec
 
 log = structlog.get_logger("cdc_scorer.source")
@@ -109,6 +110,8 @@ class CaptureSpec:
     """What to capture: tables with their key columns (the heartbeat table has a key too)."""
 
     key_columns: dict[str, tuple[str, ...]]
+    # The columns read downstream, per table (None or missing: all); the others stay undecoded.
+    read_columns: dict[str, frozenset[str] | None] | None = None
 
 
 def _utc(timestamp: int) -> datetime:
@@ -133,6 +136,9 @@ class BinlogSource:
         self._capture = capture
         self._position = start
         self._handover = handover
+        self._decoder = (
+            FastRowsDecoder(capture.read_columns or {}) if source.decoder == "fast" else None
+        )
         self._part: list[SourceBatch] = []
         self._part_rows = 0
         self._stop = threading.Event()  # stop at the next transaction boundary
@@ -171,6 +177,10 @@ class BinlogSource:
             blocking=True,
             resume_stream=True,
             **_start_arguments(self._position),
+            # A table map repeats before every statement; parse each table id once (the
+            # library clears its table map at each rotation, where a restarted server may reuse
+            # ids; _read clears it at every rotate event too).
+            freeze_schema=True,
             only_schemas=[self._source.database],  # only_tables matches bare names (§7)
             only_tables=list(self._capture.key_columns),
             only_events=[
@@ -238,6 +248,7 @@ class BinlogSource:
                 if self._on_connect is not None:
                     self._on_connect()
             if isinstance(event, RotateEvent):
+                stream.table_map.clear()
                 if tx is not None:
                     # The library reconnected by itself in the middle of a transaction, where
                     # the table maps are behind it: start again from our last commit.
@@ -265,7 +276,7 @@ class BinlogSource:
                 key_columns = keys.get(event.table)
                 if key_columns is None:
                     continue
-                changes = row_changes(event, key_columns, tx)
+                changes = row_changes(event, key_columns, tx, self._decoder)
                 if self._on_rows is not None and changes:
                     self._on_rows(event.table, changes[0].op.value, len(changes))
                 self._put(tuple(changes))
@@ -303,9 +314,36 @@ def _start_arguments(start: Position) -> dict[str, Any]:
     return {"is_mariadb": True, "auto_position": start.gtid_state or None}
 
 
-def row_changes(event: Any, key_columns: tuple[str, ...], gtid: TxId | None) -> list[RowChange]:
+def row_changes(
+    event: Any,
+    key_columns: tuple[str, ...],
+    gtid: TxId | None,
+    decoder: FastRowsDecoder | None = None,
+) -> list[RowChange]:
     table = event.table
     committed_at = _utc(event.timestamp)
+    images = decoder.images(event) if decoder is not None else None
+    if images is not None:
+        if isinstance(event, UpdateRowsEvent):
+            return [
+                RowChange(
+                    Op.UPDATE,
+                    table,
+                    tuple([after[c] for c in key_columns]),
+                    after,
+                    gtid,
+                    committed_at,
+                    before=before,
+                )
+                for before, after in images
+            ]
+        op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
+        return [
+            RowChange(
+                op, table, tuple([values[c] for c in key_columns]), values, gtid, committed_at
+            )
+            for _, values in images
+        ]
     changes: list[RowChange] = []
     if isinstance(event, UpdateRowsEvent):
         for row in event.rows:
