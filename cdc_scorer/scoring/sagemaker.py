@@ -46,8 +46,20 @@ def csv_field(value: Any) -> str:
 
 
 def csv_line(values: dict[str, Any], columns: Sequence[str]) -> str:
+    """One CSV record, quoted as the csv module quotes (QUOTE_MINIMAL)."""
+    fields = [csv_field(values.get(c)) for c in columns]
+    line = ",".join(fields)
+    # Most records need no quoting: then joining is the csv module's answer, ~4x cheaper.
+    if (
+        len(fields) > 1
+        and line.count(",") == len(fields) - 1
+        and '"' not in line
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line + "\n"
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow([csv_field(values.get(c)) for c in columns])
+    csv.writer(out, lineterminator="\n").writerow(fields)
     return out.getvalue()
 
 
