@@ -29,7 +29,7 @@ lint: $(STAMP)
 # Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
 BENCH ?= quick
 bench: $(STAMP) system-packages
-	$(PY) -m benchmarks.run --mode $(BENCH) --out docs
+	$(PY) -m benchmarks.run --mode $(BENCH)
 
 bench-endpoints: $(STAMP)
 	$(PY) -m benchmarks.endpoints_capacity

@@ -75,6 +75,7 @@ user = "root"
 database = "{database}"
 heartbeat_interval_s = 0.5
 queue_max_rows = 2000
+decoder = "{decoder}"
 
 [http]
 host = "127.0.0.1"
@@ -136,7 +137,12 @@ def create_bench_database(server: MariaDBServer, database: str) -> None:
 
 
 def write_scorer_config(
-    path: Path, server: MariaDBServer, database: str, endpoint_url: str, batching: Batching
+    path: Path,
+    server: MariaDBServer,
+    database: str,
+    endpoint_url: str,
+    batching: Batching,
+    decoder: str = "fast",
 ) -> int:
     """Write a config for ``database``; returns its operations port."""
     http_port = free_port()
@@ -151,6 +157,7 @@ def write_scorer_config(
             feedback_rows=batching.feedback_rows,
             linger_ms=batching.linger_ms,
             max_in_flight=batching.max_in_flight,
+            decoder=decoder,
         )
     )
     return http_port

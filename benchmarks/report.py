@@ -159,8 +159,10 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
             "",
             "![Memory](benchmarks-memory.png)",
         ]
-    spy = results.get("scorer_profile") or {}
-    if spy.get("samples"):
+    for spy in results.get("scorer_profiles") or []:
+        if not spy.get("samples"):
+            lines += ["", f"(py-spy could not profile the scorer: {spy.get('error', '')})"]
+            continue
         lines += [
             "",
             f"## Where the scorer's time goes: {spy['phase']} (py-spy, all threads)",
@@ -174,8 +176,6 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         ]
         for (inc_f, inc_s), (own_f, own_s) in zip(spy["inclusive"], spy["own"], strict=False):
             lines.append(f"| {inc_s:.1%} | `{inc_f}` | | {own_s:.1%} | `{own_f}` |")
-    elif spy.get("error"):
-        lines += ["", f"(py-spy could not profile the scorer: {spy['error']})"]
     lines += [
         "",
         "## Where the time goes: the stock decoder on updates (cProfile, top 15 by own time)",

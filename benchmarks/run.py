@@ -94,7 +94,7 @@ class Bench:
         self.rows: list[Row] = []
         self.decode: list[DecodeResult] = []
         self._databases = 0
-        self.scorer_profile: dict[str, Any] = {}
+        self.scorer_profiles: list[dict[str, Any]] = []
 
     def _database(self, name: str) -> str:
         self._databases += 1
@@ -176,12 +176,19 @@ class Bench:
 
     # ------------------------------------------------------------------ scorer phases
     def scorer_phase(
-        self, approach: str, batching: Batching, rate: float | None, max_rows: int | None = None
+        self,
+        approach: str,
+        batching: Batching,
+        rate: float | None,
+        max_rows: int | None = None,
+        decoder: str = "fast",
     ) -> Row:
         name = approach.split(" ")[0].lower().replace("-", "")
         database = self._database(name)
         config = self.workdir / f"{database}.toml"
-        port = write_scorer_config(config, self.server, database, self.endpoints.url, batching)
+        port = write_scorer_config(
+            config, self.server, database, self.endpoints.url, batching, decoder
+        )
         init_scorer_tables(config)
         conn = self.server.connect(database)
         workload = Workload(conn, seed=5)
@@ -264,7 +271,7 @@ class Bench:
         )
         elapsed = time.monotonic() - started
         if profiler is not None:
-            self.scorer_profile = profiler.stop() | {"phase": f"{approach} @ flat out"}
+            self.scorer_profiles.append(profiler.stop() | {"phase": f"{approach} @ flat out"})
         cpu = process.meter.cpu_s() - cpu0
         calls = self.endpoints.stats()["total_calls"]
         fresh = freshness_s(conn, since)
@@ -294,11 +301,13 @@ class Bench:
         return row
 
     # ------------------------------------------------------------------ one big transaction
-    def big_update(self) -> Row:
+    def big_update(self, decoder: str = "fast") -> Row:
         rows = self.mode.big_update_rows
         database = self._database("bigtxn")
         config = self.workdir / f"{database}.toml"
-        port = write_scorer_config(config, self.server, database, self.endpoints.url, Batching())
+        port = write_scorer_config(
+            config, self.server, database, self.endpoints.url, Batching(), decoder
+        )
         init_scorer_tables(config)
         conn = self.server.connect(database)
         workload = Workload(conn, seed=7)
@@ -310,6 +319,11 @@ class Bench:
             baseline = scorer.meter.rss_mb()
             self.endpoints.reset_stats()
             cpu0 = scorer.meter.cpu_s()
+            profiler = (
+                Profiler(scorer.process.pid, self.workdir / "bigtxn.spy")
+                if self.mode.profile
+                else None
+            )
             started = time.monotonic()
             with conn.cursor() as cursor:
                 cursor.execute("UPDATE churn SET day_mins = day_mins + 1")
@@ -317,8 +331,11 @@ class Bench:
                 (gtid,) = cursor.fetchone() or ("",)
             done = wait_until(lambda: caught_up(conn, str(gtid)), self.mode.drain_s * 4, 0.1)
             elapsed = time.monotonic() - started
+            if profiler is not None:
+                phase = f"cdc-scorer ({decoder} decoder), one {rows:,}-row UPDATE"
+                self.scorer_profiles.append(profiler.stop() | {"phase": phase})
             row = Row(
-                "cdc-scorer (stock decoder), one UPDATE transaction",
+                f"cdc-scorer ({decoder} decoder), one UPDATE transaction",
                 f"{rows:,} rows",
                 rows,
                 e2e_rows_per_s=rows / elapsed if done else None,
@@ -386,12 +403,19 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 bench.parse_only()
                 rows = bench.rows
                 for rate in mode.rates:
-                    rows.append(bench.scorer_phase("cdc-scorer (stock decoder)", Batching(), rate))
-                rows.append(
-                    bench.scorer_phase(
-                        "cdc-scorer (stock decoder)", Batching(), None, mode.flat_out_rows
+                    rows.append(bench.scorer_phase("cdc-scorer (fast decoder)", Batching(), rate))
+                # Flat out, both decoders in the same run: where the ceiling is, and what the
+                # decoder changes of it.
+                for decoder in DECODERS:
+                    rows.append(
+                        bench.scorer_phase(
+                            f"cdc-scorer ({decoder} decoder)",
+                            Batching(),
+                            None,
+                            mode.flat_out_rows,
+                            decoder,
+                        )
                     )
-                )
                 row_at_a_time = Batching(max_rows=1, linger_ms=0, max_in_flight=1)
                 rows.append(
                     bench.scorer_phase(
@@ -410,7 +434,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "rows": [{k: v for k, v in asdict(r).items() if k != "freshness"} for r in rows],
                 "decode": [asdict(d) | {"rows_per_s": d.rows_per_s} for d in bench.decode],
                 "profile": bench.profile_text,
-                "scorer_profile": bench.scorer_profile,
+                "scorer_profiles": bench.scorer_profiles,
             }
             write_report(results, rows, bench, out)
             return results
@@ -451,8 +475,12 @@ def write_report(results: dict[str, Any], rows: list[Row], bench: Bench, out: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
-    parser.add_argument("--out", default="docs", help="where benchmarks.md and the plots go")
+    parser.add_argument(
+        "--out", help="where benchmarks.md and the plots go (default: docs, docs/full for full)"
+    )
     args = parser.parse_args()
+    if args.out is None:
+        args.out = "docs/full" if args.mode == "full" else "docs"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "bench")
     mode = MODES[args.mode]
