@@ -181,6 +181,9 @@ def start_position(checkpoints: list[Checkpoint], fallback: Position) -> Positio
         return fallback
     if any(p.log_file is not None for p in positions):
         return min(positions, key=lambda p: (p.log_file or "", p.log_pos or 0))
+    if any(p.gtid_set is not None for p in positions):
+        # Each pipeline's set is a prefix of the same history: the smallest is the oldest.
+        return min(positions, key=lambda p: p.gtid_set.transactions() if p.gtid_set else 0)
     seen_by: Counter[int] = Counter()
     lowest: dict[int, Gtid] = {}
     for position in positions:

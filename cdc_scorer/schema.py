@@ -8,7 +8,7 @@ import pymysql
 
 from cdc_scorer.db import Connection, map_error, quote
 from cdc_scorer.errors import FatalError
-from cdc_scorer.records import Position
+from cdc_scorer.records import GtidSet, Position
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 CHECKPOINT_TABLE = "cdc_scorer_checkpoint"
@@ -23,8 +23,8 @@ class ServerInfo:
     version: str
     identity: str
     gtid_mode: bool
-    # How positions are kept: "gtid" (MariaDB GTIDs) or "file" (file:pos — MySQL/Aurora MySQL,
-    # or MariaDB with source.positions = "file").
+    # How positions are kept: "gtid" (MariaDB GTIDs), "mysqlgtid" (MySQL GTID sets, with
+    # gtid_mode=ON) or "file" (file:pos: MySQL without GTIDs, or source.positions = "file").
     positions: str = "gtid"
 
 
@@ -61,8 +61,8 @@ def server_info(
 ) -> tuple[ServerInfo, list[tuple[str, str | None]]]:
     """The server's facts and each binlog setting: (setting, problem with its fix or None).
 
-    ``positions`` is ``source.positions``: "auto" keeps GTIDs on MariaDB and file:pos on MySQL
-    (resuming MySQL by GTID set is not built yet), "file" keeps file:pos on both.
+    ``positions`` is ``source.positions``: "auto" keeps GTIDs on MariaDB, GTID sets on MySQL
+    with gtid_mode=ON and file:pos on MySQL without; "file" keeps file:pos on both.
     """
     try:
         values = _variables(conn, _BINLOG_VARIABLES)
@@ -101,7 +101,12 @@ def server_info(
     else:
         identity = f"mysql:{values.get('server_uuid')}"
         gtid_mode = values.get("gtid_mode", "OFF").upper() == "ON"
-    kind = "gtid" if flavor == "mariadb" and positions == "auto" else "file"
+    if positions == "file":
+        kind = "file"
+    elif flavor == "mariadb":
+        kind = "gtid"
+    else:
+        kind = "mysqlgtid" if gtid_mode else "file"
     return ServerInfo(flavor, version, identity, gtid_mode, kind), settings
 
 
@@ -121,6 +126,10 @@ def current_position(conn: Connection, server: ServerInfo) -> Position:
             cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
             (state,) = cursor.fetchone() or ("",)
             return Position.decode(server.identity, f"gtid:{state or ''}")
+        if server.positions == "mysqlgtid":
+            cursor.execute("SELECT @@GLOBAL.gtid_executed")
+            (executed,) = cursor.fetchone() or ("",)
+            return Position(server.identity, gtid_set=GtidSet.parse(str(executed or "")))
         cursor.execute("SHOW MASTER STATUS")
         row = cursor.fetchone()
         if row is None:
@@ -136,7 +145,11 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
             f"{server.identity}: point [source] at the original server, or delete the "
             f"pipeline rows in {CHECKPOINT_TABLE} to start over with a snapshot"
         )
-    kind = "file" if position.log_file is not None else "gtid"
+    kind = (
+        "file"
+        if position.log_file is not None
+        else ("mysqlgtid" if position.gtid_set is not None else "gtid")
+    )
     if kind != server.positions:
         raise FatalError(
             f"checkpoint position {position} is kept by {kind}, but source.positions makes "
@@ -145,6 +158,9 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
         )
     if position.log_file is not None:
         _check_binlog_file(conn, position)
+        return
+    if position.gtid_set is not None:
+        _check_gtid_set(conn, str(position.gtid_set))
         return
     if not position.gtids:
         return
@@ -160,6 +176,29 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
                 f"the binlog was reset or this is another server — delete the pipeline rows in "
                 f"{CHECKPOINT_TABLE} to start over with a snapshot"
             )
+
+
+def _check_gtid_set(conn: Connection, checkpoint: str) -> None:
+    """MySQL: the checkpoint's GTIDs were executed here and what follows is not purged."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT GTID_SUBSET(%s, @@GLOBAL.gtid_executed), "
+            "GTID_SUBTRACT(@@GLOBAL.gtid_purged, %s)",
+            (checkpoint, checkpoint),
+        )
+        subset, purged_after = cursor.fetchone() or (0, "")
+    if not subset:
+        raise FatalError(
+            f"checkpoint GTID set {checkpoint} is not in this server's gtid_executed: the "
+            "binlog was reset or this is another server — delete the pipeline rows in "
+            f"{CHECKPOINT_TABLE} to start over with a snapshot"
+        )
+    if purged_after:
+        raise FatalError(
+            f"transactions after checkpoint GTID set {checkpoint} were purged ({purged_after}): "
+            "raise the binlog retention, and delete the pipeline rows in "
+            f"{CHECKPOINT_TABLE} to start over with a snapshot"
+        )
 
 
 def _check_binlog_file(conn: Connection, position: Position) -> None:

@@ -31,6 +31,8 @@ class PipelineStatus:
 
 def behind(checkpoint: Position, now: Position) -> int | None:
     """Transactions the checkpoint is behind ``now`` (GTID positions), or None if unknown."""
+    if now.gtid_set is not None and checkpoint.gtid_set is not None:
+        return max(0, now.gtid_set.transactions() - checkpoint.gtid_set.transactions())
     if not now.gtids and not checkpoint.gtids:
         return None
     mine = {g.domain: g.seq for g in checkpoint.gtids}

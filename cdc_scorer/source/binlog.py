@@ -35,6 +35,7 @@ from cdc_scorer.records import (
     BinlogCoordinate,
     Commit,
     Gtid,
+    MysqlGtid,
     Op,
     Position,
     RowChange,
@@ -262,6 +263,9 @@ class BinlogSource:
                     tx = BinlogCoordinate(stream.log_file, packet.log_pos - packet.event_size)
                 elif isinstance(event, MariadbGtidEvent):
                     tx = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
+                elif isinstance(event, GtidEvent):
+                    uuid, _, seq = str(event.gtid).rpartition(":")
+                    tx = MysqlGtid(uuid.lower(), int(seq))
             elif isinstance(event, XidEvent) or (
                 isinstance(event, QueryEvent) and event.query != "BEGIN"
             ):
@@ -288,6 +292,10 @@ class BinlogSource:
             position = self._position.after(tx)
             stream.auto_position = position.gtid_state
             return position
+        if isinstance(tx, MysqlGtid):
+            position = self._position.after(tx)
+            stream.auto_position = str(position.gtid_set)
+            return position
         return Position(
             self._position.server_identity, log_file=stream.log_file, log_pos=event.packet.log_pos
         )
@@ -310,6 +318,10 @@ def _start_arguments(start: Position) -> dict[str, Any]:
     """Where a stream starts: by GTID on MariaDB, else by file:pos (a transaction boundary)."""
     if start.log_file is not None:
         return {"is_mariadb": False, "log_file": start.log_file, "log_pos": start.log_pos}
+    if start.gtid_set is not None:
+        # MySQL auto-positioning: the server sends what is not in the set. An empty set (no
+        # GTID transaction yet) starts at the current end, which is the same thing.
+        return {"is_mariadb": False, "auto_position": str(start.gtid_set) or None}
     # MariaDB ignores file:pos without auto_position and replays the whole binlog (§7).
     return {"is_mariadb": True, "auto_position": start.gtid_state or None}
 
