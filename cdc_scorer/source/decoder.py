@@ -54,6 +54,7 @@ _HELPED = (
     FIELD_TYPE.SET,
     FIELD_TYPE.BIT,
 )
+_SUPPORTED = frozenset({*_FIXED, *_STRINGS, FIELD_TYPE.BLOB, *_HELPED})
 _UPDATE_TYPES = (BINLOG.UPDATE_ROWS_EVENT_V1, BINLOG.UPDATE_ROWS_EVENT_V2)
 _ROWS_TYPES = (
     *_UPDATE_TYPES,
@@ -148,15 +149,7 @@ def compile_plan(table: str, columns: list[Any], wanted: frozenset[str] | None) 
     for index, column in enumerate(columns):
         if not column.name:
             raise Unsupported(f"column {index} has no name (binlog_row_metadata is not FULL)")
-        if (
-            column.type not in _FIXED
-            and column.type not in _STRINGS
-            and column.type
-            not in (
-                FIELD_TYPE.BLOB,
-                *_HELPED,
-            )
-        ):
+        if column.type not in _SUPPORTED:
             raise Unsupported(f"column {column.name} has type {column.type}")
     return TablePlan(table, len(columns), _VariantCache(table, columns, wanted))
 
@@ -182,7 +175,8 @@ class _VariantCache:
         self._null_bytes = (len(columns) + 7) // 8
         self._variants: dict[bytes, _Variant] = {}
         self.sources: dict[bytes | None, str] = {}  # generated code per NULL pattern
-        self._generic: _Generic = self._compile(None)
+        self._generic: _Generic
+        self._generic, self.sources[None] = self._compile(None)
 
     def __call__(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
         end = pos + self._null_bytes
@@ -199,12 +193,12 @@ class _VariantCache:
         null_columns = frozenset(
             i for i in range(len(self._columns)) if nulls[i >> 3] & (1 << (i & 7))
         )
-        variant: _Variant = self._compile(null_columns)
-        self.sources[nulls] = self.sources.pop(b"")
+        variant: _Variant
+        variant, self.sources[nulls] = self._compile(null_columns)
         self._variants[nulls] = variant
         return variant
 
-    def _compile(self, null_columns: frozenset[int] | None) -> Any:
+    def _compile(self, null_columns: frozenset[int] | None) -> tuple[Any, str]:
         """The decoder of images with exactly these NULL columns (None: any, tested per column;
         that variant takes the NULL bitmap as a third argument)."""
         namespace: dict[str, Any] = {}
@@ -216,9 +210,9 @@ class _VariantCache:
         values = ", ".join(f"{c.name!r}: v{i}" for i, c in kept)
         lines.append(f"    return {{{values}}}, pos")
         source = "\n".join(lines)
+        # Column names enter the code only as repr() literals; values never do.
         exec(compile(source, f"<rows plan {self._table}>", "exec"), namespace)
-        self.sources[None if null_columns is None else b""] = source
-        return namespace["image"]
+        return namespace["image"], source
 
 
 def _body(
