@@ -236,6 +236,10 @@ class ModelEndpoints:
                     raise RuntimeError("model endpoints did not start") from None
                 time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_local/stats", timeout=5) as response:
             result: dict[str, Any] = json.loads(response.read())

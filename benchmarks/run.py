@@ -28,6 +28,7 @@ from benchmarks.harness import (
     Batching,
     ModelEndpoints,
     Process,
+    ProcessMeter,
     Profiler,
     Workload,
     caught_up,
@@ -80,17 +81,26 @@ class Row:
     p99_s: float | None = None
     calls_per_1k: float | None = None
     cpu_s_per_1k: float | None = None
+    mariadb_cpu_s_per_1k: float | None = None
+    endpoints_cpu_s_per_1k: float | None = None
     peak_rss_mb: float | None = None
     note: str = ""
     freshness: list[float] = field(default_factory=list, repr=False)
 
 
 class Bench:
-    def __init__(self, mode: Mode, workdir: Path, server: MariaDBServer) -> None:
+    def __init__(
+        self, mode: Mode, workdir: Path, server: MariaDBServer, mariadb_pid: int | None = None
+    ) -> None:
         self.mode = mode
         self.workdir = workdir
         self.server = server
         self.endpoints = ModelEndpoints(workdir)
+        # The other processes on the same cores: where the rest of the CPU goes per row.
+        self.others = {
+            "mariadb": ProcessMeter(mariadb_pid or 0),
+            "endpoints": ProcessMeter(self.endpoints.pid),
+        }
         self.rows: list[Row] = []
         self.decode: list[DecodeResult] = []
         self._databases = 0
@@ -174,6 +184,13 @@ class Bench:
             stats.sort_stats("tottime").print_stats(15)
         self.profile_text = out.read_text()
 
+    def _others_cpu(self) -> dict[str, float]:
+        return {name: meter.cpu_s() for name, meter in self.others.items()}
+
+    def _others_per_1k(self, before: dict[str, float], rows: int) -> dict[str, float | None]:
+        now = self._others_cpu()
+        return {k: (1000 * (now[k] - before[k]) / rows if rows else None) for k in now}
+
     # ------------------------------------------------------------------ scorer phases
     def scorer_phase(
         self,
@@ -250,6 +267,7 @@ class Bench:
         self.endpoints.reset_stats()
         since = db_now(conn)
         cpu0 = process.meter.cpu_s()
+        others0 = self._others_cpu()
         started = time.monotonic()
         seconds = self.mode.phase_s if max_rows is None else 3600.0
         written_before = workload.rows_written
@@ -273,6 +291,7 @@ class Bench:
         if profiler is not None:
             self.scorer_profiles.append(profiler.stop() | {"phase": f"{approach} @ flat out"})
         cpu = process.meter.cpu_s() - cpu0
+        others = self._others_per_1k(others0, written)
         calls = self.endpoints.stats()["total_calls"]
         fresh = freshness_s(conn, since)
         backlog = 0 if done else _backlog(conn, since)
@@ -290,6 +309,8 @@ class Bench:
             p99_s=percentile(fresh, 99),
             calls_per_1k=1000 * calls / written if written else None,
             cpu_s_per_1k=1000 * cpu / written if written else None,
+            mariadb_cpu_s_per_1k=others["mariadb"],
+            endpoints_cpu_s_per_1k=others["endpoints"],
             peak_rss_mb=process.meter.peak_rss_mb,
             freshness=fresh,
         )
@@ -319,6 +340,7 @@ class Bench:
             baseline = scorer.meter.rss_mb()
             self.endpoints.reset_stats()
             cpu0 = scorer.meter.cpu_s()
+            others0 = self._others_cpu()
             profiler = (
                 Profiler(scorer.process.pid, self.workdir / "bigtxn.spy")
                 if self.mode.profile
@@ -342,6 +364,8 @@ class Bench:
                 caught_up=done,
                 calls_per_1k=1000 * self.endpoints.stats()["total_calls"] / rows,
                 cpu_s_per_1k=1000 * (scorer.meter.cpu_s() - cpu0) / rows,
+                mariadb_cpu_s_per_1k=self._others_per_1k(others0, rows)["mariadb"],
+                endpoints_cpu_s_per_1k=self._others_per_1k(others0, rows)["endpoints"],
                 peak_rss_mb=scorer.meter.peak_rss_mb,
                 note=f"RSS {baseline:.0f} MB before the transaction, "
                 f"{scorer.meter.peak_rss_mb:.0f} MB peak during it",
@@ -396,8 +420,9 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-scorer-bench-"))
     started = time.monotonic()
     try:
-        with PrivateMariaDB() as server:
-            bench = Bench(mode, workdir, server)
+        launcher = PrivateMariaDB()
+        with launcher as server:
+            bench = Bench(mode, workdir, server, launcher.pid)
             try:
                 bench.mariadb_write_rate()
                 bench.parse_only()

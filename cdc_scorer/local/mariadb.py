@@ -155,6 +155,11 @@ class PrivateMariaDB:
         if result.returncode != 0:
             raise FatalError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
 
+    @property
+    def pid(self) -> int | None:
+        """The server process, while it runs (benchmarks meter its CPU)."""
+        return None if self._process is None else self._process.pid
+
     def _spawn(self, server: MariaDBServer, base: Path) -> subprocess.Popen[bytes]:
         args = [
             _find_binary("mariadbd", "mysqld"),
