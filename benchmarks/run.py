@@ -353,6 +353,7 @@ class Bench:
                 (gtid,) = cursor.fetchone() or ("",)
             done = wait_until(lambda: caught_up(conn, str(gtid)), self.mode.drain_s * 4, 0.1)
             elapsed = time.monotonic() - started
+            others = self._others_per_1k(others0, rows)
             if profiler is not None:
                 phase = f"cdc-scorer ({decoder} decoder), one {rows:,}-row UPDATE"
                 self.scorer_profiles.append(profiler.stop() | {"phase": phase})
@@ -364,8 +365,8 @@ class Bench:
                 caught_up=done,
                 calls_per_1k=1000 * self.endpoints.stats()["total_calls"] / rows,
                 cpu_s_per_1k=1000 * (scorer.meter.cpu_s() - cpu0) / rows,
-                mariadb_cpu_s_per_1k=self._others_per_1k(others0, rows)["mariadb"],
-                endpoints_cpu_s_per_1k=self._others_per_1k(others0, rows)["endpoints"],
+                mariadb_cpu_s_per_1k=others["mariadb"],
+                endpoints_cpu_s_per_1k=others["endpoints"],
                 peak_rss_mb=scorer.meter.peak_rss_mb,
                 note=f"RSS {baseline:.0f} MB before the transaction, "
                 f"{scorer.meter.peak_rss_mb:.0f} MB peak during it",

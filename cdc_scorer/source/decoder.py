@@ -74,7 +74,7 @@ class TablePlan:
     """How to decode the row images of one table map."""
 
     table: str
-    column_count: int
+    present: bytes  # the columns-present bitmap of a FULL image of this table
     image: ImageDecoder  # its generated code: ``image.sources`` (per NULL pattern)
 
 
@@ -115,10 +115,9 @@ class FastRowsDecoder:
         plan = self.plan(event.table_map[event.table_id])
         if plan is None:
             return None
-        full = _full_bitmap(plan.column_count)
         update = event.event_type in _UPDATE_TYPES
-        if event.columns_present_bitmap != full or (
-            update and event.columns_present_bitmap2 != full
+        if event.columns_present_bitmap != plan.present or (
+            update and event.columns_present_bitmap2 != plan.present
         ):
             return None  # a MINIMAL/NOBLOB image: only FULL images have a fast path
         packet = event.packet
@@ -151,7 +150,7 @@ def compile_plan(table: str, columns: list[Any], wanted: frozenset[str] | None) 
             raise Unsupported(f"column {index} has no name (binlog_row_metadata is not FULL)")
         if column.type not in _SUPPORTED:
             raise Unsupported(f"column {column.name} has type {column.type}")
-    return TablePlan(table, len(columns), _VariantCache(table, columns, wanted))
+    return TablePlan(table, _full_bitmap(len(columns)), _VariantCache(table, columns, wanted))
 
 
 _MAX_VARIANTS = 64  # NULL patterns compiled per table; rarer patterns take the generic path

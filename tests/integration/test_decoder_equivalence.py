@@ -41,6 +41,10 @@ def _time(micro: bool) -> st.SearchStrategy[datetime.timedelta]:
     return values.map(lambda t: datetime.timedelta(seconds=int(t.total_seconds())))
 
 
+_DATETIMES = st.datetimes(datetime.datetime(1000, 1, 1), datetime.datetime(9999, 12, 31))
+_TIMESTAMPS = st.datetimes(datetime.datetime(1970, 1, 2), datetime.datetime(2038, 1, 18))
+
+
 def _int(bits: int, unsigned: bool) -> st.SearchStrategy[int]:
     if unsigned:
         return st.integers(0, 2**bits - 1)
@@ -90,26 +94,11 @@ COLUMNS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
     "c_time": ("TIME", _time(False)),
     "c_time3": ("TIME(3)", _time(True)),
     "c_time6": ("TIME(6)", _time(True)),
-    "c_datetime": (
-        "DATETIME",
-        st.datetimes(datetime.datetime(1000, 1, 1), datetime.datetime(9999, 12, 31)),
-    ),
-    "c_datetime2": (
-        "DATETIME(2)",
-        st.datetimes(datetime.datetime(1000, 1, 1), datetime.datetime(9999, 12, 31)),
-    ),
-    "c_datetime6": (
-        "DATETIME(6)",
-        st.datetimes(datetime.datetime(1000, 1, 1), datetime.datetime(9999, 12, 31)),
-    ),
-    "c_timestamp": (
-        "TIMESTAMP NULL",
-        st.datetimes(datetime.datetime(1970, 1, 2), datetime.datetime(2038, 1, 18)),
-    ),
-    "c_timestamp4": (
-        "TIMESTAMP(4) NULL",
-        st.datetimes(datetime.datetime(1970, 1, 2), datetime.datetime(2038, 1, 18)),
-    ),
+    "c_datetime": ("DATETIME", _DATETIMES),
+    "c_datetime2": ("DATETIME(2)", _DATETIMES),
+    "c_datetime6": ("DATETIME(6)", _DATETIMES),
+    "c_timestamp": ("TIMESTAMP NULL", _TIMESTAMPS),
+    "c_timestamp4": ("TIMESTAMP(4) NULL", _TIMESTAMPS),
     "c_year": ("YEAR", st.integers(1901, 2155)),
     "c_bit1": ("BIT(1)", st.integers(0, 1)),
     "c_bit13": ("BIT(13)", st.integers(0, 2**13 - 1)),
