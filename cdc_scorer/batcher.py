@@ -29,6 +29,7 @@ from cdc_scorer.records import (
 from cdc_scorer.spec import PipelineSpec
 
 CHECKPOINT_ONLY_INTERVAL_S = 1.0
+NUMBER_BYTES = 20  # a number or a date as request text, about (a double is ≤ 24 characters)
 END = None
 
 
@@ -54,6 +55,7 @@ class Batcher:
         self._outbox = outbox
         self._pending: dict[tuple[object, ...], RowChange] = {}
         self._pending_bytes = 0
+        self._fixed_bytes = len(self._inputs) * (NUMBER_BYTES + 1)
         self._first_at = 0.0
         self._skipped: Counter[str] = Counter()
         self._sequence = 0
@@ -125,7 +127,7 @@ class Batcher:
 
     def _add(self, change: RowChange) -> None:
         if change.op is Op.UPDATE and change.before is not None:
-            old_key = tuple(change.before.get(c) for c in self._key_columns)
+            old_key = tuple(map(change.before.get, self._key_columns))
             if old_key != change.key:
                 # A key change is a delete of the old key and an insert of the new one.
                 self._put(
@@ -138,7 +140,7 @@ class Batcher:
                         change.committed_at,
                     )
                 )
-            elif all(change.before.get(c) == change.values.get(c) for c in self._inputs):
+            elif [*map(change.before.get, self._inputs)] == [*map(change.values.get, self._inputs)]:
                 self._skipped["unchanged_inputs"] += 1
                 return
         self._put(change)
@@ -150,7 +152,18 @@ class Batcher:
         if previous is not None:
             self._skipped["superseded"] += 1  # last version wins within a batch
         self._pending[change.key] = change
-        self._pending_bytes += sum(len(str(change.values.get(c))) + 1 for c in self._inputs)
+        self._pending_bytes += self._size(change)
+
+    def _size(self, change: RowChange) -> int:
+        """Approximate request bytes of a row: NUMBER_BYTES + 1 per input value, plus the
+        length of each text or binary value. Cheap on purpose: formatting every value to
+        measure it cost as much as formatting the request, and only long values make a batch
+        big."""
+        size = self._fixed_bytes
+        for value in map(change.values.get, self._inputs):
+            if value.__class__ is str or value.__class__ is bytes:
+                size += len(value)
+        return size
 
     async def _flush(self, force_checkpoint: bool = False) -> None:
         if not self._pending and not (
