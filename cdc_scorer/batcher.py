@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
+from operator import itemgetter
+from typing import Any
 
 from cdc_scorer.records import (
     Batch,
@@ -25,6 +28,7 @@ from cdc_scorer.records import (
     RowChange,
     SnapshotProgress,
     SourceItem,
+    TxId,
 )
 from cdc_scorer.spec import PipelineSpec
 
@@ -53,6 +57,10 @@ class Batcher:
         self._applied = applied if applied is not None else checkpoint.position
         self._inbox = inbox
         self._outbox = outbox
+        self._last_tx: TxId | None = None
+        self._last_tx_applied = False
+        # The model's inputs of a row, as a tuple (one C call; missing columns are None).
+        self._pick_inputs: Callable[[dict[str, Any]], tuple[Any, ...]] = _picker(self._inputs)
         self._pending: dict[tuple[object, ...], RowChange] = {}
         self._pending_bytes = 0
         self._fixed_bytes = len(self._inputs) * (NUMBER_BYTES + 1)
@@ -80,13 +88,19 @@ class Batcher:
             for item in items:
                 await self._accept(item)
 
+    def _was_applied(self, tx: TxId | None) -> bool:
+        """Whether transaction ``tx`` is covered by this pipeline's checkpoint (asked once per
+        transaction: its rows arrive together and share the id object)."""
+        if tx is not self._last_tx:
+            self._last_tx = tx
+            self._last_tx_applied = (
+                tx is not None and self._applied is not None and self._applied.includes(tx)
+            )
+        return self._last_tx_applied
+
     async def _accept(self, item: SourceItem) -> None:
         if isinstance(item, RowChange):
-            if (
-                item.gtid is not None
-                and self._applied is not None
-                and self._applied.includes(item.gtid)
-            ):
+            if self._was_applied(item.gtid):
                 return
             # A full batch waits for one more item: when that is the commit of the transaction
             # it ends in, the batch carries that boundary and nothing is replayed after a stop.
@@ -95,11 +109,7 @@ class Batcher:
                 await self._flush()
             self._add(item)
         elif isinstance(item, Commit):
-            if (
-                item.gtid is not None
-                and self._applied is not None
-                and self._applied.includes(item.gtid)
-            ):
+            if self._was_applied(item.gtid):
                 return
             self._checkpoint = replace(self._checkpoint, position=item.position)
             if self._full():
@@ -140,7 +150,7 @@ class Batcher:
                         change.committed_at,
                     )
                 )
-            elif [*map(change.before.get, self._inputs)] == [*map(change.values.get, self._inputs)]:
+            elif self._pick_inputs(change.before) == self._pick_inputs(change.values):
                 self._skipped["unchanged_inputs"] += 1
                 return
         self._put(change)
@@ -160,7 +170,7 @@ class Batcher:
         measure it cost as much as formatting the request, and only long values make a batch
         big."""
         size = self._fixed_bytes
-        for value in map(change.values.get, self._inputs):
+        for value in self._pick_inputs(change.values):
             if value.__class__ is str or value.__class__ is bytes:
                 size += len(value)
         return size
@@ -185,6 +195,23 @@ class Batcher:
         self._emitted_checkpoint = self._checkpoint
         self._last_emit = time.monotonic()
         await self._outbox.put(batch)
+
+
+def _picker(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """``tuple(row.get(c) for c in columns)``, through itemgetter when every column is there
+    (FULL row images: always)."""
+    if len(columns) == 1:
+        only = columns[0]
+        return lambda row: (row.get(only),)
+    get = itemgetter(*columns)
+
+    def pick(row: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            return get(row)  # type: ignore[no-any-return]
+        except KeyError:
+            return tuple(map(row.get, columns))
+
+    return pick
 
 
 def start_position(checkpoints: list[Checkpoint], fallback: Position) -> Position:

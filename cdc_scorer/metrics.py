@@ -216,11 +216,16 @@ class Telemetry:
         for dead in scored.dead_letters:
             self.dead_letters[f"{pipeline}:{dead.reason}"] += 1
             self._dead.labels(pipeline, dead.reason).inc()
-        freshness = self._freshness.labels(pipeline)
+        observe = self._freshness.labels(pipeline).observe
+        # The rows of a transaction share its commit time: convert it once per run of rows.
+        last_at: datetime | None = None
+        lag = 0.0
         for prediction in scored.upserts:
-            if prediction.source_committed_at is not None:
-                committed = prediction.source_committed_at.replace(tzinfo=UTC).timestamp()
-                freshness.observe(max(0.0, now - committed))
+            at = prediction.source_committed_at
+            if at is not None:
+                if at is not last_at:
+                    last_at, lag = at, max(0.0, now - at.replace(tzinfo=UTC).timestamp())
+                observe(lag)
         state = self.pipelines.get(pipeline)
         if state is not None:
             state.last_checkpoint_at = now

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import pymysql
@@ -326,6 +327,14 @@ def _start_arguments(start: Position) -> dict[str, Any]:
     return {"is_mariadb": True, "auto_position": start.gtid_state or None}
 
 
+def _key_getter(key_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The key of a decoded row as a tuple (itemgetter gives a bare value for one column)."""
+    if len(key_columns) == 1:
+        (only,) = key_columns
+        return lambda row: (row[only],)
+    return itemgetter(*key_columns)
+
+
 def row_changes(
     event: Any,
     key_columns: tuple[str, ...],
@@ -336,25 +345,15 @@ def row_changes(
     committed_at = _utc(event.timestamp)
     images = decoder.images(event) if decoder is not None else None
     if images is not None:
+        key_of = _key_getter(key_columns)
         if isinstance(event, UpdateRowsEvent):
             return [
-                RowChange(
-                    Op.UPDATE,
-                    table,
-                    tuple([after[c] for c in key_columns]),
-                    after,
-                    gtid,
-                    committed_at,
-                    before=before,
-                )
+                RowChange(Op.UPDATE, table, key_of(after), after, gtid, committed_at, before)
                 for before, after in images
             ]
         op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
         return [
-            RowChange(
-                op, table, tuple([values[c] for c in key_columns]), values, gtid, committed_at
-            )
-            for _, values in images
+            RowChange(op, table, key_of(values), values, gtid, committed_at) for _, values in images
         ]
     changes: list[RowChange] = []
     if isinstance(event, UpdateRowsEvent):
