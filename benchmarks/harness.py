@@ -105,7 +105,7 @@ max_in_flight = {max_in_flight}
 
 @dataclass(frozen=True)
 class Batching:
-    max_rows: int = 100
+    max_rows: int = 500  # the product default for SageMaker pipelines
     linger_ms: float = 50
     max_in_flight: int = 4
 
