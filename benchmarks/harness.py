@@ -32,6 +32,7 @@ from cdc_scorer.local.churn_data import (
     FeedbackGenerator,
 )
 from cdc_scorer.local.mariadb import MariaDBServer, free_port
+from cdc_scorer.local.scorer_config import local_scorer_config
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
 CHURN_COLUMNS = (*FEATURE_COLUMNS, LABEL_COLUMN)
@@ -54,53 +55,6 @@ LATENCY_PROFILE = {
     "sagemaker": {"latency_ms": 15, "latency_per_row_ms": 0.02},
     "comprehend": {"latency_ms": 40},
 }
-
-SCORER_CONFIG = """
-shutdown_grace_s = 60
-[source]
-host = "127.0.0.1"
-port = {port}
-user = "root"
-database = "{database}"
-heartbeat_interval_s = 0.5
-queue_max_rows = 2000
-decoder = "{decoder}"
-
-[http]
-host = "127.0.0.1"
-port = {http_port}
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint_url}"
-call_timeout_s = 60
-
-[[pipelines]]
-name = "churn"
-table = "churn"
-key_columns = ["phone"]
-service = "sagemaker"
-snapshot = "never"
-[pipelines.sagemaker]
-endpoint_name = "churn-autopilot-endpoint"
-feature_columns = {features}
-[pipelines.batching]
-max_rows = {max_rows}
-linger_ms = {linger_ms}
-max_in_flight = {max_in_flight}
-
-[[pipelines]]
-name = "feedback"
-table = "feedback"
-service = "comprehend"
-snapshot = "never"
-[pipelines.comprehend]
-text_column = "user_feedback"
-[pipelines.batching]
-max_rows = {feedback_rows}
-linger_ms = {linger_ms}
-max_in_flight = {max_in_flight}
-"""
 
 
 @dataclass(frozen=True)
@@ -135,18 +89,28 @@ def write_scorer_config(
 ) -> int:
     """Write a config for ``database``; returns its operations port."""
     http_port = free_port()
+    batching_keys = {"linger_ms": batching.linger_ms, "max_in_flight": batching.max_in_flight}
     path.write_text(
-        SCORER_CONFIG.format(
+        local_scorer_config(
             port=server.port,
             database=database,
-            http_port=http_port,
             endpoint_url=endpoint_url,
-            features=json.dumps(list(FEATURE_COLUMNS)),
-            max_rows=batching.max_rows,
-            feedback_rows=batching.feedback_rows,
-            linger_ms=batching.linger_ms,
-            max_in_flight=batching.max_in_flight,
-            decoder=decoder,
+            http_port=http_port,
+            overrides={
+                "shutdown_grace_s": 60,
+                "source": {"heartbeat_interval_s": 0.5, "queue_max_rows": 2000, "decoder": decoder},
+                "aws": {"call_timeout_s": 60},
+                "pipelines": {
+                    "churn": {
+                        "snapshot": "never",
+                        "batching": batching_keys | {"max_rows": batching.max_rows},
+                    },
+                    "feedback": {
+                        "snapshot": "never",
+                        "batching": batching_keys | {"max_rows": batching.feedback_rows},
+                    },
+                },
+            },
         )
     )
     return http_port

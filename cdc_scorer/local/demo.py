@@ -28,45 +28,13 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
     FeedbackGenerator,
 )
-from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT, ModelServer
+from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB, free_port
+from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.logs import configure_logging
 from cdc_scorer.schema import init_schema
 
 DATABASE = "mltest"
-
-DEMO_CONFIG = """
-[source]
-host = "127.0.0.1"
-port = {port}
-user = "root"
-database = "{database}"
-
-[http]
-host = "127.0.0.1"
-port = {http_port}
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint_url}"
-
-[[pipelines]]
-name = "churn"
-table = "churn"
-key_columns = ["phone"]
-service = "sagemaker"
-[pipelines.sagemaker]
-endpoint_name = "{endpoint}"
-feature_columns = [{features}]
-
-[[pipelines]]
-name = "feedback"
-table = "feedback"
-service = "comprehend"
-[pipelines.comprehend]
-text_column = "user_feedback"
-language = "en"
-"""
 
 BLOG_QUERY = (
     "SELECT state, acc_length, area_code, int_plan, phone, will_churn FROM churn_scored LIMIT 5"
@@ -177,13 +145,11 @@ async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None
         config_path = base / "cdc-scorer.toml"
         http_port = free_port()
         config_path.write_text(
-            DEMO_CONFIG.format(
+            local_scorer_config(
                 port=server.port,
                 database=DATABASE,
                 endpoint_url=endpoint_url,
-                endpoint=DEFAULT_ENDPOINT,
                 http_port=http_port,
-                features=", ".join(f'"{c}"' for c in FEATURE_COLUMNS),
             )
         )
         spec = load_config(config_path)

@@ -20,58 +20,9 @@ from cdc_scorer.local.churn_data import (
 )
 from cdc_scorer.local.churn_model import ChurnModel
 from cdc_scorer.local.mariadb import MariaDBServer
+from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
 from cdc_scorer.spec import ScorerSpec
-
-CONFIG_TEMPLATE = """
-shutdown_grace_s = 20
-[source]
-host = "127.0.0.1"
-port = {port}
-user = "root"
-database = "{database}"
-{server_id_line}heartbeat_interval_s = 0.5
-positions = "{positions}"
-
-[http]
-host = "127.0.0.1"
-port = {http_port}
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint_url}"
-
-[retry]
-base_ms = 20
-cap_ms = 200
-
-[[pipelines]]
-name = "churn"
-table = "churn"
-key_columns = ["phone"]
-service = "sagemaker"
-snapshot = "{snapshot}"
-[pipelines.sagemaker]
-endpoint_name = "churn-autopilot-endpoint"
-feature_columns = {features}
-[pipelines.batching]
-max_rows = {max_rows}
-linger_ms = 50
-max_in_flight = 4
-
-[[pipelines]]
-name = "feedback"
-table = "feedback"
-service = "comprehend"
-snapshot = "{snapshot}"
-[pipelines.comprehend]
-text_column = "user_feedback"
-language = "en"
-overlong_text = "{overlong}"
-[pipelines.batching]
-max_rows = 25
-linger_ms = 50
-"""
 
 
 def write_config(
@@ -87,19 +38,29 @@ def write_config(
     http_port: int = 0,
     positions: str = "auto",
 ) -> ScorerSpec:
-    features = "[" + ", ".join(f'"{c}"' for c in FEATURE_COLUMNS) + "]"
+    source: dict[str, Any] = {"heartbeat_interval_s": 0.5, "positions": positions}
+    if server_id is not None:
+        source["server_id"] = server_id
+    batching = {"linger_ms": 50, "max_in_flight": 4}
     path.write_text(
-        CONFIG_TEMPLATE.format(
+        local_scorer_config(
             port=server.port,
             database=database,
-            server_id_line="" if server_id is None else f"server_id = {server_id}\n",
             endpoint_url=endpoint_url,
-            snapshot=snapshot,
-            features=features,
-            max_rows=max_rows,
-            overlong=overlong,
             http_port=http_port,
-            positions=positions,
+            overrides={
+                "shutdown_grace_s": 20,
+                "source": source,
+                "retry": {"base_ms": 20, "cap_ms": 200},
+                "pipelines": {
+                    "churn": {"snapshot": snapshot, "batching": batching | {"max_rows": max_rows}},
+                    "feedback": {
+                        "snapshot": snapshot,
+                        "comprehend": {"overlong_text": overlong},
+                        "batching": {"max_rows": 25, "linger_ms": 50},
+                    },
+                },
+            },
         )
     )
     return load_config(path)
