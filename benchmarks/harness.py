@@ -250,6 +250,22 @@ def metrics(port: int) -> str:
         return str(response.read().decode())
 
 
+def metric_value(text: str, sample: str) -> float | None:
+    """The value of one sample (``name{labels}`` exactly as exposed) in a /metrics text."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+SINK_SECONDS = 'cdc_scorer_sink_write_duration_seconds_sum{pipeline="churn"}'
+
+
+def sink_seconds(port: int) -> float:
+    """Seconds the churn pipeline's database connection has spent writing batches."""
+    return metric_value(metrics(port), SINK_SECONDS) or 0.0
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition():

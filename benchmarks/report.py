@@ -20,6 +20,10 @@ COMMANDS = {
 }
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -120,8 +124,8 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         "",
         "| approach | load | rows | e2e rows/s | caught up | p50 s | p95 s | p99 s | "
         "model calls / 1k rows | scorer CPU s / 1k rows | MariaDB CPU s / 1k rows | "
-        "endpoints CPU s / 1k rows | peak RSS MB | note |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "endpoints CPU s / 1k rows | sink busy | peak RSS MB | note |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         e2e = r.e2e_rows_per_s if r.e2e_rows_per_s is not None else r.write_rows_per_s
@@ -134,7 +138,8 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
             f"| {r.approach} | {r.load} | {r.rows:,} | {_fmt(e2e)} | {caught} | {_fmt(r.p50_s)} | "
             f"{_fmt(r.p95_s)} | {_fmt(r.p99_s)} | {_fmt(r.calls_per_1k)} | "
             f"{_fmt(r.cpu_s_per_1k, 3)} | {_fmt(r.mariadb_cpu_s_per_1k, 3)} | "
-            f"{_fmt(r.endpoints_cpu_s_per_1k, 3)} | {_fmt(r.peak_rss_mb, 0)} | {r.note} |"
+            f"{_fmt(r.endpoints_cpu_s_per_1k, 3)} | {_pct(r.sink_busy)} | "
+            f"{_fmt(r.peak_rss_mb, 0)} | {r.note} |"
         )
     lines += [
         "",
@@ -143,7 +148,9 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         "writes themselves, the binlog dump and applying the predictions; the endpoints' is the "
         "local models and their HTTP serving - all on the same two cores. A phase that had not "
         "caught up when its drain time ran out shows the rows still behind: its rate is its "
-        "ceiling.",
+        'ceiling. "sink busy" is the share of the phase the churn pipeline\'s one database '
+        "connection spent writing batches (`cdc_scorer_sink_write_duration_seconds`); near 100 % "
+        "the database applying the predictions is the limit.",
         "",
         "## Parse-only ceiling (binlog → `RowChange`s, nothing else)",
         "",

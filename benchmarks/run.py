@@ -39,6 +39,7 @@ from benchmarks.harness import (
     metrics,
     percentile,
     scorer_process,
+    sink_seconds,
     wait_until,
     write_scorer_config,
 )
@@ -84,6 +85,7 @@ class Row:
     mariadb_cpu_s_per_1k: float | None = None
     endpoints_cpu_s_per_1k: float | None = None
     peak_rss_mb: float | None = None
+    sink_busy: float | None = None  # share of the phase the churn sink connection was writing
     note: str = ""
     freshness: list[float] = field(default_factory=list, repr=False)
 
@@ -216,7 +218,7 @@ class Bench:
                 raise RuntimeError(
                     f"scorer did not get ready: {scorer.log_path.read_text()[-2000:]}"
                 )
-            return self._measure(approach, scorer, conn, workload, rate, max_rows)
+            return self._measure(approach, scorer, conn, workload, rate, max_rows, port)
         finally:
             scorer.stop()
             conn.close()
@@ -262,12 +264,14 @@ class Bench:
         workload: Workload,
         rate: float | None,
         max_rows: int | None,
+        port: int | None = None,
     ) -> Row:
         polling = approach.startswith("Polling")
         self.endpoints.reset_stats()
         since = db_now(conn)
         cpu0 = process.meter.cpu_s()
         others0 = self._others_cpu()
+        sink0 = sink_seconds(port) if port else 0.0
         started = time.monotonic()
         seconds = self.mode.phase_s if max_rows is None else 3600.0
         written_before = workload.rows_written
@@ -288,6 +292,7 @@ class Bench:
             poll_s=0.05,
         )
         elapsed = time.monotonic() - started
+        sink_busy = (sink_seconds(port) - sink0) / elapsed if port else None
         if profiler is not None:
             self.scorer_profiles.append(profiler.stop() | {"phase": f"{approach} @ flat out"})
         cpu = process.meter.cpu_s() - cpu0
@@ -312,6 +317,7 @@ class Bench:
             mariadb_cpu_s_per_1k=others["mariadb"],
             endpoints_cpu_s_per_1k=others["endpoints"],
             peak_rss_mb=process.meter.peak_rss_mb,
+            sink_busy=sink_busy,
             freshness=fresh,
         )
         self.log(
@@ -341,6 +347,7 @@ class Bench:
             self.endpoints.reset_stats()
             cpu0 = scorer.meter.cpu_s()
             others0 = self._others_cpu()
+            sink0 = sink_seconds(port)
             profiler = (
                 Profiler(scorer.process.pid, self.workdir / "bigtxn.spy")
                 if self.mode.profile
@@ -353,6 +360,7 @@ class Bench:
                 (gtid,) = cursor.fetchone() or ("",)
             done = wait_until(lambda: caught_up(conn, str(gtid)), self.mode.drain_s * 4, 0.1)
             elapsed = time.monotonic() - started
+            sink_busy = (sink_seconds(port) - sink0) / elapsed
             others = self._others_per_1k(others0, rows)
             if profiler is not None:
                 phase = f"cdc-scorer ({decoder} decoder), one {rows:,}-row UPDATE"
@@ -368,6 +376,7 @@ class Bench:
                 mariadb_cpu_s_per_1k=others["mariadb"],
                 endpoints_cpu_s_per_1k=others["endpoints"],
                 peak_rss_mb=scorer.meter.peak_rss_mb,
+                sink_busy=sink_busy,
                 note=f"RSS {baseline:.0f} MB before the transaction, "
                 f"{scorer.meter.peak_rss_mb:.0f} MB peak during it",
             )

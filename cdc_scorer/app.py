@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -111,7 +112,9 @@ class PipelineRunner:
             if task is None:
                 return
             scored = await task
+            started = time.monotonic()
             await self._sink.write(scored)
+            self._telemetry.on_sink_write(name, time.monotonic() - started)
             self.checkpoint = scored.checkpoint
             self._telemetry.on_commit(name, scored)
 

@@ -141,6 +141,14 @@ class Telemetry:
         self._retries = PromCounter(
             "cdc_scorer_retries", "Retries by stage and error code", ["stage", "code"], registry=r
         )
+        self._sink_write = Histogram(
+            "cdc_scorer_sink_write_duration_seconds",
+            "Writing one batch: its transaction of predictions, dead letters and checkpoint, "
+            "retries included (one connection per pipeline: its sum over time is how busy it is)",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._freshness = Histogram(
             "cdc_scorer_freshness_seconds",
             "Source commit (binlog event time, 1 s resolution) to prediction committed",
@@ -198,6 +206,9 @@ class Telemetry:
         now = time.time()
         self.source.heartbeat_seen_at = now
         self.source.heartbeat_lag_s = max(0.0, now - beat_at.replace(tzinfo=UTC).timestamp())
+
+    def on_sink_write(self, pipeline: str, seconds: float) -> None:
+        self._sink_write.labels(pipeline).observe(seconds)
 
     def on_commit(self, pipeline: str, scored: ScoredBatch) -> None:
         now = time.time()

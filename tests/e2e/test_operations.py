@@ -43,6 +43,7 @@ REQUIRED_METRICS = (
     "cdc_scorer_inference_errors_total",
     "cdc_scorer_retries_total",
     "cdc_scorer_freshness_seconds",
+    "cdc_scorer_sink_write_duration_seconds",
     "cdc_scorer_source_lag_seconds",
     "cdc_scorer_source_connected",
     "cdc_scorer_queue_depth",
@@ -182,6 +183,10 @@ def test_metrics_are_valid_and_scraped_by_prometheus(
             or 0
         ) > 0
         assert metric(text, 'cdc_scorer_rows_scored_total{pipeline="churn"}') == 350.0
+        # One sink write per committed batch of the pipeline.
+        batches = metric(text, 'cdc_scorer_batch_rows_count{pipeline="churn"}') or 0
+        writes = metric(text, 'cdc_scorer_sink_write_duration_seconds_count{pipeline="churn"}')
+        assert writes is not None and writes >= batches > 0
         assert metric(text, 'cdc_scorer_snapshot_rows_total{pipeline="churn"}') == 300.0
         assert metric(text, 'cdc_scorer_binlog_rows_total{operation="insert",table="churn"}') == 50
         assert metric(text, "cdc_scorer_leader") == 1.0
