@@ -106,7 +106,8 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         f"- **Command:** `{COMMANDS[results['mode']]}` (mode `{results['mode']}`, "
         f"{results['seconds']:.0f} s)",
         f"- **Machine:** {m['cpus']} CPUs ({m['cpu']}), {m['memory_gb']} GB, {m['os']}; "
-        f"Python {m['python']}; MariaDB {m['mariadb']} (private instance, row binlog).",
+        f"Python {m['python']}; MariaDB {m['mariadb']} (private instance, row binlog, "
+        f"{m.get('buffer_pool', '128 MB')} InnoDB buffer pool).",
         "- **Everything shares the machine:** MariaDB, the local model endpoints, the writer and "
         "the scorer compete for the same cores.",
         "- **Model latency emulated** by the local endpoints: SageMaker 15 ms + 0.02 ms/row, "

@@ -204,12 +204,16 @@ class SageMakerScorer:
                 return record[0], None
             if self._spec.output_form == "predicted_label,probability":
                 label, probability = record[0], float(record[1])
+                if not 0.0 <= probability <= 1.0:  # nan too: a probability, or no answer
+                    raise ValueError("the probability is not within [0, 1]")
                 return label, probability if label == positive else 1.0 - probability
             probabilities = json.loads(record[0])
             # Autopilot orders classes by label; for a binary model the positive class
             # ("True.", "yes", "1") sorts last.
             p_positive = float(probabilities[-1])
-        except (IndexError, ValueError) as exc:
+            if not 0.0 <= p_positive <= 1.0:
+                raise ValueError("the probability is not within [0, 1]")
+        except (IndexError, TypeError, ValueError) as exc:
             raise PoisonError(
                 f"cannot parse model answer {record!r}: {exc}", reason="bad_response"
             ) from None

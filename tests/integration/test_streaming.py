@@ -193,3 +193,28 @@ async def test_throttling_and_5xx_lose_nothing(
         await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 300, what="all rows")
         await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
         assert sum(app.telemetry.retries.values()) > 0
+
+
+async def test_keys_with_quotes_and_backslashes_under_no_backslash_escapes(
+    spec: ScorerSpec, db: Any, mariadb: MariaDBServer
+) -> None:
+    """The sink writes its SQL with backslash escapes; a server whose default sql_mode has
+    NO_BACKSLASH_ESCAPES (where ``\\'`` is a backslash and the end of the string) must still
+    get every key exactly."""
+    admin = mariadb.connect()
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.sql_mode")
+        (mode,) = cursor.fetchone()
+        cursor.execute("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',NO_BACKSLASH_ESCAPES')")
+    try:
+        rows = list(ChurnRowGenerator(31).rows(4))
+        for row, odd in zip(rows, ["a'b", "c\\d", "e\\'f", 'g"h\\'], strict=True):
+            row["phone"] = odd
+        insert_churn(db, rows)
+        async with Running(spec):
+            await wait_for(lambda: churn_matches(db), what="odd keys scored")
+        assert set(stored_churn(db)) >= {"a'b", "c\\d", "e\\'f", 'g"h\\'}
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute("SET GLOBAL sql_mode = %s", (mode,))
+        admin.close()
