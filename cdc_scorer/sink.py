@@ -193,6 +193,9 @@ class Sink:
             "error, payload, created_at) VALUES ",
             "(%s, %s, %s, %s, %s, %s, NOW(6))",
             "",
+            # An error and a payload are up to ~125 KB a row: 500 of them would be far over
+            # MariaDB's default max_allowed_packet (16 MB).
+            rows_per_statement=50,
         )
 
     async def write(self, batch: ScoredBatch) -> None:
