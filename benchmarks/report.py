@@ -20,6 +20,32 @@ COMMANDS = {
 }
 
 
+def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
+    """Each decoder's end-to-end rates as a share of its parse-only update rate, and the rows
+    per second of scorer CPU (what one dedicated core would sustain, if the database and the
+    models kept up)."""
+    parse = {d["decoder"]: d["rows_per_s"] for d in results["decode"] if d["operation"] == "update"}
+    lines = [
+        "",
+        "## End to end against parse-only",
+        "",
+        "| run | e2e rows/s | share of its decoder's parse-only update rate | "
+        "rows per scorer CPU second | sink busy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        decoder = next((d for d in parse if f"({d} decoder)" in r.approach), None)
+        if decoder is None or r.e2e_rows_per_s is None or "rows/s" in r.load:
+            continue
+        per_cpu_s = 1000 / r.cpu_s_per_1k if r.cpu_s_per_1k else None
+        lines.append(
+            f"| {r.approach}, {r.load} | {r.e2e_rows_per_s:,.0f} | "
+            f"{r.e2e_rows_per_s / parse[decoder]:.0%} | {_fmt(per_cpu_s, 0)} | "
+            f"{_pct(r.sink_busy)} |"
+        )
+    return lines
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -163,6 +189,7 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
             f"| {d['decoder']} | {d['operation']} | {d['rows']:,} | {d['rows_per_s']:,.0f} | "
             f"{d['cpu_s']:.2f} |"
         )
+    lines += _end_to_end_vs_parse(results, rows)
     if big is not None:
         lines += [
             "",

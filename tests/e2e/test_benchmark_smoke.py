@@ -25,6 +25,8 @@ def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| approach | load |" in report
+    assert "## End to end against parse-only" in report
+    assert "| cdc-scorer (fast decoder), flat out |" in report
     for plot in ("benchmarks-freshness.png", "benchmarks-throughput.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     results = json.loads((tmp_path / "benchmarks.json").read_text())
