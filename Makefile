@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints system-packages clean
+.PHONY: demo test lint bench bench-endpoints bench-sink system-packages clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP) system-packages
 
 bench-endpoints: $(STAMP)
 	$(PY) -m benchmarks.endpoints_capacity
+
+bench-sink: $(STAMP) system-packages
+	$(PY) -m benchmarks.sink_capacity
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,3 +43,22 @@ def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
         ("stock", "update"),
     }
     assert all(d["rows"] > 0 for d in results["decode"])
+
+
+@pytest.mark.timeout(300)
+def test_sink_capacity_runs() -> None:
+    """``make bench-sink`` on a few rows: both variants write and report a rate."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sink_capacity", "--rows", "2000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("sink ")]
+    assert [line.split(":")[0] for line in lines] == [
+        "sink alone",
+        "sink with a busy Python thread",
+    ]
+    assert all("existing keys" in line for line in lines)
