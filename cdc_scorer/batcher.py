@@ -136,6 +136,7 @@ class Batcher:
         return len(self._pending) >= batching.max_rows or self._pending_bytes >= batching.max_bytes
 
     def _add(self, change: RowChange) -> None:
+        inputs = self._pick_inputs(change.values)
         if change.op is Op.UPDATE and change.before is not None:
             old_key = tuple(map(change.before.get, self._key_columns))
             if old_key != change.key:
@@ -150,27 +151,30 @@ class Batcher:
                         change.committed_at,
                     )
                 )
-            elif self._pick_inputs(change.before) == self._pick_inputs(change.values):
+            elif self._pick_inputs(change.before) == inputs:
                 self._skipped["unchanged_inputs"] += 1
                 return
-        self._put(change)
+        self._put(change, inputs)
 
-    def _put(self, change: RowChange) -> None:
+    def _put(self, change: RowChange, inputs: tuple[Any, ...] | None = None) -> None:
+        """Add ``change``; ``inputs``: its model inputs when the caller picked them already."""
         if not self._pending:
             self._first_at = time.monotonic()
         previous = self._pending.pop(change.key, None)
         if previous is not None:
             self._skipped["superseded"] += 1  # last version wins within a batch
         self._pending[change.key] = change
-        self._pending_bytes += self._size(change)
+        self._pending_bytes += self._size(
+            self._pick_inputs(change.values) if inputs is None else inputs
+        )
 
-    def _size(self, change: RowChange) -> int:
+    def _size(self, inputs: tuple[Any, ...]) -> int:
         """Approximate request bytes of a row: NUMBER_BYTES + 1 per input value, plus the
         length of each text or binary value. Cheap on purpose: formatting every value to
         measure it cost as much as formatting the request, and only long values make a batch
         big."""
         size = self._fixed_bytes
-        for value in self._pick_inputs(change.values):
+        for value in inputs:
             if value.__class__ is str or value.__class__ is bytes:
                 size += len(value)
         return size
