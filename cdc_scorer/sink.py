@@ -116,8 +116,8 @@ class _MultiRow:
     """A statement with a list of row groups: ``head + row, row, … + tail``."""
 
     head: str
-    row: str
     tail: str
+    row: str = ""  # one row group's placeholders, for ``execute`` (``execute_sql`` has SQL)
     rows_per_statement: int = 500  # well under max_allowed_packet for any prediction row
 
     def execute(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -181,18 +181,17 @@ class Sink:
         self._upsert = _MultiRow(
             f"INSERT INTO {quote(pipeline.predictions_table)} "
             f"({', '.join(quote(c) for c in columns)}, scored_at) VALUES ",
-            f"({', '.join(['%s'] * len(columns))}, NOW(6))",
             " ON DUPLICATE KEY UPDATE "
             + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"]),
         )
         self._delete = _MultiRow(
-            f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash IN (", "%s", ")"
+            f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash IN (", ")"
         )
         self._dead_letter = _MultiRow(
             f"INSERT INTO {DEAD_LETTER_TABLE} (pipeline, source_key, source_position, reason, "
             "error, payload, created_at) VALUES ",
-            "(%s, %s, %s, %s, %s, %s, NOW(6))",
             "",
+            row="(%s, %s, %s, %s, %s, %s, NOW(6))",
             # An error and a payload are up to ~125 KB a row: 500 of them would be far over
             # MariaDB's default max_allowed_packet (16 MB).
             rows_per_statement=50,
