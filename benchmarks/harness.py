@@ -221,6 +221,11 @@ class Process:
         self.meter = ProcessMeter(self.process.pid)
         self.meter.start()
 
+    def alive(self) -> bool:
+        """True while the process runs; raises with its log's end once it has exited."""
+        self.check_alive()
+        return True
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(

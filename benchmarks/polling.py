@@ -131,7 +131,7 @@ class Poller:
             self.conn.begin()
             cursor.executemany(UPSERT_CHURN, [u for r in results for u in r])
             self.conn.commit()
-        return len(rows) == limit
+        return bool(len(rows) == limit)
 
     async def _feedback_round(self, client: Any) -> bool:
         limit = self.args.page
@@ -166,7 +166,7 @@ class Poller:
         if upserts:
             with self.conn.cursor() as cursor:
                 cursor.executemany(UPSERT_FEEDBACK, upserts)
-        return len(rows) == limit
+        return bool(len(rows) == limit)
 
 
 def main() -> None:

@@ -287,7 +287,7 @@ class Bench:
         written = workload.rows_written - written_before
         done = wait_until(
             lambda: (
-                (process.check_alive() or True)
+                process.alive()
                 and (_polled_up(conn, since) if polling else caught_up(conn, workload.last_gtid))
             ),
             self.mode.drain_s,

@@ -29,7 +29,8 @@ from benchmarks.run import BUFFER_POOL
 from cdc_scorer.config import load_config
 from cdc_scorer.leader import lock_name
 from cdc_scorer.local.mariadb import PrivateMariaDB
-from cdc_scorer.records import Checkpoint, Gtid, Position, Prediction, ScoredBatch
+from cdc_scorer.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.records import Checkpoint, Prediction, ScoredBatch
 from cdc_scorer.sink import Sink
 from cdc_scorer.spec import RetrySpec
 
@@ -46,12 +47,12 @@ def _batches(rows: int, first_seq: int) -> list[ScoredBatch]:
                 key=(f"{i // 10000:03d}-{i % 10000:04d}",),
                 columns={"will_churn": "True.", "churn_probability": (i % 997) / 997},
                 variant="AllTraffic",
-                source_gtid=f"0-1-{seq}",
+                source_position=f"0-1-{seq}",
                 source_committed_at=at,
             )
             for i in range(start, min(rows, start + BATCH_ROWS))
         )
-        position = Position("bench", (Gtid(0, 1, seq),))
+        position = MariadbGtidPosition("bench", (Gtid(0, 1, seq),))
         batches.append(
             ScoredBatch(
                 sequence=seq,

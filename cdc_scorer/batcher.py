@@ -18,17 +18,14 @@ from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
+from cdc_scorer.positions import Position, TxId
 from cdc_scorer.records import (
     Batch,
     Checkpoint,
     Commit,
-    Gtid,
     Op,
-    Position,
     RowChange,
-    SnapshotProgress,
     SourceItem,
-    TxId,
 )
 from cdc_scorer.spec import PipelineSpec
 
@@ -37,16 +34,20 @@ NUMBER_BYTES = 20  # a number or a date as request text, about (a double is ≤ 
 END = None
 
 
-class Batcher:
+class Accumulator:
+    """The batch data structure, without asyncio: items in, batches out, in order.
+
+    ``clock`` (seconds, monotonic) is the only outside input, so tests drive it by hand.
+    """
+
     def __init__(
         self,
         pipeline: PipelineSpec,
         key_columns: tuple[str, ...],
         checkpoint: Checkpoint,
-        inbox: asyncio.Queue[tuple[SourceItem, ...] | None],
-        outbox: asyncio.Queue[Batch | None],
         *,
         applied: Position | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pipeline = pipeline
         self._inputs = pipeline.input_columns
@@ -55,8 +56,8 @@ class Batcher:
         # Transactions at or before the pipeline's own checkpoint were applied already (the
         # shared reader starts at the oldest checkpoint of all pipelines).
         self._applied = applied if applied is not None else checkpoint.position
-        self._inbox = inbox
-        self._outbox = outbox
+        self._clock = clock
+        self._max_rows = pipeline.max_batch_rows
         self._last_tx: TxId | None = None
         self._last_tx_applied = False
         # The model's inputs of a row, as a tuple (one C call; missing columns are None).
@@ -68,25 +69,14 @@ class Batcher:
         self._skipped: Counter[str] = Counter()
         self._sequence = 0
         self._emitted_checkpoint = checkpoint
-        self._last_emit = time.monotonic()
+        self._last_emit = clock()
 
-    async def run(self) -> None:
+    def linger_left_s(self) -> float | None:
+        """Seconds until the pending rows must go (None: nothing pending)."""
+        if not self._pending:
+            return None
         linger = self._pipeline.batching.linger_s
-        while True:
-            timeout = None
-            if self._pending:
-                timeout = max(0.0, self._first_at + linger - time.monotonic())
-            try:
-                items = await asyncio.wait_for(self._inbox.get(), timeout)
-            except TimeoutError:
-                await self._flush()
-                continue
-            if items is END:
-                await self._flush(force_checkpoint=True)
-                await self._outbox.put(END)
-                return
-            for item in items:
-                await self._accept(item)
+        return max(0.0, self._first_at + linger - self._clock())
 
     def _was_applied(self, tx: TxId | None) -> bool:
         """Whether transaction ``tx`` is covered by this pipeline's checkpoint (asked once per
@@ -98,42 +88,41 @@ class Batcher:
             )
         return self._last_tx_applied
 
-    async def _accept(self, item: SourceItem) -> None:
+    def accept(self, item: SourceItem) -> Batch | None:
+        """Take one item; the batch it completes, if any."""
         if isinstance(item, RowChange):
-            if self._was_applied(item.gtid):
-                return
+            if self._was_applied(item.tx):
+                return None
             # A full batch waits for one more item: when that is the commit of the transaction
             # it ends in, the batch carries that boundary and nothing is replayed after a stop.
             # Only a transaction larger than the batch is cut inside.
-            if self._full():
-                await self._flush()
+            batch = self.flush() if self._full() else None
             self._add(item)
-        elif isinstance(item, Commit):
-            if self._was_applied(item.gtid):
-                return
+            return batch
+        if isinstance(item, Commit):
+            if self._was_applied(item.tx):
+                return None
             self._checkpoint = replace(self._checkpoint, position=item.position)
             if self._full():
-                await self._flush()
-            elif (
-                not self._pending
-                and time.monotonic() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S
-            ):
-                await self._flush(force_checkpoint=True)
-        elif isinstance(item, SnapshotProgress):
-            if item.done:
-                self._checkpoint = Checkpoint(
-                    position=self._checkpoint.snapshot_position,
-                    snapshot_state="done",
-                    snapshot_cursor=item.cursor,
-                    snapshot_position=self._checkpoint.snapshot_position,
-                )
-            else:
-                self._checkpoint = replace(self._checkpoint, snapshot_cursor=item.cursor)
-            await self._flush(force_checkpoint=True)
+                return self.flush()
+            if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
+                return self.flush(force_checkpoint=True)
+            return None
+        # A SnapshotProgress: a chunk ended.
+        if item.done:
+            self._checkpoint = Checkpoint(
+                position=self._checkpoint.snapshot_position,
+                snapshot_state="done",
+                snapshot_cursor=item.cursor,
+                snapshot_position=self._checkpoint.snapshot_position,
+            )
+        else:
+            self._checkpoint = replace(self._checkpoint, snapshot_cursor=item.cursor)
+        return self.flush(force_checkpoint=True)
 
     def _full(self) -> bool:
         batching = self._pipeline.batching
-        return len(self._pending) >= batching.max_rows or self._pending_bytes >= batching.max_bytes
+        return len(self._pending) >= self._max_rows or self._pending_bytes >= batching.max_bytes
 
     def _add(self, change: RowChange) -> None:
         inputs = self._pick_inputs(change.values)
@@ -147,7 +136,7 @@ class Batcher:
                         change.table,
                         old_key,
                         change.before,
-                        change.gtid,
+                        change.tx,
                         change.committed_at,
                     )
                 )
@@ -159,7 +148,7 @@ class Batcher:
     def _put(self, change: RowChange, inputs: tuple[Any, ...] | None = None) -> None:
         """Add ``change``; ``inputs``: its model inputs when the caller picked them already."""
         if not self._pending:
-            self._first_at = time.monotonic()
+            self._first_at = self._clock()
         previous = self._pending.pop(change.key, None)
         if previous is not None:
             self._skipped["superseded"] += 1  # last version wins within a batch
@@ -179,11 +168,13 @@ class Batcher:
                 size += len(value)
         return size
 
-    async def _flush(self, force_checkpoint: bool = False) -> None:
+    def flush(self, force_checkpoint: bool = False) -> Batch | None:
+        """The pending rows as a batch; with ``force_checkpoint`` also a batch of no rows when
+        the checkpoint moved since the last one (None: nothing to emit)."""
         if not self._pending and not (
             force_checkpoint and self._checkpoint != self._emitted_checkpoint
         ):
-            return
+            return None
         changes = list(self._pending.values())
         batch = Batch(
             sequence=self._sequence,
@@ -197,8 +188,48 @@ class Batcher:
         self._pending_bytes = 0
         self._skipped = Counter()
         self._emitted_checkpoint = self._checkpoint
-        self._last_emit = time.monotonic()
-        await self._outbox.put(batch)
+        self._last_emit = self._clock()
+        return batch
+
+
+class Batcher:
+    """The accumulator's task: source items from ``inbox``, batches to ``outbox`` (bounded:
+    a slow model slows the batcher, and through the inboxes the reader)."""
+
+    def __init__(
+        self,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        checkpoint: Checkpoint,
+        inbox: asyncio.Queue[tuple[SourceItem, ...] | None],
+        outbox: asyncio.Queue[Batch | None],
+        *,
+        applied: Position | None = None,
+    ) -> None:
+        self._accumulator = Accumulator(pipeline, key_columns, checkpoint, applied=applied)
+        self._inbox = inbox
+        self._outbox = outbox
+
+    async def run(self) -> None:
+        accumulator = self._accumulator
+        while True:
+            try:
+                items = await asyncio.wait_for(self._inbox.get(), accumulator.linger_left_s())
+            except TimeoutError:
+                await self._emit(accumulator.flush())
+                continue
+            if items is END:
+                await self._emit(accumulator.flush(force_checkpoint=True))
+                await self._outbox.put(END)
+                return
+            for item in items:
+                batch = accumulator.accept(item)
+                if batch is not None:
+                    await self._outbox.put(batch)
+
+    async def _emit(self, batch: Batch | None) -> None:
+        if batch is not None:
+            await self._outbox.put(batch)
 
 
 def _picker(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -216,25 +247,3 @@ def _picker(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, .
             return tuple(map(row.get, columns))
 
     return pick
-
-
-def start_position(checkpoints: list[Checkpoint], fallback: Position) -> Position:
-    """The oldest position any pipeline still needs (per GTID domain)."""
-    positions = [c.position for c in checkpoints if c.position is not None]
-    if not positions:
-        return fallback
-    if any(p.log_file is not None for p in positions):
-        return min(positions, key=lambda p: (p.log_file or "", p.log_pos or 0))
-    if any(p.gtid_set is not None for p in positions):
-        # Each pipeline's set is a prefix of the same history: the smallest is the oldest.
-        return min(positions, key=lambda p: p.gtid_set.transactions() if p.gtid_set else 0)
-    seen_by: Counter[int] = Counter()
-    lowest: dict[int, Gtid] = {}
-    for position in positions:
-        for gtid in position.gtids:
-            seen_by[gtid.domain] += 1
-            if gtid.domain not in lowest or gtid.seq < lowest[gtid.domain].seq:
-                lowest[gtid.domain] = gtid
-    # A domain some pipeline has not seen yet must be read from its start: leave it out.
-    kept = tuple(g for d, g in lowest.items() if seen_by[d] == len(positions))
-    return Position(positions[0].server_identity, tuple(sorted(kept)))

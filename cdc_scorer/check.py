@@ -15,20 +15,18 @@ from typing import Any
 
 import pymysql
 
-from cdc_scorer.db import Connection, connect, map_error, quote
-from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
-from cdc_scorer.schema import (
-    OWN_TABLES,
-    TableInfo,
-    check_schema,
-    current_position,
-    inspect_tables,
-    server_info,
-)
-from cdc_scorer.scoring.aws import create_client_context, map_aws_error
-from cdc_scorer.scoring.sagemaker import csv_line
+from cdc_scorer.checkpoints import current_position
+from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.errors import CdcScorerError, RetriableError
+from cdc_scorer.records import Batch, Checkpoint, Op, RowChange
+from cdc_scorer.schema import OWN_TABLES, TableInfo, check_schema, inspect_tables
+from cdc_scorer.scoring.aws import create_client_context
+from cdc_scorer.scoring.factory import build_scorer
+from cdc_scorer.server import server_info
 from cdc_scorer.source.binlog import probe_replication
-from cdc_scorer.spec import COMPREHEND, SAGEMAKER, PipelineSpec, ScorerSpec
+from cdc_scorer.spec import SAGEMAKER, PipelineSpec, ScorerSpec
+
+_CLIENT_OF = {SAGEMAKER: "sagemaker-runtime"}
 
 
 @dataclass(frozen=True)
@@ -39,10 +37,6 @@ class CheckResult:
 
     def line(self) -> str:
         return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
-
-
-def _mysql_error(exc: BaseException, doing: str) -> str:
-    return str(map_error(exc, doing)) if isinstance(exc, pymysql.MySQLError) else str(exc)
 
 
 def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, TableInfo]]:
@@ -79,10 +73,10 @@ def _with_connection(
         try:
             one = dataclasses.replace(spec, pipelines=(pipeline,))
             info = inspect_tables(conn, one)[pipeline.table]
-            with conn.cursor() as cursor:
+            with mysql_errors("reading the table"), conn.cursor() as cursor:
                 cursor.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 0")
-        except (CdcScorerError, pymysql.MySQLError) as exc:
-            results.append(CheckResult(name, False, _mysql_error(exc, "reading the table")))
+        except CdcScorerError as exc:
+            results.append(CheckResult(name, False, str(exc)))
             continue
         tables[pipeline.table] = info
         results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
@@ -95,11 +89,10 @@ def _with_connection(
     own = [*OWN_TABLES, *(p.predictions_table for p in spec.pipelines)]
     for table in own:
         try:
-            _write_nothing(conn, table)
-        except pymysql.MySQLError as exc:
-            results.append(
-                CheckResult(f"grant: write {table}", False, _mysql_error(exc, f"writing {table}"))
-            )
+            with mysql_errors(f"writing {table}"):
+                _write_nothing(conn, table)
+        except CdcScorerError as exc:
+            results.append(CheckResult(f"grant: write {table}", False, str(exc)))
         else:
             results.append(CheckResult(f"grant: write {table}", True, "INSERT, UPDATE, DELETE"))
     return results, tables
@@ -126,9 +119,6 @@ async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> lis
         name = f"endpoint {_endpoint_name(pipeline)} (pipeline {pipeline.name})"
         try:
             detail = await _call_once(spec, pipeline, tables.get(pipeline.table))
-        except PoisonError as exc:
-            # The endpoint is up and answering; it disliked the sample, which says nothing bad.
-            results.append(CheckResult(name, True, f"answered (rejected the sample: {exc})"))
         except RetriableError as exc:
             results.append(CheckResult(name, False, f"unreachable or unavailable: {exc}"))
         except CdcScorerError as exc:
@@ -144,35 +134,32 @@ def _endpoint_name(pipeline: PipelineSpec) -> str:
     return "comprehend"
 
 
+def _give_up(stage: str, exc: RetriableError) -> None:
+    """A check reports an unavailable endpoint instead of retrying for ever."""
+    raise exc
+
+
 async def _call_once(spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo | None) -> str:
-    if pipeline.service == SAGEMAKER:
-        assert pipeline.sagemaker is not None
-        columns = pipeline.sagemaker.feature_columns
-        body = csv_line(_sample_row(spec, pipeline, table), columns)
-        async with create_client_context("sagemaker-runtime", spec.aws, 1) as client:
-            try:
-                response = await client.invoke_endpoint(
-                    EndpointName=pipeline.sagemaker.endpoint_name,
-                    ContentType=pipeline.sagemaker.content_type,
-                    Accept="text/csv",
-                    Body=body.encode(),
-                )
-                async with response["Body"] as stream:
-                    answer = (await stream.read()).decode()
-            except Exception as exc:
-                raise map_aws_error(exc, "InvokeEndpoint") from exc
-        return f"answered {answer.strip()[:60]!r}"
-    assert pipeline.service == COMPREHEND and pipeline.comprehend is not None
-    async with create_client_context("comprehend", spec.aws, 1) as client:
-        try:
-            result = await client.batch_detect_sentiment(
-                TextList=["cdc-scorer check: this works well"],
-                LanguageCode=pipeline.comprehend.language,
-            )
-        except Exception as exc:
-            raise map_aws_error(exc, "BatchDetectSentiment") from exc
-    items = result.get("ResultList", [])
-    return f"answered {items[0]['Sentiment'] if items else result.get('ErrorList')}"
+    """One real call through the pipeline's own scorer, with one sample row."""
+    if pipeline.comprehend is not None:
+        values: dict[str, Any] = {pipeline.comprehend.text_column: _COMPREHEND_SAMPLE}
+    else:
+        values = await asyncio.to_thread(_sample_row, spec, pipeline, table)
+    sample = RowChange(Op.SNAPSHOT, pipeline.table, ("check",), values, None, None)
+    client_name = _CLIENT_OF.get(pipeline.service, pipeline.service)
+    async with create_client_context(client_name, spec.aws, 1) as client:
+        scorer = build_scorer(pipeline, client, spec.retry, on_retry=_give_up)
+        scored = await scorer.score(Batch(0, (sample,), (), Checkpoint(None)))
+    if scored.dead_letters:
+        # The endpoint is up and answering; it disliked the sample, which says nothing bad.
+        rejected = scored.dead_letters[0]
+        return f"answered (rejected the sample: {rejected.reason}: {rejected.error[:200]})"
+    answer = scored.upserts[0]
+    shown = ", ".join(f"{k}={v}" for k, v in answer.columns.items())
+    return f"answered {shown[:80]}"
+
+
+_COMPREHEND_SAMPLE = "cdc-scorer check: this works well"
 
 
 def _sample_row(
@@ -181,18 +168,16 @@ def _sample_row(
     """One real row of the table when there is one (the model should accept it)."""
     if table is None:
         return {}
+    conn: Connection | None = None
     try:
         conn = connect(spec.source)
+        with mysql_errors("reading a sample row"), conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 1")
+            row = cur.fetchone()
     except CdcScorerError:
         return {}
-    try:
-        with conn.cursor(pymysql.cursors.DictCursor) as cursor:
-            cursor.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 1")
-            row = cursor.fetchone()
-    except pymysql.MySQLError:
-        return {}
     finally:
-        conn.close()
+        close_quietly(conn)
     return dict(row) if row else {}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pymysql
@@ -36,15 +39,20 @@ FIXES = {
     1142: "grant the missing privilege (README: Grants)",
     1146: "create the table, or run `cdc-scorer init` for the scorer's own tables",
     1227: "grant REPLICATION SLAVE and BINLOG MONITOR (MariaDB) / REPLICATION CLIENT (MySQL)",
-    1236: "the checkpoint's binlog position is no longer on the server (purged or another "
-    "server): raise binlog retention and re-snapshot by deleting the pipeline's row in "
-    "cdc_scorer_checkpoint",
+    1236: "the position is no longer on the server (purged, or another server): raise binlog "
+    "retention, and start the pipeline over from a snapshot by deleting its checkpoint row "
+    "(README: Server flavours and positions)",
 }
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The MySQL error number of a pymysql exception (None when it has none)."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
 
 
 def map_error(exc: BaseException, doing: str) -> CdcScorerError:
     """Our error for a pymysql exception raised while ``doing`` something."""
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    code = error_code(exc)
     message = exc.args[1] if len(exc.args) > 1 else str(exc)
     if isinstance(exc, pymysql.err.InterfaceError) or code in RETRIABLE_CODES:
         return RetriableError(f"{doing}: MySQL error {code}: {message}", code=f"mysql_{code}")
@@ -52,8 +60,17 @@ def map_error(exc: BaseException, doing: str) -> CdcScorerError:
     return FatalError(f"{doing}: MySQL error {code}: {message}" + (f" — {fix}" if fix else ""))
 
 
-def connect(source: SourceSpec, *, database: bool = True, **extra: Any) -> Connection:
+@contextmanager
+def mysql_errors(doing: str) -> Iterator[None]:
+    """The pymysql boundary: any ``pymysql.MySQLError`` inside leaves as ours (``map_error``)."""
     try:
+        yield
+    except pymysql.MySQLError as exc:
+        raise map_error(exc, doing) from exc
+
+
+def connect(source: SourceSpec, *, database: bool = True, **extra: Any) -> Connection:
+    with mysql_errors(f"connecting to {source.host}:{source.port}"):
         return pymysql.connect(
             host=source.host,
             port=source.port,
@@ -65,8 +82,13 @@ def connect(source: SourceSpec, *, database: bool = True, **extra: Any) -> Conne
             connect_timeout=int(source.connect_timeout_s),
             **extra,
         )
-    except pymysql.MySQLError as exc:
-        raise map_error(exc, f"connecting to {source.host}:{source.port}") from exc
+
+
+def close_quietly(conn: Connection | None) -> None:
+    """Close a connection that may be broken already (nothing to report then)."""
+    if conn is not None:
+        with contextlib.suppress(pymysql.MySQLError):
+            conn.close()
 
 
 def quote(identifier: str) -> str:

@@ -11,7 +11,6 @@ another instance has taken over and this one stops (fencing).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -19,14 +18,13 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-import pymysql
-
-from cdc_scorer.db import Connection, connect, map_error, quote
+from cdc_scorer.checkpoints import CHECKPOINT_UPSERT, checkpoint_row, load_checkpoints
+from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.leader import try_lock
-from cdc_scorer.records import Checkpoint, Position, ScoredBatch
+from cdc_scorer.records import Checkpoint, ScoredBatch
 from cdc_scorer.retry import retrying
-from cdc_scorer.schema import CHECKPOINT_TABLE, DEAD_LETTER_TABLE, prediction_value_columns
+from cdc_scorer.schema import DEAD_LETTER_TABLE, prediction_value_columns
 from cdc_scorer.spec import PipelineSpec, RetrySpec, SourceSpec
 
 
@@ -47,63 +45,6 @@ def key_json(key: tuple[Any, ...]) -> str:
 def key_hash(key: tuple[Any, ...]) -> bytes:
     """The predictions table's primary key: SHA-256 of the source key's JSON."""
     return hashlib.sha256(key_json(key).encode()).digest()
-
-
-def encode_cursor(cursor: tuple[Any, ...] | None) -> str | None:
-    return None if cursor is None else json.dumps(list(cursor), default=str)
-
-
-def _checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[Any, ...]:
-    return (
-        name,
-        checkpoint.position.encode() if checkpoint.position else None,
-        identity,
-        checkpoint.snapshot_state,
-        encode_cursor(checkpoint.snapshot_cursor),
-        checkpoint.snapshot_position.encode() if checkpoint.snapshot_position else None,
-    )
-
-
-CHECKPOINT_UPSERT = f"""INSERT INTO {CHECKPOINT_TABLE}
- (pipeline, position, server_identity, snapshot_state, snapshot_cursor, snapshot_position,
-  updated_at)
- VALUES (%s, %s, %s, %s, %s, %s, NOW(6))
- ON DUPLICATE KEY UPDATE position=VALUES(position), server_identity=VALUES(server_identity),
- snapshot_state=VALUES(snapshot_state), snapshot_cursor=VALUES(snapshot_cursor),
- snapshot_position=VALUES(snapshot_position), updated_at=VALUES(updated_at)"""
-
-
-def load_checkpoints(conn: Connection, names: list[str]) -> dict[str, tuple[Checkpoint, str]]:
-    """Checkpoints by pipeline name, with the server identity each was taken on."""
-    if not names:
-        return {}
-    with conn.cursor() as cursor:
-        cursor.execute(
-            f"SELECT pipeline, position, server_identity, snapshot_state, snapshot_cursor, "
-            f"snapshot_position FROM {CHECKPOINT_TABLE} WHERE pipeline IN "
-            f"({','.join(['%s'] * len(names))})",
-            names,
-        )
-        rows = cursor.fetchall()
-    found: dict[str, tuple[Checkpoint, str]] = {}
-    for name, position, identity, state, snap_cursor, snap_position in rows:
-        found[str(name)] = (
-            Checkpoint(
-                position=Position.decode(identity, position) if position else None,
-                snapshot_state=str(state),
-                snapshot_cursor=tuple(json.loads(snap_cursor)) if snap_cursor else None,
-                snapshot_position=Position.decode(identity, snap_position)
-                if snap_position
-                else None,
-            ),
-            str(identity),
-        )
-    return found
-
-
-def save_checkpoint(conn: Connection, name: str, checkpoint: Checkpoint, identity: str) -> None:
-    with conn.cursor() as cursor:
-        cursor.execute(CHECKPOINT_UPSERT, _checkpoint_row(name, checkpoint, identity))
 
 
 def _hex(value: bytes) -> str:
@@ -211,14 +152,14 @@ class Sink:
             if self._conn is None:
                 self._conn = connect(self._source)
             self._leading = try_lock(self._conn, self.lock, wait_s)
-        except pymysql.MySQLError as exc:
+        except BaseException:
             self.close()
-            raise map_error(exc, f"taking the leader lock {self.lock}") from exc
+            raise
         return self._leading
 
     def expect(self, checkpoint: Checkpoint) -> None:
         """The checkpoint the table holds now; a reconnect must find what we wrote last."""
-        self._written = _checkpoint_row(self._pipeline.name, checkpoint, self._identity)
+        self._written = checkpoint_row(self._pipeline.name, checkpoint, self._identity)
 
     def _connection(self) -> Connection:
         if self._conn is not None:
@@ -232,7 +173,11 @@ class Sink:
                     f"{self._pipeline.name}; this one stops (restart it to run as a standby)"
                 )
             found = load_checkpoints(conn, [self._pipeline.name]).get(self._pipeline.name)
-            row = None if found is None else _checkpoint_row(self._pipeline.name, *found)
+            row = (
+                None
+                if found is None
+                else checkpoint_row(self._pipeline.name, found.checkpoint, found.server_identity)
+            )
             # A commit whose answer was lost may have landed: the retried batch is idempotent.
             if row not in (self._written, self._attempted):
                 raise FatalError(
@@ -247,10 +192,8 @@ class Sink:
         return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(pymysql.MySQLError):
-                self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        close_quietly(conn)
 
     def _upsert_rows(self, conn: Connection, batch: ScoredBatch) -> list[str]:
         """Each prediction as a SQL row, ``(literal, …, NOW(6))``, escaped by the connection
@@ -277,7 +220,7 @@ class Sink:
                     *[escape(p.columns.get(c)) for c in value_columns],
                     endpoint,
                     once(p.variant),
-                    once(p.source_gtid),
+                    once(p.source_position),
                     once(p.source_committed_at),
                 ]
             )
@@ -286,36 +229,37 @@ class Sink:
         ]
 
     def _write_transaction(self, batch: ScoredBatch) -> None:
-        row = _checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
+        row = checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
         try:
-            conn = self._connection()
-            conn.begin()
-            with conn.cursor() as cursor:
-                if batch.upserts:
-                    self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
-                # A dead-lettered row's older prediction would belong to an older version.
-                removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
-                if removed:
-                    self._delete.execute_sql(cursor, [_hex(key_hash(k)) for k in removed])
-                if batch.dead_letters:
-                    self._dead_letter.execute(
-                        cursor,
-                        [
-                            (
-                                self._pipeline.name,
-                                key_json(d.key),
-                                d.source_gtid,
-                                d.reason[:64],
-                                d.error,
-                                d.payload,
-                            )
-                            for d in batch.dead_letters
-                        ],
-                    )
-                cursor.execute(CHECKPOINT_UPSERT, row)
-            self._attempted = row
-            conn.commit()
-            self._written = row
-        except pymysql.MySQLError as exc:
+            with mysql_errors(f"writing predictions of {self._pipeline.name}"):
+                conn = self._connection()
+                conn.begin()
+                with conn.cursor() as cursor:
+                    if batch.upserts:
+                        self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
+                    # A dead-lettered row's older prediction would belong to an older version.
+                    removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+                    if removed:
+                        self._delete.execute_sql(cursor, [_hex(key_hash(k)) for k in removed])
+                    if batch.dead_letters:
+                        self._dead_letter.execute(
+                            cursor,
+                            [
+                                (
+                                    self._pipeline.name,
+                                    key_json(d.key),
+                                    d.source_position,
+                                    d.reason[:64],
+                                    d.error,
+                                    d.payload,
+                                )
+                                for d in batch.dead_letters
+                            ],
+                        )
+                    cursor.execute(CHECKPOINT_UPSERT, row)
+                self._attempted = row
+                conn.commit()
+                self._written = row
+        except BaseException:
             self.close()  # a failed transaction's connection is not reused
-            raise map_error(exc, f"writing predictions of {self._pipeline.name}") from exc
+            raise

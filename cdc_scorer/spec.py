@@ -1,69 +1,153 @@
-"""The validated configuration as frozen dataclasses: what the core sees (no pydantic here)."""
+"""The configuration, declared once: frozen dataclasses with their constraints and defaults.
+
+``config.py`` validates the TOML file and the environment straight into these (pydantic
+validates plain dataclasses: the constraints are ``annotated_types`` markers, unknown keys are
+refused by ``__pydantic_config__``); the core sees only the dataclasses and never pydantic.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+import re
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Final, Literal
 
-SAGEMAKER = "sagemaker"
-COMPREHEND = "comprehend"
+from annotated_types import Ge, Gt, Le, MinLen, Predicate
+
+SAGEMAKER: Final = "sagemaker"
+COMPREHEND: Final = "comprehend"
+
+# Unknown keys are errors (a misspelt key must not silently take a default).
+_STRICT: Any = {"extra": "forbid"}
+
+
+def sql_identifier(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", text) is not None
+
+
+def pipeline_name(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) is not None
+
+
+def column_prefix(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", text) is not None
+
+
+OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
+Identifier = Annotated[str, Predicate(sql_identifier)]
+Port = Annotated[int, Ge(1), Le(65535)]
+Positive = Annotated[float, Gt(0)]
+
+
+def random_server_id() -> int:
+    # Above the ids people give real servers (small numbers), below the 32-bit limit.
+    return random.randint(1 << 24, (1 << 32) - 1)
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    database: str
-    server_id: int  # this process's replica id; random per process unless configured
-    connect_timeout_s: float = 10.0
-    heartbeat_interval_s: float = 2.0
-    queue_max_rows: int = 2000  # row changes read and not yet taken by the pipelines
-    positions: str = "auto"  # auto: GTIDs on MariaDB, file:pos on MySQL; file: file:pos
-    decoder: str = "fast"  # rows events: fast (per-table compiled plans) | stock (the library)
+    __pydantic_config__ = _STRICT
+
+    database: Identifier
+    host: str = "127.0.0.1"
+    port: Port = 3306
+    user: str = "cdc_scorer"
+    password: str = field(default="", repr=False)
+    # This process's replica id. Unset: a random id per process, so the tasks of one ECS
+    # service never clash (two readers with one id disconnect each other).
+    server_id: Annotated[int, Ge(1), Le(4294967295)] | None = None
+    connect_timeout_s: Positive = 10.0
+    heartbeat_interval_s: Positive = 2.0
+    queue_max_rows: Annotated[int, Ge(1)] = 2000  # row changes read, not yet taken
+    # auto: GTIDs on MariaDB, GTID sets on MySQL with gtid_mode=ON, else file:pos; file: file:pos
+    positions: Literal["auto", "file"] = "auto"
+    # rows events: fast (per-table compiled plans) | stock (the library)
+    decoder: Literal["fast", "stock"] = "fast"
+
+    def __post_init__(self) -> None:
+        if self.server_id is None:
+            object.__setattr__(self, "server_id", random_server_id())
+
+
+# Rows per batch when the config does not say. SageMaker: a call costs the scorer ~0.8 ms of
+# CPU whatever its size and a 500-row CSV body is ~100 KB of the 6 MB allowed, so bigger
+# batches are what lets a backlog drain (100 → 500 rows: 12k → 17k rows/s end to end here,
+# docs/benchmarks.md); under light load linger_ms cuts batches long before. Comprehend: 25
+# documents a call, four calls a batch.
+DEFAULT_MAX_ROWS = {SAGEMAKER: 500, COMPREHEND: 100}
 
 
 @dataclass(frozen=True)
 class BatchingSpec:
-    max_rows: int = 100
-    max_bytes: int = 1_000_000
-    linger_s: float = 0.2
-    max_in_flight: int = 4
+    __pydantic_config__ = _STRICT
+
+    max_rows: Annotated[int, Ge(1), Le(100_000)] | None = None  # None: DEFAULT_MAX_ROWS
+    max_bytes: Annotated[int, Ge(1_000), Le(6_000_000)] = 1_000_000
+    linger_ms: Annotated[float, Ge(0)] = 200
+    max_in_flight: Annotated[int, Ge(1), Le(256)] = 4
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
 
 
 @dataclass(frozen=True)
 class SageMakerSpec:
-    endpoint_name: str
-    feature_columns: tuple[str, ...]
-    content_type: str = "text/csv"
-    output_form: str = "predicted_label,probability"
+    __pydantic_config__ = _STRICT
+
+    endpoint_name: Annotated[str, MinLen(1)]
+    feature_columns: Annotated[tuple[str, ...], MinLen(1)]
+    content_type: Literal["text/csv"] = "text/csv"
+    output_form: OutputForm = "predicted_label,probability"
     positive_label: str = "True."
     negative_label: str = "False."
-    label_column: str = "will_churn"
-    probability_column: str = "churn_probability"
+    label_column: Identifier = "will_churn"
+    probability_column: Identifier = "churn_probability"
 
 
 @dataclass(frozen=True)
 class ComprehendSpec:
-    text_column: str
+    __pydantic_config__ = _STRICT
+
+    text_column: Identifier
     language: str = "en"
-    language_column: str | None = None
-    overlong_text: str = "truncate"  # truncate | dead_letter
-    sentiment_column: str = "sentiment"
-    score_column_prefix: str = "sentiment_"
+    language_column: Identifier | None = None
+    overlong_text: Literal["truncate", "dead_letter"] = "truncate"
+    sentiment_column: Identifier = "sentiment"
+    score_column_prefix: Annotated[str, Predicate(column_prefix)] = "sentiment_"
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    name: str
-    table: str
-    service: str
-    key_columns: tuple[str, ...] | None  # None: the table's primary key
-    batching: BatchingSpec
-    snapshot: str = "initial"  # initial | never
-    snapshot_chunk_rows: int = 1000
+    __pydantic_config__ = _STRICT
+
+    name: Annotated[str, Predicate(pipeline_name)]
+    table: Identifier
+    service: Literal["sagemaker", "comprehend"]
+    key_columns: tuple[str, ...] | None = None  # None: the table's primary key
+    snapshot: Literal["initial", "never"] = "initial"
+    snapshot_chunk_rows: Annotated[int, Ge(1), Le(100_000)] = 1000
+    batching: BatchingSpec = BatchingSpec()
     sagemaker: SageMakerSpec | None = None
     comprehend: ComprehendSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.service == SAGEMAKER and self.sagemaker is None:
+            raise ValueError("service is 'sagemaker': add a [pipelines.sagemaker] section")
+        if self.service == COMPREHEND and self.comprehend is None:
+            raise ValueError("service is 'comprehend': add a [pipelines.comprehend] section")
+        other = self.comprehend if self.service == SAGEMAKER else self.sagemaker
+        if other is not None:
+            raise ValueError(f"service is {self.service!r}: remove the other service's section")
+        if not self.key_columns:
+            object.__setattr__(self, "key_columns", None)
+        if self.batching.max_rows is None:
+            batching = replace(self.batching, max_rows=DEFAULT_MAX_ROWS[self.service])
+            object.__setattr__(self, "batching", batching)
+
+    @property
+    def max_batch_rows(self) -> int:
+        return self.batching.max_rows or DEFAULT_MAX_ROWS[self.service]
 
     @property
     def predictions_table(self) -> str:
@@ -85,31 +169,53 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class AwsSpec:
+    __pydantic_config__ = _STRICT
+
     region: str | None = None
     endpoint_url: str | None = None  # None: the SDK's standard resolution (AWS_ENDPOINT_URL...)
-    call_timeout_s: float = 30.0
+    call_timeout_s: Positive = 30.0
 
 
 @dataclass(frozen=True)
 class RetrySpec:
-    base_s: float = 0.1
-    cap_s: float = 10.0
+    """Exponential backoff with full jitter (``retry.py``)."""
+
+    __pydantic_config__ = _STRICT
+
+    base_ms: Positive = 100
+    cap_ms: Positive = 10_000
+
+    def __post_init__(self) -> None:
+        if self.cap_ms < self.base_ms:
+            raise ValueError("cap_ms must be >= base_ms")
+
+    @property
+    def base_s(self) -> float:
+        return self.base_ms / 1000
+
+    @property
+    def cap_s(self) -> float:
+        return self.cap_ms / 1000
 
 
 @dataclass(frozen=True)
 class HttpSpec:
     """The operations port: /metrics, /healthz, /readyz (port 0: no server)."""
 
+    __pydantic_config__ = _STRICT
+
     host: str = "0.0.0.0"
-    port: int = 9400
-    ready_max_lag_s: float = 30.0
+    port: Annotated[int, Ge(0), Le(65535)] = 9400
+    ready_max_lag_s: Positive = 30.0
 
 
 @dataclass(frozen=True)
 class ScorerSpec:
+    __pydantic_config__ = _STRICT
+
     source: SourceSpec
-    aws: AwsSpec
-    pipelines: tuple[PipelineSpec, ...]
+    pipelines: tuple[PipelineSpec, ...]  # at least one (config.py checks)
+    aws: AwsSpec = AwsSpec()
     retry: RetrySpec = RetrySpec()
-    shutdown_grace_s: float = 20.0
+    shutdown_grace_s: Positive = 20.0
     http: HttpSpec = HttpSpec()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
-from cdc_scorer.db import Connection, quote
+from cdc_scorer.checkpoints import current_position, load_checkpoints, resume_at
+from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.leader import lock_holder, lock_name
-from cdc_scorer.records import Position
-from cdc_scorer.schema import DEAD_LETTER_TABLE, ServerInfo, current_position, preflight_binlog
-from cdc_scorer.sink import load_checkpoints
+from cdc_scorer.schema import DEAD_LETTER_TABLE
+from cdc_scorer.server import ServerInfo, preflight_binlog
 from cdc_scorer.spec import ScorerSpec
 
 
@@ -29,33 +28,17 @@ class PipelineStatus:
         return dict(self.__dict__)
 
 
-def behind(checkpoint: Position, now: Position) -> int | None:
-    """Transactions the checkpoint is behind ``now`` (GTID positions), or None if unknown."""
-    if now.gtid_set is not None and checkpoint.gtid_set is not None:
-        return max(0, now.gtid_set.transactions() - checkpoint.gtid_set.transactions())
-    if not now.gtids and not checkpoint.gtids:
-        return None
-    mine = {g.domain: g.seq for g in checkpoint.gtids}
-    return sum(max(0, g.seq - mine.get(g.domain, 0)) for g in now.gtids)
-
-
 def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
     server: ServerInfo = preflight_binlog(conn, spec.source.positions)
     now = current_position(conn, server)
     names = [p.name for p in spec.pipelines]
     saved = load_checkpoints(conn, names)
-    with conn.cursor() as cursor:
+    with mysql_errors("reading the time"), conn.cursor() as cursor:
         cursor.execute("SELECT NOW(6)")
         (db_now,) = cursor.fetchone() or (None,)
     statuses = []
     for pipeline in spec.pipelines:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT updated_at FROM cdc_scorer_checkpoint WHERE pipeline=%s",
-                (pipeline.name,),
-            )
-            row = cursor.fetchone()
-            updated: datetime | None = row[0] if row else None
+        with mysql_errors(f"counting rows of {pipeline.name}"), conn.cursor() as cursor:
             cursor.execute(f"SELECT COUNT(*) FROM {quote(pipeline.predictions_table)}")
             (predictions,) = cursor.fetchone() or (0,)
             cursor.execute(
@@ -65,15 +48,16 @@ def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
             )
             dead, dead_24h = cursor.fetchone() or (0, 0)
         found = saved.get(pipeline.name)
-        checkpoint = found[0] if found else None
-        at = checkpoint.position or checkpoint.snapshot_position if checkpoint else None
+        checkpoint = found.checkpoint if found else None
+        updated = found.updated_at if found else None
+        at = resume_at(checkpoint) if checkpoint else None
         statuses.append(
             PipelineStatus(
                 pipeline=pipeline.name,
                 snapshot_state=checkpoint.snapshot_state if checkpoint else "not started",
                 position=str(at) if at else None,
                 checkpoint_age_s=(db_now - updated).total_seconds() if updated and db_now else None,
-                transactions_behind=behind(at, now) if at else None,
+                transactions_behind=now.transactions_since(at) if at else None,
                 leader_connection=lock_holder(conn, lock_name(spec.source.database, pipeline.name)),
                 predictions=int(predictions),
                 dead_letters=int(dead),

@@ -1,10 +1,11 @@
 """Generator of churn rows with the schema and distributions of the public sample.
 
-The sample (``shared/data/churn.csv``, the SageMaker blog's ``churn`` table) is synthetic: the
-label is about 50/50 and, given the label, the features are close to independent. Each feature
-here is drawn from a class-conditional distribution fitted to the sample's per-class mean,
-spread and range (day/evening/night charges and minutes, night calls and voicemail messages
-separate the classes; account length, area code, plans and the rest do not).
+The sample (``../shared/data/churn.csv`` beside this repository, the SageMaker blog's ``churn``
+table) is synthetic: the label is about 50/50 and, given the label, the features are close to
+independent. Each feature here is drawn from a class-conditional distribution fitted to the
+sample's per-class mean, spread and range (day/evening/night charges and minutes, night calls
+and voicemail messages separate the classes; account length, area code, plans and the rest do
+not).
 """
 
 from __future__ import annotations

@@ -117,9 +117,9 @@ class ModelServer:
     def __init__(self, config: ModelServerConfig | None = None) -> None:
         self.config = config or ModelServerConfig()
         self._faults: dict[str, Faults] = {s: self.config.faults.get(s, Faults()) for s in SERVICES}
-        self._rng = random.Random(self.config.seed)
-        self._churn = ChurnModel.load()
-        self._sentiment = SentimentModel()
+        self.rng = random.Random(self.config.seed)
+        self._sagemaker = _SageMakerRuntime(self)
+        self._comprehend = _Comprehend(self)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -131,10 +131,10 @@ class ModelServer:
     # ----------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
         app = web.Application(client_max_size=4 * MAX_INVOKE_BODY_BYTES, middlewares=[self._gate])
-        app.router.add_post("/endpoints/{name}/invocations", self._invoke_endpoint)
-        app.router.add_get("/ping", self._ping)
-        app.router.add_post("/invocations", self._container_invocations)
-        app.router.add_post("/", self._comprehend)
+        app.router.add_post("/endpoints/{name}/invocations", self._sagemaker.invoke_endpoint)
+        app.router.add_get("/ping", self._sagemaker.ping)
+        app.router.add_post("/invocations", self._sagemaker.container_invocations)
+        app.router.add_post("/", self._comprehend.handle)
         app.router.add_get("/_local/faults", self._get_faults)
         app.router.add_post("/_local/faults", self._post_faults)
         app.router.add_get("/_local/stats", self._get_stats)
@@ -224,22 +224,22 @@ class ModelServer:
     def reset_stats(self) -> None:
         self._stats.clear()
 
-    async def _inject(self, service: str, rows: int) -> str | None:
+    async def inject(self, service: str, rows: int) -> str | None:
         """Sleep the configured latency; return an injected error code or None."""
         faults = self._faults[service]
         delay_ms = faults.latency_ms + rows * faults.latency_per_row_ms
         if faults.latency_jitter_ms:
-            delay_ms += self._rng.uniform(0, faults.latency_jitter_ms)
+            delay_ms += self.rng.uniform(0, faults.latency_jitter_ms)
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
-        draw = self._rng.random()
+        draw = self.rng.random()
         if draw < faults.throttle_rate:
-            if service == SAGEMAKER and self._rng.random() < 0.5:
+            if service == SAGEMAKER and self.rng.random() < 0.5:
                 return "ModelNotReadyException"
             return "ThrottlingException"
         draw -= faults.throttle_rate
         if draw < faults.error_5xx_rate:
-            if self._rng.random() < 0.5:
+            if self.rng.random() < 0.5:
                 return (
                     "ServiceUnavailable" if service == SAGEMAKER else "ServiceUnavailableException"
                 )
@@ -259,19 +259,60 @@ class ModelServer:
         response: web.StreamResponse = await handler(request)
         return response
 
-    # ----------------------------------------------------------------- SageMaker
-    def _record(self, operation: str, endpoint: str, rows: int, error: str | None) -> None:
+    def record(self, operation: str, endpoint: str, rows: int, error: str | None) -> None:
         stats = self._stats[(operation, endpoint)]
         stats.calls += 1
         stats.rows += rows
         if error is not None:
             stats.errors[error] += 1
 
-    async def _invoke_endpoint(self, request: web.Request) -> web.Response:
+    # ----------------------------------------------------------------- control API
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"down": self._down, **{s: asdict(f) for s, f in self._faults.items()}}
+        )
+
+    async def _post_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("body must be a JSON object")
+            down_for_s = changes.get("down_for_s")
+            if down_for_s is not None and (
+                isinstance(down_for_s, bool)
+                or not isinstance(down_for_s, int | float)
+                or down_for_s <= 0
+            ):
+                raise ValueError("down_for_s must be a number of seconds > 0")
+            self.set_faults(changes)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if down_for_s is not None:
+            # Answer this request first, then stop listening.
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, lambda: asyncio.ensure_future(self.go_down(float(down_for_s))))
+        return await self._get_faults(request)
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset_stats(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response(self.stats())
+
+
+class _SageMakerRuntime:
+    """SageMaker Runtime's InvokeEndpoint (rest-json), and the model container's contract."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+        self._churn = ChurnModel.load()
+
+    async def invoke_endpoint(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         try:
             _require_sigv4(request)
-            form = self.config.endpoints.get(name)
+            form = self._server.config.endpoints.get(name)
             if form is None:
                 raise _AwsError(
                     400,
@@ -287,24 +328,24 @@ class ModelServer:
                     f"{MAX_INVOKE_BODY_BYTES} bytes.",
                 )
             records = _csv_records(body, request.content_type)
-            injected = await self._inject(SAGEMAKER, len(records))
+            injected = await self._server.inject(SAGEMAKER, len(records))
             if injected == "ModelError":
                 raise _model_error(name, 500, "injected fault: model container error")
             if injected is not None:
                 raise _sagemaker_fault(injected)
             payload = self._score_csv(records, form)
         except _ContainerError as exc:
-            self._record("InvokeEndpoint", name, 0, "ModelError")
+            self._server.record("InvokeEndpoint", name, 0, "ModelError")
             return _sagemaker_error(_model_error(name, exc.status, exc.message))
         except _AwsError as exc:
-            self._record("InvokeEndpoint", name, 0, exc.code)
+            self._server.record("InvokeEndpoint", name, 0, exc.code)
             return _sagemaker_error(exc)
-        self._record("InvokeEndpoint", name, len(records), None)
+        self._server.record("InvokeEndpoint", name, len(records), None)
         return web.Response(
             body=payload,
             headers={
                 "Content-Type": "text/csv; charset=utf-8",
-                "x-Amzn-Invoked-Production-Variant": self.config.variant,
+                "x-Amzn-Invoked-Production-Variant": self._server.config.variant,
             },
         )
 
@@ -324,23 +365,30 @@ class ModelServer:
                 out.write(f'"[{1 - p_true!r}, {p_true!r}]"\n')
         return out.getvalue().encode()
 
-    async def _ping(self, request: web.Request) -> web.Response:
+    async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
-    async def _container_invocations(self, request: web.Request) -> web.Response:
+    async def container_invocations(self, request: web.Request) -> web.Response:
         """The container contract: plain HTTP errors, no AWS envelope (SageMaker adds that)."""
-        name = next(iter(self.config.endpoints))
+        name = next(iter(self._server.config.endpoints))
         try:
             records = _csv_records(await request.read(), request.content_type)
-            payload = self._score_csv(records, self.config.endpoints[name])
+            payload = self._score_csv(records, self._server.config.endpoints[name])
         except _ContainerError as exc:
-            self._record("ContainerInvocations", name, 0, str(exc.status))
+            self._server.record("ContainerInvocations", name, 0, str(exc.status))
             return web.Response(status=exc.status, text=exc.message)
-        self._record("ContainerInvocations", name, len(records), None)
+        self._server.record("ContainerInvocations", name, len(records), None)
         return web.Response(body=payload, content_type="text/csv")
 
-    # ----------------------------------------------------------------- Comprehend
-    async def _comprehend(self, request: web.Request) -> web.Response:
+
+class _Comprehend:
+    """Comprehend's DetectSentiment and BatchDetectSentiment (JSON 1.1)."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+        self._sentiment = SentimentModel()
+
+    async def handle(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
         operation = target.removeprefix(_TARGET_PREFIX)
         try:
@@ -356,9 +404,9 @@ class ModelServer:
             else:
                 body, rows = await self._batch_detect_sentiment(params)
         except _AwsError as exc:
-            self._record(operation, COMPREHEND, 0, exc.code)
+            self._server.record(operation, COMPREHEND, 0, exc.code)
             return _json_error(exc)
-        self._record(operation, COMPREHEND, rows, None)
+        self._server.record(operation, COMPREHEND, rows, None)
         return web.Response(body=json.dumps(body).encode(), content_type=_JSON_11)
 
     def _check_language(self, params: dict[str, Any]) -> None:
@@ -426,7 +474,7 @@ class ModelServer:
                 )
         self._check_language(params)
         await self._comprehend_faults(len(texts))
-        model_error_rate = self._faults[COMPREHEND].model_error_rate
+        model_error_rate = self._server.faults(COMPREHEND).model_error_rate
         results: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for index, text in enumerate(texts):
@@ -440,7 +488,7 @@ class ModelServer:
                         f"{MAX_COMPREHEND_DOC_BYTES} bytes",
                     }
                 )
-            elif model_error_rate and self._rng.random() < model_error_rate:
+            elif model_error_rate and self._server.rng.random() < model_error_rate:
                 errors.append(
                     {
                         "Index": index,
@@ -453,47 +501,13 @@ class ModelServer:
         return {"ResultList": results, "ErrorList": errors}, len(texts)
 
     async def _comprehend_faults(self, rows: int) -> None:
-        injected = await self._inject(COMPREHEND, rows)
+        injected = await self._server.inject(COMPREHEND, rows)
         if injected == "ThrottlingException":
             raise _AwsError(400, injected, "Rate exceeded")
         if injected == "ServiceUnavailableException":
             raise _AwsError(503, injected, "Service unavailable, injected fault")
         if injected == "InternalServerException":
             raise _AwsError(500, injected, "Internal server error, injected fault")
-
-    # ----------------------------------------------------------------- control API
-    async def _get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"down": self._down, **{s: asdict(f) for s, f in self._faults.items()}}
-        )
-
-    async def _post_faults(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-            if not isinstance(changes, dict):
-                raise ValueError("body must be a JSON object")
-            down_for_s = changes.get("down_for_s")
-            if down_for_s is not None and (
-                isinstance(down_for_s, bool)
-                or not isinstance(down_for_s, int | float)
-                or down_for_s <= 0
-            ):
-                raise ValueError("down_for_s must be a number of seconds > 0")
-            self.set_faults(changes)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if down_for_s is not None:
-            # Answer this request first, then stop listening.
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.05, lambda: asyncio.ensure_future(self.go_down(float(down_for_s))))
-        return await self._get_faults(request)
-
-    async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
 
 
 class _ContainerError(Exception):

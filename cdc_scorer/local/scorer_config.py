@@ -7,9 +7,10 @@ differ in a few keys each, given as ``overrides`` in the config's own shape.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import tomli_w
 
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT
@@ -48,7 +49,7 @@ def local_scorer_config(
     }
     merged = _merge(config, overrides or {})
     pipelines = [{"name": name, **keys} for name, keys in merged.pop("pipelines").items()]
-    return _toml(merged, pipelines)
+    return tomli_w.dumps({**merged, "pipelines": pipelines})
 
 
 def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,32 +60,3 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _toml(config: Mapping[str, Any], pipelines: list[dict[str, Any]]) -> str:
-    lines = _scalars(config)
-    for name, table in config.items():
-        if isinstance(table, Mapping):
-            lines += ["", f"[{name}]", *_scalars(table)]
-    for pipeline in pipelines:
-        lines += ["", "[[pipelines]]", *_scalars(pipeline)]
-        for name, table in pipeline.items():
-            if isinstance(table, Mapping):
-                lines += [f"[pipelines.{name}]", *_scalars(table)]
-    return "\n".join(lines) + "\n"
-
-
-def _scalars(table: Mapping[str, Any]) -> list[str]:
-    return [f"{k} = {_value(v)}" for k, v in table.items() if not isinstance(v, Mapping)]
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")

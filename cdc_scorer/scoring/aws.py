@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -85,6 +88,28 @@ def map_aws_error(exc: BaseException, doing: str) -> CdcScorerError:
     if isinstance(exc, BotoCoreError | OSError | TimeoutError):
         return RetriableError(f"{doing}: {exc!r}", code=type(exc).__name__)
     return FatalError(f"{doing}: unexpected {exc!r}")
+
+
+CallObserver = Callable[[float, CdcScorerError | None], None]
+
+
+@contextmanager
+def aws_errors(doing: str, on_call: CallObserver | None = None) -> Iterator[None]:
+    """The botocore boundary: what a call raises leaves as ours (``map_aws_error``).
+
+    ``on_call`` sees each call's duration and outcome (the mapped error, or None)."""
+    started = time.monotonic()
+    try:
+        yield
+    except CdcScorerError:
+        raise
+    except Exception as exc:
+        mapped = map_aws_error(exc, doing)
+        if on_call is not None:
+            on_call(time.monotonic() - started, mapped)
+        raise mapped from exc
+    if on_call is not None:
+        on_call(time.monotonic() - started, None)
 
 
 def _snake(code: str) -> str:

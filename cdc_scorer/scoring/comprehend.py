@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time as clock
 from collections.abc import Callable
 from typing import Any
 
-from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
+from cdc_scorer.errors import PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import backoff_s, retrying
-from cdc_scorer.scoring.aws import map_aws_error
+from cdc_scorer.scoring.aws import CallObserver, aws_errors
 from cdc_scorer.scoring.sagemaker import payload_text
 from cdc_scorer.spec import ComprehendSpec, RetrySpec
 
@@ -38,7 +37,7 @@ class ComprehendScorer:
         spec: ComprehendSpec,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
-        on_call: Callable[[float, CdcScorerError | None], None] | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         self._client = client
         self._spec = spec
@@ -146,7 +145,7 @@ class ComprehendScorer:
                             prefix + "mixed": scores["Mixed"],
                         },
                         variant=None,
-                        source_gtid=str(change.gtid) if change.gtid else None,
+                        source_position=str(change.tx) if change.tx else None,
                         source_committed_at=change.committed_at,
                     )
                 )
@@ -174,18 +173,10 @@ class ComprehendScorer:
         return calls
 
     async def _call(self, language: str, texts: list[str]) -> dict[str, Any]:
-        started = clock.monotonic()
-        try:
+        with aws_errors("BatchDetectSentiment", self._on_call):
             result: dict[str, Any] = await self._client.batch_detect_sentiment(
                 TextList=texts, LanguageCode=language
             )
-        except Exception as exc:
-            mapped = map_aws_error(exc, "BatchDetectSentiment")
-            if self._on_call is not None:
-                self._on_call(clock.monotonic() - started, mapped)
-            raise mapped from exc
-        if self._on_call is not None:
-            self._on_call(clock.monotonic() - started, None)
         return result
 
     def _dead(self, change: RowChange, reason: str, error: str) -> DeadLetter:
@@ -194,5 +185,5 @@ class ComprehendScorer:
             reason=reason,
             error=error[:60_000],
             payload=payload_text(change, self._columns),
-            source_gtid=str(change.gtid) if change.gtid else None,
+            source_position=str(change.tx) if change.tx else None,
         )

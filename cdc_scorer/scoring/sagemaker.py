@@ -6,16 +6,15 @@ import csv
 import io
 import json
 import math
-import time as clock
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
+from cdc_scorer.errors import PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import retrying
-from cdc_scorer.scoring.aws import map_aws_error
+from cdc_scorer.scoring.aws import CallObserver, aws_errors
 from cdc_scorer.spec import RetrySpec, SageMakerSpec
 
 
@@ -92,7 +91,7 @@ class SageMakerScorer:
         spec: SageMakerSpec,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
-        on_call: Callable[[float, CdcScorerError | None], None] | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         self._client = client
         self._spec = spec
@@ -149,15 +148,15 @@ class SageMakerScorer:
         tx: object = None
         tx_text: str | None = None
         for (change, _), (label, probability) in zip(lines, answers, strict=True):
-            if change.gtid is not tx:
-                tx = change.gtid
+            if change.tx is not tx:
+                tx = change.tx
                 tx_text = str(tx) if tx else None
             predictions.append(
                 Prediction(
                     key=change.key,
                     columns={label_column: label, probability_column: probability},
                     variant=variant,
-                    source_gtid=tx_text,
+                    source_position=tx_text,
                     source_committed_at=change.committed_at,
                 )
             )
@@ -166,8 +165,7 @@ class SageMakerScorer:
     async def _invoke(
         self, body: str, rows: int
     ) -> tuple[list[tuple[str, float | None]], str | None]:
-        loop_time = clock.monotonic()
-        try:
+        with aws_errors(f"InvokeEndpoint {self._spec.endpoint_name}", self._on_call):
             response = await self._client.invoke_endpoint(
                 EndpointName=self._spec.endpoint_name,
                 ContentType=self._spec.content_type,
@@ -176,13 +174,6 @@ class SageMakerScorer:
             )
             async with response["Body"] as stream:
                 text = (await stream.read()).decode("utf-8")
-        except Exception as exc:
-            mapped = map_aws_error(exc, f"InvokeEndpoint {self._spec.endpoint_name}")
-            if self._on_call is not None:
-                self._on_call(clock.monotonic() - loop_time, mapped)
-            raise mapped from exc
-        if self._on_call is not None:
-            self._on_call(clock.monotonic() - loop_time, None)
         # Answers are rarely quoted: then splitting is what the csv module would read.
         records: Iterable[list[str]] = (
             csv.reader(io.StringIO(text))
@@ -226,5 +217,5 @@ def _dead(change: RowChange, exc: PoisonError, columns: Sequence[str]) -> DeadLe
         reason=exc.reason,
         error=str(exc)[:60_000],
         payload=payload_text(change, columns),
-        source_gtid=str(change.gtid) if change.gtid else None,
+        source_position=str(change.tx) if change.tx else None,
     )

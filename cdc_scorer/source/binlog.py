@@ -9,15 +9,13 @@ boundaries (XID / COMMIT / DDL); the reader reconnects itself from the last boun
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
-import pymysql
 import structlog
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
@@ -30,21 +28,13 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc_scorer.db import FIXES, RETRIABLE_CODES, map_error
-from cdc_scorer.errors import FatalError
-from cdc_scorer.records import (
-    BinlogCoordinate,
-    Commit,
-    Gtid,
-    MysqlGtid,
-    Op,
-    Position,
-    RowChange,
-    SourceItem,
-    TxId,
-)
+from cdc_scorer.db import mysql_errors
+from cdc_scorer.errors import RetriableError
+from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
+from cdc_scorer.records import Commit, Op, RowChange, SourceItem
+from cdc_scorer.retry import backoff_s
 from cdc_scorer.source.decoder import FastRowsDecoder
-from cdc_scorer.spec import SourceSpec
+from cdc_scorer.spec import RetrySpec, SourceSpec
 
 log = structlog.get_logger("cdc_scorer.source")
 
@@ -130,6 +120,7 @@ class BinlogSource:
         start: Position,
         handover: Handover,
         *,
+        retry: RetrySpec,
         on_disconnect: Callable[[], None] | None = None,
         on_connect: Callable[[], None] | None = None,
         on_rows: Callable[[str, str, int], None] | None = None,
@@ -138,6 +129,7 @@ class BinlogSource:
         self._capture = capture
         self._position = start
         self._handover = handover
+        self._retry = retry
         self._decoder = (
             FastRowsDecoder(capture.read_columns or {}) if source.decoder == "fast" else None
         )
@@ -164,6 +156,29 @@ class BinlogSource:
             self._stop.set()
             raise
 
+    async def changes(self) -> AsyncGenerator[SourceBatch, None]:
+        """The source batches in binlog order, until stopped (what was read before the stop
+        is still yielded); raises what stopped the reader. Close it with ``aclosing``."""
+        handover = self._handover
+        reader = asyncio.create_task(self.run(), name="binlog-reader")
+        try:
+            while True:
+                get = asyncio.ensure_future(handover.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    await reader  # raises what stopped the reader, or returns when stopped
+                    while not handover.empty():
+                        for items in handover.get_nowait():
+                            yield items
+                    return
+                for items in get.result():
+                    yield items
+        finally:
+            if not reader.done():
+                self.stop()
+                await asyncio.gather(reader, return_exceptions=True)
+
     # ------------------------------------------------------------------ reader thread
     def _stream(self) -> BinLogStreamReader:
         settings = {
@@ -178,7 +193,7 @@ class BinlogSource:
             server_id=self._source.server_id,
             blocking=True,
             resume_stream=True,
-            **_start_arguments(self._position),
+            **self._position.reader_start(),
             # A table map repeats before every statement; parse each table id once (the
             # library clears its table map at each rotation, where a restarted server may reuse
             # ids; _read clears it at every rotate event too).
@@ -205,38 +220,29 @@ class BinlogSource:
         while not self._stop.is_set():
             stream = self._stream()
             try:
-                self._read(stream)
+                with mysql_errors(f"binlog position {self._position} cannot be read"):
+                    self._read(stream)
                 attempt = 0 if self._stop.is_set() else attempt
-            except pymysql.err.OperationalError as exc:
-                code = exc.args[0] if exc.args else None
-                if code == 1236:
-                    raise FatalError(
-                        f"binlog position {self._position} cannot be read: {exc.args[1]} — "
-                        f"{FIXES[1236]}"
-                    ) from exc
-                if code not in RETRIABLE_CODES:
-                    raise map_error(exc, "reading the binlog") from exc
+            except RetriableError as exc:
                 # The reconnect replays the transaction that was being read: drop its start.
                 self._part, self._part_rows = [], 0
                 if self._on_disconnect is not None:
                     self._on_disconnect()
-                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))
+                delay = backoff_s(self._retry, attempt)
                 log.warning(
                     "binlog disconnected",
-                    code=code,
+                    code=exc.code,
                     retry_in_s=round(delay, 2),
                     position=str(self._position),
                 )
                 attempt += 1
                 self._stop.wait(delay)
-            except pymysql.MySQLError as exc:
-                raise map_error(exc, "reading the binlog") from exc
             finally:
                 stream.close()
 
     def _read(self, stream: BinLogStreamReader) -> None:
         keys = self._capture.key_columns
-        by_file = self._position.log_file is not None
+        by_file = isinstance(self._position, FilePosition)
         tx: TxId | None = None  # the transaction being read
         connected = False
         # A stop lets the current transaction finish: a clean stop then commits a checkpoint
@@ -244,7 +250,7 @@ class BinlogSource:
         while not self._abort.is_set() and not (self._stop.is_set() and tx is None):
             event = stream.fetchone()
             if event is None:  # the server closed the stream (shutdown): reconnect
-                raise pymysql.err.OperationalError(2013, "binlog stream ended")
+                raise RetriableError("binlog stream ended", code="stream_ended")
             if not connected:
                 connected = True
                 if self._on_connect is not None:
@@ -254,7 +260,9 @@ class BinlogSource:
                 if tx is not None:
                     # The library reconnected by itself in the middle of a transaction, where
                     # the table maps are behind it: start again from our last commit.
-                    raise pymysql.err.OperationalError(2013, "binlog reconnected mid-transaction")
+                    raise RetriableError(
+                        "binlog reconnected mid-transaction", code="mid_transaction_reconnect"
+                    )
             elif tx is None and (
                 isinstance(event, MariadbGtidEvent | GtidEvent)
                 or (isinstance(event, QueryEvent) and event.query == "BEGIN")
@@ -288,18 +296,12 @@ class BinlogSource:
         self._flush()
 
     def _commit(self, stream: BinLogStreamReader, tx: TxId, event: Any) -> Position:
-        """The position after ``tx`` commits; the library's own reconnect must resume there."""
-        if isinstance(tx, Gtid):
-            position = self._position.after(tx)
-            stream.auto_position = position.gtid_state
-            return position
-        if isinstance(tx, MysqlGtid):
-            position = self._position.after(tx)
-            stream.auto_position = str(position.gtid_set)
-            return position
-        return Position(
-            self._position.server_identity, log_file=stream.log_file, log_pos=event.packet.log_pos
-        )
+        """The position after ``tx`` commits; the library's own reconnect must resume there
+        (its ``auto_position`` never advances by itself: ARCHITECTURE §7)."""
+        position = self._position.after(tx, BinlogCoordinate(stream.log_file, event.packet.log_pos))
+        if position.auto_position is not None:
+            stream.auto_position = position.auto_position
+        return position
 
     def _put(self, items: SourceBatch) -> None:
         self._part.append(items)
@@ -313,18 +315,6 @@ class BinlogSource:
             part, rows = self._part, self._part_rows
             self._part, self._part_rows = [], 0
             self._handover.put(part, rows, self._abort)
-
-
-def _start_arguments(start: Position) -> dict[str, Any]:
-    """Where a stream starts: by GTID on MariaDB, else by file:pos (a transaction boundary)."""
-    if start.log_file is not None:
-        return {"is_mariadb": False, "log_file": start.log_file, "log_pos": start.log_pos}
-    if start.gtid_set is not None:
-        # MySQL auto-positioning: the server sends what is not in the set. An empty set (no
-        # GTID transaction yet) starts at the current end, which is the same thing.
-        return {"is_mariadb": False, "auto_position": str(start.gtid_set) or None}
-    # MariaDB ignores file:pos without auto_position and replays the whole binlog (§7).
-    return {"is_mariadb": True, "auto_position": start.gtid_state or None}
 
 
 def _key_getter(key_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -395,13 +385,11 @@ def probe_replication(source: SourceSpec, start: Position) -> None:
         blocking=False,
         resume_stream=True,
         only_events=[RotateEvent],
-        **_start_arguments(start),
+        **start.reader_start(),
     )
     try:
-        while stream.fetchone() is not None:
-            pass
-    except pymysql.MySQLError as exc:
-        mapped = map_error(exc, "reading the binlog")
-        raise FatalError(str(mapped)) from exc
+        with mysql_errors("reading the binlog"):
+            while stream.fetchone() is not None:
+                pass
     finally:
         stream.close()

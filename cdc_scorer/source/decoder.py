@@ -8,10 +8,11 @@ function per row image: runs of fixed-width columns are read with one precompile
 format, strings are sliced and decoded with their charset's codec, columns no pipeline reads
 are skipped without being decoded, and rows without NULLs take a path with no NULL tests.
 
-The values are exactly those of the stock decoder (``tests/property``: random rows of every
-column type, compared value by value). A table with a column type this module does not know
-(JSON, GEOMETRY, the pre-5.6 temporal formats) is decoded by the stock decoder, with one log
-line. The library still does everything else: connection, protocol, GTIDs, table maps.
+The values are exactly those of the stock decoder (random rows of every column type, compared
+value by value: ``tests/integration/test_decoder_equivalence.py``). A table with a column type
+this module does not know (JSON, GEOMETRY, the pre-5.6 temporal formats) is decoded by the
+stock decoder, with one log line. The library still does everything else: connection, protocol,
+GTIDs, table maps.
 """
 
 from __future__ import annotations

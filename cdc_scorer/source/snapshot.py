@@ -16,7 +16,7 @@ from typing import Any
 import pymysql
 import structlog
 
-from cdc_scorer.db import Connection, map_error, quote
+from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.records import Op, RowChange, SnapshotProgress, SourceItem
 from cdc_scorer.schema import TableInfo
 from cdc_scorer.spec import PipelineSpec
@@ -46,10 +46,8 @@ async def snapshot_rows(
     read = 0
     while True:
         sql = _chunk_sql(pipeline, table, cursor is not None)
-        try:
+        with mysql_errors(f"snapshot of {pipeline.table}"):
             rows = await asyncio.to_thread(_fetch, conn, sql, cursor)
-        except pymysql.MySQLError as exc:
-            raise map_error(exc, f"snapshot of {pipeline.table}") from exc
         changes: list[SourceItem] = []
         for values in rows:
             key = tuple(values[c] for c in table.key_columns)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
@@ -62,10 +64,10 @@ def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: MariaDBServer)
     database = f"nokey_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
     config = tmp_path / "s.toml"
-    config.write_text(
-        write_config(config, mariadb, database, "http://127.0.0.1:9")
-        and config.read_text().replace('key_columns = ["phone"]\n', "")
-    )
+    write_config(config, mariadb, database, "http://127.0.0.1:9")
+    settings = tomllib.loads(config.read_text())
+    del settings["pipelines"][0]["key_columns"]  # churn: no primary key, no key_columns
+    config.write_text(tomli_w.dumps(settings))
     result = run_cli("init", "--config", str(config))
     assert result.returncode == 1
     assert "table churn has no primary key" in result.stderr

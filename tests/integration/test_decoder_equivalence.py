@@ -30,7 +30,7 @@ from cdc_scorer.source.decoder import FastRowsDecoder
 _LATIN1 = st.characters(
     codec="latin-1", min_codepoint=32, exclude_characters="".join(map(chr, range(0x7F, 0xA0)))
 )
-_TEXT = st.characters(exclude_categories=("Cs",))  # any Unicode scalar, 4-byte ones too
+_TEXT = st.characters(exclude_categories=["Cs"])  # any Unicode scalar, 4-byte ones too
 _TIME_MAX = datetime.timedelta(hours=838, minutes=59, seconds=59)
 
 

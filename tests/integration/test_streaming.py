@@ -204,7 +204,7 @@ async def test_keys_with_quotes_and_backslashes_under_no_backslash_escapes(
     admin = mariadb.connect()
     with admin.cursor() as cursor:
         cursor.execute("SELECT @@GLOBAL.sql_mode")
-        (mode,) = cursor.fetchone()
+        (mode,) = cursor.fetchone() or ("",)
         cursor.execute("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',NO_BACKSLASH_ESCAPES')")
     try:
         rows = list(ChurnRowGenerator(31).rows(4))

@@ -6,13 +6,12 @@ import asyncio
 from datetime import datetime
 
 from cdc_scorer.batcher import NUMBER_BYTES, Batcher
+from cdc_scorer.positions import Gtid, MariadbGtidPosition
 from cdc_scorer.records import (
     Batch,
     Checkpoint,
     Commit,
-    Gtid,
     Op,
-    Position,
     RowChange,
     SourceItem,
 )
@@ -37,7 +36,7 @@ def insert(i: int, text: str, seq: int) -> RowChange:
 
 
 def commit(seq: int) -> Commit:
-    return Commit(Position("s", (Gtid(0, 1, seq),)), AT, Gtid(0, 1, seq))
+    return Commit(MariadbGtidPosition("s", (Gtid(0, 1, seq),)), AT, Gtid(0, 1, seq))
 
 
 def batches_of(spec: PipelineSpec, items: list[SourceItem]) -> list[Batch]:

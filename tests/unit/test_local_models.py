@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,10 @@ def test_generator_follows_the_sample_shape() -> None:
     assert len({r["phone"] for r in rows}) == 5000
     churners = [r for r in rows if r["Churn"] == "True."]
     stayers = [r for r in rows if r["Churn"] == "False."]
-    mean = lambda rs, c: sum(r[c] for r in rs) / len(rs)  # noqa: E731
+
+    def mean(rows: list[dict[str, Any]], column: str) -> float:
+        return sum(float(r[column]) for r in rows) / len(rows)
+
     assert mean(churners, "day_mins") > mean(stayers, "day_mins") + 3
     assert mean(churners, "night_calls") < mean(stayers, "night_calls") - 50
     assert all(r["vmail_msg"] == 0 for r in rows if r["vmail_plan"] == "no")

@@ -6,10 +6,10 @@ import pytest
 
 from cdc_scorer.errors import PoisonError
 from cdc_scorer.scoring.sagemaker import SageMakerScorer
-from cdc_scorer.spec import RetrySpec, SageMakerSpec
+from cdc_scorer.spec import OutputForm, RetrySpec, SageMakerSpec
 
 
-def scorer(form: str) -> SageMakerScorer:
+def scorer(form: OutputForm) -> SageMakerScorer:
     spec = SageMakerSpec("e", feature_columns=("a",), output_form=form)
     return SageMakerScorer(client=None, spec=spec, retry=RetrySpec())
 
@@ -31,7 +31,7 @@ def test_each_output_form() -> None:
         ("probabilities", ["not json"]),
     ],
 )
-def test_non_answers_are_poison(form: str, record: list[str]) -> None:
+def test_non_answers_are_poison(form: OutputForm, record: list[str]) -> None:
     with pytest.raises(PoisonError) as caught:
         scorer(form)._parse(record)
     assert caught.value.reason == "bad_response"

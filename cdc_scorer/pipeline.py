@@ -1,0 +1,88 @@
+"""One pipeline: batcher → concurrent scoring (bounded in flight) → ordered commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from cdc_scorer.batcher import Batcher
+from cdc_scorer.checkpoints import resume_at
+from cdc_scorer.metrics import PipelineState, Telemetry
+from cdc_scorer.records import Batch, Checkpoint, ScoredBatch, SourceItem
+from cdc_scorer.scoring import Scorer
+from cdc_scorer.sequencer import Sequencer
+from cdc_scorer.spec import PipelineSpec
+
+Inbox = asyncio.Queue[tuple[SourceItem, ...] | None]
+
+
+class BatchSink(Protocol):
+    """Where scored batches go, in order: predictions and the checkpoint that covers them in
+    one durable step (``sink.Sink``: one database transaction)."""
+
+    async def write(self, batch: ScoredBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PipelineRunner:
+    """Items from :attr:`inbox` (``None`` ends the run) → batches → scores → the sink."""
+
+    def __init__(
+        self,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        checkpoint: Checkpoint,
+        scorer: Scorer,
+        sink: BatchSink,
+        telemetry: Telemetry,
+    ) -> None:
+        self.pipeline = pipeline
+        self.checkpoint = checkpoint
+        self.inbox: Inbox = asyncio.Queue(maxsize=64)
+        in_flight = pipeline.batching.max_in_flight
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
+        self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight)
+        # The batcher skips transactions the pipeline applied already; during a snapshot that
+        # is everything up to the snapshot's position.
+        self._batcher = Batcher(
+            pipeline,
+            key_columns,
+            checkpoint,
+            self.inbox,
+            self._batches,
+            applied=resume_at(checkpoint),
+        )
+        self._scorer = scorer
+        self._sink = sink
+        self._telemetry = telemetry
+        telemetry.pipelines[pipeline.name] = PipelineState(
+            snapshot_state=checkpoint.snapshot_state,
+            inbox_depth=self.inbox.qsize,
+            in_flight=self._sequencer.in_flight,
+        )
+
+    async def run(self) -> None:
+        name = self.pipeline.name
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._batcher.run(), name=f"{name}-batcher")
+                group.create_task(self._dispatch(group), name=f"{name}-dispatch")
+                group.create_task(self._commit_in_order(), name=f"{name}-commit")
+        finally:
+            self._sink.close()
+
+    async def _dispatch(self, group: asyncio.TaskGroup) -> None:
+        while (batch := await self._batches.get()) is not None:
+            await self._sequencer.submit(group, self._scorer.score(batch))
+        await self._sequencer.close()
+
+    async def _commit_in_order(self) -> None:
+        name = self.pipeline.name
+        async for scored in self._sequencer.released():
+            started = time.monotonic()
+            await self._sink.write(scored)
+            self._telemetry.on_sink_write(name, time.monotonic() - started)
+            self.checkpoint = scored.checkpoint
+            self._telemetry.on_commit(name, scored)

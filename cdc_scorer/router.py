@@ -1,0 +1,51 @@
+"""The router: each source batch to the pipeline of its table; commits to every pipeline.
+
+Every pipeline sees every commit, so its checkpoint moves even while its own table is quiet.
+The heartbeat table's rows are not a pipeline's: they only tell how far behind the stream is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from cdc_scorer.pipeline import Inbox
+from cdc_scorer.records import Commit, RowChange, SourceItem
+
+END = None
+
+
+class Router:
+    def __init__(
+        self,
+        inboxes: Mapping[str, Inbox],
+        *,
+        heartbeat_table: str,
+        on_heartbeat: Callable[[datetime], None],
+    ) -> None:
+        self._inboxes = dict(inboxes)  # by source table
+        self._heartbeat_table = heartbeat_table
+        self._on_heartbeat = on_heartbeat
+
+    async def route(self, items: tuple[SourceItem, ...]) -> None:
+        """One rows event's changes (one table), a snapshot chunk, or one commit."""
+        if not items:
+            return
+        first = items[0]
+        if isinstance(first, Commit):
+            for inbox in self._inboxes.values():
+                await inbox.put(items)
+            return
+        table = getattr(first, "table", "")
+        target = self._inboxes.get(table)
+        if target is not None:
+            await target.put(items)
+        elif table == self._heartbeat_table:
+            last = items[-1]
+            if isinstance(last, RowChange) and last.values.get("beat_at") is not None:
+                self._on_heartbeat(last.values["beat_at"])
+
+    async def end(self) -> None:
+        """No more items: each pipeline flushes what it has and ends."""
+        for inbox in self._inboxes.values():
+            await inbox.put(END)

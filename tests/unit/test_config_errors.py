@@ -1,0 +1,109 @@
+"""Bad configuration: every problem at once, each naming its key and the fix; env overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc_scorer.config import load_config
+from cdc_scorer.errors import ConfigError
+
+BAD = """
+shutdown_grace_s = -1
+[source]
+database = "1bad"
+port = 0
+positions = "sometimes"
+colour = "blue"
+
+[retry]
+base_ms = 500
+cap_ms = 100
+
+[[pipelines]]
+name = "churn"
+table = "churn"
+service = "sagemaker"
+[pipelines.batching]
+linger_ms = 50  # pipeline 0's missing section shows once its field errors are fixed
+max_in_flgiht = 8
+
+[[pipelines]]
+name = "churn"
+table = "churn"
+service = "comprehend"
+[pipelines.sagemaker]
+endpoint_name = "e"
+feature_columns = ["a"]
+"""
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "scorer.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value.problems
+
+
+def test_every_problem_is_listed_with_its_key_and_fix(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, BAD)
+    text = "\n".join(problems)
+    expected = [
+        "shutdown_grace_s: Input should be greater than 0",
+        "source.database: '1bad' is not a plain SQL identifier — use a letter or _",
+        "source.port: Input should be greater than or equal to 1",
+        "source.positions: Input should be 'auto' or 'file' — use one of the listed values",
+        "source.colour: Extra inputs are not permitted — remove it or fix its spelling",
+        "retry: cap_ms must be >= base_ms",
+        "pipelines.0.batching.max_in_flgiht: Extra inputs are not permitted — remove it",
+        "pipelines.1: service is 'comprehend': add a [pipelines.comprehend] section",
+    ]
+    for line in expected:
+        assert any(p.startswith(line) for p in problems), f"{line!r} not in:\n{text}"
+    assert len(problems) == len(expected), text
+
+
+def test_cross_checks_after_the_fields(tmp_path: Path) -> None:
+    text = BAD.split("[retry]")[0].replace('"1bad"', '"db"').replace("port = 0", "port = 1")
+    text = text.replace('positions = "sometimes"\ncolour = "blue"\n', "")
+    text = text.replace("shutdown_grace_s = -1", "") + (
+        '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+        '[[pipelines]]\nname = "a"\ntable = "t_predictions"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+    )
+    problems = problems_of(tmp_path, text)
+    assert problems == [
+        "pipelines.0.name: 'a' is used twice — names must be unique",
+        "pipelines.1.name: 'a' is used twice — names must be unique",
+        "pipelines.1.table: 't_predictions' is one of the scorer's own tables — score a source "
+        "table",
+    ]
+
+
+def test_missing_key_names_its_environment_variable(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, '[[pipelines]]\nname = "a"\n')
+    assert problems[0] == (
+        "source: Field required — set it in the file or in the environment as CDC_SCORER_SOURCE"
+    )
+    assert problems[1].startswith("pipelines.0.table: Field required")
+    assert problems[2].startswith("pipelines.0.service: Field required")
+    assert len(problems) == 3
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "scorer.toml"
+    path.write_text(
+        '[source]\ndatabase = "db"\npassword = "from-file"\n'
+        '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+    )
+    monkeypatch.setenv("CDC_SCORER_SOURCE__PASSWORD", "from-env")
+    spec = load_config(path)
+    assert spec.source.password == "from-env"
+    assert "from-env" not in repr(spec)  # the spec's repr never shows the password
+    assert spec.source.server_id is not None and spec.source.server_id >= 1 << 24
+    assert spec.pipelines[0].batching.max_rows == 100  # Comprehend's default
+    assert spec.pipelines[0].batching.linger_s == 0.2
