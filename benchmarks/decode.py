@@ -17,7 +17,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from benchmarks.harness import gtid_seq
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
-from cdc_scorer.local.mariadb import MariaDBServer
+from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.source.binlog import row_changes
 from cdc_scorer.source.decoder import FastRowsDecoder
 
@@ -36,7 +36,7 @@ class DecodeResult:
 
 
 def read_range(
-    server: MariaDBServer, database: str, start: str, stop: str, decoder: str, operation: str
+    server: DatabaseServer, database: str, start: str, stop: str, decoder: str, operation: str
 ) -> DecodeResult:
     """Decode the churn rows events after GTID ``start`` up to and including ``stop``."""
     stream = BinLogStreamReader(

@@ -22,7 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
-from cdc_scorer.local.mariadb import free_port
+from cdc_scorer.local.servers import free_port
 
 
 def _body(rows: int) -> bytes:

@@ -31,8 +31,8 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
     FeedbackGenerator,
 )
-from cdc_scorer.local.mariadb import MariaDBServer, free_port
 from cdc_scorer.local.scorer_config import local_scorer_config
+from cdc_scorer.local.servers import DatabaseServer, free_port
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
 CHURN_COLUMNS = (*FEATURE_COLUMNS, LABEL_COLUMN)
@@ -68,7 +68,7 @@ class Batching:
         return min(25, self.max_rows)
 
 
-def create_bench_database(server: MariaDBServer, database: str) -> None:
+def create_bench_database(server: DatabaseServer, database: str) -> None:
     conn = server.connect()
     with conn.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {database}")
@@ -81,7 +81,7 @@ def create_bench_database(server: MariaDBServer, database: str) -> None:
 
 def write_scorer_config(
     path: Path,
-    server: MariaDBServer,
+    server: DatabaseServer,
     database: str,
     endpoint_url: str,
     batching: Batching,

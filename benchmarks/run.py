@@ -43,7 +43,7 @@ from benchmarks.harness import (
     wait_until,
     write_scorer_config,
 )
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
 
 BUFFER_POOL = "2G"
 
@@ -94,7 +94,7 @@ class Row:
 
 class Bench:
     def __init__(
-        self, mode: Mode, workdir: Path, server: MariaDBServer, mariadb_pid: int | None = None
+        self, mode: Mode, workdir: Path, server: DatabaseServer, mariadb_pid: int | None = None
     ) -> None:
         self.mode = mode
         self.workdir = workdir
@@ -482,7 +482,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _machine(server: MariaDBServer) -> dict[str, str]:
+def _machine(server: DatabaseServer) -> dict[str, str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

@@ -28,7 +28,7 @@ from benchmarks.harness import (
 from benchmarks.run import BUFFER_POOL
 from cdc_scorer.config import load_config
 from cdc_scorer.leader import lock_name
-from cdc_scorer.local.mariadb import PrivateMariaDB
+from cdc_scorer.local.servers import PrivateMariaDB
 from cdc_scorer.positions import Gtid, MariadbGtidPosition
 from cdc_scorer.records import Checkpoint, Prediction, ScoredBatch
 from cdc_scorer.sink import Sink

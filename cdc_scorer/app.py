@@ -25,7 +25,13 @@ from cdc_scorer.pipeline import PipelineRunner
 from cdc_scorer.readiness import not_ready
 from cdc_scorer.records import Checkpoint
 from cdc_scorer.router import Router
-from cdc_scorer.schema import HEARTBEAT_TABLE, TableInfo, check_schema, inspect_tables
+from cdc_scorer.schema import (
+    HEARTBEAT_TABLE,
+    TableInfo,
+    check_schema,
+    inspect_tables,
+    partial_json_inputs,
+)
 from cdc_scorer.scoring import Scorer
 from cdc_scorer.scoring.aws import create_client_context
 from cdc_scorer.scoring.factory import build_scorer, model_endpoint
@@ -156,6 +162,8 @@ class ScorerApp:
         server = preflight_binlog(conn, self.spec.source.positions)
         tables = inspect_tables(conn, self.spec)
         check_schema(conn, self.spec)
+        for problem in partial_json_inputs(server, self.spec, tables):
+            log.warning("partial JSON updates", problem=problem)
         return server, tables
 
     def _sink(self, pipeline: PipelineSpec, table: TableInfo, server: ServerInfo) -> Sink:

@@ -19,7 +19,13 @@ from cdc_scorer.checkpoints import current_position
 from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.errors import CdcScorerError, RetriableError
 from cdc_scorer.records import Batch, Checkpoint, Op, RowChange
-from cdc_scorer.schema import OWN_TABLES, TableInfo, check_schema, inspect_tables
+from cdc_scorer.schema import (
+    OWN_TABLES,
+    TableInfo,
+    check_schema,
+    inspect_tables,
+    partial_json_inputs,
+)
 from cdc_scorer.scoring.aws import create_client_context
 from cdc_scorer.scoring.factory import build_scorer
 from cdc_scorer.server import server_info
@@ -80,6 +86,8 @@ def _with_connection(
             continue
         tables[pipeline.table] = info
         results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
+    for problem in partial_json_inputs(server, spec, tables):
+        results.append(CheckResult("binlog binlog_row_value_options", False, problem))
     try:
         check_schema(conn, spec)
     except CdcScorerError as exc:

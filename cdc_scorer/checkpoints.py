@@ -25,7 +25,7 @@ from cdc_scorer.positions import (
     oldest_position,
 )
 from cdc_scorer.records import Checkpoint
-from cdc_scorer.server import ServerInfo
+from cdc_scorer.server import ServerInfo, binlog_status_sql
 from cdc_scorer.spec import PipelineSpec
 
 CHECKPOINT_TABLE = "cdc_scorer_checkpoint"
@@ -120,11 +120,12 @@ def _mysql_gtid_now(conn: Connection, server: ServerInfo) -> Position:
 
 
 def _file_now(conn: Connection, server: ServerInfo) -> Position:
+    statement = binlog_status_sql(server)
     with conn.cursor() as cursor:
-        cursor.execute("SHOW MASTER STATUS")
+        cursor.execute(statement)
         row = cursor.fetchone()
     if row is None:
-        raise FatalError("SHOW MASTER STATUS returned nothing: is the binary log on?")
+        raise FatalError(f"{statement} returned nothing: is the binary log on?")
     return FilePosition(server.identity, str(row[0]), int(row[1]))
 
 

@@ -32,6 +32,9 @@ class RowChange:
     tx: TxId | None
     committed_at: datetime | None
     before: dict[str, Any] | None = None
+    # Columns whose new value the binlog did not carry whole (a MySQL partial JSON update,
+    # binlog_row_value_options=PARTIAL_JSON): ``values`` holds a diff there, not the value.
+    incomplete: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from cdc_scorer.checkpoints import CHECKPOINT_DDL, CHECKPOINT_TABLE
 from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.errors import FatalError
+from cdc_scorer.server import ServerInfo
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
@@ -68,6 +69,31 @@ def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:
     if problems:
         raise FatalError("; ".join(problems))
     return tables
+
+
+def partial_json_inputs(
+    server: ServerInfo, spec: ScorerSpec, tables: dict[str, TableInfo]
+) -> list[str]:
+    """With binlog_row_value_options=PARTIAL_JSON, each pipeline whose model reads a JSON
+    column: such rows are dead-lettered when an update logs only a diff of that column."""
+    if "PARTIAL_JSON" not in server.row_value_options.upper():
+        return []
+    problems = []
+    for pipeline in spec.pipelines:
+        table = tables.get(pipeline.table)
+        if table is None:
+            continue
+        json_inputs = [
+            c for c in pipeline.input_columns if table.column_types.get(c, "").lower() == "json"
+        ]
+        if json_inputs:
+            problems.append(
+                f"pipeline {pipeline.name} reads JSON column {', '.join(json_inputs)}, and "
+                "binlog_row_value_options=PARTIAL_JSON logs JSON updates as diffs (such rows "
+                "become dead letters): set binlog_row_value_options='' in the DB parameter "
+                "group / my.cnf"
+            )
+    return problems
 
 
 def _prediction_columns(pipeline: PipelineSpec) -> list[str]:

@@ -18,6 +18,26 @@ class ServerInfo:
     # How positions are kept: "gtid" (MariaDB GTIDs), "mysqlgtid" (MySQL GTID sets, with
     # gtid_mode=ON) or "file" (file:pos: MySQL without GTIDs, or source.positions = "file").
     positions: str = "gtid"  # a Position kind (positions.POSITION_KINDS)
+    # MySQL's binlog_row_value_options: "PARTIAL_JSON" logs JSON updates as diffs.
+    row_value_options: str = ""
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``8.0.35-log`` → (8, 0, 35); Aurora's ``8.0.mysql_aurora.3.05.2`` → (8, 0)."""
+    numbers = []
+    for part in version.split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def binlog_status_sql(server: ServerInfo) -> str:
+    """The statement that shows the binlog file and position now: ``SHOW MASTER STATUS`` is
+    gone in MySQL 8.4 (``SHOW BINARY LOG STATUS`` exists since 8.2); MariaDB keeps it."""
+    if server.flavor == "mysql" and version_tuple(server.version) >= (8, 2):
+        return "SHOW BINARY LOG STATUS"
+    return "SHOW MASTER STATUS"
 
 
 def _variables(conn: Connection, names: tuple[str, ...]) -> dict[str, str]:
@@ -38,6 +58,7 @@ _BINLOG_VARIABLES = (
     "server_id",
     "server_uuid",
     "gtid_mode",
+    "binlog_row_value_options",
 )
 
 
@@ -90,7 +111,8 @@ def server_info(
         kind = MariadbGtidPosition.kind
     else:
         kind = MysqlGtidSetPosition.kind if gtid_mode else FilePosition.kind
-    return ServerInfo(flavor, version, identity, gtid_mode, kind), settings
+    options = values.get("binlog_row_value_options", "")
+    return ServerInfo(flavor, version, identity, gtid_mode, kind, options), settings
 
 
 def preflight_binlog(conn: Connection, positions: str = "auto") -> ServerInfo:

@@ -1,15 +1,23 @@
-"""Shared fixtures: the project's own private MariaDB and local model endpoints."""
+"""Shared fixtures: the project's own private servers (MariaDB and MySQL) and local endpoints.
+
+Every test that reads a binlog takes the ``source`` fixture and so runs on four sources:
+MariaDB with GTIDs, MariaDB by file:pos, MySQL with ``gtid_mode=ON`` (GTID sets) and MySQL with
+``gtid_mode=OFF`` (file:pos, as Aurora MySQL ships). When MySQL cannot be had here, its tests
+are skipped with the reason, and the run ends with a banner saying so.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, ModelServerConfig
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 
 SHARED_CHURN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "churn.csv"
 
@@ -25,12 +33,74 @@ TEST_ENDPOINTS = {
     "churn-probabilities": "probabilities",
 }
 
+SOURCES = ("mariadb-gtid", "mariadb-file", "mysql-gtid", "mysql-file")
+_MYSQL_UNAVAILABLE: list[str] = []
+
+
+@dataclass(frozen=True)
+class Source:
+    """A server and the ``source.positions`` a test configures for it."""
+
+    name: str  # one of SOURCES
+    server: DatabaseServer
+    positions: str  # auto | file
+
+    @property
+    def mysql(self) -> bool:
+        return self.server.flavor == "mysql"
+
 
 @pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDBServer]:
+def mariadb() -> Iterator[DatabaseServer]:
     """One private MariaDB with row binlog for the session (tests use their own databases)."""
     with PrivateMariaDB(server_id=1) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mysql_distribution() -> MysqlDistribution:
+    """The unpacked MySQL server (fetched once, cached in .cache/); skips if it cannot be had."""
+    if _MYSQL_UNAVAILABLE:
+        pytest.skip(_MYSQL_UNAVAILABLE[0])
+    try:
+        return ensure_mysql()
+    except MysqlUnavailable as exc:
+        _MYSQL_UNAVAILABLE.append(f"MySQL server unavailable: {exc}")
+        pytest.skip(_MYSQL_UNAVAILABLE[0])
+
+
+@pytest.fixture(scope="session")
+def mysql_gtid(mysql_distribution: MysqlDistribution) -> Iterator[DatabaseServer]:
+    """A private MySQL with ``gtid_mode=ON``."""
+    with PrivateMySQL(server_id=2, gtid=True, distribution=mysql_distribution) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mysql_file(mysql_distribution: MysqlDistribution) -> Iterator[DatabaseServer]:
+    """A private MySQL with ``gtid_mode=OFF`` (Aurora MySQL's default)."""
+    with PrivateMySQL(server_id=3, gtid=False, distribution=mysql_distribution) as server:
+        yield server
+
+
+def source_of(request: pytest.FixtureRequest, name: str) -> Source:
+    if name.startswith("mariadb"):
+        server: DatabaseServer = request.getfixturevalue("mariadb")
+        return Source(name, server, "file" if name.endswith("file") else "auto")
+    fixture = "mysql_gtid" if name == "mysql-gtid" else "mysql_file"
+    return Source(name, request.getfixturevalue(fixture), "auto")
+
+
+@pytest.fixture(params=SOURCES)
+def source(request: pytest.FixtureRequest) -> Source:
+    """Each of the four sources in turn."""
+    return source_of(request, request.param)
+
+
+@pytest.fixture(params=["mariadb", "mysql-gtid"])
+def server(request: pytest.FixtureRequest) -> DatabaseServer:
+    """Each server flavour (for tests whose subject is the server, not the positions)."""
+    return source_of(request, "mariadb-gtid" if request.param == "mariadb" else "mysql-gtid").server
 
 
 @pytest.fixture
@@ -47,3 +117,12 @@ async def models() -> AsyncIterator[ModelServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _MYSQL_UNAVAILABLE:
+        terminalreporter.section("MySQL NOT TESTED", sep="!", red=True, bold=True)
+        terminalreporter.line(f"{_MYSQL_UNAVAILABLE[0]}", red=True)
+        terminalreporter.line(
+            "every MySQL case of the matrix was skipped: this run proves MariaDB only", red=True
+        )

@@ -29,8 +29,8 @@ from cdc_scorer.local.churn_data import (
     FeedbackGenerator,
 )
 from cdc_scorer.local.endpoints import ModelServer
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB, free_port
 from cdc_scorer.local.scorer_config import local_scorer_config
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, free_port
 from cdc_scorer.logs import configure_logging
 from cdc_scorer.schema import init_schema
 
@@ -46,7 +46,7 @@ SENTIMENT_QUERY = (
 )
 
 
-def _load_scenario(server: MariaDBServer, churn_rows: int, feedback_rows: int) -> None:
+def _load_scenario(server: DatabaseServer, churn_rows: int, feedback_rows: int) -> None:
     conn = server.connect()
     columns = [*FEATURE_COLUMNS, "Churn"]
     with conn.cursor() as cursor:

@@ -10,6 +10,7 @@ from typing import Any
 from cdc_scorer.errors import PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import backoff_s, retrying
+from cdc_scorer.scoring import require_complete
 from cdc_scorer.scoring.aws import CallObserver, aws_errors
 from cdc_scorer.scoring.sagemaker import payload_text
 from cdc_scorer.spec import ComprehendSpec, RetrySpec
@@ -51,6 +52,7 @@ class ComprehendScorer:
 
     def _document(self, change: RowChange) -> tuple[str, str]:
         """(language, text) of a row, or PoisonError saying why it cannot be scored."""
+        require_complete(change, self._columns)
         text = change.values.get(self._spec.text_column)
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")

@@ -14,6 +14,7 @@ from typing import Any
 from cdc_scorer.errors import PoisonError, RetriableError
 from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
 from cdc_scorer.retry import retrying
+from cdc_scorer.scoring import require_complete
 from cdc_scorer.scoring.aws import CallObserver, aws_errors
 from cdc_scorer.spec import RetrySpec, SageMakerSpec
 
@@ -105,6 +106,7 @@ class SageMakerScorer:
         lines: list[tuple[RowChange, str]] = []
         for change in batch.upserts:
             try:
+                require_complete(change, self._spec.feature_columns)
                 lines.append((change, csv_line(change.values, self._spec.feature_columns)))
             except PoisonError as exc:
                 dead.append(_dead(change, exc, self._spec.feature_columns))

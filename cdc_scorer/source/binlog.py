@@ -22,23 +22,66 @@ from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
+    NotImplementedEvent,
     QueryEvent,
     RotateEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.json_binary import JsonDiff
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    PartialUpdateRowsEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
 from cdc_scorer.db import mysql_errors
-from cdc_scorer.errors import RetriableError
+from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
 from cdc_scorer.records import Commit, Op, RowChange, SourceItem
 from cdc_scorer.retry import backoff_s
 from cdc_scorer.source.decoder import FastRowsDecoder
+from cdc_scorer.source.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
 from cdc_scorer.spec import RetrySpec, SourceSpec
 
 log = structlog.get_logger("cdc_scorer.source")
 
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
+
+ANONYMOUS_GTID_EVENT = 34  # MySQL with gtid_mode=OFF: the start of a transaction
+# Events python-mysql-replication does not parse that never carry row data.
+ROWLESS_EVENTS = {
+    28: "IGNORABLE_LOG_EVENT",
+    36: "TRANSACTION_CONTEXT_EVENT",  # group replication
+    37: "VIEW_CHANGE_EVENT",  # group replication
+    41: "HEARTBEAT_LOG_EVENT_V2",
+}
+EVENT_NAMES = {
+    **ROWLESS_EVENTS,
+    20: "PRE_GA_WRITE_ROWS_EVENT",
+    21: "PRE_GA_UPDATE_ROWS_EVENT",
+    22: "PRE_GA_DELETE_ROWS_EVENT",
+    26: "INCIDENT_EVENT",
+    42: "GTID_TAGGED_LOG_EVENT",
+    165: "QUERY_COMPRESSED_EVENT",
+    166: "WRITE_ROWS_COMPRESSED_EVENT_V1",
+    167: "UPDATE_ROWS_COMPRESSED_EVENT_V1",
+    168: "DELETE_ROWS_COMPRESSED_EVENT_V1",
+    169: "WRITE_ROWS_COMPRESSED_EVENT",
+    170: "UPDATE_ROWS_COMPRESSED_EVENT",
+    171: "DELETE_ROWS_COMPRESSED_EVENT",
+}
+_COMPRESSED_ROWS_FIX = (
+    "MariaDB writes these with log_bin_compress=ON; set log_bin_compress=OFF, or start the "
+    "pipelines over from a snapshot past this point"
+)
+_UNREADABLE_FIX = {
+    26: "the source logged an incident (events may be missing): check the server's error log, "
+    "then start the pipelines over from a snapshot",
+    42: "transactions with tagged GTIDs (MySQL 8.3+) are not supported: commit without a tag",
+    **dict.fromkeys(range(165, 172), _COMPRESSED_ROWS_FIX),
+}
+_UNKNOWN_FIX = "report it with the server version; the stream stops rather than skip it"
 _STOP_POLL_S = 0.5
 # A large transaction is handed over in parts of about this many row changes.
 _HANDOVER_PART_ROWS = 200
@@ -133,6 +176,8 @@ class BinlogSource:
         self._decoder = (
             FastRowsDecoder(capture.read_columns or {}) if source.decoder == "fast" else None
         )
+        self._tx: TxId | None = None  # the transaction being read
+        self._payloads: PayloadReader | None = None
         self._part: list[SourceBatch] = []
         self._part_rows = 0
         self._stop = threading.Event()  # stop at the next transaction boundary
@@ -200,6 +245,9 @@ class BinlogSource:
             freeze_schema=True,
             only_schemas=[self._source.database],  # only_tables matches bare names (§7)
             only_tables=list(self._capture.key_columns),
+            # only_events matches exact classes: PartialUpdateRowsEvent must be named, and
+            # NotImplementedEvent lets every event the library cannot parse reach _unparsed
+            # (a compressed transaction among them) instead of vanishing.
             only_events=[
                 MariadbGtidEvent,
                 GtidEvent,
@@ -209,8 +257,11 @@ class BinlogSource:
                 HeartbeatLogEvent,
                 WriteRowsEvent,
                 UpdateRowsEvent,
+                PartialUpdateRowsEvent,
                 DeleteRowsEvent,
+                NotImplementedEvent,
             ],
+            filter_non_implemented_events=False,
             # A heartbeat every 0.5 s lets the loop notice the stop flag (close() would hang).
             slave_heartbeat=_STOP_POLL_S,
         )
@@ -241,13 +292,12 @@ class BinlogSource:
                 stream.close()
 
     def _read(self, stream: BinLogStreamReader) -> None:
-        keys = self._capture.key_columns
-        by_file = isinstance(self._position, FilePosition)
-        tx: TxId | None = None  # the transaction being read
+        self._tx = None
+        self._payloads = PayloadReader(stream)
         connected = False
         # A stop lets the current transaction finish: a clean stop then commits a checkpoint
         # that covers every row it scored.
-        while not self._abort.is_set() and not (self._stop.is_set() and tx is None):
+        while not self._abort.is_set() and not (self._stop.is_set() and self._tx is None):
             event = stream.fetchone()
             if event is None:  # the server closed the stream (shutdown): reconnect
                 raise RetriableError("binlog stream ended", code="stream_ended")
@@ -255,50 +305,88 @@ class BinlogSource:
                 connected = True
                 if self._on_connect is not None:
                     self._on_connect()
-            if isinstance(event, RotateEvent):
-                stream.table_map.clear()
-                if tx is not None:
-                    # The library reconnected by itself in the middle of a transaction, where
-                    # the table maps are behind it: start again from our last commit.
-                    raise RetriableError(
-                        "binlog reconnected mid-transaction", code="mid_transaction_reconnect"
-                    )
-            elif tx is None and (
-                isinstance(event, MariadbGtidEvent | GtidEvent)
-                or (isinstance(event, QueryEvent) and event.query == "BEGIN")
-            ):
-                if by_file:
-                    packet = event.packet
-                    tx = BinlogCoordinate(stream.log_file, packet.log_pos - packet.event_size)
-                elif isinstance(event, MariadbGtidEvent):
-                    tx = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
-                elif isinstance(event, GtidEvent):
-                    uuid, _, seq = str(event.gtid).rpartition(":")
-                    tx = MysqlGtid(uuid.lower(), int(seq))
-            elif isinstance(event, XidEvent) or (
-                isinstance(event, QueryEvent) and event.query != "BEGIN"
-            ):
-                if tx is not None:
-                    self._position = self._commit(stream, tx, event)
-                    self._put((Commit(self._position, _utc(event.timestamp), tx),))
-                    self._flush()
-                tx = None
-            elif isinstance(event, HeartbeatLogEvent):
-                self._flush()
-            elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                key_columns = keys.get(event.table)
-                if key_columns is None:
-                    continue
-                changes = row_changes(event, key_columns, tx, self._decoder)
-                if self._on_rows is not None and changes:
-                    self._on_rows(event.table, changes[0].op.value, len(changes))
-                self._put(tuple(changes))
+            packet = event.packet
+            self._handle(stream, event, packet.log_pos - packet.event_size, packet.log_pos)
         self._flush()
 
-    def _commit(self, stream: BinLogStreamReader, tx: TxId, event: Any) -> Position:
+    def _handle(self, stream: BinLogStreamReader, event: Any, start: int, end: int) -> None:
+        """One event; ``start``/``end``: where it starts and ends in the current binlog file
+        (for the events inside a compressed transaction: where the payload does)."""
+        if isinstance(event, RotateEvent):
+            stream.table_map.clear()
+            if self._tx is not None:
+                # The library reconnected by itself in the middle of a transaction, where
+                # the table maps are behind it: start again from our last commit.
+                raise RetriableError(
+                    "binlog reconnected mid-transaction", code="mid_transaction_reconnect"
+                )
+        elif isinstance(event, NotImplementedEvent):
+            self._unparsed(stream, event, start, end)
+        elif self._tx is None and (
+            isinstance(event, MariadbGtidEvent | GtidEvent)
+            or (isinstance(event, QueryEvent) and event.query == "BEGIN")
+        ):
+            if isinstance(self._position, FilePosition):
+                self._tx = BinlogCoordinate(stream.log_file, start)
+            elif isinstance(event, MariadbGtidEvent):
+                self._tx = Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
+            elif isinstance(event, GtidEvent):
+                uuid, _, seq = str(event.gtid).rpartition(":")
+                self._tx = MysqlGtid(uuid.lower(), int(seq))
+        elif isinstance(event, XidEvent) or (
+            isinstance(event, QueryEvent) and event.query != "BEGIN"
+        ):
+            tx, self._tx = self._tx, None
+            if tx is not None:
+                self._position = self._commit(stream, tx, BinlogCoordinate(stream.log_file, end))
+                self._put((Commit(self._position, _utc(event.timestamp), tx),))
+                self._flush()
+        elif isinstance(event, HeartbeatLogEvent):
+            self._flush()
+        elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+            key_columns = self._capture.key_columns.get(event.table)
+            if key_columns is None:
+                return
+            changes = row_changes(event, key_columns, self._tx, self._decoder)
+            if self._on_rows is not None and changes:
+                self._on_rows(event.table, changes[0].op.value, len(changes))
+            self._put(tuple(changes))
+
+    def _unparsed(self, stream: BinLogStreamReader, event: Any, start: int, end: int) -> None:
+        """An event the library does not parse: opened (a compressed transaction), known to
+        carry no rows, or the end of the stream with one line naming it — never skipped."""
+        kind = event.event_type
+        if kind == TRANSACTION_PAYLOAD_EVENT:
+            assert self._payloads is not None
+            try:
+                inner = self._payloads.events(event)
+            except PayloadError as exc:
+                raise FatalError(
+                    f"compressed transaction at {stream.log_file}:{start} cannot be read: {exc}"
+                ) from exc
+            for inner_event in inner:
+                self._handle(stream, inner_event, start, end)
+        elif kind == ANONYMOUS_GTID_EVENT:
+            if not isinstance(self._position, FilePosition):
+                raise FatalError(
+                    f"a transaction without a GTID at {stream.log_file}:{start} while positions "
+                    "are GTID sets: set gtid_mode=ON for every transaction, or read by "
+                    'file:pos (source.positions = "file")'
+                )
+            if self._tx is None:
+                self._tx = BinlogCoordinate(stream.log_file, start)
+        elif kind not in ROWLESS_EVENTS:
+            name = EVENT_NAMES.get(kind, "unknown")
+            fix = _UNREADABLE_FIX.get(kind, _UNKNOWN_FIX)
+            raise FatalError(
+                f"binlog event type {kind} ({name}) at {stream.log_file}:{start} cannot be read "
+                f"by cdc-scorer, and it may change captured tables: {fix}"
+            )
+
+    def _commit(self, stream: BinLogStreamReader, tx: TxId, end: BinlogCoordinate) -> Position:
         """The position after ``tx`` commits; the library's own reconnect must resume there
         (its ``auto_position`` never advances by itself: ARCHITECTURE §7)."""
-        position = self._position.after(tx, BinlogCoordinate(stream.log_file, event.packet.log_pos))
+        position = self._position.after(tx, end)
         if position.auto_position is not None:
             stream.auto_position = position.auto_position
         return position
@@ -328,7 +416,7 @@ def _key_getter(key_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tupl
 def row_changes(
     event: Any,
     key_columns: tuple[str, ...],
-    gtid: TxId | None,
+    tx: TxId | None,
     decoder: FastRowsDecoder | None = None,
 ) -> list[RowChange]:
     table = event.table
@@ -338,15 +426,16 @@ def row_changes(
         key_of = _key_getter(key_columns)
         if isinstance(event, UpdateRowsEvent):
             return [
-                RowChange(Op.UPDATE, table, key_of(after), after, gtid, committed_at, before)
+                RowChange(Op.UPDATE, table, key_of(after), after, tx, committed_at, before)
                 for before, after in images
             ]
         op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
         return [
-            RowChange(op, table, key_of(values), values, gtid, committed_at) for _, values in images
+            RowChange(op, table, key_of(values), values, tx, committed_at) for _, values in images
         ]
     changes: list[RowChange] = []
     if isinstance(event, UpdateRowsEvent):
+        partial = isinstance(event, PartialUpdateRowsEvent)
         for row in event.rows:
             before, after = row["before_values"], row["after_values"]
             changes.append(
@@ -355,9 +444,10 @@ def row_changes(
                     table,
                     tuple(after[c] for c in key_columns),
                     after,
-                    gtid,
+                    tx,
                     committed_at,
                     before=before,
+                    incomplete=_json_diffs(after) if partial else frozenset(),
                 )
             )
         return changes
@@ -365,9 +455,14 @@ def row_changes(
     for row in event.rows:
         values = row["values"]
         changes.append(
-            RowChange(op, table, tuple(values[c] for c in key_columns), values, gtid, committed_at)
+            RowChange(op, table, tuple(values[c] for c in key_columns), values, tx, committed_at)
         )
     return changes
+
+
+def _json_diffs(values: dict[str, Any]) -> frozenset[str]:
+    """Columns of a partial update's after image that hold a JSON diff, not a value."""
+    return frozenset(name for name, value in values.items() if isinstance(value, JsonDiff))
 
 
 def probe_replication(source: SourceSpec, start: Position) -> None:

@@ -21,6 +21,7 @@ import codecs
 import datetime
 import decimal
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +76,15 @@ class TablePlan:
     """How to decode the row images of one table map."""
 
     table: str
-    present: bytes  # the columns-present bitmap of a FULL image of this table
+    columns: int
     image: ImageDecoder  # its generated code: ``image.sources`` (per NULL pattern)
+
+    def full(self, present: bytes) -> bool:
+        """Whether a columns-present bitmap names every column (a FULL image). Only the bits
+        of real columns count: MySQL sets the unused bits of the last byte, MariaDB does not
+        (4 columns: ``0xff`` against ``0x0f``)."""
+        mask = (1 << self.columns) - 1
+        return int.from_bytes(present, "little") & mask == mask
 
 
 class FastRowsDecoder:
@@ -87,6 +95,10 @@ class FastRowsDecoder:
         self._wanted = wanted
         self._plans: dict[int, tuple[Any, TablePlan | None]] = {}
         self._told: set[str] = set()
+        # Rows events decoded here, and those left to the stock decoder by reason: tests and
+        # benchmarks show which path did the work.
+        self.fast_events = 0
+        self.stock_events: Counter[str] = Counter()
 
     def plan(self, table_obj: Any) -> TablePlan | None:
         """The table map's plan, or None when the stock decoder must do it."""
@@ -112,15 +124,19 @@ class FastRowsDecoder:
         """(before, after) images of a rows event (before None unless an update), or None
         when this event is left to the stock decoder."""
         if event.event_type not in _ROWS_TYPES or not getattr(event, "complete", True):
+            self.stock_events["event type"] += 1
             return None
         plan = self.plan(event.table_map[event.table_id])
         if plan is None:
+            self.stock_events["table"] += 1
             return None
         update = event.event_type in _UPDATE_TYPES
-        if event.columns_present_bitmap != plan.present or (
-            update and event.columns_present_bitmap2 != plan.present
+        if not plan.full(event.columns_present_bitmap) or (
+            update and not plan.full(event.columns_present_bitmap2)
         ):
+            self.stock_events["partial image"] += 1
             return None  # a MINIMAL/NOBLOB image: only FULL images have a fast path
+        self.fast_events += 1
         packet = event.packet
         data = packet.read(event.event_size - packet.read_bytes)
         end = len(data)
@@ -139,11 +155,6 @@ class FastRowsDecoder:
         return rows
 
 
-def _full_bitmap(columns: int) -> bytes:
-    whole, rest = divmod(columns, 8)
-    return b"\xff" * whole + (bytes([(1 << rest) - 1]) if rest else b"")
-
-
 def compile_plan(table: str, columns: list[Any], wanted: frozenset[str] | None) -> TablePlan:
     """Generate, compile and return the row-image decoder of one table map."""
     for index, column in enumerate(columns):
@@ -151,7 +162,7 @@ def compile_plan(table: str, columns: list[Any], wanted: frozenset[str] | None) 
             raise Unsupported(f"column {index} has no name (binlog_row_metadata is not FULL)")
         if column.type not in _SUPPORTED:
             raise Unsupported(f"column {column.name} has type {column.type}")
-    return TablePlan(table, _full_bitmap(len(columns)), _VariantCache(table, columns, wanted))
+    return TablePlan(table, len(columns), _VariantCache(table, columns, wanted))
 
 
 _MAX_VARIANTS = 64  # NULL patterns compiled per table; rarer patterns take the generic path

@@ -12,7 +12,7 @@ import pytest
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
 from cdc_scorer.schema import init_schema
 from tests.e2e.daemon import run_cli
 from tests.integration.scenario import create_database, insert_churn, write_config
@@ -24,7 +24,7 @@ def endpoints() -> Iterator[BackgroundModelServer]:
         yield server
 
 
-def _ready_database(server: MariaDBServer, tmp_path: Path, endpoint_url: str) -> Path:
+def _ready_database(server: DatabaseServer, tmp_path: Path, endpoint_url: str) -> Path:
     database = f"chk_{uuid.uuid4().hex[:6]}"
     create_database(server, database)
     config = tmp_path / "s.toml"
@@ -43,7 +43,7 @@ def _lines(stdout: str, prefix: str) -> list[str]:
 
 
 def test_check_passes_on_a_good_setup(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     config = _ready_database(mariadb, tmp_path, endpoints.url)
     result = run_cli("check", "--config", str(config))
@@ -85,7 +85,7 @@ def test_check_fails_on_binlog_settings(
 
 
 def test_check_fails_on_missing_grants(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     config = _ready_database(mariadb, tmp_path, endpoints.url)
     database = config.read_text().split('database = "')[1].split('"')[0]
@@ -109,7 +109,7 @@ def test_check_fails_on_missing_grants(
 
 
 def test_check_fails_on_missing_table_and_unreachable_endpoint(
-    tmp_path: Path, mariadb: MariaDBServer
+    tmp_path: Path, mariadb: DatabaseServer
 ) -> None:
     config = _ready_database(mariadb, tmp_path, "http://127.0.0.1:9")
     database = config.read_text().split('database = "')[1].split('"')[0]
@@ -131,7 +131,7 @@ def test_check_fails_on_missing_table_and_unreachable_endpoint(
 
 
 def test_status_reports_each_pipeline(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     config = _ready_database(mariadb, tmp_path, endpoints.url)
     before = run_cli("status", "--config", str(config), "--json")

@@ -16,7 +16,7 @@ import tomli_w
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
-from cdc_scorer.local.mariadb import MariaDBServer, PrivateMariaDB
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
 from cdc_scorer.schema import init_schema
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
@@ -60,7 +60,7 @@ def test_statement_binlog_is_one_clear_line(tmp_path: Path) -> None:
     assert "set binlog_format=ROW" in lines[-1]
 
 
-def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: MariaDBServer) -> None:
+def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: DatabaseServer) -> None:
     database = f"nokey_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
     config = tmp_path / "s.toml"
@@ -83,7 +83,7 @@ def endpoints() -> Iterator[BackgroundModelServer]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("positions", ["auto", "file"])
 def test_kill_9_at_several_points_converges(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer, positions: str
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer, positions: str
 ) -> None:
     database = f"kill_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
@@ -148,7 +148,7 @@ class VersionMonitor(threading.Thread):
     """Polls the predictions while the daemon is killed and restarted: for every key, the
     source transaction of its prediction must never go back to an older row version."""
 
-    def __init__(self, server: MariaDBServer, database: str) -> None:
+    def __init__(self, server: DatabaseServer, database: str) -> None:
         super().__init__(daemon=True)
         self._conn = server.connect(database)
         self._halt = threading.Event()

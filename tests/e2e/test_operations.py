@@ -18,7 +18,7 @@ import pytest
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
-from cdc_scorer.local.mariadb import MariaDBServer, free_port
+from cdc_scorer.local.servers import DatabaseServer, free_port
 from cdc_scorer.schema import init_schema
 from tests.e2e.daemon import Daemon, http_get, metric, start, wait
 from tests.integration.scenario import (
@@ -64,7 +64,7 @@ def endpoints() -> Iterator[BackgroundModelServer]:
         yield server
 
 
-def _setup(mariadb: MariaDBServer) -> tuple[str, Any]:
+def _setup(mariadb: DatabaseServer) -> tuple[str, Any]:
     database = f"ops_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
     return database, mariadb.connect(database)
@@ -72,7 +72,7 @@ def _setup(mariadb: MariaDBServer) -> tuple[str, Any]:
 
 def _config(
     tmp_path: Path,
-    mariadb: MariaDBServer,
+    mariadb: DatabaseServer,
     database: str,
     endpoint_url: str,
     name: str = "a",
@@ -132,7 +132,7 @@ def _promql(port: int, query: str) -> float | None:
 
 
 def test_metrics_are_valid_and_scraped_by_prometheus(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     database, db = _setup(mariadb)
     config, port = _config(tmp_path, mariadb, database, endpoints.url)
@@ -234,7 +234,7 @@ def _leader(port: int) -> float | None:
 
 @pytest.mark.timeout(240)
 def test_two_daemons_one_leader_and_takeover_after_kill_9(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     database, db = _setup(mariadb)
     config_a, port_a = _config(tmp_path, mariadb, database, endpoints.url, "a", max_rows=50)
@@ -282,7 +282,7 @@ def test_two_daemons_one_leader_and_takeover_after_kill_9(
 
 @pytest.mark.timeout(180)
 def test_sigterm_during_busy_stream_commits_in_flight_work(
-    tmp_path: Path, mariadb: MariaDBServer, endpoints: BackgroundModelServer
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     database, db = _setup(mariadb)
     config, port = _config(

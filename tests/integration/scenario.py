@@ -19,15 +19,15 @@ from cdc_scorer.local.churn_data import (
     FEEDBACK_TABLE_DDL,
 )
 from cdc_scorer.local.churn_model import ChurnModel
-from cdc_scorer.local.mariadb import MariaDBServer
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
+from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.spec import ScorerSpec
 
 
 def write_config(
     path: Path,
-    server: MariaDBServer,
+    server: DatabaseServer,
     database: str,
     endpoint_url: str,
     *,
@@ -66,7 +66,7 @@ def write_config(
     return load_config(path)
 
 
-def create_database(server: MariaDBServer, database: str) -> None:
+def create_database(server: DatabaseServer, database: str) -> None:
     conn = server.connect()
     with conn.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {database}")

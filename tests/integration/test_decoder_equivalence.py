@@ -22,7 +22,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import HeartbeatLogEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc_scorer.local.mariadb import MariaDBServer
+from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.source.binlog import row_changes
 from cdc_scorer.source.decoder import FastRowsDecoder
 
@@ -122,7 +122,7 @@ JSON_VALUES = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def schema(mariadb: MariaDBServer) -> Iterator[tuple[MariaDBServer, str, Any]]:
+def schema(mariadb: DatabaseServer) -> Iterator[tuple[DatabaseServer, str, Any]]:
     database = f"decode_{uuid.uuid4().hex[:6]}"
     conn = mariadb.connect()
     with conn.cursor() as cursor:
@@ -145,7 +145,7 @@ def _position(conn: Any) -> str:
     return str(position)
 
 
-def _read(server: MariaDBServer, database: str, start: str, fast: bool) -> list[Any]:
+def _read(server: DatabaseServer, database: str, start: str, fast: bool) -> list[Any]:
     """Every row change of the stretch after ``start``: (table, op, key, values, before)."""
     stream = BinLogStreamReader(
         connection_settings={"host": server.host, "port": server.port, "user": "root"},
@@ -201,7 +201,7 @@ def _typed(changes: list[Any]) -> list[Any]:
 @pytest.mark.timeout(600)
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")
 def test_fast_decoder_equals_stock_decoder(
-    schema: tuple[MariaDBServer, str, Any],
+    schema: tuple[DatabaseServer, str, Any],
     rows: list[dict[str, Any]],
     updates: list[dict[str, Any]],
     docs: list[Any],
@@ -254,7 +254,7 @@ def _first_difference(fast: list[Any], stock: list[Any]) -> str:
     return f"{len(fast)} changes vs {len(stock)}"
 
 
-def test_generated_code_per_null_pattern(schema: tuple[MariaDBServer, str, Any]) -> None:
+def test_generated_code_per_null_pattern(schema: tuple[DatabaseServer, str, Any]) -> None:
     """Rows of one NULL pattern share one compiled variant with no NULL tests."""
     server, database, conn = schema
     with conn.cursor() as cursor:

@@ -12,12 +12,12 @@ import structlog.testing
 
 from cdc_scorer.errors import FatalError
 from cdc_scorer.heartbeat import Heartbeat
-from cdc_scorer.local.mariadb import MariaDBServer, free_port
+from cdc_scorer.local.servers import DatabaseServer, free_port
 from cdc_scorer.schema import HEARTBEAT_TABLE
 from cdc_scorer.spec import SourceSpec
 
 
-def source_of(server: MariaDBServer, database: str, port: int | None = None) -> SourceSpec:
+def source_of(server: DatabaseServer, database: str, port: int | None = None) -> SourceSpec:
     return SourceSpec(
         database=database,
         port=port or server.port,
@@ -27,7 +27,7 @@ def source_of(server: MariaDBServer, database: str, port: int | None = None) -> 
     )
 
 
-def database_with_heartbeat_table(server: MariaDBServer) -> str:
+def database_with_heartbeat_table(server: DatabaseServer) -> str:
     database = f"hb_{uuid.uuid4().hex[:6]}"
     conn = server.connect()
     with conn.cursor() as cursor:
@@ -40,7 +40,7 @@ def database_with_heartbeat_table(server: MariaDBServer) -> str:
     return database
 
 
-def beats(server: MariaDBServer, database: str) -> list[tuple[str, object]]:
+def beats(server: DatabaseServer, database: str) -> list[tuple[str, object]]:
     conn = server.connect()
     with conn.cursor() as cursor:
         cursor.execute(f"SELECT instance, beat_at FROM {database}.{HEARTBEAT_TABLE}")
@@ -49,7 +49,7 @@ def beats(server: MariaDBServer, database: str) -> list[tuple[str, object]]:
     return rows
 
 
-async def test_beats_and_moves(mariadb: MariaDBServer) -> None:
+async def test_beats_and_moves(mariadb: DatabaseServer) -> None:
     database = database_with_heartbeat_table(mariadb)
     task = asyncio.create_task(
         Heartbeat(source_of(mariadb, database), HEARTBEAT_TABLE, "a,b").run()
@@ -68,7 +68,7 @@ async def test_beats_and_moves(mariadb: MariaDBServer) -> None:
             await task
 
 
-async def test_a_server_that_is_not_there_is_retried(mariadb: MariaDBServer) -> None:
+async def test_a_server_that_is_not_there_is_retried(mariadb: DatabaseServer) -> None:
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(
             Heartbeat(source_of(mariadb, "x", port=free_port()), HEARTBEAT_TABLE, "a").run()
@@ -86,7 +86,7 @@ async def test_a_server_that_is_not_there_is_retried(mariadb: MariaDBServer) -> 
         await task
 
 
-async def test_a_missing_table_stops_it(mariadb: MariaDBServer) -> None:
+async def test_a_missing_table_stops_it(mariadb: DatabaseServer) -> None:
     database = database_with_heartbeat_table(mariadb)
     conn = mariadb.connect()
     with conn.cursor() as cursor:

@@ -1,4 +1,5 @@
-"""The daemon in-process against a private MariaDB and the local endpoints over HTTP."""
+"""The daemon in-process against each private source (MariaDB and MySQL, GTIDs and file:pos)
+and the local endpoints over HTTP."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from cdc_scorer.app import ScorerApp
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
-from cdc_scorer.local.mariadb import MariaDBServer
 from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
+from tests.conftest import Source
 from tests.integration.scenario import (
     RUNNING,
     churn_matches,
@@ -30,23 +31,16 @@ from tests.integration.scenario import (
 
 
 @pytest.fixture
-def database(mariadb: MariaDBServer) -> str:
+def database(source: Source) -> str:
     name = f"mltest_{uuid.uuid4().hex[:8]}"
-    create_database(mariadb, name)
+    create_database(source.server, name)
     return name
 
 
-# "auto" keeps MariaDB GTIDs; "file" keeps file:pos, as on MySQL / Aurora MySQL.
-@pytest.fixture(params=["auto", "file"])
-def spec(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    mariadb: MariaDBServer,
-    database: str,
-    models: ModelServer,
-) -> ScorerSpec:
+@pytest.fixture
+def spec(tmp_path: Path, source: Source, database: str, models: ModelServer) -> ScorerSpec:
     spec = write_config(
-        tmp_path / "scorer.toml", mariadb, database, models.url, positions=request.param
+        tmp_path / "scorer.toml", source.server, database, models.url, positions=source.positions
     )
     conn = connect(spec.source)
     init_schema(conn, spec)
@@ -72,8 +66,8 @@ class Running:
 
 
 @pytest.fixture
-def db(mariadb: MariaDBServer, database: str) -> Any:
-    conn = mariadb.connect(database)
+def db(source: Source, database: str) -> Any:
+    conn = source.server.connect(database)
     yield conn
     conn.close()
 
@@ -137,9 +131,16 @@ async def test_last_version_wins_and_cross_table_transaction(spec: ScorerSpec, d
 
 
 async def test_poison_rows_are_dead_lettered(
-    tmp_path: Path, mariadb: MariaDBServer, database: str, models: ModelServer, db: Any
+    tmp_path: Path, source: Source, database: str, models: ModelServer, db: Any
 ) -> None:
-    spec = write_config(tmp_path / "s.toml", mariadb, database, models.url, overlong="dead_letter")
+    spec = write_config(
+        tmp_path / "s.toml",
+        source.server,
+        database,
+        models.url,
+        overlong="dead_letter",
+        positions=source.positions,
+    )
     conn = connect(spec.source)
     init_schema(conn, spec)
     conn.close()
@@ -196,12 +197,12 @@ async def test_throttling_and_5xx_lose_nothing(
 
 
 async def test_keys_with_quotes_and_backslashes_under_no_backslash_escapes(
-    spec: ScorerSpec, db: Any, mariadb: MariaDBServer
+    spec: ScorerSpec, db: Any, source: Source
 ) -> None:
     """The sink writes its SQL with backslash escapes; a server whose default sql_mode has
     NO_BACKSLASH_ESCAPES (where ``\\'`` is a backslash and the end of the string) must still
     get every key exactly."""
-    admin = mariadb.connect()
+    admin = source.server.connect()
     with admin.cursor() as cursor:
         cursor.execute("SELECT @@GLOBAL.sql_mode")
         (mode,) = cursor.fetchone() or ("",)

