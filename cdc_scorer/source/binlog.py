@@ -359,13 +359,12 @@ class BinlogSource:
         if kind == TRANSACTION_PAYLOAD_EVENT:
             assert self._payloads is not None
             try:
-                inner = self._payloads.events(event)
+                for inner_event in self._payloads.events(event):
+                    self._handle(stream, inner_event, start, end)
             except PayloadError as exc:
                 raise FatalError(
                     f"compressed transaction at {stream.log_file}:{start} cannot be read: {exc}"
                 ) from exc
-            for inner_event in inner:
-                self._handle(stream, inner_event, start, end)
         elif kind == ANONYMOUS_GTID_EVENT:
             if not isinstance(self._position, FilePosition):
                 raise FatalError(

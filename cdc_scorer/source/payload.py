@@ -14,8 +14,9 @@ The inner events are parsed by the library's own packet wrapper, with the stream
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 from pymysql.protocol import MysqlPacket
@@ -47,8 +48,9 @@ def _packed(buf: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(buf[pos + 1 : pos + 1 + width], "little"), pos + 1 + width
 
 
-def payload_events(body: bytes) -> list[bytes]:
-    """The inner events (each header + body) of a TRANSACTION_PAYLOAD event's body."""
+def payload_events(body: bytes) -> Iterator[bytes]:
+    """The inner events (each header + body) of a TRANSACTION_PAYLOAD event's body, one at a
+    time: a big transaction is decompressed as it is read, never whole in memory."""
     fields: dict[int, int] = {}
     pos = 0
     while True:
@@ -64,30 +66,48 @@ def payload_events(body: bytes) -> list[bytes]:
     size = fields.get(_PAYLOAD_SIZE, len(body) - pos)
     payload = body[pos : pos + size]
     compression = fields.get(_COMPRESSION_TYPE, NO_COMPRESSION)
+    stream: BinaryIO
     if compression == ZSTD:
-        try:
-            data = zstandard.ZstdDecompressor().decompress(
-                payload, max_output_size=fields.get(_UNCOMPRESSED_SIZE, 0)
-            )
-        except zstandard.ZstdError as exc:
-            raise PayloadError(f"zstd: {exc}") from None
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(payload), read_across_frames=True
+        )
     elif compression == NO_COMPRESSION:
-        data = payload
+        stream = io.BytesIO(payload)
     else:
         raise PayloadError(f"compression type {compression} is not zstd (0) or none (255)")
-    return list(_split(data))
+    try:
+        yield from _split(stream)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"zstd: {exc}") from None
 
 
-def _split(data: bytes) -> Iterator[bytes]:
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < _EVENT_HEADER_BYTES:
-            raise PayloadError(f"{len(data) - pos} stray bytes after the last inner event")
-        size = int.from_bytes(data[pos + 9 : pos + 13], "little")
-        if size < _EVENT_HEADER_BYTES or pos + size > len(data):
-            raise PayloadError(f"inner event at byte {pos} has a bad size {size}")
-        yield data[pos : pos + size]
-        pos += size
+def _split(stream: BinaryIO) -> Iterator[bytes]:
+    offset = 0
+    while header := _read_exactly(stream, _EVENT_HEADER_BYTES, offset):
+        size = int.from_bytes(header[9:13], "little")
+        if size < _EVENT_HEADER_BYTES:
+            raise PayloadError(f"inner event at byte {offset} has a bad size {size}")
+        body = _read_exactly(stream, size - _EVENT_HEADER_BYTES, offset)
+        if len(body) != size - _EVENT_HEADER_BYTES:
+            raise PayloadError(f"inner event at byte {offset} is cut short")
+        yield header + body
+        offset += size
+
+
+def _read_exactly(stream: BinaryIO, size: int, offset: int) -> bytes:
+    """``size`` bytes (b"" at the clean end of the payload)."""
+    chunks = []
+    wanted = size
+    while wanted:
+        chunk = stream.read(wanted)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        wanted -= len(chunk)
+    data = b"".join(chunks)
+    if data and len(data) != size and size == _EVENT_HEADER_BYTES:
+        raise PayloadError(f"{len(data)} stray bytes after the inner event at byte {offset}")
+    return data
 
 
 class PayloadReader:
@@ -98,7 +118,7 @@ class PayloadReader:
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def events(self, event: Any) -> list[Any]:
+    def events(self, event: Any) -> Iterator[Any]:
         """The inner events the stream would have returned (the allowed ones, in order); the
         table maps among them are recorded in the stream's table map as it does itself."""
         stream = self._stream
@@ -106,7 +126,6 @@ class PayloadReader:
         body = raw[1 + _EVENT_HEADER_BYTES : 1 + _EVENT_HEADER_BYTES + event.event_size]
         private = self._PRIVATE
         allowed = getattr(stream, private + "allowed_events")
-        out = []
         for inner in payload_events(body):
             wrapper = BinLogPacketWrapper(
                 MysqlPacket(b"\x00" + inner, "utf8"),
@@ -133,5 +152,4 @@ class PayloadReader:
             if isinstance(inner_event, TableMapEvent):
                 stream.table_map[inner_event.table_id] = inner_event.get_table()
             if inner_event.__class__ in allowed:
-                out.append(inner_event)
-        return out
+                yield inner_event

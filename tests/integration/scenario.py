@@ -37,7 +37,9 @@ def write_config(
     overlong: str = "dead_letter",
     http_port: int = 0,
     positions: str = "auto",
+    pipelines: dict[str, Any] | None = None,
 ) -> ScorerSpec:
+    """The embedded default's config for ``server``; ``pipelines`` adds or changes some."""
     source: dict[str, Any] = {"heartbeat_interval_s": 0.5, "positions": positions}
     if server_id is not None:
         source["server_id"] = server_id
@@ -59,6 +61,7 @@ def write_config(
                         "comprehend": {"overlong_text": overlong},
                         "batching": {"max_rows": 25, "linger_ms": 50},
                     },
+                    **(pipelines or {}),
                 },
             },
         )

@@ -16,7 +16,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
-from tests.conftest import Source
+from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     RUNNING,
     churn_matches,
@@ -219,3 +219,168 @@ async def test_keys_with_quotes_and_backslashes_under_no_backslash_escapes(
         with admin.cursor() as cursor:
             cursor.execute("SET GLOBAL sql_mode = %s", (mode,))
         admin.close()
+
+
+# ---------------------------------------------------------------- what MySQL adds
+@pytest.fixture(params=["mysql-gtid", "mysql-file"])
+def mysql(request: pytest.FixtureRequest) -> Source:
+    return source_of(request, request.param)
+
+
+def _payload_events(db: Any) -> int:
+    """TRANSACTION_PAYLOAD events in the server's binlog so far."""
+    count = 0
+    with db.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        for log_file, *_ in cursor.fetchall():
+            cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
+            count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
+    return count
+
+
+async def test_compressed_transactions_of_one_session(
+    tmp_path: Path, mysql: Source, models: ModelServer
+) -> None:
+    """binlog_transaction_compression set by the writer's session only: its transactions are
+    compressed, everyone else's are not; both kinds interleave in the stream."""
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(mysql.server, database)
+    spec = write_config(tmp_path / "s.toml", mysql.server, database, models.url)
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    compressed = mysql.server.connect(database)
+    plain = mysql.server.connect(database)
+    with compressed.cursor() as cursor:
+        cursor.execute("SET SESSION binlog_transaction_compression = ON")
+    before = _payload_events(plain)
+    generator = ChurnRowGenerator(41)
+    async with Running(spec):
+        for round_ in range(6):
+            writer = compressed if round_ % 2 == 0 else plain
+            rows = list(generator.rows(50))
+            insert_churn(writer, rows)
+            with writer.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE churn SET day_mins = day_mins + 1 WHERE phone IN (%s, %s, %s)",
+                    tuple(r["phone"] for r in rows[:3]),
+                )
+                cursor.execute("DELETE FROM churn WHERE phone = %s", (rows[5]["phone"],))
+                cursor.execute(
+                    "INSERT INTO feedback (user_feedback) VALUES (%s)", (f"great, round {round_}",)
+                )
+        await wait_for(lambda: churn_matches(plain), what="churn after a mixed stream")
+        await wait_for(lambda: stored_feedback(plain) == expected_feedback(plain), what="feedback")
+    assert len(stored_churn(plain)) == 6 * 49
+    # The compressed session's 3 rounds wrote 4 transactions each (autocommit statements).
+    assert _payload_events(plain) - before == 12
+    compressed.close()
+    plain.close()
+
+
+@pytest.mark.timeout(300)
+async def test_a_100000_row_compressed_transaction(
+    tmp_path: Path, models: ModelServer, request: pytest.FixtureRequest
+) -> None:
+    """One UPDATE of 100,000 rows in one compressed transaction (one TRANSACTION_PAYLOAD
+    event), read while it is decompressed, converges; on MySQL without GTIDs (file:pos, as
+    Aurora MySQL ships), where positions are the payload's boundary."""
+    source = source_of(request, "mysql-file")
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(source.server, database)
+    # No snapshot: the rows are scored from the big transaction alone.
+    spec = write_config(
+        tmp_path / "s.toml", source.server, database, models.url, max_rows=500, snapshot="never"
+    )
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    db = source.server.connect(database)
+    generator = ChurnRowGenerator(43)
+    for _ in range(20):
+        insert_churn(db, list(generator.rows(5000)))
+    async with Running(spec):
+        await wait_for(lambda: _checkpointed(db), what="streaming")
+        before = _payload_events(db)
+        with db.cursor() as cursor:
+            cursor.execute("SET SESSION binlog_transaction_compression = ON")
+            cursor.execute("UPDATE churn SET day_mins = day_mins * 1.5, night_calls = 0")
+        assert _payload_events(db) - before == 1  # one compressed transaction
+        # Every row is scored from the big transaction (a count: the oracle costs seconds).
+        await wait_for(lambda: _predictions(db) == 100_000, 180, "the big transaction scored")
+    assert churn_matches(db)
+    db.close()
+
+
+def _predictions(db: Any) -> int:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM churn_predictions")
+        (count,) = cursor.fetchone() or (0,)
+    return int(count)
+
+
+def _checkpointed(db: Any) -> bool:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM cdc_scorer_checkpoint")
+        (count,) = cursor.fetchone() or (0,)
+    return int(count) == 2
+
+
+async def test_partial_json_updates(
+    tmp_path: Path, models: ModelServer, request: pytest.FixtureRequest
+) -> None:
+    """binlog_row_value_options=PARTIAL_JSON: an update logs only a diff of its JSON columns.
+    A pipeline whose model reads none of them scores the row as usual; one whose model reads
+    the JSON column gets a dead letter saying so — the row is never dropped."""
+    source = source_of(request, "mysql-gtid")
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(source.server, database)
+    db = source.server.connect(database)
+    with db.cursor() as cursor:
+        cursor.execute("ALTER TABLE feedback ADD COLUMN meta JSON")
+        cursor.execute("CREATE TABLE notes (id INT PRIMARY KEY, body JSON)")
+    notes = {
+        "table": "notes",
+        "service": "comprehend",
+        "comprehend": {"text_column": "body", "language": "en"},
+        "batching": {"linger_ms": 50},
+    }
+    spec = write_config(
+        tmp_path / "s.toml", source.server, database, models.url, pipelines={"notes": notes}
+    )
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    with db.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO feedback (user_feedback, meta) VALUES "
+            """('terrible, I am cancelling', '{"tags": ["a", "b"], "n": 1}')"""
+        )
+        cursor.execute("""INSERT INTO notes VALUES (1, '{"text": "great service, thanks"}')""")
+    async with Running(spec):
+        await wait_for(lambda: stored_feedback(db) == {1: "NEGATIVE"}, what="feedback scored")
+        await wait_for(lambda: _notes(db) == {1: "POSITIVE"}, what="notes scored")
+        with db.cursor() as cursor:
+            cursor.execute("SET SESSION binlog_row_value_options = 'PARTIAL_JSON'")
+            cursor.execute(
+                "UPDATE feedback SET user_feedback = 'great service, thank you', "
+                "meta = JSON_SET(meta, '$.n', 2) WHERE id = 1"
+            )
+            cursor.execute(
+                """UPDATE notes SET body = JSON_SET(body, '$.text', 'awful') WHERE id = 1"""
+            )
+        await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback update")
+        await wait_for(lambda: _notes(db) == {}, what="the note's old prediction removed")
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pipeline, reason, error FROM cdc_scorer_dead_letter")
+        ((pipeline, reason, error),) = cursor.fetchall()
+    assert (pipeline, reason) == ("notes", "partial_json_update")
+    assert "model input body arrived as a partial JSON update" in error
+    assert "set binlog_row_value_options=''" in error
+    db.close()
+
+
+def _notes(db: Any) -> dict[int, str]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id, sentiment FROM notes_predictions")
+        return {int(i): str(s) for i, s in cursor.fetchall()}
