@@ -121,6 +121,7 @@ class PrivateServer(ABC):
     _server: DatabaseServer | None = field(default=None, init=False, repr=False)
 
     flavor: ClassVar[str]
+    _no_binlog_args: ClassVar[tuple[str, ...]] = ()  # what turns the binary log off
     gtid: bool = True
 
     @property
@@ -204,6 +205,8 @@ class PrivateServer(ABC):
         ]
         if self.log_bin:
             args += [f"--log-bin={server.datadir / 'binlog'}", *self.binlog_args]
+        else:
+            args += self._no_binlog_args
         if os.geteuid() == 0:
             args.append("--user=root")
         return args + list(self.extra_args)
@@ -317,6 +320,7 @@ class PrivateMySQL(PrivateServer):
     """
 
     flavor: ClassVar[str] = MYSQL
+    _no_binlog_args: ClassVar[tuple[str, ...]] = ("--disable-log-bin",)  # on by default
     distribution: MysqlDistribution | None = None
 
     def _mysql(self) -> MysqlDistribution:

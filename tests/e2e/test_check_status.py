@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
 
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
-from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
+from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, private_server
 from cdc_scorer.schema import init_schema
-from tests.e2e.daemon import run_cli
-from tests.integration.scenario import create_database, insert_churn, write_config
+from tests.conftest import Source
+from tests.e2e.daemon import kill, run_cli, start, wait
+from tests.integration.scenario import create_database, insert_churn, stored_churn, write_config
 
 
 @pytest.fixture
@@ -24,11 +29,13 @@ def endpoints() -> Iterator[BackgroundModelServer]:
         yield server
 
 
-def _ready_database(server: DatabaseServer, tmp_path: Path, endpoint_url: str) -> Path:
+def _ready_database(
+    server: DatabaseServer, tmp_path: Path, endpoint_url: str, positions: str = "auto"
+) -> Path:
     database = f"chk_{uuid.uuid4().hex[:6]}"
     create_database(server, database)
     config = tmp_path / "s.toml"
-    spec = write_config(config, server, database, endpoint_url)
+    spec = write_config(config, server, database, endpoint_url, positions=positions)
     conn = connect(spec.source)
     init_schema(conn, spec)
     conn.close()
@@ -43,9 +50,9 @@ def _lines(stdout: str, prefix: str) -> list[str]:
 
 
 def test_check_passes_on_a_good_setup(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+    tmp_path: Path, source: Source, endpoints: BackgroundModelServer
 ) -> None:
-    config = _ready_database(mariadb, tmp_path, endpoints.url)
+    config = _ready_database(source.server, tmp_path, endpoints.url, source.positions)
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert not _lines(result.stdout, "FAIL"), result.stdout
@@ -62,6 +69,7 @@ def test_check_passes_on_a_good_setup(
         assert name in passed, result.stdout
 
 
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
 @pytest.mark.parametrize(
     ("server_args", "failing"),
     [
@@ -75,9 +83,16 @@ def test_check_passes_on_a_good_setup(
     ids=["binlog-off", "statement-format"],
 )
 def test_check_fails_on_binlog_settings(
-    tmp_path: Path, endpoints: BackgroundModelServer, server_args: dict[str, object], failing: str
+    tmp_path: Path,
+    endpoints: BackgroundModelServer,
+    server_args: dict[str, Any],
+    failing: str,
+    flavor: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    with PrivateMariaDB(**server_args) as server:  # type: ignore[arg-type]
+    if flavor == MYSQL:
+        server_args = {**server_args, "distribution": request.getfixturevalue("mysql_distribution")}
+    with private_server(flavor, **server_args) as server:
         config = _ready_database(server, tmp_path, endpoints.url)
         result = run_cli("check", "--config", str(config))
     assert result.returncode == 1
@@ -85,12 +100,12 @@ def test_check_fails_on_binlog_settings(
 
 
 def test_check_fails_on_missing_grants(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
-    config = _ready_database(mariadb, tmp_path, endpoints.url)
+    config = _ready_database(server, tmp_path, endpoints.url)
     database = config.read_text().split('database = "')[1].split('"')[0]
     user = f"ro_{uuid.uuid4().hex[:6]}"
-    conn = mariadb.connect()
+    conn = server.connect()
     with conn.cursor() as cursor:
         cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
         cursor.execute(f"GRANT SELECT ON {database}.* TO '{user}'@'%'")
@@ -110,7 +125,7 @@ def test_check_fails_on_missing_grants(
 
 def test_check_fails_on_missing_table_and_unreachable_endpoint(
     tmp_path: Path, mariadb: DatabaseServer
-) -> None:
+) -> None:  # no binlog involved: MariaDB alone
     config = _ready_database(mariadb, tmp_path, "http://127.0.0.1:9")
     database = config.read_text().split('database = "')[1].split('"')[0]
     db = mariadb.connect(database)
@@ -131,9 +146,9 @@ def test_check_fails_on_missing_table_and_unreachable_endpoint(
 
 
 def test_status_reports_each_pipeline(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+    tmp_path: Path, source: Source, endpoints: BackgroundModelServer
 ) -> None:
-    config = _ready_database(mariadb, tmp_path, endpoints.url)
+    config = _ready_database(source.server, tmp_path, endpoints.url, source.positions)
     before = run_cli("status", "--config", str(config), "--json")
     assert before.returncode == 0, before.stderr
     statuses = {s["pipeline"]: s for s in json.loads(before.stdout)}
@@ -143,3 +158,80 @@ def test_status_reports_each_pipeline(
     text = run_cli("status", "--config", str(config))
     assert text.returncode == 0
     assert text.stdout.startswith("churn: snapshot not started;"), text.stdout
+    # While a daemon runs: the checkpoint in the source's kind of position, the leader's
+    # connection, the predictions; transactions behind where positions can count them.
+    daemon = start(config)
+    try:
+        wait(lambda: _status(config)["churn"]["predictions"] == 5, 60, "rows scored", daemon)
+        churn = _status(config)["churn"]
+        kind = {"mariadb-gtid": "gtid:", "mariadb-file": "file:", "mysql-gtid": "mysqlgtid:"}
+        assert churn["position"].startswith(kind.get(source.name, "file:")), churn
+        assert churn["leader_connection"] is not None
+        assert churn["snapshot_state"] == "done"
+        if source.positions == "auto" and source.name != "mysql-file":
+            assert isinstance(churn["transactions_behind"], int)
+        else:
+            assert churn["transactions_behind"] is None  # file:pos cannot count transactions
+    finally:
+        assert kill(daemon, signal.SIGTERM) == 0
+
+
+def _status(config: Path) -> dict[str, Any]:
+    result = run_cli("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    return {s["pipeline"]: s for s in json.loads(result.stdout)}
+
+
+GRANTS_SQL = Path(__file__).resolve().parents[2] / "deploy" / "grants.sql"
+
+
+def _grant_statements(flavor: str, user: str, password: str, database: str) -> list[str]:
+    """deploy/grants.sql as the README gives it, for this flavour, user and database."""
+    text = GRANTS_SQL.read_text()
+    if flavor == MARIADB:  # the file's MariaDB line replaces its MySQL one
+        mariadb = next(line for line in text.splitlines() if "MariaDB 10.5+ instead" in line)
+        text = text.replace(
+            "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'cdc_scorer'@'%';",
+            mariadb.split("instead: ", 1)[1],
+        )
+    text = (
+        text.replace("'cdc_scorer'@'%'", f"'{user}'@'%'")
+        .replace("from-secrets-manager", password)
+        .replace("mltest.*", f"{database}.*")
+    )
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def test_readme_grants_are_enough(
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
+) -> None:
+    """A user with exactly the README's grants (deploy/grants.sql) passes `check` and scores
+    rows; on MySQL it authenticates with caching_sha2_password over plaintext (the RSA key
+    exchange, through the `cryptography` package)."""
+    config = _ready_database(server, tmp_path, endpoints.url)
+    database = config.read_text().split('database = "')[1].split('"')[0]
+    user, password = f"cdc_{uuid.uuid4().hex[:6]}", "S3cret-pw!"
+    admin = server.connect()
+    with admin.cursor() as cursor:
+        for statement in _grant_statements(server.flavor, user, password, database):
+            cursor.execute(statement)
+        cursor.execute("SELECT plugin FROM mysql.user WHERE user = %s", (user,))
+        (plugin,) = cursor.fetchone() or ("",)
+    admin.close()
+    if server.flavor == MYSQL:
+        assert plugin == "caching_sha2_password"
+    settings = tomllib.loads(config.read_text())
+    settings["source"] |= {"user": user, "password": password}
+    config.write_text(tomli_w.dumps(settings))
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not _lines(result.stdout, "FAIL"), result.stdout
+    daemon = start(config)
+    try:
+        db = server.connect(database)
+        insert_churn(db, list(ChurnRowGenerator(5).rows(20)))
+        wait(lambda: len(stored_churn(db)) == 25, 60, "rows scored as the granted user", daemon)
+        db.close()
+    finally:
+        assert kill(daemon, signal.SIGTERM) == 0
