@@ -20,7 +20,13 @@ from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, private_ser
 from cdc_scorer.schema import init_schema
 from tests.conftest import Source
 from tests.e2e.daemon import kill, run_cli, start, wait
-from tests.integration.scenario import create_database, insert_churn, stored_churn, write_config
+from tests.integration.scenario import (
+    create_database,
+    insert_churn,
+    readme_grants,
+    stored_churn,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -182,27 +188,6 @@ def _status(config: Path) -> dict[str, Any]:
     return {s["pipeline"]: s for s in json.loads(result.stdout)}
 
 
-GRANTS_SQL = Path(__file__).resolve().parents[2] / "deploy" / "grants.sql"
-
-
-def _grant_statements(flavor: str, user: str, password: str, database: str) -> list[str]:
-    """deploy/grants.sql as the README gives it, for this flavour, user and database."""
-    text = GRANTS_SQL.read_text()
-    if flavor == MARIADB:  # the file's MariaDB line replaces its MySQL one
-        mariadb = next(line for line in text.splitlines() if "MariaDB 10.5+ instead" in line)
-        text = text.replace(
-            "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'cdc_scorer'@'%';",
-            mariadb.split("instead: ", 1)[1],
-        )
-    text = (
-        text.replace("'cdc_scorer'@'%'", f"'{user}'@'%'")
-        .replace("from-secrets-manager", password)
-        .replace("mltest.*", f"{database}.*")
-    )
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
 def test_readme_grants_are_enough(
     tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
@@ -214,7 +199,7 @@ def test_readme_grants_are_enough(
     user, password = f"cdc_{uuid.uuid4().hex[:6]}", "S3cret-pw!"
     admin = server.connect()
     with admin.cursor() as cursor:
-        for statement in _grant_statements(server.flavor, user, password, database):
+        for statement in readme_grants(server.flavor, user, password, database):
             cursor.execute(statement)
         cursor.execute("SELECT plugin FROM mysql.user WHERE user = %s", (user,))
         (plugin,) = cursor.fetchone() or ("",)

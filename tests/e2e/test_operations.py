@@ -26,6 +26,7 @@ from tests.integration.scenario import (
     create_database,
     expected_feedback,
     insert_churn,
+    readme_grants,
     stored_churn,
     stored_feedback,
     write_config,
@@ -132,17 +133,16 @@ def _promql(port: int, query: str) -> float | None:
 
 
 def test_metrics_are_valid_and_scraped_by_prometheus(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
-    database, db = _setup(mariadb)
-    config, port = _config(tmp_path, mariadb, database, endpoints.url)
+    database, db = _setup(server)
+    config, port = _config(tmp_path, server, database, endpoints.url)
     # The daemon runs as a user with exactly the README's grants; the password comes from the
     # environment, as ECS injects secrets, and never reaches the log.
     user, password = f"scorer_{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
     with db.cursor() as cursor:
-        cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
-        cursor.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'")
-        cursor.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO '{user}'@'%'")
+        for statement in readme_grants(server.flavor, user, password, database):
+            cursor.execute(statement)
     config.write_text(config.read_text().replace('user = "root"', f'user = "{user}"'))
     rows = list(ChurnRowGenerator(5).rows(300))
     insert_churn(db, rows)
@@ -234,11 +234,11 @@ def _leader(port: int) -> float | None:
 
 @pytest.mark.timeout(240)
 def test_two_daemons_one_leader_and_takeover_after_kill_9(
-    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
-    database, db = _setup(mariadb)
-    config_a, port_a = _config(tmp_path, mariadb, database, endpoints.url, "a", max_rows=50)
-    config_b, port_b = _config(tmp_path, mariadb, database, endpoints.url, "b", max_rows=50)
+    database, db = _setup(server)
+    config_a, port_a = _config(tmp_path, server, database, endpoints.url, "a", max_rows=50)
+    config_b, port_b = _config(tmp_path, server, database, endpoints.url, "b", max_rows=50)
     generator = ChurnRowGenerator(8)
     insert_churn(db, list(generator.rows(500)))
     first = start(config_a, "a")
@@ -283,7 +283,7 @@ def test_two_daemons_one_leader_and_takeover_after_kill_9(
 @pytest.mark.timeout(180)
 def test_sigterm_during_busy_stream_commits_in_flight_work(
     tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
-) -> None:
+) -> None:  # MariaDB's @@last_gtid names each row's transaction: the subject is the shutdown
     database, db = _setup(mariadb)
     config, port = _config(
         tmp_path, mariadb, database, endpoints.url, max_rows=20, snapshot="never"

@@ -157,3 +157,24 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 60, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
         await asyncio.sleep(0.05)
+
+
+GRANTS_SQL = Path(__file__).resolve().parents[2] / "deploy" / "grants.sql"
+
+
+def readme_grants(flavor: str, user: str, password: str, database: str) -> list[str]:
+    """deploy/grants.sql as the README gives it, for this flavour, user and database."""
+    text = GRANTS_SQL.read_text()
+    if flavor == "mariadb":  # the file's MariaDB line replaces its MySQL one
+        mariadb = next(line for line in text.splitlines() if "MariaDB 10.5+ instead" in line)
+        text = text.replace(
+            "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'cdc_scorer'@'%';",
+            mariadb.split("instead: ", 1)[1],
+        )
+    text = (
+        text.replace("'cdc_scorer'@'%'", f"'{user}'@'%'")
+        .replace("from-secrets-manager", password)
+        .replace("mltest.*", f"{database}.*")
+    )
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
