@@ -16,8 +16,17 @@ import tomli_w
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
-from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
+from cdc_scorer.local.mysql_dist import MysqlDistribution
+from cdc_scorer.local.servers import (
+    MARIADB,
+    MYSQL,
+    DatabaseServer,
+    PrivateMariaDB,
+    PrivateMySQL,
+    private_server,
+)
 from cdc_scorer.schema import init_schema
+from cdc_scorer.server import binlog_status_sql, server_info
 from tests.conftest import Source
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
@@ -297,10 +306,14 @@ def _checkpoint_identity(db: Any) -> str | None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
 def test_file_positions_purged_reset_and_switched_are_refused(
-    tmp_path: Path, endpoints: BackgroundModelServer
+    tmp_path: Path, endpoints: BackgroundModelServer, flavor: str, request: pytest.FixtureRequest
 ) -> None:
-    with PrivateMariaDB(server_id=8) as server:
+    options: dict[str, Any] = {"server_id": 8}
+    if flavor == MYSQL:  # MySQL without GTIDs, as Aurora MySQL ships
+        options |= {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    with private_server(flavor, **options) as server:
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
         spec = write_config(
@@ -310,8 +323,9 @@ def test_file_positions_purged_reset_and_switched_are_refused(
         init_schema(conn, spec)
         conn.close()
         db = server.connect("mltest")
+        info, _ = server_info(db)
         with db.cursor() as cursor:
-            cursor.execute("SHOW MASTER STATUS")
+            cursor.execute(binlog_status_sql(info))
             (current_file, *_) = cursor.fetchone() or ("",)
 
         def refused_at(position: str, config_path: Path = config) -> str:
@@ -320,9 +334,8 @@ def test_file_positions_purged_reset_and_switched_are_refused(
                 for name in ("churn", "feedback"):
                     cursor.execute(
                         "INSERT INTO cdc_scorer_checkpoint (pipeline, position, server_identity, "
-                        "snapshot_state, updated_at) VALUES (%s, %s, 'mariadb:server_id=8', "
-                        "'skipped', NOW(6))",
-                        (name, position),
+                        "snapshot_state, updated_at) VALUES (%s, %s, %s, 'skipped', NOW(6))",
+                        (name, position, info.identity),
                     )
             result = run_cli("run", "--config", str(config_path))
             assert result.returncode == 1, result.stderr[-2000:]
@@ -335,8 +348,65 @@ def test_file_positions_purged_reset_and_switched_are_refused(
         # A GTID checkpoint read with source.positions = "file" (and the other way round).
         line = refused_at("gtid:0-8-1")
         assert "is kept by gtid, but source.positions makes this run keep them by file" in line
+        if flavor == MYSQL:  # without GTIDs, "auto" keeps file:pos too: nothing to switch
+            db.close()
+            return
         auto = tmp_path / "auto.toml"
         auto.write_text(config.read_text().replace('positions = "file"', 'positions = "auto"'))
         line = refused_at(f"file:{current_file}:4", auto)
         assert "is kept by file, but source.positions makes this run keep them by gtid" in line
+        db.close()
+
+
+@pytest.mark.timeout(180)
+def test_mysql_gtid_checkpoints_foreign_purged_and_reset_are_refused(
+    tmp_path: Path, endpoints: BackgroundModelServer, mysql_distribution: MysqlDistribution
+) -> None:
+    """MySQL with GTIDs: a checkpoint of another server, one whose successors were purged,
+    and one the server no longer has (binary logs and GTIDs reset) are refused at start-up."""
+    with PrivateMySQL(server_id=9, distribution=mysql_distribution) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
+        conn = connect(spec.source)
+        init_schema(conn, spec)
+        conn.close()
+        db = server.connect("mltest")
+        generator = ChurnRowGenerator(33)
+        daemon = start(config)
+        wait(lambda: _checkpoint_identity(db) is not None, 30, "first checkpoint", daemon)
+        insert_churn(db, list(generator.rows(20)))
+        wait(lambda: len(stored_churn(db)) == 20, 30, "scored", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+        identity = _checkpoint_identity(db)
+        assert identity is not None and identity.startswith("mysql:")
+
+        def refused() -> str:
+            result = run_cli("run", "--config", str(config))
+            assert result.returncode == 1, result.stderr[-2000:]
+            return result.stderr.strip().splitlines()[-1]
+
+        other = "mysql:00000000-0000-0000-0000-000000000001"
+        with db.cursor() as cursor:
+            cursor.execute("UPDATE cdc_scorer_checkpoint SET server_identity = %s", (other,))
+        line = refused()
+        assert line.startswith(f"cdc-scorer: checkpoint belongs to {other}, but this "), line
+        with db.cursor() as cursor:
+            cursor.execute("UPDATE cdc_scorer_checkpoint SET server_identity = %s", (identity,))
+
+        # Transactions after the checkpoint were purged while the scorer was down.
+        insert_churn(db, list(generator.rows(5)))
+        with db.cursor() as cursor:
+            cursor.execute("FLUSH BINARY LOGS")
+            cursor.execute("SHOW BINARY LOGS")
+            newest = cursor.fetchall()[-1][0]
+            cursor.execute(f"PURGE BINARY LOGS TO '{newest}'")
+        line = refused()
+        assert "were purged" in line and "raise the binlog retention" in line, line
+
+        # Binary logs and GTIDs reset: the checkpoint's transactions are not on the server.
+        with db.cursor() as cursor:
+            cursor.execute("RESET BINARY LOGS AND GTIDS")
+        line = refused()
+        assert "is not in this server's gtid_executed" in line, line
         db.close()
