@@ -1,8 +1,8 @@
 """The parse-only ceiling: read a stretch of binlog into ``RowChange``s and nothing else.
 
-The same reader settings as the daemon (one connection, only the churn table), bounded by GTIDs
-so inserts and updates are timed apart. Each decoder the project has is timed on the same
-binlog in the same run.
+The same reader settings as the daemon (one connection, only the churn table), bounded by
+positions (MariaDB GTIDs or MySQL GTID sets) so inserts and updates are timed apart. Each
+decoder the project has is timed on the same binlog in the same run, on each server.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import HeartbeatLogEvent, MariadbGtidEvent
+from pymysqlreplication.event import GtidEvent, HeartbeatLogEvent, MariadbGtidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from benchmarks.harness import gtid_seq
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.positions import Gtid, MysqlGtid, Position, TxId
 from cdc_scorer.source.binlog import row_changes
 from cdc_scorer.source.decoder import FastRowsDecoder
 
@@ -29,6 +29,7 @@ class DecodeResult:
     rows: int
     wall_s: float
     cpu_s: float
+    server: str = "MariaDB"
 
     @property
     def rows_per_s(self) -> float:
@@ -36,9 +37,14 @@ class DecodeResult:
 
 
 def read_range(
-    server: DatabaseServer, database: str, start: str, stop: str, decoder: str, operation: str
+    server: DatabaseServer,
+    database: str,
+    start: Position,
+    stop: Position,
+    decoder: str,
+    operation: str,
 ) -> DecodeResult:
-    """Decode the churn rows events after GTID ``start`` up to and including ``stop``."""
+    """Decode the churn rows events after ``start`` up to and including ``stop``."""
     stream = BinLogStreamReader(
         connection_settings={
             "host": server.host,
@@ -48,39 +54,48 @@ def read_range(
         },
         server_id=987_654,
         # Non-blocking MariaDB streams end in a reconnect loop at the end of the binlog: block,
-        # and take the first heartbeat (sent once the server has nothing more) as the end.
+        # and stop at the first transaction past ``stop``.
         blocking=True,
         slave_heartbeat=0.5,
-        is_mariadb=True,
-        auto_position=start,
+        **start.reader_start(),
         freeze_schema=True,  # as the daemon reads
         only_schemas=[database],
         only_tables=["churn"],
         only_events=[
             MariadbGtidEvent,
+            GtidEvent,
             HeartbeatLogEvent,
             WriteRowsEvent,
             UpdateRowsEvent,
             DeleteRowsEvent,
         ],
     )
-    last = gtid_seq(stop)
     rows = 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     wall, cpu = wall0, cpu0  # as of the last rows event: the heartbeat wait is not counted
     try:
         for event in stream:
             if isinstance(event, HeartbeatLogEvent):
-                break
-            if isinstance(event, MariadbGtidEvent):
-                if event.gtid_seq_no > last:
+                if rows:  # MySQL sends one at once when auto-positioning skips (§7b)
+                    break
+                continue
+            if isinstance(event, MariadbGtidEvent | GtidEvent):
+                if not stop.includes(_tx(event)):
                     break
                 continue
             rows += len(_decode(event, decoder))
             wall, cpu = time.perf_counter(), time.process_time()
     finally:
         stream.close()
-    return DecodeResult(decoder, operation, rows, wall - wall0, cpu - cpu0)
+    label = "MariaDB" if server.flavor == "mariadb" else "MySQL"
+    return DecodeResult(decoder, operation, rows, wall - wall0, cpu - cpu0, label)
+
+
+def _tx(event: Any) -> TxId:
+    if isinstance(event, MariadbGtidEvent):
+        return Gtid(event.domain_id, event.server_id, event.gtid_seq_no)
+    uuid, _, seq = str(event.gtid).rpartition(":")
+    return MysqlGtid(uuid.lower(), int(seq))
 
 
 def _decode(event: Any, decoder: str) -> list[Any]:

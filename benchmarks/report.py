@@ -24,7 +24,11 @@ def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
     """Each decoder's end-to-end rates as a share of its parse-only update rate, and the rows
     per second of scorer CPU (what one dedicated core would sustain, if the database and the
     models kept up)."""
-    parse = {d["decoder"]: d["rows_per_s"] for d in results["decode"] if d["operation"] == "update"}
+    parse = {
+        (d.get("server", "MariaDB"), d["decoder"]): d["rows_per_s"]
+        for d in results["decode"]
+        if d["operation"] == "update"
+    }
     lines = [
         "",
         "## End to end against parse-only",
@@ -34,7 +38,10 @@ def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        decoder = next((d for d in parse if f"({d} decoder)" in r.approach), None)
+        server = "MySQL" if r.approach.endswith(", MySQL") else "MariaDB"
+        decoder = next(
+            (k for k in parse if k[0] == server and f"({k[1]} decoder)" in r.approach), None
+        )
         if decoder is None or r.e2e_rows_per_s is None or "rows/s" in r.load:
             continue
         per_cpu_s = 1000 / r.cpu_s_per_1k if r.cpu_s_per_1k else None
@@ -43,6 +50,31 @@ def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
             f"{r.e2e_rows_per_s / parse[decoder]:.0%} | {_fmt(per_cpu_s, 0)} | "
             f"{_pct(r.sink_busy)} |"
         )
+    return lines
+
+
+def _mysql_against_mariadb(results: dict[str, Any], rows: list[Row]) -> list[str]:
+    """The one big UPDATE caught up on each server, in the same run."""
+    big = {
+        ("MySQL" if r.approach.endswith(", MySQL") else "MariaDB"): r
+        for r in rows
+        if "UPDATE transaction" in r.approach
+    }
+    lines = ["", "## MySQL against MariaDB", "", f"MySQL: {results.get('mysql', 'not run')}.", ""]
+    if "MySQL" not in big or "MariaDB" not in big:
+        return lines
+    mysql, mariadb = big["MySQL"].e2e_rows_per_s, big["MariaDB"].e2e_rows_per_s
+    lines += [
+        "| server | one UPDATE of | e2e rows/s | scorer CPU s / 1k rows | server CPU s / 1k rows |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, r in big.items():
+        lines.append(
+            f"| {name} | {r.load} | {_fmt(r.e2e_rows_per_s, 0)} | {_fmt(r.cpu_s_per_1k, 3)} | "
+            f"{_fmt(r.mariadb_cpu_s_per_1k, 3)} |"
+        )
+    if mysql and mariadb:
+        lines += ["", f"MySQL caught up at {mysql / mariadb:.0%} of MariaDB's rate."]
     return lines
 
 
@@ -81,7 +113,9 @@ def _throughput_plot(results: dict[str, Any], rows: list[Row], path: Path) -> No
     labels: list[str] = []
     values: list[float] = []
     for d in results["decode"]:
-        labels.append(f"parse only, {d['decoder']} decoder, {d['operation']}s")
+        labels.append(
+            f"parse only, {d.get('server', 'MariaDB')}, {d['decoder']} decoder, {d['operation']}s"
+        )
         values.append(d["rows_per_s"])
     for row in rows:
         if row.write_rows_per_s is not None and row.approach.startswith("MariaDB"):
@@ -181,15 +215,16 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         "",
         "## Parse-only ceiling (binlog → `RowChange`s, nothing else)",
         "",
-        "| decoder | operation | rows | rows/s | CPU s |",
-        "|---|---|---:|---:|---:|",
+        "| server | decoder | operation | rows | rows/s | CPU s |",
+        "|---|---|---|---:|---:|---:|",
     ]
     for d in results["decode"]:
         lines.append(
-            f"| {d['decoder']} | {d['operation']} | {d['rows']:,} | {d['rows_per_s']:,.0f} | "
-            f"{d['cpu_s']:.2f} |"
+            f"| {d.get('server', 'MariaDB')} | {d['decoder']} | {d['operation']} | "
+            f"{d['rows']:,} | {d['rows_per_s']:,.0f} | {d['cpu_s']:.2f} |"
         )
     lines += _end_to_end_vs_parse(results, rows)
+    lines += _mysql_against_mariadb(results, rows)
     if big is not None:
         lines += [
             "",

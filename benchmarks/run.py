@@ -43,7 +43,11 @@ from benchmarks.harness import (
     wait_until,
     write_scorer_config,
 )
-from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB
+from cdc_scorer.checkpoints import current_position
+from cdc_scorer.local.mysql_dist import MysqlUnavailable, ensure_mysql
+from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
+from cdc_scorer.positions import Position, decode_position
+from cdc_scorer.server import server_info
 
 BUFFER_POOL = "2G"
 
@@ -94,17 +98,23 @@ class Row:
 
 class Bench:
     def __init__(
-        self, mode: Mode, workdir: Path, server: DatabaseServer, mariadb_pid: int | None = None
+        self,
+        mode: Mode,
+        workdir: Path,
+        server: DatabaseServer,
+        mariadb_pid: int | None = None,
+        endpoints: ModelEndpoints | None = None,
     ) -> None:
         self.mode = mode
         self.workdir = workdir
         self.server = server
-        self.endpoints = ModelEndpoints(workdir)
+        self.endpoints = endpoints or ModelEndpoints(workdir)
         # The other processes on the same cores: where the rest of the CPU goes per row.
         self.others = {
             "mariadb": ProcessMeter(mariadb_pid or 0),
             "endpoints": ProcessMeter(self.endpoints.pid),
         }
+        self.label = "MariaDB" if server.flavor == "mariadb" else "MySQL"
         self.rows: list[Row] = []
         self.decode: list[DecodeResult] = []
         self._databases = 0
@@ -112,7 +122,7 @@ class Bench:
 
     def _database(self, name: str) -> str:
         self._databases += 1
-        database = f"b{self._databases}_{name}"
+        database = f"{self.label[:2].lower()}{self._databases}_{name}"
         create_bench_database(self.server, database)
         return database
 
@@ -144,20 +154,20 @@ class Bench:
         database = self._database("decode")
         conn = self.server.connect(database)
         workload = Workload(conn, seed=3)
-        start = _gtid_pos(conn)
+        start = _position(conn)
         t0 = time.perf_counter()
         workload.preload(self.mode.decode_rows, chunk=1000)
         insert_rate = self.mode.decode_rows / (time.perf_counter() - t0)
-        after_inserts = _gtid_pos(conn)
+        after_inserts = _position(conn)
         t0 = time.perf_counter()
         with conn.cursor() as cursor:
             cursor.execute("UPDATE churn SET day_mins = day_mins + 1")  # one transaction
         update_rate = self.mode.decode_rows / (time.perf_counter() - t0)
-        after_updates = _gtid_pos(conn)
+        after_updates = _position(conn)
         conn.close()
         self.rows.append(
             Row(
-                "MariaDB alone (bulk INSERT / one UPDATE)",
+                f"{self.label} alone (bulk INSERT / one UPDATE)",
                 "flat out",
                 2 * self.mode.decode_rows,
                 write_rows_per_s=None,
@@ -165,7 +175,9 @@ class Bench:
                 f"UPDATE {update_rate:,.0f} rows/s (one statement)",
             )
         )
-        self.log(f"MariaDB bulk: insert {insert_rate:,.0f} rows/s, update {update_rate:,.0f}/s")
+        self.log(
+            f"{self.label} bulk: insert {insert_rate:,.0f} rows/s, update {update_rate:,.0f}/s"
+        )
         for decoder in DECODERS:
             for operation, begin, end in (
                 ("insert", start, after_inserts),
@@ -174,9 +186,11 @@ class Bench:
                 result = read_range(self.server, database, begin, end, decoder, operation)
                 self.decode.append(result)
                 self.log(
-                    f"parse-only {decoder} {operation}: {result.rows:,} rows, "
+                    f"parse-only {self.label} {decoder} {operation}: {result.rows:,} rows, "
                     f"{result.rows_per_s:,.0f} rows/s"
                 )
+        if self.label != "MariaDB":
+            return
         # The profile of the stock decoder on updates: where the ceiling comes from.
         profile = cProfile.Profile()
         profile.enable()
@@ -358,17 +372,16 @@ class Bench:
             started = time.monotonic()
             with conn.cursor() as cursor:
                 cursor.execute("UPDATE churn SET day_mins = day_mins + 1")
-                cursor.execute("SELECT @@last_gtid")
-                (gtid,) = cursor.fetchone() or ("",)
-            done = wait_until(lambda: caught_up(conn, str(gtid)), self.mode.drain_s * 4, 0.1)
+            after = _position(conn)
+            done = wait_until(lambda: _covers(conn, after), self.mode.drain_s * 4, 0.1)
             elapsed = time.monotonic() - started
             sink_busy = (sink_seconds(port) - sink0) / elapsed
             others = self._others_per_1k(others0, rows)
             if profiler is not None:
-                phase = f"cdc-scorer ({decoder} decoder), one {rows:,}-row UPDATE"
+                phase = f"cdc-scorer ({decoder} decoder), one {rows:,}-row UPDATE, {self.label}"
                 self.scorer_profiles.append(profiler.stop() | {"phase": phase})
             row = Row(
-                f"cdc-scorer ({decoder} decoder), one UPDATE transaction",
+                f"cdc-scorer ({decoder} decoder), one UPDATE transaction, {self.label}",
                 f"{rows:,} rows",
                 rows,
                 e2e_rows_per_s=rows / elapsed if done else None,
@@ -385,18 +398,30 @@ class Bench:
             self.rss_trace = [
                 (t - started, rss) for t, rss in scorer.meter.samples if t >= started - 2
             ]
-            self.log(f"big update: {rows:,} rows, {row.note}, caught up={done}")
+            self.log(
+                f"big update on {self.label}: {rows:,} rows, "
+                f"{_fmt(row.e2e_rows_per_s, 0)} rows/s, {row.note}, caught up={done}"
+            )
             return row
         finally:
             scorer.stop()
             conn.close()
 
 
-def _gtid_pos(conn: Any) -> str:
+def _position(conn: Any) -> Position:
+    """The server's position now (the benchmark servers keep GTIDs: MariaDB's or MySQL's)."""
+    return current_position(conn, server_info(conn)[0])
+
+
+def _covers(conn: Any, wanted: Position) -> bool:
+    """Every pipeline's checkpoint is at or after ``wanted``."""
     with conn.cursor() as cursor:
-        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-        (pos,) = cursor.fetchone() or ("",)
-    return str(pos)
+        cursor.execute("SELECT position, server_identity FROM cdc_scorer_checkpoint")
+        rows = cursor.fetchall()
+    return bool(rows) and all(
+        position and wanted.transactions_since(decode_position(identity, position)) == 0
+        for position, identity in rows
+    )
 
 
 def _ready(port: int, process: Process) -> bool:
@@ -465,6 +490,8 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 for rate in mode.rates[:2]:
                     rows.append(bench.polling_phase(rate))
                 rows.append(bench.big_update())
+                # The same parse-only and big-UPDATE phases on MySQL, in the same run.
+                mysql_note = _mysql_phases(mode, workdir, bench)
             finally:
                 bench.endpoints.close()
             results = {
@@ -474,12 +501,35 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "rows": [{k: v for k, v in asdict(r).items() if k != "freshness"} for r in rows],
                 "decode": [asdict(d) | {"rows_per_s": d.rows_per_s} for d in bench.decode],
                 "profile": bench.profile_text,
+                "mysql": mysql_note,
                 "scorer_profiles": bench.scorer_profiles,
             }
             write_report(results, rows, bench, out)
             return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _mysql_phases(mode: Mode, workdir: Path, bench: Bench) -> str:
+    """Parse-only and the one big UPDATE on MySQL (GTIDs on, the same buffer pool); their rows
+    join ``bench``'s. Returns the MySQL version, or why it did not run."""
+    try:
+        distribution = ensure_mysql()
+    except MysqlUnavailable as exc:
+        bench.log(f"MySQL phases skipped: {exc}")
+        return f"not run: {exc}"
+    launcher = PrivateMySQL(
+        gtid=True,
+        distribution=distribution,
+        extra_args=(f"--innodb-buffer-pool-size={BUFFER_POOL}",),
+    )
+    with launcher as server:
+        mysql = Bench(mode, workdir, server, launcher.pid, bench.endpoints)
+        mysql.parse_only()
+        bench.decode += mysql.decode
+        bench.rows += mysql.rows
+        bench.rows.append(mysql.big_update())
+        return distribution.version()
 
 
 def _machine(server: DatabaseServer) -> dict[str, str]:

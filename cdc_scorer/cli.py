@@ -163,7 +163,7 @@ def _demo(args: argparse.Namespace) -> int:
     from cdc_scorer.local.demo import run_demo
 
     workdir = Path(args.workdir) if args.workdir else None
-    return asyncio.run(run_demo(args.seconds, args.rate, not args.no_wait, workdir))
+    return asyncio.run(run_demo(args.seconds, args.rate, not args.no_wait, workdir, args.server))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,12 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     demo = commands.add_parser(
-        "demo", help="private MariaDB + local endpoints + the scorer, with a live workload"
+        "demo", help="private MariaDB/MySQL + local endpoints + the scorer, with a live workload"
     )
     demo.add_argument("--seconds", type=float, default=20.0, help="length of the live workload")
     demo.add_argument("--rate", type=float, default=50.0, help="workload transactions per second")
     demo.add_argument("--no-wait", action="store_true", help="exit after the queries")
-    demo.add_argument("--workdir", help="keep the MariaDB data here (default: a temp dir)")
+    demo.add_argument("--workdir", help="keep the server's data here (default: a temp dir)")
+    demo.add_argument(
+        "--server",
+        choices=("mariadb", "mysql", "mysql-gtid"),
+        default="mariadb",
+        help="the source: MariaDB, MySQL as Aurora MySQL ships it (GTIDs off), or MySQL with "
+        "GTIDs on",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

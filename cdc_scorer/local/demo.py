@@ -1,8 +1,8 @@
 """`cdc-scorer demo`: the whole product on one machine, with data flowing.
 
-Private MariaDB with row binlog → the blog's tables with 5,000 generated churn rows and a few
-hundred feedback texts → local model endpoints → the scorer (snapshot first) → a live workload
-of inserts, updates and deletes → the blog's queries against the ``*_scored`` views.
+A private MariaDB or MySQL with row binlog → the blog's tables with 5,000 generated churn rows
+and a few hundred feedback texts → local model endpoints → the scorer (snapshot first) → a live
+workload of inserts, updates and deletes → the blog's queries against the ``*_scored`` views.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cdc_scorer.local.churn_data import (
 )
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.scorer_config import local_scorer_config
-from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, free_port
+from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
 from cdc_scorer.logs import configure_logging
 from cdc_scorer.schema import init_schema
 
@@ -125,15 +125,28 @@ def _print_query(conn: Any, sql: str) -> None:
         print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
-async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None) -> int:
+# --server: the embedded default's source. MySQL as Aurora MySQL ships it (GTIDs off,
+# file:pos), or with GTIDs on.
+SERVERS = {
+    MARIADB: ("MariaDB", {}),
+    MYSQL: ("MySQL", {"gtid": False}),
+    "mysql-gtid": ("MySQL", {"gtid": True}),
+}
+
+
+async def run_demo(
+    seconds: float, rate: float, wait: bool, workdir: Path | None, server_name: str = MARIADB
+) -> int:
     configure_logging("console" if wait else "json")
     # The local endpoints accept any SigV4 signature; the SDK still needs something to sign with.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local-demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-demo")
     base = workdir or Path(tempfile.mkdtemp(prefix="cdc-scorer-demo-"))
-    mariadb = PrivateMariaDB(basedir=base / "mariadb")
-    print(f"[demo] starting a private MariaDB with row binlog in {base}", flush=True)
-    server = await asyncio.to_thread(mariadb.start)
+    label, options = SERVERS[server_name]
+    flavor = MARIADB if server_name == MARIADB else MYSQL
+    launcher = private_server(flavor, basedir=base / flavor, **options)
+    print(f"[demo] starting a private {label} with row binlog in {base}", flush=True)
+    server = await asyncio.to_thread(launcher.start)
     models = ModelServer()
     app: ScorerApp | None = None
     scorer_task: asyncio.Task[None] | None = None
@@ -164,7 +177,7 @@ async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None
         _print_query(conn, BLOG_QUERY)
         _print_query(conn, SENTIMENT_QUERY)
         print(
-            f"\n[demo] connect while it runs:  mariadb -h 127.0.0.1 -P {server.port} -u root "
+            f"\n[demo] connect while it runs:  {flavor} -h 127.0.0.1 -P {server.port} -u root "
             f"{DATABASE}\n        e.g. SELECT * FROM churn_scored LIMIT 5;"
         )
         if wait:
@@ -185,10 +198,10 @@ async def run_demo(seconds: float, rate: float, wait: bool, workdir: Path | None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(scorer_task, 30)
         await models.stop()
-        await asyncio.to_thread(mariadb.stop)
+        await asyncio.to_thread(launcher.stop)
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
-        print("[demo] stopped: scorer, endpoints and MariaDB are down, temp dir removed")
+        print(f"[demo] stopped: scorer, endpoints and {label} are down, temp dir removed")
     if scorer_task is not None and scorer_task.done() and scorer_task.exception():
         raise scorer_task.exception()  # type: ignore[misc]
     return 0

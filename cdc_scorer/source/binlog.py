@@ -82,6 +82,18 @@ _UNREADABLE_FIX = {
     **dict.fromkeys(range(165, 172), _COMPRESSED_ROWS_FIX),
 }
 _UNKNOWN_FIX = "report it with the server version; the stream stops rather than skip it"
+# Unparsed events whose body starts, as a rows event's does, with the id of the table they
+# change (so those of tables nobody captures can be passed over).
+_ROWS_OF_ONE_TABLE = frozenset({20, 21, 22, *range(166, 172)})
+
+
+def _table_id(event: Any) -> int:
+    """The table id of a rows-like event the library left unparsed (its raw packet: the OK
+    byte, the 19-byte header, then the 6-byte table id)."""
+    raw = event.packet.packet.get_all_data()
+    return int.from_bytes(raw[20:26], "little")
+
+
 _STOP_POLL_S = 0.5
 # A large transaction is handed over in parts of about this many row changes.
 _HANDOVER_PART_ROWS = 200
@@ -374,6 +386,8 @@ class BinlogSource:
                 )
             if self._tx is None:
                 self._tx = BinlogCoordinate(stream.log_file, start)
+        elif kind in _ROWS_OF_ONE_TABLE and _table_id(event) not in stream.table_map:
+            return  # rows of a table no pipeline captures (only captured tables are mapped)
         elif kind not in ROWLESS_EVENTS:
             name = EVENT_NAMES.get(kind, "unknown")
             fix = _UNREADABLE_FIX.get(kind, _UNKNOWN_FIX)

@@ -43,6 +43,12 @@ def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
         ("stock", "update"),
     }
     assert all(d["rows"] > 0 for d in results["decode"])
+    # The same run measured MySQL: parse-only with both decoders, and the big UPDATE.
+    assert {(d["server"], d["decoder"]) for d in results["decode"]} == {
+        (server, decoder) for server in ("MariaDB", "MySQL") for decoder in ("stock", "fast")
+    }
+    assert any(r["approach"].endswith("UPDATE transaction, MySQL") for r in scored)
+    assert "## MySQL against MariaDB" in report and "MySQL caught up at" in report
 
 
 @pytest.mark.timeout(300)

@@ -410,3 +410,32 @@ def test_mysql_gtid_checkpoints_foreign_purged_and_reset_are_refused(
         line = refused()
         assert "is not in this server's gtid_executed" in line, line
         db.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_event_the_reader_cannot_read_stops_it_with_one_line(
+    tmp_path: Path, endpoints: BackgroundModelServer
+) -> None:
+    """MariaDB with log_bin_compress=ON writes compressed rows events, which neither the library
+    nor the reader parses: the daemon stops with one line naming the event and the setting —
+    the rows are never skipped."""
+    options = ("--log-bin-compress=ON", "--log-bin-compress-min-len=10")
+    with PrivateMariaDB(server_id=10, extra_args=options) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
+        conn = connect(spec.source)
+        init_schema(conn, spec)
+        conn.close()
+        db = server.connect("mltest")
+        daemon = start(config)
+        wait(lambda: _checkpoint_identity(db) is not None, 30, "streaming", daemon)
+        insert_churn(db, list(ChurnRowGenerator(35).rows(20)))
+        code = daemon.wait(timeout=60)
+        daemon.stop()  # it has exited: this closes its log
+        assert code == 1
+        line = daemon.log().strip().splitlines()[-1]
+        assert line.startswith("cdc-scorer: binlog event type 16"), line
+        assert "ROWS_COMPRESSED_EVENT" in line and "set log_bin_compress=OFF" in line, line
+        assert stored_churn(db) == {}  # nothing was scored past it
+        db.close()

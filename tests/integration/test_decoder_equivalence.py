@@ -206,7 +206,7 @@ def _typed(changes: list[Any]) -> list[Any]:
 
 
 @settings(
-    max_examples=20,  # per server: about 700 row changes (and before images), NULLs anywhere
+    max_examples=25,  # per server: about 800 row changes (and before images), NULLs anywhere
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
@@ -217,8 +217,8 @@ def _typed(changes: list[Any]) -> list[Any]:
     ],
 )
 @given(
-    rows=st.lists(ROW, min_size=10, max_size=25),
-    updates=st.lists(ROW, min_size=10, max_size=25),
+    rows=st.lists(ROW, min_size=8, max_size=20),
+    updates=st.lists(ROW, min_size=8, max_size=20),
     docs=st.lists(JSON_VALUES, min_size=1, max_size=5),
 )
 @pytest.mark.timeout(600)
