@@ -16,7 +16,7 @@ from typing import Any
 import pymysql
 
 from cdc_scorer.checkpoints import current_position
-from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote, tls_state
 from cdc_scorer.errors import CdcScorerError, RetriableError
 from cdc_scorer.records import Batch, Checkpoint, Op, RowChange
 from cdc_scorer.schema import (
@@ -55,9 +55,28 @@ def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, Tabl
         return [CheckResult("database connection", False, str(exc))], {}
     results.append(CheckResult("database connection", True, target))
     try:
+        results.append(_tls_result(conn, spec))
         return _with_connection(conn, spec, results)
     finally:
         conn.close()
+
+
+def _tls_result(conn: Connection, spec: ScorerSpec) -> CheckResult:
+    """The connection's TLS: protocol and cipher as the server sees them, and what verified."""
+    tls = spec.source.tls
+    try:
+        state = tls_state(conn)
+    except CdcScorerError as exc:
+        return CheckResult("database TLS", False, str(exc))
+    verified = {
+        "verify-ca": f"server certificate verified against {tls.ca_file}",
+        "verify-identity": f"server certificate and host name verified against {tls.ca_file}",
+    }.get(tls.mode, "server not verified")
+    if state == "plaintext":
+        return CheckResult(
+            "database TLS", tls.mode in ("disabled", "preferred"), f"plaintext (mode {tls.mode})"
+        )
+    return CheckResult("database TLS", True, f"{state}, {verified} (mode {tls.mode})")
 
 
 def _with_connection(

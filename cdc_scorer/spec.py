@@ -44,6 +44,37 @@ def random_server_id() -> int:
     return random.randint(1 << 24, (1 << 32) - 1)
 
 
+TlsMode = Literal["disabled", "preferred", "required", "verify-ca", "verify-identity"]
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    """TLS of every connection to the source, in the MySQL client's ssl-mode words.
+
+    ``preferred``: TLS when the server offers it, unverified (pymysql's default);
+    ``required``: TLS or no connection, unverified; ``verify-ca``: the server's certificate
+    must chain to ``ca_file``; ``verify-identity``: and name the host connected to.
+    """
+
+    __pydantic_config__ = _STRICT
+
+    mode: TlsMode = "preferred"
+    ca_file: str | None = None  # e.g. the RDS global bundle (global-bundle.pem)
+    cert_file: str | None = None  # a client certificate, with key_file
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode in ("verify-ca", "verify-identity") and not self.ca_file:
+            raise ValueError(
+                f"mode {self.mode!r} verifies the server against ca_file: set ca_file "
+                "(for RDS/Aurora, the global bundle global-bundle.pem)"
+            )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        if self.mode == "disabled" and (self.ca_file or self.cert_file):
+            raise ValueError("mode 'disabled' uses no certificate: remove the files or set a mode")
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     __pydantic_config__ = _STRICT
@@ -63,6 +94,7 @@ class SourceSpec:
     positions: Literal["auto", "file"] = "auto"
     # rows events: fast (per-table compiled plans) | stock (the library)
     decoder: Literal["fast", "stock"] = "fast"
+    tls: TlsSpec = TlsSpec()
 
     def __post_init__(self) -> None:
         if self.server_id is None:

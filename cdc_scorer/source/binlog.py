@@ -35,7 +35,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
-from cdc_scorer.db import mysql_errors
+from cdc_scorer.db import connection_settings, mysql_errors
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
 from cdc_scorer.records import Commit, Op, RowChange, SourceItem
@@ -238,15 +238,9 @@ class BinlogSource:
 
     # ------------------------------------------------------------------ reader thread
     def _stream(self) -> BinLogStreamReader:
-        settings = {
-            "host": self._source.host,
-            "port": self._source.port,
-            "user": self._source.user,
-            "password": self._source.password,
-            "connect_timeout": int(self._source.connect_timeout_s),
-        }
         return BinLogStreamReader(
-            connection_settings=settings,
+            # The same settings, TLS included, as every other connection of the scorer.
+            connection_settings=connection_settings(self._source),
             server_id=self._source.server_id,
             blocking=True,
             resume_stream=True,
@@ -480,15 +474,8 @@ def _json_diffs(values: dict[str, Any]) -> frozenset[str]:
 
 def probe_replication(source: SourceSpec, start: Position) -> None:
     """Open a binlog stream at ``start`` and read what is there (proves the replication grant)."""
-    settings = {
-        "host": source.host,
-        "port": source.port,
-        "user": source.user,
-        "password": source.password,
-        "connect_timeout": int(source.connect_timeout_s),
-    }
     stream = BinLogStreamReader(
-        connection_settings=settings,
+        connection_settings=connection_settings(source),
         server_id=source.server_id,
         blocking=False,
         resume_stream=True,

@@ -107,3 +107,27 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert spec.source.server_id is not None and spec.source.server_id >= 1 << 24
     assert spec.pipelines[0].batching.max_rows == 100  # Comprehend's default
     assert spec.pipelines[0].batching.linger_s == 0.2
+
+
+def test_tls_settings_are_checked_and_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = (
+        '[source]\ndatabase = "db"\n{tls}'
+        '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+    )
+    problems = problems_of(
+        tmp_path, base.format(tls='[source.tls]\nmode = "verify-identity"\ncert_file = "c"\n')
+    )
+    assert problems == [
+        "source.tls: mode 'verify-identity' verifies the server against ca_file: set ca_file "
+        "(for RDS/Aurora, the global bundle global-bundle.pem)"
+    ]
+    problems = problems_of(tmp_path, base.format(tls='[source.tls]\nmode = "always"\n'))
+    assert problems[0].startswith("source.tls.mode: Input should be 'disabled', 'preferred'")
+    path = tmp_path / "ok.toml"
+    path.write_text(base.format(tls=""))
+    assert load_config(path).source.tls.mode == "preferred"  # pymysql's own default
+    monkeypatch.setenv("CDC_SCORER_SOURCE__TLS__MODE", "required")
+    assert load_config(path).source.tls.mode == "required"
