@@ -18,6 +18,8 @@ RUN groupadd --system --gid 10001 cdc \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin cdc
 COPY --from=build /opt/cdc-scorer /opt/cdc-scorer
 COPY examples/aurora-ml-blog.toml /etc/cdc-scorer/config.toml
+# The RDS CA bundle: [source.tls] verify-identity against it (deploy/ecs-service.yaml sets it).
+ADD --chmod=444 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /etc/cdc-scorer/rds-global-bundle.pem
 ENV PATH=/opt/cdc-scorer/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -76,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     from cdc_scorer.logs import configure_logging
 
     spec = load_config(args.config)
-    configure_logging(args.log_format)
+    configure_logging(args.log_format, getattr(logging, args.log_level.upper()))
     return asyncio.run(run_daemon(spec, early))
 
 
@@ -210,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="the daemon: binlog → models → prediction tables")
     run.add_argument("--config", required=True, help="TOML configuration file")
     run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning"),
+        default="info",
+        help="debug also shows the binlog and AWS libraries' own debug logs",
+    )
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -12,6 +12,7 @@ import pymysql
 import pymysql.cursors
 
 from cdc_scorer.errors import CdcScorerError, FatalError, RetriableError
+from cdc_scorer.rds_iam import tokens_for
 from cdc_scorer.spec import SourceSpec, TlsSpec
 
 if TYPE_CHECKING:
@@ -99,7 +100,9 @@ def tls_settings(tls: TlsSpec) -> dict[str, Any]:
 
 
 def connection_settings(source: SourceSpec) -> dict[str, Any]:
-    """What every connection to the source is opened with (``pymysql.connect`` arguments)."""
+    """What every connection to the source is opened with (``pymysql.connect`` arguments).
+    With RDS IAM authentication the password is a token made now: call this per connection
+    (or open connections through :func:`opener`)."""
     try:
         tls = tls_settings(source.tls)
     except (OSError, ssl.SSLError) as exc:
@@ -111,10 +114,22 @@ def connection_settings(source: SourceSpec) -> dict[str, Any]:
         "host": source.host,
         "port": source.port,
         "user": source.user,
-        "password": source.password,
+        "password": tokens_for(source).token() if source.auth == "rds-iam" else source.password,
         "connect_timeout": int(source.connect_timeout_s),
         **tls,
     }
+
+
+def opener(source: SourceSpec) -> Callable[..., Connection]:
+    """``pymysql.connect`` for a library that opens (and reopens) connections itself with the
+    same settings — the binlog reader: each connection gets a fresh IAM token."""
+    if source.auth != "rds-iam":
+        return pymysql.connect
+
+    def connect_with_token(**settings: Any) -> Connection:
+        return pymysql.connect(**{**settings, "password": tokens_for(source).token()})
+
+    return connect_with_token
 
 
 def connect(source: SourceSpec, *, database: bool = True, **extra: Any) -> Connection:

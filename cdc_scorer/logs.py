@@ -25,5 +25,6 @@ def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> No
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # The binlog library logs its own reconnects at WARNING through stdlib logging.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # The binlog library logs its own reconnects at WARNING through stdlib logging (and, at
+    # debug, botocore and pymysqlreplication say much more).
+    logging.basicConfig(level=min(level, logging.WARNING), stream=sys.stderr)

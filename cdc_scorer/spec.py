@@ -95,10 +95,21 @@ class SourceSpec:
     # rows events: fast (per-table compiled plans) | stock (the library)
     decoder: Literal["fast", "stock"] = "fast"
     tls: TlsSpec = TlsSpec()
+    # password: the password above; rds-iam: a fresh RDS IAM token for every connection
+    auth: Literal["password", "rds-iam"] = "password"
+    iam_region: str | None = None  # the region of the tokens (None: AWS_REGION & co.)
 
     def __post_init__(self) -> None:
         if self.server_id is None:
             object.__setattr__(self, "server_id", random_server_id())
+        if self.auth == "rds-iam":
+            if self.tls.mode not in ("required", "verify-ca", "verify-identity"):
+                raise ValueError(
+                    "auth 'rds-iam' sends its token with the cleartext plugin: set [source.tls] "
+                    "mode = 'verify-identity' and ca_file (the RDS global bundle)"
+                )
+            if self.password:
+                raise ValueError("auth 'rds-iam' replaces the password: remove [source] password")
 
 
 # Rows per batch when the config does not say. SageMaker: a call costs the scorer ~0.8 ms of

@@ -35,7 +35,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
-from cdc_scorer.db import connection_settings, mysql_errors
+from cdc_scorer.db import connection_settings, mysql_errors, opener
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
 from cdc_scorer.records import Commit, Op, RowChange, SourceItem
@@ -241,6 +241,7 @@ class BinlogSource:
         return BinLogStreamReader(
             # The same settings, TLS included, as every other connection of the scorer.
             connection_settings=connection_settings(self._source),
+            pymysql_wrapper=opener(self._source),
             server_id=self._source.server_id,
             blocking=True,
             resume_stream=True,
@@ -476,6 +477,7 @@ def probe_replication(source: SourceSpec, start: Position) -> None:
     """Open a binlog stream at ``start`` and read what is there (proves the replication grant)."""
     stream = BinLogStreamReader(
         connection_settings=connection_settings(source),
+        pymysql_wrapper=opener(source),
         server_id=source.server_id,
         blocking=False,
         resume_stream=True,

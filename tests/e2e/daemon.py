@@ -25,13 +25,17 @@ class Daemon(subprocess.Popen[str]):
     """``cdc-scorer run`` with its log in a file (a pipe nobody reads would block it)."""
 
     def __init__(
-        self, config: Path, name: str = "daemon", env: dict[str, str] | None = None
+        self,
+        config: Path,
+        name: str = "daemon",
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.log_path = config.parent / f"{name}.log"
         self._log = self.log_path.open("a")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", **(env or {})}
         super().__init__(
-            [*CLI, "run", "--config", str(config), "--log-format", "json"],
+            [*CLI, "run", "--config", str(config), "--log-format", "json", *args],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             text=True,
@@ -60,8 +64,13 @@ def wait(condition: Any, timeout_s: float, what: str, process: Daemon | None = N
         time.sleep(0.05)
 
 
-def start(config: Path, name: str = "daemon", env: dict[str, str] | None = None) -> Daemon:
-    return Daemon(config, name, env)
+def start(
+    config: Path,
+    name: str = "daemon",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Daemon:
+    return Daemon(config, name, env, args)
 
 
 def kill(daemon: Daemon, sig: int = signal.SIGKILL) -> int:
