@@ -21,7 +21,7 @@ from cdc_scorer.heartbeat import Heartbeat
 from cdc_scorer.leader import lead, lock_name
 from cdc_scorer.metrics import Telemetry
 from cdc_scorer.ops_http import OpsServer
-from cdc_scorer.pipeline import PipelineRunner
+from cdc_scorer.pipeline import Inbox, PipelineRunner
 from cdc_scorer.readiness import not_ready
 from cdc_scorer.records import Checkpoint
 from cdc_scorer.router import Router
@@ -123,8 +123,11 @@ class ScorerApp:
                 )
                 for p in spec.pipelines
             ]
+            inboxes: dict[str, list[Inbox]] = {}
+            for runner in runners:
+                inboxes.setdefault(runner.pipeline.table, []).append(runner.inbox)
             router = Router(
-                {r.pipeline.table: r.inbox for r in runners},
+                inboxes,
                 heartbeat_table=HEARTBEAT_TABLE,
                 on_heartbeat=self.telemetry.on_heartbeat,
             )

@@ -113,7 +113,7 @@ def _with_connection(
         results.append(CheckResult("scorer tables", False, str(exc)))
         return results, tables
     results.append(CheckResult("scorer tables", True, "present"))
-    own = [*OWN_TABLES, *(p.predictions_table for p in spec.pipelines)]
+    own = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
     for table in own:
         try:
             with mysql_errors(f"writing {table}"):

@@ -132,15 +132,26 @@ def _cross_checks(config: ScorerSpec) -> list[str]:
     if not config.pipelines:
         problems.append("pipelines: none configured — add a [[pipelines]] section (README)")
     names = [p.name for p in config.pipelines]
-    tables = [p.table for p in config.pipelines]
+    outputs = [n for p in config.pipelines for n in (p.predictions, p.view)]
     for index, pipeline in enumerate(config.pipelines):
         if names.count(pipeline.name) > 1:
             problems.append(
                 f"pipelines.{index}.name: {pipeline.name!r} is used twice — names must be unique"
             )
-        if tables.count(pipeline.table) > 1:
+        for key, name in (
+            ("predictions_table", pipeline.predictions),
+            ("scored_view", pipeline.view),
+        ):
+            if outputs.count(name) > 1:
+                problems.append(
+                    f"pipelines.{index}.{key}: {name!r} is written by two pipelines — give each "
+                    "model on a table its own predictions_table (champion / challenger)"
+                )
+        others = [p for p in config.pipelines if p.table == pipeline.table]
+        if any(p.key_columns != pipeline.key_columns for p in others):
             problems.append(
-                f"pipelines.{index}.table: {pipeline.table!r} has two pipelines — one per table"
+                f"pipelines.{index}.key_columns: the pipelines of table {pipeline.table!r} must "
+                "name the same key_columns"
             )
         if pipeline.table.startswith("cdc_scorer_") or pipeline.table.endswith("_predictions"):
             problems.append(

@@ -18,12 +18,12 @@ END = None
 class Router:
     def __init__(
         self,
-        inboxes: Mapping[str, Inbox],
+        inboxes: Mapping[str, list[Inbox]],
         *,
         heartbeat_table: str,
         on_heartbeat: Callable[[datetime], None],
     ) -> None:
-        self._inboxes = dict(inboxes)  # by source table
+        self._inboxes = dict(inboxes)  # by source table: one per pipeline of the table
         self._heartbeat_table = heartbeat_table
         self._on_heartbeat = on_heartbeat
 
@@ -33,13 +33,15 @@ class Router:
             return
         first = items[0]
         if isinstance(first, Commit):
-            for inbox in self._inboxes.values():
-                await inbox.put(items)
+            for inboxes in self._inboxes.values():
+                for inbox in inboxes:
+                    await inbox.put(items)
             return
         table = getattr(first, "table", "")
-        target = self._inboxes.get(table)
-        if target is not None:
-            await target.put(items)
+        targets = self._inboxes.get(table)
+        if targets is not None:
+            for target in targets:
+                await target.put(items)
         elif table == self._heartbeat_table:
             last = items[-1]
             if isinstance(last, RowChange) and last.values.get("beat_at") is not None:
@@ -47,5 +49,6 @@ class Router:
 
     async def end(self) -> None:
         """No more items: each pipeline flushes what it has and ends."""
-        for inbox in self._inboxes.values():
-            await inbox.put(END)
+        for inboxes in self._inboxes.values():
+            for inbox in inboxes:
+                await inbox.put(END)

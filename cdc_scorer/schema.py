@@ -149,12 +149,13 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
             for c in table.key_columns
         )
         statements.append(
-            f"""CREATE TABLE IF NOT EXISTS {quote(pipeline.predictions_table)} (
+            f"""CREATE TABLE IF NOT EXISTS {quote(pipeline.predictions)} (
   key_hash BINARY(32) NOT NULL PRIMARY KEY,
   {", ".join(key_defs)},
   {", ".join(_prediction_columns(pipeline))},
   model_endpoint VARCHAR(255) NOT NULL,
   model_variant VARCHAR(255) NULL,
+  model_version VARCHAR(64) NULL,
   source_position VARCHAR(255) NULL,
   source_committed_at DATETIME(6) NULL,
   scored_at DATETIME(6) NOT NULL,
@@ -164,9 +165,9 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
         join = " AND ".join(f"s.{quote(c)} = p.{quote(c)}" for c in table.key_columns)
         extra = ", ".join(f"p.{quote(c)}" for c in prediction_value_columns(pipeline))
         statements.append(
-            f"""CREATE OR REPLACE VIEW {quote(pipeline.scored_view)} AS
-SELECT s.*, {extra}, p.model_endpoint, p.model_variant, p.scored_at
-FROM {quote(pipeline.table)} s LEFT JOIN {quote(pipeline.predictions_table)} p ON {join}"""
+            f"""CREATE OR REPLACE VIEW {quote(pipeline.view)} AS
+SELECT s.*, {extra}, p.model_endpoint, p.model_variant, p.model_version, p.scored_at
+FROM {quote(pipeline.table)} s LEFT JOIN {quote(pipeline.predictions)} p ON {join}"""
         )
     return statements
 
@@ -175,19 +176,57 @@ def _is_text(column_type: str) -> bool:
     return any(t in column_type.lower() for t in ("char", "text", "blob", "binary"))
 
 
+# Columns added to the predictions tables after their first release: ``init`` adds them to
+# tables made before (name, definition, after which column).
+ADDED_COLUMNS = (("model_version", "VARCHAR(64) NULL", "model_variant"),)
+
+
 def init_schema(conn: Connection, spec: ScorerSpec) -> list[str]:
     tables = inspect_tables(conn, spec)
     statements = schema_statements(spec, tables)
+    views = [s for s in statements if s.startswith("CREATE OR REPLACE VIEW")]
+    creates = [s for s in statements if s not in views]
+    _execute(conn, creates)
+    # A view names its tables' columns: tables made by an older version get theirs first.
+    added = [
+        f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {definition} AFTER {quote(after)}"
+        for table, name, definition, after in _missing_columns(conn, spec)
+    ]
+    _execute(conn, [*added, *views])
+    return [*creates, *added, *views]
+
+
+def _execute(conn: Connection, statements: list[str]) -> None:
     with conn.cursor() as cursor:
         for statement in statements:
             with mysql_errors("creating the scorer's tables"):
                 cursor.execute(statement)
-    return statements
+
+
+def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str, str, str]]:
+    """(table, column, definition, after) for each added column a predictions table lacks."""
+    missing = []
+    with mysql_errors("reading the predictions tables' columns"), conn.cursor() as cursor:
+        for pipeline in spec.pipelines:
+            cursor.execute(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
+                "AND TABLE_NAME=%s",
+                (spec.source.database, pipeline.predictions),
+            )
+            present = {str(r[0]) for r in cursor.fetchall()}
+            if not present:
+                continue  # not made yet
+            missing += [
+                (pipeline.predictions, name, definition, after)
+                for name, definition, after in ADDED_COLUMNS
+                if name not in present
+            ]
+    return missing
 
 
 def check_schema(conn: Connection, spec: ScorerSpec) -> None:
     """The scorer's own tables exist (``cdc-scorer init`` makes them)."""
-    wanted = [*OWN_TABLES, *(p.predictions_table for p in spec.pipelines)]
+    wanted = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
     with mysql_errors("listing the scorer's tables"), conn.cursor() as cursor:
         cursor.execute(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s",
@@ -195,6 +234,14 @@ def check_schema(conn: Connection, spec: ScorerSpec) -> None:
         )
         present = {str(r[0]) for r in cursor.fetchall()}
     missing = [t for t in wanted if t not in present]
+    if not missing:
+        columns = _missing_columns(conn, spec)
+        if columns:
+            names = ", ".join(f"{table}.{name}" for table, name, _, _ in columns)
+            raise FatalError(
+                f"columns {names} are missing (tables made by an older cdc-scorer): run "
+                "`cdc-scorer init --config FILE` (it adds them)"
+            )
     if missing:
         raise FatalError(
             f"tables {', '.join(missing)} are missing in {spec.source.database}: "

@@ -111,6 +111,7 @@ class Sink:
             *value_columns,
             "model_endpoint",
             "model_variant",
+            "model_version",
             "source_position",
             "source_committed_at",
         ]
@@ -120,13 +121,13 @@ class Sink:
         # VALUES are all placeholders (ours has NOW(6)) and sends one round trip per row
         # otherwise, which made the sink the pipeline's bottleneck (docs/benchmarks.md).
         self._upsert = _MultiRow(
-            f"INSERT INTO {quote(pipeline.predictions_table)} "
+            f"INSERT INTO {quote(pipeline.predictions)} "
             f"({', '.join(quote(c) for c in columns)}, scored_at) VALUES ",
             " ON DUPLICATE KEY UPDATE "
             + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"]),
         )
         self._delete = _MultiRow(
-            f"DELETE FROM {quote(pipeline.predictions_table)} WHERE key_hash IN (", ")"
+            f"DELETE FROM {quote(pipeline.predictions)} WHERE key_hash IN (", ")"
         )
         self._dead_letter = _MultiRow(
             f"INSERT INTO {DEAD_LETTER_TABLE} (pipeline, source_key, source_position, reason, "
@@ -210,6 +211,7 @@ class Sink:
             return text
 
         endpoint = escape(self._model_endpoint)
+        version = escape(self._pipeline.model_version)
         value_columns = self._value_columns
         return [
             "("
@@ -220,6 +222,7 @@ class Sink:
                     *[escape(p.columns.get(c)) for c in value_columns],
                     endpoint,
                     once(p.variant),
+                    version,
                     once(p.source_position),
                     once(p.source_committed_at),
                 ]

@@ -168,6 +168,12 @@ class PipelineSpec:
     table: Identifier
     service: Literal["sagemaker", "comprehend"]
     key_columns: tuple[str, ...] | None = None  # None: the table's primary key
+    # A label of the model deployed, stamped on every prediction row (model_version).
+    model_version: Annotated[str, MinLen(1)] = "1"
+    # Where this pipeline's predictions go (None: <table>_predictions; a challenger model on
+    # the same table names its own) and the view joining them to the source (None: derived).
+    predictions_table: Identifier | None = None
+    scored_view: Identifier | None = None
     snapshot: Literal["initial", "never"] = "initial"
     snapshot_chunk_rows: Annotated[int, Ge(1), Le(100_000)] = 1000
     batching: BatchingSpec = BatchingSpec()
@@ -193,11 +199,17 @@ class PipelineSpec:
         return self.batching.max_rows or DEFAULT_MAX_ROWS[self.service]
 
     @property
-    def predictions_table(self) -> str:
-        return f"{self.table}_predictions"
+    def predictions(self) -> str:
+        """The predictions table's name."""
+        return self.predictions_table or f"{self.table}_predictions"
 
     @property
-    def scored_view(self) -> str:
+    def view(self) -> str:
+        """The view's name: ``<table>_scored``, or for ``x_predictions`` ``x_scored``."""
+        if self.scored_view:
+            return self.scored_view
+        if self.predictions_table:
+            return self.predictions_table.removesuffix("_predictions") + "_scored"
         return f"{self.table}_scored"
 
     @property

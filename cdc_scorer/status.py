@@ -39,7 +39,7 @@ def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
     statuses = []
     for pipeline in spec.pipelines:
         with mysql_errors(f"counting rows of {pipeline.name}"), conn.cursor() as cursor:
-            cursor.execute(f"SELECT COUNT(*) FROM {quote(pipeline.predictions_table)}")
+            cursor.execute(f"SELECT COUNT(*) FROM {quote(pipeline.predictions)}")
             (predictions,) = cursor.fetchone() or (0,)
             cursor.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(created_at > NOW(6) - INTERVAL 1 DAY), 0) "

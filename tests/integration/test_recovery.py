@@ -144,7 +144,7 @@ async def run_pipeline(
         scorer = RecordingScorer(build_scorer(PIPELINE, client, RetrySpec()))
         telemetry = Telemetry()
         runner = PipelineRunner(PIPELINE, ("phone",), sink.checkpoint, scorer, sink, telemetry)
-        router = Router({"churn": runner.inbox}, heartbeat_table="hb", on_heartbeat=print)
+        router = Router({"churn": [runner.inbox]}, heartbeat_table="hb", on_heartbeat=print)
         source = SourceSpec(database="unused")
         coordinator = Coordinator(
             source, [runner], {}, router, lambda: ListSource(items), telemetry

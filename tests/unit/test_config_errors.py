@@ -131,3 +131,37 @@ def test_tls_settings_are_checked_and_read_from_the_environment(
     assert load_config(path).source.tls.mode == "preferred"  # pymysql's own default
     monkeypatch.setenv("CDC_SCORER_SOURCE__TLS__MODE", "required")
     assert load_config(path).source.tls.mode == "required"
+
+
+def test_two_models_on_one_table_need_their_own_tables_and_one_key(tmp_path: Path) -> None:
+    pipeline = (
+        '[[pipelines]]\nname = "{name}"\ntable = "churn"\nservice = "comprehend"\n{extra}'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+    )
+    text = (
+        '[source]\ndatabase = "db"\n'
+        + pipeline.format(name="champion", extra="")
+        + pipeline.format(name="challenger", extra='key_columns = ["phone"]\n')
+    )
+    problems = problems_of(tmp_path, text)
+    assert problems == [
+        "pipelines.0.predictions_table: 'churn_predictions' is written by two pipelines — give "
+        "each model on a table its own predictions_table (champion / challenger)",
+        "pipelines.0.scored_view: 'churn_scored' is written by two pipelines — give each model "
+        "on a table its own predictions_table (champion / challenger)",
+        "pipelines.0.key_columns: the pipelines of table 'churn' must name the same key_columns",
+        "pipelines.1.predictions_table: 'churn_predictions' is written by two pipelines — give "
+        "each model on a table its own predictions_table (champion / challenger)",
+        "pipelines.1.scored_view: 'churn_scored' is written by two pipelines — give each model "
+        "on a table its own predictions_table (champion / challenger)",
+        "pipelines.1.key_columns: the pipelines of table 'churn' must name the same key_columns",
+    ]
+    fixed = text.replace(
+        'key_columns = ["phone"]\n', 'predictions_table = "churn_v2_predictions"\n'
+    )
+    path = tmp_path / "ok.toml"
+    path.write_text(fixed)
+    champion, challenger = load_config(path).pipelines
+    assert (champion.predictions, champion.view) == ("churn_predictions", "churn_scored")
+    assert (challenger.predictions, challenger.view) == ("churn_v2_predictions", "churn_v2_scored")
+    assert champion.model_version == challenger.model_version == "1"

@@ -1,0 +1,121 @@
+"""Models on the prediction tables: each row stamped with its model's version, and two models
+(champion and challenger) scoring one source table into their own tables and views."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdc_scorer.db import connect
+from cdc_scorer.errors import FatalError
+from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
+from cdc_scorer.local.endpoints import ModelServer
+from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.schema import check_schema, init_schema
+from tests.integration.scenario import (
+    create_database,
+    expected_churn,
+    insert_churn,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_streaming import Running
+
+CHALLENGER = {
+    "table": "churn",
+    "key_columns": ["phone"],
+    "service": "sagemaker",
+    "model_version": "challenger-2",
+    "predictions_table": "churn_challenger_predictions",
+    "sagemaker": {
+        "endpoint_name": "churn-probabilities",
+        "output_form": "probabilities",
+        "feature_columns": list(FEATURE_COLUMNS),
+    },
+    "batching": {"linger_ms": 50},
+}
+
+
+def _stored(db: Any, table: str) -> dict[str, tuple[str, float, str]]:
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT phone, will_churn, churn_probability, model_version FROM {table}")
+        return {str(p): (str(lab), float(prob), str(v)) for p, lab, prob, v in cursor.fetchall()}
+
+
+def _matches(db: Any, table: str, version: str) -> bool:
+    expected, stored = expected_churn(db), _stored(db, table)
+    return expected.keys() == stored.keys() and all(
+        stored[k][0] == label and abs(stored[k][1] - p) < 1e-9 and stored[k][2] == version
+        for k, (label, p) in expected.items()
+    )
+
+
+async def test_champion_and_challenger_converge_each_to_its_model(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> None:
+    database = f"models_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    db = server.connect(database)
+    generator = ChurnRowGenerator(71)
+    live = list(generator.rows(60))
+    insert_churn(db, live)  # scored by both from their snapshots
+    champion = {"model_version": "champion-1"}
+    spec = write_config(
+        tmp_path / "s.toml",
+        server,
+        database,
+        models.url,
+        pipelines={"churn": champion, "churn-challenger": CHALLENGER},
+    )
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    async with Running(spec):
+        insert_churn(db, list(generator.rows(30)))
+        with db.cursor() as cursor:
+            for row in live[:10]:
+                cursor.execute(
+                    "UPDATE churn SET day_mins = day_mins + 2.5 WHERE phone = %s", (row["phone"],)
+                )
+            cursor.execute("DELETE FROM churn WHERE phone = %s", (live[20]["phone"],))
+        await wait_for(lambda: _matches(db, "churn_predictions", "champion-1"), what="champion")
+        await wait_for(
+            lambda: _matches(db, "churn_challenger_predictions", "challenger-2"),
+            what="challenger",
+        )
+    with db.cursor() as cursor:  # each model has its own view over the source table
+        cursor.execute("SELECT COUNT(*), COUNT(model_version) FROM churn_scored")
+        assert cursor.fetchone() == (89, 89)
+        cursor.execute(
+            "SELECT COUNT(*) FROM churn_challenger_scored WHERE model_version = 'challenger-2'"
+        )
+        assert cursor.fetchone() == (89,)
+        cursor.execute(
+            "SELECT model_endpoint, COUNT(*) FROM churn_challenger_predictions "
+            "GROUP BY model_endpoint"
+        )
+        assert cursor.fetchall() == (("churn-probabilities", 89),)
+    db.close()
+
+
+def test_tables_of_an_older_release_get_model_version_from_init(
+    tmp_path: Path, mariadb: DatabaseServer, models_threaded: Any
+) -> None:
+    database = f"models_{uuid.uuid4().hex[:6]}"
+    create_database(mariadb, database)
+    spec = write_config(tmp_path / "s.toml", mariadb, database, "http://127.0.0.1:9")
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    with conn.cursor() as cursor:  # as the previous release made it
+        cursor.execute("DROP VIEW churn_scored")
+        cursor.execute("ALTER TABLE churn_predictions DROP COLUMN model_version")
+    with pytest.raises(FatalError, match=r"columns churn_predictions.model_version are missing"):
+        check_schema(conn, spec)
+    statements = init_schema(conn, spec)
+    assert any("ADD COLUMN `model_version`" in s for s in statements)
+    check_schema(conn, spec)  # now complete
+    assert init_schema(conn, spec)  # and init stays idempotent
+    conn.close()
