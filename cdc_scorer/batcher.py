@@ -26,6 +26,7 @@ from cdc_scorer.records import (
     Op,
     RowChange,
     SourceItem,
+    TableTruncated,
 )
 from cdc_scorer.spec import PipelineSpec
 
@@ -67,6 +68,7 @@ class Accumulator:
         self._fixed_bytes = len(self._inputs) * (NUMBER_BYTES + 1)
         self._first_at = 0.0
         self._skipped: Counter[str] = Counter()
+        self._truncate = False  # the next batch deletes every prediction first
         self._sequence = 0
         self._emitted_checkpoint = checkpoint
         self._last_emit = clock()
@@ -99,11 +101,19 @@ class Accumulator:
             batch = self.flush() if self._full() else None
             self._add(item)
             return batch
+        if isinstance(item, TableTruncated):
+            if self._was_applied(item.tx):
+                return None
+            # The rows waiting are gone from the table: no model call for them.
+            self._skipped["truncated"] += len(self._pending)
+            self._pending, self._pending_bytes = {}, 0
+            self._truncate = True
+            return None
         if isinstance(item, Commit):
             if self._was_applied(item.tx):
                 return None
             self._checkpoint = replace(self._checkpoint, position=item.position)
-            if self._full():
+            if self._full() or self._truncate:
                 return self.flush()
             if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
                 return self.flush(force_checkpoint=True)
@@ -171,8 +181,10 @@ class Accumulator:
     def flush(self, force_checkpoint: bool = False) -> Batch | None:
         """The pending rows as a batch; with ``force_checkpoint`` also a batch of no rows when
         the checkpoint moved since the last one (None: nothing to emit)."""
-        if not self._pending and not (
-            force_checkpoint and self._checkpoint != self._emitted_checkpoint
+        if (
+            not self._pending
+            and not self._truncate
+            and not (force_checkpoint and self._checkpoint != self._emitted_checkpoint)
         ):
             return None
         changes = list(self._pending.values())
@@ -182,7 +194,9 @@ class Accumulator:
             deletes=tuple(c for c in changes if c.op is Op.DELETE),
             checkpoint=self._checkpoint,
             rows_skipped=dict(self._skipped),
+            truncate=self._truncate,
         )
+        self._truncate = False
         self._sequence += 1
         self._pending = {}
         self._pending_bytes = 0

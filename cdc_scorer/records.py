@@ -55,7 +55,16 @@ class SnapshotProgress:
     done: bool
 
 
-SourceItem = RowChange | Commit | SnapshotProgress
+@dataclass(frozen=True)
+class TableTruncated:
+    """TRUNCATE of a captured table (no row events are written for it): every prediction of
+    the table goes, with the checkpoint of the transaction ``tx``."""
+
+    table: str
+    tx: TxId | None
+
+
+SourceItem = RowChange | Commit | SnapshotProgress | TableTruncated
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class Batch:
     deletes: tuple[RowChange, ...]
     checkpoint: Checkpoint
     rows_skipped: dict[str, int] = field(default_factory=dict)
+    truncate: bool = False  # delete every prediction first (the table was truncated)
 
 
 @dataclass(frozen=True)
@@ -110,3 +120,4 @@ class ScoredBatch:
     checkpoint: Checkpoint
     model_calls: int = 0
     rows_skipped: dict[str, int] = field(default_factory=dict)
+    truncate: bool = False

@@ -238,6 +238,8 @@ class Sink:
                 conn = self._connection()
                 conn.begin()
                 with conn.cursor() as cursor:
+                    if batch.truncate:  # the source table was truncated: so are they
+                        cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")
                     if batch.upserts:
                         self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
                     # A dead-lettered row's older prediction would belong to an older version.

@@ -102,6 +102,7 @@ class ComprehendScorer:
             checkpoint=batch.checkpoint,
             model_calls=calls,
             rows_skipped=batch.rows_skipped,
+            truncate=batch.truncate,
         )
 
     async def _score_chunk(

@@ -120,6 +120,7 @@ class SageMakerScorer:
             checkpoint=batch.checkpoint,
             model_calls=calls,
             rows_skipped=batch.rows_skipped,
+            truncate=batch.truncate,
         )
 
     async def _score_lines(

@@ -9,6 +9,7 @@ boundaries (XID / COMMIT / DDL); the reader reconnects itself from the last boun
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pymysqlreplication.row_event import (
 from cdc_scorer.db import connection_settings, mysql_errors, opener
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
-from cdc_scorer.records import Commit, Op, RowChange, SourceItem
+from cdc_scorer.records import Commit, Op, RowChange, SourceItem, TableTruncated
 from cdc_scorer.retry import backoff_s
 from cdc_scorer.source.decoder import FastRowsDecoder
 from cdc_scorer.source.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
@@ -48,6 +49,9 @@ log = structlog.get_logger("cdc_scorer.source")
 
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
 
+_TRUNCATE = re.compile(
+    r"\s*TRUNCATE\s+(?:TABLE\s+)?(?:`?([^`.\s]+)`?\.)?`?([^`.\s;]+)`?\s*;?\s*$", re.IGNORECASE
+)
 ANONYMOUS_GTID_EVENT = 34  # MySQL with gtid_mode=OFF: the start of a transaction
 # Events python-mysql-replication does not parse that never carry row data.
 ROWLESS_EVENTS = {
@@ -345,6 +349,9 @@ class BinlogSource:
         ):
             tx, self._tx = self._tx, None
             if tx is not None:
+                truncated = self._truncated(event) if isinstance(event, QueryEvent) else None
+                if truncated is not None:
+                    self._put((TableTruncated(truncated, tx),))
                 self._position = self._commit(stream, tx, BinlogCoordinate(stream.log_file, end))
                 self._put((Commit(self._position, _utc(event.timestamp), tx),))
                 self._flush()
@@ -358,6 +365,19 @@ class BinlogSource:
             if self._on_rows is not None and changes:
                 self._on_rows(event.table, changes[0].op.value, len(changes))
             self._put(tuple(changes))
+
+    def _truncated(self, event: Any) -> str | None:
+        """The captured table a TRUNCATE statement empties, if it is one (it writes no rows)."""
+        match = _TRUNCATE.match(event.query)
+        if match is None:
+            return None
+        schema, table = match.group(1), match.group(2)
+        if schema is None:
+            default = event.schema
+            schema = default.decode() if isinstance(default, bytes) else str(default or "")
+        if schema == self._source.database and table in self._capture.key_columns:
+            return str(table)
+        return None
 
     def _unparsed(self, stream: BinLogStreamReader, event: Any, start: int, end: int) -> None:
         """An event the library does not parse: opened (a compressed transaction), known to

@@ -384,3 +384,28 @@ def _notes(db: Any) -> dict[int, str]:
     with db.cursor() as cursor:
         cursor.execute("SELECT id, sentiment FROM notes_predictions")
         return {int(i): str(s) for i, s in cursor.fetchall()}
+
+
+async def test_truncate_and_a_column_added_in_the_middle(spec: ScorerSpec, db: Any) -> None:
+    """TRUNCATE writes no row events: the pipeline's predictions go with the checkpoint that
+    passes it. A column added in the middle of the table changes nothing (inputs by name)."""
+    generator = ChurnRowGenerator(81)
+    async with Running(spec):
+        insert_churn(db, list(generator.rows(30)))
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO feedback (user_feedback) VALUES (%s)",
+                [(f"great service {i}",) for i in range(5)],
+            )
+        await wait_for(lambda: len(stored_churn(db)) == 30, what="churn scored")
+        await wait_for(lambda: len(stored_feedback(db)) == 5, what="feedback scored")
+        with db.cursor() as cursor:
+            cursor.execute("ALTER TABLE churn ADD COLUMN note VARCHAR(20) NULL AFTER state")
+            cursor.execute("UPDATE churn SET note = 'x', day_mins = day_mins + 1 LIMIT 10")
+        insert_churn(db, list(generator.rows(10)))
+        with db.cursor() as cursor:
+            cursor.execute("TRUNCATE TABLE feedback")
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('terrible, I am leaving')")
+        await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 40, what="churn")
+        await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
+    assert list(stored_feedback(db).values()) == ["NEGATIVE"]  # only the row after TRUNCATE
