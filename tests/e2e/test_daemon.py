@@ -31,6 +31,7 @@ from tests.conftest import Source
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
+    compressed_transactions,
     create_database,
     expected_feedback,
     insert_churn,
@@ -123,7 +124,7 @@ def test_kill_9_at_several_points_converges(
     init_schema(conn, spec)
     conn.close()
     db = server.connect(database)
-    payloads_before = _compressed_transactions(db)
+    payloads_before = compressed_transactions(db)
     generator = ChurnRowGenerator(21)
     live: list[dict[str, Any]] = list(generator.rows(5000))  # the scenario's 5,000 rows
     insert_churn(db, live)
@@ -173,19 +174,8 @@ def test_kill_9_at_several_points_converges(
     assert monitor.polls > 10
     assert not monitor.regressions, monitor.regressions[:5]
     if compressed:  # the stream was compressed transactions indeed
-        assert _compressed_transactions(db) - payloads_before > 600
+        assert compressed_transactions(db) - payloads_before > 600
     db.close()
-
-
-def _compressed_transactions(db: Any) -> int:
-    """TRANSACTION_PAYLOAD events in the server's binlog files (none on MariaDB)."""
-    count = 0
-    with db.cursor() as cursor:
-        cursor.execute("SHOW BINARY LOGS")
-        for log_file, *_ in cursor.fetchall():
-            cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
-            count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
-    return count
 
 
 class VersionMonitor(threading.Thread):

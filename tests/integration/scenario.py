@@ -178,3 +178,14 @@ def readme_grants(flavor: str, user: str, password: str, database: str) -> list[
     )
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def compressed_transactions(db: Any) -> int:
+    """TRANSACTION_PAYLOAD events in the server's binlog files so far (none on MariaDB)."""
+    count = 0
+    with db.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        for log_file, *_ in cursor.fetchall():
+            cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
+            count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
+    return count

@@ -20,6 +20,7 @@ from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     RUNNING,
     churn_matches,
+    compressed_transactions,
     create_database,
     expected_feedback,
     insert_churn,
@@ -227,17 +228,6 @@ def mysql(request: pytest.FixtureRequest) -> Source:
     return source_of(request, request.param)
 
 
-def _payload_events(db: Any) -> int:
-    """TRANSACTION_PAYLOAD events in the server's binlog so far."""
-    count = 0
-    with db.cursor() as cursor:
-        cursor.execute("SHOW BINARY LOGS")
-        for log_file, *_ in cursor.fetchall():
-            cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
-            count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
-    return count
-
-
 async def test_compressed_transactions_of_one_session(
     tmp_path: Path, mysql: Source, models: ModelServer
 ) -> None:
@@ -253,7 +243,7 @@ async def test_compressed_transactions_of_one_session(
     plain = mysql.server.connect(database)
     with compressed.cursor() as cursor:
         cursor.execute("SET SESSION binlog_transaction_compression = ON")
-    before = _payload_events(plain)
+    before = compressed_transactions(plain)
     generator = ChurnRowGenerator(41)
     async with Running(spec):
         for round_ in range(6):
@@ -273,7 +263,7 @@ async def test_compressed_transactions_of_one_session(
         await wait_for(lambda: stored_feedback(plain) == expected_feedback(plain), what="feedback")
     assert len(stored_churn(plain)) == 6 * 49
     # The compressed session's 3 rounds wrote 4 transactions each (autocommit statements).
-    assert _payload_events(plain) - before == 12
+    assert compressed_transactions(plain) - before == 12
     compressed.close()
     plain.close()
 
@@ -301,11 +291,11 @@ async def test_a_100000_row_compressed_transaction(
         insert_churn(db, list(generator.rows(5000)))
     async with Running(spec):
         await wait_for(lambda: _checkpointed(db), what="streaming")
-        before = _payload_events(db)
+        before = compressed_transactions(db)
         with db.cursor() as cursor:
             cursor.execute("SET SESSION binlog_transaction_compression = ON")
             cursor.execute("UPDATE churn SET day_mins = day_mins * 1.5, night_calls = 0")
-        assert _payload_events(db) - before == 1  # one compressed transaction
+        assert compressed_transactions(db) - before == 1  # one compressed transaction
         # Every row is scored from the big transaction (a count: the oracle costs seconds).
         await wait_for(lambda: _predictions(db) == 100_000, 180, "the big transaction scored")
     assert churn_matches(db)
