@@ -26,6 +26,7 @@ from pymysqlreplication.event import (
     NotImplementedEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
 from pymysqlreplication.json_binary import JsonDiff
@@ -52,6 +53,8 @@ SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
 _TRUNCATE = re.compile(
     r"\s*TRUNCATE\s+(?:TABLE\s+)?(?:`?([^`.\s]+)`?\.)?`?([^`.\s;]+)`?\s*;?\s*$", re.IGNORECASE
 )
+# Statements inside an XA transaction that neither begin nor end it in the binlog's terms.
+_XA_INSIDE = re.compile(r"\s*XA\s+(START|BEGIN|END)\b", re.IGNORECASE)
 ANONYMOUS_GTID_EVENT = 34  # MySQL with gtid_mode=OFF: the start of a transaction
 # Events python-mysql-replication does not parse that never carry row data.
 ROWLESS_EVENTS = {
@@ -193,6 +196,7 @@ class BinlogSource:
             FastRowsDecoder(capture.read_columns or {}) if source.decoder == "fast" else None
         )
         self._tx: TxId | None = None  # the transaction being read
+        self._tx_rows = False  # whether it changed a captured table
         self._payloads: PayloadReader | None = None
         self._part: list[SourceBatch] = []
         self._part_rows = 0
@@ -270,6 +274,7 @@ class BinlogSource:
                 UpdateRowsEvent,
                 PartialUpdateRowsEvent,
                 DeleteRowsEvent,
+                XAPrepareEvent,
                 NotImplementedEvent,
             ],
             filter_non_implemented_events=False,
@@ -303,7 +308,7 @@ class BinlogSource:
                 stream.close()
 
     def _read(self, stream: BinLogStreamReader) -> None:
-        self._tx = None
+        self._tx, self._tx_rows = None, False
         self._payloads = PayloadReader(stream)
         connected = False
         # A stop lets the current transaction finish: a clean stop then commits a checkpoint
@@ -333,6 +338,8 @@ class BinlogSource:
                 )
         elif isinstance(event, NotImplementedEvent):
             self._unparsed(stream, event, start, end)
+        elif isinstance(event, QueryEvent) and _XA_INSIDE.match(event.query):
+            pass  # XA START / XA END: the transaction goes on (to its XA PREPARE)
         elif self._tx is None and (
             isinstance(event, MariadbGtidEvent | GtidEvent)
             or (isinstance(event, QueryEvent) and event.query == "BEGIN")
@@ -344,10 +351,17 @@ class BinlogSource:
             elif isinstance(event, GtidEvent):
                 uuid, _, seq = str(event.gtid).rpartition(":")
                 self._tx = MysqlGtid(uuid.lower(), int(seq))
-        elif isinstance(event, XidEvent) or (
+        elif isinstance(event, XAPrepareEvent) and not event.one_phase and self._tx_rows:
+            raise FatalError(
+                f"an XA transaction prepared at {stream.log_file}:{start} changed captured "
+                "tables: its rows commit later (XA COMMIT) or never (XA ROLLBACK), which "
+                "cdc-scorer does not follow — use ordinary transactions on captured tables"
+            )
+        elif isinstance(event, XidEvent | XAPrepareEvent) or (
             isinstance(event, QueryEvent) and event.query != "BEGIN"
         ):
             tx, self._tx = self._tx, None
+            self._tx_rows = False
             if tx is not None:
                 truncated = self._truncated(event) if isinstance(event, QueryEvent) else None
                 if truncated is not None:
@@ -362,6 +376,7 @@ class BinlogSource:
             if key_columns is None:
                 return
             changes = row_changes(event, key_columns, self._tx, self._decoder)
+            self._tx_rows = self._tx_rows or bool(changes)
             if self._on_rows is not None and changes:
                 self._on_rows(event.table, changes[0].op.value, len(changes))
             self._put(tuple(changes))

@@ -429,3 +429,46 @@ def test_an_event_the_reader_cannot_read_stops_it_with_one_line(
         assert "ROWS_COMPRESSED_EVENT" in line and "set log_bin_compress=OFF" in line, line
         assert stored_churn(db) == {}  # nothing was scored past it
         db.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_xa_transaction_on_a_captured_table_stops_the_reader(
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
+) -> None:
+    """XA PREPARE writes a transaction's rows before it commits (XA COMMIT, later, another
+    transaction) — or never (XA ROLLBACK). On a table no pipeline reads it is passed over; on
+    a captured one the reader stops with one line instead of guessing."""
+    database = f"xa_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    config = tmp_path / "s.toml"
+    spec = write_config(config, server, database, endpoints.url, snapshot="never")
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    db = server.connect(database)
+    with db.cursor() as cursor:
+        cursor.execute("CREATE TABLE other (id INT PRIMARY KEY)")
+    daemon = start(config)
+    wait(lambda: _checkpoint_identity(db) is not None, 30, "streaming", daemon)
+    generator = ChurnRowGenerator(91)
+    with db.cursor() as cursor:
+        for statement in ("XA START 'a'", "INSERT INTO other VALUES (1)", "XA END 'a'"):
+            cursor.execute(statement)
+        cursor.execute("XA PREPARE 'a'")
+        cursor.execute("XA COMMIT 'a'")
+    insert_churn(db, list(generator.rows(3)))
+    wait(lambda: len(stored_churn(db)) == 3, 30, "rows after an XA on another table", daemon)
+    with db.cursor() as cursor:
+        cursor.execute("XA START 'b'")
+    insert_churn(db, list(generator.rows(1)))
+    with db.cursor() as cursor:
+        cursor.execute("XA END 'b'")
+        cursor.execute("XA PREPARE 'b'")
+        cursor.execute("XA COMMIT 'b'")
+    code = daemon.wait(timeout=60)
+    daemon.stop()  # it has exited: this closes its log
+    assert code == 1
+    line = daemon.log().strip().splitlines()[-1]
+    assert line.startswith("cdc-scorer: an XA transaction prepared at "), line
+    assert "changed captured tables" in line, line
+    db.close()
