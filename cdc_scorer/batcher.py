@@ -18,10 +18,12 @@ from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
+from cdc_scorer.errors import PipelineStopped
 from cdc_scorer.positions import Position, TxId
 from cdc_scorer.records import (
     Batch,
     Checkpoint,
+    ColumnsGone,
     Commit,
     Op,
     RowChange,
@@ -53,6 +55,7 @@ class Accumulator:
         self._pipeline = pipeline
         self._inputs = pipeline.input_columns
         self._key_columns = key_columns
+        self._needed = frozenset((*self._inputs, *key_columns))  # never read as a NULL
         self._checkpoint = checkpoint
         # Transactions at or before the pipeline's own checkpoint were applied already (the
         # shared reader starts at the oldest checkpoint of all pipelines).
@@ -101,6 +104,16 @@ class Accumulator:
             batch = self.flush() if self._full() else None
             self._add(item)
             return batch
+        if isinstance(item, ColumnsGone):
+            gone = sorted(item.columns & self._needed)
+            if gone and not self._was_applied(item.tx):
+                raise PipelineStopped(
+                    f"pipeline {self._pipeline.name}: column {', '.join(gone)} of table "
+                    f"{item.table} is gone (dropped or renamed) and its model reads it — "
+                    "restore the column, or change the pipeline's columns in the config, then "
+                    "restart: the pipeline resumes from its checkpoint"
+                )
+            return None
         if isinstance(item, TableTruncated):
             if self._was_applied(item.tx):
                 return None

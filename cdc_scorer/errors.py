@@ -31,6 +31,10 @@ class FatalError(CdcScorerError):
     """The process cannot go on (bad config, missing table, binlog off...): exit, one line."""
 
 
+class PipelineStopped(CdcScorerError):
+    """One pipeline cannot go on (its model's input is gone); the others do."""
+
+
 class ConfigError(FatalError):
     """Every problem of a configuration, reported at once."""
 

@@ -48,6 +48,7 @@ class PipelineState:
     last_checkpoint_at: float = field(default_factory=time.time)
     inbox_depth: Callable[[], int] = lambda: 0
     in_flight: Callable[[], int] = lambda: 0
+    stopped: str | None = None  # why the pipeline stopped (the others go on)
 
 
 @dataclass
@@ -207,6 +208,11 @@ class Telemetry:
         self.source.heartbeat_seen_at = now
         self.source.heartbeat_lag_s = max(0.0, now - beat_at.replace(tzinfo=UTC).timestamp())
 
+    def on_pipeline_stopped(self, pipeline: str, reason: str) -> None:
+        state = self.pipelines.get(pipeline)
+        if state is not None:
+            state.stopped = reason
+
     def on_sink_write(self, pipeline: str, seconds: float) -> None:
         self._sink_write.labels(pipeline).observe(seconds)
 
@@ -291,6 +297,12 @@ class _StateCollector(Collector):
             None,
             ["pipeline"],
         )
+        stopped = GaugeMetricFamily(
+            "cdc_scorer_pipeline_stopped",
+            "1 once the pipeline stopped (its model's input column is gone); the others go on",
+            None,
+            ["pipeline"],
+        )
         snapshot = GaugeMetricFamily(
             "cdc_scorer_snapshot_state",
             "1 for the pipeline's snapshot state",
@@ -301,6 +313,7 @@ class _StateCollector(Collector):
             depth.add_metric([f"pipeline:{name}"], float(state.inbox_depth()))
             in_flight.add_metric([name], float(state.in_flight()))
             age.add_metric([name], max(0.0, now - state.last_checkpoint_at))
+            stopped.add_metric([name], 0.0 if state.stopped is None else 1.0)
             for s in SNAPSHOT_STATES:
                 snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
-        yield from (depth, in_flight, age, snapshot)
+        yield from (depth, in_flight, age, stopped, snapshot)

@@ -6,8 +6,11 @@ import asyncio
 import time
 from typing import Protocol
 
+import structlog
+
 from cdc_scorer.batcher import Batcher
 from cdc_scorer.checkpoints import resume_at
+from cdc_scorer.errors import PipelineStopped
 from cdc_scorer.metrics import PipelineState, Telemetry
 from cdc_scorer.records import Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.scoring import Scorer
@@ -15,6 +18,7 @@ from cdc_scorer.sequencer import Sequencer
 from cdc_scorer.spec import PipelineSpec
 
 Inbox = asyncio.Queue[tuple[SourceItem, ...] | None]
+log = structlog.get_logger("cdc_scorer.pipeline")
 
 
 class BatchSink(Protocol):
@@ -70,6 +74,15 @@ class PipelineRunner:
                 group.create_task(self._batcher.run(), name=f"{name}-batcher")
                 group.create_task(self._dispatch(group), name=f"{name}-dispatch")
                 group.create_task(self._commit_in_order(), name=f"{name}-commit")
+        except* PipelineStopped as stopped:
+            # This pipeline alone stops: what it committed stands, its checkpoint stays before
+            # the change that stopped it, and the others go on.
+            reason = str(stopped.exceptions[0])
+            log.error("pipeline stopped", pipeline=name, reason=reason)
+            self._telemetry.on_pipeline_stopped(name, reason)
+            self._sink.close()
+            while await self.inbox.get() is not None:
+                pass  # what the source still routes here is dropped, never blocking it
         finally:
             self._sink.close()
 

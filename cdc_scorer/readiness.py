@@ -16,6 +16,9 @@ def not_ready(telemetry: Telemetry, ready_max_lag_s: float) -> list[str]:
         reasons.append(f"snapshot running: {', '.join(running)}")
     elif not (source.streaming and source.connected):
         reasons.append("binlog stream not connected")
+    for name, state in telemetry.pipelines.items():
+        if state.stopped is not None:
+            reasons.append(f"pipeline {name} stopped: {state.stopped}")
     lag = source.lag_s()
     if source.leader and (lag is None or lag > ready_max_lag_s):
         shown = "unknown" if lag is None else f"{lag:.1f}s"

@@ -64,7 +64,17 @@ class TableTruncated:
     tx: TxId | None
 
 
-SourceItem = RowChange | Commit | SnapshotProgress | TableTruncated
+@dataclass(frozen=True)
+class ColumnsGone:
+    """Columns some pipeline reads are not in the table any more (a table map without them:
+    dropped or renamed), from transaction ``tx`` on."""
+
+    table: str
+    columns: frozenset[str]
+    tx: TxId | None
+
+
+SourceItem = RowChange | Commit | SnapshotProgress | TableTruncated | ColumnsGone
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from pymysqlreplication.row_event import (
 from cdc_scorer.db import connection_settings, mysql_errors, opener
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.positions import BinlogCoordinate, FilePosition, Gtid, MysqlGtid, Position, TxId
-from cdc_scorer.records import Commit, Op, RowChange, SourceItem, TableTruncated
+from cdc_scorer.records import ColumnsGone, Commit, Op, RowChange, SourceItem, TableTruncated
 from cdc_scorer.retry import backoff_s
 from cdc_scorer.source.decoder import FastRowsDecoder
 from cdc_scorer.source.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
@@ -197,6 +197,7 @@ class BinlogSource:
         )
         self._tx: TxId | None = None  # the transaction being read
         self._tx_rows = False  # whether it changed a captured table
+        self._gone: dict[int, tuple[Any, frozenset[str]]] = {}  # per table map
         self._payloads: PayloadReader | None = None
         self._part: list[SourceBatch] = []
         self._part_rows = 0
@@ -375,11 +376,29 @@ class BinlogSource:
             key_columns = self._capture.key_columns.get(event.table)
             if key_columns is None:
                 return
+            gone = self._gone_columns(event)
+            if gone:  # the pipelines that read them stop; the others go on
+                self._put((ColumnsGone(event.table, gone, self._tx),))
             changes = row_changes(event, key_columns, self._tx, self._decoder)
             self._tx_rows = self._tx_rows or bool(changes)
             if self._on_rows is not None and changes:
                 self._on_rows(event.table, changes[0].op.value, len(changes))
             self._put(tuple(changes))
+
+    def _gone_columns(self, event: Any) -> frozenset[str]:
+        """Columns read downstream that this event's table map does not have (asked once per
+        table map: they repeat before every statement)."""
+        table_map = event.table_map[event.table_id]
+        cached = self._gone.get(id(table_map))
+        if cached is not None and cached[0] is table_map:
+            return cached[1]
+        wanted = (self._capture.read_columns or {}).get(event.table) or frozenset()
+        present = {column.name for column in table_map.columns}
+        gone = frozenset(wanted - present) if all(present) else frozenset()
+        if len(self._gone) > 1024:
+            self._gone.clear()
+        self._gone[id(table_map)] = (table_map, gone)
+        return gone
 
     def _truncated(self, event: Any) -> str | None:
         """The captured table a TRUNCATE statement empties, if it is one (it writes no rows)."""

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
+from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
 from tests.conftest import Source, source_of
@@ -399,3 +401,38 @@ async def test_truncate_and_a_column_added_in_the_middle(spec: ScorerSpec, db: A
         await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 40, what="churn")
         await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
     assert list(stored_feedback(db).values()) == ["NEGATIVE"]  # only the row after TRUNCATE
+
+
+async def test_a_dropped_input_stops_its_pipeline_and_no_other(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> None:
+    """An input column dropped while streaming: never read as a NULL — the churn pipeline stops
+    with one clear reason (log, /readyz, metric) at the first change without it, the feedback
+    pipeline goes on."""
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(server, database)
+    spec = write_config(tmp_path / "s.toml", server, database, models.url)
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    db = server.connect(database)
+    generator = ChurnRowGenerator(93)
+    async with Running(spec) as app:
+        insert_churn(db, list(generator.rows(10)))
+        await wait_for(lambda: len(stored_churn(db)) == 10, what="churn scored")
+        with db.cursor() as cursor:
+            cursor.execute("ALTER TABLE churn DROP COLUMN eve_mins")
+            cursor.execute(
+                "INSERT INTO churn (phone, state, day_mins) VALUES ('000-0000', 'KS', 1.0)"
+            )
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('great, thank you')")
+        await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback goes on")
+        await wait_for(lambda: app.telemetry.pipelines["churn"].stopped is not None, what="stop")
+        reason = app.telemetry.pipelines["churn"].stopped or ""
+        assert reason.startswith("pipeline churn: column eve_mins of table churn is gone"), reason
+        assert any(r.startswith("pipeline churn stopped: ") for r in app.not_ready())
+        metrics = generate_latest(app.telemetry.registry).decode()
+        assert 'cdc_scorer_pipeline_stopped{pipeline="churn"} 1.0' in metrics
+        assert 'cdc_scorer_pipeline_stopped{pipeline="feedback"} 0.0' in metrics
+        assert "000-0000" not in stored_churn(db)  # not scored from a NULL in its place
+    db.close()
