@@ -38,7 +38,8 @@ CHECKPOINT_DDL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
   snapshot_state VARCHAR(16) NOT NULL,
   snapshot_cursor TEXT NULL,
   snapshot_position VARCHAR(4096) NULL,
-  updated_at DATETIME(6) NOT NULL
+  updated_at DATETIME(6) NOT NULL,
+  stopped_reason TEXT NULL
 ) ENGINE=InnoDB CHARACTER SET utf8mb4"""
 
 CHECKPOINT_UPSERT = f"""INSERT INTO {CHECKPOINT_TABLE}
@@ -57,6 +58,7 @@ class StoredCheckpoint:
     checkpoint: Checkpoint
     server_identity: str
     updated_at: datetime | None
+    stopped_reason: str | None = None  # why the pipeline stopped, until it runs again
 
 
 def encode_cursor(cursor: tuple[Any, ...] | None) -> str | None:
@@ -82,21 +84,32 @@ def load_checkpoints(conn: Connection, names: Sequence[str]) -> dict[str, Stored
     with mysql_errors("reading checkpoints"), conn.cursor() as cursor:
         cursor.execute(
             f"SELECT pipeline, position, server_identity, snapshot_state, snapshot_cursor, "
-            f"snapshot_position, updated_at FROM {CHECKPOINT_TABLE} WHERE pipeline IN "
+            f"snapshot_position, updated_at, stopped_reason FROM {CHECKPOINT_TABLE} "
+            f"WHERE pipeline IN "
             f"({','.join(['%s'] * len(names))})",
             list(names),
         )
         rows = cursor.fetchall()
     found: dict[str, StoredCheckpoint] = {}
-    for name, position, identity, state, snap_cursor, snap_position, updated_at in rows:
+    for name, position, identity, state, snap_cursor, snap_position, updated_at, stop in rows:
         checkpoint = Checkpoint(
             position=decode_position(identity, position) if position else None,
             snapshot_state=str(state),
             snapshot_cursor=tuple(json.loads(snap_cursor)) if snap_cursor else None,
             snapshot_position=decode_position(identity, snap_position) if snap_position else None,
         )
-        found[str(name)] = StoredCheckpoint(checkpoint, str(identity), updated_at)
+        found[str(name)] = StoredCheckpoint(
+            checkpoint, str(identity), updated_at, None if stop is None else str(stop)
+        )
     return found
+
+
+def record_stop(conn: Connection, name: str, reason: str | None) -> None:
+    """Why a pipeline stopped, for `cdc-scorer status` (cleared when it starts again)."""
+    with mysql_errors(f"recording that {name} stopped"), conn.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {CHECKPOINT_TABLE} SET stopped_reason=%s WHERE pipeline=%s", (reason, name)
+        )
 
 
 def save_checkpoint(conn: Connection, name: str, checkpoint: Checkpoint, identity: str) -> None:
@@ -238,6 +251,8 @@ def prepare_checkpoints(
     from now, or streaming from now) where none is stored or the stored one has no position.
     Call it holding the pipelines' locks: nobody else writes them then."""
     saved = load_checkpoints(conn, [p.name for p in pipelines])
+    for name in (n for n, s in saved.items() if s.stopped_reason is not None):
+        record_stop(conn, name, None)  # it runs again
     now = current_position(conn, server)
     checkpoints: dict[str, Checkpoint] = {}
     for pipeline in pipelines:

@@ -154,6 +154,7 @@ def _status(args: argparse.Namespace) -> int:
             f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}); "
             f"behind: {lag}; leader: {leader}; predictions {s.predictions}; "
             f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
+            + (f"; STOPPED: {s.stopped}" if s.stopped else "")
         )
     return 0
 

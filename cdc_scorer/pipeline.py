@@ -10,7 +10,7 @@ import structlog
 
 from cdc_scorer.batcher import Batcher
 from cdc_scorer.checkpoints import resume_at
-from cdc_scorer.errors import PipelineStopped
+from cdc_scorer.errors import CdcScorerError, PipelineStopped
 from cdc_scorer.metrics import PipelineState, Telemetry
 from cdc_scorer.records import Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.scoring import Scorer
@@ -26,6 +26,9 @@ class BatchSink(Protocol):
     one durable step (``sink.Sink``: one database transaction)."""
 
     async def write(self, batch: ScoredBatch) -> None: ...
+
+    def stopped(self, reason: str) -> None:
+        """Record why the pipeline stopped (blocking: run it in a thread)."""
 
     def close(self) -> None: ...
 
@@ -80,6 +83,10 @@ class PipelineRunner:
             reason = str(stopped.exceptions[0])
             log.error("pipeline stopped", pipeline=name, reason=reason)
             self._telemetry.on_pipeline_stopped(name, reason)
+            try:
+                await asyncio.to_thread(self._sink.stopped, reason)
+            except CdcScorerError as exc:  # status will not show it; the log line does
+                log.warning("could not record the stop", pipeline=name, error=str(exc))
             self._sink.close()
             while await self.inbox.get() is not None:
                 pass  # what the source still routes here is dropped, never blocking it

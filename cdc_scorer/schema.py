@@ -176,9 +176,10 @@ def _is_text(column_type: str) -> bool:
     return any(t in column_type.lower() for t in ("char", "text", "blob", "binary"))
 
 
-# Columns added to the predictions tables after their first release: ``init`` adds them to
-# tables made before (name, definition, after which column).
+# Columns added after a table's first release: ``init`` adds them to tables made before
+# (name, definition, after which column), to each predictions table and to the checkpoints.
 ADDED_COLUMNS = (("model_version", "VARCHAR(64) NULL", "model_variant"),)
+ADDED_CHECKPOINT_COLUMNS = (("stopped_reason", "TEXT NULL", "updated_at"),)
 
 
 def init_schema(conn: Connection, spec: ScorerSpec) -> list[str]:
@@ -206,19 +207,21 @@ def _execute(conn: Connection, statements: list[str]) -> None:
 def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str, str, str]]:
     """(table, column, definition, after) for each added column a predictions table lacks."""
     missing = []
-    with mysql_errors("reading the predictions tables' columns"), conn.cursor() as cursor:
-        for pipeline in spec.pipelines:
+    tables = [(p.predictions, ADDED_COLUMNS) for p in spec.pipelines]
+    tables.append((CHECKPOINT_TABLE, ADDED_CHECKPOINT_COLUMNS))
+    with mysql_errors("reading the scorer tables' columns"), conn.cursor() as cursor:
+        for table, added in tables:
             cursor.execute(
                 "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
                 "AND TABLE_NAME=%s",
-                (spec.source.database, pipeline.predictions),
+                (spec.source.database, table),
             )
             present = {str(r[0]) for r in cursor.fetchall()}
             if not present:
                 continue  # not made yet
             missing += [
-                (pipeline.predictions, name, definition, after)
-                for name, definition, after in ADDED_COLUMNS
+                (table, name, definition, after)
+                for name, definition, after in added
                 if name not in present
             ]
     return missing

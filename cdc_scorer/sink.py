@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from cdc_scorer.checkpoints import CHECKPOINT_UPSERT, checkpoint_row, load_checkpoints
+from cdc_scorer.checkpoints import (
+    CHECKPOINT_UPSERT,
+    checkpoint_row,
+    load_checkpoints,
+    record_stop,
+)
 from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.leader import try_lock
@@ -191,6 +196,15 @@ class Sink:
             raise
         self._conn = conn
         return conn
+
+    def stopped(self, reason: str) -> None:
+        """Record why the pipeline stopped (for `status`), through the fenced connection."""
+        try:
+            with mysql_errors(f"recording that {self._pipeline.name} stopped"):
+                record_stop(self._connection(), self._pipeline.name, reason)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -23,6 +23,7 @@ class PipelineStatus:
     predictions: int
     dead_letters: int
     dead_letters_24h: int
+    stopped: str | None = None  # why the pipeline stopped (None: it has not)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -62,6 +63,7 @@ def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
                 predictions=int(predictions),
                 dead_letters=int(dead),
                 dead_letters_24h=int(dead_24h),
+                stopped=found.stopped_reason if found else None,
             )
         )
     return statuses

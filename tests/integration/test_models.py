@@ -101,7 +101,7 @@ async def test_champion_and_challenger_converge_each_to_its_model(
     db.close()
 
 
-def test_tables_of_an_older_release_get_model_version_from_init(
+def test_tables_of_an_older_release_get_their_new_columns_from_init(
     tmp_path: Path, mariadb: DatabaseServer, models_threaded: Any
 ) -> None:
     database = f"models_{uuid.uuid4().hex[:6]}"
@@ -112,10 +112,16 @@ def test_tables_of_an_older_release_get_model_version_from_init(
     with conn.cursor() as cursor:  # as the previous release made it
         cursor.execute("DROP VIEW churn_scored")
         cursor.execute("ALTER TABLE churn_predictions DROP COLUMN model_version")
-    with pytest.raises(FatalError, match=r"columns churn_predictions.model_version are missing"):
+        cursor.execute("ALTER TABLE cdc_scorer_checkpoint DROP COLUMN stopped_reason")
+    with pytest.raises(
+        FatalError,
+        match=r"columns churn_predictions.model_version, cdc_scorer_checkpoint.stopped_reason "
+        r"are missing",
+    ):
         check_schema(conn, spec)
     statements = init_schema(conn, spec)
     assert any("ADD COLUMN `model_version`" in s for s in statements)
+    assert any("ADD COLUMN `stopped_reason`" in s for s in statements)
     check_schema(conn, spec)  # now complete
     assert init_schema(conn, spec)  # and init stays idempotent
     conn.close()

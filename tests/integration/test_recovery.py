@@ -118,6 +118,9 @@ class MemorySink:
             self.predictions.pop(key, None)
         self.checkpoint = batch.checkpoint
 
+    def stopped(self, reason: str) -> None:
+        raise AssertionError(f"no pipeline stops here: {reason}")
+
     def close(self) -> None:
         pass
 

@@ -18,6 +18,7 @@ from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
+from cdc_scorer.status import PipelineStatus, pipeline_status
 from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     RUNNING,
@@ -435,4 +436,15 @@ async def test_a_dropped_input_stops_its_pipeline_and_no_other(
         assert 'cdc_scorer_pipeline_stopped{pipeline="churn"} 1.0' in metrics
         assert 'cdc_scorer_pipeline_stopped{pipeline="feedback"} 0.0' in metrics
         assert "000-0000" not in stored_churn(db)  # not scored from a NULL in its place
+        statuses = {s.pipeline: s for s in _status(spec)}
+        assert statuses["churn"].stopped == reason  # `cdc-scorer status` shows it
+        assert statuses["feedback"].stopped is None
     db.close()
+
+
+def _status(spec: ScorerSpec) -> list[PipelineStatus]:
+    conn = connect(spec.source)
+    try:
+        return pipeline_status(conn, spec)
+    finally:
+        conn.close()
