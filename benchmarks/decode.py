@@ -18,8 +18,8 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.positions import Gtid, MysqlGtid, Position, TxId
-from cdc_scorer.source.binlog import row_changes
 from cdc_scorer.source.decoder import FastRowsDecoder
+from cdc_scorer.source.events import row_changes
 
 
 @dataclass(frozen=True)
