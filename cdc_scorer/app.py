@@ -34,14 +34,13 @@ from cdc_scorer.schema import (
 )
 from cdc_scorer.scoring import Scorer
 from cdc_scorer.scoring.aws import create_client_context
-from cdc_scorer.scoring.factory import build_scorer, model_endpoint
+from cdc_scorer.scoring.factory import CLIENT_NAMES, build_scorer, model_endpoint
 from cdc_scorer.server import ServerInfo, preflight_binlog
 from cdc_scorer.sink import Sink
 from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, Handover
-from cdc_scorer.spec import COMPREHEND, SAGEMAKER, PipelineSpec, ScorerSpec
+from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 log = structlog.get_logger("cdc_scorer.app")
-_CLIENTS = ((SAGEMAKER, "sagemaker-runtime"), (COMPREHEND, "comprehend"))
 
 
 class ScorerApp:
@@ -107,7 +106,7 @@ class ScorerApp:
         async with contextlib.AsyncExitStack() as stack:
             clients: dict[str, Any] = {}
             pool = sum(p.batching.max_in_flight for p in spec.pipelines)
-            for service, name in _CLIENTS:
+            for service, name in CLIENT_NAMES.items():
                 if any(p.service == service for p in spec.pipelines):
                     clients[service] = await stack.enter_async_context(
                         create_client_context(name, spec.aws, pool)

@@ -27,12 +27,10 @@ from cdc_scorer.schema import (
     partial_json_inputs,
 )
 from cdc_scorer.scoring.aws import create_client_context
-from cdc_scorer.scoring.factory import build_scorer
+from cdc_scorer.scoring.factory import CLIENT_NAMES, build_scorer
 from cdc_scorer.server import server_info
 from cdc_scorer.source.binlog import probe_replication
-from cdc_scorer.spec import SAGEMAKER, PipelineSpec, ScorerSpec
-
-_CLIENT_OF = {SAGEMAKER: "sagemaker-runtime"}
+from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ async def _call_once(spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo 
     else:
         values = await asyncio.to_thread(_sample_row, spec, pipeline, table)
     sample = RowChange(Op.SNAPSHOT, pipeline.table, ("check",), values, None, None)
-    client_name = _CLIENT_OF.get(pipeline.service, pipeline.service)
+    client_name = CLIENT_NAMES[pipeline.service]
     async with create_client_context(client_name, spec.aws, 1) as client:
         scorer = build_scorer(pipeline, client, spec.retry, on_retry=_give_up)
         scored = await scorer.score(Batch(0, (sample,), (), Checkpoint(None)))

@@ -10,7 +10,10 @@ from cdc_scorer.scoring import Scorer
 from cdc_scorer.scoring.aws import CallObserver
 from cdc_scorer.scoring.comprehend import ComprehendScorer
 from cdc_scorer.scoring.sagemaker import SageMakerScorer
-from cdc_scorer.spec import PipelineSpec, RetrySpec
+from cdc_scorer.spec import COMPREHEND, SAGEMAKER, PipelineSpec, RetrySpec
+
+# The aiobotocore client each pipeline service calls through.
+CLIENT_NAMES = {SAGEMAKER: "sagemaker-runtime", COMPREHEND: "comprehend"}
 
 
 def model_endpoint(pipeline: PipelineSpec) -> str:
