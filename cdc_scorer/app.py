@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from cdc_scorer.checkpoints import prepare_checkpoints, resume_at, stream_start
+from cdc_scorer.checkpoints import prepare_checkpoints, save_checkpoint, stream_start
 from cdc_scorer.coordinator import ChangeSource, Coordinator
 from cdc_scorer.db import Connection, close_quietly, connect
 from cdc_scorer.errors import CdcScorerError, FatalError
@@ -24,6 +24,7 @@ from cdc_scorer.ops_http import OpsServer
 from cdc_scorer.pipeline import Inbox, PipelineRunner
 from cdc_scorer.readiness import not_ready
 from cdc_scorer.records import Checkpoint
+from cdc_scorer.rescoring import SIGNAL_COLUMNS, SIGNAL_TABLE, ChunkExchange
 from cdc_scorer.router import Router
 from cdc_scorer.schema import (
     HEARTBEAT_TABLE,
@@ -37,6 +38,7 @@ from cdc_scorer.scoring.aws import create_client_context
 from cdc_scorer.scoring.factory import CLIENT_NAMES, build_scorer, model_endpoint
 from cdc_scorer.server import ServerInfo, preflight_binlog
 from cdc_scorer.sink import Sink
+from cdc_scorer.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, Handover
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
@@ -85,9 +87,7 @@ class ScorerApp:
                 if not await lead(list(sinks.values()), self._stop):
                     return
                 self.telemetry.on_leader(True)
-                checkpoints = await asyncio.to_thread(
-                    prepare_checkpoints, conn, server, spec.pipelines
-                )
+                checkpoints = await asyncio.to_thread(self._checkpoints, conn, server, tables)
             except BaseException:
                 for sink in sinks.values():
                     sink.close()
@@ -101,7 +101,7 @@ class ScorerApp:
             server=server.version,
             server_id=spec.source.server_id,
             pipelines=[p.name for p in spec.pipelines],
-            positions={n: str(resume_at(c)) for n, c in checkpoints.items()},
+            positions={n: str(c.position) for n, c in checkpoints.items()},
         )
         async with contextlib.AsyncExitStack() as stack:
             clients: dict[str, Any] = {}
@@ -112,14 +112,7 @@ class ScorerApp:
                         create_client_context(name, spec.aws, pool)
                     )
             runners = [
-                PipelineRunner(
-                    p,
-                    tables[p.table].key_columns,
-                    checkpoints[p.name],
-                    self._scorer(p, clients[p.service]),
-                    sinks[p.name],
-                    self.telemetry,
-                )
+                self._runner(p, tables[p.table], checkpoints[p.name], clients[p.service], sinks)
                 for p in spec.pipelines
             ]
             inboxes: dict[str, list[Inbox]] = {}
@@ -129,11 +122,9 @@ class ScorerApp:
                 inboxes,
                 heartbeat_table=HEARTBEAT_TABLE,
                 on_heartbeat=self.telemetry.on_heartbeat,
+                pipelines={r.pipeline.name: r.inbox for r in runners},
             )
             self._coordinator = Coordinator(
-                spec.source,
-                runners,
-                tables,
                 router,
                 lambda: self._binlog(tables, list(checkpoints.values()), server),
                 self.telemetry,
@@ -158,6 +149,45 @@ class ScorerApp:
             rows_scored=dict(self.telemetry.rows_scored),
             dead_letters=dict(self.telemetry.dead_letters),
             model_calls=dict(self.telemetry.model_calls),
+        )
+
+    def _checkpoints(
+        self, conn: Connection, server: ServerInfo, tables: dict[str, TableInfo]
+    ) -> dict[str, Checkpoint]:
+        checkpoints = prepare_checkpoints(conn, server, self.spec.pipelines)
+
+        def save(name: str, checkpoint: Checkpoint) -> None:
+            save_checkpoint(conn, name, checkpoint, server.identity)
+
+        return plan_rescores(conn, self.spec.pipelines, checkpoints, tables, save)
+
+    def _runner(
+        self,
+        pipeline: PipelineSpec,
+        table: TableInfo,
+        checkpoint: Checkpoint,
+        client: Any,
+        sinks: dict[str, Sink],
+    ) -> PipelineRunner:
+        exchange = ChunkExchange()
+        snapshotter = Snapshotter(
+            self.spec.source,
+            pipeline,
+            table,
+            exchange,
+            self.spec.retry,
+            on_chunk_read=lambda rows: self.telemetry.on_snapshot_rows(pipeline.name, rows),
+            on_retry=self.telemetry.on_retry,
+        )
+        return PipelineRunner(
+            pipeline,
+            table.key_columns,
+            checkpoint,
+            self._scorer(pipeline, client),
+            sinks[pipeline.name],
+            self.telemetry,
+            exchange=exchange,
+            snapshotter=snapshotter,
         )
 
     def _inspect(self, conn: Connection) -> tuple[ServerInfo, dict[str, TableInfo]]:
@@ -194,6 +224,7 @@ class ScorerApp:
     ) -> ChangeSource:
         keys = {table: info.key_columns for table, info in tables.items()}
         keys[HEARTBEAT_TABLE] = ("instance",)
+        keys[SIGNAL_TABLE] = ("id",)
         # The columns anything downstream reads: keys and model inputs (the decoder skips the
         # rest), and the heartbeat's time.
         read: dict[str, frozenset[str] | None] = {table: frozenset(keys[table]) for table in tables}
@@ -201,6 +232,7 @@ class ScorerApp:
             table = pipeline.table
             read[table] = frozenset(read[table] or ()) | set(pipeline.input_columns)
         read[HEARTBEAT_TABLE] = frozenset({"instance", "beat_at"})
+        read[SIGNAL_TABLE] = SIGNAL_COLUMNS
         handover = Handover(self.spec.source.queue_max_rows)
         self.telemetry.source.queue_depth = handover.qsize
         start = stream_start(checkpoints)

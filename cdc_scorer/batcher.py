@@ -26,9 +26,23 @@ from cdc_scorer.records import (
     ColumnsGone,
     Commit,
     Op,
+    RescoreJob,
+    Rescores,
     RowChange,
+    Signal,
     SourceItem,
     TableTruncated,
+)
+from cdc_scorer.rescoring import (
+    RESCORE,
+    WINDOW_CLOSE,
+    WINDOW_OPEN,
+    Chunk,
+    ChunkExchange,
+    enqueue,
+    finish,
+    now_iso,
+    snapshot_state,
 )
 from cdc_scorer.spec import PipelineSpec
 
@@ -50,9 +64,13 @@ class Accumulator:
         checkpoint: Checkpoint,
         *,
         applied: Position | None = None,
+        exchange: ChunkExchange | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pipeline = pipeline
+        self._exchange = exchange if exchange is not None else ChunkExchange()
+        self._on_chunk = on_chunk  # (rows merged, rows dropped as conflicts) per chunk
         self._inputs = pipeline.input_columns
         self._key_columns = key_columns
         self._needed = frozenset((*self._inputs, *key_columns))  # never read as a NULL
@@ -93,11 +111,14 @@ class Accumulator:
             )
         return self._last_tx_applied
 
-    def accept(self, item: SourceItem) -> Batch | None:
-        """Take one item; the batch it completes, if any."""
+    def accept(self, item: SourceItem) -> Batch | list[Batch] | None:
+        """Take one item; the batch it completes, if any (a chunk's rows may complete
+        several)."""
         if isinstance(item, RowChange):
             if self._was_applied(item.tx):
                 return None
+            if self._exchange.window_open:
+                self._touch(item)
             # A full batch waits for one more item: when that is the commit of the transaction
             # it ends in, the batch carries that boundary and nothing is replayed after a stop.
             # Only a transaction larger than the batch is cut inside.
@@ -131,17 +152,97 @@ class Accumulator:
             if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
                 return self.flush(force_checkpoint=True)
             return None
-        # A SnapshotProgress: a chunk ended.
-        if item.done:
-            self._checkpoint = Checkpoint(
-                position=self._checkpoint.snapshot_position,
-                snapshot_state="done",
-                snapshot_cursor=item.cursor,
-                snapshot_position=self._checkpoint.snapshot_position,
+        if self._was_applied(item.tx):
+            return None
+        if isinstance(item, Signal):
+            return self._signal(item)
+        # A TableAltered: a model input may have changed type, and every row's value with it.
+        if self._pipeline.rescore_on_alter:
+            rescores = self._checkpoint.rescores
+            self._set_rescores(
+                enqueue(
+                    rescores,
+                    RescoreJob(
+                        id=f"alter {item.tx}",
+                        reason="ALTER TABLE",
+                        model_version=self._pipeline.model_version,
+                        check_types=rescores.input_types,
+                        requested_at=now_iso(),
+                    ),
+                )
             )
-        else:
-            self._checkpoint = replace(self._checkpoint, snapshot_cursor=item.cursor)
-        return self.flush(force_checkpoint=True)
+        return None
+
+    # ---------------------------------------------------------------- re-scores (DBLog)
+    def _signal(self, item: Signal) -> list[Batch] | None:
+        if item.kind == WINDOW_OPEN:
+            self._exchange.open(item.id)
+        elif item.kind == WINDOW_CLOSE:
+            closed = self._exchange.close(item.id)
+            if closed is not None:
+                return self._merge(*closed, item.tx)
+        elif item.kind == RESCORE:
+            where = item.data.get("where")
+            job = RescoreJob(
+                id=item.id,
+                reason=str(item.data.get("reason") or "requested"),
+                model_version=self._pipeline.model_version,
+                where=None if where is None else str(where),
+                requested_at=now_iso(),
+            )
+            self._set_rescores(enqueue(self._checkpoint.rescores, job))
+        return None
+
+    def _touch(self, change: RowChange) -> None:
+        """A change inside a chunk's window: the chunk's version of that row is older."""
+        self._exchange.touched(change.key)
+        if change.before is not None:
+            self._exchange.touched(tuple(map(change.before.get, self._key_columns)))
+
+    def _merge(
+        self, chunk: Chunk, touched: frozenset[tuple[Any, ...]], tx: TxId | None
+    ) -> list[Batch]:
+        """The chunk's rows the stream did not change in its window join the pending rows; the
+        job's cursor moves with the last of them (earlier batches keep the old cursor).
+
+        A row the stream did not change between the watermarks is the version it had at the
+        high watermark: its prediction names that transaction (``tx``) as its source."""
+        rescores = self._checkpoint.rescores
+        job = rescores.running
+        if job is None or job.id != chunk.job_id:
+            return []
+        batches = []
+        kept = 0
+        for row in chunk.rows:
+            if row.key in touched:
+                continue
+            if self._full():
+                batch = self.flush()
+                if batch is not None:
+                    batches.append(batch)
+            self._put(replace(row, tx=tx))
+            kept += 1
+        conflicts = len(chunk.rows) - kept
+        if conflicts:
+            self._skipped["rescore_conflict"] += conflicts
+        if self._on_chunk is not None:
+            self._on_chunk(kept, conflicts)
+        job = replace(
+            job,
+            cursor=chunk.cursor if chunk.cursor is not None else job.cursor,
+            rows_done=job.rows_done + kept,
+            rows_total=job.rows_total if chunk.rows_total is None else chunk.rows_total,
+        )
+        rescores = replace(rescores, running=job)
+        if chunk.last:
+            rescores = finish(rescores, chunk.input_types, chunk.error)
+        self._set_rescores(rescores)
+        return batches
+
+    def _set_rescores(self, rescores: Rescores) -> None:
+        state = snapshot_state(self._checkpoint.snapshot_state, rescores)
+        self._checkpoint = replace(self._checkpoint, rescores=rescores, snapshot_state=state)
+        self._exchange.job_changed(rescores.running)
 
     def _full(self) -> bool:
         batching = self._pipeline.batching
@@ -232,8 +333,12 @@ class Batcher:
         outbox: asyncio.Queue[Batch | None],
         *,
         applied: Position | None = None,
+        exchange: ChunkExchange | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
-        self._accumulator = Accumulator(pipeline, key_columns, checkpoint, applied=applied)
+        self._accumulator = Accumulator(
+            pipeline, key_columns, checkpoint, applied=applied, exchange=exchange, on_chunk=on_chunk
+        )
         self._inbox = inbox
         self._outbox = outbox
 
@@ -251,7 +356,12 @@ class Batcher:
                 return
             for item in items:
                 batch = accumulator.accept(item)
-                if batch is not None:
+                if batch is None:
+                    continue
+                if isinstance(batch, list):  # a chunk's rows
+                    for each in batch:
+                        await self._outbox.put(each)
+                else:
                     await self._outbox.put(batch)
 
     async def _emit(self, batch: Batch | None) -> None:

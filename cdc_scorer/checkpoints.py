@@ -9,8 +9,9 @@ with the predictions it covers) through :func:`checkpoint_row` and :data:`CHECKP
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,8 @@ from cdc_scorer.positions import (
     decode_position,
     oldest_position,
 )
-from cdc_scorer.records import Checkpoint
+from cdc_scorer.records import Checkpoint, RescoreJob, Rescores
+from cdc_scorer.rescoring import FIRST_SNAPSHOT, decode_rescores, encode_rescores, now_iso
 from cdc_scorer.server import ServerInfo, binlog_status_sql
 from cdc_scorer.spec import PipelineSpec
 
@@ -39,16 +41,20 @@ CHECKPOINT_DDL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
   snapshot_cursor TEXT NULL,
   snapshot_position VARCHAR(4096) NULL,
   updated_at DATETIME(6) NOT NULL,
-  stopped_reason TEXT NULL
+  stopped_reason TEXT NULL,
+  rescore MEDIUMTEXT NULL
 ) ENGINE=InnoDB CHARACTER SET utf8mb4"""
+# snapshot_cursor and snapshot_position belong to the snapshot before re-scores were
+# incremental: read once from a row an older version left (it becomes a re-score job), then
+# written NULL.
 
 CHECKPOINT_UPSERT = f"""INSERT INTO {CHECKPOINT_TABLE}
- (pipeline, position, server_identity, snapshot_state, snapshot_cursor, snapshot_position,
-  updated_at)
- VALUES (%s, %s, %s, %s, %s, %s, NOW(6))
+ (pipeline, position, server_identity, snapshot_state, rescore, snapshot_cursor,
+  snapshot_position, updated_at)
+ VALUES (%s, %s, %s, %s, %s, NULL, NULL, NOW(6))
  ON DUPLICATE KEY UPDATE position=VALUES(position), server_identity=VALUES(server_identity),
- snapshot_state=VALUES(snapshot_state), snapshot_cursor=VALUES(snapshot_cursor),
- snapshot_position=VALUES(snapshot_position), updated_at=VALUES(updated_at)"""
+ snapshot_state=VALUES(snapshot_state), rescore=VALUES(rescore), snapshot_cursor=NULL,
+ snapshot_position=NULL, updated_at=VALUES(updated_at)"""
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,6 @@ class StoredCheckpoint:
     stopped_reason: str | None = None  # why the pipeline stopped, until it runs again
 
 
-def encode_cursor(cursor: tuple[Any, ...] | None) -> str | None:
-    return None if cursor is None else json.dumps(list(cursor), default=str)
-
-
 def checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[Any, ...]:
     """The values of :data:`CHECKPOINT_UPSERT` (also what a fenced sink compares)."""
     return (
@@ -72,8 +74,7 @@ def checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[An
         checkpoint.position.encode() if checkpoint.position else None,
         identity,
         checkpoint.snapshot_state,
-        encode_cursor(checkpoint.snapshot_cursor),
-        checkpoint.snapshot_position.encode() if checkpoint.snapshot_position else None,
+        encode_rescores(checkpoint.rescores),
     )
 
 
@@ -84,19 +85,34 @@ def load_checkpoints(conn: Connection, names: Sequence[str]) -> dict[str, Stored
     with mysql_errors("reading checkpoints"), conn.cursor() as cursor:
         cursor.execute(
             f"SELECT pipeline, position, server_identity, snapshot_state, snapshot_cursor, "
-            f"snapshot_position, updated_at, stopped_reason FROM {CHECKPOINT_TABLE} "
+            f"snapshot_position, updated_at, stopped_reason, rescore FROM {CHECKPOINT_TABLE} "
             f"WHERE pipeline IN "
             f"({','.join(['%s'] * len(names))})",
             list(names),
         )
         rows = cursor.fetchall()
     found: dict[str, StoredCheckpoint] = {}
-    for name, position, identity, state, snap_cursor, snap_position, updated_at, stop in rows:
+    for row in rows:
+        name, position, identity, state, snap_cursor, snap_position, updated_at, stop, rescore = row
+        rescores = decode_rescores(rescore)
+        if position is None and snap_position:
+            # A snapshot begun by a version whose snapshot ran before streaming: it goes on as
+            # an incremental one, and the stream resumes where that snapshot began.
+            position = snap_position
+            if state == "running" and rescores.running is None:
+                rescores = replace(
+                    rescores,
+                    running=RescoreJob(
+                        id="snapshot",
+                        reason=FIRST_SNAPSHOT,
+                        model_version=None,
+                        cursor=tuple(json.loads(snap_cursor)) if snap_cursor else None,
+                    ),
+                )
         checkpoint = Checkpoint(
             position=decode_position(identity, position) if position else None,
             snapshot_state=str(state),
-            snapshot_cursor=tuple(json.loads(snap_cursor)) if snap_cursor else None,
-            snapshot_position=decode_position(identity, snap_position) if snap_position else None,
+            rescores=rescores,
         )
         found[str(name)] = StoredCheckpoint(
             checkpoint, str(identity), updated_at, None if stop is None else str(stop)
@@ -239,17 +255,12 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
 
 
 # ---------------------------------------------------------------- start-up
-def resume_at(checkpoint: Checkpoint) -> Position | None:
-    """Where a pipeline's stream resumes: its position, or the one its snapshot started at."""
-    return checkpoint.position or checkpoint.snapshot_position
-
-
 def prepare_checkpoints(
     conn: Connection, server: ServerInfo, pipelines: Sequence[PipelineSpec]
 ) -> dict[str, Checkpoint]:
-    """Each pipeline's checkpoint: the stored one, checked resumable, or a new one (a snapshot
-    from now, or streaming from now) where none is stored or the stored one has no position.
-    Call it holding the pipelines' locks: nobody else writes them then."""
+    """Each pipeline's checkpoint: the stored one, checked resumable, or a new one streaming
+    from now (with its first snapshot to run, unless ``snapshot = "never"``) where none is
+    stored. Call it holding the pipelines' locks: nobody else writes them then."""
     saved = load_checkpoints(conn, [p.name for p in pipelines])
     for name in (n for n, s in saved.items() if s.stopped_reason is not None):
         record_stop(conn, name, None)  # it runs again
@@ -257,12 +268,17 @@ def prepare_checkpoints(
     checkpoints: dict[str, Checkpoint] = {}
     for pipeline in pipelines:
         stored = saved.get(pipeline.name)
-        at = resume_at(stored.checkpoint) if stored is not None else None
-        if stored is not None and at is not None:
+        if stored is not None and stored.checkpoint.position is not None:
             checkpoint = stored.checkpoint
-            check_resumable(conn, server, at)
+            check_resumable(conn, server, stored.checkpoint.position)
         elif pipeline.snapshot == "initial":
-            checkpoint = Checkpoint(position=None, snapshot_state="running", snapshot_position=now)
+            first = RescoreJob(
+                id=uuid.uuid4().hex,
+                reason=FIRST_SNAPSHOT,
+                model_version=pipeline.model_version,
+                requested_at=now_iso(),
+            )
+            checkpoint = Checkpoint(now, snapshot_state="running", rescores=Rescores(first))
             save_checkpoint(conn, pipeline.name, checkpoint, server.identity)
         else:
             checkpoint = Checkpoint(position=now, snapshot_state="skipped")
@@ -274,4 +290,4 @@ def prepare_checkpoints(
 def stream_start(checkpoints: Sequence[Checkpoint]) -> Position:
     """The oldest position any pipeline still needs (each has one after
     :func:`prepare_checkpoints`)."""
-    return oldest_position([at for at in map(resume_at, checkpoints) if at is not None])
+    return oldest_position([c.position for c in checkpoints if c.position is not None])

@@ -1,4 +1,4 @@
-"""Command line: ``cdc-scorer serve-models | init | run | check | status | demo``."""
+"""Command line: ``cdc-scorer serve-models | init | run | check | status | rescore | demo``."""
 
 from __future__ import annotations
 
@@ -156,6 +156,48 @@ def _status(args: argparse.Namespace) -> int:
             f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
             + (f"; STOPPED: {s.stopped}" if s.stopped else "")
         )
+        if s.rescore is not None:
+            print(f"  re-score running: {_job_line(s.rescore)}")
+        if s.rescores_queued:
+            print(f"  re-scores waiting: {s.rescores_queued}")
+    return 0
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    done, total = job["rows_done"], job["rows_total"]
+    share = f" ({100 * done / total:.0f} %)" if total else ""
+    where = f" where {job['where']}" if job["where"] else ""
+    return (
+        f"{job['reason']}{where}, model version {job['model_version']}: "
+        f"{done}/{'?' if total is None else total} rows{share}, id {job['id']}"
+    )
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+    from cdc_scorer.rescore_command import find_pipeline, follow, request
+
+    spec = load_config(args.config)
+    pipeline = find_pipeline(spec, args.pipeline)
+    where = args.where or None
+    request_id, rows = request(spec, pipeline, where)
+    print(
+        f"re-score {request_id} of pipeline {pipeline.name} requested: {rows} rows of "
+        f"{pipeline.table}{f' where {where}' if where else ''}, model version "
+        f"{pipeline.model_version}"
+    )
+    if args.no_wait:
+        print("follow it with `cdc-scorer status`")
+        return 0
+    outcome = follow(spec, pipeline, request_id, rows, timeout_s=args.timeout)
+    if outcome.stopped is not None:
+        print(f"cdc-scorer: pipeline {pipeline.name} stopped: {outcome.stopped}", file=sys.stderr)
+        return 1
+    assert outcome.job is not None
+    if outcome.job.error:
+        print(f"cdc-scorer: re-score {request_id} failed: {outcome.job.error}", file=sys.stderr)
+        return 1
+    print(f"re-score {request_id} done: {outcome.job.rows_done} rows re-scored")
     return 0
 
 
@@ -232,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, help="TOML configuration file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
+
+    rescore = commands.add_parser(
+        "rescore",
+        help="re-score a pipeline's rows through the running daemon (progress bar until done)",
+    )
+    rescore.add_argument("--config", required=True, help="TOML configuration file")
+    rescore.add_argument("--pipeline", required=True, help="the pipeline whose rows to re-score")
+    rescore.add_argument(
+        "--where", help="an SQL condition on the source table (default: every row)"
+    )
+    rescore.add_argument("--no-wait", action="store_true", help="return once it is requested")
+    rescore.add_argument(
+        "--timeout", type=float, default=None, help="give up waiting after this many seconds"
+    )
+    rescore.set_defaults(handler=_rescore)
 
     demo = commands.add_parser(
         "demo", help="private MariaDB/MySQL + local endpoints + the scorer, with a live workload"

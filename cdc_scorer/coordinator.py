@@ -1,30 +1,20 @@
-"""Snapshot, then stream: the one task that feeds the pipelines (Debezium's
-``ChangeEventSourceCoordinator``).
+"""The one task that feeds the pipelines (Debezium's ``ChangeEventSourceCoordinator``).
 
-Pipelines whose snapshot is running read their table's existing rows first; then one change
-source streams from the oldest position any pipeline still needs. Whatever ends the feed, every
-pipeline is told so and flushes what it has.
+One change source streams from the oldest position any pipeline still needs; snapshots and
+re-scores run beside it, their chunks merged into the stream at their watermarks
+(``snapshotter.py``). Whatever ends the feed, every pipeline is told so and flushes what it has.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Protocol
 
-import structlog
-
-from cdc_scorer.db import close_quietly, connect
 from cdc_scorer.metrics import Telemetry
-from cdc_scorer.pipeline import PipelineRunner
 from cdc_scorer.records import SourceItem
 from cdc_scorer.router import Router
-from cdc_scorer.schema import TableInfo
-from cdc_scorer.source.snapshot import snapshot_rows
-from cdc_scorer.spec import SourceSpec
-
-log = structlog.get_logger("cdc_scorer.coordinator")
 
 
 class ChangeSource(Protocol):
@@ -39,16 +29,10 @@ class ChangeSource(Protocol):
 class Coordinator:
     def __init__(
         self,
-        source: SourceSpec,
-        runners: Sequence[PipelineRunner],
-        tables: dict[str, TableInfo],
         router: Router,
         open_stream: Callable[[], ChangeSource],
         telemetry: Telemetry,
     ) -> None:
-        self._source = source
-        self._runners = runners
-        self._tables = tables
         self._router = router
         self._open_stream = open_stream
         self._telemetry = telemetry
@@ -63,35 +47,10 @@ class Coordinator:
 
     async def run(self) -> None:
         try:
-            await self._snapshots()
             if not self._stop.is_set():
                 await self._streaming()
         finally:
             await self._router.end()
-
-    async def _snapshots(self) -> None:
-        pending = [r for r in self._runners if r.checkpoint.snapshot_state == "running"]
-        if not pending:
-            return
-        conn = await asyncio.to_thread(connect, self._source)
-        try:
-            for runner in pending:
-                pipeline = runner.pipeline
-                log.info(
-                    "snapshot starting",
-                    pipeline=pipeline.name,
-                    resuming=runner.checkpoint.snapshot_cursor is not None,  # keys stay out
-                )
-                chunks = snapshot_rows(
-                    conn, pipeline, self._tables[pipeline.table], runner.checkpoint.snapshot_cursor
-                )
-                async for items in chunks:
-                    self._telemetry.on_snapshot_rows(pipeline.name, len(items) - 1)
-                    await runner.inbox.put(items)
-                    if self._stop.is_set():
-                        return
-        finally:
-            close_quietly(conn)
 
     async def _streaming(self) -> None:
         self._stream = stream = self._open_stream()

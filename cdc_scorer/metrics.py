@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 
 from cdc_scorer import __version__
 from cdc_scorer.errors import CdcScorerError, PoisonError, RetriableError
-from cdc_scorer.records import ScoredBatch
+from cdc_scorer.records import Rescores, ScoredBatch
+from cdc_scorer.rescoring import remaining_rows
 
 # `_created` series double every counter for little use, and Prometheus ignores them anyway.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -45,6 +46,7 @@ class PipelineState:
     """What the collector reads of one pipeline at scrape time (set by the app)."""
 
     snapshot_state: str = "pending"
+    rescores: Rescores = field(default_factory=Rescores)  # as last committed
     last_checkpoint_at: float = field(default_factory=time.time)
     inbox_depth: Callable[[], int] = lambda: 0
     in_flight: Callable[[], int] = lambda: 0
@@ -85,6 +87,8 @@ class Telemetry:
         self.model_calls: Counter[str] = Counter()
         self.batches: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
+        self.rescore_rows: Counter[str] = Counter()
+        self.rescore_conflicts: Counter[str] = Counter()
         self.disconnects = 0
         self.source = SourceState()
         self.pipelines: dict[str, PipelineState] = {}
@@ -162,7 +166,19 @@ class Telemetry:
         )
         self._snapshot_rows = PromCounter(
             "cdc_scorer_snapshot_rows",
-            "Rows read by the initial snapshot",
+            "Rows read from the table by snapshot and re-score chunks",
+            ["pipeline"],
+            registry=r,
+        )
+        self._rescore_rows = PromCounter(
+            "cdc_scorer_rescore_rows",
+            "Chunk rows passed to the model by snapshots and re-scores",
+            ["pipeline"],
+            registry=r,
+        )
+        self._rescore_conflicts = PromCounter(
+            "cdc_scorer_rescore_conflicts",
+            "Chunk rows dropped because the stream changed them inside the chunk's window",
             ["pipeline"],
             registry=r,
         )
@@ -177,6 +193,12 @@ class Telemetry:
 
     def on_snapshot_rows(self, pipeline: str, rows: int) -> None:
         self._snapshot_rows.labels(pipeline).inc(rows)
+
+    def on_chunk(self, pipeline: str, rows: int, conflicts: int) -> None:
+        self.rescore_rows[pipeline] += rows
+        self.rescore_conflicts[pipeline] += conflicts
+        self._rescore_rows.labels(pipeline).inc(rows)
+        self._rescore_conflicts.labels(pipeline).inc(conflicts)
 
     def on_retry(self, stage: str, exc: RetriableError) -> None:
         self.retries[stage] += 1
@@ -247,6 +269,7 @@ class Telemetry:
         if state is not None:
             state.last_checkpoint_at = now
             state.snapshot_state = scored.checkpoint.snapshot_state
+            state.rescores = scored.checkpoint.rescores
 
 
 class _StateCollector(Collector):
@@ -309,11 +332,25 @@ class _StateCollector(Collector):
             None,
             ["pipeline", "state"],
         )
+        remaining = GaugeMetricFamily(
+            "cdc_scorer_rescore_rows_remaining",
+            "Rows the running re-score (or snapshot) has still to read, as counted at its start",
+            None,
+            ["pipeline"],
+        )
+        queued = GaugeMetricFamily(
+            "cdc_scorer_rescores_queued",
+            "Re-scores waiting behind the running one",
+            None,
+            ["pipeline"],
+        )
         for name, state in t.pipelines.items():
+            remaining.add_metric([name], float(remaining_rows(state.rescores)))
+            queued.add_metric([name], float(len(state.rescores.queued)))
             depth.add_metric([f"pipeline:{name}"], float(state.inbox_depth()))
             in_flight.add_metric([name], float(state.in_flight()))
             age.add_metric([name], max(0.0, now - state.last_checkpoint_at))
             stopped.add_metric([name], 0.0 if state.stopped is None else 1.0)
             for s in SNAPSHOT_STATES:
                 snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
-        yield from (depth, in_flight, age, stopped, snapshot)
+        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued)

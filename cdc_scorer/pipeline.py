@@ -9,10 +9,10 @@ from typing import Protocol
 import structlog
 
 from cdc_scorer.batcher import Batcher
-from cdc_scorer.checkpoints import resume_at
 from cdc_scorer.errors import CdcScorerError, PipelineStopped
 from cdc_scorer.metrics import PipelineState, Telemetry
 from cdc_scorer.records import Batch, Checkpoint, ScoredBatch, SourceItem
+from cdc_scorer.rescoring import ChunkExchange
 from cdc_scorer.scoring import Scorer
 from cdc_scorer.sequencer import Sequencer
 from cdc_scorer.spec import PipelineSpec
@@ -33,8 +33,15 @@ class BatchSink(Protocol):
     def close(self) -> None: ...
 
 
+class ChunkReader(Protocol):
+    """Reads re-score chunks as the pipeline's jobs ask (``snapshotter.Snapshotter``)."""
+
+    async def run(self) -> None: ...
+
+
 class PipelineRunner:
-    """Items from :attr:`inbox` (``None`` ends the run) → batches → scores → the sink."""
+    """Items from :attr:`inbox` (``None`` ends the run) → batches → scores → the sink; and
+    the pipeline's re-score chunks, read by ``snapshotter`` and merged through ``exchange``."""
 
     def __init__(
         self,
@@ -44,6 +51,9 @@ class PipelineRunner:
         scorer: Scorer,
         sink: BatchSink,
         telemetry: Telemetry,
+        *,
+        exchange: ChunkExchange | None = None,
+        snapshotter: ChunkReader | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.checkpoint = checkpoint
@@ -51,21 +61,24 @@ class PipelineRunner:
         in_flight = pipeline.batching.max_in_flight
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
         self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight)
-        # The batcher skips transactions the pipeline applied already; during a snapshot that
-        # is everything up to the snapshot's position.
+        self._exchange = exchange if exchange is not None else ChunkExchange()
+        self._snapshotter = snapshotter
+        # The batcher skips transactions the pipeline applied already.
         self._batcher = Batcher(
             pipeline,
             key_columns,
             checkpoint,
             self.inbox,
             self._batches,
-            applied=resume_at(checkpoint),
+            exchange=self._exchange,
+            on_chunk=lambda rows, conflicts: telemetry.on_chunk(pipeline.name, rows, conflicts),
         )
         self._scorer = scorer
         self._sink = sink
         self._telemetry = telemetry
         telemetry.pipelines[pipeline.name] = PipelineState(
             snapshot_state=checkpoint.snapshot_state,
+            rescores=checkpoint.rescores,
             inbox_depth=self.inbox.qsize,
             in_flight=self._sequencer.in_flight,
         )
@@ -74,9 +87,15 @@ class PipelineRunner:
         name = self.pipeline.name
         try:
             async with asyncio.TaskGroup() as group:
+                chunks = None
+                if self._snapshotter is not None:
+                    chunks = group.create_task(self._snapshotter.run(), name=f"{name}-chunks")
+                self._exchange.job_changed(self.checkpoint.rescores.running)
                 group.create_task(self._batcher.run(), name=f"{name}-batcher")
                 group.create_task(self._dispatch(group), name=f"{name}-dispatch")
-                group.create_task(self._commit_in_order(), name=f"{name}-commit")
+                await self._commit_in_order()
+                if chunks is not None:  # the stream ended: no chunk can be merged any more
+                    chunks.cancel()
         except* PipelineStopped as stopped:
             # This pipeline alone stops: what it committed stands, its checkpoint stays before
             # the change that stopped it, and the others go on.

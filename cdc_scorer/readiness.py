@@ -11,10 +11,8 @@ def not_ready(telemetry: Telemetry, ready_max_lag_s: float) -> list[str]:
     reasons = []
     if not source.leader:
         reasons.append("not the leader (standby)")
-    running = [n for n, p in telemetry.pipelines.items() if p.snapshot_state == "running"]
-    if running:
-        reasons.append(f"snapshot running: {', '.join(running)}")
-    elif not (source.streaming and source.connected):
+    # A snapshot or re-score does not count: it runs beside the stream, which stays fresh.
+    if not (source.streaming and source.connected):
         reasons.append("binlog stream not connected")
     for name, state in telemetry.pipelines.items():
         if state.stopped is not None:

@@ -14,7 +14,7 @@ class Op(enum.Enum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
-    SNAPSHOT = "snapshot"  # a row that existed before the pipeline started (read, not changed)
+    SNAPSHOT = "snapshot"  # a row read from the table by a snapshot or re-score chunk
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,24 @@ class Commit:
 
 
 @dataclass(frozen=True)
-class SnapshotProgress:
-    """A snapshot chunk ended: rows up to ``cursor`` (a key) are read."""
+class Signal:
+    """A row inserted into the scorer's signal table, read back from the binlog: a re-score
+    request, or a chunk's low ("window-open") or high ("window-close") watermark."""
+
+    pipeline: str
+    kind: str
+    id: str
+    data: dict[str, Any]
+    tx: TxId | None
+
+
+@dataclass(frozen=True)
+class TableAltered:
+    """ALTER TABLE of a captured table (no row events are written for it): a model input may
+    have changed type, and every row's value with it."""
 
     table: str
-    cursor: tuple[Any, ...] | None
-    done: bool
+    tx: TxId | None
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class ColumnsGone:
     tx: TxId | None
 
 
-SourceItem = RowChange | Commit | SnapshotProgress | TableTruncated | ColumnsGone
+SourceItem = RowChange | Commit | Signal | TableTruncated | TableAltered | ColumnsGone
 
 
 @dataclass(frozen=True)
@@ -98,13 +110,42 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class RescoreJob:
+    """One incremental snapshot of a pipeline's table: the first snapshot, a re-score after a
+    model change, after an ALTER of a model input, or one requested by `cdc-scorer rescore`."""
+
+    id: str
+    reason: str
+    model_version: str | None  # the version it scores for (None: unknown, from an old row)
+    where: str | None = None  # SQL condition on the source table (None: every row)
+    cursor: tuple[Any, ...] | None = None  # the last key whose chunk is applied
+    rows_done: int = 0  # chunk rows applied (rows the stream changed meanwhile excluded)
+    rows_total: int | None = None  # counted when the job starts
+    # For an ALTER: the inputs' column types before it; the job re-scores only if they changed.
+    check_types: tuple[tuple[str, str], ...] | None = None
+    requested_at: str | None = None  # ISO times, as shown by status
+    finished_at: str | None = None
+    error: str | None = None  # why it ended without re-scoring (a condition the server refused)
+
+
+@dataclass(frozen=True)
+class Rescores:
+    """A pipeline's re-scores: the one running, the ones waiting, the last few finished."""
+
+    running: RescoreJob | None = None
+    queued: tuple[RescoreJob, ...] = ()
+    finished: tuple[RescoreJob, ...] = ()
+    # The model inputs' column types as the last finished re-score (or the start) saw them.
+    input_types: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """What a pipeline has durably applied."""
 
     position: Position | None
-    snapshot_state: str = "pending"  # pending | running | done | skipped
-    snapshot_cursor: tuple[Any, ...] | None = None
-    snapshot_position: Position | None = None
+    snapshot_state: str = "pending"  # pending | running | done | skipped (the first snapshot)
+    rescores: Rescores = Rescores()
 
 
 @dataclass(frozen=True)

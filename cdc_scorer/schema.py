@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from cdc_scorer.checkpoints import CHECKPOINT_DDL, CHECKPOINT_TABLE
 from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.errors import FatalError
+from cdc_scorer.rescoring import SIGNAL_DDL, SIGNAL_TABLE
 from cdc_scorer.server import ServerInfo
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
 HEARTBEAT_TABLE = "cdc_scorer_heartbeat"
-OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE)
+OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
     """Idempotent DDL for the scorer's tables and views."""
     statements = [
         CHECKPOINT_DDL,
+        SIGNAL_DDL,
         f"""CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} (
   id BIGINT AUTO_INCREMENT PRIMARY KEY,
   pipeline VARCHAR(64) NOT NULL,
@@ -179,7 +181,10 @@ def _is_text(column_type: str) -> bool:
 # Columns added after a table's first release: ``init`` adds them to tables made before
 # (name, definition, after which column), to each predictions table and to the checkpoints.
 ADDED_COLUMNS = (("model_version", "VARCHAR(64) NULL", "model_variant"),)
-ADDED_CHECKPOINT_COLUMNS = (("stopped_reason", "TEXT NULL", "updated_at"),)
+ADDED_CHECKPOINT_COLUMNS = (
+    ("stopped_reason", "TEXT NULL", "updated_at"),
+    ("rescore", "MEDIUMTEXT NULL", "stopped_reason"),
+)
 
 
 def init_schema(conn: Connection, spec: ScorerSpec) -> list[str]:
@@ -207,7 +212,9 @@ def _execute(conn: Connection, statements: list[str]) -> None:
 def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str, str, str]]:
     """(table, column, definition, after) for each added column a predictions table lacks."""
     missing = []
-    tables = [(p.predictions, ADDED_COLUMNS) for p in spec.pipelines]
+    tables: list[tuple[str, tuple[tuple[str, str, str], ...]]] = [
+        (p.predictions, ADDED_COLUMNS) for p in spec.pipelines
+    ]
     tables.append((CHECKPOINT_TABLE, ADDED_CHECKPOINT_COLUMNS))
     with mysql_errors("reading the scorer tables' columns"), conn.cursor() as cursor:
         for table, added in tables:

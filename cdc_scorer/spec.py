@@ -135,6 +135,17 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True)
+class RescoreSpec:
+    """Incremental snapshots and re-scores of a pipeline's table (``snapshotter.py``)."""
+
+    __pydantic_config__ = _STRICT
+
+    # A cap on rows read per second (None: as fast as the model and the sink take them), so a
+    # re-score cannot starve the stream's freshness or flood the endpoint.
+    max_rows_per_s: Positive | None = None
+
+
+@dataclass(frozen=True)
 class SageMakerSpec:
     __pydantic_config__ = _STRICT
 
@@ -176,6 +187,9 @@ class PipelineSpec:
     scored_view: Identifier | None = None
     snapshot: Literal["initial", "never"] = "initial"
     snapshot_chunk_rows: Annotated[int, Ge(1), Le(100_000)] = 1000
+    # Re-score every row when an ALTER TABLE changes the type of a model input.
+    rescore_on_alter: bool = True
+    rescore: RescoreSpec = RescoreSpec()
     batching: BatchingSpec = BatchingSpec()
     sagemaker: SageMakerSpec | None = None
     comprehend: ComprehendSpec | None = None

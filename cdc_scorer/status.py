@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdc_scorer.checkpoints import current_position, load_checkpoints, resume_at
+from cdc_scorer.checkpoints import current_position, load_checkpoints
 from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.leader import lock_holder, lock_name
+from cdc_scorer.records import RescoreJob, Rescores
 from cdc_scorer.schema import DEAD_LETTER_TABLE
 from cdc_scorer.server import ServerInfo, preflight_binlog
 from cdc_scorer.spec import ScorerSpec
@@ -24,9 +25,26 @@ class PipelineStatus:
     dead_letters: int
     dead_letters_24h: int
     stopped: str | None = None  # why the pipeline stopped (None: it has not)
+    rescore: dict[str, object] | None = None  # the running re-score (or snapshot)
+    rescores_queued: int = 0
+    rescores_finished: tuple[dict[str, object], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+
+def job_summary(job: RescoreJob) -> dict[str, object]:
+    return {
+        "id": job.id,
+        "reason": job.reason,
+        "where": job.where,
+        "model_version": job.model_version,
+        "rows_done": job.rows_done,
+        "rows_total": job.rows_total,
+        "requested_at": job.requested_at,
+        "finished_at": job.finished_at,
+        "error": job.error,
+    }
 
 
 def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
@@ -51,7 +69,8 @@ def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
         found = saved.get(pipeline.name)
         checkpoint = found.checkpoint if found else None
         updated = found.updated_at if found else None
-        at = resume_at(checkpoint) if checkpoint else None
+        at = checkpoint.position if checkpoint else None
+        rescores = checkpoint.rescores if checkpoint else Rescores()
         statuses.append(
             PipelineStatus(
                 pipeline=pipeline.name,
@@ -64,6 +83,9 @@ def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
                 dead_letters=int(dead),
                 dead_letters_24h=int(dead_24h),
                 stopped=found.stopped_reason if found else None,
+                rescore=None if rescores.running is None else job_summary(rescores.running),
+                rescores_queued=len(rescores.queued),
+                rescores_finished=tuple(job_summary(j) for j in rescores.finished),
             )
         )
     return statuses

@@ -41,6 +41,7 @@ from cdc_scorer.records import (
     Op,
     RowChange,
     SourceItem,
+    TableAltered,
     TableTruncated,
 )
 from cdc_scorer.source.decoder import FastRowsDecoder
@@ -50,6 +51,11 @@ SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
 
 _TRUNCATE = re.compile(
     r"\s*TRUNCATE\s+(?:TABLE\s+)?(?:`?([^`.\s]+)`?\.)?`?([^`.\s;]+)`?\s*;?\s*$", re.IGNORECASE
+)
+_ALTER = re.compile(
+    r"\s*ALTER\s+(?:ONLINE\s+|OFFLINE\s+|IGNORE\s+)*TABLE\s+(?:IF\s+EXISTS\s+)?"
+    r"(?:`?([^`.\s]+)`?\.)?`?([^`.\s]+)`?(?:\s|$)",
+    re.IGNORECASE,
 )
 # Statements inside an XA transaction that neither begin nor end it in the binlog's terms.
 _XA_INSIDE = re.compile(r"\s*XA\s+(START|BEGIN|END)\b", re.IGNORECASE)
@@ -177,9 +183,13 @@ class TransactionReader:
             tx, self.tx = self.tx, None
             self._rows_in_tx = False
             if tx is not None:
-                truncated = self._truncated(event) if isinstance(event, QueryEvent) else None
-                if truncated is not None:
-                    self._emit((TableTruncated(truncated, tx),))
+                if isinstance(event, QueryEvent):
+                    truncated = self._captured(_TRUNCATE, event)
+                    if truncated is not None:
+                        self._emit((TableTruncated(truncated, tx),))
+                    altered = self._captured(_ALTER, event)
+                    if altered is not None:
+                        self._emit((TableAltered(altered, tx),))
                 self.position = self._commit(stream, tx, BinlogCoordinate(stream.log_file, end))
                 self._emit((Commit(self.position, _utc(event.timestamp), tx),))
                 self._flush()
@@ -213,9 +223,10 @@ class TransactionReader:
         self._gone[id(table_map)] = (table_map, gone)
         return gone
 
-    def _truncated(self, event: Any) -> str | None:
-        """The captured table a TRUNCATE statement empties, if it is one (it writes no rows)."""
-        match = _TRUNCATE.match(event.query)
+    def _captured(self, statement: re.Pattern[str], event: Any) -> str | None:
+        """The captured table a TRUNCATE or ALTER TABLE statement changes, if it is one (they
+        write no rows)."""
+        match = statement.match(event.query)
         if match is None:
             return None
         schema, table = match.group(1), match.group(2)

@@ -43,7 +43,6 @@ from cdc_scorer.spec import (
     PipelineSpec,
     RetrySpec,
     SageMakerSpec,
-    SourceSpec,
 )
 
 AT = datetime(2026, 11, 25, 12, 0, 0)
@@ -148,10 +147,7 @@ async def run_pipeline(
         telemetry = Telemetry()
         runner = PipelineRunner(PIPELINE, ("phone",), sink.checkpoint, scorer, sink, telemetry)
         router = Router({"churn": [runner.inbox]}, heartbeat_table="hb", on_heartbeat=print)
-        source = SourceSpec(database="unused")
-        coordinator = Coordinator(
-            source, [runner], {}, router, lambda: ListSource(items), telemetry
-        )
+        coordinator = Coordinator(router, lambda: ListSource(items), telemetry)
         async with asyncio.TaskGroup() as group:
             group.create_task(runner.run())
             group.create_task(coordinator.run())

@@ -1,0 +1,218 @@
+"""The stream's side of DBLog, on the accumulator alone: what a chunk contributes at its high
+watermark, where the job's cursor moves, and the jobs' bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from cdc_scorer.batcher import Accumulator
+from cdc_scorer.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.records import (
+    Batch,
+    Checkpoint,
+    Commit,
+    Op,
+    RescoreJob,
+    Rescores,
+    RowChange,
+    Signal,
+    SourceItem,
+    TableAltered,
+)
+from cdc_scorer.rescoring import (
+    RESCORE,
+    WINDOW_CLOSE,
+    WINDOW_OPEN,
+    Chunk,
+    ChunkExchange,
+    decode_rescores,
+    encode_rescores,
+    enqueue,
+    finish,
+)
+from cdc_scorer.spec import SAGEMAKER, BatchingSpec, PipelineSpec, SageMakerSpec
+
+AT = datetime(2026, 11, 25, 6, 0, 0)
+SPEC = PipelineSpec(
+    name="p",
+    table="t",
+    service=SAGEMAKER,
+    key_columns=("id",),
+    model_version="7",
+    batching=BatchingSpec(max_rows=3),
+    sagemaker=SageMakerSpec("e", feature_columns=("n",)),
+)
+JOB = RescoreJob(id="job", reason="requested", model_version="7")
+RUNNING = Rescores(running=JOB)
+
+
+def tx(seq: int) -> Gtid:
+    return Gtid(0, 1, seq)
+
+
+def change(op: Op, key: int, n: int, seq: int) -> RowChange:
+    return RowChange(op, "t", (key,), {"id": key, "n": n}, tx(seq), AT)
+
+
+def chunk_row(key: int, n: int) -> RowChange:
+    return RowChange(Op.SNAPSHOT, "t", (key,), {"id": key, "n": n}, None, None)
+
+
+def commit(seq: int) -> Commit:
+    return Commit(MariadbGtidPosition("s", (tx(seq),)), AT, tx(seq))
+
+
+def watermark(kind: str, chunk: str, seq: int) -> Signal:
+    return Signal("p", kind, chunk, {}, tx(seq))
+
+
+def feed(accumulator: Accumulator, items: list[SourceItem]) -> list[Batch]:
+    out: list[Batch] = []
+    for item in items:
+        result = accumulator.accept(item)
+        if isinstance(result, list):
+            out += result
+        elif result is not None:
+            out.append(result)
+    tail = accumulator.flush(force_checkpoint=True)
+    return out + ([tail] if tail is not None else [])
+
+
+def accumulator(exchange: ChunkExchange, rescores: Rescores = RUNNING) -> Accumulator:
+    checkpoint = Checkpoint(MariadbGtidPosition("s", (tx(1),)), "done", rescores)
+    exchange.job_changed(rescores.running)
+    return Accumulator(SPEC, ("id",), checkpoint, exchange=exchange, clock=lambda: 0.0)
+
+
+def test_rows_the_stream_changes_inside_the_window_leave_the_chunk() -> None:
+    exchange = ChunkExchange()
+    acc = accumulator(exchange)
+    exchange.expect("c1")
+    items: list[SourceItem] = [
+        change(Op.UPDATE, 1, 10, 2),  # before the window: the chunk's version is newer
+        commit(2),
+        watermark(WINDOW_OPEN, "c1", 3),
+        commit(3),
+        change(Op.UPDATE, 2, 20, 4),  # inside: the stream's version wins
+        change(Op.DELETE, 3, 0, 4),  # deleted inside: not resurrected by the chunk
+        commit(4),
+    ]
+    batches = feed(acc, items[:4])
+    exchange.deposit(
+        Chunk(
+            "c1",
+            "job",
+            (chunk_row(1, 11), chunk_row(2, 2), chunk_row(3, 3), chunk_row(4, 4)),
+            (4,),
+            False,
+            4,
+        )
+    )
+    batches += feed(acc, [*items[4:], watermark(WINDOW_CLOSE, "c1", 5), commit(5)])
+    applied: dict[int, tuple[Op, int]] = {}
+    for batch in batches:
+        for row in batch.upserts:
+            applied[row.key[0]] = (row.op, row.values["n"])
+        for row in batch.deletes:
+            applied[row.key[0]] = (Op.DELETE, 0)
+    assert applied == {
+        1: (Op.SNAPSHOT, 11),
+        2: (Op.UPDATE, 20),
+        3: (Op.DELETE, 0),
+        4: (Op.SNAPSHOT, 4),
+    }
+    # A chunk row names the high watermark's transaction as its source version.
+    snapshot_rows = [r for b in batches for r in b.upserts if r.op is Op.SNAPSHOT]
+    assert {r.tx for r in snapshot_rows} == {tx(5)}
+    last = batches[-1].checkpoint.rescores
+    assert last.running is not None and last.running.cursor == (4,)
+    assert last.running.rows_done == 2 and last.running.rows_total == 4
+    assert sum(b.rows_skipped.get("rescore_conflict", 0) for b in batches) == 2
+
+
+def test_the_cursor_moves_only_with_the_last_rows_of_its_chunk() -> None:
+    exchange = ChunkExchange()
+    acc = accumulator(exchange)
+    exchange.expect("c1")
+    feed(acc, [watermark(WINDOW_OPEN, "c1", 2)])
+    rows = tuple(chunk_row(k, k) for k in range(1, 8))  # 7 rows, batches of 3
+    exchange.deposit(Chunk("c1", "job", rows, (7,), False, 100))
+    result = acc.accept(watermark(WINDOW_CLOSE, "c1", 3))
+    assert isinstance(result, list) and len(result) == 2
+    for early in result:  # a crash after these re-reads the chunk: nothing is lost
+        assert early.checkpoint.rescores.running is not None
+        assert early.checkpoint.rescores.running.cursor is None
+    tail = acc.flush()
+    assert tail is not None and len(tail.upserts) == 1
+    assert tail.checkpoint.rescores.running is not None
+    assert tail.checkpoint.rescores.running.cursor == (7,)
+
+
+def test_watermarks_of_another_run_are_ignored() -> None:
+    exchange = ChunkExchange()
+    acc = accumulator(exchange)
+    exchange.expect("mine")
+    batches = feed(
+        acc,
+        [
+            watermark(WINDOW_OPEN, "old", 2),  # replayed after a restart
+            change(Op.INSERT, 5, 5, 3),
+            watermark(WINDOW_CLOSE, "old", 4),
+            commit(4),
+        ],
+    )
+    assert [r.key for b in batches for r in b.upserts] == [(5,)]
+    assert not exchange.window_open
+
+
+def test_the_last_chunk_finishes_the_job_and_starts_the_next() -> None:
+    exchange = ChunkExchange()
+    queued = replace(JOB, id="next", where="n > 1")
+    acc = accumulator(exchange, Rescores(running=JOB, queued=(queued,)))
+    exchange.expect("c1")
+    feed(acc, [watermark(WINDOW_OPEN, "c1", 2)])
+    exchange.deposit(Chunk("c1", "job", (chunk_row(1, 1),), (1,), True, 1, (("n", "int"),)))
+    batches = feed(acc, [watermark(WINDOW_CLOSE, "c1", 3), commit(3)])
+    rescores = batches[-1].checkpoint.rescores
+    assert rescores.running == queued and rescores.queued == ()
+    assert [j.id for j in rescores.finished] == ["job"]
+    assert rescores.finished[0].finished_at is not None
+    assert rescores.input_types == (("n", "int"),)
+    assert exchange.current_job() == queued  # the snapshotter is told
+
+
+def test_requests_and_alters_queue_jobs_and_repeats_are_dropped() -> None:
+    exchange = ChunkExchange()
+    acc = accumulator(exchange, Rescores(input_types=(("n", "int"),)))
+    request = Signal("p", RESCORE, "r1", {"where": "n > 3"}, tx(2))
+    items: list[SourceItem] = [request, commit(2), TableAltered("t", tx(3)), commit(3)]
+    batches = feed(acc, [*items, request])  # the same request again: once
+    rescores = batches[-1].checkpoint.rescores
+    assert rescores.running is not None and rescores.running.where == "n > 3"
+    assert rescores.running.model_version == "7"
+    (alter,) = rescores.queued
+    assert alter.reason == "ALTER TABLE" and alter.check_types == (("n", "int"),)
+
+
+def test_jobs_survive_their_json() -> None:
+    job = RescoreJob(
+        "a", "model version 2", "2", "x > 1", ("k", 3), 10, 20, (("n", "int"),), "t0", None
+    )
+    rescores = Rescores(job, (replace(job, id="b"),), (replace(job, id="c"),), (("n", "int"),))
+    assert decode_rescores(encode_rescores(rescores)) == rescores
+    assert encode_rescores(Rescores()) is None
+    assert decode_rescores(None) == Rescores()
+
+
+def test_enqueue_and_finish() -> None:
+    first = enqueue(Rescores(), JOB)
+    assert first.running == JOB
+    automatic = replace(JOB, id="v2", reason="model version 2")
+    twice = enqueue(enqueue(first, automatic), replace(automatic, id="v2-again"))
+    assert [j.id for j in twice.queued] == ["v2"]  # the scorer's own repeat is dropped
+    requested = enqueue(twice, replace(JOB, id="again"))
+    assert [j.id for j in requested.queued] == ["v2", "again"]  # an operator's is not
+    done = finish(requested, None)
+    assert done.running is not None and done.running.id == "v2"
+    assert [j.id for j in done.finished] == ["job"]
