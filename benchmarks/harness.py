@@ -497,20 +497,23 @@ def caught_up(conn: Any, last_gtid: str) -> bool:
     return True
 
 
-def freshness_s(conn: Any, since: str) -> list[float]:
-    """Seconds from each row's last write (since ``since``) to its prediction, both DB time."""
+def freshness_s(conn: Any, since: str, stream_only: bool = False) -> list[float]:
+    """Seconds from each row's last write (since ``since``) to its prediction, both DB time.
+    ``stream_only``: rows whose prediction came from the binlog (a re-score chunk's row has no
+    source commit time, and its ``scored_at`` is when the chunk reached it, not a freshness)."""
+    stream = " AND p.source_committed_at IS NOT NULL" if stream_only else ""
     with conn.cursor() as cursor:
         cursor.execute(
             "SELECT TIMESTAMPDIFF(MICROSECOND, c.updated_at, p.scored_at) FROM churn c "
             "JOIN churn_predictions p ON p.phone = c.phone "
-            "WHERE c.updated_at >= %s AND p.scored_at >= c.updated_at",
+            f"WHERE c.updated_at >= %s AND p.scored_at >= c.updated_at{stream}",
             (since,),
         )
         values = [int(r[0]) / 1e6 for r in cursor.fetchall()]
         cursor.execute(
             "SELECT TIMESTAMPDIFF(MICROSECOND, f.updated_at, p.scored_at) FROM feedback f "
             "JOIN feedback_predictions p ON p.id = f.id "
-            "WHERE f.updated_at >= %s AND p.scored_at >= f.updated_at",
+            f"WHERE f.updated_at >= %s AND p.scored_at >= f.updated_at{stream}",
             (since,),
         )
         values += [int(r[0]) / 1e6 for r in cursor.fetchall()]

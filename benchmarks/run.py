@@ -36,6 +36,7 @@ from benchmarks.harness import (
     db_now,
     freshness_s,
     init_scorer_tables,
+    metric_value,
     metrics,
     percentile,
     scorer_process,
@@ -43,11 +44,12 @@ from benchmarks.harness import (
     wait_until,
     write_scorer_config,
 )
-from cdc_scorer.checkpoints import current_position
+from cdc_scorer.checkpoints import current_position, load_checkpoints
 from cdc_scorer.local.mysql_dist import MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 from cdc_scorer.positions import Position, decode_position
 from cdc_scorer.server import server_info
+from cdc_scorer.snapshotter import count_rows, request_rescore
 
 BUFFER_POOL = "2G"
 
@@ -62,14 +64,16 @@ class Mode:
     decode_rows: int
     big_update_rows: int
     preload_rows: int
+    rescore_rows: int  # the table re-scored beside the stream
     profile: bool = True  # py-spy on the scorer in the flat-out phase
 
 
 MODES = {
-    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500, profile=False),
-    "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000),
-    "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000),
+    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500, 2_000, profile=False),
+    "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000, 200_000),
+    "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000, 200_000),
 }
+RESCORE_STREAM_RATE = 1000  # rows/s the application writes while the table is re-scored
 
 
 @dataclass
@@ -343,6 +347,66 @@ class Bench:
         )
         return row
 
+    # ------------------------------------------------------------------ a re-score
+    def rescore_phase(self, rate: float) -> dict[str, Any]:
+        """The whole churn table re-scored (`cdc-scorer rescore`'s request) while the
+        application writes ``rate`` rows/s: the re-score's pace, and the stream's freshness
+        during it against a phase of the same stream without it, in one scorer process."""
+        rows = self.mode.rescore_rows
+        database = self._database("rescore")
+        config = self.workdir / f"{database}.toml"
+        port = write_scorer_config(config, self.server, database, self.endpoints.url, Batching())
+        init_scorer_tables(config)
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=9)
+        workload.preload(rows)
+        scorer = scorer_process(config, self.workdir / f"{database}.log")
+        try:
+            if not wait_until(lambda: _ready(port, scorer), 60):
+                raise RuntimeError(f"scorer not ready: {scorer.log_path.read_text()[-2000:]}")
+            phases: dict[str, Any] = {}
+            for phase in ("without", "during"):
+                since = db_now(conn)
+                self.endpoints.reset_stats()
+                rescored0 = metric_value(metrics(port), RESCORED) or 0.0
+                conflicts0 = metric_value(metrics(port), CONFLICTS) or 0.0
+                started = time.monotonic()
+                written0 = workload.rows_written
+                if phase == "without":
+                    workload.drive(rate, self.mode.phase_s)
+                else:
+                    phases["rows_at_request"] = count_rows(conn, "churn", None)
+                    request = request_rescore(conn, "churn", None, "bench")
+                    while not _rescored(conn, request):
+                        workload.drive(rate, 1.0)
+                        scorer.check_alive()
+                rescore_s = time.monotonic() - started
+                caught = wait_until(
+                    lambda: caught_up(conn, workload.last_gtid), self.mode.drain_s, 0.05
+                )
+                fresh = freshness_s(conn, since, stream_only=True)
+                stats = self.endpoints.stats()
+                invoke = stats["operations"].get("InvokeEndpoint", {})
+                rescored = (metric_value(metrics(port), RESCORED) or 0.0) - rescored0
+                phases[phase] = {
+                    "seconds": rescore_s,
+                    "stream_rows": workload.rows_written - written0,
+                    "caught_up": caught,
+                    "p50_s": percentile(fresh, 50),
+                    "p99_s": percentile(fresh, 99),
+                    "samples": len(fresh),
+                    "sagemaker_calls": sum(e["calls"] for e in invoke.values()),
+                    "sagemaker_rows": sum(e["rows"] for e in invoke.values()),
+                    "rescored_rows": rescored,
+                    "conflicts": (metric_value(metrics(port), CONFLICTS) or 0.0) - conflicts0,
+                    "rescore_rows_per_s": rescored / rescore_s if phase == "during" else None,
+                }
+                self.log(f"re-score phase {phase}: {phases[phase]}")
+            return {"table_rows": rows, "stream_rate": rate, **phases}
+        finally:
+            scorer.stop()
+            conn.close()
+
     # ------------------------------------------------------------------ one big transaction
     def big_update(self, decoder: str = "fast") -> Row:
         rows = self.mode.big_update_rows
@@ -406,6 +470,16 @@ class Bench:
         finally:
             scorer.stop()
             conn.close()
+
+
+RESCORED = 'cdc_scorer_rescore_rows_total{pipeline="churn"}'
+CONFLICTS = 'cdc_scorer_rescore_conflicts_total{pipeline="churn"}'
+
+
+def _rescored(conn: Any, request: str) -> bool:
+    """Whether the re-score ``request`` is done (its job among the finished ones)."""
+    found = load_checkpoints(conn, ["churn"]).get("churn")
+    return found is not None and any(j.id == request for j in found.checkpoint.rescores.finished)
 
 
 def _position(conn: Any) -> Position:
@@ -490,6 +564,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 for rate in mode.rates[:2]:
                     rows.append(bench.polling_phase(rate))
                 rows.append(bench.big_update())
+                rescore = bench.rescore_phase(RESCORE_STREAM_RATE)
                 # The same parse-only and big-UPDATE phases on MySQL, in the same run.
                 mysql_note = _mysql_phases(mode, workdir, bench)
             finally:
@@ -503,6 +578,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "profile": bench.profile_text,
                 "mysql": mysql_note,
                 "scorer_profiles": bench.scorer_profiles,
+                "rescore": rescore,
             }
             write_report(results, rows, bench, out)
             return results
