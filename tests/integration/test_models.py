@@ -125,3 +125,62 @@ def test_tables_of_an_older_release_get_their_new_columns_from_init(
     check_schema(conn, spec)  # now complete
     assert init_schema(conn, spec)  # and init stays idempotent
     conn.close()
+
+
+async def test_a_snapshot_begun_by_an_older_release_goes_on_as_an_incremental_one(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> None:
+    """An older release snapshotted before streaming: its checkpoint row had no position, the
+    snapshot's start in snapshot_position and the last chunk's key in snapshot_cursor. The
+    stream resumes at that start and the snapshot goes on after that key."""
+    database = f"models_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    db = server.connect(database)
+    insert_churn(db, list(ChurnRowGenerator(72).rows(400)))
+    spec = write_config(tmp_path / "s.toml", server, database, models.url, snapshot="never")
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    async with Running(spec):  # streaming from now; the 400 rows are not scored
+        await wait_for(lambda: _checkpointed(db), what="a checkpoint")
+    with db.cursor() as cursor:
+        cursor.execute("SELECT phone FROM churn ORDER BY phone")
+        phones = [str(r[0]) for r in cursor.fetchall()]
+        # The older release had scored the first 150 rows before it stopped.
+        cursor.execute(
+            "INSERT INTO churn_predictions (key_hash, phone, will_churn, churn_probability, "
+            "model_endpoint, scored_at) SELECT UNHEX(SHA2(CONCAT('[\"', phone, '\"]'), 256)), "
+            "phone, 'old', 0, 'old', NOW(6) FROM churn WHERE phone <= %s",
+            (phones[149],),
+        )
+        cursor.execute(
+            "UPDATE cdc_scorer_checkpoint SET snapshot_position=position, position=NULL, "
+            "snapshot_state='running', snapshot_cursor=%s, rescore=NULL WHERE pipeline='churn'",
+            (f'["{phones[149]}"]',),
+        )
+    async with Running(spec):
+        insert_churn(db, list(ChurnRowGenerator(73).rows(20)))  # streamed meanwhile
+        await wait_for(lambda: _snapshot_done(db), what="the snapshot finished")
+        await wait_for(lambda: len(_stored(db, "churn_predictions")) == 420, what="all rows")
+    stored = _stored(db, "churn_predictions")
+    expected = expected_churn(db)
+    old = {p for p, (label, _, _) in stored.items() if label == "old"}
+    assert old == set(phones[:150])  # the chunks before the cursor are not read again
+    assert all(stored[p][0] == expected[p][0] for p in expected if p not in old)
+    db.close()
+
+
+def _checkpointed(db: Any) -> bool:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT position FROM cdc_scorer_checkpoint WHERE pipeline='churn'")
+        row = cursor.fetchone()
+    return row is not None and row[0] is not None
+
+
+def _snapshot_done(db: Any) -> bool:
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT snapshot_state, position IS NOT NULL FROM cdc_scorer_checkpoint "
+            "WHERE pipeline='churn'"
+        )
+        return bool(cursor.fetchone() == ("done", 1))
