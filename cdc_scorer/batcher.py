@@ -139,6 +139,8 @@ class Accumulator:
             if self._was_applied(item.tx):
                 return None
             # The rows waiting are gone from the table: no model call for them.
+            if self._exchange.window_open:
+                self._exchange.emptied()  # nor for the rows of a chunk read before
             self._skipped["truncated"] += len(self._pending)
             self._pending, self._pending_bytes = {}, 0
             self._truncate = True

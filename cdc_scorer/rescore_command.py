@@ -45,6 +45,13 @@ def request(spec: ScorerSpec, pipeline: PipelineSpec, where: str | None) -> tupl
     the request in. The request's id and the rows it covers now."""
     conn = connect(spec.source)
     try:
+        if pipeline.name not in load_checkpoints(conn, [pipeline.name]):
+            # Its first start would not read the request (it streams from then on), and its
+            # first snapshot scores every row anyway.
+            raise FatalError(
+                f"pipeline {pipeline.name} has not run yet: start the daemon (its first "
+                "snapshot scores every row), then ask for re-scores"
+            )
         try:
             rows = count_rows(conn, pipeline.table, where)
         except FatalError as exc:

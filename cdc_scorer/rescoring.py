@@ -182,6 +182,7 @@ class ChunkExchange:
         self._chunk: Chunk | None = None
         self.window_open = False  # the stream is between the expected chunk's watermarks
         self._touched: set[tuple[Any, ...]] = set()
+        self._all_touched = False
         self._taken = asyncio.Event()
         self._job: RescoreJob | None = None
         self._job_changed = asyncio.Event()
@@ -196,17 +197,24 @@ class ChunkExchange:
     def open(self, chunk_id: str) -> None:
         if chunk_id == self._expected:
             self.window_open = True
-            self._touched = set()
+            self._touched, self._all_touched = set(), False
 
     def touched(self, key: tuple[Any, ...]) -> None:
         self._touched.add(key)
+
+    def emptied(self) -> None:
+        """The table was truncated inside the window: none of the chunk's rows exists now."""
+        self._all_touched = True
 
     def close(self, chunk_id: str) -> tuple[Chunk, frozenset[tuple[Any, ...]]] | None:
         """The chunk whose high watermark the stream reached, with the keys the stream changed
         inside its window; None for watermarks of another run (replayed after a restart)."""
         if chunk_id != self._expected or self._chunk is None or not self.window_open:
             return None
-        chunk, touched = self._chunk, frozenset(self._touched)
+        chunk = self._chunk
+        touched = (
+            frozenset(r.key for r in chunk.rows) if self._all_touched else frozenset(self._touched)
+        )
         self._expected, self._chunk, self.window_open, self._touched = None, None, False, set()
         self._taken.set()
         return chunk, touched

@@ -190,6 +190,8 @@ def test_rescore_command_while_the_daemon_runs(
     tmp_path: Path, mysql_file: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
     config, _, db = setup(tmp_path, mysql_file, endpoints, 1000, "cmd")
+    early = run_cli("rescore", "--config", str(config), "--pipeline", "churn")
+    assert early.returncode == 1 and "pipeline churn has not run yet" in early.stderr
     daemon = start(config)
     wait(lambda: churn_matches(db), 90, "snapshot scored", daemon)
     before = scored_at(db)

@@ -19,6 +19,7 @@ from cdc_scorer.records import (
     Signal,
     SourceItem,
     TableAltered,
+    TableTruncated,
 )
 from cdc_scorer.rescoring import (
     RESCORE,
@@ -216,3 +217,26 @@ def test_enqueue_and_finish() -> None:
     done = finish(requested, None)
     assert done.running is not None and done.running.id == "v2"
     assert [j.id for j in done.finished] == ["job"]
+
+
+def test_a_truncate_inside_the_window_empties_the_chunk() -> None:
+    exchange = ChunkExchange()
+    acc = accumulator(exchange)
+    exchange.expect("c1")
+    feed(acc, [watermark(WINDOW_OPEN, "c1", 2), commit(2)])
+    exchange.deposit(Chunk("c1", "job", (chunk_row(1, 1), chunk_row(2, 2)), (2,), False, 2))
+    batches = feed(
+        acc,
+        [
+            TableTruncated("t", tx(3)),
+            commit(3),
+            change(Op.INSERT, 9, 9, 4),
+            commit(4),
+            watermark(WINDOW_CLOSE, "c1", 5),
+            commit(5),
+        ],
+    )
+    assert [r.key for b in batches for r in b.upserts] == [(9,)]
+    assert any(b.truncate for b in batches)
+    last = batches[-1].checkpoint.rescores.running
+    assert last is not None and last.cursor == (2,)  # the job goes on after the chunk
