@@ -169,8 +169,20 @@ def test_a_new_model_version_rescores_beside_the_stream_through_kill_9(
     kill(daemon)  # kill -9 in the middle of the re-score
     at_kill = job_progress(config, "model version 2")
     assert 0 < at_kill < 3000, at_kill
-    daemon = start(config)
+    daemon = start(config, "after-kill-1")
+    wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
     wait(lambda: status(config)["churn"]["rescore"] is None, 120, "re-score done", daemon)
+    assert versions(db) == {"2": len(stored_churn(db))}
+
+    # An operator's re-score while the daemon runs, killed half-way too.
+    asked = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
+    assert asked.returncode == 0, asked.stderr
+    wait(lambda: job_progress(config, "requested") >= 600, 90, "requested under way", daemon)
+    kill(daemon)
+    assert 0 < job_progress(config, "requested") < 3000 + writer.writes
+    daemon = start(config, "after-kill-2")
+    wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
+    wait(lambda: status(config)["churn"]["rescore"] is None, 120, "requested done", daemon)
     writer.stop()
     wait(lambda: churn_matches(db), 90, "convergence", daemon)
     assert versions(db) == {"2": len(stored_churn(db))}
@@ -178,10 +190,12 @@ def test_a_new_model_version_rescores_beside_the_stream_through_kill_9(
     monitor.stop()
     assert monitor.polls > 10 and writer.writes > 100
     assert not monitor.regressions, monitor.regressions[:5]
-    (finished,) = status(config)["churn"]["rescores_finished"][-1:]
-    assert finished["reason"] == "model version 2" and finished["error"] is None
-    # Resumed at the committed chunk: rows done before the kill are not read again.
-    assert finished["rows_done"] < 3000 + writer.writes
+    version_job, requested = status(config)["churn"]["rescores_finished"][-2:]
+    assert version_job["reason"] == "model version 2" and requested["reason"] == "requested"
+    for job in (version_job, requested):
+        assert job["error"] is None
+        # Resumed at the committed chunk: rows done before the kill are not read again.
+        assert 3000 - 200 <= job["rows_done"] < 3000 + writer.writes, job
     db.close()
 
 
