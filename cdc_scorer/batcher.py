@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
-from cdc_scorer.errors import PipelineStopped
+from cdc_scorer.errors import inputs_gone
 from cdc_scorer.positions import Position, TxId
 from cdc_scorer.records import (
     Batch,
@@ -128,12 +128,7 @@ class Accumulator:
         if isinstance(item, ColumnsGone):
             gone = sorted(item.columns & self._needed)
             if gone and not self._was_applied(item.tx):
-                raise PipelineStopped(
-                    f"pipeline {self._pipeline.name}: column {', '.join(gone)} of table "
-                    f"{item.table} is gone (dropped or renamed) and its model reads it — "
-                    "restore the column, or change the pipeline's columns in the config, then "
-                    "restart: the pipeline resumes from its checkpoint"
-                )
+                raise inputs_gone(self._pipeline.name, item.table, gone)
             return None
         if isinstance(item, TableTruncated):
             if self._was_applied(item.tx):

@@ -35,6 +35,15 @@ class PipelineStopped(CdcScorerError):
     """One pipeline cannot go on (its model's input is gone); the others do."""
 
 
+def inputs_gone(pipeline: str, table: str, columns: list[str]) -> PipelineStopped:
+    """The stop of a pipeline whose model reads columns the table no longer has."""
+    return PipelineStopped(
+        f"pipeline {pipeline}: column {', '.join(columns)} of table {table} is gone (dropped or "
+        "renamed) and its model reads it — restore the column, or change the pipeline's columns "
+        "in the config, then restart: the pipeline resumes from its checkpoint"
+    )
+
+
 class ConfigError(FatalError):
     """Every problem of a configuration, reported at once."""
 

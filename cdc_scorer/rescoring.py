@@ -95,7 +95,7 @@ def remaining_rows(rescores: Rescores) -> int:
 
 
 # ---------------------------------------------------------------- stored as JSON
-def _job_dict(job: RescoreJob) -> dict[str, Any]:
+def job_dict(job: RescoreJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "reason": job.reason,
@@ -133,9 +133,9 @@ def encode_rescores(rescores: Rescores) -> str | None:
         return None
     return json.dumps(
         {
-            "running": None if rescores.running is None else _job_dict(rescores.running),
-            "queued": [_job_dict(j) for j in rescores.queued],
-            "finished": [_job_dict(j) for j in rescores.finished],
+            "running": None if rescores.running is None else job_dict(rescores.running),
+            "queued": [job_dict(j) for j in rescores.queued],
+            "finished": [job_dict(j) for j in rescores.finished],
             "input_types": dict(rescores.input_types),
         },
         default=str,  # keys of any type: a date or a decimal key is compared as its text

@@ -25,7 +25,7 @@ import pymysql
 import structlog
 
 from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.errors import CdcScorerError, FatalError, PipelineStopped, RetriableError
+from cdc_scorer.errors import CdcScorerError, FatalError, RetriableError, inputs_gone
 from cdc_scorer.records import Checkpoint, Op, RescoreJob, RowChange
 from cdc_scorer.rescoring import (
     RESCORE,
@@ -203,12 +203,7 @@ class Snapshotter:
             types = await self._retrying(self._input_types)
             gone = [c for c, t in types if not t]
             if gone:
-                raise PipelineStopped(
-                    f"pipeline {name}: column {', '.join(gone)} of table {self._pipeline.table} "
-                    "is gone (dropped or renamed) and its model reads it — restore the column, "
-                    "or change the pipeline's columns in the config, then restart: the pipeline "
-                    "resumes from its checkpoint"
-                )
+                raise inputs_gone(name, self._pipeline.table, gone)
             changes = _type_changes(job.check_types, types)
             if not changes:
                 await self._chunk(job, None, last=True, rows_total=0, types=types)

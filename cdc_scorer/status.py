@@ -8,6 +8,7 @@ from cdc_scorer.checkpoints import current_position, load_checkpoints
 from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.leader import lock_holder, lock_name
 from cdc_scorer.records import RescoreJob, Rescores
+from cdc_scorer.rescoring import job_dict
 from cdc_scorer.schema import DEAD_LETTER_TABLE
 from cdc_scorer.server import ServerInfo, preflight_binlog
 from cdc_scorer.spec import ScorerSpec
@@ -34,17 +35,8 @@ class PipelineStatus:
 
 
 def job_summary(job: RescoreJob) -> dict[str, object]:
-    return {
-        "id": job.id,
-        "reason": job.reason,
-        "where": job.where,
-        "model_version": job.model_version,
-        "rows_done": job.rows_done,
-        "rows_total": job.rows_total,
-        "requested_at": job.requested_at,
-        "finished_at": job.finished_at,
-        "error": job.error,
-    }
+    """A re-score as status shows it (not its cursor: a key is row data)."""
+    return {k: v for k, v in job_dict(job).items() if k not in ("cursor", "check_types")}
 
 
 def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:

@@ -366,6 +366,8 @@ def test_a_pipeline_added_to_a_running_deployment_snapshots_beside_the_stream(
     during = [s for at, s in freshness.samples if snapshot_from <= at < snapshot_until]
     assert len(during) > 20  # feedback kept being scored while churn snapshotted
     _, body = http_get_metrics(daemon, config)
+    assert 'cdc_scorer_rescore_rows_total{pipeline="churn"} 100000.0' in body, body
+    assert 'cdc_scorer_rescore_rows_remaining{pipeline="churn"} 0.0' in body, body
     print(
         f"\n100,000-row snapshot beside the stream: {snapshot_until - snapshot_from + 2:.1f} s; "
         f"feedback freshness p99 before {freshness.p99(streaming_from, quiet_from):.3f} s, during "
