@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
-from cdc_scorer.errors import inputs_gone
+from cdc_scorer.errors import PipelineStopped, inputs_gone
 from cdc_scorer.positions import Position, TxId
 from cdc_scorer.records import (
     Batch,
@@ -31,6 +31,7 @@ from cdc_scorer.records import (
     RowChange,
     Signal,
     SourceItem,
+    TableGone,
     TableTruncated,
 )
 from cdc_scorer.rescoring import (
@@ -153,6 +154,12 @@ class Accumulator:
             return None
         if isinstance(item, Signal):
             return self._signal(item)
+        if isinstance(item, TableGone):
+            raise PipelineStopped(
+                f"pipeline {self._pipeline.name}: table {item.table} was dropped or renamed "
+                f"({item.statement}) — point the pipeline at the table's new name, or delete "
+                "its row in cdc_scorer_checkpoint to snapshot a table made anew, then restart"
+            )
         # A TableAltered: a model input may have changed type, and every row's value with it.
         if self._pipeline.rescore_on_alter:
             rescores = self._checkpoint.rescores

@@ -86,7 +86,16 @@ class ColumnsGone:
     tx: TxId | None
 
 
-SourceItem = RowChange | Commit | Signal | TableTruncated | TableAltered | ColumnsGone
+@dataclass(frozen=True)
+class TableGone:
+    """DROP TABLE or RENAME of a captured table: its rows change no more under this name."""
+
+    table: str
+    tx: TxId | None
+    statement: str  # the DDL, as logged (shortened)
+
+
+SourceItem = RowChange | Commit | Signal | TableTruncated | TableAltered | TableGone | ColumnsGone
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from cdc_scorer.records import (
     RowChange,
     SourceItem,
     TableAltered,
+    TableGone,
     TableTruncated,
 )
 from cdc_scorer.source.decoder import FastRowsDecoder
@@ -57,6 +58,35 @@ _ALTER = re.compile(
     r"(?:`?([^`.\s]+)`?\.)?`?([^`.\s]+)`?(?:\s|$)",
     re.IGNORECASE,
 )
+_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_NAME = re.compile(r"\s*(?:`?([^`.\s,;]+)`?\.)?`?([^`.\s,;]+)`?\s*$")
+_DROP = re.compile(
+    r"\s*DROP\s+TABLES?\s+(?:IF\s+EXISTS\s+)?(.*?)(?:\s+(?:RESTRICT|CASCADE))?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_RENAME = re.compile(r"\s*RENAME\s+TABLES?\s+(.*?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_TO = re.compile(r"\s+TO\s+", re.IGNORECASE)
+_ALTER_RENAME = re.compile(
+    _ALTER.pattern + r".*?\bRENAME\s+(?!COLUMN\b|INDEX\b|KEY\b)", re.IGNORECASE | re.DOTALL
+)
+
+
+def gone_tables(query: str) -> list[tuple[str | None, str]]:
+    """(schema or None, table) of each table a DROP TABLE, RENAME TABLE or ALTER TABLE …
+    RENAME statement takes away under its name (DROP TEMPORARY TABLE takes none)."""
+    query = _COMMENT.sub(" ", query)
+    if match := _DROP.match(query):
+        names = match.group(1).split(",")
+    elif match := _RENAME.match(query):
+        names = [_TO.split(pair, maxsplit=1)[0] for pair in match.group(1).split(",")]
+    elif match := _ALTER_RENAME.match(query):
+        return [(match.group(1), match.group(2))]
+    else:
+        return []
+    found = (_NAME.match(name) for name in names)
+    return [(m.group(1), m.group(2)) for m in found if m is not None]
+
+
 # Statements inside an XA transaction that neither begin nor end it in the binlog's terms.
 _XA_INSIDE = re.compile(r"\s*XA\s+(START|BEGIN|END)\b", re.IGNORECASE)
 ANONYMOUS_GTID_EVENT = 34  # MySQL with gtid_mode=OFF: the start of a transaction
@@ -184,6 +214,8 @@ class TransactionReader:
             self._rows_in_tx = False
             if tx is not None:
                 if isinstance(event, QueryEvent):
+                    for table in self._taken_away(event):
+                        self._emit((TableGone(table, tx, event.query[:300]),))
                     truncated = self._captured(_TRUNCATE, event)
                     if truncated is not None:
                         self._emit((TableTruncated(truncated, tx),))
@@ -229,7 +261,14 @@ class TransactionReader:
         match = statement.match(event.query)
         if match is None:
             return None
-        schema, table = match.group(1), match.group(2)
+        return self._captured_name(event, match.group(1), match.group(2))
+
+    def _taken_away(self, event: Any) -> list[str]:
+        """The captured tables a DROP or RENAME statement takes away."""
+        names = (self._captured_name(event, s, t) for s, t in gone_tables(event.query))
+        return [name for name in names if name is not None]
+
+    def _captured_name(self, event: Any, schema: str | None, table: str) -> str | None:
         if schema is None:
             default = event.schema
             schema = default.decode() if isinstance(default, bytes) else str(default or "")

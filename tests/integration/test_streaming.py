@@ -442,6 +442,33 @@ async def test_a_dropped_input_stops_its_pipeline_and_no_other(
     db.close()
 
 
+async def test_a_renamed_table_stops_its_pipeline_and_no_other(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> None:
+    """RENAME TABLE takes the captured table away without a row event: the pipeline stops with
+    the statement in its reason, rather than keep predictions nobody updates."""
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(server, database)
+    spec = write_config(tmp_path / "s.toml", server, database, models.url)
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    db = server.connect(database)
+    async with Running(spec) as app:
+        insert_churn(db, list(ChurnRowGenerator(94).rows(10)))
+        await wait_for(lambda: len(stored_churn(db)) == 10, what="churn scored")
+        with db.cursor() as cursor:
+            cursor.execute("RENAME TABLE churn TO churn_old")
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('great, thank you')")
+        await wait_for(lambda: app.telemetry.pipelines["churn"].stopped is not None, what="stop")
+        reason = app.telemetry.pipelines["churn"].stopped or ""
+        assert reason.startswith(
+            "pipeline churn: table churn was dropped or renamed (RENAME TABLE churn TO churn_old)"
+        ), reason
+        await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback goes on")
+    db.close()
+
+
 def _status(spec: ScorerSpec) -> list[PipelineStatus]:
     conn = connect(spec.source)
     try:
