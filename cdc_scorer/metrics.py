@@ -322,7 +322,8 @@ class _StateCollector(Collector):
         )
         stopped = GaugeMetricFamily(
             "cdc_scorer_pipeline_stopped",
-            "1 once the pipeline stopped (its model's input column is gone); the others go on",
+            "1 once the pipeline stopped (its model's input column, or its table, is gone); the "
+            "others go on",
             None,
             ["pipeline"],
         )

@@ -268,11 +268,14 @@ class Snapshotter:
 
         chunk = await self._retrying(attempt)
         await self._exchange.taken()
+        # The watermarks, and with the job's last chunk its request, have been read: the
+        # signal table keeps only what is still to come.
+        done = [f"{chunk.id}-open", f"{chunk.id}-close", *([job.id] if chunk.last else [])]
         try:
-            await asyncio.to_thread(self._forget, chunk.id)
-        except CdcScorerError as exc:  # two rows left over: harmless, the next chunk retries
+            await asyncio.to_thread(self._forget, done)
+        except CdcScorerError as exc:  # rows left over: harmless (the router reads inserts)
             log.warning(
-                "could not delete the watermarks", pipeline=self._pipeline.name, error=str(exc)
+                "could not delete used signals", pipeline=self._pipeline.name, error=str(exc)
             )
         return chunk.cursor, chunk.last
 
@@ -310,12 +313,12 @@ class Snapshotter:
     def _watermark(self, chunk_id: str, kind: str) -> None:
         _signal(self._connection(), f"{chunk_id}-{kind[7:]}", self._pipeline.name, kind, chunk_id)
 
-    def _forget(self, chunk_id: str) -> None:
+    def _forget(self, signals: list[str]) -> None:
         conn = self._connection()
-        with mysql_errors(f"deleting watermarks from {SIGNAL_TABLE}"), conn.cursor() as cursor:
+        with mysql_errors(f"deleting used rows of {SIGNAL_TABLE}"), conn.cursor() as cursor:
             cursor.execute(
-                f"DELETE FROM {SIGNAL_TABLE} WHERE id IN (%s, %s)",
-                (f"{chunk_id}-open", f"{chunk_id}-close"),
+                f"DELETE FROM {SIGNAL_TABLE} WHERE id IN ({', '.join(['%s'] * len(signals))})",
+                signals,
             )
         conn.commit()
 

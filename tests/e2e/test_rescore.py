@@ -91,6 +91,13 @@ def versions(db: Any, table: str = "churn_predictions") -> dict[str | None, int]
         return {v: int(n) for v, n in cursor.fetchall()}
 
 
+def signals(db: Any) -> int:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM cdc_scorer_signal")
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
 def scored_at(db: Any) -> dict[str, Any]:
     with db.cursor() as cursor:
         cursor.execute("SELECT phone, scored_at FROM churn_predictions")
@@ -237,6 +244,7 @@ def test_rescore_command_while_the_daemon_runs(
     )
     text = run_cli("status", "--config", str(config)).stdout
     assert "re-score running" not in text  # nothing runs any more
+    wait(lambda: signals(db) == 0, 10, "requests and watermarks deleted once read", daemon)
 
     bad = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--where", "nope=1")
     assert bad.returncode == 1
