@@ -118,8 +118,6 @@ class Accumulator:
         if isinstance(item, RowChange):
             if self._was_applied(item.tx):
                 return None
-            if self._exchange.window_open:
-                self._touch(item)
             # A full batch waits for one more item: when that is the commit of the transaction
             # it ends in, the batch carries that boundary and nothing is replayed after a stop.
             # Only a transaction larger than the batch is cut inside.
@@ -197,12 +195,6 @@ class Accumulator:
             self._set_rescores(enqueue(self._checkpoint.rescores, job))
         return None
 
-    def _touch(self, change: RowChange) -> None:
-        """A change inside a chunk's window: the chunk's version of that row is older."""
-        self._exchange.touched(change.key)
-        if change.before is not None:
-            self._exchange.touched(tuple(map(change.before.get, self._key_columns)))
-
     def _merge(
         self, chunk: Chunk, touched: frozenset[tuple[Any, ...]], tx: TxId | None
     ) -> list[Batch]:
@@ -275,6 +267,11 @@ class Accumulator:
 
     def _put(self, change: RowChange, inputs: tuple[Any, ...] | None = None) -> None:
         """Add ``change``; ``inputs``: its model inputs when the caller picked them already."""
+        if self._exchange.window_open:
+            # Inside a chunk's window the stream's version of this row is the newer one. (An
+            # update skipped for unchanged inputs never gets here: the chunk's row has the
+            # same inputs, and its prediction is the one to keep — with the model running now.)
+            self._exchange.touched(change.key)
         if not self._pending:
             self._first_at = self._clock()
         previous = self._pending.pop(change.key, None)

@@ -258,3 +258,17 @@ def test_the_tables_a_ddl_takes_away() -> None:
         "DROP VIEW churn_scored",
     ):
         assert gone_tables(kept) == [], kept
+
+
+def test_an_update_of_other_columns_inside_the_window_keeps_the_chunk_row() -> None:
+    """The stream skips an update that changes no model input; were the chunk's row dropped
+    too, a re-score would leave that row with the old model's prediction."""
+    exchange = ChunkExchange()
+    acc = accumulator(exchange)
+    exchange.expect("c1")
+    feed(acc, [watermark(WINDOW_OPEN, "c1", 2), commit(2)])
+    exchange.deposit(Chunk("c1", "job", (chunk_row(1, 1),), (1,), False, 1))
+    before = {"id": 1, "n": 1, "note": "a"}
+    other = RowChange(Op.UPDATE, "t", (1,), {**before, "note": "b"}, tx(3), AT, before)
+    batches = feed(acc, [other, commit(3), watermark(WINDOW_CLOSE, "c1", 4), commit(4)])
+    assert [(r.op, r.key) for b in batches for r in b.upserts] == [(Op.SNAPSHOT, (1,))]
