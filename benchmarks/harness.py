@@ -86,8 +86,10 @@ def write_scorer_config(
     endpoint_url: str,
     batching: Batching,
     decoder: str = "fast",
+    churn: dict[str, Any] | None = None,
 ) -> int:
-    """Write a config for ``database``; returns its operations port."""
+    """Write a config for ``database`` (``churn``: more keys of the churn pipeline); returns
+    its operations port."""
     http_port = free_port()
     batching_keys = {"linger_ms": batching.linger_ms, "max_in_flight": batching.max_in_flight}
     path.write_text(
@@ -104,6 +106,7 @@ def write_scorer_config(
                     "churn": {
                         "snapshot": "never",
                         "batching": batching_keys | {"max_rows": batching.max_rows},
+                        **(churn or {}),
                     },
                     "feedback": {
                         "snapshot": "never",

@@ -82,7 +82,11 @@ def _rescore(results: dict[str, Any]) -> list[str]:
     r = results.get("rescore")
     if not r:
         return []
-    without, during = r["without"], r["during"]
+    without, during, capped = r["without"], r["during"], r.get("capped")
+    phases = [("without re-score", without), ("during re-score", during)]
+    if capped:
+        label = f"during re-score of {capped['where']}, capped at {capped['cap']:,} rows/s"
+        phases.append((label, capped))
     return [
         "",
         f"## A {r['table_rows']:,}-row re-score beside the stream",
@@ -91,8 +95,9 @@ def _rescore(results: dict[str, Any]) -> list[str]:
         f"{r['table_rows']:,} and the stream's inserts so far) re-scored (a `cdc-scorer "
         "rescore` request: chunks of 1,000 rows between watermarks, DBLog) while the "
         f"application writes {r['stream_rate']:,} rows/s; "
-        "the same stream without a re-score just before, in the same scorer process. Freshness "
-        "here counts only predictions that came from the binlog.",
+        "the same stream without a re-score just before, in the same scorer process; then, the "
+        "scorer restarted with `rescore.max_rows_per_s`, a part of the table re-scored at that "
+        "cap. Freshness here counts only predictions that came from the binlog.",
         "",
         "| phase | seconds | stream rows | re-scored rows | re-score rows/s | chunk conflicts | "
         "SageMaker calls | SageMaker rows | stream p50 s | stream p99 s | caught up |",
@@ -102,7 +107,7 @@ def _rescore(results: dict[str, Any]) -> list[str]:
             f"{_fmt(p['rescore_rows_per_s'], 0)} | {p['conflicts']:,.0f} | "
             f"{p['sagemaker_calls']:,} | {p['sagemaker_rows']:,} | {_fmt(p['p50_s'])} | "
             f"{_fmt(p['p99_s'])} | {'yes' if p['caught_up'] else 'no'} |"
-            for name, p in (("without re-score", without), ("during re-score", during))
+            for name, p in phases
         ),
         "",
         f"Rows sent to SageMaker during the re-score: {during['sagemaker_rows']:,} = "

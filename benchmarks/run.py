@@ -74,6 +74,8 @@ MODES = {
     "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000, 200_000),
 }
 RESCORE_STREAM_RATE = 1000  # rows/s the application writes while the table is re-scored
+RESCORE_CAP = 2000  # rescore.max_rows_per_s of the capped phase
+CAPPED_WHERE = "acc_length < 50"  # about a quarter of the rows
 
 
 @dataclass
@@ -351,7 +353,9 @@ class Bench:
     def rescore_phase(self, rate: float) -> dict[str, Any]:
         """The whole churn table re-scored (`cdc-scorer rescore`'s request) while the
         application writes ``rate`` rows/s: the re-score's pace, and the stream's freshness
-        during it against a phase of the same stream without it, in one scorer process."""
+        during it against a phase of the same stream without it, in one scorer process; then,
+        restarted with ``rescore.max_rows_per_s``, a quarter of the table re-scored at that
+        cap (what the cap buys the stream)."""
         rows = self.mode.rescore_rows
         database = self._database("rescore")
         config = self.workdir / f"{database}.toml"
@@ -360,52 +364,81 @@ class Bench:
         conn = self.server.connect(database)
         workload = Workload(conn, seed=9)
         workload.preload(rows)
+        phases: dict[str, Any] = {}
         scorer = scorer_process(config, self.workdir / f"{database}.log")
         try:
-            if not wait_until(lambda: _ready(port, scorer), 60):
-                raise RuntimeError(f"scorer not ready: {scorer.log_path.read_text()[-2000:]}")
-            phases: dict[str, Any] = {}
-            for phase in ("without", "during"):
-                since = db_now(conn)
-                self.endpoints.reset_stats()
-                rescored0 = metric_value(metrics(port), RESCORED) or 0.0
-                conflicts0 = metric_value(metrics(port), CONFLICTS) or 0.0
-                started = time.monotonic()
-                written0 = workload.rows_written
-                if phase == "without":
-                    workload.drive(rate, self.mode.phase_s)
-                else:
-                    phases["rows_at_request"] = count_rows(conn, "churn", None)
-                    request = request_rescore(conn, "churn", None, "bench")
-                    while not _rescored(conn, request):
-                        workload.drive(rate, 1.0)
-                        scorer.check_alive()
-                rescore_s = time.monotonic() - started
-                caught = wait_until(
-                    lambda: caught_up(conn, workload.last_gtid), self.mode.drain_s, 0.05
-                )
-                fresh = freshness_s(conn, since, stream_only=True)
-                stats = self.endpoints.stats()
-                invoke = stats["operations"].get("InvokeEndpoint", {})
-                rescored = (metric_value(metrics(port), RESCORED) or 0.0) - rescored0
-                phases[phase] = {
-                    "seconds": rescore_s,
-                    "stream_rows": workload.rows_written - written0,
-                    "caught_up": caught,
-                    "p50_s": percentile(fresh, 50),
-                    "p99_s": percentile(fresh, 99),
-                    "samples": len(fresh),
-                    "sagemaker_calls": sum(e["calls"] for e in invoke.values()),
-                    "sagemaker_rows": sum(e["rows"] for e in invoke.values()),
-                    "rescored_rows": rescored,
-                    "conflicts": (metric_value(metrics(port), CONFLICTS) or 0.0) - conflicts0,
-                    "rescore_rows_per_s": rescored / rescore_s if phase == "during" else None,
-                }
-                self.log(f"re-score phase {phase}: {phases[phase]}")
-            return {"table_rows": rows, "stream_rate": rate, **phases}
+            self._wait_ready(port, scorer)
+            phases["without"] = self._rescore_measure(conn, workload, port, scorer, rate)
+            phases["rows_at_request"] = count_rows(conn, "churn", None)
+            phases["during"] = self._rescore_measure(conn, workload, port, scorer, rate, "TRUE")
+        finally:
+            scorer.stop()
+        port = write_scorer_config(
+            config,
+            self.server,
+            database,
+            self.endpoints.url,
+            Batching(),
+            churn={"rescore": {"max_rows_per_s": RESCORE_CAP}},
+        )
+        scorer = scorer_process(config, self.workdir / f"{database}-capped.log")
+        try:
+            self._wait_ready(port, scorer)
+            capped = self._rescore_measure(conn, workload, port, scorer, rate, CAPPED_WHERE)
+            phases["capped"] = capped | {"cap": RESCORE_CAP, "where": CAPPED_WHERE}
         finally:
             scorer.stop()
             conn.close()
+        return {"table_rows": rows, "stream_rate": rate, **phases}
+
+    def _wait_ready(self, port: int, scorer: Process) -> None:
+        if not wait_until(lambda: _ready(port, scorer), 60):
+            raise RuntimeError(f"scorer not ready: {scorer.log_path.read_text()[-2000:]}")
+
+    def _rescore_measure(
+        self,
+        conn: Any,
+        workload: Workload,
+        port: int,
+        scorer: Process,
+        rate: float,
+        where: str | None = None,
+    ) -> dict[str, Any]:
+        """The stream at ``rate`` for the phase's time (``where`` None), or until a re-score of
+        the rows ``where`` selects is done; what the stream and the re-score did meanwhile."""
+        since = db_now(conn)
+        self.endpoints.reset_stats()
+        rescored0 = metric_value(metrics(port), RESCORED) or 0.0
+        conflicts0 = metric_value(metrics(port), CONFLICTS) or 0.0
+        started = time.monotonic()
+        written0 = workload.rows_written
+        if where is None:
+            workload.drive(rate, self.mode.phase_s)
+        else:
+            request = request_rescore(conn, "churn", where, "bench")
+            while not _rescored(conn, request):
+                workload.drive(rate, 1.0)
+                scorer.check_alive()
+        seconds = time.monotonic() - started
+        caught = wait_until(lambda: caught_up(conn, workload.last_gtid), self.mode.drain_s, 0.05)
+        fresh = freshness_s(conn, since, stream_only=True)
+        invoke = self.endpoints.stats()["operations"].get("InvokeEndpoint", {})
+        rescored = (metric_value(metrics(port), RESCORED) or 0.0) - rescored0
+        measured = {
+            "seconds": seconds,
+            "stream_rows": workload.rows_written - written0,
+            "caught_up": caught,
+            "p50_s": percentile(fresh, 50),
+            "p99_s": percentile(fresh, 99),
+            "samples": len(fresh),
+            "sagemaker_calls": sum(e["calls"] for e in invoke.values()),
+            "sagemaker_rows": sum(e["rows"] for e in invoke.values()),
+            "rescored_rows": rescored,
+            "conflicts": (metric_value(metrics(port), CONFLICTS) or 0.0) - conflicts0,
+            "rescore_rows_per_s": rescored / seconds if where is not None else None,
+        }
+        self.log(f"re-score phase (where {where}): {measured}")
+        return measured
 
     # ------------------------------------------------------------------ one big transaction
     def big_update(self, decoder: str = "fast") -> Row:
