@@ -35,11 +35,13 @@ from cdc_scorer.records import (
     TableTruncated,
 )
 from cdc_scorer.rescoring import (
+    CANCEL,
     RESCORE,
     WINDOW_CLOSE,
     WINDOW_OPEN,
     Chunk,
     ChunkExchange,
+    cancel,
     enqueue,
     finish,
     now_iso,
@@ -193,6 +195,8 @@ class Accumulator:
                 requested_at=now_iso(),
             )
             self._set_rescores(enqueue(self._checkpoint.rescores, job))
+        elif item.kind == CANCEL:
+            self._set_rescores(cancel(self._checkpoint.rescores, str(item.data.get("id"))))
         return None
 
     def _merge(

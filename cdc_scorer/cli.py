@@ -175,10 +175,17 @@ def _job_line(job: dict[str, Any]) -> str:
 
 def _rescore(args: argparse.Namespace) -> int:
     from cdc_scorer.config import load_config
-    from cdc_scorer.rescore_command import find_pipeline, follow, request
+    from cdc_scorer.rescore_command import cancel, find_pipeline, follow, request
 
     spec = load_config(args.config)
     pipeline = find_pipeline(spec, args.pipeline)
+    if args.cancel:
+        ended = cancel(spec, pipeline, args.cancel, timeout_s=args.timeout or 60)
+        print(
+            f"re-score {ended.id} of pipeline {pipeline.name} {ended.error or 'ended'} after "
+            f"{ended.rows_done} rows"
+        )
+        return 0
     where = args.where or None
     request_id, rows = request(spec, pipeline, where)
     print(
@@ -285,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--where", help="an SQL condition on the source table (default: every row)"
     )
     rescore.add_argument("--no-wait", action="store_true", help="return once it is requested")
+    rescore.add_argument(
+        "--cancel", metavar="ID", help="end the re-score ID (running or waiting) instead"
+    )
     rescore.add_argument(
         "--timeout", type=float, default=None, help="give up waiting after this many seconds"
     )

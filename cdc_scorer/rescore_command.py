@@ -20,7 +20,8 @@ from cdc_scorer.db import Connection, close_quietly, connect
 from cdc_scorer.errors import FatalError
 from cdc_scorer.leader import lock_holder, lock_name
 from cdc_scorer.records import RescoreJob
-from cdc_scorer.snapshotter import count_rows, request_rescore
+from cdc_scorer.rescoring import FIRST_SNAPSHOT
+from cdc_scorer.snapshotter import count_rows, forget_signals, request_cancel, request_rescore
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 POLL_S = 0.5
@@ -113,4 +114,50 @@ def follow(
             sleep(POLL_S)
     finally:
         bar.close()
+        close_quietly(conn)
+
+
+def cancel(
+    spec: ScorerSpec,
+    pipeline: PipelineSpec,
+    job_id: str,
+    *,
+    timeout_s: float = 60,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RescoreJob:
+    """End the re-score ``job_id`` (running: after the chunk under way; waiting: at once)
+    through the running daemon; the job as it ended."""
+    conn = connect(spec.source)
+    try:
+        stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
+        rescores = stored.checkpoint.rescores if stored is not None else None
+        jobs = [] if rescores is None else [rescores.running, *rescores.queued]
+        job = next((j for j in jobs if j is not None and j.id == job_id), None)
+        if job is None:
+            raise FatalError(
+                f"--cancel {job_id}: no such re-score is running or waiting for pipeline "
+                f"{pipeline.name} (`cdc-scorer status` lists them)"
+            )
+        if job.reason == FIRST_SNAPSHOT:
+            raise FatalError(
+                f"--cancel {job_id}: the first snapshot of pipeline {pipeline.name} is not "
+                'cancelled (to go without it: snapshot = "never", and delete the pipeline\'s '
+                "checkpoint row)"
+            )
+        request = request_cancel(conn, pipeline.name, job_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
+            finished = stored.checkpoint.rescores.finished if stored is not None else ()
+            ended = next((j for j in finished if j.id == job_id), None)
+            if ended is not None:
+                forget_signals(conn, [request, job_id])
+                return ended
+            if time.monotonic() > deadline:
+                raise FatalError(
+                    f"re-score {job_id} not cancelled after {timeout_s:.0f} s: is a cdc-scorer "
+                    f"running pipeline {pipeline.name}? (the request waits in the binlog)"
+                )
+            sleep(POLL_S)
+    finally:
         close_quietly(conn)

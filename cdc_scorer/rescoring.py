@@ -31,6 +31,7 @@ SIGNAL_DDL = f"""CREATE TABLE IF NOT EXISTS {SIGNAL_TABLE} (
 ) ENGINE=InnoDB CHARACTER SET utf8mb4"""
 SIGNAL_COLUMNS = frozenset({"id", "pipeline", "kind", "data"})
 RESCORE = "rescore"  # a request (`cdc-scorer rescore`, or the scorer's own)
+CANCEL = "rescore-cancel"  # `cdc-scorer rescore --cancel ID`
 WINDOW_OPEN = "window-open"  # a chunk's low watermark
 WINDOW_CLOSE = "window-close"  # a chunk's high watermark
 FIRST_SNAPSHOT = "snapshot"  # the reason of a pipeline's first snapshot
@@ -76,6 +77,23 @@ def finish(
         finished=(*rescores.finished, done)[-KEEP_FINISHED:],
         input_types=rescores.input_types if input_types is None else input_types,
     )
+
+
+def cancel(rescores: Rescores, job_id: str) -> Rescores:
+    """The job ``job_id`` ends now, as cancelled: the running one (the next waiting one runs)
+    or a waiting one. The first snapshot is not cancelled (the command refuses it)."""
+    running = rescores.running
+    if running is not None and running.id == job_id and running.reason != FIRST_SNAPSHOT:
+        return finish(rescores, None, "cancelled")
+    for job in rescores.queued:
+        if job.id == job_id and job.reason != FIRST_SNAPSHOT:
+            cancelled = replace(job, finished_at=now_iso(), error="cancelled")
+            return replace(
+                rescores,
+                queued=tuple(j for j in rescores.queued if j.id != job_id),
+                finished=(*rescores.finished, cancelled)[-KEEP_FINISHED:],
+            )
+    return rescores
 
 
 def snapshot_state(state: str, rescores: Rescores) -> str:

@@ -16,7 +16,7 @@ import structlog
 
 from cdc_scorer.pipeline import Inbox
 from cdc_scorer.records import Commit, Op, RowChange, Signal, SourceItem
-from cdc_scorer.rescoring import RESCORE, SIGNAL_TABLE
+from cdc_scorer.rescoring import CANCEL, RESCORE, SIGNAL_TABLE
 
 log = structlog.get_logger("cdc_scorer.router")
 
@@ -71,12 +71,13 @@ class Router:
             data = json.loads(_text(row.values.get("data")) or "null")
         except ValueError:
             data = None
-        if kind == RESCORE:
+        requests = (RESCORE, CANCEL)
+        if kind in requests:
             signal = Signal(name, kind, _text(row.values.get("id")), data or {}, row.tx)
         else:  # a watermark: its data is the chunk's id
             signal = Signal(name, kind, str(data), {}, row.tx)
-        if kind == RESCORE and not isinstance(data, dict):
-            log.error("re-score request ignored: its data is not a JSON object", id=signal.id)
+        if kind in requests and not isinstance(data, dict):
+            log.error("request ignored: its data is not a JSON object", kind=kind, id=signal.id)
             return
         await inbox.put((signal,))
 

@@ -28,6 +28,7 @@ from cdc_scorer.db import Connection, close_quietly, connect, mysql_errors, quot
 from cdc_scorer.errors import CdcScorerError, FatalError, RetriableError, inputs_gone
 from cdc_scorer.records import Checkpoint, Op, RescoreJob, RowChange
 from cdc_scorer.rescoring import (
+    CANCEL,
     RESCORE,
     SIGNAL_TABLE,
     WINDOW_CLOSE,
@@ -141,6 +142,23 @@ def request_rescore(conn: Connection, pipeline: str, where: str | None, reason: 
     return request
 
 
+def request_cancel(conn: Connection, pipeline: str, job_id: str) -> str:
+    """Ask the daemon to end the re-score ``job_id`` (running or waiting). The request's id."""
+    request = uuid.uuid4().hex
+    _signal(conn, request, pipeline, CANCEL, {"id": job_id})
+    return request
+
+
+def forget_signals(conn: Connection, signals: list[str]) -> None:
+    """Delete signal rows that were read (the router reads inserts only)."""
+    with mysql_errors(f"deleting used rows of {SIGNAL_TABLE}"), conn.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {SIGNAL_TABLE} WHERE id IN ({', '.join(['%s'] * len(signals))})",
+            signals,
+        )
+    conn.commit()
+
+
 def _signal(conn: Connection, signal: str, pipeline: str, kind: str, data: Any) -> None:
     with mysql_errors(f"writing to {SIGNAL_TABLE}"), conn.cursor() as cursor:
         cursor.execute(
@@ -226,6 +244,10 @@ class Snapshotter:
             total = None  # carried by the first chunk
             if last:
                 log.info("re-score done", pipeline=name, reason=job.reason)
+                return
+            current = self._exchange.current_job()
+            if current is None or current.id != job.id:
+                log.info("re-score cancelled", pipeline=name, reason=job.reason)
                 return
 
     async def _chunk(
@@ -314,13 +336,7 @@ class Snapshotter:
         _signal(self._connection(), f"{chunk_id}-{kind[7:]}", self._pipeline.name, kind, chunk_id)
 
     def _forget(self, signals: list[str]) -> None:
-        conn = self._connection()
-        with mysql_errors(f"deleting used rows of {SIGNAL_TABLE}"), conn.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {SIGNAL_TABLE} WHERE id IN ({', '.join(['%s'] * len(signals))})",
-                signals,
-            )
-        conn.commit()
+        forget_signals(self._connection(), signals)
 
     def _count(self, where: str | None) -> int:
         return count_rows(self._connection(), self._pipeline.table, where)

@@ -190,6 +190,19 @@ def test_a_new_model_version_rescores_beside_the_stream_through_kill_9(
     daemon = start(config, "after-kill-2")
     wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
     wait(lambda: status(config)["churn"]["rescore"] is None, 120, "requested done", daemon)
+
+    # One more, cancelled half-way (the pace keeps it running for seconds).
+    more = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
+    more_id = more.stdout.split()[1]
+    wait(lambda: job_progress(config, "requested") >= 200, 60, "it runs", daemon)
+    ended = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id)
+    assert ended.returncode == 0, ended.stderr
+    assert f"re-score {more_id} of pipeline churn cancelled after" in ended.stdout
+    cancelled = status(config)["churn"]["rescores_finished"][-1]
+    assert cancelled["id"] == more_id and cancelled["error"] == "cancelled"
+    assert cancelled["rows_done"] < 2500, cancelled
+    again = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id)
+    assert again.returncode == 1 and "no such re-score is running or waiting" in again.stderr
     writer.stop()
     wait(lambda: churn_matches(db), 90, "convergence", daemon)
     assert versions(db) == {"2": len(stored_churn(db))}
@@ -197,7 +210,7 @@ def test_a_new_model_version_rescores_beside_the_stream_through_kill_9(
     monitor.stop()
     assert monitor.polls > 10 and writer.writes > 100
     assert not monitor.regressions, monitor.regressions[:5]
-    version_job, requested = status(config)["churn"]["rescores_finished"][-2:]
+    version_job, requested, _ = status(config)["churn"]["rescores_finished"][-3:]
     assert version_job["reason"] == "model version 2" and requested["reason"] == "requested"
     for job in (version_job, requested):
         assert job["error"] is None

@@ -27,6 +27,7 @@ from cdc_scorer.rescoring import (
     WINDOW_OPEN,
     Chunk,
     ChunkExchange,
+    cancel,
     decode_rescores,
     encode_rescores,
     enqueue,
@@ -272,3 +273,17 @@ def test_an_update_of_other_columns_inside_the_window_keeps_the_chunk_row() -> N
     other = RowChange(Op.UPDATE, "t", (1,), {**before, "note": "b"}, tx(3), AT, before)
     batches = feed(acc, [other, commit(3), watermark(WINDOW_CLOSE, "c1", 4), commit(4)])
     assert [(r.op, r.key) for b in batches for r in b.upserts] == [(Op.SNAPSHOT, (1,))]
+
+
+def test_cancel_ends_the_running_job_or_drops_a_waiting_one() -> None:
+    waiting = replace(JOB, id="w")
+    rescores = Rescores(running=JOB, queued=(waiting,))
+    dropped = cancel(rescores, "w")
+    assert dropped.running == JOB and dropped.queued == ()
+    assert [(j.id, j.error) for j in dropped.finished] == [("w", "cancelled")]
+    ended = cancel(rescores, "job")
+    assert ended.running == waiting
+    assert [(j.id, j.error) for j in ended.finished] == [("job", "cancelled")]
+    first = Rescores(running=replace(JOB, reason="snapshot"))
+    assert cancel(first, "job") == first  # the first snapshot is not cancelled
+    assert cancel(rescores, "unknown") == rescores
