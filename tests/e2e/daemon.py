@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
 
@@ -23,6 +23,9 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 class Daemon(subprocess.Popen[str]):
     """``cdc-scorer run`` with its log in a file (a pipe nobody reads would block it)."""
+
+    # Of the running test: killed when it ends (tests/e2e/conftest.py).
+    started: ClassVar[list[Daemon]] = []
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class Daemon(subprocess.Popen[str]):
             text=True,
             env=env,
         )
+        Daemon.started.append(self)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -93,3 +97,13 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return None
+
+
+def kill_leftovers() -> None:
+    """Kill the daemons a test started and left running (it failed half-way)."""
+    while Daemon.started:
+        daemon = Daemon.started.pop()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=30)
+        daemon._log.close()
