@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
-from cdc_scorer.errors import PipelineStopped, inputs_gone
+from cdc_scorer.errors import inputs_gone, table_gone
 from cdc_scorer.positions import Position, TxId
 from cdc_scorer.records import (
     Batch,
@@ -26,7 +26,6 @@ from cdc_scorer.records import (
     ColumnsGone,
     Commit,
     Op,
-    RescoreJob,
     Rescores,
     RowChange,
     Signal,
@@ -35,16 +34,13 @@ from cdc_scorer.records import (
     TableTruncated,
 )
 from cdc_scorer.rescoring import (
-    CANCEL,
-    RESCORE,
     WINDOW_CLOSE,
     WINDOW_OPEN,
     Chunk,
     ChunkExchange,
-    cancel,
-    enqueue,
-    finish,
-    now_iso,
+    advance,
+    on_alter,
+    on_request,
     snapshot_state,
 )
 from cdc_scorer.spec import PipelineSpec
@@ -155,26 +151,11 @@ class Accumulator:
         if isinstance(item, Signal):
             return self._signal(item)
         if isinstance(item, TableGone):
-            raise PipelineStopped(
-                f"pipeline {self._pipeline.name}: table {item.table} was dropped or renamed "
-                f"({item.statement}) — point the pipeline at the table's new name, or delete "
-                "its row in cdc_scorer_checkpoint to snapshot a table made anew, then restart"
-            )
+            raise table_gone(self._pipeline.name, item.table, item.statement)
         # A TableAltered: a model input may have changed type, and every row's value with it.
         if self._pipeline.rescore_on_alter:
             rescores = self._checkpoint.rescores
-            self._set_rescores(
-                enqueue(
-                    rescores,
-                    RescoreJob(
-                        id=f"alter {item.tx}",
-                        reason="ALTER TABLE",
-                        model_version=self._pipeline.model_version,
-                        check_types=rescores.input_types,
-                        requested_at=now_iso(),
-                    ),
-                )
-            )
+            self._set_rescores(on_alter(rescores, item.tx, self._pipeline.model_version))
         return None
 
     # ---------------------------------------------------------------- re-scores (DBLog)
@@ -185,18 +166,9 @@ class Accumulator:
             closed = self._exchange.close(item.id)
             if closed is not None:
                 return self._merge(*closed, item.tx)
-        elif item.kind == RESCORE:
-            where = item.data.get("where")
-            job = RescoreJob(
-                id=item.id,
-                reason=str(item.data.get("reason") or "requested"),
-                model_version=self._pipeline.model_version,
-                where=None if where is None else str(where),
-                requested_at=now_iso(),
-            )
-            self._set_rescores(enqueue(self._checkpoint.rescores, job))
-        elif item.kind == CANCEL:
-            self._set_rescores(cancel(self._checkpoint.rescores, str(item.data.get("id"))))
+        else:  # a request
+            rescores = self._checkpoint.rescores
+            self._set_rescores(on_request(rescores, item, self._pipeline.model_version))
         return None
 
     def _merge(
@@ -208,9 +180,8 @@ class Accumulator:
         A row the stream did not change between the watermarks is the version it had at the
         high watermark: its prediction names that transaction (``tx``) as its source."""
         rescores = self._checkpoint.rescores
-        job = rescores.running
-        if job is None or job.id != chunk.job_id:
-            return []
+        if rescores.running is None or rescores.running.id != chunk.job_id:
+            return []  # the job was cancelled meanwhile
         batches = []
         kept = 0
         for row in chunk.rows:
@@ -227,16 +198,7 @@ class Accumulator:
             self._skipped["rescore_conflict"] += conflicts
         if self._on_chunk is not None:
             self._on_chunk(kept, conflicts)
-        job = replace(
-            job,
-            cursor=chunk.cursor if chunk.cursor is not None else job.cursor,
-            rows_done=job.rows_done + kept,
-            rows_total=job.rows_total if chunk.rows_total is None else chunk.rows_total,
-        )
-        rescores = replace(rescores, running=job)
-        if chunk.last:
-            rescores = finish(rescores, chunk.input_types, chunk.error)
-        self._set_rescores(rescores)
+        self._set_rescores(advance(rescores, chunk, kept))
         return batches
 
     def _set_rescores(self, rescores: Rescores) -> None:

@@ -50,3 +50,12 @@ class ConfigError(FatalError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration: " + "; ".join(problems))
+
+
+def table_gone(pipeline: str, table: str, statement: str) -> PipelineStopped:
+    """The stop of a pipeline whose table was dropped or renamed (``statement`` did it)."""
+    return PipelineStopped(
+        f"pipeline {pipeline}: table {table} was dropped or renamed ({statement}) — point the "
+        "pipeline at the table's new name, or delete its row in cdc_scorer_checkpoint to "
+        "snapshot a table made anew, then restart"
+    )

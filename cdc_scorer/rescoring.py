@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cdc_scorer.records import RescoreJob, Rescores, RowChange
+from cdc_scorer.positions import TxId
+from cdc_scorer.records import RescoreJob, Rescores, RowChange, Signal
 
 SIGNAL_TABLE = "cdc_scorer_signal"
 SIGNAL_DDL = f"""CREATE TABLE IF NOT EXISTS {SIGNAL_TABLE} (
@@ -77,6 +78,49 @@ def finish(
         finished=(*rescores.finished, done)[-KEEP_FINISHED:],
         input_types=rescores.input_types if input_types is None else input_types,
     )
+
+
+def on_request(rescores: Rescores, signal: Signal, model_version: str) -> Rescores:
+    """A request read from the stream: a re-score to queue, or one to cancel."""
+    if signal.kind == CANCEL:
+        return cancel(rescores, str(signal.data.get("id")))
+    where = signal.data.get("where")
+    job = RescoreJob(
+        id=signal.id,
+        reason=str(signal.data.get("reason") or "requested"),
+        model_version=model_version,
+        where=None if where is None else str(where),
+        requested_at=now_iso(),
+    )
+    return enqueue(rescores, job)
+
+
+def on_alter(rescores: Rescores, tx: TxId | None, model_version: str) -> Rescores:
+    """An ALTER TABLE read from the stream: a job that re-scores if an input's type changed
+    (its id is the transaction's, so a replay of the ALTER queues nothing twice)."""
+    job = RescoreJob(
+        id=f"alter {tx}",
+        reason="ALTER TABLE",
+        model_version=model_version,
+        check_types=rescores.input_types,
+        requested_at=now_iso(),
+    )
+    return enqueue(rescores, job)
+
+
+def advance(rescores: Rescores, chunk: Chunk, kept: int) -> Rescores:
+    """The running job after ``kept`` rows of ``chunk`` joined the stream (finished after its
+    last chunk)."""
+    job = rescores.running
+    assert job is not None and job.id == chunk.job_id
+    job = replace(
+        job,
+        cursor=chunk.cursor if chunk.cursor is not None else job.cursor,
+        rows_done=job.rows_done + kept,
+        rows_total=job.rows_total if chunk.rows_total is None else chunk.rows_total,
+    )
+    rescores = replace(rescores, running=job)
+    return finish(rescores, chunk.input_types, chunk.error) if chunk.last else rescores
 
 
 def cancel(rescores: Rescores, job_id: str) -> Rescores:
