@@ -410,13 +410,7 @@ async def test_a_dropped_input_stops_its_pipeline_and_no_other(
     """An input column dropped while streaming: never read as a NULL — the churn pipeline stops
     with one clear reason (log, /readyz, metric) at the first change without it, the feedback
     pipeline goes on."""
-    database = f"mltest_{uuid.uuid4().hex[:8]}"
-    create_database(server, database)
-    spec = write_config(tmp_path / "s.toml", server, database, models.url)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
-    db = server.connect(database)
+    spec, db = _streaming_churn(tmp_path, server, models)
     generator = ChurnRowGenerator(93)
     async with Running(spec) as app:
         insert_churn(db, list(generator.rows(10)))
@@ -447,13 +441,7 @@ async def test_a_renamed_table_stops_its_pipeline_and_no_other(
 ) -> None:
     """RENAME TABLE takes the captured table away without a row event: the pipeline stops with
     the statement in its reason, rather than keep predictions nobody updates."""
-    database = f"mltest_{uuid.uuid4().hex[:8]}"
-    create_database(server, database)
-    spec = write_config(tmp_path / "s.toml", server, database, models.url)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
-    db = server.connect(database)
+    spec, db = _streaming_churn(tmp_path, server, models)
     async with Running(spec) as app:
         insert_churn(db, list(ChurnRowGenerator(94).rows(10)))
         await wait_for(lambda: len(stored_churn(db)) == 10, what="churn scored")
@@ -467,6 +455,19 @@ async def test_a_renamed_table_stops_its_pipeline_and_no_other(
         ), reason
         await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback goes on")
     db.close()
+
+
+def _streaming_churn(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> tuple[ScorerSpec, Any]:
+    """A new database with the scorer's tables, its config, and a connection to it."""
+    database = f"mltest_{uuid.uuid4().hex[:8]}"
+    create_database(server, database)
+    spec = write_config(tmp_path / "s.toml", server, database, models.url)
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
+    return spec, server.connect(database)
 
 
 def _status(spec: ScorerSpec) -> list[PipelineStatus]:
