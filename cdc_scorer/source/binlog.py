@@ -15,29 +15,14 @@ from dataclasses import dataclass
 
 import structlog
 from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import (
-    GtidEvent,
-    HeartbeatLogEvent,
-    MariadbGtidEvent,
-    NotImplementedEvent,
-    QueryEvent,
-    RotateEvent,
-    XAPrepareEvent,
-    XidEvent,
-)
-from pymysqlreplication.row_event import (
-    DeleteRowsEvent,
-    PartialUpdateRowsEvent,
-    UpdateRowsEvent,
-    WriteRowsEvent,
-)
+from pymysqlreplication.event import RotateEvent
 
 from cdc_scorer.db import connection_settings, mysql_errors, opener
 from cdc_scorer.errors import RetriableError
 from cdc_scorer.positions import Position
 from cdc_scorer.retry import backoff_s
 from cdc_scorer.source.decoder import FastRowsDecoder
-from cdc_scorer.source.events import SourceBatch, TransactionReader
+from cdc_scorer.source.events import READ_EVENTS, SourceBatch, TransactionReader
 from cdc_scorer.spec import RetrySpec, SourceSpec
 
 log = structlog.get_logger("cdc_scorer.source")
@@ -205,23 +190,7 @@ class BinlogSource:
             freeze_schema=True,
             only_schemas=[self._source.database],  # only_tables matches bare names (§7)
             only_tables=list(self._capture.key_columns),
-            # only_events matches exact classes: PartialUpdateRowsEvent must be named, and
-            # NotImplementedEvent lets every event the library cannot parse reach _unparsed
-            # (a compressed transaction among them) instead of vanishing.
-            only_events=[
-                MariadbGtidEvent,
-                GtidEvent,
-                XidEvent,
-                QueryEvent,
-                RotateEvent,
-                HeartbeatLogEvent,
-                WriteRowsEvent,
-                UpdateRowsEvent,
-                PartialUpdateRowsEvent,
-                DeleteRowsEvent,
-                XAPrepareEvent,
-                NotImplementedEvent,
-            ],
+            only_events=list(READ_EVENTS),
             filter_non_implemented_events=False,
             # A heartbeat every 0.5 s lets the loop notice the stop flag (close() would hang).
             slave_heartbeat=_STOP_POLL_S,

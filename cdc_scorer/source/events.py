@@ -49,6 +49,24 @@ from cdc_scorer.source.decoder import FastRowsDecoder
 from cdc_scorer.source.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
 
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
+# The events TransactionReader handles: the reader asks the library for exactly these.
+# only_events matches exact classes: PartialUpdateRowsEvent must be named, and
+# NotImplementedEvent lets every event the library cannot parse reach _unparsed (a compressed
+# transaction among them) instead of vanishing.
+READ_EVENTS = (
+    MariadbGtidEvent,
+    GtidEvent,
+    XidEvent,
+    QueryEvent,
+    RotateEvent,
+    HeartbeatLogEvent,
+    WriteRowsEvent,
+    UpdateRowsEvent,
+    PartialUpdateRowsEvent,
+    DeleteRowsEvent,
+    XAPrepareEvent,
+    NotImplementedEvent,
+)
 
 _TRUNCATE = re.compile(
     r"\s*TRUNCATE\s+(?:TABLE\s+)?(?:`?([^`.\s]+)`?\.)?`?([^`.\s;]+)`?\s*;?\s*$", re.IGNORECASE
@@ -71,10 +89,20 @@ _ALTER_RENAME = re.compile(
 )
 
 
+_DROP_DATABASE = re.compile(
+    r"\s*DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?`?([^`\s;]+)`?\s*;?\s*$",
+    re.IGNORECASE,
+)
+EVERY_TABLE = "*"  # a dropped database takes all its tables
+
+
 def gone_tables(query: str) -> list[tuple[str | None, str]]:
     """(schema or None, table) of each table a DROP TABLE, RENAME TABLE or ALTER TABLE …
-    RENAME statement takes away under its name (DROP TEMPORARY TABLE takes none)."""
+    RENAME statement takes away under its name (DROP TEMPORARY TABLE takes none); for DROP
+    DATABASE, (the database, EVERY_TABLE)."""
     query = _COMMENT.sub(" ", query)
+    if match := _DROP_DATABASE.match(query):
+        return [(match.group(1), EVERY_TABLE)]
     if match := _DROP.match(query):
         names = match.group(1).split(",")
     elif match := _RENAME.match(query):
@@ -265,8 +293,14 @@ class TransactionReader:
 
     def _taken_away(self, event: Any) -> list[str]:
         """The captured tables a DROP or RENAME statement takes away."""
-        names = (self._captured_name(event, s, t) for s, t in gone_tables(event.query))
-        return [name for name in names if name is not None]
+        gone = []
+        for schema, table in gone_tables(event.query):
+            if table == EVERY_TABLE:
+                if schema == self._database:
+                    gone += list(self._key_columns)
+            elif (name := self._captured_name(event, schema, table)) is not None:
+                gone.append(name)
+        return gone
 
     def _captured_name(self, event: Any, schema: str | None, table: str) -> str | None:
         if schema is None:

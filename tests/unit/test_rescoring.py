@@ -33,7 +33,7 @@ from cdc_scorer.rescoring import (
     enqueue,
     finish,
 )
-from cdc_scorer.source.events import gone_tables
+from cdc_scorer.source.events import EVERY_TABLE, gone_tables
 from cdc_scorer.spec import SAGEMAKER, BatchingSpec, PipelineSpec, SageMakerSpec
 
 AT = datetime(2026, 11, 25, 6, 0, 0)
@@ -252,6 +252,7 @@ def test_the_tables_a_ddl_takes_away() -> None:
     ]
     assert gone_tables("RENAME TABLE churn TO churn_old, b TO c") == [(None, "churn"), (None, "b")]
     assert gone_tables("ALTER TABLE churn RENAME TO x") == [(None, "churn")]
+    assert gone_tables("DROP DATABASE IF EXISTS `mltest`") == [("mltest", EVERY_TABLE)]
     for kept in (
         "ALTER TABLE churn RENAME COLUMN a TO b",
         "ALTER TABLE churn ADD COLUMN renamed INT",
