@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
+
+from cdc_scorer.local.servers import DatabaseServer
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
 
@@ -107,3 +110,44 @@ def kill_leftovers() -> None:
             daemon.kill()
             daemon.wait(timeout=30)
         daemon._log.close()
+
+
+class VersionMonitor(threading.Thread):
+    """Polls the predictions while the daemon is killed and restarted: for every key, the
+    source transaction of its prediction must never go back to an older row version."""
+
+    def __init__(self, server: DatabaseServer, database: str) -> None:
+        super().__init__(daemon=True)
+        self._conn = server.connect(database)
+        self._halt = threading.Event()
+        self.seen: dict[str, tuple[str, int]] = {}
+        self.regressions: list[tuple[str, tuple[str, int], tuple[str, int]]] = []
+        self.polls = 0
+
+    def run(self) -> None:
+        while not self._halt.wait(0.05):
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT phone, source_position FROM churn_predictions")
+                rows = cursor.fetchall()
+            self.polls += 1
+            for phone, position in rows:
+                seq = _transaction_order(position)
+                before = self.seen.get(phone, ("", -1))
+                if seq < before:
+                    self.regressions.append((phone, before, seq))
+                self.seen[phone] = max(before, seq)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        self._conn.close()
+
+
+def _transaction_order(position: str | None) -> tuple[str, int]:
+    """A prediction's source transaction as a sortable value: GTID seq or binlog file:pos."""
+    if not position:
+        return ("", -1)  # a snapshot row
+    if ":" in position:
+        log_file, _, pos = position.rpartition(":")
+        return (log_file, int(pos))
+    return ("", int(position.rsplit("-", 1)[-1]))

@@ -6,33 +6,25 @@ import json
 import signal
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, private_server
-from cdc_scorer.schema import init_schema
 from tests.conftest import Source
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
     create_database,
+    init_scorer,
     insert_churn,
     readme_grants,
     stored_churn,
     write_config,
 )
-
-
-@pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
 
 
 def _ready_database(
@@ -42,9 +34,7 @@ def _ready_database(
     create_database(server, database)
     config = tmp_path / "s.toml"
     spec = write_config(config, server, database, endpoint_url, positions=positions)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(3).rows(5)))
     db.close()

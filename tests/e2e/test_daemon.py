@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 import tomli_w
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.mysql_dist import MysqlDistribution
@@ -25,15 +23,15 @@ from cdc_scorer.local.servers import (
     PrivateMySQL,
     private_server,
 )
-from cdc_scorer.schema import init_schema
 from cdc_scorer.server import binlog_status_sql, server_info
 from tests.conftest import Source
-from tests.e2e.daemon import kill, run_cli, start, wait
+from tests.e2e.daemon import VersionMonitor, kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     compressed_transactions,
     create_database,
     expected_feedback,
+    init_scorer,
     insert_churn,
     stored_churn,
     stored_feedback,
@@ -86,12 +84,6 @@ def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: DatabaseServer
 
 
 @pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
-
-
-@pytest.fixture
 def compressed(source: Source) -> Iterator[bool]:
     """On MySQL, every transaction of the test is compressed (binlog_transaction_compression,
     a TRANSACTION_PAYLOAD event each); MariaDB has no such setting."""
@@ -120,9 +112,7 @@ def test_kill_9_at_several_points_converges(
     spec = write_config(
         config, server, database, endpoints.url, max_rows=50, positions=source.positions
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     db = server.connect(database)
     payloads_before = compressed_transactions(db)
     generator = ChurnRowGenerator(21)
@@ -178,47 +168,6 @@ def test_kill_9_at_several_points_converges(
     db.close()
 
 
-class VersionMonitor(threading.Thread):
-    """Polls the predictions while the daemon is killed and restarted: for every key, the
-    source transaction of its prediction must never go back to an older row version."""
-
-    def __init__(self, server: DatabaseServer, database: str) -> None:
-        super().__init__(daemon=True)
-        self._conn = server.connect(database)
-        self._halt = threading.Event()
-        self.seen: dict[str, tuple[str, int]] = {}
-        self.regressions: list[tuple[str, tuple[str, int], tuple[str, int]]] = []
-        self.polls = 0
-
-    def run(self) -> None:
-        while not self._halt.wait(0.05):
-            with self._conn.cursor() as cursor:
-                cursor.execute("SELECT phone, source_position FROM churn_predictions")
-                rows = cursor.fetchall()
-            self.polls += 1
-            for phone, position in rows:
-                seq = _transaction_order(position)
-                before = self.seen.get(phone, ("", -1))
-                if seq < before:
-                    self.regressions.append((phone, before, seq))
-                self.seen[phone] = max(before, seq)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=10)
-        self._conn.close()
-
-
-def _transaction_order(position: str | None) -> tuple[str, int]:
-    """A prediction's source transaction as a sortable value: GTID seq or binlog file:pos."""
-    if not position:
-        return ("", -1)  # a snapshot row
-    if ":" in position:
-        log_file, _, pos = position.rpartition(":")
-        return (log_file, int(pos))
-    return ("", int(position.rsplit("-", 1)[-1]))
-
-
 def test_demo_runs_and_shows_predictions() -> None:
     result = run_cli("demo", "--seconds", "3", "--no-wait", timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -233,19 +182,7 @@ def test_foreign_purged_and_reset_checkpoints_are_refused(
     tmp_path: Path, endpoints: BackgroundModelServer
 ) -> None:
     with PrivateMariaDB(server_id=7) as server:
-        create_database(server, "mltest")
-        config = tmp_path / "s.toml"
-        spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
-        conn = connect(spec.source)
-        init_schema(conn, spec)
-        conn.close()
-        db = server.connect("mltest")
-        generator = ChurnRowGenerator(31)
-        daemon = start(config)
-        wait(lambda: _checkpoint_identity(db) is not None, 30, "first checkpoint", daemon)
-        insert_churn(db, list(generator.rows(20)))
-        wait(lambda: len(stored_churn(db)) == 20, 30, "scored", daemon)
-        assert kill(daemon, signal.SIGTERM) == 0
+        config, db, generator = _scored_once(tmp_path, server, endpoints, seed=31)
 
         def refused() -> str:
             result = run_cli("run", "--config", str(config))
@@ -288,6 +225,24 @@ def test_foreign_purged_and_reset_checkpoints_are_refused(
         db.close()
 
 
+def _scored_once(
+    tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer, seed: int
+) -> tuple[Path, Any, ChurnRowGenerator]:
+    """A scorer run that checkpointed and scored 20 rows, then stopped: its config, a
+    connection to its database, and the generator of the rows (for more of them)."""
+    create_database(server, "mltest")
+    config = tmp_path / "s.toml"
+    init_scorer(write_config(config, server, "mltest", endpoints.url, snapshot="never"))
+    db = server.connect("mltest")
+    daemon = start(config)
+    wait(lambda: _checkpoint_identity(db) is not None, 30, "first checkpoint", daemon)
+    generator = ChurnRowGenerator(seed)
+    insert_churn(db, list(generator.rows(20)))
+    wait(lambda: len(stored_churn(db)) == 20, 30, "scored", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
+    return config, db, generator
+
+
 def _checkpoint_identity(db: Any) -> str | None:
     with db.cursor() as cursor:
         cursor.execute("SELECT server_identity FROM cdc_scorer_checkpoint LIMIT 1")
@@ -309,9 +264,7 @@ def test_file_positions_purged_reset_and_switched_are_refused(
         spec = write_config(
             config, server, "mltest", endpoints.url, snapshot="never", positions="file"
         )
-        conn = connect(spec.source)
-        init_schema(conn, spec)
-        conn.close()
+        init_scorer(spec)
         db = server.connect("mltest")
         info, _ = server_info(db)
         with db.cursor() as cursor:
@@ -355,19 +308,7 @@ def test_mysql_gtid_checkpoints_foreign_purged_and_reset_are_refused(
     """MySQL with GTIDs: a checkpoint of another server, one whose successors were purged,
     and one the server no longer has (binary logs and GTIDs reset) are refused at start-up."""
     with PrivateMySQL(server_id=9, distribution=mysql_distribution) as server:
-        create_database(server, "mltest")
-        config = tmp_path / "s.toml"
-        spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
-        conn = connect(spec.source)
-        init_schema(conn, spec)
-        conn.close()
-        db = server.connect("mltest")
-        generator = ChurnRowGenerator(33)
-        daemon = start(config)
-        wait(lambda: _checkpoint_identity(db) is not None, 30, "first checkpoint", daemon)
-        insert_churn(db, list(generator.rows(20)))
-        wait(lambda: len(stored_churn(db)) == 20, 30, "scored", daemon)
-        assert kill(daemon, signal.SIGTERM) == 0
+        config, db, generator = _scored_once(tmp_path, server, endpoints, seed=33)
         identity = _checkpoint_identity(db)
         assert identity is not None and identity.startswith("mysql:")
 
@@ -414,9 +355,7 @@ def test_an_event_the_reader_cannot_read_stops_it_with_one_line(
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
         spec = write_config(config, server, "mltest", endpoints.url, snapshot="never")
-        conn = connect(spec.source)
-        init_schema(conn, spec)
-        conn.close()
+        init_scorer(spec)
         db = server.connect("mltest")
         daemon = start(config)
         wait(lambda: _checkpoint_identity(db) is not None, 30, "streaming", daemon)
@@ -442,9 +381,7 @@ def test_an_xa_transaction_on_a_captured_table_stops_the_reader(
     create_database(server, database)
     config = tmp_path / "s.toml"
     spec = write_config(config, server, database, endpoints.url, snapshot="never")
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     db = server.connect(database)
     with db.cursor() as cursor:
         cursor.execute("CREATE TABLE other (id INT PRIMARY KEY)")

@@ -9,22 +9,20 @@ import subprocess
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from cdc_scorer.schema import init_schema
 from tests.e2e.daemon import Daemon, http_get, metric, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
     expected_feedback,
+    init_scorer,
     insert_churn,
     readme_grants,
     stored_churn,
@@ -59,12 +57,6 @@ REQUIRED_METRICS = (
 )
 
 
-@pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
-
-
 def _setup(mariadb: DatabaseServer) -> tuple[str, Any]:
     database = f"ops_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
@@ -83,9 +75,7 @@ def _config(
     port = free_port()
     path = tmp_path / f"{name}.toml"
     spec = write_config(path, mariadb, database, endpoint_url, http_port=port, **options)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     return path, port
 
 

@@ -9,36 +9,27 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
-from tests.e2e.daemon import Daemon, http_get, kill, run_cli, start, wait
-from tests.e2e.test_daemon import VersionMonitor
+from tests.e2e.daemon import Daemon, VersionMonitor, http_get, kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
     expected_feedback,
+    init_scorer,
     insert_churn,
     stored_churn,
     stored_feedback,
     write_config,
 )
-
-
-@pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
 
 
 def churn_pipeline(**keys: Any) -> dict[str, Any]:
@@ -71,9 +62,7 @@ def setup(
         http_port=http_port,
         pipelines={"churn": churn_pipeline(**churn)},
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(31).rows(rows)))
     return config, spec, db
@@ -345,6 +334,10 @@ class FeedbackFreshness(threading.Thread):
         self.join(timeout=10)
         self._conn.close()
 
+    def scored_since(self, at: float) -> bool:
+        """Whether a row written at or after ``at`` has its prediction."""
+        return any(written >= at for written, _ in self.samples)
+
     def p99(self, since: float, until: float) -> float:
         values = sorted(s for at, s in self.samples if since <= at < until)
         assert values, "no samples"
@@ -370,17 +363,20 @@ def test_a_pipeline_added_to_a_running_deployment_snapshots_beside_the_stream(
     freshness.start()
     wait(lambda: len(freshness.samples) > 20, 60, "feedback streaming", daemon)
     streaming_from = time.monotonic()
-    time.sleep(3)
+    seen = len(freshness.samples)
+    wait(lambda: len(freshness.samples) >= seen + 60, 30, "the stream alone", daemon)
     quiet_from = time.monotonic()  # rows written from now wait for the restart
     assert kill(daemon, signal.SIGTERM) == 0
     config.write_text(full_config)  # the deployment gains the churn pipeline
     daemon = start(config)
     wait(lambda: status(config)["churn"]["snapshot_state"] == "running", 60, "snapshot", daemon)
-    time.sleep(2)
+    snapshot_started = time.monotonic()
+    # The rows written while the scorer restarted are behind it: the window starts after.
+    wait(lambda: freshness.scored_since(snapshot_started), 30, "restart caught up", daemon)
     snapshot_from = time.monotonic()
     wait(lambda: status(config)["churn"]["snapshot_state"] == "done", 240, "snapshot done", daemon)
     snapshot_until = time.monotonic()
-    time.sleep(3)
+    wait(lambda: freshness.scored_since(snapshot_until), 30, "the window's rows", daemon)
     freshness.stop()
     assert len(stored_churn(db)) == rows
     assert churn_matches(db)
@@ -390,7 +386,7 @@ def test_a_pipeline_added_to_a_running_deployment_snapshots_beside_the_stream(
     assert 'cdc_scorer_rescore_rows_total{pipeline="churn"} 100000.0' in body, body
     assert 'cdc_scorer_rescore_rows_remaining{pipeline="churn"} 0.0' in body, body
     print(
-        f"\n100,000-row snapshot beside the stream: {snapshot_until - snapshot_from + 2:.1f} s; "
+        f"\n100,000-row snapshot beside the stream: {snapshot_until - snapshot_started:.1f} s; "
         f"feedback freshness p99 before {freshness.p99(streaming_from, quiet_from):.3f} s, during "
         f"{freshness.p99(snapshot_from, snapshot_until):.3f} s ({len(during)} rows); {body}"
     )

@@ -9,20 +9,17 @@ import signal
 import subprocess
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import tomli_w
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from cdc_scorer.schema import init_schema
 from tests.e2e.daemon import CLI, http_get, start, wait
 from tests.integration.scenario import (
     create_database,
+    init_scorer,
     insert_churn,
     readme_grants,
     stored_churn,
@@ -30,12 +27,6 @@ from tests.integration.scenario import (
 )
 
 SECRET = f"Zq-{uuid.uuid4().hex}-sEcReT"  # found nowhere, in any case or encoding
-
-
-@pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
 
 
 def _cli(*args: str, password: str) -> str:
@@ -60,9 +51,7 @@ def test_the_password_is_nowhere(
     config = tmp_path / "s.toml"
     http_port = free_port()
     spec = write_config(config, server, database, endpoints.url, http_port=http_port)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     user = f"sec_{uuid.uuid4().hex[:6]}"
     admin = server.connect()
     with admin.cursor() as cursor:

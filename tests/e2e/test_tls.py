@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 import tomli_w
 
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, private_server
-from cdc_scorer.schema import init_schema
 from tests.certificates import CertificateAuthority
 from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import (
     create_database,
+    init_scorer,
     insert_churn,
     readme_grants,
     stored_churn,
@@ -63,12 +62,6 @@ def tls_server(
         yield TlsServer(server, ca.path, other.path)
 
 
-@pytest.fixture
-def endpoints() -> Iterator[BackgroundModelServer]:
-    with BackgroundModelServer() as server:
-        yield server
-
-
 def _config(
     tmp_path: Path, tls_server: TlsServer, endpoint_url: str, tls: dict[str, str]
 ) -> tuple[Path, str]:
@@ -78,9 +71,7 @@ def _config(
     create_database(server, database)
     config = tmp_path / "s.toml"
     spec = write_config(config, server, database, endpoint_url, snapshot="never")
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     user, password = f"tls_{uuid.uuid4().hex[:6]}", "Tls-pw-1!"
     admin = server.connect()
     with admin.cursor() as cursor:

@@ -13,6 +13,7 @@ from typing import Any
 import pymysql
 
 from cdc_scorer.config import load_config
+from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
@@ -22,6 +23,7 @@ from cdc_scorer.local.churn_model import ChurnModel
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
 
 
@@ -67,6 +69,13 @@ def write_config(
         )
     )
     return load_config(path)
+
+
+def init_scorer(spec: ScorerSpec) -> None:
+    """`cdc-scorer init` for ``spec``: the scorer's tables and views."""
+    conn = connect(spec.source)
+    init_schema(conn, spec)
+    conn.close()
 
 
 def create_database(server: DatabaseServer, database: str) -> None:

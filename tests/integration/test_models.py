@@ -18,6 +18,7 @@ from cdc_scorer.schema import check_schema, init_schema
 from tests.integration.scenario import (
     create_database,
     expected_churn,
+    init_scorer,
     insert_churn,
     wait_for,
     write_config,
@@ -70,9 +71,7 @@ async def test_champion_and_challenger_converge_each_to_its_model(
         models.url,
         pipelines={"churn": champion, "churn-challenger": CHALLENGER},
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     async with Running(spec):
         insert_churn(db, list(generator.rows(30)))
         with db.cursor() as cursor:
@@ -138,9 +137,7 @@ async def test_a_snapshot_begun_by_an_older_release_goes_on_as_an_incremental_on
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(72).rows(400)))
     spec = write_config(tmp_path / "s.toml", server, database, models.url, snapshot="never")
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     async with Running(spec):  # streaming from now; the 400 rows are not scored
         await wait_for(lambda: _checkpointed(db), what="a checkpoint")
     with db.cursor() as cursor:

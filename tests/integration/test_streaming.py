@@ -16,7 +16,6 @@ from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.schema import init_schema
 from cdc_scorer.spec import ScorerSpec
 from cdc_scorer.status import PipelineStatus, pipeline_status
 from tests.conftest import Source, source_of
@@ -26,6 +25,7 @@ from tests.integration.scenario import (
     compressed_transactions,
     create_database,
     expected_feedback,
+    init_scorer,
     insert_churn,
     stored_churn,
     stored_feedback,
@@ -46,9 +46,7 @@ def spec(tmp_path: Path, source: Source, database: str, models: ModelServer) -> 
     spec = write_config(
         tmp_path / "scorer.toml", source.server, database, models.url, positions=source.positions
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     return spec
 
 
@@ -145,9 +143,7 @@ async def test_poison_rows_are_dead_lettered(
         overlong="dead_letter",
         positions=source.positions,
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     async with Running(spec):
         rows = list(ChurnRowGenerator(9).rows(30))
         rows[10]["int_plan"] = "perhaps"  # the model rejects this record
@@ -239,9 +235,7 @@ async def test_compressed_transactions_of_one_session(
     database = f"mltest_{uuid.uuid4().hex[:8]}"
     create_database(mysql.server, database)
     spec = write_config(tmp_path / "s.toml", mysql.server, database, models.url)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     compressed = mysql.server.connect(database)
     plain = mysql.server.connect(database)
     with compressed.cursor() as cursor:
@@ -285,9 +279,7 @@ async def test_a_100000_row_compressed_transaction(
     spec = write_config(
         tmp_path / "s.toml", source.server, database, models.url, max_rows=500, snapshot="never"
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     db = source.server.connect(database)
     generator = ChurnRowGenerator(43)
     for _ in range(20):
@@ -341,9 +333,7 @@ async def test_partial_json_updates(
     spec = write_config(
         tmp_path / "s.toml", source.server, database, models.url, pipelines={"notes": notes}
     )
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     with db.cursor() as cursor:
         cursor.execute(
             "INSERT INTO feedback (user_feedback, meta) VALUES "
@@ -464,9 +454,7 @@ def _streaming_churn(
     database = f"mltest_{uuid.uuid4().hex[:8]}"
     create_database(server, database)
     spec = write_config(tmp_path / "s.toml", server, database, models.url)
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    init_scorer(spec)
     return spec, server.connect(database)
 
 
