@@ -19,7 +19,7 @@ from cdc_scorer.checkpoints import load_checkpoints
 from cdc_scorer.db import Connection, close_quietly, connect
 from cdc_scorer.errors import FatalError
 from cdc_scorer.leader import lock_holder, lock_name
-from cdc_scorer.records import RescoreJob
+from cdc_scorer.records import RescoreJob, Rescores
 from cdc_scorer.rescoring import FIRST_SNAPSHOT
 from cdc_scorer.snapshotter import count_rows, forget_signals, request_cancel, request_rescore
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
@@ -31,6 +31,10 @@ POLL_S = 0.5
 class Outcome:
     job: RescoreJob | None  # the finished job (None: not followed)
     stopped: str | None = None  # the pipeline stopped meanwhile, for this reason
+
+
+def _finished(rescores: Rescores, job_id: str) -> RescoreJob | None:
+    return next((j for j in rescores.finished if j.id == job_id), None)
 
 
 def find_pipeline(spec: ScorerSpec, name: str) -> PipelineSpec:
@@ -87,12 +91,12 @@ def follow(
             if stored is not None and stored.stopped_reason:
                 return Outcome(None, stopped=stored.stopped_reason)
             if rescores is not None:
-                for job in rescores.finished:
-                    if job.id == request_id:
-                        bar.n = job.rows_done
-                        bar.total = max(bar.total or 0, job.rows_done)
-                        bar.refresh()
-                        return Outcome(job)
+                ended = _finished(rescores, request_id)
+                if ended is not None:
+                    bar.n = ended.rows_done
+                    bar.total = max(bar.total or 0, ended.rows_done)
+                    bar.refresh()
+                    return Outcome(ended)
                 running = rescores.running
                 if running is not None and running.id == request_id:
                     if running.rows_total is not None:
@@ -148,8 +152,7 @@ def cancel(
         deadline = time.monotonic() + timeout_s
         while True:
             stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
-            finished = stored.checkpoint.rescores.finished if stored is not None else ()
-            ended = next((j for j in finished if j.id == job_id), None)
+            ended = None if stored is None else _finished(stored.checkpoint.rescores, job_id)
             if ended is not None:
                 forget_signals(conn, [request, job_id])
                 return ended
