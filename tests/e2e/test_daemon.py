@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import tomllib
 import uuid
@@ -175,6 +176,14 @@ def test_demo_runs_and_shows_predictions() -> None:
     assert "FROM churn_scored LIMIT 5" in out
     assert "unscored rows: churn 0/" in out
     assert "scorer, endpoints and MariaDB are down" in out
+    # The libraries' records come out in the daemon's format (JSON here), not as stdlib
+    # "INFO:name:message" lines, and their INFO chatter is left out.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert json.loads(line)["event"], line
+    assert "allowed_events_in_packet" not in result.stderr
+    assert "Found credentials" not in result.stderr
 
 
 @pytest.mark.timeout(180)
