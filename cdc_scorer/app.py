@@ -33,10 +33,10 @@ from cdc_scorer.schema import (
     inspect_tables,
     partial_json_inputs,
 )
-from cdc_scorer.scoring import Scorer
-from cdc_scorer.scoring.aws import create_client_context
-from cdc_scorer.scoring.factory import CLIENT_NAMES, build_scorer, model_endpoint
 from cdc_scorer.server import ServerInfo, preflight_binlog
+from cdc_scorer.services import Scorer
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sink import Sink
 from cdc_scorer.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, Handover
@@ -104,15 +104,17 @@ class ScorerApp:
             positions={n: str(c.position) for n, c in checkpoints.items()},
         )
         async with contextlib.AsyncExitStack() as stack:
+            # One client per AWS service, its connection pool sized for every call in flight.
             clients: dict[str, Any] = {}
             pool = sum(p.batching.max_in_flight for p in spec.pipelines)
-            for service, name in CLIENT_NAMES.items():
-                if any(p.service == service for p in spec.pipelines):
-                    clients[service] = await stack.enter_async_context(
-                        create_client_context(name, spec.aws, pool)
-                    )
+            for client_name in sorted({p.model.client_name for p in spec.pipelines}):
+                clients[client_name] = await stack.enter_async_context(
+                    create_client_context(client_name, spec.aws, pool)
+                )
             runners = [
-                self._runner(p, tables[p.table], checkpoints[p.name], clients[p.service], sinks)
+                self._runner(
+                    p, tables[p.table], checkpoints[p.name], clients[p.model.client_name], sinks
+                )
                 for p in spec.pipelines
             ]
             inboxes: dict[str, list[Inbox]] = {}
@@ -203,7 +205,7 @@ class ScorerApp:
             self.spec.source,
             pipeline,
             table.key_columns,
-            model_endpoint(pipeline),
+            pipeline.model.model_endpoint,
             server.identity,
             self.spec.retry,
             on_retry=self.telemetry.on_retry,

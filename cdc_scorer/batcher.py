@@ -89,6 +89,7 @@ class Accumulator:
         self._first_at = 0.0
         self._skipped: Counter[str] = Counter()
         self._truncate = False  # the next batch deletes every prediction first
+        self._columns_changed = False  # the next batch makes the view again first
         self._sequence = 0
         self._emitted_checkpoint = checkpoint
         self._last_emit = clock()
@@ -141,7 +142,7 @@ class Accumulator:
             if self._was_applied(item.tx):
                 return None
             self._checkpoint = replace(self._checkpoint, position=item.position)
-            if self._full() or self._truncate:
+            if self._full() or self._truncate or self._columns_changed:
                 return self.flush()
             if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
                 return self.flush(force_checkpoint=True)
@@ -152,7 +153,9 @@ class Accumulator:
             return self._signal(item)
         if isinstance(item, TableGone):
             raise table_gone(self._pipeline.name, item.table, item.statement)
-        # A TableAltered: a model input may have changed type, and every row's value with it.
+        # A TableAltered: the view follows the table's columns; a model input may have
+        # changed type, and every row's value with it.
+        self._columns_changed = True
         if self._pipeline.rescore_on_alter:
             rescores = self._checkpoint.rescores
             self._set_rescores(on_alter(rescores, item.tx, self._pipeline.model_version))
@@ -265,6 +268,7 @@ class Accumulator:
         if (
             not self._pending
             and not self._truncate
+            and not self._columns_changed
             and not (force_checkpoint and self._checkpoint != self._emitted_checkpoint)
         ):
             return None
@@ -276,8 +280,10 @@ class Accumulator:
             checkpoint=self._checkpoint,
             rows_skipped=dict(self._skipped),
             truncate=self._truncate,
+            columns_changed=self._columns_changed,
         )
         self._truncate = False
+        self._columns_changed = False
         self._sequence += 1
         self._pending = {}
         self._pending_bytes = 0

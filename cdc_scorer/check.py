@@ -26,9 +26,9 @@ from cdc_scorer.schema import (
     inspect_tables,
     partial_json_inputs,
 )
-from cdc_scorer.scoring.aws import create_client_context
-from cdc_scorer.scoring.factory import CLIENT_NAMES, build_scorer
 from cdc_scorer.server import server_info
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.source.binlog import probe_replication
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
@@ -141,7 +141,7 @@ def _write_nothing(conn: Connection, table: str) -> None:
 async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[CheckResult]:
     results = []
     for pipeline in spec.pipelines:
-        name = f"endpoint {_endpoint_name(pipeline)} (pipeline {pipeline.name})"
+        name = f"endpoint {pipeline.model.display_name} (pipeline {pipeline.name})"
         try:
             detail = await _call_once(spec, pipeline, tables.get(pipeline.table))
         except RetriableError as exc:
@@ -153,12 +153,6 @@ async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> lis
     return results
 
 
-def _endpoint_name(pipeline: PipelineSpec) -> str:
-    if pipeline.sagemaker is not None:
-        return pipeline.sagemaker.endpoint_name
-    return "comprehend"
-
-
 def _give_up(stage: str, exc: RetriableError) -> None:
     """A check reports an unavailable endpoint instead of retrying for ever."""
     raise exc
@@ -166,13 +160,11 @@ def _give_up(stage: str, exc: RetriableError) -> None:
 
 async def _call_once(spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo | None) -> str:
     """One real call through the pipeline's own scorer, with one sample row."""
-    if pipeline.comprehend is not None:
-        values: dict[str, Any] = {pipeline.comprehend.text_column: _COMPREHEND_SAMPLE}
-    else:
+    values = pipeline.model.check_sample()
+    if values is None:
         values = await asyncio.to_thread(_sample_row, spec, pipeline, table)
     sample = RowChange(Op.SNAPSHOT, pipeline.table, ("check",), values, None, None)
-    client_name = CLIENT_NAMES[pipeline.service]
-    async with create_client_context(client_name, spec.aws, 1) as client:
+    async with create_client_context(pipeline.model.client_name, spec.aws, 1) as client:
         scorer = build_scorer(pipeline, client, spec.retry, on_retry=_give_up)
         scored = await scorer.score(Batch(0, (sample,), (), Checkpoint(None)))
     if scored.dead_letters:
@@ -182,9 +174,6 @@ async def _call_once(spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo 
     answer = scored.upserts[0]
     shown = ", ".join(f"{k}={v}" for k, v in answer.columns.items())
     return f"answered {shown[:80]}"
-
-
-_COMPREHEND_SAMPLE = "cdc-scorer check: this works well"
 
 
 def _sample_row(

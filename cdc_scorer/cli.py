@@ -73,10 +73,12 @@ def _run(args: argparse.Namespace) -> int:
     early: list[int] = []
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda signum, _frame: early.append(signum))
-    from cdc_scorer.config import load_config
+    from cdc_scorer.config import load_config, select_pipelines
     from cdc_scorer.logs import configure_logging
 
     spec = load_config(args.config)
+    if args.pipelines is not None:
+        spec = select_pipelines(spec, args.pipelines)
     configure_logging(args.log_format, getattr(logging, args.log_level.upper()))
     return asyncio.run(run_daemon(spec, early))
 
@@ -260,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="the daemon: binlog → models → prediction tables")
     run.add_argument("--config", required=True, help="TOML configuration file")
+    run.add_argument(
+        "--pipelines",
+        metavar="NAME,NAME",
+        help="run only these pipelines of the configuration (several processes can split one "
+        "configuration; each takes only its pipelines' leader locks and checkpoint rows)",
+    )
     run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     run.add_argument(
         "--log-level",

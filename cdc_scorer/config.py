@@ -9,14 +9,19 @@ Environment overrides use ``__`` between levels: ``CDC_SCORER_SOURCE__PASSWORD``
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cdc_scorer.errors import ConfigError
+from cdc_scorer.services import ModelSpec
+from cdc_scorer.services.registry import SERVICES
 from cdc_scorer.spec import (
     AwsSpec,
     HttpSpec,
@@ -38,7 +43,8 @@ class _Settings(BaseSettings):
     )
 
     source: SourceSpec
-    pipelines: tuple[PipelineSpec, ...] = ()
+    # Validated one by one with their service's own section class (``_pipeline``).
+    pipelines: tuple[dict[str, Any], ...] = ()
     aws: AwsSpec = AwsSpec()
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: float = Field(ScorerSpec.shutdown_grace_s, gt=0)
@@ -84,10 +90,12 @@ _SHAPES = {
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: Mapping[str, Any]) -> str:
+    key = _key(error["loc"]) or "(top level)"
     env = "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
     message = _MESSAGES.get(error["type"], error["msg"].removeprefix("Value error, "))
+    if error["type"] == "missing":
+        message = "Field required"
     fix = _FIXES.get(error["type"], "").format(env=env)
     if error["type"] == "predicate_failed":
         shape = next((v for k, v in _SHAPES.items() if f"'{k}'" in message), None)
@@ -109,13 +117,27 @@ def load_config(path: Path | str) -> ScorerSpec:
         raise ConfigError(
             [f"--config: {path} is not valid TOML ({exc}) — fix the syntax"]
         ) from None
+    problems: list[str] = []
+    settings: _Settings | None = None
     try:
         settings = _Settings(**raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(dict(e)) for e in exc.errors()]) from None
+        problems += [_describe(dict(e)) for e in exc.errors()]
+    # The pipelines' problems are listed beside the others' (all at once).
+    raw_pipelines = raw.get("pipelines", ()) if settings is None else settings.pipelines
+    pipelines = []
+    for index, section in enumerate(
+        raw_pipelines if isinstance(raw_pipelines, list | tuple) else ()
+    ):
+        pipeline, found = _pipeline(index, section)
+        problems += found
+        if pipeline is not None:
+            pipelines.append(pipeline)
+    if problems or settings is None:
+        raise ConfigError(problems)
     spec = ScorerSpec(
         source=settings.source,
-        pipelines=settings.pipelines,
+        pipelines=tuple(pipelines),
         aws=settings.aws,
         retry=settings.retry,
         shutdown_grace_s=settings.shutdown_grace_s,
@@ -125,6 +147,70 @@ def load_config(path: Path | str) -> ScorerSpec:
     if problems:
         raise ConfigError(problems)
     return spec
+
+
+# The pipeline's fields declared before its model section: their problems are listed first,
+# in the order of the file's keys as users read them (name, table, service, …).
+_BEFORE_MODEL = tuple(
+    f.name for f in dataclasses.fields(PipelineSpec)[: PipelineSpec.__match_args__.index("model")]
+)
+
+
+def _pipeline(index: int, section: Any) -> tuple[PipelineSpec | None, list[str]]:
+    """One ``[[pipelines]]`` section: its service's own section validated by the service's
+    class (services/registry.py), the rest by ``PipelineSpec``; every problem of both."""
+    where: tuple[str | int, ...] = ("pipelines", index)
+    if not isinstance(section, dict):
+        return None, [_describe({"loc": where, "type": "", "msg": "must be a table"})]
+    fields = dict(section)
+    service = fields.pop("service", None)
+    sections = {name: fields.pop(name) for name in list(fields) if name in SERVICES}
+    model, model_problems = _model(where, service, sections)
+    try:
+        pipeline = TypeAdapter(PipelineSpec).validate_python({**fields, "model": model})
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["loc"][:1] != ("model",)]  # reported above
+        first = [e for e in errors if e["loc"][:1] and e["loc"][0] in _BEFORE_MODEL]
+        rest = [e for e in errors if e not in first]
+        return None, [*_errors(first, where), *model_problems, *_errors(rest, where)]
+    return (None if model_problems else pipeline), model_problems
+
+
+def _model(
+    where: tuple[str | int, ...], service: Any, sections: dict[str, Any]
+) -> tuple[ModelSpec | None, list[str]]:
+    """The pipeline's model section, validated by its service's class; or its problems."""
+    if service is None:
+        return None, [_describe({"loc": (*where, "service"), "type": "missing", "msg": ""})]
+    spec_class = SERVICES.get(service) if isinstance(service, str) else None
+    if spec_class is None:
+        allowed = " or ".join(repr(name) for name in SERVICES)
+        error = {"loc": (*where, "service"), "type": "literal_error"}
+        return None, [_describe({**error, "msg": f"Input should be {allowed}"})]
+    problems = []
+    if service not in sections:
+        problems.append(
+            f"{_key(where)}: service is {service!r}: add a [pipelines.{service}] section"
+        )
+    if any(name != service for name in sections):
+        problems.append(
+            f"{_key(where)}: service is {service!r}: remove the other service's section"
+        )
+    if service not in sections:
+        return None, problems
+    try:
+        model = TypeAdapter(spec_class).validate_python(sections[service])
+    except ValidationError as exc:
+        return None, [*problems, *_errors(exc.errors(), (*where, service))]
+    return (None if problems else model), problems
+
+
+def _errors(errors: Iterable[Mapping[str, Any]], where: tuple[str | int, ...]) -> list[str]:
+    return [_describe({**e, "loc": (*where, *e["loc"])}) for e in errors]
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc)
 
 
 def _cross_checks(config: ScorerSpec) -> list[str]:
@@ -159,3 +245,21 @@ def _cross_checks(config: ScorerSpec) -> list[str]:
                 "— score a source table"
             )
     return problems
+
+
+def select_pipelines(spec: ScorerSpec, names: str) -> ScorerSpec:
+    """The configuration with only the pipelines named (``run --pipelines churn,feedback``):
+    several processes can split one configuration, each with its own replica id, leader locks
+    and checkpoint rows."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [p.name for p in spec.pipelines]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise ConfigError(
+            [
+                f"--pipelines: {n!r} is not a pipeline of the configuration — use some of "
+                f"{', '.join(known)}"
+                for n in unknown or ["(none)"]
+            ]
+        )
+    return replace(spec, pipelines=tuple(p for p in spec.pipelines if p.name in wanted))

@@ -13,8 +13,8 @@ from cdc_scorer.errors import CdcScorerError, PipelineStopped
 from cdc_scorer.metrics import PipelineState, Telemetry
 from cdc_scorer.records import Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.rescoring import ChunkExchange
-from cdc_scorer.scoring import Scorer
 from cdc_scorer.sequencer import Sequencer
+from cdc_scorer.services import Scorer
 from cdc_scorer.spec import PipelineSpec
 
 Inbox = asyncio.Queue[tuple[SourceItem, ...] | None]

@@ -167,6 +167,9 @@ class Batch:
     checkpoint: Checkpoint
     rows_skipped: dict[str, int] = field(default_factory=dict)
     truncate: bool = False  # delete every prediction first (the table was truncated)
+    # An ALTER TABLE changed the table's columns: the analysts' view, which names them, is
+    # made again before this batch is applied.
+    columns_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,3 +184,4 @@ class ScoredBatch:
     model_calls: int = 0
     rows_skipped: dict[str, int] = field(default_factory=dict)
     truncate: bool = False
+    columns_changed: bool = False

@@ -163,7 +163,7 @@ def job_dict(job: RescoreJob) -> dict[str, Any]:
         "reason": job.reason,
         "model_version": job.model_version,
         "where": job.where,
-        "cursor": None if job.cursor is None else list(job.cursor),
+        "cursor": None if job.cursor is None else [_cursor_value(v) for v in job.cursor],
         "rows_done": job.rows_done,
         "rows_total": job.rows_total,
         "check_types": None if job.check_types is None else dict(job.check_types),
@@ -173,6 +173,20 @@ def job_dict(job: RescoreJob) -> dict[str, Any]:
     }
 
 
+def _cursor_value(value: Any) -> Any:
+    """A key part as JSON: a binary key (``BINARY(16)`` ids) as its hex, tagged, so that the
+    chunk after a restart compares bytes with bytes; a date or a decimal compares as its text."""
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    return value
+
+
+def _cursor_part(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        return bytes.fromhex(value["hex"])
+    return value
+
+
 def _job(data: dict[str, Any]) -> RescoreJob:
     cursor, types = data.get("cursor"), data.get("check_types")
     return RescoreJob(
@@ -180,7 +194,7 @@ def _job(data: dict[str, Any]) -> RescoreJob:
         reason=str(data["reason"]),
         model_version=data.get("model_version"),
         where=data.get("where"),
-        cursor=None if cursor is None else tuple(cursor),
+        cursor=None if cursor is None else tuple(map(_cursor_part, cursor)),
         rows_done=int(data.get("rows_done") or 0),
         rows_total=data.get("rows_total"),
         check_types=None if types is None else tuple(types.items()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cdc_scorer.checkpoints import CHECKPOINT_DDL, CHECKPOINT_TABLE
@@ -9,6 +10,7 @@ from cdc_scorer.db import Connection, mysql_errors, quote
 from cdc_scorer.errors import FatalError
 from cdc_scorer.rescoring import SIGNAL_DDL, SIGNAL_TABLE
 from cdc_scorer.server import ServerInfo
+from cdc_scorer.services import PredictionColumn
 from cdc_scorer.spec import PipelineSpec, ScorerSpec
 
 DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
@@ -97,28 +99,14 @@ def partial_json_inputs(
     return problems
 
 
-def _prediction_columns(pipeline: PipelineSpec) -> list[str]:
-    if pipeline.sagemaker is not None:
-        s = pipeline.sagemaker
-        return [
-            f"{quote(s.label_column)} VARCHAR(255) NULL",
-            f"{quote(s.probability_column)} DOUBLE NULL",
-        ]
-    assert pipeline.comprehend is not None
-    c = pipeline.comprehend
-    scores = [f"{quote(c.score_column_prefix + k)} DOUBLE NULL" for k in SCORE_KEYS]
-    return [f"{quote(c.sentiment_column)} VARCHAR(16) NULL", *scores]
-
-
-SCORE_KEYS = ("positive", "negative", "neutral", "mixed")
+def _column_definition(column: PredictionColumn) -> str:
+    """A prediction column in MySQL's types."""
+    sql_type = f"VARCHAR({column.length})" if column.kind == "label" else "DOUBLE"
+    return f"{quote(column.name)} {sql_type} NULL"
 
 
 def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
-    if pipeline.sagemaker is not None:
-        return (pipeline.sagemaker.label_column, pipeline.sagemaker.probability_column)
-    assert pipeline.comprehend is not None
-    c = pipeline.comprehend
-    return (c.sentiment_column, *(c.score_column_prefix + k for k in SCORE_KEYS))
+    return tuple(c.name for c in pipeline.model.prediction_columns())
 
 
 def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[str]:
@@ -146,15 +134,12 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
         table = tables[pipeline.table]
         key_defs = [f"{quote(c)} {table.column_types[c]} NULL" for c in table.key_columns]
         # The key's hash is the primary key: keys of any type/length (VARCHAR(2048)) fit.
-        key_index = ", ".join(
-            f"{quote(c)}(191)" if _is_text(table.column_types[c]) else quote(c)
-            for c in table.key_columns
-        )
+        key_index = ", ".join(_index_part(c, table.column_types[c]) for c in table.key_columns)
         statements.append(
             f"""CREATE TABLE IF NOT EXISTS {quote(pipeline.predictions)} (
   key_hash BINARY(32) NOT NULL PRIMARY KEY,
   {", ".join(key_defs)},
-  {", ".join(_prediction_columns(pipeline))},
+  {", ".join(_column_definition(c) for c in pipeline.model.prediction_columns())},
   model_endpoint VARCHAR(255) NOT NULL,
   model_variant VARCHAR(255) NULL,
   model_version VARCHAR(64) NULL,
@@ -164,18 +149,37 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
   KEY source_key ({key_index})
 ) ENGINE=InnoDB CHARACTER SET utf8mb4"""
         )
-        join = " AND ".join(f"s.{quote(c)} = p.{quote(c)}" for c in table.key_columns)
-        extra = ", ".join(f"p.{quote(c)}" for c in prediction_value_columns(pipeline))
-        statements.append(
-            f"""CREATE OR REPLACE VIEW {quote(pipeline.view)} AS
-SELECT s.*, {extra}, p.model_endpoint, p.model_variant, p.model_version, p.scored_at
-FROM {quote(pipeline.table)} s LEFT JOIN {quote(pipeline.predictions)} p ON {join}"""
-        )
+        statements.append(view_statement(pipeline, table.key_columns))
     return statements
 
 
-def _is_text(column_type: str) -> bool:
-    return any(t in column_type.lower() for t in ("char", "text", "blob", "binary"))
+def view_statement(pipeline: PipelineSpec, key_columns: tuple[str, ...]) -> str:
+    """The analysts' view, source LEFT JOIN predictions. The server expands ``s.*`` into the
+    table's columns as they are when the view is made: the pipeline makes it again whenever
+    an ALTER TABLE of the source reaches it in the stream."""
+    join = " AND ".join(f"s.{quote(c)} = p.{quote(c)}" for c in key_columns)
+    extra = ", ".join(f"p.{quote(c)}" for c in prediction_value_columns(pipeline))
+    return f"""CREATE OR REPLACE VIEW {quote(pipeline.view)} AS
+SELECT s.*, {extra}, p.model_endpoint, p.model_variant, p.model_version, p.scored_at
+FROM {quote(pipeline.table)} s LEFT JOIN {quote(pipeline.predictions)} p ON {join}"""
+
+
+# The longest key part indexed whole: 191 characters of utf8mb4 are 764 bytes, so four such
+# parts stay within InnoDB's 3,072-byte key.
+_MAX_WHOLE_KEY_PART = 191
+
+
+def _index_part(column: str, column_type: str) -> str:
+    """One part of the predictions' ``source_key`` index: a TEXT or BLOB key, or a string
+    longer than 191 characters, by a 191-character prefix; anything shorter (``CHAR(36)``,
+    ``BINARY(16)``) whole, since a prefix longer than the column is refused (error 1089)."""
+    lowered = column_type.lower()
+    if "text" in lowered or "blob" in lowered:
+        return f"{quote(column)}({_MAX_WHOLE_KEY_PART})"
+    length = re.match(r"(?:var)?(?:char|binary)\((\d+)\)", lowered)
+    if length is not None and int(length.group(1)) > _MAX_WHOLE_KEY_PART:
+        return f"{quote(column)}({_MAX_WHOLE_KEY_PART})"
+    return quote(column)
 
 
 # Columns added after a table's first release: ``init`` adds them to tables made before

@@ -29,7 +29,7 @@ from cdc_scorer.errors import FatalError, RetriableError
 from cdc_scorer.leader import try_lock
 from cdc_scorer.records import Checkpoint, ScoredBatch
 from cdc_scorer.retry import retrying
-from cdc_scorer.schema import DEAD_LETTER_TABLE, prediction_value_columns
+from cdc_scorer.schema import DEAD_LETTER_TABLE, prediction_value_columns, view_statement
 from cdc_scorer.spec import PipelineSpec, RetrySpec, SourceSpec
 
 
@@ -122,6 +122,7 @@ class Sink:
         ]
         updates = [c for c in columns if c != "key_hash" and c not in key_columns]
         self._value_columns = value_columns
+        self._view = view_statement(pipeline, key_columns)
         # Multi-row statements, built here: pymysql's executemany batches only statements whose
         # VALUES are all placeholders (ours has NOW(6)) and sends one round trip per row
         # otherwise, which made the sink the pipeline's bottleneck (docs/benchmarks.md).
@@ -250,6 +251,11 @@ class Sink:
         try:
             with mysql_errors(f"writing predictions of {self._pipeline.name}"):
                 conn = self._connection()
+                if batch.columns_changed:
+                    # DDL commits on its own: made before the batch's transaction, and made
+                    # again if that transaction is replayed (it is idempotent).
+                    with conn.cursor() as cursor:
+                        cursor.execute(self._view)
                 conn.begin()
                 with conn.cursor() as cursor:
                     if batch.truncate:  # the source table was truncated: so are they

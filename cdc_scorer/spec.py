@@ -10,15 +10,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen, Predicate
 
-SAGEMAKER: Final = "sagemaker"
-COMPREHEND: Final = "comprehend"
+from cdc_scorer.services import ModelSpec
 
 # Unknown keys are errors (a misspelt key must not silently take a default).
-_STRICT: Any = {"extra": "forbid"}
+STRICT: Any = {"extra": "forbid"}
+_MODEL_ANY: Any = {**STRICT, "arbitrary_types_allowed": True}
 
 
 def sql_identifier(text: str) -> bool:
@@ -33,7 +33,6 @@ def column_prefix(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", text) is not None
 
 
-OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
 Identifier = Annotated[str, Predicate(sql_identifier)]
 Port = Annotated[int, Ge(1), Le(65535)]
 Positive = Annotated[float, Gt(0)]
@@ -56,7 +55,7 @@ class TlsSpec:
     must chain to ``ca_file``; ``verify-identity``: and name the host connected to.
     """
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     mode: TlsMode = "preferred"
     ca_file: str | None = None  # e.g. the RDS global bundle (global-bundle.pem)
@@ -77,7 +76,7 @@ class TlsSpec:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     database: Identifier
     host: str = "127.0.0.1"
@@ -112,19 +111,11 @@ class SourceSpec:
                 raise ValueError("auth 'rds-iam' replaces the password: remove [source] password")
 
 
-# Rows per batch when the config does not say. SageMaker: a call costs the scorer ~0.8 ms of
-# CPU whatever its size and a 500-row CSV body is ~100 KB of the 6 MB allowed, so bigger
-# batches are what lets a backlog drain (100 → 500 rows: 12k → 17k rows/s end to end here,
-# docs/benchmarks.md); under light load linger_ms cuts batches long before. Comprehend: 25
-# documents a call, four calls a batch.
-DEFAULT_MAX_ROWS = {SAGEMAKER: 500, COMPREHEND: 100}
-
-
 @dataclass(frozen=True)
 class BatchingSpec:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
-    max_rows: Annotated[int, Ge(1), Le(100_000)] | None = None  # None: DEFAULT_MAX_ROWS
+    max_rows: Annotated[int, Ge(1), Le(100_000)] | None = None  # None: the service's default
     max_bytes: Annotated[int, Ge(1_000), Le(6_000_000)] = 1_000_000
     linger_ms: Annotated[float, Ge(0)] = 200
     max_in_flight: Annotated[int, Ge(1), Le(256)] = 4
@@ -138,7 +129,7 @@ class BatchingSpec:
 class RescoreSpec:
     """Incremental snapshots and re-scores of a pipeline's table (``snapshotter.py``)."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     # A cap on rows read per second (None: as fast as the model and the sink take them), so a
     # re-score cannot starve the stream's freshness or flood the endpoint.
@@ -146,38 +137,14 @@ class RescoreSpec:
 
 
 @dataclass(frozen=True)
-class SageMakerSpec:
-    __pydantic_config__ = _STRICT
-
-    endpoint_name: Annotated[str, MinLen(1)]
-    feature_columns: Annotated[tuple[str, ...], MinLen(1)]
-    content_type: Literal["text/csv"] = "text/csv"
-    output_form: OutputForm = "predicted_label,probability"
-    positive_label: str = "True."
-    negative_label: str = "False."
-    label_column: Identifier = "will_churn"
-    probability_column: Identifier = "churn_probability"
-
-
-@dataclass(frozen=True)
-class ComprehendSpec:
-    __pydantic_config__ = _STRICT
-
-    text_column: Identifier
-    language: str = "en"
-    language_column: Identifier | None = None
-    overlong_text: Literal["truncate", "dead_letter"] = "truncate"
-    sentiment_column: Identifier = "sentiment"
-    score_column_prefix: Annotated[str, Predicate(column_prefix)] = "sentiment_"
-
-
-@dataclass(frozen=True)
 class PipelineSpec:
-    __pydantic_config__ = _STRICT
+    # The model section is validated by config.py with its service's own class (the registry
+    # of services/): here it is any ModelSpec.
+    __pydantic_config__ = _MODEL_ANY
 
     name: Annotated[str, Predicate(pipeline_name)]
     table: Identifier
-    service: Literal["sagemaker", "comprehend"]
+    model: ModelSpec  # [pipelines.<service>]
     key_columns: tuple[str, ...] | None = None  # None: the table's primary key
     # A label of the model deployed, stamped on every prediction row (model_version).
     model_version: Annotated[str, MinLen(1)] = "1"
@@ -191,26 +158,23 @@ class PipelineSpec:
     rescore_on_alter: bool = True
     rescore: RescoreSpec = RescoreSpec()
     batching: BatchingSpec = BatchingSpec()
-    sagemaker: SageMakerSpec | None = None
-    comprehend: ComprehendSpec | None = None
 
     def __post_init__(self) -> None:
-        if self.service == SAGEMAKER and self.sagemaker is None:
-            raise ValueError("service is 'sagemaker': add a [pipelines.sagemaker] section")
-        if self.service == COMPREHEND and self.comprehend is None:
-            raise ValueError("service is 'comprehend': add a [pipelines.comprehend] section")
-        other = self.comprehend if self.service == SAGEMAKER else self.sagemaker
-        if other is not None:
-            raise ValueError(f"service is {self.service!r}: remove the other service's section")
         if not self.key_columns:
             object.__setattr__(self, "key_columns", None)
         if self.batching.max_rows is None:
-            batching = replace(self.batching, max_rows=DEFAULT_MAX_ROWS[self.service])
+            batching = replace(self.batching, max_rows=self.model.default_max_rows)
             object.__setattr__(self, "batching", batching)
 
     @property
+    def service(self) -> str:
+        """The model service's name (``pipelines[].service``)."""
+        return self.model.service
+
+    @property
     def max_batch_rows(self) -> int:
-        return self.batching.max_rows or DEFAULT_MAX_ROWS[self.service]
+        assert self.batching.max_rows is not None  # __post_init__ set the service's default
+        return self.batching.max_rows
 
     @property
     def predictions(self) -> str:
@@ -229,16 +193,12 @@ class PipelineSpec:
     @property
     def input_columns(self) -> tuple[str, ...]:
         """The source columns the model reads: an update touching none of them is skipped."""
-        if self.sagemaker is not None:
-            return self.sagemaker.feature_columns
-        assert self.comprehend is not None
-        language = (self.comprehend.language_column,) if self.comprehend.language_column else ()
-        return (self.comprehend.text_column, *language)
+        return self.model.input_columns
 
 
 @dataclass(frozen=True)
 class AwsSpec:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     region: str | None = None
     endpoint_url: str | None = None  # None: the SDK's standard resolution (AWS_ENDPOINT_URL...)
@@ -249,7 +209,7 @@ class AwsSpec:
 class RetrySpec:
     """Exponential backoff with full jitter (``retry.py``)."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     base_ms: Positive = 100
     cap_ms: Positive = 10_000
@@ -271,7 +231,7 @@ class RetrySpec:
 class HttpSpec:
     """The operations port: /metrics, /healthz, /readyz (port 0: no server)."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     host: str = "0.0.0.0"
     port: Annotated[int, Ge(0), Le(65535)] = 9400
@@ -280,7 +240,7 @@ class HttpSpec:
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     source: SourceSpec
     pipelines: tuple[PipelineSpec, ...]  # at least one (config.py checks)

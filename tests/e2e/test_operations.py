@@ -16,8 +16,9 @@ import pytest
 
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
+from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from tests.e2e.daemon import Daemon, http_get, metric, start, wait
+from tests.e2e.daemon import Daemon, http_get, metric, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
@@ -324,3 +325,67 @@ def test_sigterm_during_busy_stream_commits_in_flight_work(
     finally:
         assert again.stop(signal.SIGTERM) == 0
         db.close()
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_split_one_config_by_pipeline_subsets(
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+) -> None:
+    """`run --pipelines`: one process scores churn, another feedback, from one config; each
+    takes only its own leader lock and checkpoint row; the churn one is killed -9 mid-stream
+    and restarted; both tables converge."""
+    database, db = _setup(mariadb)
+    config = tmp_path / "split.toml"  # no operations port: two processes share the config
+    init_scorer(write_config(config, mariadb, database, endpoints.url, max_rows=50))
+    generator = ChurnRowGenerator(12)
+    insert_churn(db, list(generator.rows(300)))
+    churn = start(config, "churn", args=("--pipelines", "churn"))
+    feedback = start(config, "feedback", args=("--pipelines", "feedback"))
+    try:
+        wait(lambda: len(stored_churn(db)) == 300, 60, "churn scored", churn)
+        wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", feedback)
+        status = {s["pipeline"]: s for s in _status_json(config)}
+        assert set(status) == {"churn", "feedback"}  # status shows every pipeline
+        leaders = {status[p]["leader_connection"] for p in ("churn", "feedback")}
+        assert None not in leaders and len(leaders) == 2  # each process holds its own lock
+        with db.cursor() as cursor:
+            for i in range(150):
+                insert_churn(db, [generator.row()])
+                cursor.execute(
+                    "INSERT INTO feedback (user_feedback) VALUES (%s)", (f"fine service {i}",)
+                )
+                if i == 60:
+                    churn.stop(signal.SIGKILL)
+                if i == 100:
+                    churn = start(config, "churn-again", args=("--pipelines", "churn"))
+        wait(lambda: churn_matches(db), 90, "churn converges after kill -9", churn)
+        wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", feedback)
+        started = [
+            json.loads(line)
+            for name in ("churn", "feedback")
+            for line in (tmp_path / f"{name}.log").read_text().splitlines()
+            if '"starting"' in line
+        ]
+        assert [entry["pipelines"] for entry in started] == [["churn"], ["feedback"]]
+    finally:
+        if churn.poll() is None:
+            assert churn.stop(signal.SIGTERM) == 0, churn.log()[-2000:]
+        assert feedback.stop(signal.SIGTERM) == 0, feedback.log()[-2000:]
+        db.close()
+
+
+def test_an_unknown_pipeline_subset_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        local_scorer_config(port=1, database="mltest", endpoint_url="http://127.0.0.1:1")
+    )
+    result = run_cli("run", "--config", str(config), "--pipelines", "churn,nope")
+    assert result.returncode == 2
+    assert "--pipelines: 'nope' is not a pipeline of the configuration" in result.stderr
+    assert "churn, feedback" in result.stderr
+
+
+def _status_json(config: Path) -> list[dict[str, Any]]:
+    result = run_cli("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pymysql
 
+from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import (
@@ -166,6 +167,25 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 60, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
         await asyncio.sleep(0.05)
+
+
+class Running:
+    """The daemon in-process for the length of an ``async with``; stopped cleanly at its end."""
+
+    def __init__(self, spec: ScorerSpec) -> None:
+        self.app = ScorerApp(spec)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ScorerApp:
+        self.task = asyncio.create_task(self.app.run())
+        RUNNING.append(self.task)
+        return self.app
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        RUNNING.remove(self.task)
+        self.app.request_stop()
+        await asyncio.wait_for(self.task, 30)
 
 
 GRANTS_SQL = Path(__file__).resolve().parents[2] / "deploy" / "grants.sql"

@@ -16,6 +16,7 @@ from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.schema import check_schema, init_schema
 from tests.integration.scenario import (
+    Running,
     create_database,
     expected_churn,
     init_scorer,
@@ -23,7 +24,6 @@ from tests.integration.scenario import (
     wait_for,
     write_config,
 )
-from tests.integration.test_streaming import Running
 
 CHALLENGER = {
     "table": "churn",

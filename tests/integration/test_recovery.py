@@ -33,29 +33,22 @@ from cdc_scorer.records import (
     SourceItem,
 )
 from cdc_scorer.router import Router
-from cdc_scorer.scoring import Scorer
-from cdc_scorer.scoring.aws import create_client_context
-from cdc_scorer.scoring.factory import build_scorer
-from cdc_scorer.spec import (
-    SAGEMAKER,
-    AwsSpec,
-    BatchingSpec,
-    PipelineSpec,
-    RetrySpec,
-    SageMakerSpec,
-)
+from cdc_scorer.services import Scorer
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
+from cdc_scorer.services.sagemaker import SageMakerSpec
+from cdc_scorer.spec import AwsSpec, BatchingSpec, PipelineSpec, RetrySpec
 
 AT = datetime(2026, 11, 25, 12, 0, 0)
 SERVER = "mariadb:server_id=1"
 PIPELINE = PipelineSpec(
     name="churn",
     table="churn",
-    service=SAGEMAKER,
+    model=SageMakerSpec(DEFAULT_ENDPOINT, feature_columns=FEATURE_COLUMNS),
     key_columns=("phone",),
     snapshot="never",
     # Small batches cut by rows only (a long linger): where batches end is deterministic.
     batching=BatchingSpec(max_rows=4, linger_ms=60_000, max_in_flight=3),
-    sagemaker=SageMakerSpec(DEFAULT_ENDPOINT, feature_columns=FEATURE_COLUMNS),
 )
 TRANSACTIONS = 12
 ROWS_PER_TRANSACTION = 3  # batches of 4 rows end inside transactions too
@@ -129,7 +122,6 @@ class RecordingScorer:
 
     def __init__(self, scorer: Scorer) -> None:
         self._scorer = scorer
-        self.model_endpoint = scorer.model_endpoint
         self.scored: list[RowChange] = []
 
     async def score(self, batch: Batch) -> ScoredBatch:

@@ -3,7 +3,6 @@ and the local endpoints over HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from cdc_scorer.app import ScorerApp
 from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
@@ -20,7 +18,7 @@ from cdc_scorer.spec import ScorerSpec
 from cdc_scorer.status import PipelineStatus, pipeline_status
 from tests.conftest import Source, source_of
 from tests.integration.scenario import (
-    RUNNING,
+    Running,
     churn_matches,
     compressed_transactions,
     create_database,
@@ -48,23 +46,6 @@ def spec(tmp_path: Path, source: Source, database: str, models: ModelServer) -> 
     )
     init_scorer(spec)
     return spec
-
-
-class Running:
-    def __init__(self, spec: ScorerSpec) -> None:
-        self.app = ScorerApp(spec)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> ScorerApp:
-        self.task = asyncio.create_task(self.app.run())
-        RUNNING.append(self.task)
-        return self.app
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        RUNNING.remove(self.task)
-        self.app.request_stop()
-        await asyncio.wait_for(self.task, 30)
 
 
 @pytest.fixture

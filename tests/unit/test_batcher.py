@@ -15,7 +15,8 @@ from cdc_scorer.records import (
     RowChange,
     SourceItem,
 )
-from cdc_scorer.spec import SAGEMAKER, BatchingSpec, PipelineSpec, SageMakerSpec
+from cdc_scorer.services.sagemaker import SageMakerSpec
+from cdc_scorer.spec import BatchingSpec, PipelineSpec
 
 AT = datetime(2026, 11, 24, 12, 0, 0)
 
@@ -24,10 +25,9 @@ def pipeline(**batching: float) -> PipelineSpec:
     return PipelineSpec(
         name="p",
         table="t",
-        service=SAGEMAKER,
+        model=SageMakerSpec("e", feature_columns=("text", "n")),
         key_columns=("id",),
         batching=BatchingSpec(**batching),  # type: ignore[arg-type]
-        sagemaker=SageMakerSpec("e", feature_columns=("text", "n")),
     )
 
 

@@ -26,7 +26,7 @@ name = "churn"
 table = "churn"
 service = "sagemaker"
 [pipelines.batching]
-linger_ms = 50  # pipeline 0's missing section shows once its field errors are fixed
+linger_ms = 50
 max_in_flgiht = 8
 
 [[pipelines]]
@@ -57,8 +57,10 @@ def test_every_problem_is_listed_with_its_key_and_fix(tmp_path: Path) -> None:
         "source.positions: Input should be 'auto' or 'file' — use one of the listed values",
         "source.colour: Extra inputs are not permitted — remove it or fix its spelling",
         "retry: cap_ms must be >= base_ms",
+        "pipelines.0: service is 'sagemaker': add a [pipelines.sagemaker] section",
         "pipelines.0.batching.max_in_flgiht: Extra inputs are not permitted — remove it",
         "pipelines.1: service is 'comprehend': add a [pipelines.comprehend] section",
+        "pipelines.1: service is 'comprehend': remove the other service's section",
     ]
     for line in expected:
         assert any(p.startswith(line) for p in problems), f"{line!r} not in:\n{text}"

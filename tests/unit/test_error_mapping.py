@@ -14,8 +14,8 @@ from botocore.exceptions import (
 
 from cdc_scorer.db import FIXES, RETRIABLE_CODES, mysql_errors
 from cdc_scorer.errors import CdcScorerError, FatalError, PoisonError, RetriableError
-from cdc_scorer.scoring.aws import POISON_CODES, aws_errors
-from cdc_scorer.scoring.aws import RETRIABLE_CODES as AWS_RETRIABLE
+from cdc_scorer.services.aws import POISON_CODES, aws_errors
+from cdc_scorer.services.aws import RETRIABLE_CODES as AWS_RETRIABLE
 
 
 def mapped_mysql(exc: Exception) -> CdcScorerError:

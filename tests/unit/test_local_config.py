@@ -7,6 +7,8 @@ from pathlib import Path
 from cdc_scorer.config import load_config
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.scorer_config import local_scorer_config
+from cdc_scorer.services.comprehend import ComprehendSpec
+from cdc_scorer.services.sagemaker import SageMakerSpec
 
 
 def test_defaults_load_and_overrides_merge(tmp_path: Path) -> None:
@@ -35,10 +37,11 @@ def test_defaults_load_and_overrides_merge(tmp_path: Path) -> None:
     )
     assert spec.shutdown_grace_s == 7
     assert churn.key_columns == ("phone",) and churn.batching.max_rows == 9
-    assert churn.sagemaker is not None and churn.sagemaker.feature_columns == FEATURE_COLUMNS
-    assert feedback.comprehend is not None
-    assert (feedback.comprehend.text_column, feedback.comprehend.overlong_text) == (
+    assert isinstance(churn.model, SageMakerSpec)
+    assert churn.model.feature_columns == FEATURE_COLUMNS
+    assert isinstance(feedback.model, ComprehendSpec)
+    assert (feedback.model.text_column, feedback.model.overlong_text) == (
         "user_feedback",
         "dead_letter",
     )
-    assert feedback.comprehend.language == "en"  # a default kept beside an override
+    assert feedback.model.language == "en"  # a default kept beside an override

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from cdc_scorer.schema import TableInfo, partial_json_inputs
 from cdc_scorer.server import ServerInfo
-from cdc_scorer.spec import (
-    COMPREHEND,
-    ComprehendSpec,
-    PipelineSpec,
-    ScorerSpec,
-    SourceSpec,
-)
+from cdc_scorer.services.comprehend import ComprehendSpec
+from cdc_scorer.spec import PipelineSpec, ScorerSpec, SourceSpec
 
 SPEC = ScorerSpec(
     source=SourceSpec(database="db"),
     pipelines=(
-        PipelineSpec("notes", "notes", COMPREHEND, comprehend=ComprehendSpec("body")),
-        PipelineSpec("feedback", "feedback", COMPREHEND, comprehend=ComprehendSpec("text")),
+        PipelineSpec("notes", "notes", ComprehendSpec("body")),
+        PipelineSpec("feedback", "feedback", ComprehendSpec("text")),
     ),
 )
 TABLES = {

@@ -5,19 +5,17 @@ from __future__ import annotations
 import pytest
 
 from cdc_scorer.errors import PoisonError
-from cdc_scorer.scoring.sagemaker import SageMakerScorer
-from cdc_scorer.spec import OutputForm, RetrySpec, SageMakerSpec
+from cdc_scorer.services.sagemaker import OutputForm, SageMakerCodec, SageMakerSpec
 
 
-def scorer(form: OutputForm) -> SageMakerScorer:
-    spec = SageMakerSpec("e", feature_columns=("a",), output_form=form)
-    return SageMakerScorer(client=None, spec=spec, retry=RetrySpec())
+def codec(form: OutputForm) -> SageMakerCodec:
+    return SageMakerSpec("e", feature_columns=("a",), output_form=form).codec()
 
 
 def test_each_output_form() -> None:
-    assert scorer("predicted_label")._parse(["True."]) == ("True.", None)
-    assert scorer("predicted_label,probability")._parse(["False.", "0.75"]) == ("False.", 0.25)
-    assert scorer("probabilities")._parse(["[0.2, 0.8]"]) == ("True.", 0.8)
+    assert codec("predicted_label").parse(["True."]) == ("True.", None)
+    assert codec("predicted_label,probability").parse(["False.", "0.75"]) == ("False.", 0.25)
+    assert codec("probabilities").parse(["[0.2, 0.8]"]) == ("True.", 0.8)
 
 
 @pytest.mark.parametrize(
@@ -33,5 +31,5 @@ def test_each_output_form() -> None:
 )
 def test_non_answers_are_poison(form: OutputForm, record: list[str]) -> None:
     with pytest.raises(PoisonError) as caught:
-        scorer(form)._parse(record)
+        codec(form).parse(record)
     assert caught.value.reason == "bad_response"

@@ -1,0 +1,118 @@
+"""Model services: the plug point between a pipeline's batches and a model.
+
+A service is its configuration section — a frozen dataclass subclassing :class:`ModelSpec`,
+registered by name in ``services/registry.py`` — plus the :class:`ModelCodec` it builds: how a
+row becomes an item of a request, how items are grouped into requests, encoded into the
+client's call and decoded from its answer (per-item errors included). The shared driver
+(``services/driver.py``) owns everything else: retries, splitting a poisoned request, dead
+letters, the in-flight limit and the scored batch. Nothing outside ``services/`` names a
+service.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from cdc_scorer.records import Batch, RowChange, ScoredBatch
+
+ItemT = TypeVar("ItemT")
+
+
+@dataclass(frozen=True)
+class PredictionColumn:
+    """A column of the predictions table a service fills, in the store's neutral terms:
+    ``label`` is text of at most ``length`` characters, ``number`` a double."""
+
+    name: str
+    kind: Literal["label", "number"]
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One item the service answered with an error: retried alone when ``retriable``, else a
+    dead letter with ``reason``."""
+
+    reason: str
+    message: str
+    retriable: bool = False
+
+
+# An item's answer: its prediction columns, or why it has none.
+Outcome = Mapping[str, Any] | ItemError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A decoded response: one outcome per item sent, in order; the production variant that
+    answered, where the service says."""
+
+    outcomes: Sequence[Outcome]
+    variant: str | None = None
+
+
+class ModelCodec(Protocol[ItemT]):
+    """What a service knows about its wire format; no retries, no dead letters, no I/O."""
+
+    operation: str  # the client's method, e.g. ``invoke_endpoint``
+    describe: str  # the call as errors name it, e.g. ``InvokeEndpoint churn-endpoint``
+
+    def prepare(self, change: RowChange) -> ItemT:
+        """A row as an item of a request; raises ``PoisonError`` for a row it cannot send."""
+
+    def requests(
+        self, items: Sequence[tuple[RowChange, ItemT]]
+    ) -> Iterable[Sequence[tuple[RowChange, ItemT]]]:
+        """The items grouped into requests (the service's own limits: items per call, one
+        language per call)."""
+
+    def encode(self, items: Sequence[ItemT]) -> dict[str, Any]:
+        """The keyword arguments of one call of :attr:`operation`."""
+
+    def decode(self, response: Mapping[str, Any], count: int) -> Answer:
+        """The answer to a request of ``count`` items (streamed bodies already read into
+        bytes); raises ``PoisonError`` when the response as a whole is no answer."""
+
+
+class ModelSpec(ABC):
+    """A pipeline's model service section, ``[pipelines.<service>]``."""
+
+    service: ClassVar[str]  # the name in ``pipelines[].service`` and of the section
+    client_name: ClassVar[str]  # the aiobotocore client the service is called through
+    default_max_rows: ClassVar[int]  # rows per batch when the config does not say
+
+    @property
+    @abstractmethod
+    def input_columns(self) -> tuple[str, ...]:
+        """The source columns the model reads: an update touching none of them is skipped."""
+
+    @abstractmethod
+    def prediction_columns(self) -> tuple[PredictionColumn, ...]:
+        """The columns the service adds to the predictions table, in order."""
+
+    @property
+    @abstractmethod
+    def model_endpoint(self) -> str:
+        """What the predictions' ``model_endpoint`` column says."""
+
+    @property
+    def display_name(self) -> str:
+        """The endpoint as `check` names it."""
+        return self.model_endpoint
+
+    def check_sample(self) -> dict[str, Any] | None:
+        """Values `check` sends in one real call (None: a real row of the table)."""
+        return None
+
+    @abstractmethod
+    def codec(self) -> ModelCodec[Any]:
+        """The service's wire format for this section."""
+
+
+class Scorer(Protocol):
+    """A batch in, its predictions and dead letters out (``driver.ModelDriver``)."""
+
+    async def score(self, batch: Batch) -> ScoredBatch: ...
