@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 import tomli_w
 
@@ -28,17 +29,31 @@ from tests.integration.scenario import (
 
 
 def _ready_database(
-    server: DatabaseServer, tmp_path: Path, endpoint_url: str, positions: str = "auto"
+    server: DatabaseServer,
+    tmp_path: Path,
+    endpoint_url: str,
+    positions: str = "auto",
+    init: bool = True,
 ) -> Path:
     database = f"chk_{uuid.uuid4().hex[:6]}"
     create_database(server, database)
     config = tmp_path / "s.toml"
     spec = write_config(config, server, database, endpoint_url, positions=positions)
-    init_scorer(spec)
+    if init:
+        init_scorer(spec)
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(3).rows(5)))
     db.close()
     return config
+
+
+def _view_columns(db: Any) -> list[str]:
+    try:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT * FROM feedback_scored LIMIT 0")
+            return [d[0] for d in cursor.description]
+    except pymysql.MySQLError:
+        return []
 
 
 def _lines(stdout: str, prefix: str) -> list[str]:
@@ -181,10 +196,11 @@ def _status(config: Path) -> dict[str, Any]:
 def test_readme_grants_are_enough(
     tmp_path: Path, server: DatabaseServer, endpoints: BackgroundModelServer
 ) -> None:
-    """A user with exactly the README's grants (deploy/grants.sql) passes `check` and scores
-    rows; on MySQL it authenticates with caching_sha2_password over plaintext (the RSA key
-    exchange, through the `cryptography` package)."""
-    config = _ready_database(server, tmp_path, endpoints.url)
+    """A user with exactly the README's grants (deploy/grants.sql) runs `init` (twice: it is
+    idempotent), passes `check`, scores rows and makes a view again after an ALTER TABLE; on
+    MySQL it authenticates with caching_sha2_password over plaintext (the RSA key exchange,
+    through the `cryptography` package)."""
+    config = _ready_database(server, tmp_path, endpoints.url, init=False)
     database = config.read_text().split('database = "')[1].split('"')[0]
     user, password = f"cdc_{uuid.uuid4().hex[:6]}", "S3cret-pw!"
     admin = server.connect()
@@ -199,6 +215,9 @@ def test_readme_grants_are_enough(
     settings = tomllib.loads(config.read_text())
     settings["source"] |= {"user": user, "password": password}
     config.write_text(tomli_w.dumps(settings))
+    for _ in range(2):
+        result = run_cli("init", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert not _lines(result.stdout, "FAIL"), result.stdout
@@ -207,6 +226,9 @@ def test_readme_grants_are_enough(
         db = server.connect(database)
         insert_churn(db, list(ChurnRowGenerator(5).rows(20)))
         wait(lambda: len(stored_churn(db)) == 25, 60, "rows scored as the granted user", daemon)
+        with db.cursor() as cursor:
+            cursor.execute("ALTER TABLE feedback ADD COLUMN channel VARCHAR(8)")
+        wait(lambda: "channel" in _view_columns(db), 60, "view made again as the user", daemon)
         db.close()
     finally:
         assert kill(daemon, signal.SIGTERM) == 0

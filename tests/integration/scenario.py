@@ -203,7 +203,7 @@ def readme_grants(flavor: str, user: str, password: str, database: str) -> list[
     text = (
         text.replace("'cdc_scorer'@'%'", f"'{user}'@'%'")
         .replace("from-secrets-manager", password)
-        .replace("mltest.*", f"{database}.*")
+        .replace("mltest.", f"{database}.")
     )
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -7,11 +7,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 from prometheus_client import generate_latest
 
 from cdc_scorer.db import connect
-from cdc_scorer.local.churn_data import ChurnRowGenerator
+from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.spec import ScorerSpec
@@ -426,6 +427,57 @@ async def test_a_renamed_table_stops_its_pipeline_and_no_other(
         ), reason
         await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback goes on")
     db.close()
+
+
+async def test_the_analysts_views_follow_the_tables_columns(
+    tmp_path: Path, server: DatabaseServer, models: ModelServer
+) -> None:
+    """`<table>_scored` expands `s.*` when it is made: the pipeline makes it again at each
+    ALTER TABLE of its source it reads, so a column added shows up, and a column dropped or
+    renamed that no model reads does not break the view for its readers."""
+    spec, db = _streaming_churn(tmp_path, server, models)
+    generator = ChurnRowGenerator(95)
+    async with Running(spec):
+        insert_churn(db, list(generator.rows(10)))
+        with db.cursor() as cursor:
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('great, thank you')")
+        await wait_for(lambda: len(stored_churn(db)) == 10, what="churn scored")
+        with db.cursor() as cursor:
+            cursor.execute("ALTER TABLE feedback ADD COLUMN channel VARCHAR(10) DEFAULT 'web'")
+            cursor.execute("ALTER TABLE feedback RENAME COLUMN language TO lang")
+            cursor.execute("ALTER TABLE churn DROP COLUMN Churn")  # the label: no input
+        await wait_for(
+            lambda: _view_columns(db, "feedback_scored")[:4]
+            == ["id", "user_feedback", "lang", "channel"],
+            what="feedback_scored with the added and the renamed column",
+        )
+        await wait_for(
+            lambda: "Churn" not in _view_columns(db, "churn_scored"),
+            what="churn_scored without the dropped column",
+        )
+        with db.cursor() as cursor:  # the stream goes on (churn has no Churn column now)
+            cursor.executemany(
+                f"INSERT INTO churn ({', '.join(FEATURE_COLUMNS)}) "
+                f"VALUES ({', '.join(['%s'] * len(FEATURE_COLUMNS))})",
+                [tuple(r[c] for c in FEATURE_COLUMNS) for r in generator.rows(5)],
+            )
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('terrible, I am off')")
+        await wait_for(lambda: churn_matches(db) and len(stored_churn(db)) == 15, what="churn")
+        await wait_for(lambda: stored_feedback(db) == expected_feedback(db), what="feedback")
+    with db.cursor() as cursor:
+        cursor.execute("SELECT channel, lang, sentiment FROM feedback_scored ORDER BY id")
+        assert cursor.fetchall() == (("web", "en", "POSITIVE"), ("web", "en", "NEGATIVE"))
+    db.close()
+
+
+def _view_columns(db: Any, view: str) -> list[str]:
+    """The view's columns as a reader sees them ([] while the view is broken)."""
+    try:
+        with db.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM {view} LIMIT 0")
+            return [d[0] for d in cursor.description]
+    except pymysql.MySQLError:
+        return []
 
 
 def _streaming_churn(
