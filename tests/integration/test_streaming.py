@@ -447,8 +447,10 @@ async def test_the_analysts_views_follow_the_tables_columns(
             cursor.execute("ALTER TABLE feedback RENAME COLUMN language TO lang")
             cursor.execute("ALTER TABLE churn DROP COLUMN Churn")  # the label: no input
         await wait_for(
-            lambda: _view_columns(db, "feedback_scored")[:4]
-            == ["id", "user_feedback", "lang", "channel"],
+            lambda: (
+                _view_columns(db, "feedback_scored")[:4]
+                == ["id", "user_feedback", "lang", "channel"]
+            ),
             what="feedback_scored with the added and the renamed column",
         )
         await wait_for(
