@@ -121,6 +121,10 @@ class ModelServer:
         self._sagemaker = _SageMakerRuntime(self)
         self._comprehend = _Comprehend(self)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
+        # Model requests being served now, and the most at once, per service: what a client's
+        # in-flight limit is held to.
+        self._serving: dict[str, int] = defaultdict(int)
+        self._peak_serving: dict[str, int] = defaultdict(int)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._down = False
@@ -219,10 +223,12 @@ class ModelServer:
             "operations": operations,
             "total_calls": sum(s.calls for s in self._stats.values()),
             "total_rows": sum(s.rows for s in self._stats.values()),
+            "peak_concurrent": dict(self._peak_serving),
         }
 
     def reset_stats(self) -> None:
         self._stats.clear()
+        self._peak_serving.clear()
 
     async def inject(self, service: str, rows: int) -> str | None:
         """Sleep the configured latency; return an injected error code or None."""
@@ -256,7 +262,16 @@ class ModelServer:
             # Listening is already stopped; a kept-alive connection must fail as well.
             request.transport.abort()
             raise web.HTTPServiceUnavailable()
-        response: web.StreamResponse = await handler(request)
+        if request.path.startswith("/_local/"):
+            control: web.StreamResponse = await handler(request)
+            return control
+        service = SAGEMAKER if request.path.startswith("/endpoints/") else COMPREHEND
+        self._serving[service] += 1
+        self._peak_serving[service] = max(self._peak_serving[service], self._serving[service])
+        try:
+            response: web.StreamResponse = await handler(request)
+        finally:
+            self._serving[service] -= 1
         return response
 
     def record(self, operation: str, endpoint: str, rows: int, error: str | None) -> None:
