@@ -15,11 +15,11 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, HeartbeatLogEvent, MariadbGtidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from cdc_scorer.core.positions import Gtid, MysqlGtid, Position, TxId
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.positions import Gtid, MysqlGtid, Position, TxId
-from cdc_scorer.source.decoder import FastRowsDecoder
-from cdc_scorer.source.events import row_changes
+from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
+from cdc_scorer.sources.binlog.events import row_changes
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,12 @@ from benchmarks.harness import (
     wait_until,
     write_scorer_config,
 )
-from cdc_scorer.checkpoints import current_position, load_checkpoints
+from cdc_scorer.core.positions import Position, decode_position
+from cdc_scorer.core.snapshotter import count_rows, request_rescore
 from cdc_scorer.local.mysql_dist import MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
-from cdc_scorer.positions import Position, decode_position
-from cdc_scorer.server import server_info
-from cdc_scorer.snapshotter import count_rows, request_rescore
+from cdc_scorer.sources.binlog.server import server_info
+from cdc_scorer.stores.mysql.checkpoints import current_position, load_checkpoints
 
 BUFFER_POOL = "2G"
 

@@ -27,12 +27,12 @@ from benchmarks.harness import (
 )
 from benchmarks.run import BUFFER_POOL
 from cdc_scorer.config import load_config
-from cdc_scorer.leader import lock_name
+from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.core.records import Checkpoint, Prediction, ScoredBatch
+from cdc_scorer.core.spec import RetrySpec
 from cdc_scorer.local.servers import PrivateMariaDB
-from cdc_scorer.positions import Gtid, MariadbGtidPosition
-from cdc_scorer.records import Checkpoint, Prediction, ScoredBatch
-from cdc_scorer.sink import Sink
-from cdc_scorer.spec import RetrySpec
+from cdc_scorer.stores.mysql.leader import lock_name
+from cdc_scorer.stores.mysql.sink import Sink
 
 BATCH_ROWS = 500
 

@@ -1,3 +1,3 @@
-from cdc_scorer.cli import main
+from cdc_scorer.commands.cli import main
 
 raise SystemExit(main())

@@ -13,34 +13,34 @@ from typing import Any
 
 import structlog
 
-from cdc_scorer.checkpoints import prepare_checkpoints, save_checkpoint, stream_start
-from cdc_scorer.coordinator import ChangeSource, Coordinator
-from cdc_scorer.db import Connection, close_quietly, connect
-from cdc_scorer.errors import CdcScorerError, FatalError
-from cdc_scorer.heartbeat import Heartbeat
-from cdc_scorer.leader import lead, lock_name
-from cdc_scorer.metrics import Telemetry
-from cdc_scorer.ops_http import OpsServer
-from cdc_scorer.pipeline import Inbox, PipelineRunner
-from cdc_scorer.readiness import not_ready
-from cdc_scorer.records import Checkpoint
-from cdc_scorer.rescoring import SIGNAL_COLUMNS, SIGNAL_TABLE, ChunkExchange
-from cdc_scorer.router import Router
-from cdc_scorer.schema import (
+from cdc_scorer.core.coordinator import ChangeSource, Coordinator
+from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.pipeline import Inbox, PipelineRunner
+from cdc_scorer.core.records import Checkpoint
+from cdc_scorer.core.rescoring import SIGNAL_COLUMNS, SIGNAL_TABLE, ChunkExchange
+from cdc_scorer.core.router import Router
+from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.mysql.connection import Connection, close_quietly, connect
+from cdc_scorer.ops.http import OpsServer
+from cdc_scorer.ops.metrics import Telemetry
+from cdc_scorer.ops.readiness import not_ready
+from cdc_scorer.services import Scorer
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
+from cdc_scorer.sources.binlog.reader import BinlogSource, CaptureSpec, Handover
+from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog
+from cdc_scorer.stores.mysql.checkpoints import prepare_checkpoints, save_checkpoint, stream_start
+from cdc_scorer.stores.mysql.heartbeat import Heartbeat
+from cdc_scorer.stores.mysql.leader import lead, lock_name
+from cdc_scorer.stores.mysql.schema import (
     HEARTBEAT_TABLE,
     TableInfo,
     check_schema,
     inspect_tables,
     partial_json_inputs,
 )
-from cdc_scorer.server import ServerInfo, preflight_binlog
-from cdc_scorer.services import Scorer
-from cdc_scorer.services.aws import create_client_context
-from cdc_scorer.services.driver import build_scorer
-from cdc_scorer.sink import Sink
-from cdc_scorer.snapshotter import Snapshotter, plan_rescores
-from cdc_scorer.source.binlog import BinlogSource, CaptureSpec, Handover
-from cdc_scorer.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.stores.mysql.sink import Sink
 
 log = structlog.get_logger("cdc_scorer.app")
 

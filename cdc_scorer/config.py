@@ -19,10 +19,8 @@ from typing import Any
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cdc_scorer.errors import ConfigError
-from cdc_scorer.services import ModelSpec
-from cdc_scorer.services.registry import SERVICES
-from cdc_scorer.spec import (
+from cdc_scorer.core.errors import ConfigError
+from cdc_scorer.core.spec import (
     AwsSpec,
     HttpSpec,
     PipelineSpec,
@@ -33,6 +31,8 @@ from cdc_scorer.spec import (
     pipeline_name,
     sql_identifier,
 )
+from cdc_scorer.services import ModelSpec
+from cdc_scorer.services.registry import SERVICES
 
 
 class _Settings(BaseSettings):

@@ -20,7 +20,6 @@ from typing import Any
 
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
-from cdc_scorer.db import connect
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
@@ -31,8 +30,9 @@ from cdc_scorer.local.churn_data import (
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
-from cdc_scorer.logs import configure_logging
-from cdc_scorer.schema import init_schema
+from cdc_scorer.mysql.connection import connect
+from cdc_scorer.ops.logs import configure_logging
+from cdc_scorer.stores.mysql.schema import init_schema
 
 DATABASE = "mltest"
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import pymysql
 
-from cdc_scorer.errors import FatalError
+from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.mysql_dist import MysqlDistribution, ensure_mysql
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec")

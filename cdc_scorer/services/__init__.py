@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
-from cdc_scorer.records import Batch, RowChange, ScoredBatch
+from cdc_scorer.core.records import Batch, RowChange, ScoredBatch
 
 ItemT = TypeVar("ItemT")
 

@@ -20,8 +20,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from cdc_scorer.errors import CdcScorerError, FatalError, PoisonError, RetriableError
-from cdc_scorer.spec import AwsSpec
+from cdc_scorer.core.errors import CdcScorerError, FatalError, PoisonError, RetriableError
+from cdc_scorer.core.spec import AwsSpec
 
 RETRIABLE_CODES = {
     "ThrottlingException",

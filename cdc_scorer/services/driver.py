@@ -9,12 +9,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic
 
-from cdc_scorer.errors import PoisonError, RetriableError
-from cdc_scorer.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
-from cdc_scorer.retry import backoff_s, retrying
+from cdc_scorer.core.errors import PoisonError, RetriableError
+from cdc_scorer.core.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
+from cdc_scorer.core.retry import backoff_s, retrying
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.services import Answer, ItemError, ItemT, ModelCodec, ModelSpec
 from cdc_scorer.services.aws import CallObserver, aws_errors
-from cdc_scorer.spec import PipelineSpec, RetrySpec
 
 Item = tuple[RowChange, ItemT]
 

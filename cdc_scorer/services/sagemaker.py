@@ -14,10 +14,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import MinLen
 
-from cdc_scorer.errors import PoisonError
-from cdc_scorer.records import RowChange
+from cdc_scorer.core.errors import PoisonError
+from cdc_scorer.core.records import RowChange
+from cdc_scorer.core.spec import STRICT, Identifier
 from cdc_scorer.services import Answer, ModelSpec, PredictionColumn
-from cdc_scorer.spec import STRICT, Identifier
 
 OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
 

@@ -24,7 +24,7 @@ from cdc_scorer.local.servers import (
     PrivateMySQL,
     private_server,
 )
-from cdc_scorer.server import binlog_status_sql, server_info
+from cdc_scorer.sources.binlog.server import binlog_status_sql, server_info
 from tests.conftest import Source
 from tests.e2e.daemon import VersionMonitor, kill, run_cli, start, wait
 from tests.integration.scenario import (

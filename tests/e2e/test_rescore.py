@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import tomli_w
 
+from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from cdc_scorer.spec import ScorerSpec
 from tests.e2e.daemon import Daemon, VersionMonitor, http_get, kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,

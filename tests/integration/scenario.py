@@ -14,7 +14,7 @@ import pymysql
 
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
-from cdc_scorer.db import connect
+from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
@@ -24,8 +24,8 @@ from cdc_scorer.local.churn_model import ChurnModel
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.schema import init_schema
-from cdc_scorer.spec import ScorerSpec
+from cdc_scorer.mysql.connection import connect
+from cdc_scorer.stores.mysql.schema import init_schema
 
 
 def write_config(

@@ -25,12 +25,12 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import HeartbeatLogEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc_scorer.checkpoints import current_position
+from cdc_scorer.core.positions import Position
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.positions import Position
-from cdc_scorer.server import server_info
-from cdc_scorer.source.decoder import FastRowsDecoder
-from cdc_scorer.source.events import row_changes
+from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
+from cdc_scorer.sources.binlog.events import row_changes
+from cdc_scorer.sources.binlog.server import server_info
+from cdc_scorer.stores.mysql.checkpoints import current_position
 from tests.conftest import source_of
 
 # MariaDB's latin1 is cp1252: the C1 controls other than its five holes are not in it.

@@ -10,11 +10,11 @@ import uuid
 import pytest
 import structlog.testing
 
-from cdc_scorer.errors import FatalError
-from cdc_scorer.heartbeat import Heartbeat
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.spec import SourceSpec
 from cdc_scorer.local.servers import DatabaseServer, free_port
-from cdc_scorer.schema import HEARTBEAT_TABLE
-from cdc_scorer.spec import SourceSpec
+from cdc_scorer.stores.mysql.heartbeat import Heartbeat
+from cdc_scorer.stores.mysql.schema import HEARTBEAT_TABLE
 
 
 def source_of(server: DatabaseServer, database: str, port: int | None = None) -> SourceSpec:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from cdc_scorer.db import connect
-from cdc_scorer.errors import FatalError
+from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.schema import check_schema, init_schema
+from cdc_scorer.mysql.connection import connect
+from cdc_scorer.stores.mysql.schema import check_schema, init_schema
 from tests.integration.scenario import (
     Running,
     create_database,

@@ -16,13 +16,10 @@ from typing import Any
 
 import pytest
 
-from cdc_scorer.coordinator import Coordinator
-from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
-from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT, ModelServer
-from cdc_scorer.metrics import Telemetry
-from cdc_scorer.pipeline import PipelineRunner
-from cdc_scorer.positions import BinlogCoordinate, Gtid, MariadbGtidPosition, Position, TxId
-from cdc_scorer.records import (
+from cdc_scorer.core.coordinator import Coordinator
+from cdc_scorer.core.pipeline import PipelineRunner
+from cdc_scorer.core.positions import BinlogCoordinate, Gtid, MariadbGtidPosition, Position, TxId
+from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
     Commit,
@@ -32,12 +29,15 @@ from cdc_scorer.records import (
     ScoredBatch,
     SourceItem,
 )
-from cdc_scorer.router import Router
+from cdc_scorer.core.router import Router
+from cdc_scorer.core.spec import AwsSpec, BatchingSpec, PipelineSpec, RetrySpec
+from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
+from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT, ModelServer
+from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.services import Scorer
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.services.sagemaker import SageMakerSpec
-from cdc_scorer.spec import AwsSpec, BatchingSpec, PipelineSpec, RetrySpec
 
 AT = datetime(2026, 11, 25, 12, 0, 0)
 SERVER = "mariadb:server_id=1"

@@ -11,12 +11,12 @@ import pymysql
 import pytest
 from prometheus_client import generate_latest
 
-from cdc_scorer.db import connect
+from cdc_scorer.commands.status import PipelineStatus, pipeline_status
+from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.spec import ScorerSpec
-from cdc_scorer.status import PipelineStatus, pipeline_status
+from cdc_scorer.mysql.connection import connect
 from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     Running,

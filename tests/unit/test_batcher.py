@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from cdc_scorer.batcher import NUMBER_BYTES, Batcher
-from cdc_scorer.positions import Gtid, MariadbGtidPosition
-from cdc_scorer.records import (
+from cdc_scorer.core.batcher import NUMBER_BYTES, Batcher
+from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
     Commit,
@@ -15,8 +15,8 @@ from cdc_scorer.records import (
     RowChange,
     SourceItem,
 )
+from cdc_scorer.core.spec import BatchingSpec, PipelineSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec
-from cdc_scorer.spec import BatchingSpec, PipelineSpec
 
 AT = datetime(2026, 11, 24, 12, 0, 0)
 

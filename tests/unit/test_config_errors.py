@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cdc_scorer.config import load_config
-from cdc_scorer.errors import ConfigError
+from cdc_scorer.core.errors import ConfigError
 
 BAD = """
 shutdown_grace_s = -1

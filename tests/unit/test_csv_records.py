@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_scorer.errors import PoisonError
+from cdc_scorer.core.errors import PoisonError
 from cdc_scorer.services.sagemaker import csv_field, csv_line
 
 FIELD = st.text(alphabet=st.sampled_from('ab ,"\r\n1.-é'), max_size=6) | st.none()

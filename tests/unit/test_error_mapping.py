@@ -12,8 +12,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from cdc_scorer.db import FIXES, RETRIABLE_CODES, mysql_errors
-from cdc_scorer.errors import CdcScorerError, FatalError, PoisonError, RetriableError
+from cdc_scorer.core.errors import CdcScorerError, FatalError, PoisonError, RetriableError
+from cdc_scorer.mysql.connection import FIXES, RETRIABLE_CODES, mysql_errors
 from cdc_scorer.services.aws import POISON_CODES, aws_errors
 from cdc_scorer.services.aws import RETRIABLE_CODES as AWS_RETRIABLE
 

@@ -9,7 +9,7 @@ import sys
 _EMIT = """
 import logging, sys
 import structlog
-from cdc_scorer.logs import configure_logging
+from cdc_scorer.ops.logs import configure_logging
 configure_logging("json", getattr(logging, sys.argv[1]))
 logging.getLogger("pymysqlreplication").info("allowed_events_in_packet: frozenset()")
 logging.getLogger("aiobotocore.credentials").warning("credentials expire soon")

@@ -3,10 +3,10 @@ whose model reads a JSON column (`check` fails with it, `run` warns)."""
 
 from __future__ import annotations
 
-from cdc_scorer.schema import TableInfo, partial_json_inputs
-from cdc_scorer.server import ServerInfo
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec, SourceSpec
 from cdc_scorer.services.comprehend import ComprehendSpec
-from cdc_scorer.spec import PipelineSpec, ScorerSpec, SourceSpec
+from cdc_scorer.sources.binlog.server import ServerInfo
+from cdc_scorer.stores.mysql.schema import TableInfo, partial_json_inputs
 
 SPEC = ScorerSpec(
     source=SourceSpec(database="db"),

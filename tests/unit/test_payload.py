@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import zstandard
 
-from cdc_scorer.source.payload import NO_COMPRESSION, ZSTD, PayloadError, payload_events
+from cdc_scorer.sources.binlog.payload import NO_COMPRESSION, ZSTD, PayloadError, payload_events
 
 
 def packed(value: int) -> bytes:

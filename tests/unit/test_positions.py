@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_scorer.checkpoints import stream_start
-from cdc_scorer.positions import (
+from cdc_scorer.core.positions import (
     BinlogCoordinate,
     FilePosition,
     Gtid,
@@ -16,7 +15,8 @@ from cdc_scorer.positions import (
     decode_position,
     oldest_position,
 )
-from cdc_scorer.records import Checkpoint
+from cdc_scorer.core.records import Checkpoint
+from cdc_scorer.stores.mysql.checkpoints import stream_start
 
 A = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 B = "4f22fa47-71ca-11e1-9e33-c80aa9429563"

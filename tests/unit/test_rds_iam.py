@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cdc_scorer.config import load_config
-from cdc_scorer.db import connection_settings
-from cdc_scorer.errors import ConfigError
-from cdc_scorer.spec import SourceSpec, TlsSpec
+from cdc_scorer.core.errors import ConfigError
+from cdc_scorer.core.spec import SourceSpec, TlsSpec
+from cdc_scorer.mysql.connection import connection_settings
 
 SOURCE = SourceSpec(
     database="mltest",

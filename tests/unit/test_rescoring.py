@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from cdc_scorer.batcher import Accumulator
-from cdc_scorer.positions import Gtid, MariadbGtidPosition
-from cdc_scorer.records import (
+from cdc_scorer.core.batcher import Accumulator
+from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
     Commit,
@@ -21,7 +21,7 @@ from cdc_scorer.records import (
     TableAltered,
     TableTruncated,
 )
-from cdc_scorer.rescoring import (
+from cdc_scorer.core.rescoring import (
     RESCORE,
     WINDOW_CLOSE,
     WINDOW_OPEN,
@@ -33,9 +33,9 @@ from cdc_scorer.rescoring import (
     enqueue,
     finish,
 )
+from cdc_scorer.core.spec import BatchingSpec, PipelineSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec
-from cdc_scorer.source.events import EVERY_TABLE, gone_tables
-from cdc_scorer.spec import BatchingSpec, PipelineSpec
+from cdc_scorer.sources.binlog.events import EVERY_TABLE, gone_tables
 
 AT = datetime(2026, 11, 25, 6, 0, 0)
 SPEC = PipelineSpec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_scorer.errors import PoisonError
+from cdc_scorer.core.errors import PoisonError
 from cdc_scorer.services.sagemaker import OutputForm, SageMakerCodec, SageMakerSpec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_scorer.server import ServerInfo, binlog_status_sql, version_tuple
+from cdc_scorer.sources.binlog.server import ServerInfo, binlog_status_sql, version_tuple
 
 
 @pytest.mark.parametrize(

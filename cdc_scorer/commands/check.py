@@ -1,0 +1,208 @@
+"""``cdc-scorer check``: what a user runs before deploying — one PASS/FAIL line per check.
+
+Every check is a real action against the real systems: the binlog settings are read, the binlog
+is opened and read, each source table is selected from, each of the scorer's tables gets a
+write that changes nothing (so missing INSERT/UPDATE/DELETE grants show), and each endpoint
+answers one real call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+
+from cdc_scorer.core.errors import CdcScorerError, RetriableError
+from cdc_scorer.core.records import Batch, Checkpoint, Op, RowChange
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.mysql.connection import (
+    Connection,
+    close_quietly,
+    connect,
+    mysql_errors,
+    quote,
+    tls_state,
+)
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
+from cdc_scorer.sources.binlog.reader import probe_replication
+from cdc_scorer.sources.binlog.server import server_info
+from cdc_scorer.stores.mysql.checkpoints import current_position
+from cdc_scorer.stores.mysql.schema import (
+    OWN_TABLES,
+    TableInfo,
+    check_schema,
+    inspect_tables,
+    partial_json_inputs,
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, TableInfo]]:
+    results: list[CheckResult] = []
+    source = spec.source
+    target = f"{source.user}@{source.host}:{source.port}/{source.database}"
+    try:
+        conn = connect(source)
+    except CdcScorerError as exc:
+        return [CheckResult("database connection", False, str(exc))], {}
+    results.append(CheckResult("database connection", True, target))
+    try:
+        results.append(_tls_result(conn, spec))
+        return _with_connection(conn, spec, results)
+    finally:
+        conn.close()
+
+
+def _tls_result(conn: Connection, spec: ScorerSpec) -> CheckResult:
+    """The connection's TLS: protocol and cipher as the server sees them, and what verified."""
+    tls = spec.source.tls
+    try:
+        state = tls_state(conn)
+    except CdcScorerError as exc:
+        return CheckResult("database TLS", False, str(exc))
+    verified = {
+        "verify-ca": f"server certificate verified against {tls.ca_file}",
+        "verify-identity": f"server certificate and host name verified against {tls.ca_file}",
+    }.get(tls.mode, "server not verified")
+    if state == "plaintext":
+        return CheckResult(
+            "database TLS", tls.mode in ("disabled", "preferred"), f"plaintext (mode {tls.mode})"
+        )
+    return CheckResult("database TLS", True, f"{state}, {verified} (mode {tls.mode})")
+
+
+def _with_connection(
+    conn: Connection, spec: ScorerSpec, results: list[CheckResult]
+) -> tuple[list[CheckResult], dict[str, TableInfo]]:
+    server, settings = server_info(conn, spec.source.positions)
+    for name, problem in settings:
+        results.append(CheckResult(f"binlog {name}", problem is None, problem or "ok"))
+    if all(problem is None for _, problem in settings):
+        try:
+            start = current_position(conn, server)
+            probe_replication(spec.source, start)
+            results.append(CheckResult("grant: binlog replication", True, "binlog read"))
+        except CdcScorerError as exc:
+            results.append(CheckResult("grant: binlog replication", False, str(exc)))
+    tables: dict[str, TableInfo] = {}
+    for pipeline in spec.pipelines:
+        name = f"table {pipeline.table} (pipeline {pipeline.name})"
+        try:
+            one = dataclasses.replace(spec, pipelines=(pipeline,))
+            info = inspect_tables(conn, one)[pipeline.table]
+            with mysql_errors("reading the table"), conn.cursor() as cursor:
+                cursor.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 0")
+        except CdcScorerError as exc:
+            results.append(CheckResult(name, False, str(exc)))
+            continue
+        tables[pipeline.table] = info
+        results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
+    for problem in partial_json_inputs(server, spec, tables):
+        results.append(CheckResult("binlog binlog_row_value_options", False, problem))
+    try:
+        check_schema(conn, spec)
+    except CdcScorerError as exc:
+        results.append(CheckResult("scorer tables", False, str(exc)))
+        return results, tables
+    results.append(CheckResult("scorer tables", True, "present"))
+    own = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
+    for table in own:
+        try:
+            with mysql_errors(f"writing {table}"):
+                _write_nothing(conn, table)
+        except CdcScorerError as exc:
+            results.append(CheckResult(f"grant: write {table}", False, str(exc)))
+        else:
+            results.append(CheckResult(f"grant: write {table}", True, "INSERT, UPDATE, DELETE"))
+    return results, tables
+
+
+def _write_nothing(conn: Connection, table: str) -> None:
+    """Statements that need INSERT, UPDATE and DELETE but change no row."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=DATABASE() "
+            "AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION LIMIT 1",
+            (table,),
+        )
+        (column,) = cursor.fetchone() or ("",)
+        t, c = quote(table), quote(str(column))
+        cursor.execute(f"INSERT INTO {t} SELECT * FROM {t} WHERE 1=0")
+        cursor.execute(f"UPDATE {t} SET {c}={c} WHERE 1=0")
+        cursor.execute(f"DELETE FROM {t} WHERE 1=0")
+
+
+async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[CheckResult]:
+    results = []
+    for pipeline in spec.pipelines:
+        name = f"endpoint {pipeline.model.display_name} (pipeline {pipeline.name})"
+        try:
+            detail = await _call_once(spec, pipeline, tables.get(pipeline.table))
+        except RetriableError as exc:
+            results.append(CheckResult(name, False, f"unreachable or unavailable: {exc}"))
+        except CdcScorerError as exc:
+            results.append(CheckResult(name, False, str(exc)))
+        else:
+            results.append(CheckResult(name, True, detail))
+    return results
+
+
+def _give_up(stage: str, exc: RetriableError) -> None:
+    """A check reports an unavailable endpoint instead of retrying for ever."""
+    raise exc
+
+
+async def _call_once(spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo | None) -> str:
+    """One real call through the pipeline's own scorer, with one sample row."""
+    values = pipeline.model.check_sample()
+    if values is None:
+        values = await asyncio.to_thread(_sample_row, spec, pipeline, table)
+    sample = RowChange(Op.SNAPSHOT, pipeline.table, ("check",), values, None, None)
+    async with create_client_context(pipeline.model.client_name, spec.aws, 1) as client:
+        scorer = build_scorer(pipeline, client, spec.retry, on_retry=_give_up)
+        scored = await scorer.score(Batch(0, (sample,), (), Checkpoint(None)))
+    if scored.dead_letters:
+        # The endpoint is up and answering; it disliked the sample, which says nothing bad.
+        rejected = scored.dead_letters[0]
+        return f"answered (rejected the sample: {rejected.reason}: {rejected.error[:200]})"
+    answer = scored.upserts[0]
+    shown = ", ".join(f"{k}={v}" for k, v in answer.columns.items())
+    return f"answered {shown[:80]}"
+
+
+def _sample_row(
+    spec: ScorerSpec, pipeline: PipelineSpec, table: TableInfo | None
+) -> dict[str, Any]:
+    """One real row of the table when there is one (the model should accept it)."""
+    if table is None:
+        return {}
+    conn: Connection | None = None
+    try:
+        conn = connect(spec.source)
+        with mysql_errors("reading a sample row"), conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 1")
+            row = cur.fetchone()
+    except CdcScorerError:
+        return {}
+    finally:
+        close_quietly(conn)
+    return dict(row) if row else {}
+
+
+async def run_checks(spec: ScorerSpec) -> list[CheckResult]:
+    results, tables = await asyncio.to_thread(database_checks, spec)
+    results.extend(await endpoint_checks(spec, tables))
+    return results

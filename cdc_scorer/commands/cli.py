@@ -1,0 +1,341 @@
+"""Command line: ``cdc-scorer serve-models | init | run | check | status | rescore | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cdc_scorer import __version__
+from cdc_scorer.core.errors import CdcScorerError, ConfigError
+
+
+def _serve_models(args: argparse.Namespace) -> int:
+    from cdc_scorer.local.endpoints import (
+        DEFAULT_ENDPOINT,
+        ModelServer,
+        ModelServerConfig,
+        parse_endpoint_spec,
+        serve_forever,
+    )
+
+    try:
+        endpoints = dict(parse_endpoint_spec(s) for s in (args.endpoint or [DEFAULT_ENDPOINT]))
+        server = ModelServer(
+            ModelServerConfig(endpoints=endpoints, variant=args.variant, seed=args.seed)
+        )
+        flags = {
+            "latency_ms": args.latency_ms,
+            "latency_per_row_ms": args.latency_per_row_ms,
+            "latency_jitter_ms": args.latency_jitter_ms,
+            "throttle_rate": args.throttle_rate,
+            "error_5xx_rate": args.error_5xx_rate,
+            "model_error_rate": args.model_error_rate,
+        }
+        server.set_faults({"all": {k: v for k, v in flags.items() if v is not None}})
+        if args.faults:
+            server.set_faults(json.loads(args.faults))
+    except ValueError as exc:
+        print(f"cdc-scorer serve-models: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(server, args.host, args.port))
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+    from cdc_scorer.mysql.connection import connect
+    from cdc_scorer.stores.mysql.schema import init_schema
+
+    spec = load_config(args.config)
+    conn = connect(spec.source)
+    try:
+        statements = init_schema(conn, spec)
+    finally:
+        conn.close()
+    print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
+    return 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # ECS may stop a task while it is still importing: remember the signal until the event
+    # loop's handlers take over, and then stop cleanly instead of dying by the signal.
+    early: list[int] = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
+    from cdc_scorer.config import load_config, select_pipelines
+    from cdc_scorer.ops.logs import configure_logging
+
+    spec = load_config(args.config)
+    if args.pipelines is not None:
+        spec = select_pipelines(spec, args.pipelines)
+    configure_logging(args.log_format, getattr(logging, args.log_level.upper()))
+    return asyncio.run(run_daemon(spec, early))
+
+
+async def run_daemon(spec: Any, early_signals: Sequence[int] = ()) -> int:
+    """Run until SIGTERM/SIGINT; drain within the grace period; 0 on a clean stop."""
+    from cdc_scorer.app import ScorerApp
+
+    app = ScorerApp(spec)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        app.request_stop()
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    if early_signals:
+        stop()
+    task = asyncio.create_task(app.run())
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        try:
+            await asyncio.wait_for(task, spec.shutdown_grace_s)
+        except TimeoutError:
+            print(
+                f"cdc-scorer: shutdown grace of {spec.shutdown_grace_s}s exceeded; "
+                "uncommitted batches will be replayed at the next start",
+                file=sys.stderr,
+            )
+            return 1
+    stop_wait.cancel()
+    task.result()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cdc_scorer.commands.check import run_checks
+    from cdc_scorer.config import load_config
+
+    spec = load_config(args.config)
+    results = asyncio.run(run_checks(spec))
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cdc_scorer.commands.status import pipeline_status
+    from cdc_scorer.config import load_config
+    from cdc_scorer.mysql.connection import connect
+
+    spec = load_config(args.config)
+    conn = connect(spec.source)
+    try:
+        statuses = pipeline_status(conn, spec)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+        return 0
+    for s in statuses:
+        age = "-" if s.checkpoint_age_s is None else f"{s.checkpoint_age_s:.1f}s ago"
+        lag = "-" if s.transactions_behind is None else f"{s.transactions_behind} transactions"
+        leader = (
+            "none (no instance running)"
+            if s.leader_connection is None
+            else (f"connection {s.leader_connection}")
+        )
+        print(
+            f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}); "
+            f"behind: {lag}; leader: {leader}; predictions {s.predictions}; "
+            f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
+            + (f"; STOPPED: {s.stopped}" if s.stopped else "")
+        )
+        if s.rescore is not None:
+            print(f"  re-score running: {_job_line(s.rescore)}")
+        if s.rescores_queued:
+            print(f"  re-scores waiting: {s.rescores_queued}")
+    return 0
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    done, total = job["rows_done"], job["rows_total"]
+    share = f" ({100 * done / total:.0f} %)" if total else ""
+    where = f" where {job['where']}" if job["where"] else ""
+    return (
+        f"{job['reason']}{where}, model version {job['model_version']}: "
+        f"{done}/{'?' if total is None else total} rows{share}, id {job['id']}"
+    )
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from cdc_scorer.commands.rescore import cancel, find_pipeline, follow, request
+    from cdc_scorer.config import load_config
+
+    spec = load_config(args.config)
+    pipeline = find_pipeline(spec, args.pipeline)
+    if args.cancel:
+        ended = cancel(spec, pipeline, args.cancel, timeout_s=args.timeout or 60)
+        print(
+            f"re-score {ended.id} of pipeline {pipeline.name} {ended.error or 'ended'} after "
+            f"{ended.rows_done} rows"
+        )
+        return 0
+    where = args.where or None
+    request_id, rows = request(spec, pipeline, where)
+    print(
+        f"re-score {request_id} of pipeline {pipeline.name} requested: {rows} rows of "
+        f"{pipeline.table}{f' where {where}' if where else ''}, model version "
+        f"{pipeline.model_version}"
+    )
+    if args.no_wait:
+        print("follow it with `cdc-scorer status`")
+        return 0
+    outcome = follow(spec, pipeline, request_id, rows, timeout_s=args.timeout)
+    if outcome.stopped is not None:
+        print(f"cdc-scorer: pipeline {pipeline.name} stopped: {outcome.stopped}", file=sys.stderr)
+        return 1
+    assert outcome.job is not None
+    if outcome.job.error:
+        print(f"cdc-scorer: re-score {request_id} failed: {outcome.job.error}", file=sys.stderr)
+        return 1
+    print(f"re-score {request_id} done: {outcome.job.rows_done} rows re-scored")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cdc_scorer.local.demo import run_demo
+
+    workdir = Path(args.workdir) if args.workdir else None
+    return asyncio.run(run_demo(args.seconds, args.rate, not args.no_wait, workdir, args.server))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdc-scorer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cdc-scorer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve-models",
+        help="local SageMaker Runtime + Comprehend endpoints backed by real models",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="NAME[=FORM]",
+        help="a SageMaker endpoint to serve (repeatable); FORM is predicted_label | "
+        "predicted_label,probability (default) | probabilities",
+    )
+    serve.add_argument("--variant", default="AllTraffic", help="production variant name")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
+    for flag, meaning in (
+        ("latency-ms", "added latency per call"),
+        ("latency-per-row-ms", "added latency per row/document"),
+        ("latency-jitter-ms", "uniform random extra latency up to this"),
+        ("throttle-rate", "probability of a throttling error per call"),
+        ("error-5xx-rate", "probability of a 500/503 per call"),
+        ("model-error-rate", "probability of ModelError (SageMaker) / an ErrorList item"),
+    ):
+        serve.add_argument(f"--{flag}", type=float, default=None, help=f"{meaning}, all services")
+    serve.add_argument(
+        "--faults",
+        metavar="JSON",
+        help='per-service faults as for POST /_local/faults, e.g. \'{"sagemaker": '
+        '{"latency_ms": 15}}\'',
+    )
+    serve.set_defaults(handler=_serve_models)
+
+    init = commands.add_parser("init", help="create the scorer's tables and views (idempotent)")
+    init.add_argument("--config", required=True, help="TOML configuration file")
+    init.set_defaults(handler=_init)
+
+    run = commands.add_parser("run", help="the daemon: binlog → models → prediction tables")
+    run.add_argument("--config", required=True, help="TOML configuration file")
+    run.add_argument(
+        "--pipelines",
+        metavar="NAME,NAME",
+        help="run only these pipelines of the configuration (several processes can split one "
+        "configuration; each takes only its pipelines' leader locks and checkpoint rows)",
+    )
+    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning"),
+        default="info",
+        help="debug also shows the binlog and AWS libraries' own debug logs",
+    )
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check", help="preflight before deploying: binlog, grants, tables, endpoints"
+    )
+    check.add_argument("--config", required=True, help="TOML configuration file")
+    check.set_defaults(handler=_check)
+
+    status = commands.add_parser(
+        "status", help="per pipeline: checkpoint, lag, leader, dead letters, snapshot"
+    )
+    status.add_argument("--config", required=True, help="TOML configuration file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+    rescore = commands.add_parser(
+        "rescore",
+        help="re-score a pipeline's rows through the running daemon (progress bar until done)",
+    )
+    rescore.add_argument("--config", required=True, help="TOML configuration file")
+    rescore.add_argument("--pipeline", required=True, help="the pipeline whose rows to re-score")
+    rescore.add_argument(
+        "--where", help="an SQL condition on the source table (default: every row)"
+    )
+    rescore.add_argument("--no-wait", action="store_true", help="return once it is requested")
+    rescore.add_argument(
+        "--cancel", metavar="ID", help="end the re-score ID (running or waiting) instead"
+    )
+    rescore.add_argument(
+        "--timeout", type=float, default=None, help="give up waiting after this many seconds"
+    )
+    rescore.set_defaults(handler=_rescore)
+
+    demo = commands.add_parser(
+        "demo", help="private MariaDB/MySQL + local endpoints + the scorer, with a live workload"
+    )
+    demo.add_argument("--seconds", type=float, default=20.0, help="length of the live workload")
+    demo.add_argument("--rate", type=float, default=50.0, help="workload transactions per second")
+    demo.add_argument("--no-wait", action="store_true", help="exit after the queries")
+    demo.add_argument("--workdir", help="keep the server's data here (default: a temp dir)")
+    demo.add_argument(
+        "--server",
+        choices=("mariadb", "mysql", "mysql-gtid"),
+        default="mariadb",
+        help="the source: MariaDB, MySQL as Aurora MySQL ships it (GTIDs off), or MySQL with "
+        "GTIDs on",
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print("cdc-scorer: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except CdcScorerError as exc:
+        print(f"cdc-scorer: {exc}", file=sys.stderr)
+        return 1
+    return code

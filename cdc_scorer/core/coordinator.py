@@ -1,0 +1,66 @@
+"""The one task that feeds the pipelines (Debezium's ``ChangeEventSourceCoordinator``).
+
+One change source streams from the oldest position any pipeline still needs; snapshots and
+re-scores run beside it, their chunks merged into the stream at their watermarks
+(``snapshotter.py``). Whatever ends the feed, every pipeline is told so and flushes what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Protocol
+
+from cdc_scorer.core.records import SourceItem
+from cdc_scorer.core.router import Router
+from cdc_scorer.ops.metrics import Telemetry
+
+
+class ChangeSource(Protocol):
+    """Source batches in source order (``source.binlog.BinlogSource``; a list in tests)."""
+
+    def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]: ...
+
+    def stop(self) -> None:
+        """Stop at the next transaction boundary; :meth:`changes` then ends."""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        router: Router,
+        open_stream: Callable[[], ChangeSource],
+        telemetry: Telemetry,
+    ) -> None:
+        self._router = router
+        self._open_stream = open_stream
+        self._telemetry = telemetry
+        self._stop = asyncio.Event()
+        self._stream: ChangeSource | None = None
+
+    def stop(self) -> None:
+        """Stop intake; what was read is still routed, then the pipelines end."""
+        self._stop.set()
+        if self._stream is not None:
+            self._stream.stop()
+
+    async def run(self) -> None:
+        try:
+            if not self._stop.is_set():
+                await self._streaming()
+        finally:
+            await self._router.end()
+
+    async def _streaming(self) -> None:
+        self._stream = stream = self._open_stream()
+        if self._stop.is_set():  # asked to stop while the stream was being set up
+            return
+        source = self._telemetry.source
+        source.streaming = True
+        try:
+            async with aclosing(stream.changes()) as changes:
+                async for items in changes:
+                    await self._router.route(items)
+        finally:
+            source.streaming = False

@@ -1,0 +1,127 @@
+"""One pipeline: batcher → concurrent scoring (bounded in flight) → ordered commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import structlog
+
+from cdc_scorer.core.batcher import Batcher
+from cdc_scorer.core.errors import CdcScorerError, PipelineStopped
+from cdc_scorer.core.records import Batch, Checkpoint, ScoredBatch, SourceItem
+from cdc_scorer.core.rescoring import ChunkExchange
+from cdc_scorer.core.sequencer import Sequencer
+from cdc_scorer.core.spec import PipelineSpec
+from cdc_scorer.ops.metrics import PipelineState, Telemetry
+from cdc_scorer.services import Scorer
+
+Inbox = asyncio.Queue[tuple[SourceItem, ...] | None]
+log = structlog.get_logger("cdc_scorer.core.pipeline")
+
+
+class BatchSink(Protocol):
+    """Where scored batches go, in order: predictions and the checkpoint that covers them in
+    one durable step (``sink.Sink``: one database transaction)."""
+
+    async def write(self, batch: ScoredBatch) -> None: ...
+
+    def stopped(self, reason: str) -> None:
+        """Record why the pipeline stopped (blocking: run it in a thread)."""
+
+    def close(self) -> None: ...
+
+
+class ChunkReader(Protocol):
+    """Reads re-score chunks as the pipeline's jobs ask (``snapshotter.Snapshotter``)."""
+
+    async def run(self) -> None: ...
+
+
+class PipelineRunner:
+    """Items from :attr:`inbox` (``None`` ends the run) → batches → scores → the sink; and
+    the pipeline's re-score chunks, read by ``snapshotter`` and merged through ``exchange``."""
+
+    def __init__(
+        self,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        checkpoint: Checkpoint,
+        scorer: Scorer,
+        sink: BatchSink,
+        telemetry: Telemetry,
+        *,
+        exchange: ChunkExchange | None = None,
+        snapshotter: ChunkReader | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.checkpoint = checkpoint
+        self.inbox: Inbox = asyncio.Queue(maxsize=64)
+        in_flight = pipeline.batching.max_in_flight
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
+        self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight)
+        self._exchange = exchange if exchange is not None else ChunkExchange()
+        self._snapshotter = snapshotter
+        # The batcher skips transactions the pipeline applied already.
+        self._batcher = Batcher(
+            pipeline,
+            key_columns,
+            checkpoint,
+            self.inbox,
+            self._batches,
+            exchange=self._exchange,
+            on_chunk=lambda rows, conflicts: telemetry.on_chunk(pipeline.name, rows, conflicts),
+        )
+        self._scorer = scorer
+        self._sink = sink
+        self._telemetry = telemetry
+        telemetry.pipelines[pipeline.name] = PipelineState(
+            snapshot_state=checkpoint.snapshot_state,
+            rescores=checkpoint.rescores,
+            inbox_depth=self.inbox.qsize,
+            in_flight=self._sequencer.in_flight,
+        )
+
+    async def run(self) -> None:
+        name = self.pipeline.name
+        try:
+            async with asyncio.TaskGroup() as group:
+                chunks = None
+                if self._snapshotter is not None:
+                    chunks = group.create_task(self._snapshotter.run(), name=f"{name}-chunks")
+                self._exchange.job_changed(self.checkpoint.rescores.running)
+                group.create_task(self._batcher.run(), name=f"{name}-batcher")
+                group.create_task(self._dispatch(group), name=f"{name}-dispatch")
+                await self._commit_in_order()
+                if chunks is not None:  # the stream ended: no chunk can be merged any more
+                    chunks.cancel()
+        except* PipelineStopped as stopped:
+            # This pipeline alone stops: what it committed stands, its checkpoint stays before
+            # the change that stopped it, and the others go on.
+            reason = str(stopped.exceptions[0])
+            log.error("pipeline stopped", pipeline=name, reason=reason)
+            self._telemetry.on_pipeline_stopped(name, reason)
+            try:
+                await asyncio.to_thread(self._sink.stopped, reason)
+            except CdcScorerError as exc:  # status will not show it; the log line does
+                log.warning("could not record the stop", pipeline=name, error=str(exc))
+            self._sink.close()
+            while await self.inbox.get() is not None:
+                pass  # what the source still routes here is dropped, never blocking it
+        finally:
+            self._sink.close()
+
+    async def _dispatch(self, group: asyncio.TaskGroup) -> None:
+        while (batch := await self._batches.get()) is not None:
+            await self._sequencer.submit(group, self._scorer.score(batch))
+        await self._sequencer.close()
+
+    async def _commit_in_order(self) -> None:
+        name = self.pipeline.name
+        async for scored in self._sequencer.released():
+            started = time.monotonic()
+            await self._sink.write(scored)
+            self._telemetry.on_sink_write(name, time.monotonic() - started)
+            self.checkpoint = scored.checkpoint
+            self._telemetry.on_commit(name, scored)

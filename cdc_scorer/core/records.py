@@ -1,0 +1,187 @@
+"""Frozen records that flow source → batcher → scorer → sink → checkpoint."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cdc_scorer.core.positions import Position, TxId
+
+
+class Op(enum.Enum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    SNAPSHOT = "snapshot"  # a row read from the table by a snapshot or re-score chunk
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One changed (or snapshotted) row of a source table.
+
+    ``values`` is the row's newest image (the before image for a delete). ``tx`` is the
+    transaction it belongs to (None for snapshot rows).
+    """
+
+    op: Op
+    table: str
+    key: tuple[Any, ...]
+    values: dict[str, Any]
+    tx: TxId | None
+    committed_at: datetime | None
+    before: dict[str, Any] | None = None
+    # Columns whose new value the binlog did not carry whole (a MySQL partial JSON update,
+    # binlog_row_value_options=PARTIAL_JSON): ``values`` holds a diff there, not the value.
+    incomplete: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A transaction boundary: everything before it belongs to ``position``."""
+
+    position: Position
+    committed_at: datetime | None
+    tx: TxId | None = None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A row inserted into the scorer's signal table, read back from the binlog: a re-score
+    request, or a chunk's low ("window-open") or high ("window-close") watermark."""
+
+    pipeline: str
+    kind: str
+    id: str
+    data: dict[str, Any]
+    tx: TxId | None
+
+
+@dataclass(frozen=True)
+class TableAltered:
+    """ALTER TABLE of a captured table (no row events are written for it): a model input may
+    have changed type, and every row's value with it."""
+
+    table: str
+    tx: TxId | None
+
+
+@dataclass(frozen=True)
+class TableTruncated:
+    """TRUNCATE of a captured table (no row events are written for it): every prediction of
+    the table goes, with the checkpoint of the transaction ``tx``."""
+
+    table: str
+    tx: TxId | None
+
+
+@dataclass(frozen=True)
+class ColumnsGone:
+    """Columns some pipeline reads are not in the table any more (a table map without them:
+    dropped or renamed), from transaction ``tx`` on."""
+
+    table: str
+    columns: frozenset[str]
+    tx: TxId | None
+
+
+@dataclass(frozen=True)
+class TableGone:
+    """DROP TABLE or RENAME of a captured table: its rows change no more under this name."""
+
+    table: str
+    tx: TxId | None
+    statement: str  # the DDL, as logged (shortened)
+
+
+SourceItem = RowChange | Commit | Signal | TableTruncated | TableAltered | TableGone | ColumnsGone
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one row, as columns of the predictions table."""
+
+    key: tuple[Any, ...]
+    columns: dict[str, Any]
+    variant: str | None
+    source_position: str | None  # the transaction the row came from
+    source_committed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: tuple[Any, ...]
+    reason: str
+    error: str
+    payload: str
+    source_position: str | None  # the transaction the row came from
+
+
+@dataclass(frozen=True)
+class RescoreJob:
+    """One incremental snapshot of a pipeline's table: the first snapshot, a re-score after a
+    model change, after an ALTER of a model input, or one requested by `cdc-scorer rescore`."""
+
+    id: str
+    reason: str
+    model_version: str | None  # the version it scores for (None: unknown, from an old row)
+    where: str | None = None  # SQL condition on the source table (None: every row)
+    cursor: tuple[Any, ...] | None = None  # the last key whose chunk is applied
+    rows_done: int = 0  # chunk rows applied (rows the stream changed meanwhile excluded)
+    rows_total: int | None = None  # counted when the job starts
+    # For an ALTER: the inputs' column types before it; the job re-scores only if they changed.
+    check_types: tuple[tuple[str, str], ...] | None = None
+    requested_at: str | None = None  # ISO times, as shown by status
+    finished_at: str | None = None
+    error: str | None = None  # why it ended without re-scoring (a condition the server refused)
+
+
+@dataclass(frozen=True)
+class Rescores:
+    """A pipeline's re-scores: the one running, the ones waiting, the last few finished."""
+
+    running: RescoreJob | None = None
+    queued: tuple[RescoreJob, ...] = ()
+    finished: tuple[RescoreJob, ...] = ()
+    # The model inputs' column types as the last finished re-score (or the start) saw them.
+    input_types: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a pipeline has durably applied."""
+
+    position: Position | None
+    snapshot_state: str = "pending"  # pending | running | done | skipped (the first snapshot)
+    rescores: Rescores = Rescores()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of one pipeline to score and apply together; ``checkpoint`` is what it completes."""
+
+    sequence: int
+    upserts: tuple[RowChange, ...]
+    deletes: tuple[RowChange, ...]
+    checkpoint: Checkpoint
+    rows_skipped: dict[str, int] = field(default_factory=dict)
+    truncate: bool = False  # delete every prediction first (the table was truncated)
+    # An ALTER TABLE changed the table's columns: the analysts' view, which names them, is
+    # made again before this batch is applied.
+    columns_changed: bool = False
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A batch after the model: what the sink writes in one transaction."""
+
+    sequence: int
+    upserts: tuple[Prediction, ...]
+    deletes: tuple[tuple[Any, ...], ...]
+    dead_letters: tuple[DeadLetter, ...]
+    checkpoint: Checkpoint
+    model_calls: int = 0
+    rows_skipped: dict[str, int] = field(default_factory=dict)
+    truncate: bool = False
+    columns_changed: bool = False

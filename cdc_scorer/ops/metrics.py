@@ -1,0 +1,357 @@
+"""What the daemon counts: in-process counters for logs and the demo, Prometheus for operators.
+
+Counters and histograms are updated where things happen (``Telemetry.on_…``); gauges of state
+(queue depths, in flight, checkpoint age, lag, leader, snapshot state) are read at scrape time
+by a collector, so the hot path never pays for them. Each daemon has its own registry.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cdc_scorer import __version__
+from cdc_scorer.core.errors import CdcScorerError, PoisonError, RetriableError
+from cdc_scorer.core.records import Rescores, ScoredBatch
+from cdc_scorer.core.rescoring import remaining_rows
+
+# `_created` series double every counter for little use, and Prometheus ignores them anyway.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+SNAPSHOT_STATES = ("pending", "running", "done", "skipped")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+
+
+def error_code(exc: CdcScorerError) -> str:
+    if isinstance(exc, RetriableError):
+        return exc.code
+    if isinstance(exc, PoisonError):
+        return exc.reason
+    return "fatal"
+
+
+@dataclass
+class PipelineState:
+    """What the collector reads of one pipeline at scrape time (set by the app)."""
+
+    snapshot_state: str = "pending"
+    rescores: Rescores = field(default_factory=Rescores)  # as last committed
+    last_checkpoint_at: float = field(default_factory=time.time)
+    inbox_depth: Callable[[], int] = lambda: 0
+    in_flight: Callable[[], int] = lambda: 0
+    stopped: str | None = None  # why the pipeline stopped (the others go on)
+
+
+@dataclass
+class SourceState:
+    connected: bool = False
+    streaming: bool = False
+    leader: bool = False
+    queue_depth: Callable[[], int] = lambda: 0
+    heartbeat_interval_s: float = 2.0
+    # The last heartbeat row seen in the stream: when we saw it and the lag it showed.
+    heartbeat_seen_at: float | None = None
+    heartbeat_lag_s: float | None = None
+
+    def lag_s(self, now: float | None = None) -> float | None:
+        """Lag of the stream behind the source, growing while no heartbeat arrives."""
+        if self.heartbeat_seen_at is None or self.heartbeat_lag_s is None:
+            return None
+        now = time.time() if now is None else now
+        silent = now - self.heartbeat_seen_at - self.heartbeat_interval_s
+        return max(self.heartbeat_lag_s, silent, 0.0)
+
+
+class Telemetry:
+    """The one place the pipeline reports to; feeds both the counters and Prometheus."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # In-process counts (the demo, the stop log line, tests).
+        self.rows_scored: Counter[str] = Counter()
+        self.rows_deleted: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self.rows_skipped: Counter[str] = Counter()
+        self.model_calls: Counter[str] = Counter()
+        self.batches: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self.rescore_rows: Counter[str] = Counter()
+        self.rescore_conflicts: Counter[str] = Counter()
+        self.disconnects = 0
+        self.source = SourceState()
+        self.pipelines: dict[str, PipelineState] = {}
+
+        self._events = PromCounter(
+            "cdc_scorer_binlog_rows",
+            "Row changes read from the binlog, by table and operation",
+            ["table", "operation"],
+            registry=r,
+        )
+        self._scored = PromCounter(
+            "cdc_scorer_rows_scored", "Rows scored and written", ["pipeline"], registry=r
+        )
+        self._deleted = PromCounter(
+            "cdc_scorer_rows_deleted",
+            "Predictions removed for deleted source rows",
+            ["pipeline"],
+            registry=r,
+        )
+        self._skipped = PromCounter(
+            "cdc_scorer_rows_skipped",
+            "Row changes not sent to the model, by reason",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self._dead = PromCounter(
+            "cdc_scorer_rows_dead_lettered",
+            "Rows written to the dead-letter table, by reason",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self._batch_rows = Histogram(
+            "cdc_scorer_batch_rows",
+            "Rows per committed batch (scored + deleted + dead-lettered)",
+            ["pipeline"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self._latency = Histogram(
+            "cdc_scorer_inference_duration_seconds",
+            "Model call latency, every attempt",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._calls = PromCounter(
+            "cdc_scorer_model_calls", "Model calls, every attempt", ["service"], registry=r
+        )
+        self._call_errors = PromCounter(
+            "cdc_scorer_inference_errors",
+            "Failed model calls by service and error code",
+            ["service", "code"],
+            registry=r,
+        )
+        self._retries = PromCounter(
+            "cdc_scorer_retries", "Retries by stage and error code", ["stage", "code"], registry=r
+        )
+        self._sink_write = Histogram(
+            "cdc_scorer_sink_write_duration_seconds",
+            "Writing one batch: its transaction of predictions, dead letters and checkpoint, "
+            "retries included (one connection per pipeline: its sum over time is how busy it is)",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._freshness = Histogram(
+            "cdc_scorer_freshness_seconds",
+            "Source commit (binlog event time, 1 s resolution) to prediction committed",
+            ["pipeline"],
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self._disconnects = PromCounter(
+            "cdc_scorer_source_disconnects", "Binlog connections lost and re-opened", registry=r
+        )
+        self._snapshot_rows = PromCounter(
+            "cdc_scorer_snapshot_rows",
+            "Rows read from the table by snapshot and re-score chunks",
+            ["pipeline"],
+            registry=r,
+        )
+        self._rescore_rows = PromCounter(
+            "cdc_scorer_rescore_rows",
+            "Chunk rows passed to the model by snapshots and re-scores",
+            ["pipeline"],
+            registry=r,
+        )
+        self._rescore_conflicts = PromCounter(
+            "cdc_scorer_rescore_conflicts",
+            "Chunk rows dropped because the stream changed them inside the chunk's window",
+            ["pipeline"],
+            registry=r,
+        )
+        self._leader_changes = PromCounter(
+            "cdc_scorer_leader_acquisitions", "Times this process became the leader", registry=r
+        )
+        r.register(_StateCollector(self))
+
+    # ------------------------------------------------------------------ events
+    def on_rows_read(self, table: str, operation: str, rows: int) -> None:
+        self._events.labels(table, operation).inc(rows)
+
+    def on_snapshot_rows(self, pipeline: str, rows: int) -> None:
+        self._snapshot_rows.labels(pipeline).inc(rows)
+
+    def on_chunk(self, pipeline: str, rows: int, conflicts: int) -> None:
+        self.rescore_rows[pipeline] += rows
+        self.rescore_conflicts[pipeline] += conflicts
+        self._rescore_rows.labels(pipeline).inc(rows)
+        self._rescore_conflicts.labels(pipeline).inc(conflicts)
+
+    def on_retry(self, stage: str, exc: RetriableError) -> None:
+        self.retries[stage] += 1
+        self._retries.labels(stage, exc.code).inc()
+
+    def model_call_observer(self, service: str) -> Callable[[float, CdcScorerError | None], None]:
+        latency = self._latency.labels(service)
+        calls = self._calls.labels(service)
+
+        def observe(seconds: float, error: CdcScorerError | None) -> None:
+            latency.observe(seconds)
+            calls.inc()
+            if error is not None:
+                self._call_errors.labels(service, error_code(error)).inc()
+
+        return observe
+
+    def on_disconnect(self) -> None:
+        self.disconnects += 1
+        self._disconnects.inc()
+
+    def on_leader(self, leader: bool) -> None:
+        if leader and not self.source.leader:
+            self._leader_changes.inc()
+        self.source.leader = leader
+
+    def on_heartbeat(self, beat_at: datetime) -> None:
+        now = time.time()
+        self.source.heartbeat_seen_at = now
+        self.source.heartbeat_lag_s = max(0.0, now - beat_at.replace(tzinfo=UTC).timestamp())
+
+    def on_pipeline_stopped(self, pipeline: str, reason: str) -> None:
+        state = self.pipelines.get(pipeline)
+        if state is not None:
+            state.stopped = reason
+
+    def on_sink_write(self, pipeline: str, seconds: float) -> None:
+        self._sink_write.labels(pipeline).observe(seconds)
+
+    def on_commit(self, pipeline: str, scored: ScoredBatch) -> None:
+        now = time.time()
+        self.rows_scored[pipeline] += len(scored.upserts)
+        self.rows_deleted[pipeline] += len(scored.deletes)
+        self.model_calls[pipeline] += scored.model_calls
+        self.batches[pipeline] += 1
+        self._scored.labels(pipeline).inc(len(scored.upserts))
+        self._deleted.labels(pipeline).inc(len(scored.deletes))
+        rows = len(scored.upserts) + len(scored.deletes) + len(scored.dead_letters)
+        if rows:
+            self._batch_rows.labels(pipeline).observe(rows)
+        for reason, count in scored.rows_skipped.items():
+            self.rows_skipped[f"{pipeline}:{reason}"] += count
+            self._skipped.labels(pipeline, reason).inc(count)
+        for dead in scored.dead_letters:
+            self.dead_letters[f"{pipeline}:{dead.reason}"] += 1
+            self._dead.labels(pipeline, dead.reason).inc()
+        observe = self._freshness.labels(pipeline).observe
+        # The rows of a transaction share its commit time: convert it once per run of rows.
+        last_at: datetime | None = None
+        lag = 0.0
+        for prediction in scored.upserts:
+            at = prediction.source_committed_at
+            if at is not None:
+                if at is not last_at:
+                    last_at, lag = at, max(0.0, now - at.replace(tzinfo=UTC).timestamp())
+                observe(lag)
+        state = self.pipelines.get(pipeline)
+        if state is not None:
+            state.last_checkpoint_at = now
+            state.snapshot_state = scored.checkpoint.snapshot_state
+            state.rescores = scored.checkpoint.rescores
+
+
+class _StateCollector(Collector):
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._t = telemetry
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._t
+        now = time.time()
+        info = InfoMetricFamily("cdc_scorer_build", "Version of cdc-scorer and Python")
+        info.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield info
+        leader = GaugeMetricFamily("cdc_scorer_leader", "1 while this process holds the lock")
+        leader.add_metric([], 1.0 if t.source.leader else 0.0)
+        yield leader
+        connected = GaugeMetricFamily(
+            "cdc_scorer_source_connected", "1 while the binlog stream is open and streaming"
+        )
+        connected.add_metric([], 1.0 if t.source.streaming and t.source.connected else 0.0)
+        yield connected
+        lag = GaugeMetricFamily(
+            "cdc_scorer_source_lag_seconds",
+            "Heartbeat written on the source → seen in the stream; grows while none arrives",
+        )
+        value = t.source.lag_s(now)
+        if value is not None:
+            lag.add_metric([], value)
+        yield lag
+        depth = GaugeMetricFamily(
+            "cdc_scorer_queue_depth",
+            "Items waiting in a queue (source: row changes; pipeline: rows events)",
+            None,
+            ["queue"],
+        )
+        depth.add_metric(["source"], float(t.source.queue_depth()))
+        in_flight = GaugeMetricFamily(
+            "cdc_scorer_batches_in_flight",
+            "Batches sent to the model, not yet committed",
+            None,
+            ["pipeline"],
+        )
+        age = GaugeMetricFamily(
+            "cdc_scorer_checkpoint_age_seconds",
+            "Seconds since the pipeline last committed a checkpoint",
+            None,
+            ["pipeline"],
+        )
+        stopped = GaugeMetricFamily(
+            "cdc_scorer_pipeline_stopped",
+            "1 once the pipeline stopped (its model's input column, or its table, is gone); the "
+            "others go on",
+            None,
+            ["pipeline"],
+        )
+        snapshot = GaugeMetricFamily(
+            "cdc_scorer_snapshot_state",
+            "1 for the pipeline's snapshot state",
+            None,
+            ["pipeline", "state"],
+        )
+        remaining = GaugeMetricFamily(
+            "cdc_scorer_rescore_rows_remaining",
+            "Rows the running re-score (or snapshot) has still to read, as counted at its start",
+            None,
+            ["pipeline"],
+        )
+        queued = GaugeMetricFamily(
+            "cdc_scorer_rescores_queued",
+            "Re-scores waiting behind the running one",
+            None,
+            ["pipeline"],
+        )
+        for name, state in t.pipelines.items():
+            remaining.add_metric([name], float(remaining_rows(state.rescores)))
+            queued.add_metric([name], float(len(state.rescores.queued)))
+            depth.add_metric([f"pipeline:{name}"], float(state.inbox_depth()))
+            in_flight.add_metric([name], float(state.in_flight()))
+            age.add_metric([name], max(0.0, now - state.last_checkpoint_at))
+            stopped.add_metric([name], 0.0 if state.stopped is None else 1.0)
+            for s in SNAPSHOT_STATES:
+                snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
+        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued)

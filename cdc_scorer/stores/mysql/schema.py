@@ -1,0 +1,263 @@
+"""The shapes of the source tables, and the tables and views the scorer owns."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.rescoring import SIGNAL_DDL, SIGNAL_TABLE
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.mysql.connection import Connection, mysql_errors, quote
+from cdc_scorer.services import PredictionColumn
+from cdc_scorer.sources.binlog.server import ServerInfo
+from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL, CHECKPOINT_TABLE
+
+DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
+HEARTBEAT_TABLE = "cdc_scorer_heartbeat"
+OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    column_types: dict[str, str]  # name → COLUMN_TYPE, in table order
+    key_columns: tuple[str, ...]
+
+
+def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:
+    """Each pipeline's source table, its columns and key; every problem listed at once."""
+    problems: list[str] = []
+    tables: dict[str, TableInfo] = {}
+    with mysql_errors("reading the source tables' columns"), conn.cursor() as cursor:
+        for index, pipeline in enumerate(spec.pipelines):
+            cursor.execute(
+                "SELECT COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION",
+                (spec.source.database, pipeline.table),
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                problems.append(
+                    f"pipelines.{index}.table: table {spec.source.database}.{pipeline.table} "
+                    "does not exist (or the user cannot see it) — create it or fix the name"
+                )
+                continue
+            column_types = {str(name): str(ctype) for name, ctype, _ in rows}
+            if pipeline.key_columns:
+                key = pipeline.key_columns
+            else:
+                cursor.execute(
+                    "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s "
+                    "AND TABLE_NAME=%s AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX",
+                    (spec.source.database, pipeline.table),
+                )
+                key = tuple(str(r[0]) for r in cursor.fetchall())
+                if not key:
+                    problems.append(
+                        f"pipelines.{index}.key_columns: table {pipeline.table} has no primary "
+                        "key — set key_columns to the columns that identify a row "
+                        '(e.g. key_columns = ["phone"])'
+                    )
+                    continue
+            needed = {"key_columns": key, "input columns": pipeline.input_columns}
+            for what, columns in needed.items():
+                missing = [c for c in columns if c not in column_types]
+                if missing:
+                    problems.append(
+                        f"pipelines.{index}: {what} {missing} are not columns of "
+                        f"{pipeline.table} — fix the names (columns: {', '.join(column_types)})"
+                    )
+            tables[pipeline.table] = TableInfo(pipeline.table, column_types, tuple(key))
+    if problems:
+        raise FatalError("; ".join(problems))
+    return tables
+
+
+def partial_json_inputs(
+    server: ServerInfo, spec: ScorerSpec, tables: dict[str, TableInfo]
+) -> list[str]:
+    """With binlog_row_value_options=PARTIAL_JSON, each pipeline whose model reads a JSON
+    column: such rows are dead-lettered when an update logs only a diff of that column."""
+    if "PARTIAL_JSON" not in server.row_value_options.upper():
+        return []
+    problems = []
+    for pipeline in spec.pipelines:
+        table = tables.get(pipeline.table)
+        if table is None:
+            continue
+        json_inputs = [
+            c for c in pipeline.input_columns if table.column_types.get(c, "").lower() == "json"
+        ]
+        if json_inputs:
+            problems.append(
+                f"pipeline {pipeline.name} reads JSON column {', '.join(json_inputs)}, and "
+                "binlog_row_value_options=PARTIAL_JSON logs JSON updates as diffs (such rows "
+                "become dead letters): set binlog_row_value_options='' in the DB parameter "
+                "group / my.cnf"
+            )
+    return problems
+
+
+def _column_definition(column: PredictionColumn) -> str:
+    """A prediction column in MySQL's types."""
+    sql_type = f"VARCHAR({column.length})" if column.kind == "label" else "DOUBLE"
+    return f"{quote(column.name)} {sql_type} NULL"
+
+
+def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
+    return tuple(c.name for c in pipeline.model.prediction_columns())
+
+
+def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[str]:
+    """Idempotent DDL for the scorer's tables and views."""
+    statements = [
+        CHECKPOINT_DDL,
+        SIGNAL_DDL,
+        f"""CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} (
+  id BIGINT AUTO_INCREMENT PRIMARY KEY,
+  pipeline VARCHAR(64) NOT NULL,
+  source_key TEXT NOT NULL,
+  source_position VARCHAR(255) NULL,
+  reason VARCHAR(64) NOT NULL,
+  error TEXT NOT NULL,
+  payload MEDIUMTEXT NULL,
+  created_at DATETIME(6) NOT NULL,
+  KEY (pipeline, created_at)
+) ENGINE=InnoDB CHARACTER SET utf8mb4""",
+        f"""CREATE TABLE IF NOT EXISTS {HEARTBEAT_TABLE} (
+  instance VARCHAR(64) NOT NULL PRIMARY KEY,
+  beat_at DATETIME(6) NOT NULL
+) ENGINE=InnoDB CHARACTER SET utf8mb4""",
+    ]
+    for pipeline in spec.pipelines:
+        table = tables[pipeline.table]
+        key_defs = [f"{quote(c)} {table.column_types[c]} NULL" for c in table.key_columns]
+        # The key's hash is the primary key: keys of any type/length (VARCHAR(2048)) fit.
+        key_index = ", ".join(_index_part(c, table.column_types[c]) for c in table.key_columns)
+        statements.append(
+            f"""CREATE TABLE IF NOT EXISTS {quote(pipeline.predictions)} (
+  key_hash BINARY(32) NOT NULL PRIMARY KEY,
+  {", ".join(key_defs)},
+  {", ".join(_column_definition(c) for c in pipeline.model.prediction_columns())},
+  model_endpoint VARCHAR(255) NOT NULL,
+  model_variant VARCHAR(255) NULL,
+  model_version VARCHAR(64) NULL,
+  source_position VARCHAR(255) NULL,
+  source_committed_at DATETIME(6) NULL,
+  scored_at DATETIME(6) NOT NULL,
+  KEY source_key ({key_index})
+) ENGINE=InnoDB CHARACTER SET utf8mb4"""
+        )
+        statements.append(view_statement(pipeline, table.key_columns))
+    return statements
+
+
+def view_statement(pipeline: PipelineSpec, key_columns: tuple[str, ...]) -> str:
+    """The analysts' view, source LEFT JOIN predictions. The server expands ``s.*`` into the
+    table's columns as they are when the view is made: the pipeline makes it again whenever
+    an ALTER TABLE of the source reaches it in the stream."""
+    join = " AND ".join(f"s.{quote(c)} = p.{quote(c)}" for c in key_columns)
+    extra = ", ".join(f"p.{quote(c)}" for c in prediction_value_columns(pipeline))
+    return f"""CREATE OR REPLACE VIEW {quote(pipeline.view)} AS
+SELECT s.*, {extra}, p.model_endpoint, p.model_variant, p.model_version, p.scored_at
+FROM {quote(pipeline.table)} s LEFT JOIN {quote(pipeline.predictions)} p ON {join}"""
+
+
+# The longest key part indexed whole: 191 characters of utf8mb4 are 764 bytes, so four such
+# parts stay within InnoDB's 3,072-byte key.
+_MAX_WHOLE_KEY_PART = 191
+
+
+def _index_part(column: str, column_type: str) -> str:
+    """One part of the predictions' ``source_key`` index: a TEXT or BLOB key, or a string
+    longer than 191 characters, by a 191-character prefix; anything shorter (``CHAR(36)``,
+    ``BINARY(16)``) whole, since a prefix longer than the column is refused (error 1089)."""
+    lowered = column_type.lower()
+    if "text" in lowered or "blob" in lowered:
+        return f"{quote(column)}({_MAX_WHOLE_KEY_PART})"
+    length = re.match(r"(?:var)?(?:char|binary)\((\d+)\)", lowered)
+    if length is not None and int(length.group(1)) > _MAX_WHOLE_KEY_PART:
+        return f"{quote(column)}({_MAX_WHOLE_KEY_PART})"
+    return quote(column)
+
+
+# Columns added after a table's first release: ``init`` adds them to tables made before
+# (name, definition, after which column), to each predictions table and to the checkpoints.
+ADDED_COLUMNS = (("model_version", "VARCHAR(64) NULL", "model_variant"),)
+ADDED_CHECKPOINT_COLUMNS = (
+    ("stopped_reason", "TEXT NULL", "updated_at"),
+    ("rescore", "MEDIUMTEXT NULL", "stopped_reason"),
+)
+
+
+def init_schema(conn: Connection, spec: ScorerSpec) -> list[str]:
+    tables = inspect_tables(conn, spec)
+    statements = schema_statements(spec, tables)
+    views = [s for s in statements if s.startswith("CREATE OR REPLACE VIEW")]
+    creates = [s for s in statements if s not in views]
+    _execute(conn, creates)
+    # A view names its tables' columns: tables made by an older version get theirs first.
+    added = [
+        f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {definition} AFTER {quote(after)}"
+        for table, name, definition, after in _missing_columns(conn, spec)
+    ]
+    _execute(conn, [*added, *views])
+    return [*creates, *added, *views]
+
+
+def _execute(conn: Connection, statements: list[str]) -> None:
+    with conn.cursor() as cursor:
+        for statement in statements:
+            with mysql_errors("creating the scorer's tables"):
+                cursor.execute(statement)
+
+
+def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str, str, str]]:
+    """(table, column, definition, after) for each added column a predictions table lacks."""
+    missing = []
+    tables: list[tuple[str, tuple[tuple[str, str, str], ...]]] = [
+        (p.predictions, ADDED_COLUMNS) for p in spec.pipelines
+    ]
+    tables.append((CHECKPOINT_TABLE, ADDED_CHECKPOINT_COLUMNS))
+    with mysql_errors("reading the scorer tables' columns"), conn.cursor() as cursor:
+        for table, added in tables:
+            cursor.execute(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
+                "AND TABLE_NAME=%s",
+                (spec.source.database, table),
+            )
+            present = {str(r[0]) for r in cursor.fetchall()}
+            if not present:
+                continue  # not made yet
+            missing += [
+                (table, name, definition, after)
+                for name, definition, after in added
+                if name not in present
+            ]
+    return missing
+
+
+def check_schema(conn: Connection, spec: ScorerSpec) -> None:
+    """The scorer's own tables exist (``cdc-scorer init`` makes them)."""
+    wanted = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
+    with mysql_errors("listing the scorer's tables"), conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s",
+            (spec.source.database,),
+        )
+        present = {str(r[0]) for r in cursor.fetchall()}
+    missing = [t for t in wanted if t not in present]
+    if not missing:
+        columns = _missing_columns(conn, spec)
+        if columns:
+            names = ", ".join(f"{table}.{name}" for table, name, _, _ in columns)
+            raise FatalError(
+                f"columns {names} are missing (tables made by an older cdc-scorer): run "
+                "`cdc-scorer init --config FILE` (it adds them)"
+            )
+    if missing:
+        raise FatalError(
+            f"tables {', '.join(missing)} are missing in {spec.source.database}: "
+            "run `cdc-scorer init --config FILE` first"
+        )

@@ -1,0 +1,294 @@
+"""The sink: ONE transaction per batch — prediction upserts/deletes, dead letters, checkpoint.
+
+Because the checkpoint commits with the predictions it covers, a crash at any point leaves
+either both or neither, and restart resumes exactly after the last applied batch.
+
+The connection holds this pipeline's leader lock (``leader.py``). A new connection must win the
+lock again and find the checkpoint as this process left it before it writes anything; otherwise
+another instance has taken over and this one stops (fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
+from typing import Any
+
+from cdc_scorer.core.errors import FatalError, RetriableError
+from cdc_scorer.core.records import Checkpoint, ScoredBatch
+from cdc_scorer.core.retry import retrying
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.stores.mysql.checkpoints import (
+    CHECKPOINT_UPSERT,
+    checkpoint_row,
+    load_checkpoints,
+    record_stop,
+)
+from cdc_scorer.stores.mysql.leader import try_lock
+from cdc_scorer.stores.mysql.schema import (
+    DEAD_LETTER_TABLE,
+    prediction_value_columns,
+    view_statement,
+)
+
+
+def key_json(key: tuple[Any, ...]) -> str:
+    """``json.dumps(list(key), default=str)``, by hand for the usual text and integer keys
+    (json.dumps' encoder set-up costs more than the encoding; this runs for every row)."""
+    parts = []
+    for value in key:
+        if value.__class__ is str:
+            parts.append(encode_basestring_ascii(value))
+        elif value.__class__ is int:
+            parts.append(int.__repr__(value))
+        else:
+            return json.dumps(list(key), default=str)
+    return "[" + ", ".join(parts) + "]"
+
+
+def key_hash(key: tuple[Any, ...]) -> bytes:
+    """The predictions table's primary key: SHA-256 of the source key's JSON."""
+    return hashlib.sha256(key_json(key).encode()).digest()
+
+
+def _hex(value: bytes) -> str:
+    """A binary literal (as pymysql writes bytes: no escaping needed)."""
+    return "X'" + value.hex() + "'"
+
+
+@dataclass(frozen=True)
+class _MultiRow:
+    """A statement with a list of row groups: ``head + row, row, … + tail``."""
+
+    head: str
+    tail: str
+    row: str = ""  # one row group's placeholders, for ``execute`` (``execute_sql`` has SQL)
+    rows_per_statement: int = 500  # well under max_allowed_packet for any prediction row
+
+    def execute(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        step = self.rows_per_statement
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            cursor.execute(
+                self.head + ", ".join([self.row] * len(chunk)) + self.tail,
+                [value for row in chunk for value in row],
+            )
+
+    def execute_sql(self, cursor: Any, rows: list[str]) -> None:
+        """Rows already written as SQL (each ``row`` with its literals filled in)."""
+        step = self.rows_per_statement
+        for start in range(0, len(rows), step):
+            cursor.execute(self.head + ", ".join(rows[start : start + step]) + self.tail)
+
+
+class Sink:
+    """Writes one pipeline's scored batches, in order, through its own connection."""
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        model_endpoint: str,
+        server_identity: str,
+        retry: RetrySpec,
+        on_retry: Callable[[str, RetriableError], None] | None = None,
+        *,
+        lock: str,
+    ) -> None:
+        self.lock = lock
+        self._leading = False
+        self._written: tuple[Any, ...] | None = None  # the checkpoint row we last committed
+        self._attempted: tuple[Any, ...] | None = None  # the one of a commit under way
+        self._source = source
+        self._pipeline = pipeline
+        self._key_columns = key_columns
+        self._model_endpoint = model_endpoint
+        self._identity = server_identity
+        self._retry = retry
+        self._on_retry = on_retry
+        self._conn: Connection | None = None
+        value_columns = prediction_value_columns(pipeline)
+        columns = [
+            "key_hash",
+            *key_columns,
+            *value_columns,
+            "model_endpoint",
+            "model_variant",
+            "model_version",
+            "source_position",
+            "source_committed_at",
+        ]
+        updates = [c for c in columns if c != "key_hash" and c not in key_columns]
+        self._value_columns = value_columns
+        self._view = view_statement(pipeline, key_columns)
+        # Multi-row statements, built here: pymysql's executemany batches only statements whose
+        # VALUES are all placeholders (ours has NOW(6)) and sends one round trip per row
+        # otherwise, which made the sink the pipeline's bottleneck (docs/benchmarks.md).
+        self._upsert = _MultiRow(
+            f"INSERT INTO {quote(pipeline.predictions)} "
+            f"({', '.join(quote(c) for c in columns)}, scored_at) VALUES ",
+            " ON DUPLICATE KEY UPDATE "
+            + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in [*updates, "scored_at"]),
+        )
+        self._delete = _MultiRow(
+            f"DELETE FROM {quote(pipeline.predictions)} WHERE key_hash IN (", ")"
+        )
+        self._dead_letter = _MultiRow(
+            f"INSERT INTO {DEAD_LETTER_TABLE} (pipeline, source_key, source_position, reason, "
+            "error, payload, created_at) VALUES ",
+            "",
+            row="(%s, %s, %s, %s, %s, %s, NOW(6))",
+            # An error and a payload are up to ~125 KB a row: 500 of them would be far over
+            # MariaDB's default max_allowed_packet (16 MB).
+            rows_per_statement=50,
+        )
+
+    async def write(self, batch: ScoredBatch) -> None:
+        await retrying(
+            lambda: asyncio.to_thread(self._write_transaction, batch),
+            spec=self._retry,
+            stage="sink",
+            on_retry=self._on_retry,
+        )
+
+    def try_lead(self, wait_s: float) -> bool:
+        """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self._source)
+            self._leading = try_lock(self._conn, self.lock, wait_s)
+        except BaseException:
+            self.close()
+            raise
+        return self._leading
+
+    def expect(self, checkpoint: Checkpoint) -> None:
+        """The checkpoint the table holds now; a reconnect must find what we wrote last."""
+        self._written = checkpoint_row(self._pipeline.name, checkpoint, self._identity)
+
+    def _connection(self) -> Connection:
+        if self._conn is not None:
+            return self._conn
+        assert self._leading, "try_lead() first"
+        conn = connect(self._source)
+        try:
+            if not try_lock(conn, self.lock, 0):
+                raise FatalError(
+                    f"lost the leader lock {self.lock}: another instance is scoring pipeline "
+                    f"{self._pipeline.name}; this one stops (restart it to run as a standby)"
+                )
+            found = load_checkpoints(conn, [self._pipeline.name]).get(self._pipeline.name)
+            row = (
+                None
+                if found is None
+                else checkpoint_row(self._pipeline.name, found.checkpoint, found.server_identity)
+            )
+            # A commit whose answer was lost may have landed: the retried batch is idempotent.
+            if row not in (self._written, self._attempted):
+                raise FatalError(
+                    f"the checkpoint of pipeline {self._pipeline.name} changed while this "
+                    "instance was disconnected: another instance scored it; this one stops "
+                    "(restart it to resume from the new checkpoint)"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def stopped(self, reason: str) -> None:
+        """Record why the pipeline stopped (for `status`), through the fenced connection."""
+        try:
+            with mysql_errors(f"recording that {self._pipeline.name} stopped"):
+                record_stop(self._connection(), self._pipeline.name, reason)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        close_quietly(conn)
+
+    def _upsert_rows(self, conn: Connection, batch: ScoredBatch) -> list[str]:
+        """Each prediction as a SQL row, ``(literal, …, NOW(6))``, escaped by the connection
+        (which knows the session's quoting mode). Building the SQL here rather than through
+        the cursor's ``%s`` is the same escaping with less of its overhead; the values a
+        batch repeats on every row are escaped once."""
+        escape = conn.escape
+        repeated: dict[Any, str] = {}
+
+        def once(value: Any) -> str:
+            text = repeated.get(value)
+            if text is None:
+                text = repeated[value] = escape(value)
+            return text
+
+        endpoint = escape(self._model_endpoint)
+        version = escape(self._pipeline.model_version)
+        value_columns = self._value_columns
+        return [
+            "("
+            + ", ".join(
+                [
+                    _hex(key_hash(p.key)),
+                    *map(escape, p.key),
+                    *[escape(p.columns.get(c)) for c in value_columns],
+                    endpoint,
+                    once(p.variant),
+                    version,
+                    once(p.source_position),
+                    once(p.source_committed_at),
+                ]
+            )
+            + ", NOW(6))"
+            for p in batch.upserts
+        ]
+
+    def _write_transaction(self, batch: ScoredBatch) -> None:
+        row = checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
+        try:
+            with mysql_errors(f"writing predictions of {self._pipeline.name}"):
+                conn = self._connection()
+                if batch.columns_changed:
+                    # DDL commits on its own: made before the batch's transaction, and made
+                    # again if that transaction is replayed (it is idempotent).
+                    with conn.cursor() as cursor:
+                        cursor.execute(self._view)
+                conn.begin()
+                with conn.cursor() as cursor:
+                    if batch.truncate:  # the source table was truncated: so are they
+                        cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")
+                    if batch.upserts:
+                        self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
+                    # A dead-lettered row's older prediction would belong to an older version.
+                    removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+                    if removed:
+                        self._delete.execute_sql(cursor, [_hex(key_hash(k)) for k in removed])
+                    if batch.dead_letters:
+                        self._dead_letter.execute(
+                            cursor,
+                            [
+                                (
+                                    self._pipeline.name,
+                                    key_json(d.key),
+                                    d.source_position,
+                                    d.reason[:64],
+                                    d.error,
+                                    d.payload,
+                                )
+                                for d in batch.dead_letters
+                            ],
+                        )
+                    cursor.execute(CHECKPOINT_UPSERT, row)
+                self._attempted = row
+                conn.commit()
+                self._written = row
+        except BaseException:
+            self.close()  # a failed transaction's connection is not reused
+            raise
