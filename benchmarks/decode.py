@@ -15,11 +15,12 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, HeartbeatLogEvent, MariadbGtidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc_scorer.core.positions import Gtid, MysqlGtid, Position, TxId
+from cdc_scorer.core.positions import Position, TxId
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.events import row_changes
+from cdc_scorer.sources.binlog.positions import BinlogPosition, Gtid, MysqlGtid
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class DecodeResult:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.wall_s if self.wall_s else 0.0
+
+
+def _binlog(position: Position) -> BinlogPosition:
+    assert isinstance(position, BinlogPosition)
+    return position
 
 
 def read_range(
@@ -57,7 +63,7 @@ def read_range(
         # and stop at the first transaction past ``stop``.
         blocking=True,
         slave_heartbeat=0.5,
-        **start.reader_start(),
+        **_binlog(start).reader_start(),
         freeze_schema=True,  # as the daemon reads
         only_schemas=[database],
         only_tables=["churn"],
@@ -76,7 +82,7 @@ def read_range(
     try:
         for event in stream:
             if isinstance(event, HeartbeatLogEvent):
-                if rows:  # MySQL sends one at once when auto-positioning skips (§7b)
+                if rows:  # MySQL sends one at once when auto-positioning skips
                     break
                 continue
             if isinstance(event, MariadbGtidEvent | GtidEvent):

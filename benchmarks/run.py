@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,16 @@ from benchmarks.harness import (
     wait_until,
     write_scorer_config,
 )
-from cdc_scorer.core.positions import Position, decode_position
-from cdc_scorer.core.snapshotter import count_rows, request_rescore
+from cdc_scorer.core.own_tables import RESCORE
+from cdc_scorer.core.positions import Position
 from cdc_scorer.local.mysql_dist import MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
+from cdc_scorer.sources.binlog.positions import decode_binlog_position
+from cdc_scorer.sources.binlog.resume import current_position
 from cdc_scorer.sources.binlog.server import server_info
-from cdc_scorer.stores.mysql.checkpoints import current_position, load_checkpoints
+from cdc_scorer.stores.mysql.checkpoints import load_checkpoints
+from cdc_scorer.stores.mysql.chunks import count_rows
+from cdc_scorer.stores.mysql.signals import insert_signal
 
 BUFFER_POOL = "2G"
 
@@ -415,7 +420,8 @@ class Bench:
         if where is None:
             workload.drive(rate, self.mode.phase_s)
         else:
-            request = request_rescore(conn, "churn", where, "bench")
+            request = uuid.uuid4().hex
+            insert_signal(conn, request, "churn", RESCORE, {"where": where, "reason": "bench"})
             while not _rescored(conn, request):
                 workload.drive(rate, 1.0)
                 scorer.check_alive()
@@ -511,7 +517,7 @@ CONFLICTS = 'cdc_scorer_rescore_conflicts_total{pipeline="churn"}'
 
 def _rescored(conn: Any, request: str) -> bool:
     """Whether the re-score ``request`` is done (its job among the finished ones)."""
-    found = load_checkpoints(conn, ["churn"]).get("churn")
+    found = load_checkpoints(conn, ["churn"], decode_binlog_position).get("churn")
     return found is not None and any(j.id == request for j in found.checkpoint.rescores.finished)
 
 
@@ -526,7 +532,7 @@ def _covers(conn: Any, wanted: Position) -> bool:
         cursor.execute("SELECT position, server_identity FROM cdc_scorer_checkpoint")
         rows = cursor.fetchall()
     return bool(rows) and all(
-        position and wanted.transactions_since(decode_position(identity, position)) == 0
+        position and wanted.transactions_since(decode_binlog_position(identity, position)) == 0
         for position, identity in rows
     )
 

@@ -27,10 +27,10 @@ from benchmarks.harness import (
 )
 from benchmarks.run import BUFFER_POOL
 from cdc_scorer.config import load_config
-from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
 from cdc_scorer.core.records import Checkpoint, Prediction, ScoredBatch
 from cdc_scorer.core.spec import RetrySpec
 from cdc_scorer.local.servers import PrivateMariaDB
+from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition, decode_binlog_position
 from cdc_scorer.stores.mysql.leader import lock_name
 from cdc_scorer.stores.mysql.sink import Sink
 
@@ -100,10 +100,10 @@ def main() -> None:
                 spec.source,
                 pipeline,
                 ("phone",),
-                "churn-autopilot-endpoint",
                 "bench",
                 RetrySpec(),
                 lock=lock_name(database, pipeline.name),
+                decode=decode_binlog_position,
             )
             assert sink.try_lead(5), "the leader lock is free in a fresh database"
             stop = threading.Event()

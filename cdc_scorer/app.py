@@ -1,5 +1,6 @@
-"""Wiring: the ops server, preflight, leadership, checkpoints, then the pipelines and the
-coordinator that feeds them, and the heartbeat.
+"""Wiring: the ops server; the source, the store and the model services from their
+registries; leadership, checkpoints, then the pipelines, the coordinator that feeds them, and
+the heartbeat.
 
 Shutdown is "stop intake → drain until a deadline → cancel": the reader stops, every batcher
 flushes, in-flight model calls finish and commit in order, then the process exits 0.
@@ -13,34 +14,33 @@ from typing import Any
 
 import structlog
 
-from cdc_scorer.core.coordinator import ChangeSource, Coordinator
+from cdc_scorer.core.checkpoints import prepare_checkpoints, stream_start
+from cdc_scorer.core.coordinator import Coordinator
 from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.leadership import lead
+from cdc_scorer.core.own_tables import (
+    HEARTBEAT_COLUMNS,
+    HEARTBEAT_KEY,
+    HEARTBEAT_TABLE,
+    SIGNAL_COLUMNS,
+    SIGNAL_KEY,
+    SIGNAL_TABLE,
+)
 from cdc_scorer.core.pipeline import Inbox, PipelineRunner
-from cdc_scorer.core.records import Checkpoint
-from cdc_scorer.core.rescoring import SIGNAL_COLUMNS, SIGNAL_TABLE, ChunkExchange
+from cdc_scorer.core.records import Checkpoint, TableInfo
+from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.router import Router
 from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.mysql.connection import Connection, close_quietly, connect
 from cdc_scorer.ops.http import OpsServer
 from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.ops.readiness import not_ready
-from cdc_scorer.services import Scorer
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
-from cdc_scorer.sources.binlog.reader import BinlogSource, CaptureSpec, Handover
-from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog
-from cdc_scorer.stores.mysql.checkpoints import prepare_checkpoints, save_checkpoint, stream_start
-from cdc_scorer.stores.mysql.heartbeat import Heartbeat
-from cdc_scorer.stores.mysql.leader import lead, lock_name
-from cdc_scorer.stores.mysql.schema import (
-    HEARTBEAT_TABLE,
-    TableInfo,
-    check_schema,
-    inspect_tables,
-    partial_json_inputs,
-)
-from cdc_scorer.stores.mysql.sink import Sink
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks
+from cdc_scorer.sources.registry import build_source
+from cdc_scorer.stores import PipelineSink
+from cdc_scorer.stores.registry import build_store
 
 log = structlog.get_logger("cdc_scorer.app")
 
@@ -50,9 +50,10 @@ class ScorerApp:
         self.spec = spec
         self.telemetry = Telemetry()
         self.telemetry.source.heartbeat_interval_s = spec.source.heartbeat_interval_s
+        self.source = build_source(spec.source, spec.retry)
+        self.store = build_store(spec.source, spec.retry)
         self._stop = asyncio.Event()
         self._coordinator: Coordinator | None = None
-        self.server: ServerInfo | None = None
         self.ops: OpsServer | None = None
 
     def request_stop(self) -> None:
@@ -72,33 +73,29 @@ class ScorerApp:
                     self.ops = OpsServer(self.spec.http, self.telemetry, self.not_ready)
                     await self.ops.start()
                     stack.push_async_callback(self.ops.stop)
+                stack.callback(self.store.close)
                 await self._run_pipelines()
         except* CdcScorerError as group:
             raise _first(group) from None
 
     async def _run_pipelines(self) -> None:
         spec = self.spec
-        conn = await asyncio.to_thread(connect, spec.source)
+        info, tables = await asyncio.to_thread(self._inspect)
+        sinks = {p.name: self._sink(p, tables[p.table], info) for p in spec.pipelines}
         try:
-            server, tables = await asyncio.to_thread(self._inspect, conn)
-            self.server = server
-            sinks = {p.name: self._sink(p, tables[p.table], server) for p in spec.pipelines}
-            try:
-                if not await lead(list(sinks.values()), self._stop):
-                    return
-                self.telemetry.on_leader(True)
-                checkpoints = await asyncio.to_thread(self._checkpoints, conn, server, tables)
-            except BaseException:
-                for sink in sinks.values():
-                    sink.close()
-                raise
-        finally:
-            close_quietly(conn)
+            if not await lead(list(sinks.values()), self._stop):
+                return
+            self.telemetry.on_leader(True)
+            checkpoints = await asyncio.to_thread(self._checkpoints, info, tables)
+        except BaseException:
+            for sink in sinks.values():
+                sink.close()
+            raise
         for name, sink in sinks.items():
             sink.expect(checkpoints[name])
         log.info(
             "starting",
-            server=server.version,
+            server=info.description,
             server_id=spec.source.server_id,
             pipelines=[p.name for p in spec.pipelines],
             positions={n: str(c.position) for n, c in checkpoints.items()},
@@ -112,9 +109,7 @@ class ScorerApp:
                     create_client_context(client_name, spec.aws, pool)
                 )
             runners = [
-                self._runner(
-                    p, tables[p.table], checkpoints[p.name], clients[p.model.client_name], sinks
-                )
+                self._runner(p, tables[p.table], checkpoints[p.name], clients, sinks[p.name])
                 for p in spec.pipelines
             ]
             inboxes: dict[str, list[Inbox]] = {}
@@ -127,9 +122,7 @@ class ScorerApp:
                 pipelines={r.pipeline.name: r.inbox for r in runners},
             )
             self._coordinator = Coordinator(
-                router,
-                lambda: self._binlog(tables, list(checkpoints.values()), server),
-                self.telemetry,
+                router, lambda: self._stream(tables, list(checkpoints.values())), self.telemetry
             )
             if self._stop.is_set():
                 self._coordinator.stop()
@@ -140,7 +133,7 @@ class ScorerApp:
                     group.create_task(runner.run(), name=f"pipeline-{runner.pipeline.name}")
                 group.create_task(self._coordinator.run(), name="coordinator")
                 heartbeat = group.create_task(
-                    Heartbeat(spec.source, HEARTBEAT_TABLE, instance).run(), name="heartbeat"
+                    self.store.heartbeat(instance).run(), name="heartbeat"
                 )
                 await self._stop.wait()
                 # The coordinator ends the runners once intake stops; the heartbeat just stops.
@@ -153,27 +146,44 @@ class ScorerApp:
             model_calls=dict(self.telemetry.model_calls),
         )
 
-    def _checkpoints(
-        self, conn: Connection, server: ServerInfo, tables: dict[str, TableInfo]
-    ) -> dict[str, Checkpoint]:
-        checkpoints = prepare_checkpoints(conn, server, self.spec.pipelines)
+    def _inspect(self) -> tuple[SourceInfo, dict[str, TableInfo]]:
+        pipelines = self.spec.pipelines
+        info = self.source.preflight()
+        tables = self.store.inspect_tables(pipelines)
+        self.store.check_schema(pipelines)
+        for problem in self.source.warnings(pipelines, tables):
+            log.warning("partial JSON updates", problem=problem)
+        return info, tables
+
+    def _checkpoints(self, info: SourceInfo, tables: dict[str, TableInfo]) -> dict[str, Checkpoint]:
+        store, pipelines = self.store, self.spec.pipelines
+        checkpoints = prepare_checkpoints(store, self.source, info.identity, pipelines)
 
         def save(name: str, checkpoint: Checkpoint) -> None:
-            save_checkpoint(conn, name, checkpoint, server.identity)
+            store.save_checkpoint(name, checkpoint, info.identity)
 
-        return plan_rescores(conn, self.spec.pipelines, checkpoints, tables, save)
+        return plan_rescores(store, pipelines, checkpoints, tables, save)
+
+    def _sink(self, pipeline: PipelineSpec, table: TableInfo, info: SourceInfo) -> PipelineSink:
+        return self.store.sink(
+            pipeline,
+            table.key_columns,
+            info.identity,
+            self.source.decode_position,
+            on_retry=self.telemetry.on_retry,
+        )
 
     def _runner(
         self,
         pipeline: PipelineSpec,
         table: TableInfo,
         checkpoint: Checkpoint,
-        client: Any,
-        sinks: dict[str, Sink],
+        clients: dict[str, Any],
+        sink: PipelineSink,
     ) -> PipelineRunner:
         exchange = ChunkExchange()
         snapshotter = Snapshotter(
-            self.spec.source,
+            self.store.chunks(pipeline, table),
             pipeline,
             table,
             exchange,
@@ -181,74 +191,45 @@ class ScorerApp:
             on_chunk_read=lambda rows: self.telemetry.on_snapshot_rows(pipeline.name, rows),
             on_retry=self.telemetry.on_retry,
         )
+        scorer = build_scorer(
+            pipeline,
+            clients[pipeline.model.client_name],
+            self.spec.retry,
+            on_retry=self.telemetry.on_retry,
+            on_call=self.telemetry.model_call_observer(pipeline.service),
+        )
         return PipelineRunner(
             pipeline,
             table.key_columns,
             checkpoint,
-            self._scorer(pipeline, client),
-            sinks[pipeline.name],
+            scorer,
+            sink,
             self.telemetry,
             exchange=exchange,
             snapshotter=snapshotter,
         )
 
-    def _inspect(self, conn: Connection) -> tuple[ServerInfo, dict[str, TableInfo]]:
-        server = preflight_binlog(conn, self.spec.source.positions)
-        tables = inspect_tables(conn, self.spec)
-        check_schema(conn, self.spec)
-        for problem in partial_json_inputs(server, self.spec, tables):
-            log.warning("partial JSON updates", problem=problem)
-        return server, tables
-
-    def _sink(self, pipeline: PipelineSpec, table: TableInfo, server: ServerInfo) -> Sink:
-        return Sink(
-            self.spec.source,
-            pipeline,
-            table.key_columns,
-            pipeline.model.model_endpoint,
-            server.identity,
-            self.spec.retry,
-            on_retry=self.telemetry.on_retry,
-            lock=lock_name(self.spec.source.database, pipeline.name),
-        )
-
-    def _scorer(self, pipeline: PipelineSpec, client: Any) -> Scorer:
-        return build_scorer(
-            pipeline,
-            client,
-            self.spec.retry,
-            on_retry=self.telemetry.on_retry,
-            on_call=self.telemetry.model_call_observer(pipeline.service),
-        )
-
-    def _binlog(
-        self, tables: dict[str, TableInfo], checkpoints: list[Checkpoint], server: ServerInfo
-    ) -> ChangeSource:
+    def _stream(self, tables: dict[str, TableInfo], checkpoints: list[Checkpoint]) -> ChangeStream:
+        # The columns anything downstream reads: keys and model inputs (a source may leave the
+        # rest undecoded), the heartbeat's time and the signal rows.
         keys = {table: info.key_columns for table, info in tables.items()}
-        keys[HEARTBEAT_TABLE] = ("instance",)
-        keys[SIGNAL_TABLE] = ("id",)
-        # The columns anything downstream reads: keys and model inputs (the decoder skips the
-        # rest), and the heartbeat's time.
-        read: dict[str, frozenset[str] | None] = {table: frozenset(keys[table]) for table in tables}
+        read: dict[str, frozenset[str] | None] = {t: frozenset(k) for t, k in keys.items()}
         for pipeline in self.spec.pipelines:
-            table = pipeline.table
-            read[table] = frozenset(read[table] or ()) | set(pipeline.input_columns)
-        read[HEARTBEAT_TABLE] = frozenset({"instance", "beat_at"})
-        read[SIGNAL_TABLE] = SIGNAL_COLUMNS
-        handover = Handover(self.spec.source.queue_max_rows)
-        self.telemetry.source.queue_depth = handover.qsize
+            read[pipeline.table] = frozenset(read[pipeline.table] or ()) | set(
+                pipeline.input_columns
+            )
+        keys |= {HEARTBEAT_TABLE: HEARTBEAT_KEY, SIGNAL_TABLE: SIGNAL_KEY}
+        read |= {HEARTBEAT_TABLE: HEARTBEAT_COLUMNS, SIGNAL_TABLE: SIGNAL_COLUMNS}
         start = stream_start(checkpoints)
         log.info("streaming", start=str(start))
-        return BinlogSource(
-            self.spec.source,
-            CaptureSpec(keys, read),
-            start,
-            handover,
-            retry=self.spec.retry,
-            on_disconnect=self._on_disconnect,
+        hooks = StreamHooks(
             on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
             on_rows=self.telemetry.on_rows_read,
         )
+        stream = self.source.open(start, Capture(keys, read), hooks)
+        self.telemetry.source.queue_depth = stream.queue_depth
+        return stream
 
     def _on_disconnect(self) -> None:
         self.telemetry.on_disconnect()

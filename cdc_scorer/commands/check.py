@@ -9,35 +9,18 @@ answers one real call.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import pymysql
-
 from cdc_scorer.core.errors import CdcScorerError, RetriableError
-from cdc_scorer.core.records import Batch, Checkpoint, Op, RowChange
+from cdc_scorer.core.records import Batch, Checkpoint, Op, RowChange, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.mysql.connection import (
-    Connection,
-    close_quietly,
-    connect,
-    mysql_errors,
-    quote,
-    tls_state,
-)
+from cdc_scorer.mysql.connection import Connection, connect, tls_state
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
-from cdc_scorer.sources.binlog.reader import probe_replication
-from cdc_scorer.sources.binlog.server import server_info
-from cdc_scorer.stores.mysql.checkpoints import current_position
-from cdc_scorer.stores.mysql.schema import (
-    OWN_TABLES,
-    TableInfo,
-    check_schema,
-    inspect_tables,
-    partial_json_inputs,
-)
+from cdc_scorer.sources.registry import build_source
+from cdc_scorer.stores import Store
+from cdc_scorer.stores.registry import build_store
 
 
 @dataclass(frozen=True)
@@ -61,9 +44,13 @@ def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, Tabl
     results.append(CheckResult("database connection", True, target))
     try:
         results.append(_tls_result(conn, spec))
-        return _with_connection(conn, spec, results)
     finally:
         conn.close()
+    store = build_store(spec.source, spec.retry)
+    try:
+        return _change_log_and_tables(spec, store, results)
+    finally:
+        store.close()
 
 
 def _tls_result(conn: Connection, spec: ScorerSpec) -> CheckResult:
@@ -84,16 +71,16 @@ def _tls_result(conn: Connection, spec: ScorerSpec) -> CheckResult:
     return CheckResult("database TLS", True, f"{state}, {verified} (mode {tls.mode})")
 
 
-def _with_connection(
-    conn: Connection, spec: ScorerSpec, results: list[CheckResult]
+def _change_log_and_tables(
+    spec: ScorerSpec, store: Store, results: list[CheckResult]
 ) -> tuple[list[CheckResult], dict[str, TableInfo]]:
-    server, settings = server_info(conn, spec.source.positions)
+    source = build_source(spec.source, spec.retry)
+    settings = source.settings()
     for name, problem in settings:
-        results.append(CheckResult(f"binlog {name}", problem is None, problem or "ok"))
+        results.append(CheckResult(name, problem is None, problem or "ok"))
     if all(problem is None for _, problem in settings):
         try:
-            start = current_position(conn, server)
-            probe_replication(spec.source, start)
+            source.probe()
             results.append(CheckResult("grant: binlog replication", True, "binlog read"))
         except CdcScorerError as exc:
             results.append(CheckResult("grant: binlog replication", False, str(exc)))
@@ -101,48 +88,24 @@ def _with_connection(
     for pipeline in spec.pipelines:
         name = f"table {pipeline.table} (pipeline {pipeline.name})"
         try:
-            one = dataclasses.replace(spec, pipelines=(pipeline,))
-            info = inspect_tables(conn, one)[pipeline.table]
-            with mysql_errors("reading the table"), conn.cursor() as cursor:
-                cursor.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 0")
+            info = store.check_readable(pipeline)
         except CdcScorerError as exc:
             results.append(CheckResult(name, False, str(exc)))
             continue
         tables[pipeline.table] = info
         results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
-    for problem in partial_json_inputs(server, spec, tables):
+    for problem in source.warnings(spec.pipelines, tables):
         results.append(CheckResult("binlog binlog_row_value_options", False, problem))
     try:
-        check_schema(conn, spec)
+        store.check_schema(spec.pipelines)
     except CdcScorerError as exc:
         results.append(CheckResult("scorer tables", False, str(exc)))
         return results, tables
     results.append(CheckResult("scorer tables", True, "present"))
-    own = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
-    for table in own:
-        try:
-            with mysql_errors(f"writing {table}"):
-                _write_nothing(conn, table)
-        except CdcScorerError as exc:
-            results.append(CheckResult(f"grant: write {table}", False, str(exc)))
-        else:
-            results.append(CheckResult(f"grant: write {table}", True, "INSERT, UPDATE, DELETE"))
+    for table, problem in store.check_writes(spec.pipelines):
+        detail = problem or "INSERT, UPDATE, DELETE"
+        results.append(CheckResult(f"grant: write {table}", problem is None, detail))
     return results, tables
-
-
-def _write_nothing(conn: Connection, table: str) -> None:
-    """Statements that need INSERT, UPDATE and DELETE but change no row."""
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=DATABASE() "
-            "AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION LIMIT 1",
-            (table,),
-        )
-        (column,) = cursor.fetchone() or ("",)
-        t, c = quote(table), quote(str(column))
-        cursor.execute(f"INSERT INTO {t} SELECT * FROM {t} WHERE 1=0")
-        cursor.execute(f"UPDATE {t} SET {c}={c} WHERE 1=0")
-        cursor.execute(f"DELETE FROM {t} WHERE 1=0")
 
 
 async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[CheckResult]:
@@ -189,17 +152,13 @@ def _sample_row(
     """One real row of the table when there is one (the model should accept it)."""
     if table is None:
         return {}
-    conn: Connection | None = None
+    store = build_store(spec.source, spec.retry)
     try:
-        conn = connect(spec.source)
-        with mysql_errors("reading a sample row"), conn.cursor(pymysql.cursors.DictCursor) as cur:
-            cur.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 1")
-            row = cur.fetchone()
+        return store.sample_row(pipeline)
     except CdcScorerError:
         return {}
     finally:
-        close_quietly(conn)
-    return dict(row) if row else {}
+        store.close()
 
 
 async def run_checks(spec: ScorerSpec) -> list[CheckResult]:

@@ -51,15 +51,14 @@ def _serve_models(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     from cdc_scorer.config import load_config
-    from cdc_scorer.mysql.connection import connect
-    from cdc_scorer.stores.mysql.schema import init_schema
+    from cdc_scorer.stores.registry import build_store
 
     spec = load_config(args.config)
-    conn = connect(spec.source)
+    store = build_store(spec.source, spec.retry)
     try:
-        statements = init_schema(conn, spec)
+        statements = store.init(spec.pipelines)
     finally:
-        conn.close()
+        store.close()
     print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
     return 0
 
@@ -133,14 +132,9 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from cdc_scorer.commands.status import pipeline_status
     from cdc_scorer.config import load_config
-    from cdc_scorer.mysql.connection import connect
 
     spec = load_config(args.config)
-    conn = connect(spec.source)
-    try:
-        statuses = pipeline_status(conn, spec)
-    finally:
-        conn.close()
+    statuses = pipeline_status(spec)
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -16,13 +17,13 @@ from typing import TextIO
 from tqdm import tqdm
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.own_tables import CANCEL, RESCORE
 from cdc_scorer.core.records import RescoreJob, Rescores
 from cdc_scorer.core.rescoring import FIRST_SNAPSHOT
-from cdc_scorer.core.snapshotter import count_rows, forget_signals, request_cancel, request_rescore
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.mysql.connection import Connection, close_quietly, connect
-from cdc_scorer.stores.mysql.checkpoints import load_checkpoints
-from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
+from cdc_scorer.sources.registry import build_source
+from cdc_scorer.stores import ChunkStore, Store, StoredCheckpoint
+from cdc_scorer.stores.registry import build_store
 
 POLL_S = 0.5
 
@@ -45,12 +46,43 @@ def find_pipeline(spec: ScorerSpec, name: str) -> PipelineSpec:
     raise FatalError(f"--pipeline {name}: no such pipeline in the config (it has: {names})")
 
 
+class _Pipeline:
+    """The pipeline's tables in the store, as the commands read and write them."""
+
+    def __init__(self, spec: ScorerSpec, pipeline: PipelineSpec) -> None:
+        self.pipeline = pipeline
+        self.store: Store = build_store(spec.source, spec.retry)
+        self._decode = build_source(spec.source, spec.retry).decode_position
+        self._chunks: ChunkStore | None = None
+
+    def stored(self) -> StoredCheckpoint | None:
+        name = self.pipeline.name
+        return self.store.load_checkpoints([name], self._decode).get(name)
+
+    def chunks(self) -> ChunkStore:
+        if self._chunks is None:
+            table = self.store.inspect_tables([self.pipeline])[self.pipeline.table]
+            self._chunks = self.store.chunks(self.pipeline, table)
+        return self._chunks
+
+    def signal(self, kind: str, data: dict[str, str | None]) -> str:
+        """A request row in the signal table: the daemon reads it from the stream. Its id."""
+        request_id = uuid.uuid4().hex
+        self.chunks().signal(request_id, self.pipeline.name, kind, data)
+        return request_id
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
+        self.store.close()
+
+
 def request(spec: ScorerSpec, pipeline: PipelineSpec, where: str | None) -> tuple[str, int]:
     """Check ``where`` against the table (the server's own error if it refuses it), then put
     the request in. The request's id and the rows it covers now."""
-    conn = connect(spec.source)
+    tables = _Pipeline(spec, pipeline)
     try:
-        if pipeline.name not in load_checkpoints(conn, [pipeline.name]):
+        if tables.stored() is None:
             # Its first start would not read the request (it streams from then on), and its
             # first snapshot scores every row anyway.
             raise FatalError(
@@ -58,14 +90,14 @@ def request(spec: ScorerSpec, pipeline: PipelineSpec, where: str | None) -> tupl
                 "snapshot scores every row), then ask for re-scores"
             )
         try:
-            rows = count_rows(conn, pipeline.table, where)
+            rows = tables.chunks().count(where)
         except FatalError as exc:
             if where is None:
                 raise
             raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
-        return request_rescore(conn, pipeline.name, where, "requested"), rows
+        return tables.signal(RESCORE, {"where": where, "reason": "requested"}), rows
     finally:
-        close_quietly(conn)
+        tables.close()
 
 
 def follow(
@@ -79,14 +111,13 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Show a progress bar until the job ``request_id`` finishes (or the pipeline stops)."""
-    conn: Connection = connect(spec.source)
-    lock = lock_name(spec.source.database, pipeline.name)
+    tables = _Pipeline(spec, pipeline)
     told_no_daemon = False
     started = time.monotonic()
     bar = tqdm(total=rows, unit="rows", desc=f"re-score {pipeline.name}", file=out, leave=True)
     try:
         while True:
-            stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
+            stored = tables.stored()
             rescores = stored.checkpoint.rescores if stored is not None else None
             if stored is not None and stored.stopped_reason:
                 return Outcome(None, stopped=stored.stopped_reason)
@@ -106,7 +137,7 @@ def follow(
                     bar.refresh()
                 elif any(j.id == request_id for j in rescores.queued):
                     bar.set_postfix_str("waiting behind another re-score")
-            if not told_no_daemon and lock_holder(conn, lock) is None:
+            if not told_no_daemon and tables.store.leader(pipeline) is None:
                 bar.write(
                     f"no cdc-scorer is running pipeline {pipeline.name} now: the request waits "
                     "in the binlog until one does",
@@ -118,7 +149,7 @@ def follow(
             sleep(POLL_S)
     finally:
         bar.close()
-        close_quietly(conn)
+        tables.close()
 
 
 def cancel(
@@ -131,9 +162,9 @@ def cancel(
 ) -> RescoreJob:
     """End the re-score ``job_id`` (running: after the chunk under way; waiting: at once)
     through the running daemon; the job as it ended."""
-    conn = connect(spec.source)
+    tables = _Pipeline(spec, pipeline)
     try:
-        stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
+        stored = tables.stored()
         rescores = stored.checkpoint.rescores if stored is not None else None
         jobs = [] if rescores is None else [rescores.running, *rescores.queued]
         job = next((j for j in jobs if j is not None and j.id == job_id), None)
@@ -148,13 +179,13 @@ def cancel(
                 'cancelled (to go without it: snapshot = "never", and delete the pipeline\'s '
                 "checkpoint row)"
             )
-        request = request_cancel(conn, pipeline.name, job_id)
+        request = tables.signal(CANCEL, {"id": job_id})
         deadline = time.monotonic() + timeout_s
         while True:
-            stored = load_checkpoints(conn, [pipeline.name]).get(pipeline.name)
+            stored = tables.stored()
             ended = None if stored is None else _finished(stored.checkpoint.rescores, job_id)
             if ended is not None:
-                forget_signals(conn, [request, job_id])
+                tables.chunks().forget([request, job_id])
                 return ended
             if time.monotonic() > deadline:
                 raise FatalError(
@@ -163,4 +194,4 @@ def cancel(
                 )
             sleep(POLL_S)
     finally:
-        close_quietly(conn)
+        tables.close()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
+from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import RescoreJob, Rescores
 from cdc_scorer.core.rescoring import job_dict
-from cdc_scorer.core.spec import ScorerSpec
-from cdc_scorer.mysql.connection import Connection, mysql_errors, quote
-from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog
-from cdc_scorer.stores.mysql.checkpoints import current_position, load_checkpoints
-from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
-from cdc_scorer.stores.mysql.schema import DEAD_LETTER_TABLE
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.sources.registry import build_source
+from cdc_scorer.stores import Store, StoredCheckpoint
+from cdc_scorer.stores.registry import build_store
 
 
 @dataclass(frozen=True)
@@ -39,45 +39,44 @@ def job_summary(job: RescoreJob) -> dict[str, object]:
     return {k: v for k, v in job_dict(job).items() if k not in ("cursor", "check_types")}
 
 
-def pipeline_status(conn: Connection, spec: ScorerSpec) -> list[PipelineStatus]:
-    server: ServerInfo = preflight_binlog(conn, spec.source.positions)
-    now = current_position(conn, server)
-    names = [p.name for p in spec.pipelines]
-    saved = load_checkpoints(conn, names)
-    with mysql_errors("reading the time"), conn.cursor() as cursor:
-        cursor.execute("SELECT NOW(6)")
-        (db_now,) = cursor.fetchone() or (None,)
-    statuses = []
-    for pipeline in spec.pipelines:
-        with mysql_errors(f"counting rows of {pipeline.name}"), conn.cursor() as cursor:
-            cursor.execute(f"SELECT COUNT(*) FROM {quote(pipeline.predictions)}")
-            (predictions,) = cursor.fetchone() or (0,)
-            cursor.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(created_at > NOW(6) - INTERVAL 1 DAY), 0) "
-                f"FROM {DEAD_LETTER_TABLE} WHERE pipeline=%s",
-                (pipeline.name,),
-            )
-            dead, dead_24h = cursor.fetchone() or (0, 0)
-        found = saved.get(pipeline.name)
-        checkpoint = found.checkpoint if found else None
-        updated = found.updated_at if found else None
-        at = checkpoint.position if checkpoint else None
-        rescores = checkpoint.rescores if checkpoint else Rescores()
-        statuses.append(
-            PipelineStatus(
-                pipeline=pipeline.name,
-                snapshot_state=checkpoint.snapshot_state if checkpoint else "not started",
-                position=str(at) if at else None,
-                checkpoint_age_s=(db_now - updated).total_seconds() if updated and db_now else None,
-                transactions_behind=now.transactions_since(at) if at else None,
-                leader_connection=lock_holder(conn, lock_name(spec.source.database, pipeline.name)),
-                predictions=int(predictions),
-                dead_letters=int(dead),
-                dead_letters_24h=int(dead_24h),
-                stopped=found.stopped_reason if found else None,
-                rescore=None if rescores.running is None else job_summary(rescores.running),
-                rescores_queued=len(rescores.queued),
-                rescores_finished=tuple(job_summary(j) for j in rescores.finished),
-            )
-        )
-    return statuses
+def pipeline_status(spec: ScorerSpec) -> list[PipelineStatus]:
+    """Every pipeline of the configuration, as the source and the store tell it now."""
+    source = build_source(spec.source, spec.retry)
+    store = build_store(spec.source, spec.retry)
+    try:
+        source.preflight()
+        now = source.current_position()
+        saved = store.load_checkpoints([p.name for p in spec.pipelines], source.decode_position)
+        db_now = store.database_now()
+        return [_status(store, p, saved.get(p.name), now, db_now) for p in spec.pipelines]
+    finally:
+        store.close()
+
+
+def _status(
+    store: Store,
+    pipeline: PipelineSpec,
+    found: StoredCheckpoint | None,
+    now: Position,
+    db_now: datetime | None,
+) -> PipelineStatus:
+    counts = store.counts(pipeline)
+    checkpoint = found.checkpoint if found else None
+    updated = found.updated_at if found else None
+    at = checkpoint.position if checkpoint else None
+    rescores = checkpoint.rescores if checkpoint else Rescores()
+    return PipelineStatus(
+        pipeline=pipeline.name,
+        snapshot_state=checkpoint.snapshot_state if checkpoint else "not started",
+        position=str(at) if at else None,
+        checkpoint_age_s=(db_now - updated).total_seconds() if updated and db_now else None,
+        transactions_behind=now.transactions_since(at) if at else None,
+        leader_connection=counts.leader_connection,
+        predictions=counts.predictions,
+        dead_letters=counts.dead_letters,
+        dead_letters_24h=counts.dead_letters_24h,
+        stopped=found.stopped_reason if found else None,
+        rescore=None if rescores.running is None else job_summary(rescores.running),
+        rescores_queued=len(rescores.queued),
+        rescores_finished=tuple(job_summary(j) for j in rescores.finished),
+    )

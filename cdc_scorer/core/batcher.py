@@ -19,8 +19,10 @@ from operator import itemgetter
 from typing import Any
 
 from cdc_scorer.core.errors import inputs_gone, table_gone
+from cdc_scorer.core.own_tables import WINDOW_CLOSE, WINDOW_OPEN
 from cdc_scorer.core.positions import Position, TxId
 from cdc_scorer.core.records import (
+    END,
     Batch,
     Checkpoint,
     ColumnsGone,
@@ -34,8 +36,6 @@ from cdc_scorer.core.records import (
     TableTruncated,
 )
 from cdc_scorer.core.rescoring import (
-    WINDOW_CLOSE,
-    WINDOW_OPEN,
     Chunk,
     ChunkExchange,
     advance,
@@ -47,7 +47,35 @@ from cdc_scorer.core.spec import PipelineSpec
 
 CHECKPOINT_ONLY_INTERVAL_S = 1.0
 NUMBER_BYTES = 20  # a number or a date as request text, about (a double is ≤ 24 characters)
-END = None
+
+
+class AppliedBefore:
+    """Whether a transaction is covered by a checkpoint's position — asked once per
+    transaction: its rows arrive together and share the id object."""
+
+    def __init__(self, position: Position | None) -> None:
+        self._position = position
+        self._last_tx: TxId | None = None
+        self._last_answer = False
+
+    def __call__(self, tx: TxId | None) -> bool:
+        if tx is not self._last_tx:
+            self._last_tx = tx
+            self._last_answer = (
+                tx is not None and self._position is not None and self._position.includes(tx)
+            )
+        return self._last_answer
+
+
+def request_bytes(inputs: tuple[Any, ...], fixed_bytes: int) -> int:
+    """Approximate request bytes of a row: ``fixed_bytes`` (NUMBER_BYTES + 1 per input value)
+    plus the length of each text or binary value. Cheap on purpose: formatting every value to
+    measure it cost as much as formatting the request, and only long values make a batch big."""
+    size = fixed_bytes
+    for value in inputs:
+        if value.__class__ is str or value.__class__ is bytes:
+            size += len(value)
+    return size
 
 
 class Accumulator:
@@ -62,7 +90,6 @@ class Accumulator:
         key_columns: tuple[str, ...],
         checkpoint: Checkpoint,
         *,
-        applied: Position | None = None,
         exchange: ChunkExchange | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -76,11 +103,9 @@ class Accumulator:
         self._checkpoint = checkpoint
         # Transactions at or before the pipeline's own checkpoint were applied already (the
         # shared reader starts at the oldest checkpoint of all pipelines).
-        self._applied = applied if applied is not None else checkpoint.position
+        self._was_applied = AppliedBefore(checkpoint.position)
         self._clock = clock
         self._max_rows = pipeline.max_batch_rows
-        self._last_tx: TxId | None = None
-        self._last_tx_applied = False
         # The model's inputs of a row, as a tuple (one C call; missing columns are None).
         self._pick_inputs: Callable[[dict[str, Any]], tuple[Any, ...]] = _picker(self._inputs)
         self._pending: dict[tuple[object, ...], RowChange] = {}
@@ -100,16 +125,6 @@ class Accumulator:
             return None
         linger = self._pipeline.batching.linger_s
         return max(0.0, self._first_at + linger - self._clock())
-
-    def _was_applied(self, tx: TxId | None) -> bool:
-        """Whether transaction ``tx`` is covered by this pipeline's checkpoint (asked once per
-        transaction: its rows arrive together and share the id object)."""
-        if tx is not self._last_tx:
-            self._last_tx = tx
-            self._last_tx_applied = (
-                tx is not None and self._applied is not None and self._applied.includes(tx)
-            )
-        return self._last_tx_applied
 
     def accept(self, item: SourceItem) -> Batch | list[Batch] | None:
         """Take one item; the batch it completes, if any (a chunk's rows may complete
@@ -247,20 +262,9 @@ class Accumulator:
         if previous is not None:
             self._skipped["superseded"] += 1  # last version wins within a batch
         self._pending[change.key] = change
-        self._pending_bytes += self._size(
-            self._pick_inputs(change.values) if inputs is None else inputs
+        self._pending_bytes += request_bytes(
+            self._pick_inputs(change.values) if inputs is None else inputs, self._fixed_bytes
         )
-
-    def _size(self, inputs: tuple[Any, ...]) -> int:
-        """Approximate request bytes of a row: NUMBER_BYTES + 1 per input value, plus the
-        length of each text or binary value. Cheap on purpose: formatting every value to
-        measure it cost as much as formatting the request, and only long values make a batch
-        big."""
-        size = self._fixed_bytes
-        for value in inputs:
-            if value.__class__ is str or value.__class__ is bytes:
-                size += len(value)
-        return size
 
     def flush(self, force_checkpoint: bool = False) -> Batch | None:
         """The pending rows as a batch; with ``force_checkpoint`` also a batch of no rows when
@@ -305,12 +309,11 @@ class Batcher:
         inbox: asyncio.Queue[tuple[SourceItem, ...] | None],
         outbox: asyncio.Queue[Batch | None],
         *,
-        applied: Position | None = None,
         exchange: ChunkExchange | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
         self._accumulator = Accumulator(
-            pipeline, key_columns, checkpoint, applied=applied, exchange=exchange, on_chunk=on_chunk
+            pipeline, key_columns, checkpoint, exchange=exchange, on_chunk=on_chunk
         )
         self._inbox = inbox
         self._outbox = outbox

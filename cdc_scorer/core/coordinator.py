@@ -8,36 +8,26 @@ re-scores run beside it, their chunks merged into the stream at their watermarks
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
-from typing import Protocol
 
-from cdc_scorer.core.records import SourceItem
 from cdc_scorer.core.router import Router
 from cdc_scorer.ops.metrics import Telemetry
-
-
-class ChangeSource(Protocol):
-    """Source batches in source order (``source.binlog.BinlogSource``; a list in tests)."""
-
-    def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]: ...
-
-    def stop(self) -> None:
-        """Stop at the next transaction boundary; :meth:`changes` then ends."""
+from cdc_scorer.sources import ChangeStream
 
 
 class Coordinator:
     def __init__(
         self,
         router: Router,
-        open_stream: Callable[[], ChangeSource],
+        open_stream: Callable[[], ChangeStream],
         telemetry: Telemetry,
     ) -> None:
         self._router = router
         self._open_stream = open_stream
         self._telemetry = telemetry
         self._stop = asyncio.Event()
-        self._stream: ChangeSource | None = None
+        self._stream: ChangeStream | None = None
 
     def stop(self) -> None:
         """Stop intake; what was read is still routed, then the pipelines end."""

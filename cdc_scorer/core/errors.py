@@ -44,6 +44,11 @@ def inputs_gone(pipeline: str, table: str, columns: list[str]) -> PipelineStoppe
     )
 
 
+# The fix for a checkpoint that cannot be resumed (the checkpoint table is the store's,
+# always of this name).
+START_OVER = "delete the pipeline rows in cdc_scorer_checkpoint to start over with a snapshot"
+
+
 class ConfigError(FatalError):
     """Every problem of a configuration, reported at once."""
 

@@ -10,7 +10,7 @@ import structlog
 
 from cdc_scorer.core.batcher import Batcher
 from cdc_scorer.core.errors import CdcScorerError, PipelineStopped
-from cdc_scorer.core.records import Batch, Checkpoint, ScoredBatch, SourceItem
+from cdc_scorer.core.records import END, Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.sequencer import Sequencer
 from cdc_scorer.core.spec import PipelineSpec
@@ -85,6 +85,7 @@ class PipelineRunner:
 
     async def run(self) -> None:
         name = self.pipeline.name
+        stopped: str | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 chunks = None
@@ -96,21 +97,21 @@ class PipelineRunner:
                 await self._commit_in_order()
                 if chunks is not None:  # the stream ended: no chunk can be merged any more
                     chunks.cancel()
-        except* PipelineStopped as stopped:
+        except* PipelineStopped as exc:
             # This pipeline alone stops: what it committed stands, its checkpoint stays before
             # the change that stopped it, and the others go on.
-            reason = str(stopped.exceptions[0])
-            log.error("pipeline stopped", pipeline=name, reason=reason)
-            self._telemetry.on_pipeline_stopped(name, reason)
+            stopped = str(exc.exceptions[0])
+            log.error("pipeline stopped", pipeline=name, reason=stopped)
+            self._telemetry.on_pipeline_stopped(name, stopped)
             try:
-                await asyncio.to_thread(self._sink.stopped, reason)
-            except CdcScorerError as exc:  # status will not show it; the log line does
-                log.warning("could not record the stop", pipeline=name, error=str(exc))
-            self._sink.close()
-            while await self.inbox.get() is not None:
-                pass  # what the source still routes here is dropped, never blocking it
+                await asyncio.to_thread(self._sink.stopped, stopped)
+            except CdcScorerError as error:  # status will not show it; the log line does
+                log.warning("could not record the stop", pipeline=name, error=str(error))
         finally:
-            self._sink.close()
+            self._sink.close()  # and its leader lock with it
+        if stopped is not None:
+            while await self.inbox.get() is not END:
+                pass  # what the source still routes here is dropped, never blocking it
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while (batch := await self._batches.get()) is not None:

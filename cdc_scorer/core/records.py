@@ -95,7 +95,19 @@ class TableGone:
     statement: str  # the DDL, as logged (shortened)
 
 
+# Ends a pipeline's inbox, and its queue of batches: no more items.
+END = None
+
 SourceItem = RowChange | Commit | Signal | TableTruncated | TableAltered | TableGone | ColumnsGone
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A source table as the store found it."""
+
+    name: str
+    column_types: dict[str, str]  # name → the server's column type, in table order
+    key_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)

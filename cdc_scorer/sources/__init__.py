@@ -1,0 +1,89 @@
+"""Sources: the plug point of change logs (MySQL/MariaDB binlog; PostgreSQL logical
+replication and Debezium topics to come).
+
+A source checks that its change log can be read, tells the position now, whether a stored
+position can still be resumed, how its positions are written into a checkpoint and read back,
+and opens a stream of source items (``core.records.SourceItem``: row changes and transaction
+boundaries, in commit order) from a position. Each implementation is a package of its own,
+registered by engine name in ``sources/registry.py``; the core never names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cdc_scorer.core.positions import Position
+from cdc_scorer.core.records import SourceItem, TableInfo
+from cdc_scorer.core.spec import PipelineSpec
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What a stream carries: each captured table with its key columns, and the columns read
+    downstream (None: all; a source may leave the others undecoded)."""
+
+    key_columns: Mapping[str, tuple[str, ...]]
+    read_columns: Mapping[str, frozenset[str] | None]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """The server a source reads, as preflight found it."""
+
+    identity: str  # kept with every checkpoint: a position belongs to one history
+    description: str  # for the log: the server's version
+
+
+@dataclass(frozen=True)
+class StreamHooks:
+    """What a stream reports as it goes (the daemon's telemetry)."""
+
+    on_connect: Callable[[], None] | None = None
+    on_disconnect: Callable[[], None] | None = None
+    on_rows: Callable[[str, str, int], None] | None = None  # table, operation, rows read
+
+
+class ChangeStream(Protocol):
+    """Source items in commit order (``tuple`` batches of one table's rows, or a boundary)."""
+
+    def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]: ...
+
+    def stop(self) -> None:
+        """Stop at the next transaction boundary; :meth:`changes` then ends."""
+
+    def queue_depth(self) -> int:
+        """Items read and not yet taken (the queue-depth gauge)."""
+
+
+class Source(Protocol):
+    """A change log. The blocking methods open their own connections: run them in a thread."""
+
+    def preflight(self) -> SourceInfo:
+        """The change log can be read as the scorer needs it, or ``FatalError`` naming the
+        setting and its fix."""
+
+    def settings(self) -> list[tuple[str, str | None]]:
+        """Each setting the scorer needs, with its problem and fix (None: fine) — `check`."""
+
+    def probe(self) -> None:
+        """Read from the change log now (proves the grants) — `check`."""
+
+    def current_position(self) -> Position:
+        """The position now: where a new pipeline starts streaming."""
+
+    def check_resumable(self, position: Position) -> None:
+        """``FatalError`` with the cause and the fix unless the stream can resume at
+        ``position`` on this server."""
+
+    def decode_position(self, server_identity: str, text: str) -> Position:
+        """A checkpoint's position read back (the inverse of ``Position.encode``)."""
+
+    def warnings(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        """Settings that would dead-letter some pipeline's rows (`run` logs, `check` fails)."""
+
+    def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
+        """The stream from ``start`` (a position :meth:`check_resumable` accepted)."""

@@ -24,8 +24,7 @@ from cdc_scorer.local.churn_model import ChurnModel
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.mysql.connection import connect
-from cdc_scorer.stores.mysql.schema import init_schema
+from cdc_scorer.stores.registry import build_store
 
 
 def write_config(
@@ -74,9 +73,9 @@ def write_config(
 
 def init_scorer(spec: ScorerSpec) -> None:
     """`cdc-scorer init` for ``spec``: the scorer's tables and views."""
-    conn = connect(spec.source)
-    init_schema(conn, spec)
-    conn.close()
+    store = build_store(spec.source, spec.retry)
+    store.init(spec.pipelines)
+    store.close()
 
 
 def create_database(server: DatabaseServer, database: str) -> None:

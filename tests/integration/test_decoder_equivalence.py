@@ -25,12 +25,12 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import HeartbeatLogEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc_scorer.core.positions import Position
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.events import row_changes
+from cdc_scorer.sources.binlog.positions import BinlogPosition
+from cdc_scorer.sources.binlog.resume import current_position
 from cdc_scorer.sources.binlog.server import server_info
-from cdc_scorer.stores.mysql.checkpoints import current_position
 from tests.conftest import source_of
 
 # MariaDB's latin1 is cp1252: the C1 controls other than its five holes are not in it.
@@ -149,11 +149,13 @@ def schema(request: pytest.FixtureRequest) -> Iterator[tuple[DatabaseServer, str
     conn.close()
 
 
-def _position(conn: Any) -> Position:
-    return current_position(conn, server_info(conn)[0])
+def _position(conn: Any) -> BinlogPosition:
+    position = current_position(conn, server_info(conn)[0])
+    assert isinstance(position, BinlogPosition)
+    return position
 
 
-def _stream(server: DatabaseServer, start: Position, server_id: int, **options: Any) -> Any:
+def _stream(server: DatabaseServer, start: BinlogPosition, server_id: int, **options: Any) -> Any:
     return BinLogStreamReader(
         connection_settings={"host": server.host, "port": server.port, "user": "root"},
         server_id=server_id,
@@ -165,11 +167,11 @@ def _stream(server: DatabaseServer, start: Position, server_id: int, **options: 
 
 
 def _read(
-    server: DatabaseServer, database: str, start: Position, decoder: FastRowsDecoder | None
+    server: DatabaseServer, database: str, start: BinlogPosition, decoder: FastRowsDecoder | None
 ) -> tuple[list[Any], Counter[str]]:
     """Every row change of the stretch after ``start`` — (table, op, key, values, before) —
     and the rows events read per table. The stretch ends at the marker table's row: MySQL
-    sends a heartbeat at once when auto-positioning skips what was executed (§7b)."""
+    sends a heartbeat at once when auto-positioning skips what was executed."""
     stream = _stream(
         server,
         start,

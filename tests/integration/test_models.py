@@ -107,7 +107,7 @@ def test_tables_of_an_older_release_get_their_new_columns_from_init(
     create_database(mariadb, database)
     spec = write_config(tmp_path / "s.toml", mariadb, database, "http://127.0.0.1:9")
     conn = connect(spec.source)
-    init_schema(conn, spec)
+    init_schema(conn, database, spec.pipelines)
     with conn.cursor() as cursor:  # as the previous release made it
         cursor.execute("DROP VIEW churn_scored")
         cursor.execute("ALTER TABLE churn_predictions DROP COLUMN model_version")
@@ -117,12 +117,12 @@ def test_tables_of_an_older_release_get_their_new_columns_from_init(
         match=r"columns churn_predictions.model_version, cdc_scorer_checkpoint.stopped_reason "
         r"are missing",
     ):
-        check_schema(conn, spec)
-    statements = init_schema(conn, spec)
+        check_schema(conn, database, spec.pipelines)
+    statements = init_schema(conn, database, spec.pipelines)
     assert any("ADD COLUMN `model_version`" in s for s in statements)
     assert any("ADD COLUMN `stopped_reason`" in s for s in statements)
-    check_schema(conn, spec)  # now complete
-    assert init_schema(conn, spec)  # and init stays idempotent
+    check_schema(conn, database, spec.pipelines)  # now complete
+    assert init_schema(conn, database, spec.pipelines)  # and init stays idempotent
     conn.close()
 
 

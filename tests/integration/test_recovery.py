@@ -2,7 +2,7 @@
 (batcher, sequencer, the SageMaker scorer on the local endpoint over HTTP), "crash" the sink at
 its Nth write, run again from the checkpoint it kept, and assert exactly what was replayed.
 
-The source and the sink are the two seams (``coordinator.ChangeSource``,
+The source and the sink are the two seams (``sources.ChangeStream``,
 ``pipeline.BatchSink``); everything between them is the product's.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from cdc_scorer.core.coordinator import Coordinator
 from cdc_scorer.core.pipeline import PipelineRunner
-from cdc_scorer.core.positions import BinlogCoordinate, Gtid, MariadbGtidPosition, Position, TxId
+from cdc_scorer.core.positions import TxId
 from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
@@ -38,6 +38,12 @@ from cdc_scorer.services import Scorer
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.services.sagemaker import SageMakerSpec
+from cdc_scorer.sources.binlog.positions import (
+    BinlogCoordinate,
+    BinlogPosition,
+    Gtid,
+    MariadbGtidPosition,
+)
 
 AT = datetime(2026, 11, 25, 12, 0, 0)
 SERVER = "mariadb:server_id=1"
@@ -62,7 +68,7 @@ def transactions() -> list[tuple[SourceItem, ...]]:
     """Source batches as the reader hands them over: each transaction's rows, then its commit.
     Every row has its own key, so no batch merges two versions of one row."""
     rows = list(ChurnRowGenerator(seed=11).rows(TRANSACTIONS * ROWS_PER_TRANSACTION))
-    position: Position = MariadbGtidPosition(SERVER)
+    position: BinlogPosition = MariadbGtidPosition(SERVER)
     out: list[tuple[SourceItem, ...]] = []
     for seq in range(1, TRANSACTIONS + 1):
         tx = Gtid(0, 1, seq)
@@ -74,7 +80,7 @@ def transactions() -> list[tuple[SourceItem, ...]]:
 
 
 class ListSource:
-    """A ``ChangeSource`` over a list: what a binlog reader would hand over, in order."""
+    """A ``ChangeStream`` over a list: what a binlog reader would hand over, in order."""
 
     def __init__(self, items: list[tuple[SourceItem, ...]]) -> None:
         self._items = items
@@ -88,6 +94,9 @@ class ListSource:
 
     def stop(self) -> None:
         self._stopped = True
+
+    def queue_depth(self) -> int:
+        return 0
 
 
 @dataclass

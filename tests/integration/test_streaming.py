@@ -16,7 +16,6 @@ from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
-from cdc_scorer.mysql.connection import connect
 from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     Running,
@@ -494,8 +493,4 @@ def _streaming_churn(
 
 
 def _status(spec: ScorerSpec) -> list[PipelineStatus]:
-    conn = connect(spec.source)
-    try:
-        return pipeline_status(conn, spec)
-    finally:
-        conn.close()
+    return pipeline_status(spec)

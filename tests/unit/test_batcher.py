@@ -6,7 +6,6 @@ import asyncio
 from datetime import datetime
 
 from cdc_scorer.core.batcher import NUMBER_BYTES, Batcher
-from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
 from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
@@ -17,6 +16,7 @@ from cdc_scorer.core.records import (
 )
 from cdc_scorer.core.spec import BatchingSpec, PipelineSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec
+from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition
 
 AT = datetime(2026, 11, 24, 12, 0, 0)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_scorer.core.positions import (
+from cdc_scorer.core.checkpoints import stream_start
+from cdc_scorer.core.positions import oldest_position
+from cdc_scorer.core.records import Checkpoint
+from cdc_scorer.sources.binlog.positions import (
     BinlogCoordinate,
     FilePosition,
     Gtid,
@@ -12,11 +15,8 @@ from cdc_scorer.core.positions import (
     MariadbGtidPosition,
     MysqlGtid,
     MysqlGtidSetPosition,
-    decode_position,
-    oldest_position,
+    decode_binlog_position,
 )
-from cdc_scorer.core.records import Checkpoint
-from cdc_scorer.stores.mysql.checkpoints import stream_start
 
 A = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 B = "4f22fa47-71ca-11e1-9e33-c80aa9429563"
@@ -39,20 +39,20 @@ def test_mysql_position_moves_and_round_trips() -> None:
     start = MysqlGtidSetPosition("mysql:x", GtidSet.parse(f"{A}:1-3"))
     later = start.after(MysqlGtid(A, 4), END)
     assert later.encode() == f"mysqlgtid:{A}:1-4"
-    assert decode_position("mysql:x", later.encode()) == later
+    assert decode_binlog_position("mysql:x", later.encode()) == later
     assert later.includes(MysqlGtid(A, 4)) and not start.includes(MysqlGtid(A, 4))
     assert later.reader_start() == {"is_mariadb": False, "auto_position": f"{A}:1-4"}
     assert later.transactions_since(start) == 1
     # An empty set (no GTID transaction yet) starts at the end, by auto-positioning.
     empty = MysqlGtidSetPosition("mysql:x")
     assert empty.reader_start() == {"is_mariadb": False, "auto_position": None}
-    assert decode_position("mysql:x", empty.encode()) == empty
+    assert decode_binlog_position("mysql:x", empty.encode()) == empty
     # The oldest of several pipelines' positions is where a shared reader starts.
     assert stream_start([Checkpoint(later), Checkpoint(start)]) == start
 
 
 def test_mariadb_positions() -> None:
-    state = decode_position("mariadb:server_id=1", "gtid:0-1-10,1-1-3")
+    state = decode_binlog_position("mariadb:server_id=1", "gtid:0-1-10,1-1-3")
     assert isinstance(state, MariadbGtidPosition)
     assert state.includes(Gtid(0, 1, 10)) and not state.includes(Gtid(0, 1, 11))
     assert not state.includes(Gtid(2, 1, 1))  # a domain it has not seen
@@ -62,17 +62,17 @@ def test_mariadb_positions() -> None:
     assert after.transactions_since(state) == 1
     assert MariadbGtidPosition("m").reader_start() == {"is_mariadb": True, "auto_position": None}
     # A domain one pipeline has not seen is read from its start: the oldest leaves it out.
-    other = decode_position("mariadb:server_id=1", "gtid:0-1-4")
+    other = decode_binlog_position("mariadb:server_id=1", "gtid:0-1-4")
     assert oldest_position([state, other]).encode() == "gtid:0-1-4"
 
 
 def test_file_positions() -> None:
-    at = decode_position("mysql:x", "file:binlog.000002:400")
+    at = decode_binlog_position("mysql:x", "file:binlog.000002:400")
     assert at == FilePosition("mysql:x", "binlog.000002", 400)
     assert at.includes(BinlogCoordinate("binlog.000002", 399))  # started before the end
     assert not at.includes(BinlogCoordinate("binlog.000002", 400))
     assert at.includes(BinlogCoordinate("binlog.000001", 9_999))
-    assert decode_position("mysql:x", at.encode()) == at
+    assert decode_binlog_position("mysql:x", at.encode()) == at
     assert at.after(BinlogCoordinate("binlog.000002", 410), END) == FilePosition(
         "mysql:x", END.log_file, END.log_pos
     )
@@ -86,4 +86,4 @@ def test_positions_of_different_kinds_or_none_are_refused() -> None:
     with pytest.raises(ValueError, match="different kinds"):
         oldest_position([FilePosition("x", "b.1", 4), MariadbGtidPosition("x")])
     with pytest.raises(ValueError, match="unknown position encoding"):
-        decode_position("x", "lsn:0/16B3748")
+        decode_binlog_position("x", "lsn:0/16B3748")

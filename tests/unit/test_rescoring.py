@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from cdc_scorer.core.batcher import Accumulator
-from cdc_scorer.core.positions import Gtid, MariadbGtidPosition
+from cdc_scorer.core.own_tables import RESCORE, WINDOW_CLOSE, WINDOW_OPEN
 from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
@@ -22,9 +22,6 @@ from cdc_scorer.core.records import (
     TableTruncated,
 )
 from cdc_scorer.core.rescoring import (
-    RESCORE,
-    WINDOW_CLOSE,
-    WINDOW_OPEN,
     Chunk,
     ChunkExchange,
     cancel,
@@ -36,6 +33,7 @@ from cdc_scorer.core.rescoring import (
 from cdc_scorer.core.spec import BatchingSpec, PipelineSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec
 from cdc_scorer.sources.binlog.events import EVERY_TABLE, gone_tables
+from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition
 
 AT = datetime(2026, 11, 25, 6, 0, 0)
 SPEC = PipelineSpec(

@@ -2,7 +2,7 @@
 
 python-mysql-replication decodes every column of every row through one generic function
 (``__read_values_name``: a chain of type tests, a method call and a ``struct.unpack`` per
-value), which holds the reader to ~7k update rows/s of churn rows (ARCHITECTURE §7). Here,
+value), which holds the reader to ~7k update rows/s of churn rows (docs/architecture.md). Here,
 once per table map, the column types and metadata become the source of one straight-line
 function per row image: runs of fixed-width columns are read with one precompiled ``struct``
 format, strings are sliced and decoded with their charset's codec, columns no pipeline reads
@@ -22,7 +22,7 @@ import datetime
 import decimal
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,7 @@ class TablePlan:
 class FastRowsDecoder:
     """Rows event → list of row images (dicts), with a plan per table map, cached."""
 
-    def __init__(self, wanted: dict[str, frozenset[str] | None]) -> None:
+    def __init__(self, wanted: Mapping[str, frozenset[str] | None]) -> None:
         # Per table, the columns the pipelines read (None: all of them).
         self._wanted = wanted
         self._plans: dict[int, tuple[Any, TablePlan | None]] = {}

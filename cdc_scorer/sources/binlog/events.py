@@ -9,7 +9,7 @@ map, an event it cannot read — into an item or one clear error. Never a silent
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
@@ -34,14 +34,7 @@ from pymysqlreplication.row_event import (
 )
 
 from cdc_scorer.core.errors import FatalError, RetriableError
-from cdc_scorer.core.positions import (
-    BinlogCoordinate,
-    FilePosition,
-    Gtid,
-    MysqlGtid,
-    Position,
-    TxId,
-)
+from cdc_scorer.core.positions import TxId
 from cdc_scorer.core.records import (
     ColumnsGone,
     Commit,
@@ -54,6 +47,13 @@ from cdc_scorer.core.records import (
 )
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
+from cdc_scorer.sources.binlog.positions import (
+    BinlogCoordinate,
+    BinlogPosition,
+    FilePosition,
+    Gtid,
+    MysqlGtid,
+)
 
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
 # The events TransactionReader handles: the reader asks the library for exactly these.
@@ -184,9 +184,9 @@ class TransactionReader:
     def __init__(
         self,
         database: str,
-        key_columns: dict[str, tuple[str, ...]],
-        read_columns: dict[str, frozenset[str] | None],
-        start: Position,
+        key_columns: Mapping[str, tuple[str, ...]],
+        read_columns: Mapping[str, frozenset[str] | None],
+        start: BinlogPosition,
         decoder: FastRowsDecoder | None,
         emit: Callable[[SourceBatch], None],
         flush: Callable[[], None],
@@ -349,9 +349,11 @@ class TransactionReader:
                 f"by cdc-scorer, and it may change captured tables: {fix}"
             )
 
-    def _commit(self, stream: BinLogStreamReader, tx: TxId, end: BinlogCoordinate) -> Position:
+    def _commit(
+        self, stream: BinLogStreamReader, tx: TxId, end: BinlogCoordinate
+    ) -> BinlogPosition:
         """The position after ``tx`` commits; the library's own reconnect must resume there
-        (its ``auto_position`` never advances by itself: ARCHITECTURE §7)."""
+        (its ``auto_position`` never advances by itself: docs/architecture.md, library traps)."""
         position = self.position.after(tx, end)
         if position.auto_position is not None:
             stream.auto_position = position.auto_position

@@ -1,7 +1,7 @@
-"""The binlog source: BinLogStreamReader in a dedicated thread feeding a bounded asyncio queue.
+"""The binlog stream: BinLogStreamReader in a dedicated thread feeding a bounded asyncio queue.
 
 Rows events are decoded in the reader thread and handed over whole, a transaction at a time
-(per-row handover costs ~20 %, ARCHITECTURE §7; a hand-over that waited for the event loop on
+(per-row handover costs ~20 %, docs/architecture.md; a hand-over that waited for the event loop on
 every event held the reader to ~2k rows/s). Positions are emitted only at transaction
 boundaries (XID / COMMIT / DDL); the reader reconnects itself from the last boundary it saw.
 """
@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
 import structlog
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import RotateEvent
 
 from cdc_scorer.core.errors import RetriableError
-from cdc_scorer.core.positions import Position
 from cdc_scorer.core.retry import backoff_s
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import connection_settings, mysql_errors, opener
+from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.events import READ_EVENTS, SourceBatch, TransactionReader
+from cdc_scorer.sources.binlog.positions import BinlogPosition
 
 log = structlog.get_logger("cdc_scorer.source")
 
@@ -85,54 +85,48 @@ class Handover:
         return self._waiting_rows
 
 
-@dataclass(frozen=True)
-class CaptureSpec:
-    """What to capture: tables with their key columns (the heartbeat table has a key too)."""
-
-    key_columns: dict[str, tuple[str, ...]]
-    # The columns read downstream, per table (None or missing: all); the others stay undecoded.
-    read_columns: dict[str, frozenset[str] | None] | None = None
-
-
-class BinlogSource:
-    """Reads from ``start`` and puts tuples of items into ``queue`` until stopped."""
+class BinlogStream:
+    """Reads from ``start`` and hands tuples of items over to :meth:`changes` until stopped
+    (the ``ChangeStream`` of the binlog source)."""
 
     def __init__(
         self,
         source: SourceSpec,
-        capture: CaptureSpec,
-        start: Position,
-        handover: Handover,
+        capture: Capture,
+        start: BinlogPosition,
         *,
         retry: RetrySpec,
-        on_disconnect: Callable[[], None] | None = None,
-        on_connect: Callable[[], None] | None = None,
-        on_rows: Callable[[str, str, int], None] | None = None,
+        hooks: StreamHooks | None = None,
     ) -> None:
+        hooks = hooks or StreamHooks()
         self._source = source
         self._capture = capture
-        self._handover = handover
+        self._handover = Handover(source.queue_max_rows)
         self._retry = retry
-        decoder = FastRowsDecoder(capture.read_columns or {}) if source.decoder == "fast" else None
+        decoder = FastRowsDecoder(capture.read_columns) if source.decoder == "fast" else None
         self._events = TransactionReader(
             source.database,
             capture.key_columns,
-            capture.read_columns or {},
+            capture.read_columns,
             start,
             decoder,
             self._put,
             self._flush,
-            on_rows,
+            hooks.on_rows,
         )
         self._part: list[SourceBatch] = []
         self._part_rows = 0
         self._stop = threading.Event()  # stop at the next transaction boundary
         self._abort = threading.Event()  # stop now (the task was cancelled)
-        self._on_disconnect = on_disconnect
-        self._on_connect = on_connect
+        self._on_disconnect = hooks.on_disconnect
+        self._on_connect = hooks.on_connect
+
+    def queue_depth(self) -> int:
+        """Row changes read and not yet taken."""
+        return self._handover.qsize()
 
     @property
-    def _position(self) -> Position:
+    def _position(self) -> BinlogPosition:
         """The last commit read: where a new connection starts."""
         return self._events.position
 
@@ -188,7 +182,8 @@ class BinlogSource:
             # library clears its table map at each rotation, where a restarted server may reuse
             # ids; _read clears it at every rotate event too).
             freeze_schema=True,
-            only_schemas=[self._source.database],  # only_tables matches bare names (§7)
+            # only_tables matches bare names: without only_schemas, any database's table.
+            only_schemas=[self._source.database],
             only_tables=list(self._capture.key_columns),
             only_events=list(READ_EVENTS),
             filter_non_implemented_events=False,
@@ -253,7 +248,7 @@ class BinlogSource:
             self._handover.put(part, rows, self._abort)
 
 
-def probe_replication(source: SourceSpec, start: Position) -> None:
+def probe_replication(source: SourceSpec, start: BinlogPosition) -> None:
     """Open a binlog stream at ``start`` and read what is there (proves the replication grant)."""
     stream = BinLogStreamReader(
         connection_settings=connection_settings(source),

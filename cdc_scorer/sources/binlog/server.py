@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.core.positions import FilePosition, MariadbGtidPosition, MysqlGtidSetPosition
 from cdc_scorer.mysql.connection import Connection, mysql_errors
+from cdc_scorer.sources.binlog.positions import (
+    FilePosition,
+    MariadbGtidPosition,
+    MysqlGtidSetPosition,
+)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysq
 log = structlog.get_logger("cdc_scorer.stores.mysql.heartbeat")
 
 
-class Heartbeat:
+class MysqlHeartbeat:
     """Writes ``beat_at = NOW(6)`` for ``instance`` until cancelled.
 
     A lost connection is retried at the next beat; a fatal error (a missing table, a missing

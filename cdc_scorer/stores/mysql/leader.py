@@ -7,16 +7,9 @@ before it writes. ``GET_LOCK`` needs no privilege and works on Aurora, RDS and M
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import Sequence
-from typing import Protocol
-
-import structlog
 
 from cdc_scorer.mysql.connection import Connection, mysql_errors
-
-log = structlog.get_logger("cdc_scorer.stores.mysql.leader")
 
 _MAX_LOCK_NAME = 64  # MySQL's and MariaDB's limit
 
@@ -42,31 +35,3 @@ def lock_holder(conn: Connection, name: str) -> int | None:
         cursor.execute("SELECT IS_USED_LOCK(%s)", (name,))
         row = cursor.fetchone()
     return None if row is None or row[0] is None else int(row[0])
-
-
-class Contender(Protocol):
-    """Something that holds a leader lock on its own connection (the pipeline's sink)."""
-
-    lock: str
-
-    def try_lead(self, wait_s: float) -> bool: ...
-
-
-async def lead(
-    contenders: Sequence[Contender], stopping: asyncio.Event, poll_s: float = 1.0
-) -> bool:
-    """Take every lock, in lock-name order (two instances cannot deadlock), each re-asked every
-    ``poll_s``: a standby waits here until the leader dies or stops. False if ``stopping`` is
-    set first."""
-    waiting_logged = False
-    for contender in sorted(contenders, key=lambda c: c.lock):
-        while not await asyncio.to_thread(contender.try_lead, poll_s):
-            if stopping.is_set():
-                return False
-            if not waiting_logged:
-                log.info("standby: another instance holds the leader lock", lock=contender.lock)
-                waiting_logged = True
-        if stopping.is_set():
-            return False
-    log.info("leader", locks=sorted(c.lock for c in contenders))
-    return True

@@ -3,43 +3,40 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.core.rescoring import SIGNAL_DDL, SIGNAL_TABLE
-from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.core.own_tables import (
+    CHECKPOINT_TABLE,
+    DEAD_LETTER_TABLE,
+    HEARTBEAT_TABLE,
+    OWN_TABLES,
+)
+from cdc_scorer.core.records import TableInfo
+from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.mysql.connection import Connection, mysql_errors, quote
 from cdc_scorer.services import PredictionColumn
-from cdc_scorer.sources.binlog.server import ServerInfo
-from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL, CHECKPOINT_TABLE
-
-DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
-HEARTBEAT_TABLE = "cdc_scorer_heartbeat"
-OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE)
+from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL
+from cdc_scorer.stores.mysql.signals import SIGNAL_DDL
 
 
-@dataclass(frozen=True)
-class TableInfo:
-    name: str
-    column_types: dict[str, str]  # name → COLUMN_TYPE, in table order
-    key_columns: tuple[str, ...]
-
-
-def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:
+def inspect_tables(
+    conn: Connection, database: str, pipelines: Sequence[PipelineSpec]
+) -> dict[str, TableInfo]:
     """Each pipeline's source table, its columns and key; every problem listed at once."""
     problems: list[str] = []
     tables: dict[str, TableInfo] = {}
     with mysql_errors("reading the source tables' columns"), conn.cursor() as cursor:
-        for index, pipeline in enumerate(spec.pipelines):
+        for index, pipeline in enumerate(pipelines):
             cursor.execute(
                 "SELECT COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
                 "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION",
-                (spec.source.database, pipeline.table),
+                (database, pipeline.table),
             )
             rows = cursor.fetchall()
             if not rows:
                 problems.append(
-                    f"pipelines.{index}.table: table {spec.source.database}.{pipeline.table} "
+                    f"pipelines.{index}.table: table {database}.{pipeline.table} "
                     "does not exist (or the user cannot see it) — create it or fix the name"
                 )
                 continue
@@ -50,7 +47,7 @@ def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:
                 cursor.execute(
                     "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s "
                     "AND TABLE_NAME=%s AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX",
-                    (spec.source.database, pipeline.table),
+                    (database, pipeline.table),
                 )
                 key = tuple(str(r[0]) for r in cursor.fetchall())
                 if not key:
@@ -74,31 +71,6 @@ def inspect_tables(conn: Connection, spec: ScorerSpec) -> dict[str, TableInfo]:
     return tables
 
 
-def partial_json_inputs(
-    server: ServerInfo, spec: ScorerSpec, tables: dict[str, TableInfo]
-) -> list[str]:
-    """With binlog_row_value_options=PARTIAL_JSON, each pipeline whose model reads a JSON
-    column: such rows are dead-lettered when an update logs only a diff of that column."""
-    if "PARTIAL_JSON" not in server.row_value_options.upper():
-        return []
-    problems = []
-    for pipeline in spec.pipelines:
-        table = tables.get(pipeline.table)
-        if table is None:
-            continue
-        json_inputs = [
-            c for c in pipeline.input_columns if table.column_types.get(c, "").lower() == "json"
-        ]
-        if json_inputs:
-            problems.append(
-                f"pipeline {pipeline.name} reads JSON column {', '.join(json_inputs)}, and "
-                "binlog_row_value_options=PARTIAL_JSON logs JSON updates as diffs (such rows "
-                "become dead letters): set binlog_row_value_options='' in the DB parameter "
-                "group / my.cnf"
-            )
-    return problems
-
-
 def _column_definition(column: PredictionColumn) -> str:
     """A prediction column in MySQL's types."""
     sql_type = f"VARCHAR({column.length})" if column.kind == "label" else "DOUBLE"
@@ -109,7 +81,7 @@ def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
     return tuple(c.name for c in pipeline.model.prediction_columns())
 
 
-def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[str]:
+def schema_statements(pipelines: Sequence[PipelineSpec], tables: dict[str, TableInfo]) -> list[str]:
     """Idempotent DDL for the scorer's tables and views."""
     statements = [
         CHECKPOINT_DDL,
@@ -130,7 +102,7 @@ def schema_statements(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[st
   beat_at DATETIME(6) NOT NULL
 ) ENGINE=InnoDB CHARACTER SET utf8mb4""",
     ]
-    for pipeline in spec.pipelines:
+    for pipeline in pipelines:
         table = tables[pipeline.table]
         key_defs = [f"{quote(c)} {table.column_types[c]} NULL" for c in table.key_columns]
         # The key's hash is the primary key: keys of any type/length (VARCHAR(2048)) fit.
@@ -191,16 +163,16 @@ ADDED_CHECKPOINT_COLUMNS = (
 )
 
 
-def init_schema(conn: Connection, spec: ScorerSpec) -> list[str]:
-    tables = inspect_tables(conn, spec)
-    statements = schema_statements(spec, tables)
+def init_schema(conn: Connection, database: str, pipelines: Sequence[PipelineSpec]) -> list[str]:
+    tables = inspect_tables(conn, database, pipelines)
+    statements = schema_statements(pipelines, tables)
     views = [s for s in statements if s.startswith("CREATE OR REPLACE VIEW")]
     creates = [s for s in statements if s not in views]
     _execute(conn, creates)
     # A view names its tables' columns: tables made by an older version get theirs first.
     added = [
         f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {definition} AFTER {quote(after)}"
-        for table, name, definition, after in _missing_columns(conn, spec)
+        for table, name, definition, after in _missing_columns(conn, database, pipelines)
     ]
     _execute(conn, [*added, *views])
     return [*creates, *added, *views]
@@ -213,11 +185,13 @@ def _execute(conn: Connection, statements: list[str]) -> None:
                 cursor.execute(statement)
 
 
-def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str, str, str]]:
+def _missing_columns(
+    conn: Connection, database: str, pipelines: Sequence[PipelineSpec]
+) -> list[tuple[str, str, str, str]]:
     """(table, column, definition, after) for each added column a predictions table lacks."""
     missing = []
     tables: list[tuple[str, tuple[tuple[str, str, str], ...]]] = [
-        (p.predictions, ADDED_COLUMNS) for p in spec.pipelines
+        (p.predictions, ADDED_COLUMNS) for p in pipelines
     ]
     tables.append((CHECKPOINT_TABLE, ADDED_CHECKPOINT_COLUMNS))
     with mysql_errors("reading the scorer tables' columns"), conn.cursor() as cursor:
@@ -225,7 +199,7 @@ def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str,
             cursor.execute(
                 "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
                 "AND TABLE_NAME=%s",
-                (spec.source.database, table),
+                (database, table),
             )
             present = {str(r[0]) for r in cursor.fetchall()}
             if not present:
@@ -238,18 +212,18 @@ def _missing_columns(conn: Connection, spec: ScorerSpec) -> list[tuple[str, str,
     return missing
 
 
-def check_schema(conn: Connection, spec: ScorerSpec) -> None:
+def check_schema(conn: Connection, database: str, pipelines: Sequence[PipelineSpec]) -> None:
     """The scorer's own tables exist (``cdc-scorer init`` makes them)."""
-    wanted = [*OWN_TABLES, *(p.predictions for p in spec.pipelines)]
+    wanted = [*OWN_TABLES, *(p.predictions for p in pipelines)]
     with mysql_errors("listing the scorer's tables"), conn.cursor() as cursor:
         cursor.execute(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s",
-            (spec.source.database,),
+            (database,),
         )
         present = {str(r[0]) for r in cursor.fetchall()}
     missing = [t for t in wanted if t not in present]
     if not missing:
-        columns = _missing_columns(conn, spec)
+        columns = _missing_columns(conn, database, pipelines)
         if columns:
             names = ", ".join(f"{table}.{name}" for table, name, _, _ in columns)
             raise FatalError(
@@ -258,6 +232,6 @@ def check_schema(conn: Connection, spec: ScorerSpec) -> None:
             )
     if missing:
         raise FatalError(
-            f"tables {', '.join(missing)} are missing in {spec.source.database}: "
+            f"tables {', '.join(missing)} are missing in {database}: "
             "run `cdc-scorer init --config FILE` first"
         )

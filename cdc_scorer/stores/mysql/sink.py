@@ -19,10 +19,12 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cdc_scorer.core.errors import FatalError, RetriableError
+from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
 from cdc_scorer.core.records import Checkpoint, ScoredBatch
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.stores import PositionDecoder
 from cdc_scorer.stores.mysql.checkpoints import (
     CHECKPOINT_UPSERT,
     checkpoint_row,
@@ -30,11 +32,7 @@ from cdc_scorer.stores.mysql.checkpoints import (
     record_stop,
 )
 from cdc_scorer.stores.mysql.leader import try_lock
-from cdc_scorer.stores.mysql.schema import (
-    DEAD_LETTER_TABLE,
-    prediction_value_columns,
-    view_statement,
-)
+from cdc_scorer.stores.mysql.schema import prediction_value_columns, view_statement
 
 
 def key_json(key: tuple[Any, ...]) -> str:
@@ -94,12 +92,12 @@ class Sink:
         source: SourceSpec,
         pipeline: PipelineSpec,
         key_columns: tuple[str, ...],
-        model_endpoint: str,
         server_identity: str,
         retry: RetrySpec,
         on_retry: Callable[[str, RetriableError], None] | None = None,
         *,
         lock: str,
+        decode: PositionDecoder,
     ) -> None:
         self.lock = lock
         self._leading = False
@@ -108,7 +106,8 @@ class Sink:
         self._source = source
         self._pipeline = pipeline
         self._key_columns = key_columns
-        self._model_endpoint = model_endpoint
+        self._model_endpoint = pipeline.model.model_endpoint
+        self._decode = decode
         self._identity = server_identity
         self._retry = retry
         self._on_retry = on_retry
@@ -183,7 +182,8 @@ class Sink:
                     f"lost the leader lock {self.lock}: another instance is scoring pipeline "
                     f"{self._pipeline.name}; this one stops (restart it to run as a standby)"
                 )
-            found = load_checkpoints(conn, [self._pipeline.name]).get(self._pipeline.name)
+            name = self._pipeline.name
+            found = load_checkpoints(conn, [name], self._decode).get(name)
             row = (
                 None
                 if found is None

@@ -1,0 +1,136 @@
+"""Where a binlog stream can start on this server: the position now, and whether a stored
+position can still be read here (one check per kind of position)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cdc_scorer.core.errors import START_OVER, FatalError
+from cdc_scorer.core.positions import Position
+from cdc_scorer.mysql.connection import Connection, mysql_errors
+from cdc_scorer.sources.binlog.positions import (
+    FilePosition,
+    MariadbGtidPosition,
+    MysqlGtidSetPosition,
+)
+from cdc_scorer.sources.binlog.server import ServerInfo, binlog_status_sql
+
+
+def _mariadb_now(conn: Connection, server: ServerInfo) -> Position:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        (state,) = cursor.fetchone() or ("",)
+    return MariadbGtidPosition.parse(server.identity, str(state or ""))
+
+
+def _mysql_gtid_now(conn: Connection, server: ServerInfo) -> Position:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.gtid_executed")
+        (executed,) = cursor.fetchone() or ("",)
+    return MysqlGtidSetPosition.parse(server.identity, str(executed or ""))
+
+
+def _file_now(conn: Connection, server: ServerInfo) -> Position:
+    statement = binlog_status_sql(server)
+    with conn.cursor() as cursor:
+        cursor.execute(statement)
+        row = cursor.fetchone()
+    if row is None:
+        raise FatalError(f"{statement} returned nothing: is the binary log on?")
+    return FilePosition(server.identity, str(row[0]), int(row[1]))
+
+
+_NOW: dict[str, Callable[[Connection, ServerInfo], Position]] = {
+    MariadbGtidPosition.kind: _mariadb_now,
+    MysqlGtidSetPosition.kind: _mysql_gtid_now,
+    FilePosition.kind: _file_now,
+}
+
+
+def current_position(conn: Connection, server: ServerInfo) -> Position:
+    """The binlog position now (a transaction boundary), of the kind this run keeps."""
+    with mysql_errors("reading the binlog position"):
+        return _NOW[server.positions](conn, server)
+
+
+# ---------------------------------------------------------------- can a checkpoint be resumed?
+def _check_mariadb(conn: Connection, server: ServerInfo, position: Position) -> None:
+    assert isinstance(position, MariadbGtidPosition)
+    if not position.gtids:
+        return
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_state")
+        (state,) = cursor.fetchone() or ("",)
+    server_state = MariadbGtidPosition.parse(server.identity, str(state or ""))
+    for gtid in position.gtids:
+        if not server_state.includes(gtid):
+            raise FatalError(
+                f"checkpoint GTID {gtid} is not in this server's binlog state "
+                f"({state or 'empty'}): the binlog was reset or this is another server — "
+                f"{START_OVER}"
+            )
+
+
+def _check_mysql_gtid(conn: Connection, server: ServerInfo, position: Position) -> None:
+    """MySQL: the checkpoint's GTIDs were executed here and what follows is not purged."""
+    checkpoint = position.value()
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT GTID_SUBSET(%s, @@GLOBAL.gtid_executed), "
+            "GTID_SUBTRACT(@@GLOBAL.gtid_purged, %s)",
+            (checkpoint, checkpoint),
+        )
+        subset, purged_after = cursor.fetchone() or (0, "")
+    if not subset:
+        raise FatalError(
+            f"checkpoint GTID set {checkpoint} is not in this server's gtid_executed: the "
+            f"binlog was reset or this is another server — {START_OVER}"
+        )
+    if purged_after:
+        raise FatalError(
+            f"transactions after checkpoint GTID set {checkpoint} were purged ({purged_after}): "
+            f"raise the binlog retention, and {START_OVER}"
+        )
+
+
+def _check_file(conn: Connection, server: ServerInfo, position: Position) -> None:
+    assert isinstance(position, FilePosition)
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        files = {str(row[0]): int(row[1]) for row in cursor.fetchall()}
+    size = files.get(position.log_file)
+    if size is None:
+        raise FatalError(
+            f"checkpoint binlog file {position.log_file} is no longer on the server (purged; "
+            f"it has {', '.join(sorted(files)) or 'none'}): raise the binlog retention, and "
+            f"{START_OVER}"
+        )
+    if position.log_pos > size:
+        raise FatalError(
+            f"checkpoint {position.log_file}:{position.log_pos} is past the end of that file "
+            f"({size} bytes): the binlog was reset or this is another server — {START_OVER}"
+        )
+
+
+_RESUMABLE: dict[str, Callable[[Connection, ServerInfo, Position], None]] = {
+    MariadbGtidPosition.kind: _check_mariadb,
+    MysqlGtidSetPosition.kind: _check_mysql_gtid,
+    FilePosition.kind: _check_file,
+}
+
+
+def check_resumable(conn: Connection, server: ServerInfo, position: Position) -> None:
+    """Refuse a checkpoint of another server, of another kind, or one no longer on the server."""
+    if position.server_identity != server.identity:
+        raise FatalError(
+            f"checkpoint belongs to {position.server_identity}, but this server is "
+            f"{server.identity}: point [source] at the original server, or {START_OVER}"
+        )
+    if position.kind != server.positions:
+        raise FatalError(
+            f"checkpoint position {position} is kept by {position.kind}, but source.positions "
+            f"makes this run keep them by {server.positions}: set source.positions back, or "
+            f"{START_OVER}"
+        )
+    with mysql_errors("checking the checkpoint's position"):
+        _RESUMABLE[position.kind](conn, server, position)

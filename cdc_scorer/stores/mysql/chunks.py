@@ -1,0 +1,86 @@
+"""What one pipeline's snapshots and re-scores read and write in MySQL: key-ordered chunks of
+its table (one autocommitted SELECT each, no lock, no long transaction), row counts, column
+types, and the watermark rows of the signal table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+
+from cdc_scorer.core.records import TableInfo
+from cdc_scorer.core.spec import PipelineSpec, SourceSpec
+from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.stores.mysql.signals import forget_signals, insert_signal
+
+
+class MysqlChunks:
+    """The ``ChunkStore`` of one pipeline, on a connection of its own."""
+
+    def __init__(self, source: SourceSpec, pipeline: PipelineSpec, table: TableInfo) -> None:
+        self._source = source
+        self._table = pipeline.table
+        self._conn: Connection | None = None
+        key = ", ".join(quote(c) for c in table.key_columns)
+        self._key = key
+        self._after = f"({key}) > ({', '.join(['%s'] * len(table.key_columns))})"
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = connect(self._source)
+        return self._conn
+
+    def select(
+        self, where: str | None, after: tuple[Any, ...] | None, rows: int
+    ) -> list[dict[str, Any]]:
+        if where and after is not None:
+            where = where.replace("%", "%%")  # the statement has parameters: % is theirs
+        conditions = [c for c in (self._after if after is not None else None, where) if c]
+        condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
+        sql = (
+            f"SELECT * FROM {quote(self._table)}{condition} ORDER BY {self._key} LIMIT {int(rows)}"
+        )
+        conn = self._connection()
+        with (
+            mysql_errors(f"reading a chunk of {self._table}"),
+            conn.cursor(pymysql.cursors.DictCursor) as dict_cursor,
+        ):
+            dict_cursor.execute(sql, after)
+            found = list(dict_cursor.fetchall())
+        conn.commit()  # ends the read: no snapshot is held between chunks
+        return found
+
+    def count(self, where: str | None) -> int:
+        return count_rows(self._connection(), self._table, where)
+
+    def column_types(self) -> dict[str, str]:
+        conn = self._connection()
+        with mysql_errors(f"reading the columns of {self._table}"), conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+                (self._source.database, self._table),
+            )
+            return {str(name): str(ctype) for name, ctype in cursor.fetchall()}
+
+    def signal(self, signal_id: str, pipeline: str, kind: str, data: Any) -> None:
+        insert_signal(self._connection(), signal_id, pipeline, kind, data)
+
+    def forget(self, signal_ids: list[str]) -> None:
+        forget_signals(self._connection(), signal_ids)
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        close_quietly(conn)
+
+
+def count_rows(conn: Connection, table: str, where: str | None) -> int:
+    """Rows of ``table`` matching ``where`` (also how a request's condition is checked)."""
+    condition = f" WHERE ({where})" if where else ""
+    with mysql_errors(f"counting the rows of {table}"), conn.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {quote(table)}{condition}")
+        (count,) = cursor.fetchone() or (0,)
+    return int(count)

@@ -1,0 +1,18 @@
+"""The stores, by ``[source] engine`` (the scorer's tables live in the source database): a new
+dialect is one package and one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cdc_scorer.core.spec import RetrySpec, SourceSpec
+from cdc_scorer.stores import Store
+from cdc_scorer.stores.mysql import MysqlStore
+
+STORES: dict[str, Callable[[SourceSpec, RetrySpec], Store]] = {
+    "mysql": MysqlStore,  # MySQL, Aurora MySQL, MariaDB
+}
+
+
+def build_store(source: SourceSpec, retry: RetrySpec) -> Store:
+    return STORES[source.engine](source, retry)
