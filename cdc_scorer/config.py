@@ -33,6 +33,8 @@ from cdc_scorer.core.spec import (
 )
 from cdc_scorer.services import ModelSpec
 from cdc_scorer.services.registry import SERVICES
+from cdc_scorer.sources.registry import SOURCES
+from cdc_scorer.stores.registry import STORES
 
 
 class _Settings(BaseSettings):
@@ -215,6 +217,10 @@ def _key(loc: tuple[str | int, ...]) -> str:
 
 def _cross_checks(config: ScorerSpec) -> list[str]:
     problems: list[str] = []
+    engine = config.source.engine
+    if engine not in SOURCES or engine not in STORES:
+        known = " or ".join(repr(name) for name in SOURCES if name in STORES)
+        problems.append(f"source.engine: {engine!r} is not {known} — use one of those")
     if not config.pipelines:
         problems.append("pipelines: none configured — add a [[pipelines]] section (README)")
     names = [p.name for p in config.pipelines]

@@ -322,7 +322,10 @@ class Batcher:
         accumulator = self._accumulator
         while True:
             try:
-                items = await asyncio.wait_for(self._inbox.get(), accumulator.linger_left_s())
+                # Not asyncio.wait_for: on 3.11 it returns the item when a cancellation and
+                # the item arrive together, and the cancelled task then blocks for ever.
+                async with asyncio.timeout(accumulator.linger_left_s()):
+                    items = await self._inbox.get()
             except TimeoutError:
                 await self._emit(accumulator.flush())
                 continue

@@ -39,8 +39,14 @@ class Coordinator:
         try:
             if not self._stop.is_set():
                 await self._streaming()
-        finally:
+        except asyncio.CancelledError:
+            # Everything is being cancelled (a pipeline died): nobody waits for the end, and a
+            # dead pipeline's full inbox would hold this task for ever.
+            raise
+        except BaseException:
             await self._router.end()
+            raise
+        await self._router.end()
 
     async def _streaming(self) -> None:
         self._stream = stream = self._open_stream()

@@ -79,9 +79,9 @@ class SourceSpec:
     __pydantic_config__ = STRICT
 
     database: Identifier
-    # The kind of database and its change log (sources/registry.py): "mysql" is the binlog of
-    # MySQL, Aurora MySQL and MariaDB.
-    engine: Literal["mysql"] = "mysql"
+    # The kind of database and its change log, a name of sources/registry.py (config.py checks
+    # it): "mysql" is the binlog of MySQL, Aurora MySQL and MariaDB.
+    engine: str = "mysql"
     host: str = "127.0.0.1"
     port: Port = 3306
     user: str = "cdc_scorer"

@@ -167,3 +167,13 @@ def test_two_models_on_one_table_need_their_own_tables_and_one_key(tmp_path: Pat
     assert (champion.predictions, champion.view) == ("churn_predictions", "churn_scored")
     assert (challenger.predictions, challenger.view) == ("churn_v2_predictions", "churn_v2_scored")
     assert champion.model_version == challenger.model_version == "1"
+
+
+def test_an_unknown_engine_names_the_ones_there_are(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[source]\ndatabase = "db"\nengine = "oracle"\n'
+        '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n',
+    )
+    assert problems == ["source.engine: 'oracle' is not 'mysql' — use one of those"]
