@@ -15,7 +15,6 @@ from typing import Any
 from cdc_scorer.core.errors import CdcScorerError, RetriableError
 from cdc_scorer.core.records import Batch, Checkpoint, Op, RowChange, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.mysql.connection import Connection, connect, tls_state
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sources.registry import build_source
@@ -34,41 +33,14 @@ class CheckResult:
 
 
 def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, TableInfo]]:
-    results: list[CheckResult] = []
-    source = spec.source
-    target = f"{source.user}@{source.host}:{source.port}/{source.database}"
-    try:
-        conn = connect(source)
-    except CdcScorerError as exc:
-        return [CheckResult("database connection", False, str(exc))], {}
-    results.append(CheckResult("database connection", True, target))
-    try:
-        results.append(_tls_result(conn, spec))
-    finally:
-        conn.close()
     store = build_store(spec.source, spec.retry)
     try:
+        results = [CheckResult(*check) for check in store.check_connection()]
+        if not results[0].ok:  # no connection: nothing else can be checked
+            return results, {}
         return _change_log_and_tables(spec, store, results)
     finally:
         store.close()
-
-
-def _tls_result(conn: Connection, spec: ScorerSpec) -> CheckResult:
-    """The connection's TLS: protocol and cipher as the server sees them, and what verified."""
-    tls = spec.source.tls
-    try:
-        state = tls_state(conn)
-    except CdcScorerError as exc:
-        return CheckResult("database TLS", False, str(exc))
-    verified = {
-        "verify-ca": f"server certificate verified against {tls.ca_file}",
-        "verify-identity": f"server certificate and host name verified against {tls.ca_file}",
-    }.get(tls.mode, "server not verified")
-    if state == "plaintext":
-        return CheckResult(
-            "database TLS", tls.mode in ("disabled", "preferred"), f"plaintext (mode {tls.mode})"
-        )
-    return CheckResult("database TLS", True, f"{state}, {verified} (mode {tls.mode})")
 
 
 def _change_log_and_tables(

@@ -103,6 +103,9 @@ class Store(Protocol):
     def check_schema(self, pipelines: Sequence[PipelineSpec]) -> None:
         """``FatalError`` unless ``init`` has made everything the pipelines need."""
 
+    def check_connection(self) -> list[tuple[str, bool, str]]:
+        """`check`'s first lines: (name, ok, detail) of the connection and its TLS."""
+
     def check_writes(self, pipelines: Sequence[PipelineSpec]) -> list[tuple[str, str | None]]:
         """Each own table with the problem a write that changes nothing meets (`check`)."""
 

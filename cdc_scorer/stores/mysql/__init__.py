@@ -18,8 +18,15 @@ import pymysql
 from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, HEARTBEAT_TABLE, OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, TableInfo
-from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec, TlsSpec
+from cdc_scorer.mysql.connection import (
+    Connection,
+    close_quietly,
+    connect,
+    mysql_errors,
+    quote,
+    tls_state,
+)
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
 from cdc_scorer.stores.mysql import checkpoints, schema
 from cdc_scorer.stores.mysql.chunks import MysqlChunks
@@ -55,6 +62,15 @@ class MysqlStore:
 
     def check_schema(self, pipelines: Sequence[PipelineSpec]) -> None:
         schema.check_schema(self._connection(), self._source.database, pipelines)
+
+    def check_connection(self) -> list[tuple[str, bool, str]]:
+        source = self._source
+        target = f"{source.user}@{source.host}:{source.port}/{source.database}"
+        try:
+            conn = self._connection()
+        except CdcScorerError as exc:
+            return [("database connection", False, str(exc))]
+        return [("database connection", True, target), _tls_check(conn, source.tls)]
 
     def check_writes(self, pipelines: Sequence[PipelineSpec]) -> list[tuple[str, str | None]]:
         results: list[tuple[str, str | None]] = []
@@ -159,6 +175,25 @@ class MysqlStore:
 
     def heartbeat(self, instance: str) -> MysqlHeartbeat:
         return MysqlHeartbeat(self._source, HEARTBEAT_TABLE, instance)
+
+
+def _tls_check(conn: Connection, tls: TlsSpec) -> tuple[str, bool, str]:
+    """The connection's TLS: protocol and cipher as the server sees them, and what verified."""
+    try:
+        state = tls_state(conn)
+    except CdcScorerError as exc:
+        return ("database TLS", False, str(exc))
+    verified = {
+        "verify-ca": f"server certificate verified against {tls.ca_file}",
+        "verify-identity": f"server certificate and host name verified against {tls.ca_file}",
+    }.get(tls.mode, "server not verified")
+    if state == "plaintext":
+        return (
+            "database TLS",
+            tls.mode in ("disabled", "preferred"),
+            f"plaintext (mode {tls.mode})",
+        )
+    return ("database TLS", True, f"{state}, {verified} (mode {tls.mode})")
 
 
 def _write_nothing(conn: Connection, table: str) -> None:
