@@ -6,12 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+import structlog
+
 from cdc_scorer.core.positions import Position, oldest_position
 from cdc_scorer.core.records import Checkpoint, RescoreJob, Rescores
 from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, now_iso
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.sources import Source
 from cdc_scorer.stores import Store
+
+log = structlog.get_logger("cdc_scorer.core.checkpoints")
 
 
 def prepare_checkpoints(
@@ -30,6 +34,16 @@ def prepare_checkpoints(
         if stored is not None and stored.checkpoint.position is not None:
             checkpoint = stored.checkpoint
             source.check_resumable(stored.checkpoint.position)
+            if stored.server_identity != identity:
+                # A failover, a switchover: the position follows the data to this server.
+                log.info(
+                    "resuming a checkpoint taken on another server",
+                    pipeline=pipeline.name,
+                    was=stored.server_identity,
+                    now=identity,
+                    position=str(checkpoint.position),
+                )
+                store.save_checkpoint(pipeline.name, checkpoint, identity)
         elif pipeline.snapshot == "initial":
             first = RescoreJob(
                 id=uuid.uuid4().hex,

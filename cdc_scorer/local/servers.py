@@ -99,6 +99,59 @@ class DatabaseServer:
             connect_timeout=connect_timeout,
         )
 
+    # ------------------------------------------------------------ replication (failover tests)
+    def replicate_from(self, source: DatabaseServer) -> None:
+        """Make this server a replica of ``source``, positioned by GTID."""
+        conn = self.connect()
+        with conn.cursor() as cursor:
+            if self.flavor == MARIADB:
+                cursor.execute(
+                    "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, "
+                    "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos",
+                    (source.host, source.port, source.user, source.password),
+                )
+                cursor.execute("START SLAVE")
+            else:
+                cursor.execute(
+                    "CHANGE REPLICATION SOURCE TO SOURCE_HOST=%s, SOURCE_PORT=%s, SOURCE_USER=%s, "
+                    "SOURCE_PASSWORD=%s, SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1",
+                    (source.host, source.port, source.user, source.password),
+                )
+                cursor.execute("START REPLICA")
+        conn.close()
+
+    def wait_applied(self, source: DatabaseServer, timeout_s: float = 60) -> None:
+        """Wait until this replica has applied everything ``source`` has logged so far."""
+        primary = source.connect()
+        with primary.cursor() as cursor:
+            cursor.execute(
+                "SELECT @@GLOBAL.gtid_binlog_pos"
+                if self.flavor == MARIADB
+                else "SELECT @@GLOBAL.gtid_executed"
+            )
+            (executed,) = cursor.fetchone() or ("",)
+        primary.close()
+        conn = self.connect()
+        with conn.cursor() as cursor:
+            wait = "MASTER_GTID_WAIT" if self.flavor == MARIADB else "WAIT_FOR_EXECUTED_GTID_SET"
+            cursor.execute(f"SELECT {wait}(%s, %s)", (str(executed), timeout_s))
+            (result,) = cursor.fetchone() or (1,)
+        conn.close()
+        if result != 0:
+            raise TimeoutError(f"the replica did not apply {executed} in {timeout_s} s")
+
+    def promote(self) -> None:
+        """Stop replicating and forget the source: this server is the primary now."""
+        conn = self.connect()
+        with conn.cursor() as cursor:
+            if self.flavor == MARIADB:
+                cursor.execute("STOP SLAVE")
+                cursor.execute("RESET SLAVE ALL")
+            else:
+                cursor.execute("STOP REPLICA")
+                cursor.execute("RESET REPLICA ALL")
+        conn.close()
+
 
 @dataclass
 class PrivateServer(ABC):

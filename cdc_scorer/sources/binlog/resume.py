@@ -66,7 +66,8 @@ def _check_mariadb(conn: Connection, server: ServerInfo, position: Position) -> 
         if not server_state.includes(gtid):
             raise FatalError(
                 f"checkpoint GTID {gtid} is not in this server's binlog state "
-                f"({state or 'empty'}): the binlog was reset or this is another server — "
+                f"({state or 'empty'}): the binlog was reset, or this server has not "
+                f"executed it (another history; a replica needs log_slave_updates=ON) — "
                 f"{START_OVER}"
             )
 
@@ -84,7 +85,8 @@ def _check_mysql_gtid(conn: Connection, server: ServerInfo, position: Position) 
     if not subset:
         raise FatalError(
             f"checkpoint GTID set {checkpoint} is not in this server's gtid_executed: the "
-            f"binlog was reset or this is another server — {START_OVER}"
+            f"binlog was reset, or this server has not executed it (another history) — "
+            f"{START_OVER}"
         )
     if purged_after:
         raise FatalError(
@@ -120,17 +122,21 @@ _RESUMABLE: dict[str, Callable[[Connection, ServerInfo, Position], None]] = {
 
 
 def check_resumable(conn: Connection, server: ServerInfo, position: Position) -> None:
-    """Refuse a checkpoint of another server, of another kind, or one no longer on the server."""
-    if position.server_identity != server.identity:
-        raise FatalError(
-            f"checkpoint belongs to {position.server_identity}, but this server is "
-            f"{server.identity}: point [source] at the original server, or {START_OVER}"
-        )
+    """Refuse a checkpoint of another kind, or one this server cannot continue.
+
+    GTIDs follow the data: a GTID checkpoint resumes on any server that executed it and still
+    has what follows (the old source, a promoted replica, a blue/green target). A file:pos
+    names a place in one server's binlog files: it is refused on another server."""
     if position.kind != server.positions:
         raise FatalError(
             f"checkpoint position {position} is kept by {position.kind}, but source.positions "
             f"makes this run keep them by {server.positions}: set source.positions back, or "
             f"{START_OVER}"
+        )
+    if position.server_identity != server.identity and isinstance(position, FilePosition):
+        raise FatalError(
+            f"checkpoint belongs to {position.server_identity}, but this server is "
+            f"{server.identity}: point [source] at the original server, or {START_OVER}"
         )
     with mysql_errors("checking the checkpoint's position"):
         _RESUMABLE[position.kind](conn, server, position)

@@ -1,0 +1,129 @@
+"""Failover: the scorer follows its positions to a promoted replica (issue 22).
+
+Real replication set up by the test: a primary and a replica started by the project's launcher,
+the replica applying by GTID; the scorer runs on the primary, is killed, the primary is lost,
+the replica promoted, and the scorer pointed at it resumes from its checkpoint by GTID."""
+
+from __future__ import annotations
+
+import signal
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from cdc_scorer.local.churn_data import ChurnRowGenerator
+from cdc_scorer.local.endpoints import BackgroundModelServer
+from cdc_scorer.local.servers import MARIADB, MYSQL, PrivateServer, free_port, private_server
+from tests.e2e.daemon import http_get, kill, metric, start, wait
+from tests.integration.scenario import (
+    churn_matches,
+    create_database,
+    expected_feedback,
+    init_scorer,
+    insert_churn,
+    stored_churn,
+    stored_feedback,
+    write_config,
+)
+
+
+def _pair(flavor: str, request: pytest.FixtureRequest) -> tuple[PrivateServer, PrivateServer]:
+    options: dict[str, Any] = {}
+    if flavor == MYSQL:
+        options["distribution"] = request.getfixturevalue("mysql_distribution")
+    # MariaDB logs what a replica applies only with log_slave_updates (MySQL: on by default).
+    replica_args = ("--log-slave-updates",) if flavor == MARIADB else ()
+    primary = private_server(flavor, server_id=21, **options)
+    replica = private_server(flavor, server_id=22, extra_args=replica_args, **options)
+    return primary, replica
+
+
+def _snapshot_rows(port: int) -> float:
+    _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    rows = [
+        metric(body, f'cdc_scorer_snapshot_rows_total{{pipeline="{name}"}}')
+        for name in ("churn", "feedback")
+    ]
+    return sum(r or 0.0 for r in rows)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
+def test_a_promoted_replica_resumes_by_gtid_without_a_snapshot(
+    tmp_path: Path,
+    flavor: str,
+    endpoints: BackgroundModelServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    primary_launcher, replica_launcher = _pair(flavor, request)
+    with primary_launcher as primary, replica_launcher as replica:
+        replica.replicate_from(primary)
+        create_database(primary, "mltest")
+        config = tmp_path / "s.toml"
+        port = free_port()
+        spec = write_config(config, primary, "mltest", endpoints.url, http_port=port)
+        init_scorer(spec)
+        db = primary.connect("mltest")
+        generator = ChurnRowGenerator(41)
+        insert_churn(db, list(generator.rows(200)))
+        daemon = start(config, "on-primary")
+        wait(lambda: len(stored_churn(db)) == 200, 60, "scored on the primary", daemon)
+        wait(lambda: _snapshots_done(db), 60, "both first snapshots committed", daemon)
+        insert_churn(db, list(generator.rows(50)))
+        wait(lambda: len(stored_churn(db)) > 200, 60, "streaming", daemon)
+        kill(daemon)  # kill -9, possibly between a batch and its commit
+        # Written while no scorer runs: only the stream can score them, from the checkpoint.
+        insert_churn(db, list(generator.rows(30)))
+        with db.cursor() as cursor:
+            cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('great, thank you')")
+        db.close()
+        replica.wait_applied(primary)
+        primary_identity = _identity(replica)
+        primary_launcher.stop()  # the primary is lost
+        replica.promote()
+
+        settings = tomllib.loads(config.read_text())
+        settings["source"]["port"] = replica.port
+        config.write_text(tomli_w.dumps(settings))
+        db = replica.connect("mltest")
+        daemon = start(config, "on-replica")
+        try:
+            wait(
+                lambda: "resuming a checkpoint taken on another server" in daemon.log(),
+                60,
+                "resumed on the promoted replica",
+                daemon,
+            )
+            insert_churn(db, list(generator.rows(40)))  # written on the new primary
+            wait(
+                lambda: churn_matches(db) and len(stored_churn(db)) == 320,
+                90,
+                "the tables converge",
+                daemon,
+            )
+            wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", daemon)
+            assert _snapshot_rows(port) == 0  # no chunk read: nothing was snapshotted
+            assert _identity(replica) != primary_identity  # the rows name the new server
+        finally:
+            assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
+            db.close()
+
+
+def _snapshots_done(db: Any) -> bool:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT snapshot_state FROM cdc_scorer_checkpoint")
+        states = [str(r[0]) for r in cursor.fetchall()]
+    return states == ["done", "done"]
+
+
+def _identity(server: Any) -> str:
+    conn = server.connect("mltest")
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT server_identity FROM cdc_scorer_checkpoint")
+        rows = cursor.fetchall()
+    conn.close()
+    assert len(rows) == 1, rows
+    return str(rows[0][0])
