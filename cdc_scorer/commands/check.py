@@ -50,6 +50,8 @@ def _change_log_and_tables(
     settings = source.settings()
     for name, problem in settings:
         results.append(CheckResult(name, problem is None, problem or "ok"))
+    for name, note in source.notes():
+        results.append(CheckResult(name, True, note))
     if all(problem is None for _, problem in settings):
         try:
             source.probe()

@@ -67,6 +67,10 @@ class Source(Protocol):
     def settings(self) -> list[tuple[str, str | None]]:
         """Each setting the scorer needs, with its problem and fix (None: fine) — `check`."""
 
+    def notes(self) -> list[tuple[str, str]]:
+        """What `check` tells beside the settings: (name, what it means), e.g. what a failover
+        does with these positions."""
+
     def probe(self) -> None:
         """Read from the change log now (proves the grants) — `check`."""
 

@@ -78,6 +78,12 @@ def test_check_passes_on_a_good_setup(
         "endpoint comprehend (pipeline feedback): answered",
     ):
         assert name in passed, result.stdout
+    # What a failover does with this configuration's positions.
+    (failover,) = _lines(result.stdout, "PASS  failover: ")
+    if source.name.endswith("file"):
+        assert "file:pos (no GTIDs): on another server the checkpoint is refused" in failover
+    else:
+        assert "resumes the stream" in failover
 
 
 @pytest.mark.parametrize("flavor", [MARIADB, MYSQL])

@@ -18,10 +18,27 @@ from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect
 from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks
-from cdc_scorer.sources.binlog.positions import BinlogPosition, decode_binlog_position
+from cdc_scorer.sources.binlog.positions import (
+    BinlogPosition,
+    FilePosition,
+    MariadbGtidPosition,
+    MysqlGtidSetPosition,
+    decode_binlog_position,
+)
 from cdc_scorer.sources.binlog.reader import BinlogStream, probe_replication
 from cdc_scorer.sources.binlog.resume import check_resumable, current_position
 from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog, server_info
+
+# What a failover or a blue/green switchover does with each kind of position (`check`).
+FAILOVER = {
+    MariadbGtidPosition.kind: "positions are MariaDB GTIDs: a promoted replica (with "
+    "log_slave_updates=ON) or another server that executed them resumes the stream",
+    MysqlGtidSetPosition.kind: "positions are GTID sets (gtid_mode=ON): a promoted replica, an "
+    "Aurora failover or a blue/green target that executed them resumes the stream",
+    FilePosition.kind: "positions are file:pos (no GTIDs): on another server the checkpoint is "
+    "refused — set gtid_mode=ON and enforce_gtid_consistency=ON (Aurora: the cluster parameter "
+    "group) to survive a failover or a blue/green switchover",
+}
 
 
 class BinlogSource:
@@ -55,6 +72,14 @@ class BinlogSource:
         finally:
             close_quietly(conn)
         return [(f"binlog {name}", problem) for name, problem in settings]
+
+    def notes(self) -> list[tuple[str, str]]:
+        conn = self._connection()
+        try:
+            server, _settings = server_info(conn, self._source.positions)
+        finally:
+            close_quietly(conn)
+        return [("failover", FAILOVER[server.positions])]
 
     def probe(self) -> None:
         start = self.current_position()
