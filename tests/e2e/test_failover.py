@@ -17,7 +17,7 @@ import tomli_w
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.servers import MARIADB, MYSQL, PrivateServer, free_port, private_server
-from tests.e2e.daemon import http_get, kill, metric, start, wait
+from tests.e2e.daemon import http_get, kill, metric, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
@@ -127,3 +127,91 @@ def _identity(server: Any) -> str:
     conn.close()
     assert len(rows) == 1, rows
     return str(rows[0][0])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
+def test_file_positions_are_checked_by_what_is_there(
+    tmp_path: Path,
+    flavor: str,
+    endpoints: BackgroundModelServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    """file:pos (MySQL without GTIDs, as Aurora MySQL ships; MariaDB with positions="file"): a
+    checkpoint resumes where the commit it was taken after is (its fingerprint), whoever the
+    server says it is, and a same-named binlog file of another server is refused, never read."""
+    options: dict[str, Any] = {"gtid": False}
+    if flavor == MYSQL:
+        options["distribution"] = request.getfixturevalue("mysql_distribution")
+    with private_server(flavor, server_id=31, **options) as first:
+        create_database(first, "mltest")
+        config = tmp_path / "s.toml"
+        spec = write_config(
+            config, first, "mltest", endpoints.url, snapshot="never", positions="file"
+        )
+        init_scorer(spec)
+        db = first.connect("mltest")
+        generator = ChurnRowGenerator(43)
+        daemon = start(config, "first")
+        wait(lambda: len(_positions(db)) == 2, 30, "checkpoints", daemon)
+        insert_churn(db, list(generator.rows(20)))
+        wait(lambda: len(stored_churn(db)) == 20, 60, "scored", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+        positions = _positions(db)
+        assert all("#" in p for p in positions), positions  # each with its commit's fingerprint
+
+        # The same binlog under another identity (a failover that kept the binlog files, as
+        # Aurora's cluster volume does): the commit is there, the checkpoint resumes.
+        with db.cursor() as cursor:
+            cursor.execute("UPDATE cdc_scorer_checkpoint SET server_identity = 'mysql:elsewhere'")
+        daemon = start(config, "same-binlog")
+        insert_churn(db, list(generator.rows(10)))
+        wait(lambda: len(stored_churn(db)) == 30, 60, "scored after resuming", daemon)
+        assert "resuming a checkpoint taken on another server" in daemon.log()
+        assert kill(daemon, signal.SIGTERM) == 0
+        (checkpoint,) = set(_positions(db))
+        db.close()
+
+    # Another server whose binlog file of that name is long enough to have that offset (a
+    # restore or a clone: Aurora's binlog starts again at mysql-bin-changelog.000001).
+    with private_server(flavor, server_id=32, **options) as other:
+        create_database(other, "mltest")
+        spec = write_config(
+            config, other, "mltest", endpoints.url, snapshot="never", positions="file"
+        )
+        init_scorer(spec)
+        db = other.connect("mltest")
+        insert_churn(db, list(ChurnRowGenerator(44).rows(300)))  # binlog past the offset
+        _, _, place = checkpoint.partition(":")
+        _, _, rest = place.partition(":")
+        with db.cursor() as cursor:
+            cursor.execute("SHOW BINARY LOGS")
+            current = str(cursor.fetchall()[-1][0])
+            cursor.execute("SELECT @@server_id")
+            (server_id,) = cursor.fetchone() or (0,)
+            identity = "mariadb:server_id=32" if flavor == MARIADB else _uuid_identity(cursor)
+            for name in ("churn", "feedback"):
+                cursor.execute(
+                    "INSERT INTO cdc_scorer_checkpoint (pipeline, position, server_identity, "
+                    "snapshot_state, updated_at) VALUES (%s, %s, %s, 'skipped', NOW(6))",
+                    (name, f"file:{current}:{rest}", identity),
+                )
+        assert server_id == 32
+        result = run_cli("run", "--config", str(config))
+        assert result.returncode == 1, result.stderr[-2000:]
+        line = result.stderr.strip().splitlines()[-1]
+        assert "its binlog file of that name is another one" in line, line
+        assert stored_churn(db) == {}  # nothing read from that file
+        db.close()
+
+
+def _positions(db: Any) -> list[str]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT position FROM cdc_scorer_checkpoint")
+        return [str(r[0]) for r in cursor.fetchall()]
+
+
+def _uuid_identity(cursor: Any) -> str:
+    cursor.execute("SELECT @@server_uuid")
+    (uuid,) = cursor.fetchone() or ("",)
+    return f"mysql:{uuid}"

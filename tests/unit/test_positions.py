@@ -87,3 +87,12 @@ def test_positions_of_different_kinds_or_none_are_refused() -> None:
         oldest_position([FilePosition("x", "b.1", 4), MariadbGtidPosition("x")])
     with pytest.raises(ValueError, match="unknown position encoding"):
         decode_binlog_position("x", "lsn:0/16B3748")
+
+
+def test_file_positions_keep_the_fingerprint_of_their_commit() -> None:
+    at = FilePosition("mysql:x", "binlog.000002", 400)
+    later = at.after(BinlogCoordinate("binlog.000002", 410), END, "380/3/57")
+    assert later.encode() == f"file:{END.log_file}:{END.log_pos}#380/3/57"
+    assert decode_binlog_position("mysql:x", later.encode()) == later
+    # A checkpoint of an older release has none, and reads back as it was.
+    assert decode_binlog_position("mysql:x", "file:binlog.000002:400") == at

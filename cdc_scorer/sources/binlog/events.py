@@ -204,6 +204,7 @@ class TransactionReader:
         self._rows_in_tx = False  # whether it changed a captured table
         self._gone: dict[int, tuple[Any, frozenset[str]]] = {}  # per table map
         self._payloads: PayloadReader | None = None
+        self._payload_server: int | None = None  # while reading a compressed transaction
 
     def begin(self, stream: BinLogStreamReader) -> None:
         """A new connection: nothing is half-read (it starts at the last commit)."""
@@ -257,7 +258,12 @@ class TransactionReader:
                     altered = self._captured(_ALTER, event)
                     if altered is not None:
                         self._emit((TableAltered(altered, tx),))
-                self.position = self._commit(stream, tx, BinlogCoordinate(stream.log_file, end))
+                self.position = self._commit(
+                    stream,
+                    tx,
+                    BinlogCoordinate(stream.log_file, end),
+                    self._fingerprint(event, start),
+                )
                 self._emit((Commit(self.position, _utc(event.timestamp), tx),))
                 self._flush()
         elif isinstance(event, HeartbeatLogEvent):
@@ -323,6 +329,7 @@ class TransactionReader:
         kind = event.event_type
         if kind == TRANSACTION_PAYLOAD_EVENT:
             assert self._payloads is not None
+            self._payload_server = _server_id(event)
             try:
                 for inner_event in self._payloads.events(event):
                     self.handle(stream, inner_event, start, end)
@@ -330,6 +337,8 @@ class TransactionReader:
                 raise FatalError(
                     f"compressed transaction at {stream.log_file}:{start} cannot be read: {exc}"
                 ) from exc
+            finally:
+                self._payload_server = None
         elif kind == ANONYMOUS_GTID_EVENT:
             if not isinstance(self.position, FilePosition):
                 raise FatalError(
@@ -349,15 +358,31 @@ class TransactionReader:
                 f"by cdc-scorer, and it may change captured tables: {fix}"
             )
 
+    def _fingerprint(self, event: Any, start: int) -> str:
+        """The commit event as ``SHOW BINLOG EVENTS`` shows it — where it starts, the server
+        that wrote it, its XID — kept by file:pos positions only (``FilePosition.commit``).
+        Inside a compressed transaction: the payload event."""
+        if not isinstance(self.position, FilePosition):
+            return ""
+        if self._payload_server is not None:
+            return f"{start}/{self._payload_server}/"
+        xid = event.xid if isinstance(event, XidEvent) else ""
+        return f"{start}/{_server_id(event)}/{xid}"
+
     def _commit(
-        self, stream: BinLogStreamReader, tx: TxId, end: BinlogCoordinate
+        self, stream: BinLogStreamReader, tx: TxId, end: BinlogCoordinate, commit: str
     ) -> BinlogPosition:
         """The position after ``tx`` commits; the library's own reconnect must resume there
         (its ``auto_position`` never advances by itself: docs/architecture.md, library traps)."""
-        position = self.position.after(tx, end)
+        position = self.position.after(tx, end, commit)
         if position.auto_position is not None:
             stream.auto_position = position.auto_position
         return position
+
+
+def _server_id(event: Any) -> int:
+    """The id of the server that wrote an event (its header's)."""
+    return int(event.packet.server_id)
 
 
 def _key_getter(key_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:

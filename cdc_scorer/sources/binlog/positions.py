@@ -125,9 +125,9 @@ class BinlogPosition(Position):
     """A binlog position, and what a binlog reader needs of it."""
 
     @abstractmethod
-    def after(self, tx: TxId, commit_end: BinlogCoordinate) -> BinlogPosition:
+    def after(self, tx: TxId, commit_end: BinlogCoordinate, commit: str = "") -> BinlogPosition:
         """The position once ``tx`` has committed; ``commit_end``: where its commit event
-        ends in the binlog files."""
+        ends in the binlog files; ``commit``: that event's fingerprint (file:pos keeps it)."""
 
     @property
     @abstractmethod
@@ -151,7 +151,7 @@ class MariadbGtidPosition(BinlogPosition):
             return False
         return any(g.domain == tx.domain and g.seq >= tx.seq for g in self.gtids)
 
-    def after(self, tx: TxId, commit_end: BinlogCoordinate) -> BinlogPosition:
+    def after(self, tx: TxId, commit_end: BinlogCoordinate, commit: str = "") -> BinlogPosition:
         assert isinstance(tx, Gtid), tx
         others = tuple(g for g in self.gtids if g.domain != tx.domain)
         return MariadbGtidPosition(self.server_identity, tuple(sorted((*others, tx))))
@@ -202,7 +202,7 @@ class MysqlGtidSetPosition(BinlogPosition):
     def includes(self, tx: TxId) -> bool:
         return tx in self.gtid_set
 
-    def after(self, tx: TxId, commit_end: BinlogCoordinate) -> BinlogPosition:
+    def after(self, tx: TxId, commit_end: BinlogCoordinate, commit: str = "") -> BinlogPosition:
         assert isinstance(tx, MysqlGtid), tx
         return MysqlGtidSetPosition(self.server_identity, self.gtid_set.add(tx))
 
@@ -238,11 +238,15 @@ class MysqlGtidSetPosition(BinlogPosition):
 
 @dataclass(frozen=True)
 class FilePosition(BinlogPosition):
-    """``file:pos`` where a transaction ended."""
+    """``file:pos`` where a transaction ended, and the fingerprint of the commit event that
+    ends there: ``<start>/<server_id>/<xid>`` as ``SHOW BINLOG EVENTS`` shows that event, so a
+    resume finds out whether the file of that name is the one the checkpoint was taken in
+    (encoded ``file:<file>:<pos>#<fingerprint>``; older checkpoints have none)."""
 
     kind: ClassVar[str] = "file"
     log_file: str = ""
     log_pos: int = 0
+    commit: str = ""
 
     def includes(self, tx: TxId) -> bool:
         # Positions are transaction ends: a transaction starting before one ended there.
@@ -251,11 +255,12 @@ class FilePosition(BinlogPosition):
             self.log_pos,
         )
 
-    def after(self, tx: TxId, commit_end: BinlogCoordinate) -> BinlogPosition:
-        return FilePosition(self.server_identity, commit_end.log_file, commit_end.log_pos)
+    def after(self, tx: TxId, commit_end: BinlogCoordinate, commit: str = "") -> BinlogPosition:
+        return FilePosition(self.server_identity, commit_end.log_file, commit_end.log_pos, commit)
 
     def value(self) -> str:
-        return f"{self.log_file}:{self.log_pos}"
+        place = f"{self.log_file}:{self.log_pos}"
+        return f"{place}#{self.commit}" if self.commit else place
 
     @property
     def auto_position(self) -> str | None:
@@ -269,8 +274,9 @@ class FilePosition(BinlogPosition):
 
     @classmethod
     def parse(cls, server_identity: str, value: str) -> FilePosition:
-        log_file, _, pos = value.rpartition(":")
-        return cls(server_identity, log_file, int(pos))
+        place, _, commit = value.partition("#")
+        log_file, _, pos = place.rpartition(":")
+        return cls(server_identity, log_file, int(pos), commit)
 
     @classmethod
     def oldest(cls, positions: Sequence[Position]) -> Position:

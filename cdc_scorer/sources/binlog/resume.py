@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pymysql
+
 from cdc_scorer.core.errors import START_OVER, FatalError
 from cdc_scorer.core.positions import Position
-from cdc_scorer.mysql.connection import Connection, mysql_errors
+from cdc_scorer.mysql.connection import Connection, error_code, mysql_errors
 from cdc_scorer.sources.binlog.positions import (
     FilePosition,
     MariadbGtidPosition,
@@ -112,6 +114,48 @@ def _check_file(conn: Connection, server: ServerInfo, position: Position) -> Non
             f"checkpoint {position.log_file}:{position.log_pos} is past the end of that file "
             f"({size} bytes): the binlog was reset or this is another server — {START_OVER}"
         )
+    if position.commit:
+        _check_fingerprint(conn, position)
+
+
+_WRONG_OFFSET = 1220  # SHOW BINLOG EVENTS FROM a place that is no event's start
+
+
+def _check_fingerprint(conn: Connection, position: FilePosition) -> None:
+    """The event ending at the checkpoint is the commit it was taken after: same start, same
+    end, same server, same XID. A file of the same name on another server (Aurora starts again
+    at mysql-bin-changelog.000001 after a restore or a clone), or a reset binlog, fails this and
+    is never read; the same binlog after a failover that kept it passes."""
+    start, server_id, xid = [*position.commit.split("/"), "", "", ""][:3]
+    row = None
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SHOW BINLOG EVENTS IN %s FROM %s LIMIT 1", (position.log_file, int(start))
+            )
+            row = cursor.fetchone()
+    except pymysql.MySQLError as exc:
+        if error_code(exc) != _WRONG_OFFSET:
+            raise
+    found = (
+        "no event"
+        if row is None
+        else f"a {row[2]} event of server {row[3]} ending at {row[4]} ({row[5]})"
+    )
+    if (
+        row is None
+        or int(row[1]) != int(start)
+        or str(row[3]) != server_id
+        or int(row[4]) != position.log_pos
+        or (xid and f"xid={xid} " not in f"{row[5]} ")
+    ):
+        raise FatalError(
+            f"checkpoint {position.log_file}:{position.log_pos} was taken after the commit "
+            f"{position.commit} (start/server/xid), but this server has {found} there: its "
+            f"binlog file of that name is another one (another server, a restore or clone, a "
+            f"reset binlog) and is not read — point [source] at the server the checkpoint "
+            f"belongs to, or {START_OVER}"
+        )
 
 
 _RESUMABLE: dict[str, Callable[[Connection, ServerInfo, Position], None]] = {
@@ -125,15 +169,20 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
     """Refuse a checkpoint of another kind, or one this server cannot continue.
 
     GTIDs follow the data: a GTID checkpoint resumes on any server that executed it and still
-    has what follows (the old source, a promoted replica, a blue/green target). A file:pos
-    names a place in one server's binlog files: it is refused on another server."""
+    has what follows (the old source, a promoted replica, a blue/green target). A file:pos is
+    checked by what is there: the commit event it was taken after (its fingerprint), on
+    whichever server; an older checkpoint without one is refused on another server."""
     if position.kind != server.positions:
         raise FatalError(
             f"checkpoint position {position} is kept by {position.kind}, but source.positions "
             f"makes this run keep them by {server.positions}: set source.positions back, or "
             f"{START_OVER}"
         )
-    if position.server_identity != server.identity and isinstance(position, FilePosition):
+    if (
+        position.server_identity != server.identity
+        and isinstance(position, FilePosition)
+        and not position.commit  # an older checkpoint: no fingerprint to check it by
+    ):
         raise FatalError(
             f"checkpoint belongs to {position.server_identity}, but this server is "
             f"{server.identity}: point [source] at the original server, or {START_OVER}"
