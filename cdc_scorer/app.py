@@ -157,7 +157,9 @@ class ScorerApp:
 
     def _checkpoints(self, info: SourceInfo, tables: dict[str, TableInfo]) -> dict[str, Checkpoint]:
         store, pipelines = self.store, self.spec.pipelines
-        checkpoints = prepare_checkpoints(store, self.source, info.identity, pipelines)
+        checkpoints = prepare_checkpoints(
+            store, self.source, info.identity, pipelines, self.spec.source.on_lost_position
+        )
 
         def save(name: str, checkpoint: Checkpoint) -> None:
             store.save_checkpoint(name, checkpoint, info.identity)

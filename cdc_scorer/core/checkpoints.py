@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 import structlog
 
+from cdc_scorer.core.errors import PositionLost
 from cdc_scorer.core.positions import Position, oldest_position
 from cdc_scorer.core.records import Checkpoint, RescoreJob, Rescores
-from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, now_iso
+from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, enqueue, now_iso, snapshot_state
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.sources import Source
 from cdc_scorer.stores import Store
 
 log = structlog.get_logger("cdc_scorer.core.checkpoints")
 
+LOST_POSITION = "position lost"  # the reason of the re-score that replaces a lost position
+
 
 def prepare_checkpoints(
-    store: Store, source: Source, identity: str, pipelines: Sequence[PipelineSpec]
+    store: Store,
+    source: Source,
+    identity: str,
+    pipelines: Sequence[PipelineSpec],
+    on_lost_position: str = "stop",
 ) -> dict[str, Checkpoint]:
     """Each pipeline's checkpoint: the stored one, checked resumable, or a new one streaming
     from now (with its first snapshot to run, unless ``snapshot = "never"``) where none is
-    stored. Call it holding the pipelines' locks: nobody else writes them then (blocking)."""
+    stored. A stored one this server cannot resume stops the start (``PositionLost``) or, with
+    ``on_lost_position = "rescore"``, streams from now with every row re-scored beside the
+    stream. Call it holding the pipelines' locks: nobody else writes them then (blocking)."""
     saved = store.load_checkpoints([p.name for p in pipelines], source.decode_position)
     for name in (n for n, s in saved.items() if s.stopped_reason is not None):
         store.record_stop(name, None)  # it runs again
@@ -33,17 +43,31 @@ def prepare_checkpoints(
         stored = saved.get(pipeline.name)
         if stored is not None and stored.checkpoint.position is not None:
             checkpoint = stored.checkpoint
-            source.check_resumable(stored.checkpoint.position)
-            if stored.server_identity != identity:
-                # A failover, a switchover: the position follows the data to this server.
-                log.info(
-                    "resuming a checkpoint taken on another server",
+            try:
+                source.check_resumable(stored.checkpoint.position)
+            except PositionLost as lost:
+                if on_lost_position != "rescore":
+                    raise
+                checkpoint = rescore_from(checkpoint, now, pipeline, LOST_POSITION)
+                log.warning(
+                    "checkpoint position lost: streaming from now, re-scoring every row",
                     pipeline=pipeline.name,
-                    was=stored.server_identity,
-                    now=identity,
-                    position=str(checkpoint.position),
+                    lost=str(stored.checkpoint.position),
+                    now=str(now),
+                    reason=str(lost),
                 )
                 store.save_checkpoint(pipeline.name, checkpoint, identity)
+            else:
+                if stored.server_identity != identity:
+                    # A failover, a switchover: the position follows the data to this server.
+                    log.info(
+                        "resuming a checkpoint taken on another server",
+                        pipeline=pipeline.name,
+                        was=stored.server_identity,
+                        now=identity,
+                        position=str(checkpoint.position),
+                    )
+                    store.save_checkpoint(pipeline.name, checkpoint, identity)
         elif pipeline.snapshot == "initial":
             first = RescoreJob(
                 id=uuid.uuid4().hex,
@@ -58,6 +82,22 @@ def prepare_checkpoints(
             store.save_checkpoint(pipeline.name, checkpoint, identity)
         checkpoints[pipeline.name] = checkpoint
     return checkpoints
+
+
+def rescore_from(
+    checkpoint: Checkpoint, position: Position, pipeline: PipelineSpec, reason: str
+) -> Checkpoint:
+    """The checkpoint moved to ``position``, with a re-score of every row queued: what was
+    between the old position and the new one is not in the stream, but is in the table."""
+    job = RescoreJob(
+        id=uuid.uuid4().hex,
+        reason=reason,
+        model_version=pipeline.model_version,
+        requested_at=now_iso(),
+    )
+    rescores = enqueue(checkpoint.rescores, job)
+    state = snapshot_state(checkpoint.snapshot_state, rescores)
+    return replace(checkpoint, position=position, rescores=rescores, snapshot_state=state)
 
 
 def stream_start(checkpoints: Sequence[Checkpoint]) -> Position:

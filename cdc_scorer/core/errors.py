@@ -31,6 +31,12 @@ class FatalError(CdcScorerError):
     """The process cannot go on (bad config, missing table, binlog off...): exit, one line."""
 
 
+class PositionLost(FatalError):
+    """A checkpoint's position cannot be resumed on this server (purged, reset, another
+    history, a binlog file of another server): stop with the cause, or — with
+    ``source.on_lost_position = "rescore"`` — stream from now and re-score every row."""
+
+
 class PipelineStopped(CdcScorerError):
     """One pipeline cannot go on (its model's input is gone); the others do."""
 

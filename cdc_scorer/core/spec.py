@@ -97,6 +97,9 @@ class SourceSpec:
     # rows events: fast (per-table compiled plans) | stock (the library)
     decoder: Literal["fast", "stock"] = "fast"
     tls: TlsSpec = TlsSpec()
+    # A checkpoint whose position this server cannot resume: stop with the cause and the fix,
+    # or stream from now and re-score every pipeline's table beside the stream.
+    on_lost_position: Literal["stop", "rescore"] = "stop"
     # password: the password above; rds-iam: a fresh RDS IAM token for every connection
     auth: Literal["password", "rds-iam"] = "password"
     iam_region: str | None = None  # the region of the tokens (None: AWS_REGION & co.)

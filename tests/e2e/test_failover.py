@@ -6,6 +6,7 @@ the replica promoted, and the scorer pointed at it resumes from its checkpoint b
 
 from __future__ import annotations
 
+import json
 import signal
 import tomllib
 from pathlib import Path
@@ -202,7 +203,36 @@ def test_file_positions_are_checked_by_what_is_there(
         line = result.stderr.strip().splitlines()[-1]
         assert "its binlog file of that name is another one" in line, line
         assert stored_churn(db) == {}  # nothing read from that file
+
+        # With on_lost_position = "rescore": stream from now, re-score every row beside it.
+        settings = tomllib.loads(config.read_text())
+        settings["source"]["on_lost_position"] = "rescore"
+        config.write_text(tomli_w.dumps(settings))
+        daemon = start(config, "rescore")
+        try:
+            wait(lambda: "checkpoint position lost" in daemon.log(), 30, "lost", daemon)
+            generator = ChurnRowGenerator(45)
+            insert_churn(db, list(generator.rows(20)))  # the stream, beside the re-score
+            wait(
+                lambda: churn_matches(db) and len(stored_churn(db)) == 320,
+                90,
+                "the tables converge",
+                daemon,
+            )
+            done = _finished_jobs(config)
+            assert [j["reason"] for j in done] == ["position lost"], done
+            # Each row once: the table's 300, and at most the 20 the stream wrote meanwhile.
+            assert 300 <= done[0]["rows_done"] <= 320, done
+        finally:
+            assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
         db.close()
+
+
+def _finished_jobs(config: Path) -> list[dict[str, Any]]:
+    result = run_cli("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    (churn,) = [s for s in json.loads(result.stdout) if s["pipeline"] == "churn"]
+    return list(churn["rescores_finished"])
 
 
 def _positions(db: Any) -> list[str]:

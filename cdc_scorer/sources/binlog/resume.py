@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pymysql
 
-from cdc_scorer.core.errors import START_OVER, FatalError
+from cdc_scorer.core.errors import START_OVER, FatalError, PositionLost
 from cdc_scorer.core.positions import Position
 from cdc_scorer.mysql.connection import Connection, error_code, mysql_errors
 from cdc_scorer.sources.binlog.positions import (
@@ -66,7 +66,7 @@ def _check_mariadb(conn: Connection, server: ServerInfo, position: Position) -> 
     server_state = MariadbGtidPosition.parse(server.identity, str(state or ""))
     for gtid in position.gtids:
         if not server_state.includes(gtid):
-            raise FatalError(
+            raise PositionLost(
                 f"checkpoint GTID {gtid} is not in this server's binlog state "
                 f"({state or 'empty'}): the binlog was reset, or this server has not "
                 f"executed it (another history; a replica needs log_slave_updates=ON) — "
@@ -85,13 +85,13 @@ def _check_mysql_gtid(conn: Connection, server: ServerInfo, position: Position) 
         )
         subset, purged_after = cursor.fetchone() or (0, "")
     if not subset:
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint GTID set {checkpoint} is not in this server's gtid_executed: the "
             f"binlog was reset, or this server has not executed it (another history) — "
             f"{START_OVER}"
         )
     if purged_after:
-        raise FatalError(
+        raise PositionLost(
             f"transactions after checkpoint GTID set {checkpoint} were purged ({purged_after}): "
             f"raise the binlog retention, and {START_OVER}"
         )
@@ -104,13 +104,13 @@ def _check_file(conn: Connection, server: ServerInfo, position: Position) -> Non
         files = {str(row[0]): int(row[1]) for row in cursor.fetchall()}
     size = files.get(position.log_file)
     if size is None:
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint binlog file {position.log_file} is no longer on the server (purged; "
             f"it has {', '.join(sorted(files)) or 'none'}): raise the binlog retention, and "
             f"{START_OVER}"
         )
     if position.log_pos > size:
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint {position.log_file}:{position.log_pos} is past the end of that file "
             f"({size} bytes): the binlog was reset or this is another server — {START_OVER}"
         )
@@ -149,7 +149,7 @@ def _check_fingerprint(conn: Connection, position: FilePosition) -> None:
         or int(row[4]) != position.log_pos
         or (xid and f"xid={xid} " not in f"{row[5]} ")
     ):
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint {position.log_file}:{position.log_pos} was taken after the commit "
             f"{position.commit} (start/server/xid), but this server has {found} there: its "
             f"binlog file of that name is another one (another server, a restore or clone, a "
@@ -173,7 +173,7 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
     checked by what is there: the commit event it was taken after (its fingerprint), on
     whichever server; an older checkpoint without one is refused on another server."""
     if position.kind != server.positions:
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint position {position} is kept by {position.kind}, but source.positions "
             f"makes this run keep them by {server.positions}: set source.positions back, or "
             f"{START_OVER}"
@@ -183,7 +183,7 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
         and isinstance(position, FilePosition)
         and not position.commit  # an older checkpoint: no fingerprint to check it by
     ):
-        raise FatalError(
+        raise PositionLost(
             f"checkpoint belongs to {position.server_identity}, but this server is "
             f"{server.identity}: point [source] at the original server, or {START_OVER}"
         )
