@@ -204,6 +204,33 @@ def _rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reposition(args: argparse.Namespace) -> int:
+    from cdc_scorer.commands.reposition import reposition
+    from cdc_scorer.commands.rescore import find_pipeline
+    from cdc_scorer.config import load_config
+
+    spec = load_config(args.config)
+    pipeline = find_pipeline(spec, args.pipeline)
+    if args.pos is not None and args.file is None:
+        print("cdc-scorer reposition: --pos goes with --file", file=sys.stderr)
+        return 2
+    if args.gtid is not None:
+        position: str | None = f"gtid:{args.gtid}"
+    elif args.file is not None:
+        if args.pos is None:
+            print("cdc-scorer reposition: --file goes with --pos", file=sys.stderr)
+            return 2
+        position = f"file:{args.file}:{args.pos}"
+    else:
+        position = None  # --now
+    moved = reposition(spec, pipeline, position, rescore=args.rescore)
+    print(
+        f"pipeline {pipeline.name} repositioned: {moved.was or '-'} → {moved.now}"
+        + ("; every row is re-scored beside the stream at the next start" if moved.rescore else "")
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -301,6 +328,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="give up waiting after this many seconds"
     )
     rescore.set_defaults(handler=_rescore)
+
+    reposition = commands.add_parser(
+        "reposition",
+        help="move a pipeline's checkpoint to a position (checked against the server); the "
+        "daemon must be stopped",
+    )
+    reposition.add_argument("--config", required=True, help="TOML configuration file")
+    reposition.add_argument("--pipeline", required=True, help="the pipeline to move")
+    where = reposition.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gtid", metavar="SET", help="a GTID set (MySQL) or GTID list (MariaDB)")
+    where.add_argument("--file", metavar="FILE", help="a binlog file, with --pos")
+    where.add_argument("--now", action="store_true", help="the server's position now")
+    reposition.add_argument("--pos", type=int, metavar="N", help="where a commit ends in --file")
+    reposition.add_argument(
+        "--rescore", action="store_true", help="and re-score every row beside the stream"
+    )
+    reposition.set_defaults(handler=_reposition)
 
     demo = commands.add_parser(
         "demo", help="private MariaDB/MySQL + local endpoints + the scorer, with a live workload"

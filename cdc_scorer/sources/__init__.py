@@ -84,6 +84,11 @@ class Source(Protocol):
     def decode_position(self, server_identity: str, text: str) -> Position:
         """A checkpoint's position read back (the inverse of ``Position.encode``)."""
 
+    def position_from(self, text: str) -> Position:
+        """A position an operator names (``cdc-scorer reposition``), in this server's kind,
+        completed from the server where it needs more (``FatalError`` if it names no
+        transaction boundary here)."""
+
     def warnings(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
     ) -> list[str]:

@@ -245,3 +245,84 @@ def _uuid_identity(cursor: Any) -> str:
     cursor.execute("SELECT @@server_uuid")
     (uuid,) = cursor.fetchone() or ("",)
     return f"mysql:{uuid}"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
+def test_reposition_by_each_form_checked_against_the_server(
+    tmp_path: Path,
+    flavor: str,
+    endpoints: BackgroundModelServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`cdc-scorer reposition`: --now skips what was written meanwhile, a stored position
+    (--gtid on MariaDB, --file/--pos on MySQL without GTIDs) replays from there, --rescore
+    re-scores every row; a position not on the server, and a running daemon, are refused."""
+    options: dict[str, Any] = {}
+    if flavor == MYSQL:
+        options |= {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    with private_server(flavor, server_id=33, **options) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        init_scorer(write_config(config, server, "mltest", endpoints.url, snapshot="never"))
+        db = server.connect("mltest")
+        generator = ChurnRowGenerator(46)
+        daemon = start(config, "first")
+        wait(lambda: len(_positions(db)) == 2, 30, "checkpoints", daemon)
+        insert_churn(db, list(generator.rows(10)))
+        wait(lambda: len(stored_churn(db)) == 10, 60, "scored", daemon)
+        refused = _reposition(config, "--now")
+        assert refused.returncode == 1 and "a cdc-scorer is running pipeline churn" in (
+            refused.stderr
+        ), refused.stderr
+        assert kill(daemon, signal.SIGTERM) == 0
+        (before,) = {p for p in _positions(db)}
+        insert_churn(db, list(generator.rows(7)))  # written while the daemon is down
+
+        moved = _reposition(config, "--now")
+        assert moved.returncode == 0, moved.stderr
+        assert "pipeline churn repositioned: " in moved.stdout
+        daemon = start(config, "after-now")
+        insert_churn(db, list(generator.rows(3)))
+        wait(lambda: len(stored_churn(db)) == 13, 60, "only the rows after --now", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+
+        # Back to the earlier checkpoint, named as an operator would: the 7 rows are read.
+        kind, _, value = before.partition(":")
+        if kind == "file":
+            log_file, _, pos = value.partition("#")[0].rpartition(":")
+            back = _reposition(config, "--file", log_file, "--pos", pos)
+        else:
+            back = _reposition(config, "--gtid", value)
+        assert back.returncode == 0, back.stderr
+        daemon = start(config, "after-back")
+        wait(lambda: len(stored_churn(db)) == 20, 60, "the 7 rows replayed", daemon)
+        assert churn_matches(db)
+        assert kill(daemon, signal.SIGTERM) == 0
+
+        # --rescore: every row again, beside the stream.
+        with db.cursor() as cursor:
+            cursor.execute("DELETE FROM churn_predictions")  # so that re-scored rows show
+        rescored = _reposition(config, "--now", "--rescore")
+        assert rescored.returncode == 0 and "re-scored" in rescored.stdout, rescored.stderr
+        daemon = start(config, "after-rescore")
+        wait(lambda: churn_matches(db) and len(stored_churn(db)) == 20, 60, "re-scored", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+
+        # Positions that are not on this server are refused, and nothing is stored.
+        kept = set(_positions(db))
+        if kind == "file":
+            wrong = _reposition(config, "--file", log_file, "--pos", str(int(pos) + 1))
+            assert "is not where a transaction ends" in wrong.stderr, wrong.stderr
+            gone = _reposition(config, "--file", "binlog.000099", "--pos", "4")
+            assert "is no longer on the server" in gone.stderr, gone.stderr
+        else:
+            wrong = _reposition(config, "--gtid", "0-33-999999")
+            assert "is not in this server's binlog state" in wrong.stderr, wrong.stderr
+        assert wrong.returncode == 1
+        assert set(_positions(db)) == kept
+        db.close()
+
+
+def _reposition(config: Path, *args: str) -> Any:
+    return run_cli("reposition", "--config", str(config), "--pipeline", "churn", *args)

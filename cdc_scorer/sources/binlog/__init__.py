@@ -26,7 +26,7 @@ from cdc_scorer.sources.binlog.positions import (
     decode_binlog_position,
 )
 from cdc_scorer.sources.binlog.reader import BinlogStream, probe_replication
-from cdc_scorer.sources.binlog.resume import check_resumable, current_position
+from cdc_scorer.sources.binlog.resume import check_resumable, current_position, position_from
 from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog, server_info
 
 # What a failover or a blue/green switchover does with each kind of position (`check`).
@@ -102,6 +102,13 @@ class BinlogSource:
 
     def decode_position(self, server_identity: str, text: str) -> Position:
         return decode_binlog_position(server_identity, text)
+
+    def position_from(self, text: str) -> Position:
+        conn = self._connection()
+        try:
+            return position_from(conn, self._checked(conn), text)
+        finally:
+            close_quietly(conn)
 
     def warnings(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]

@@ -3,6 +3,7 @@ position can still be read here (one check per kind of position)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pymysql
@@ -11,6 +12,7 @@ from cdc_scorer.core.errors import START_OVER, FatalError, PositionLost
 from cdc_scorer.core.positions import Position
 from cdc_scorer.mysql.connection import Connection, error_code, mysql_errors
 from cdc_scorer.sources.binlog.positions import (
+    POSITION_KINDS,
     FilePosition,
     MariadbGtidPosition,
     MysqlGtidSetPosition,
@@ -189,3 +191,55 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
         )
     with mysql_errors("checking the checkpoint's position"):
         _RESUMABLE[position.kind](conn, server, position)
+
+
+# ---------------------------------------------------------------- positions operators name
+def position_from(conn: Connection, server: ServerInfo, text: str) -> Position:
+    """``gtid:SET`` (this server's GTID kind) or ``file:FILE:POS`` (a commit event must end
+    there: its fingerprint is read from the binlog) as a position of this run's kind."""
+    kind, _, value = text.partition(":")
+    if kind == "gtid":
+        kind = server.positions if server.positions != FilePosition.kind else "gtid"
+    if kind != server.positions:
+        wanted = "--file and --pos" if server.positions == FilePosition.kind else "--gtid"
+        raise FatalError(
+            f"this server's positions are kept by {server.positions}: name one with {wanted}"
+        )
+    if kind != FilePosition.kind:
+        return POSITION_KINDS[kind].parse(server.identity, value)
+    log_file, _, pos = value.rpartition(":")
+    with mysql_errors(f"reading the binlog file {log_file}"):
+        _check_file(conn, server, FilePosition(server.identity, log_file, int(pos)))
+        commit = _commit_ending_at(conn, log_file, int(pos))
+    return FilePosition(server.identity, log_file, int(pos), commit)
+
+
+_PAGE = 1000
+
+
+def _commit_ending_at(conn: Connection, log_file: str, pos: int) -> str:
+    """The fingerprint of the commit event that ends at ``pos`` in ``log_file``."""
+    start = 4  # the first event of every binlog file
+    with conn.cursor() as cursor:
+        while True:
+            cursor.execute(f"SHOW BINLOG EVENTS IN %s FROM %s LIMIT {_PAGE}", (log_file, start))
+            rows = cursor.fetchall()
+            for _log, at, kind, server_id, end, info in rows:
+                if int(end) == pos:
+                    text = str(info).split("; ")[-1].strip().upper()
+                    if kind in ("Xid", "Transaction_payload") or (
+                        kind == "Query" and not text.startswith("BEGIN")
+                    ):
+                        xid = re.search(r"xid=(\d+)", str(info)) if kind == "Xid" else None
+                        return f"{at}/{server_id}/{xid.group(1) if xid else ''}"
+                    break
+                if int(end) > pos:
+                    break
+            else:
+                if len(rows) == _PAGE:
+                    start = int(rows[-1][4])
+                    continue
+            raise FatalError(
+                f"{log_file}:{pos} is not where a transaction ends in this server's binlog "
+                "(SHOW BINLOG EVENTS lists where each event ends): name the end of a commit"
+            )
