@@ -326,3 +326,50 @@ def test_reposition_by_each_form_checked_against_the_server(
 
 def _reposition(config: Path, *args: str) -> Any:
     return run_cli("reposition", "--config", str(config), "--pipeline", "churn", *args)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL])
+def test_a_lost_binlog_connection_is_reopened_only_after_the_position_is_checked(
+    tmp_path: Path,
+    flavor: str,
+    endpoints: BackgroundModelServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The replication library would reconnect by itself at the position it last read, to
+    whatever server the host name reaches then: the scorer refuses that reconnect and makes
+    its own, checking the position against the server first (file:pos: its fingerprint)."""
+    options: dict[str, Any] = {}
+    if flavor == MYSQL:
+        options |= {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    with private_server(flavor, server_id=34, **options) as server:
+        create_database(server, "mltest")
+        config = tmp_path / "s.toml"
+        init_scorer(
+            write_config(
+                config, server, "mltest", endpoints.url, snapshot="never", positions="file"
+            )
+        )
+        db = server.connect("mltest")
+        generator = ChurnRowGenerator(47)
+        daemon = start(config)
+        try:
+            wait(lambda: len(_positions(db)) == 2, 30, "checkpoints", daemon)
+            insert_churn(db, list(generator.rows(10)))
+            wait(lambda: len(stored_churn(db)) == 10, 60, "scored", daemon)
+            with db.cursor() as cursor:
+                cursor.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE COMMAND LIKE 'Binlog Dump%%'"
+                )
+                (dump,) = cursor.fetchall()
+                cursor.execute(f"KILL {int(dump[0])}")
+            insert_churn(db, list(generator.rows(10)))
+            wait(lambda: len(stored_churn(db)) == 20, 60, "scored after the reconnect", daemon)
+            log = daemon.log()
+            assert '"code": "binlog_reconnect"' in log, log[-3000:]
+            assert "binlog position checked before reconnecting" in log
+            assert churn_matches(db)
+        finally:
+            assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
+            db.close()

@@ -127,7 +127,14 @@ class BinlogSource:
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, BinlogPosition):
             raise FatalError(f"position {start} is not a binlog position")
-        return BinlogStream(self._source, capture, start, retry=self._retry, hooks=hooks)
+        return BinlogStream(
+            self._source,
+            capture,
+            start,
+            retry=self._retry,
+            hooks=hooks,
+            verify=self.check_resumable,
+        )
 
 
 def partial_json_inputs(

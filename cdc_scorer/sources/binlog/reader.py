@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import structlog
 from pymysqlreplication import BinLogStreamReader
@@ -19,7 +20,7 @@ from pymysqlreplication.event import RotateEvent
 from cdc_scorer.core.errors import RetriableError
 from cdc_scorer.core.retry import backoff_s
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
-from cdc_scorer.mysql.connection import connection_settings, mysql_errors, opener
+from cdc_scorer.mysql.connection import Connection, connection_settings, mysql_errors, opener
 from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.events import READ_EVENTS, SourceBatch, TransactionReader
@@ -97,6 +98,7 @@ class BinlogStream:
         *,
         retry: RetrySpec,
         hooks: StreamHooks | None = None,
+        verify: Callable[[BinlogPosition], None] | None = None,
     ) -> None:
         hooks = hooks or StreamHooks()
         self._source = source
@@ -120,6 +122,9 @@ class BinlogStream:
         self._abort = threading.Event()  # stop now (the task was cancelled)
         self._on_disconnect = hooks.on_disconnect
         self._on_connect = hooks.on_connect
+        # Before every reconnect: the server the name reaches now must have our position (a
+        # failover may have moved the name to another server).
+        self._verify = verify
 
     def queue_depth(self) -> int:
         """Row changes read and not yet taken."""
@@ -173,7 +178,7 @@ class BinlogStream:
         return BinLogStreamReader(
             # The same settings, TLS included, as every other connection of the scorer.
             connection_settings=connection_settings(self._source),
-            pymysql_wrapper=opener(self._source),
+            pymysql_wrapper=_one_binlog_connection(opener(self._source)),
             server_id=self._source.server_id,
             blocking=True,
             resume_stream=True,
@@ -193,7 +198,14 @@ class BinlogStream:
 
     def _read_forever(self) -> None:
         attempt = 0
+        first = True
         while not self._stop.is_set():
+            if not first and self._verify is not None:
+                self._verify(self._position)  # PositionLost: one line, the process stops
+                log.info(
+                    "binlog position checked before reconnecting", position=str(self._position)
+                )
+            first = False
             stream = self._stream()
             try:
                 with mysql_errors(f"binlog position {self._position} cannot be read"):
@@ -246,6 +258,26 @@ class BinlogStream:
             part, rows = self._part, self._part_rows
             self._part, self._part_rows = [], 0
             self._handover.put(part, rows, self._abort)
+
+
+def _one_binlog_connection(connect: Callable[..., Connection]) -> Callable[..., Connection]:
+    """The library's connect function, refusing the library's own reconnects of the binlog
+    connection: it reconnects by itself at the position it last read, to whatever server the
+    host name reaches then (after a failover, another one). Refused, the reconnect goes
+    through :meth:`BinlogStream._read_forever`, which checks the position first. (The control
+    connection names ``information_schema``; the binlog connection names no database.)"""
+    opened = 0
+
+    def connect_once(**settings: Any) -> Connection:
+        nonlocal opened
+        if settings.get("db") is None and settings.get("database") is None:
+            opened += 1
+            if opened > 1:
+                raise RetriableError("the binlog connection was lost", code="binlog_reconnect")
+        connection: Connection = connect(**settings)
+        return connection
+
+    return connect_once
 
 
 def probe_replication(source: SourceSpec, start: BinlogPosition) -> None:
