@@ -101,7 +101,11 @@ class DatabaseServer:
 
     # ------------------------------------------------------------ replication (failover tests)
     def replicate_from(self, source: DatabaseServer) -> None:
-        """Make this server a replica of ``source``, positioned by GTID."""
+        """Make this server a replica of ``source``: by GTID, or for a MySQL source without
+        GTIDs from the start of its first binlog file."""
+        if self.flavor == MYSQL and not source.gtid:
+            self._replicate_by_file(source)
+            return
         conn = self.connect()
         with conn.cursor() as cursor:
             if self.flavor == MARIADB:
@@ -120,8 +124,28 @@ class DatabaseServer:
                 cursor.execute("START REPLICA")
         conn.close()
 
+    def _replicate_by_file(self, source: DatabaseServer) -> None:
+        primary = source.connect()
+        with primary.cursor() as cursor:
+            cursor.execute("SHOW BINARY LOGS")
+            first = str(cursor.fetchall()[0][0])
+        primary.close()
+        conn = self.connect()
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST=%s, SOURCE_PORT=%s, SOURCE_USER=%s, "
+                "SOURCE_PASSWORD=%s, SOURCE_LOG_FILE=%s, SOURCE_LOG_POS=4, "
+                "GET_SOURCE_PUBLIC_KEY=1",
+                (source.host, source.port, source.user, source.password, first),
+            )
+            cursor.execute("START REPLICA")
+        conn.close()
+
     def wait_applied(self, source: DatabaseServer, timeout_s: float = 60) -> None:
         """Wait until this replica has applied everything ``source`` has logged so far."""
+        if self.flavor == MYSQL and not source.gtid:
+            self._wait_applied_by_file(source, timeout_s)
+            return
         primary = source.connect()
         with primary.cursor() as cursor:
             cursor.execute(
@@ -139,6 +163,22 @@ class DatabaseServer:
         conn.close()
         if result != 0:
             raise TimeoutError(f"the replica did not apply {executed} in {timeout_s} s")
+
+    def _wait_applied_by_file(self, source: DatabaseServer, timeout_s: float) -> None:
+        primary = source.connect()
+        with primary.cursor() as cursor:
+            cursor.execute("SHOW BINARY LOGS")
+            log_file, size = cursor.fetchall()[-1][:2]
+        primary.close()
+        conn = self.connect()
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT SOURCE_POS_WAIT(%s, %s, %s)", (str(log_file), int(size), timeout_s)
+            )
+            (result,) = cursor.fetchone() or (-1,)
+        conn.close()
+        if result is None or int(result) < 0:
+            raise TimeoutError(f"the replica did not reach {log_file}:{size} in {timeout_s} s")
 
     def promote(self) -> None:
         """Stop replicating and forget the source: this server is the primary now."""

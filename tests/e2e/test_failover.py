@@ -17,6 +17,7 @@ import tomli_w
 
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
+from cdc_scorer.local.mysql_dist import MysqlDistribution
 from cdc_scorer.local.servers import MARIADB, MYSQL, PrivateServer, free_port, private_server
 from tests.e2e.daemon import http_get, kill, metric, run_cli, start, wait
 from tests.integration.scenario import (
@@ -370,6 +371,63 @@ def test_a_lost_binlog_connection_is_reopened_only_after_the_position_is_checked
             assert '"code": "binlog_reconnect"' in log, log[-3000:]
             assert "binlog position checked before reconnecting" in log
             assert churn_matches(db)
+        finally:
+            assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
+            db.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_promoted_replica_without_gtids_is_refused_or_rescored(
+    tmp_path: Path, endpoints: BackgroundModelServer, mysql_distribution: MysqlDistribution
+) -> None:
+    """MySQL without GTIDs (Aurora MySQL's default), primary → replica by file:pos: after the
+    promotion the checkpoint's file:pos means nothing on the replica's own binlog. Refused with
+    one line by default; with on_lost_position = "rescore" the tables converge, every row
+    re-scored once, the stream scored beside it."""
+    options: dict[str, Any] = {"gtid": False, "distribution": mysql_distribution}
+    primary_launcher = private_server(MYSQL, server_id=51, **options)
+    replica_launcher = private_server(MYSQL, server_id=52, **options)
+    with primary_launcher as primary, replica_launcher as replica:
+        replica.replicate_from(primary)
+        create_database(primary, "mltest")
+        config = tmp_path / "s.toml"
+        init_scorer(write_config(config, primary, "mltest", endpoints.url, snapshot="never"))
+        db = primary.connect("mltest")
+        generator = ChurnRowGenerator(48)
+        daemon = start(config, "on-primary")
+        wait(lambda: len(_positions(db)) == 2, 30, "checkpoints", daemon)
+        insert_churn(db, list(generator.rows(100)))
+        wait(lambda: len(stored_churn(db)) == 100, 60, "scored on the primary", daemon)
+        kill(daemon)
+        insert_churn(db, list(generator.rows(20)))  # written while no scorer runs
+        db.close()
+        replica.wait_applied(primary)
+        primary_launcher.stop()
+        replica.promote()
+
+        settings = tomllib.loads(config.read_text())
+        settings["source"]["port"] = replica.port
+        config.write_text(tomli_w.dumps(settings))
+        result = run_cli("run", "--config", str(config))
+        assert result.returncode == 1, result.stderr[-2000:]
+        lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-scorer:")]
+        assert len(lines) == 1 and "delete the pipeline rows" in lines[0], result.stderr
+
+        settings["source"]["on_lost_position"] = "rescore"
+        config.write_text(tomli_w.dumps(settings))
+        db = replica.connect("mltest")
+        daemon = start(config, "on-replica")
+        try:
+            insert_churn(db, list(generator.rows(10)))  # the stream, beside the re-score
+            wait(
+                lambda: churn_matches(db) and len(stored_churn(db)) == 130,
+                90,
+                "the tables converge",
+                daemon,
+            )
+            done = _finished_jobs(config)
+            assert [j["reason"] for j in done] == ["position lost"], done
+            assert 120 <= done[0]["rows_done"] <= 130, done  # each row once
         finally:
             assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
             db.close()
