@@ -147,7 +147,8 @@ def _status(args: argparse.Namespace) -> int:
             else (f"connection {s.leader_connection}")
         )
         print(
-            f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}); "
+            f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}"
+            f"{f', on {s.server}' if s.server else ''}); "
             f"behind: {lag}; leader: {leader}; predictions {s.predictions}; "
             f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
             + (f"; STOPPED: {s.stopped}" if s.stopped else "")

@@ -29,6 +29,7 @@ class PipelineStatus:
     rescore: dict[str, object] | None = None  # the running re-score (or snapshot)
     rescores_queued: int = 0
     rescores_finished: tuple[dict[str, object], ...] = ()
+    server: str | None = None  # the server the checkpoint was last written on
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -79,4 +80,5 @@ def _status(
         rescore=None if rescores.running is None else job_summary(rescores.running),
         rescores_queued=len(rescores.queued),
         rescores_finished=tuple(job_summary(j) for j in rescores.finished),
+        server=found.server_identity if found else None,
     )

@@ -109,6 +109,8 @@ def test_a_promoted_replica_resumes_by_gtid_without_a_snapshot(
             wait(lambda: stored_feedback(db) == expected_feedback(db), 60, "feedback", daemon)
             assert _snapshot_rows(port) == 0  # no chunk read: nothing was snapshotted
             assert _identity(replica) != primary_identity  # the rows name the new server
+            shown = run_cli("status", "--config", str(config))
+            assert f"on {_identity(replica)})" in shown.stdout, shown.stdout  # and status
         finally:
             assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
             db.close()
