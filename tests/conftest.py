@@ -17,6 +17,7 @@ import pytest
 
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, ModelServerConfig
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
+from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 
 SHARED_CHURN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "churn.csv"
@@ -119,7 +120,30 @@ async def models() -> AsyncIterator[ModelServer]:
     await server.stop()
 
 
+_POSTGRES_UNAVAILABLE: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One private PostgreSQL with wal_level=logical; skips (red banner) if it cannot be had."""
+    if _POSTGRES_UNAVAILABLE:
+        pytest.skip(_POSTGRES_UNAVAILABLE[0])
+    launcher = PrivatePostgreSQL()
+    try:
+        server = launcher.start()
+    except PostgresUnavailable as exc:
+        _POSTGRES_UNAVAILABLE.append(f"PostgreSQL server unavailable: {exc}")
+        pytest.skip(_POSTGRES_UNAVAILABLE[0])
+    try:
+        yield server
+    finally:
+        launcher.stop()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _POSTGRES_UNAVAILABLE:
+        terminalreporter.section("PostgreSQL NOT TESTED", sep="!", red=True, bold=True)
+        terminalreporter.line(_POSTGRES_UNAVAILABLE[0], red=True)
     if _MYSQL_UNAVAILABLE:
         terminalreporter.section("MySQL NOT TESTED", sep="!", red=True, bold=True)
         terminalreporter.line(f"{_MYSQL_UNAVAILABLE[0]}", red=True)
