@@ -23,7 +23,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS
-from cdc_scorer.stores.mysql.sink import key_hash
+from cdc_scorer.stores.keys import key_hash
 
 SELECT_CHURN = (
     f"SELECT {', '.join(FEATURE_COLUMNS)}, updated_at FROM churn "

@@ -91,6 +91,35 @@ class Heartbeat(Protocol):
         """Write the heartbeat row every interval until cancelled."""
 
 
+def table_info(
+    index: int,
+    pipeline: PipelineSpec,
+    column_types: dict[str, str],
+    primary_key: tuple[str, ...],
+    problems: list[str],
+) -> TableInfo | None:
+    """A pipeline's source table as a dialect found it (its columns and types in order, its
+    primary key), or None with what is wrong added to ``problems`` (every dialect says it
+    alike: the key named, the fix given)."""
+    key = pipeline.key_columns or primary_key
+    if not key:
+        problems.append(
+            f"pipelines.{index}.key_columns: table {pipeline.table} has no primary key — set "
+            'key_columns to the columns that identify a row (e.g. key_columns = ["phone"])'
+        )
+        return None
+    wrong = False
+    for what, columns in {"key_columns": key, "input columns": pipeline.input_columns}.items():
+        missing = [c for c in columns if c not in column_types]
+        if missing:
+            wrong = True
+            problems.append(
+                f"pipelines.{index}: {what} {missing} are not columns of {pipeline.table} — "
+                f"fix the names (columns: {', '.join(column_types)})"
+            )
+    return None if wrong else TableInfo(pipeline.table, column_types, tuple(key))
+
+
 class Store(Protocol):
     """The scorer's tables in one database. Blocking methods: run them in a thread."""
 

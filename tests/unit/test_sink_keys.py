@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_scorer.stores.mysql.sink import key_json
+from cdc_scorer.stores.keys import key_json
 
 KEY_PART = (
     st.text()

@@ -16,6 +16,7 @@ from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.mysql.connection import Connection, mysql_errors, quote
 from cdc_scorer.services import PredictionColumn
+from cdc_scorer.stores import table_info
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL
 from cdc_scorer.stores.mysql.signals import SIGNAL_DDL
 
@@ -41,31 +42,17 @@ def inspect_tables(
                 )
                 continue
             column_types = {str(name): str(ctype) for name, ctype, _ in rows}
-            if pipeline.key_columns:
-                key = pipeline.key_columns
-            else:
+            primary_key: tuple[str, ...] = ()
+            if not pipeline.key_columns:
                 cursor.execute(
                     "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s "
                     "AND TABLE_NAME=%s AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX",
                     (database, pipeline.table),
                 )
-                key = tuple(str(r[0]) for r in cursor.fetchall())
-                if not key:
-                    problems.append(
-                        f"pipelines.{index}.key_columns: table {pipeline.table} has no primary "
-                        "key — set key_columns to the columns that identify a row "
-                        '(e.g. key_columns = ["phone"])'
-                    )
-                    continue
-            needed = {"key_columns": key, "input columns": pipeline.input_columns}
-            for what, columns in needed.items():
-                missing = [c for c in columns if c not in column_types]
-                if missing:
-                    problems.append(
-                        f"pipelines.{index}: {what} {missing} are not columns of "
-                        f"{pipeline.table} — fix the names (columns: {', '.join(column_types)})"
-                    )
-            tables[pipeline.table] = TableInfo(pipeline.table, column_types, tuple(key))
+                primary_key = tuple(str(r[0]) for r in cursor.fetchall())
+            info = table_info(index, pipeline, column_types, primary_key, problems)
+            if info is not None:
+                tables[pipeline.table] = info
     if problems:
         raise FatalError("; ".join(problems))
     return tables

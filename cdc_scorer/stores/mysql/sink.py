@@ -11,11 +11,8 @@ another instance has taken over and this one stops (fencing).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cdc_scorer.core.errors import FatalError, RetriableError
@@ -25,6 +22,7 @@ from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.stores import PositionDecoder
+from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import (
     CHECKPOINT_UPSERT,
     checkpoint_row,
@@ -33,25 +31,6 @@ from cdc_scorer.stores.mysql.checkpoints import (
 )
 from cdc_scorer.stores.mysql.leader import try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, view_statement
-
-
-def key_json(key: tuple[Any, ...]) -> str:
-    """``json.dumps(list(key), default=str)``, by hand for the usual text and integer keys
-    (json.dumps' encoder set-up costs more than the encoding; this runs for every row)."""
-    parts = []
-    for value in key:
-        if value.__class__ is str:
-            parts.append(encode_basestring_ascii(value))
-        elif value.__class__ is int:
-            parts.append(int.__repr__(value))
-        else:
-            return json.dumps(list(key), default=str)
-    return "[" + ", ".join(parts) + "]"
-
-
-def key_hash(key: tuple[Any, ...]) -> bytes:
-    """The predictions table's primary key: SHA-256 of the source key's JSON."""
-    return hashlib.sha256(key_json(key).encode()).digest()
 
 
 def _hex(value: bytes) -> str:
