@@ -82,6 +82,8 @@ class SourceSpec:
     # The kind of database and its change log, a name of sources/registry.py (config.py checks
     # it): "mysql" is the binlog of MySQL, Aurora MySQL and MariaDB.
     engine: str = "mysql"
+    # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database).
+    schema: Identifier = "public"
     host: str = "127.0.0.1"
     port: Port = 3306
     user: str = "cdc_scorer"

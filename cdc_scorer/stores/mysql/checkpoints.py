@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from cdc_scorer.core.own_tables import CHECKPOINT_TABLE
 from cdc_scorer.core.records import Checkpoint, RescoreJob
-from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, decode_rescores, encode_rescores
+from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, decode_rescores
 from cdc_scorer.mysql.connection import Connection, mysql_errors
 from cdc_scorer.stores import PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.fenced import checkpoint_row
 
 CHECKPOINT_DDL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
   pipeline VARCHAR(64) NOT NULL PRIMARY KEY,
@@ -38,17 +38,6 @@ CHECKPOINT_UPSERT = f"""INSERT INTO {CHECKPOINT_TABLE}
  ON DUPLICATE KEY UPDATE position=VALUES(position), server_identity=VALUES(server_identity),
  snapshot_state=VALUES(snapshot_state), rescore=VALUES(rescore), snapshot_cursor=NULL,
  snapshot_position=NULL, updated_at=VALUES(updated_at)"""
-
-
-def checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[Any, ...]:
-    """The values of :data:`CHECKPOINT_UPSERT` (also what a fenced sink compares)."""
-    return (
-        name,
-        checkpoint.position.encode() if checkpoint.position else None,
-        identity,
-        checkpoint.snapshot_state,
-        encode_rescores(checkpoint.rescores),
-    )
 
 
 def load_checkpoints(

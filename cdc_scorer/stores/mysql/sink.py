@@ -1,34 +1,25 @@
-"""The sink: ONE transaction per batch — prediction upserts/deletes, dead letters, checkpoint.
+"""The MySQL sink: ONE transaction per batch — prediction upserts/deletes, dead letters,
+checkpoint — in MySQL's SQL; the fence around it (the leader lock held on the connection, the
+checkpoint found as left after a reconnect) is ``stores/fenced.py``.
 
 Because the checkpoint commits with the predictions it covers, a crash at any point leaves
 either both or neither, and restart resumes exactly after the last applied batch.
-
-The connection holds this pipeline's leader lock (``leader.py``). A new connection must win the
-lock again and find the checkpoint as this process left it before it writes anything; otherwise
-another instance has taken over and this one stops (fencing).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from cdc_scorer.core.errors import FatalError, RetriableError
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
-from cdc_scorer.core.records import Checkpoint, ScoredBatch
-from cdc_scorer.core.retry import retrying
+from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.stores import PositionDecoder
+from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.fenced import FencedSink
 from cdc_scorer.stores.keys import key_hash, key_json
-from cdc_scorer.stores.mysql.checkpoints import (
-    CHECKPOINT_UPSERT,
-    checkpoint_row,
-    load_checkpoints,
-    record_stop,
-)
+from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
 from cdc_scorer.stores.mysql.leader import try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, view_statement
 
@@ -63,7 +54,7 @@ class _MultiRow:
             cursor.execute(self.head + ", ".join(rows[start : start + step]) + self.tail)
 
 
-class Sink:
+class Sink(FencedSink[Connection]):
     """Writes one pipeline's scored batches, in order, through its own connection."""
 
     def __init__(
@@ -73,24 +64,15 @@ class Sink:
         key_columns: tuple[str, ...],
         server_identity: str,
         retry: RetrySpec,
-        on_retry: Callable[[str, RetriableError], None] | None = None,
+        on_retry: OnRetry | None = None,
         *,
         lock: str,
         decode: PositionDecoder,
     ) -> None:
-        self.lock = lock
-        self._leading = False
-        self._written: tuple[Any, ...] | None = None  # the checkpoint row we last committed
-        self._attempted: tuple[Any, ...] | None = None  # the one of a commit under way
+        super().__init__(pipeline, server_identity, retry, on_retry, lock=lock, decode=decode)
         self._source = source
-        self._pipeline = pipeline
         self._key_columns = key_columns
         self._model_endpoint = pipeline.model.model_endpoint
-        self._decode = decode
-        self._identity = server_identity
-        self._retry = retry
-        self._on_retry = on_retry
-        self._conn: Connection | None = None
         value_columns = prediction_value_columns(pipeline)
         columns = [
             "key_hash",
@@ -127,72 +109,24 @@ class Sink:
             rows_per_statement=50,
         )
 
-    async def write(self, batch: ScoredBatch) -> None:
-        await retrying(
-            lambda: asyncio.to_thread(self._write_transaction, batch),
-            spec=self._retry,
-            stage="sink",
-            on_retry=self._on_retry,
-        )
+    def _open(self) -> Connection:
+        return connect(self._source)
 
-    def try_lead(self, wait_s: float) -> bool:
-        """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
-        try:
-            if self._conn is None:
-                self._conn = connect(self._source)
-            self._leading = try_lock(self._conn, self.lock, wait_s)
-        except BaseException:
-            self.close()
-            raise
-        return self._leading
-
-    def expect(self, checkpoint: Checkpoint) -> None:
-        """The checkpoint the table holds now; a reconnect must find what we wrote last."""
-        self._written = checkpoint_row(self._pipeline.name, checkpoint, self._identity)
-
-    def _connection(self) -> Connection:
-        if self._conn is not None:
-            return self._conn
-        assert self._leading, "try_lead() first"
-        conn = connect(self._source)
-        try:
-            if not try_lock(conn, self.lock, 0):
-                raise FatalError(
-                    f"lost the leader lock {self.lock}: another instance is scoring pipeline "
-                    f"{self._pipeline.name}; this one stops (restart it to run as a standby)"
-                )
-            name = self._pipeline.name
-            found = load_checkpoints(conn, [name], self._decode).get(name)
-            row = (
-                None
-                if found is None
-                else checkpoint_row(self._pipeline.name, found.checkpoint, found.server_identity)
-            )
-            # A commit whose answer was lost may have landed: the retried batch is idempotent.
-            if row not in (self._written, self._attempted):
-                raise FatalError(
-                    f"the checkpoint of pipeline {self._pipeline.name} changed while this "
-                    "instance was disconnected: another instance scored it; this one stops "
-                    "(restart it to resume from the new checkpoint)"
-                )
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def stopped(self, reason: str) -> None:
-        """Record why the pipeline stopped (for `status`), through the fenced connection."""
-        try:
-            with mysql_errors(f"recording that {self._pipeline.name} stopped"):
-                record_stop(self._connection(), self._pipeline.name, reason)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
+    def _close(self, conn: Connection | None) -> None:
         close_quietly(conn)
+
+    def _errors(self, doing: str) -> AbstractContextManager[None]:
+        return mysql_errors(doing)
+
+    def _try_lock(self, conn: Connection, wait_s: float) -> bool:
+        return try_lock(conn, self.lock, wait_s)
+
+    def _stored(self, conn: Connection) -> StoredCheckpoint | None:
+        name = self._pipeline.name
+        return load_checkpoints(conn, [name], self._decode).get(name)
+
+    def _record_stop(self, conn: Connection, reason: str) -> None:
+        record_stop(conn, self._pipeline.name, reason)
 
     def _upsert_rows(self, conn: Connection, batch: ScoredBatch) -> list[str]:
         """Each prediction as a SQL row, ``(literal, …, NOW(6))``, escaped by the connection
@@ -229,45 +163,36 @@ class Sink:
             for p in batch.upserts
         ]
 
-    def _write_transaction(self, batch: ScoredBatch) -> None:
-        row = checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
-        try:
-            with mysql_errors(f"writing predictions of {self._pipeline.name}"):
-                conn = self._connection()
-                if batch.columns_changed:
-                    # DDL commits on its own: made before the batch's transaction, and made
-                    # again if that transaction is replayed (it is idempotent).
-                    with conn.cursor() as cursor:
-                        cursor.execute(self._view)
-                conn.begin()
-                with conn.cursor() as cursor:
-                    if batch.truncate:  # the source table was truncated: so are they
-                        cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")
-                    if batch.upserts:
-                        self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
-                    # A dead-lettered row's older prediction would belong to an older version.
-                    removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
-                    if removed:
-                        self._delete.execute_sql(cursor, [_hex(key_hash(k)) for k in removed])
-                    if batch.dead_letters:
-                        self._dead_letter.execute(
-                            cursor,
-                            [
-                                (
-                                    self._pipeline.name,
-                                    key_json(d.key),
-                                    d.source_position,
-                                    d.reason[:64],
-                                    d.error,
-                                    d.payload,
-                                )
-                                for d in batch.dead_letters
-                            ],
+    def _apply(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+        if batch.columns_changed:
+            # DDL commits on its own: made before the batch's transaction, and made again if
+            # that transaction is replayed (it is idempotent).
+            with conn.cursor() as cursor:
+                cursor.execute(self._view)
+        conn.begin()
+        with conn.cursor() as cursor:
+            if batch.truncate:  # the source table was truncated: so are they
+                cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")
+            if batch.upserts:
+                self._upsert.execute_sql(cursor, self._upsert_rows(conn, batch))
+            # A dead-lettered row's older prediction would belong to an older version.
+            removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+            if removed:
+                self._delete.execute_sql(cursor, [_hex(key_hash(k)) for k in removed])
+            if batch.dead_letters:
+                self._dead_letter.execute(
+                    cursor,
+                    [
+                        (
+                            self._pipeline.name,
+                            key_json(d.key),
+                            d.source_position,
+                            d.reason[:64],
+                            d.error,
+                            d.payload,
                         )
-                    cursor.execute(CHECKPOINT_UPSERT, row)
-                self._attempted = row
-                conn.commit()
-                self._written = row
-        except BaseException:
-            self.close()  # a failed transaction's connection is not reused
-            raise
+                        for d in batch.dead_letters
+                    ],
+                )
+            cursor.execute(CHECKPOINT_UPSERT, row)
+        conn.commit()
