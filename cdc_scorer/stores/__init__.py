@@ -120,6 +120,36 @@ def table_info(
     return None if wrong else TableInfo(pipeline.table, column_types, tuple(key))
 
 
+def chunk_query(table: str, key: Sequence[str], where: str | None, after: bool, rows: int) -> str:
+    """A snapshot chunk: up to ``rows`` rows of ``table`` in key order, after the key given as
+    parameters when ``after``, matching ``where`` (identifiers quoted by the dialect)."""
+    if where and after:
+        where = where.replace("%", "%%")  # the statement has parameters: % is theirs
+    columns = ", ".join(key)
+    following = f"({columns}) > ({', '.join(['%s'] * len(key))})" if after else None
+    conditions = [c for c in (following, where) if c]
+    condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
+    return f"SELECT * FROM {table}{condition} ORDER BY {columns} LIMIT {int(rows)}"
+
+
+def prediction_columns(
+    pipeline: PipelineSpec, key_columns: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The columns a sink writes into a predictions table (``scored_at`` aside), and those an
+    upsert updates (all but the key)."""
+    columns = [
+        "key_hash",
+        *key_columns,
+        *(c.name for c in pipeline.model.prediction_columns()),
+        "model_endpoint",
+        "model_variant",
+        "model_version",
+        "source_position",
+        "source_committed_at",
+    ]
+    return columns, [c for c in columns if c != "key_hash" and c not in key_columns]
+
+
 class Store(Protocol):
     """The scorer's tables in one database. Blocking methods: run them in a thread."""
 

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.mysql import MysqlStore
+from cdc_scorer.stores.postgresql import PostgresStore
 
 STORES: dict[str, Callable[[SourceSpec, RetrySpec], Store]] = {
     "mysql": MysqlStore,  # MySQL, Aurora MySQL, MariaDB
+    "postgresql": PostgresStore,  # PostgreSQL, Aurora PostgreSQL (its source: issue 19)
 }
 
 

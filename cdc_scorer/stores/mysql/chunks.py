@@ -11,6 +11,7 @@ import pymysql
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
+from cdc_scorer.stores import chunk_query
 from cdc_scorer.stores.mysql.signals import forget_signals, insert_signal
 
 
@@ -21,9 +22,7 @@ class MysqlChunks:
         self._source = source
         self._table = pipeline.table
         self._conn: Connection | None = None
-        key = ", ".join(quote(c) for c in table.key_columns)
-        self._key = key
-        self._after = f"({key}) > ({', '.join(['%s'] * len(table.key_columns))})"
+        self._key = [quote(c) for c in table.key_columns]
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -33,13 +32,7 @@ class MysqlChunks:
     def select(
         self, where: str | None, after: tuple[Any, ...] | None, rows: int
     ) -> list[dict[str, Any]]:
-        if where and after is not None:
-            where = where.replace("%", "%%")  # the statement has parameters: % is theirs
-        conditions = [c for c in (self._after if after is not None else None, where) if c]
-        condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
-        sql = (
-            f"SELECT * FROM {quote(self._table)}{condition} ORDER BY {self._key} LIMIT {int(rows)}"
-        )
+        sql = chunk_query(quote(self._table), self._key, where, after is not None, rows)
         conn = self._connection()
         with (
             mysql_errors(f"reading a chunk of {self._table}"),

@@ -16,7 +16,7 @@ from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
 from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
 from cdc_scorer.stores.fenced import FencedSink
 from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
@@ -74,17 +74,7 @@ class Sink(FencedSink[Connection]):
         self._key_columns = key_columns
         self._model_endpoint = pipeline.model.model_endpoint
         value_columns = prediction_value_columns(pipeline)
-        columns = [
-            "key_hash",
-            *key_columns,
-            *value_columns,
-            "model_endpoint",
-            "model_variant",
-            "model_version",
-            "source_position",
-            "source_committed_at",
-        ]
-        updates = [c for c in columns if c != "key_hash" and c not in key_columns]
+        columns, updates = prediction_columns(pipeline, key_columns)
         self._value_columns = value_columns
         self._view = view_statement(pipeline, key_columns)
         # Multi-row statements, built here: pymysql's executemany batches only statements whose

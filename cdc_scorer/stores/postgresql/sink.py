@@ -1,0 +1,144 @@
+"""The PostgreSQL sink: ONE transaction per batch — prediction upserts/deletes, dead letters,
+checkpoint — in PostgreSQL's SQL (``INSERT … ON CONFLICT``); the fence is ``stores/fenced.py``.
+Unlike MySQL, the view made again after an ALTER TABLE commits with the batch."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
+from cdc_scorer.core.records import ScoredBatch
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
+from cdc_scorer.stores.fenced import FencedSink
+from cdc_scorer.stores.keys import key_hash, key_json
+from cdc_scorer.stores.postgresql.connection import (
+    Connection,
+    close_quietly,
+    connect,
+    pg_errors,
+    quote,
+)
+from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
+from cdc_scorer.stores.postgresql.tables import (
+    checkpoint_upsert,
+    load_checkpoints,
+    record_stop,
+    try_lock,
+)
+
+
+class PostgresSink(FencedSink[Connection]):
+    def __init__(
+        self,
+        source: SourceSpec,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        server_identity: str,
+        retry: RetrySpec,
+        on_retry: OnRetry | None = None,
+        *,
+        lock: str,
+        decode: PositionDecoder,
+    ) -> None:
+        super().__init__(pipeline, server_identity, retry, on_retry, lock=lock, decode=decode)
+        self._source = source
+        schema = quote(source.schema)
+        table = f"{schema}.{quote(pipeline.predictions)}"
+        self._value_columns = prediction_value_columns(pipeline)
+        columns, updates = prediction_columns(pipeline, key_columns)
+        self._upsert = (
+            f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}, scored_at) VALUES %s "
+            "ON CONFLICT (key_hash) DO UPDATE SET "
+            + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in [*updates, "scored_at"])
+        )
+        self._template = "(" + ", ".join(["%s"] * len(columns)) + ", localtimestamp)"
+        self._delete = f"DELETE FROM {table} WHERE key_hash = ANY(%s)"
+        self._truncate = f"DELETE FROM {table}"
+        self._dead_letter = (
+            f"INSERT INTO {schema}.{DEAD_LETTER_TABLE} (pipeline, source_key, source_position, "
+            "reason, error, payload, created_at) VALUES %s"
+        )
+        self._checkpoint = checkpoint_upsert(source.schema)
+        self._views = view_statements(source.schema, pipeline, key_columns)
+
+    def _open(self) -> Connection:
+        return connect(self._source)
+
+    def _close(self, conn: Connection | None) -> None:
+        close_quietly(conn)
+
+    def _errors(self, doing: str) -> AbstractContextManager[None]:
+        return pg_errors(doing)
+
+    def _try_lock(self, conn: Connection, wait_s: float) -> bool:
+        return try_lock(conn, self.lock, wait_s)
+
+    def _stored(self, conn: Connection) -> StoredCheckpoint | None:
+        name = self._pipeline.name
+        return load_checkpoints(conn, self._source.schema, [name], self._decode).get(name)
+
+    def _record_stop(self, conn: Connection, reason: str) -> None:
+        record_stop(conn, self._source.schema, self._pipeline.name, reason)
+
+    def _apply(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+        model = self._pipeline
+        conn.autocommit = False
+        try:
+            with conn.cursor() as cursor:
+                if batch.columns_changed:
+                    for statement in self._views:
+                        cursor.execute(statement)
+                if batch.truncate:
+                    cursor.execute(self._truncate)
+                if batch.upserts:
+                    values = [
+                        (
+                            psycopg2.Binary(key_hash(p.key)),
+                            *p.key,
+                            *[p.columns.get(c) for c in self._value_columns],
+                            model.model.model_endpoint,
+                            p.variant,
+                            model.model_version,
+                            p.source_position,
+                            p.source_committed_at,
+                        )
+                        for p in batch.upserts
+                    ]
+                    psycopg2.extras.execute_values(
+                        cursor, self._upsert, values, template=self._template, page_size=500
+                    )
+                removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+                if removed:
+                    cursor.execute(self._delete, ([psycopg2.Binary(key_hash(k)) for k in removed],))
+                if batch.dead_letters:
+                    psycopg2.extras.execute_values(
+                        cursor,
+                        self._dead_letter,
+                        [
+                            (
+                                model.name,
+                                key_json(d.key),
+                                d.source_position,
+                                d.reason[:64],
+                                d.error,
+                                d.payload,
+                            )
+                            for d in batch.dead_letters
+                        ],
+                        template="(%s, %s, %s, %s, %s, %s, localtimestamp)",
+                        page_size=50,
+                    )
+                cursor.execute(self._checkpoint, row)
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(psycopg2.Error):  # a lost connection cannot roll back
+                conn.rollback()
+            raise
+        finally:
+            conn.autocommit = True
