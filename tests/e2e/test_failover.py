@@ -43,6 +43,14 @@ def _pair(flavor: str, request: pytest.FixtureRequest) -> tuple[PrivateServer, P
     return primary, replica
 
 
+def _without_gtids(flavor: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Launcher options: MySQL with gtid_mode=OFF (as Aurora MySQL ships); MariaDB as it is
+    (it always has GTIDs: a test that reads it by file:pos sets positions = "file")."""
+    if flavor == MYSQL:
+        return {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    return {}
+
+
 def _snapshot_rows(port: int) -> float:
     _, body = http_get(f"http://127.0.0.1:{port}/metrics")
     rows = [
@@ -144,9 +152,7 @@ def test_file_positions_are_checked_by_what_is_there(
     """file:pos (MySQL without GTIDs, as Aurora MySQL ships; MariaDB with positions="file"): a
     checkpoint resumes where the commit it was taken after is (its fingerprint), whoever the
     server says it is, and a same-named binlog file of another server is refused, never read."""
-    options: dict[str, Any] = {"gtid": False}
-    if flavor == MYSQL:
-        options["distribution"] = request.getfixturevalue("mysql_distribution")
+    options = _without_gtids(flavor, request)
     with private_server(flavor, server_id=31, **options) as first:
         create_database(first, "mltest")
         config = tmp_path / "s.toml"
@@ -216,19 +222,27 @@ def test_file_positions_are_checked_by_what_is_there(
             wait(lambda: "checkpoint position lost" in daemon.log(), 30, "lost", daemon)
             generator = ChurnRowGenerator(45)
             insert_churn(db, list(generator.rows(20)))  # the stream, beside the re-score
-            wait(
-                lambda: churn_matches(db) and len(stored_churn(db)) == 320,
-                90,
-                "the tables converge",
-                daemon,
-            )
-            done = _finished_jobs(config)
-            assert [j["reason"] for j in done] == ["position lost"], done
-            # Each row once: the table's 300, and at most the 20 the stream wrote meanwhile.
-            assert 300 <= done[0]["rows_done"] <= 320, done
+            _converged_with_one_rescore(config, db, daemon, table_rows=300, streamed=20)
         finally:
             assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
         db.close()
+
+
+def _converged_with_one_rescore(
+    config: Path, db: Any, daemon: Any, *, table_rows: int, streamed: int
+) -> None:
+    """The tables converge after a lost position, through one "position lost" re-score that
+    read each row once: the table's rows, and at most those the stream wrote meanwhile."""
+    total = table_rows + streamed
+    wait(
+        lambda: churn_matches(db) and len(stored_churn(db)) == total,
+        90,
+        "the tables converge",
+        daemon,
+    )
+    done = _finished_jobs(config)
+    assert [j["reason"] for j in done] == ["position lost"], done
+    assert table_rows <= done[0]["rows_done"] <= total, done
 
 
 def _finished_jobs(config: Path) -> list[dict[str, Any]]:
@@ -261,9 +275,7 @@ def test_reposition_by_each_form_checked_against_the_server(
     """`cdc-scorer reposition`: --now skips what was written meanwhile, a stored position
     (--gtid on MariaDB, --file/--pos on MySQL without GTIDs) replays from there, --rescore
     re-scores every row; a position not on the server, and a running daemon, are refused."""
-    options: dict[str, Any] = {}
-    if flavor == MYSQL:
-        options |= {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    options = _without_gtids(flavor, request)
     with private_server(flavor, server_id=33, **options) as server:
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
@@ -342,9 +354,7 @@ def test_a_lost_binlog_connection_is_reopened_only_after_the_position_is_checked
     """The replication library would reconnect by itself at the position it last read, to
     whatever server the host name reaches then: the scorer refuses that reconnect and makes
     its own, checking the position against the server first (file:pos: its fingerprint)."""
-    options: dict[str, Any] = {}
-    if flavor == MYSQL:
-        options |= {"gtid": False, "distribution": request.getfixturevalue("mysql_distribution")}
+    options = _without_gtids(flavor, request)
     with private_server(flavor, server_id=34, **options) as server:
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
@@ -421,15 +431,7 @@ def test_a_promoted_replica_without_gtids_is_refused_or_rescored(
         daemon = start(config, "on-replica")
         try:
             insert_churn(db, list(generator.rows(10)))  # the stream, beside the re-score
-            wait(
-                lambda: churn_matches(db) and len(stored_churn(db)) == 130,
-                90,
-                "the tables converge",
-                daemon,
-            )
-            done = _finished_jobs(config)
-            assert [j["reason"] for j in done] == ["position lost"], done
-            assert 120 <= done[0]["rows_done"] <= 130, done  # each row once
+            _converged_with_one_rescore(config, db, daemon, table_rows=120, streamed=10)
         finally:
             assert kill(daemon, signal.SIGTERM) == 0, daemon.log()[-2000:]
             db.close()
