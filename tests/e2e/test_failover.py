@@ -26,6 +26,7 @@ from tests.integration.scenario import (
     expected_feedback,
     init_scorer,
     insert_churn,
+    readme_grants,
     stored_churn,
     stored_feedback,
     write_config,
@@ -160,6 +161,7 @@ def test_file_positions_are_checked_by_what_is_there(
             config, first, "mltest", endpoints.url, snapshot="never", positions="file"
         )
         init_scorer(spec)
+        _as_readme_user(first, config)  # the fingerprint is read with the README's grants
         db = first.connect("mltest")
         generator = ChurnRowGenerator(43)
         daemon = start(config, "first")
@@ -228,6 +230,20 @@ def test_file_positions_are_checked_by_what_is_there(
         db.close()
 
 
+def _as_readme_user(server: Any, config: Path) -> None:
+    """Create a user with exactly the README's grants (deploy/grants.sql) and run the
+    config's daemon and commands as that user."""
+    user, password = "cdc_fo", "Fail0ver-pw!"
+    admin = server.connect()
+    with admin.cursor() as cursor:
+        for statement in readme_grants(server.flavor, user, password, "mltest"):
+            cursor.execute(statement)
+    admin.close()
+    settings = tomllib.loads(config.read_text())
+    settings["source"] |= {"user": user, "password": password}
+    config.write_text(tomli_w.dumps(settings))
+
+
 def _converged_with_one_rescore(
     config: Path, db: Any, daemon: Any, *, table_rows: int, streamed: int
 ) -> None:
@@ -280,6 +296,7 @@ def test_reposition_by_each_form_checked_against_the_server(
         create_database(server, "mltest")
         config = tmp_path / "s.toml"
         init_scorer(write_config(config, server, "mltest", endpoints.url, snapshot="never"))
+        _as_readme_user(server, config)  # the daemon and the operator's command alike
         db = server.connect("mltest")
         generator = ChurnRowGenerator(46)
         daemon = start(config, "first")
