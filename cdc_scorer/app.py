@@ -27,6 +27,7 @@ from cdc_scorer.core.own_tables import (
     SIGNAL_TABLE,
 )
 from cdc_scorer.core.pipeline import Inbox, PipelineRunner
+from cdc_scorer.core.positions import oldest_position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.router import Router
@@ -54,6 +55,7 @@ class ScorerApp:
         self.store = build_store(spec.source, spec.retry)
         self._stop = asyncio.Event()
         self._coordinator: Coordinator | None = None
+        self._runners: list[PipelineRunner] = []
         self.ops: OpsServer | None = None
 
     def request_stop(self) -> None:
@@ -112,6 +114,7 @@ class ScorerApp:
                 self._runner(p, tables[p.table], checkpoints[p.name], clients, sinks[p.name])
                 for p in spec.pipelines
             ]
+            self._runners = runners
             inboxes: dict[str, list[Inbox]] = {}
             for runner in runners:
                 inboxes.setdefault(runner.pipeline.table, []).append(runner.inbox)
@@ -151,8 +154,12 @@ class ScorerApp:
         info = self.source.preflight()
         tables = self.store.inspect_tables(pipelines)
         self.store.check_schema(pipelines)
-        for problem in self.source.warnings(pipelines, tables):
-            log.warning("partial JSON updates", problem=problem)
+        found = [c for c in self.source.table_checks(pipelines, tables) if c.problem]
+        fatal = [f"{c.name}: {c.problem}" for c in found if c.fatal]
+        if fatal:
+            raise FatalError("; ".join(fatal))
+        for check in found:
+            log.warning("rows may become dead letters", check=check.name, problem=check.problem)
         return info, tables
 
     def _checkpoints(self, info: SourceInfo, tables: dict[str, TableInfo]) -> dict[str, Checkpoint]:
@@ -209,7 +216,14 @@ class ScorerApp:
             self.telemetry,
             exchange=exchange,
             snapshotter=snapshotter,
+            on_committed=self._acknowledge,
         )
+
+    def _acknowledge(self) -> None:
+        """A pipeline committed: the source learns the oldest position all have applied."""
+        positions = [r.checkpoint.position for r in self._runners]
+        if self._coordinator is not None and positions and None not in positions:
+            self._coordinator.acknowledge(oldest_position([p for p in positions if p]))
 
     def _stream(self, tables: dict[str, TableInfo], checkpoints: list[Checkpoint]) -> ChangeStream:
         # The columns anything downstream reads: keys and model inputs (a source may leave the

@@ -29,6 +29,7 @@ from cdc_scorer.core.spec import (
     SourceSpec,
     column_prefix,
     pipeline_name,
+    slot_identifier,
     sql_identifier,
 )
 from cdc_scorer.services import ModelSpec
@@ -85,6 +86,10 @@ _SHAPES = {
         "use a letter or _, then letters, digits, _ or $ (64 at most)",
     ),
     pipeline_name.__name__: ("a pipeline name", "use letters, digits, _ . or - (64 at most)"),
+    slot_identifier.__name__: (
+        "a replication slot name",
+        "use lower-case letters, digits or _ (63 at most)",
+    ),
     column_prefix.__name__: (
         "a column name prefix",
         "use a letter or _, then letters, digits or _ (41 at most)",

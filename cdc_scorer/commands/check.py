@@ -54,10 +54,9 @@ def _change_log_and_tables(
         results.append(CheckResult(name, True, note))
     if all(problem is None for _, problem in settings):
         try:
-            source.probe()
-            results.append(CheckResult("grant: binlog replication", True, "binlog read"))
+            results.append(CheckResult(source.probe_name, True, source.probe()))
         except CdcScorerError as exc:
-            results.append(CheckResult("grant: binlog replication", False, str(exc)))
+            results.append(CheckResult(source.probe_name, False, str(exc)))
     tables: dict[str, TableInfo] = {}
     for pipeline in spec.pipelines:
         name = f"table {pipeline.table} (pipeline {pipeline.name})"
@@ -68,8 +67,8 @@ def _change_log_and_tables(
             continue
         tables[pipeline.table] = info
         results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
-    for problem in source.warnings(spec.pipelines, tables):
-        results.append(CheckResult("binlog binlog_row_value_options", False, problem))
+    for found in source.table_checks(spec.pipelines, tables):
+        results.append(CheckResult(found.name, found.problem is None, found.problem or "ok"))
     try:
         store.check_schema(spec.pipelines)
     except CdcScorerError as exc:

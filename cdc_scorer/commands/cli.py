@@ -51,6 +51,7 @@ def _serve_models(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     from cdc_scorer.config import load_config
+    from cdc_scorer.sources.registry import build_source
     from cdc_scorer.stores.registry import build_store
 
     spec = load_config(args.config)
@@ -59,6 +60,8 @@ def _init(args: argparse.Namespace) -> int:
         statements = store.init(spec.pipelines)
     finally:
         store.close()
+    # After the tables: a publication names the scorer's own tables too.
+    statements += build_source(spec.source, spec.retry).prepare(spec.pipelines)
     print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
     return 0
 

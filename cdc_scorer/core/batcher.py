@@ -229,6 +229,16 @@ class Accumulator:
         return len(self._pending) >= self._max_rows or self._pending_bytes >= batching.max_bytes
 
     def _add(self, change: RowChange) -> None:
+        # No old image, but the log says these columns kept their values: when they are all
+        # the model reads, the prediction stands.
+        if (
+            change.unchanged
+            and change.op is Op.UPDATE
+            and change.before is None
+            and all(c in change.unchanged for c in self._inputs)
+        ):
+            self._skipped["unchanged_inputs"] += 1
+            return
         inputs = self._pick_inputs(change.values)
         if change.op is Op.UPDATE and change.before is not None:
             old_key = tuple(map(change.before.get, self._key_columns))

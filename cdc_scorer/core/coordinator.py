@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import aclosing
 
+from cdc_scorer.core.positions import Position
 from cdc_scorer.core.router import Router
 from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.sources import ChangeStream
@@ -34,6 +35,11 @@ class Coordinator:
         self._stop.set()
         if self._stream is not None:
             self._stream.stop()
+
+    def acknowledge(self, position: Position) -> None:
+        """Every pipeline has durably applied ``position`` (the source may let go of it)."""
+        if self._stream is not None:
+            self._stream.acknowledge(position)
 
     async def run(self) -> None:
         try:

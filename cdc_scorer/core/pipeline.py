@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -54,8 +55,10 @@ class PipelineRunner:
         *,
         exchange: ChunkExchange | None = None,
         snapshotter: ChunkReader | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._on_committed = on_committed  # after each durable write: the checkpoint moved
         self.checkpoint = checkpoint
         self.inbox: Inbox = asyncio.Queue(maxsize=64)
         in_flight = pipeline.batching.max_in_flight
@@ -126,3 +129,5 @@ class PipelineRunner:
             self._telemetry.on_sink_write(name, time.monotonic() - started)
             self.checkpoint = scored.checkpoint
             self._telemetry.on_commit(name, scored)
+            if self._on_committed is not None:
+                self._on_committed()

@@ -35,6 +35,9 @@ class RowChange:
     # Columns whose new value the binlog did not carry whole (a MySQL partial JSON update,
     # binlog_row_value_options=PARTIAL_JSON): ``values`` holds a diff there, not the value.
     incomplete: frozenset[str] = frozenset()
+    # Columns the change log left out because the change did not touch them (PostgreSQL's
+    # unchanged TOASTed values under REPLICA IDENTITY DEFAULT): ``values`` lacks them.
+    unchanged: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

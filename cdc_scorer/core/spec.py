@@ -25,6 +25,11 @@ def sql_identifier(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", text) is not None
 
 
+def slot_identifier(text: str) -> bool:
+    """What PostgreSQL allows a replication slot's name to be."""
+    return re.fullmatch(r"[a-z0-9_]{1,63}", text) is not None
+
+
 def pipeline_name(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) is not None
 
@@ -82,8 +87,12 @@ class SourceSpec:
     # The kind of database and its change log, a name of sources/registry.py (config.py checks
     # it): "mysql" is the binlog of MySQL, Aurora MySQL and MariaDB.
     engine: str = "mysql"
-    # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database).
+    # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database),
+    # the publication of the captured tables and the scorer's replication slot (init makes
+    # both).
     schema: Identifier = "public"
+    publication: Identifier = "cdc_scorer"
+    slot_name: Annotated[str, Predicate(slot_identifier)] = "cdc_scorer"
     host: str = "127.0.0.1"
     port: Port = 3306
     user: str = "cdc_scorer"

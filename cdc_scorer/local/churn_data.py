@@ -115,6 +115,29 @@ CREATE TABLE IF NOT EXISTS feedback (
 ) CHARACTER SET utf8mb4
 """
 
+# The same tables on PostgreSQL. churn has no primary key: its UPDATEs and DELETEs are logged
+# (and published) only with REPLICA IDENTITY FULL, which also gives the scorer the old image.
+CHURN_TABLE_DDL_POSTGRES = """
+CREATE TABLE IF NOT EXISTS churn (
+  state varchar(2048), acc_length bigint, area_code bigint, phone varchar(2048),
+  int_plan varchar(2048), vmail_plan varchar(2048), vmail_msg bigint,
+  day_mins double precision, day_calls bigint, day_charge double precision,
+  eve_mins double precision, eve_calls bigint, eve_charge double precision,
+  night_mins double precision, night_calls bigint, night_charge double precision,
+  int_mins double precision, int_calls bigint, int_charge double precision,
+  cust_service_calls bigint, Churn varchar(2048)
+);
+ALTER TABLE churn REPLICA IDENTITY FULL
+"""
+
+FEEDBACK_TABLE_DDL_POSTGRES = """
+CREATE TABLE IF NOT EXISTS feedback (
+  id bigserial PRIMARY KEY,
+  user_feedback text,
+  language varchar(8) NOT NULL DEFAULT 'en'
+)
+"""
+
 
 def _clip(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))

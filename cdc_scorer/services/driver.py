@@ -204,8 +204,9 @@ async def read_bodies(response: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def require_complete(change: RowChange, inputs: Sequence[str]) -> None:
-    """A row whose model input the binlog carried only as a partial JSON diff is not scored
-    from a guess: it is a dead letter with the reason and the fix."""
+    """A row whose model input the log did not carry whole (a partial JSON diff, an unchanged
+    TOASTed value) is not scored from a guess: it is a dead letter with the reason and the
+    fix."""
     if change.incomplete:
         partial = [c for c in inputs if c in change.incomplete]
         if partial:
@@ -215,6 +216,14 @@ def require_complete(change: RowChange, inputs: Sequence[str]) -> None:
                 "so the binlog carries whole JSON values",
                 reason="partial_json_update",
             )
+    missing = [c for c in inputs if c in change.unchanged] if change.unchanged else None
+    if missing:
+        raise PoisonError(
+            f"model input {', '.join(missing)} was left out of the change as an unchanged "
+            "value stored out of line (PostgreSQL TOAST under REPLICA IDENTITY DEFAULT): "
+            f"ALTER TABLE {change.table} REPLICA IDENTITY FULL so the log carries whole rows",
+            reason="unchanged_toast",
+        )
 
 
 def payload_text(change: RowChange, columns: Sequence[str]) -> str:

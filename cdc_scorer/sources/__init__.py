@@ -1,5 +1,5 @@
-"""Sources: the plug point of change logs (MySQL/MariaDB binlog; PostgreSQL logical
-replication and Debezium topics to come).
+"""Sources: the plug point of change logs (MySQL/MariaDB binlog, PostgreSQL logical
+replication; Debezium topics to come).
 
 A source checks that its change log can be read, tells the position now, whether a stored
 position can still be resumed, how its positions are written into a checkpoint and read back,
@@ -45,8 +45,22 @@ class StreamHooks:
     on_rows: Callable[[str, str, int], None] | None = None  # table, operation, rows read
 
 
+@dataclass(frozen=True)
+class TableCheck:
+    """What a source says of the captured tables (`check` prints it; `run` stops on a fatal
+    problem and logs the others)."""
+
+    name: str
+    problem: str | None  # None: fine
+    fatal: bool  # the stream cannot carry the pipelines' rows as they need
+
+
 class ChangeStream(Protocol):
     """Source items in commit order (``tuple`` batches of one table's rows, or a boundary)."""
+
+    def acknowledge(self, position: Position) -> None:
+        """Every pipeline has durably applied ``position``: a source that keeps changes for
+        its reader (a replication slot) may let go of what is before it."""
 
     def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]: ...
 
@@ -60,6 +74,12 @@ class ChangeStream(Protocol):
 class Source(Protocol):
     """A change log. The blocking methods open their own connections: run them in a thread."""
 
+    probe_name: str  # `check`'s name of :meth:`probe`, e.g. "grant: binlog replication"
+
+    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+        """`init`: what the change log needs on the server (a publication, a slot), made
+        idempotently after the store's tables; the statements run."""
+
     def preflight(self) -> SourceInfo:
         """The change log can be read as the scorer needs it, or ``FatalError`` naming the
         setting and its fix."""
@@ -71,8 +91,8 @@ class Source(Protocol):
         """What `check` tells beside the settings: (name, what it means), e.g. what a failover
         does with these positions."""
 
-    def probe(self) -> None:
-        """Read from the change log now (proves the grants) — `check`."""
+    def probe(self) -> str:
+        """Read from the change log now (proves the grants) — `check`: what was read."""
 
     def current_position(self) -> Position:
         """The position now: where a new pipeline starts streaming."""
@@ -89,10 +109,11 @@ class Source(Protocol):
         completed from the server where it needs more (``FatalError`` if it names no
         transaction boundary here)."""
 
-    def warnings(
+    def table_checks(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
-    ) -> list[str]:
-        """Settings that would dead-letter some pipeline's rows (`run` logs, `check` fails)."""
+    ) -> list[TableCheck]:
+        """What the change log does with the pipelines' tables: problems that would stop or
+        dead-letter some pipeline's rows, each with its fix."""
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         """The stream from ``start`` (a position :meth:`check_resumable` accepted)."""

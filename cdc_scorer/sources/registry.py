@@ -7,9 +7,11 @@ from collections.abc import Callable
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
 from cdc_scorer.sources import Source
 from cdc_scorer.sources.binlog import BinlogSource
+from cdc_scorer.sources.pgoutput import PgoutputSource
 
 SOURCES: dict[str, Callable[[SourceSpec, RetrySpec], Source]] = {
     "mysql": BinlogSource,  # MySQL, Aurora MySQL, MariaDB: the binlog
+    "postgresql": PgoutputSource,  # PostgreSQL, Aurora PostgreSQL: logical replication
 }
 
 

@@ -12,7 +12,7 @@ from cdc_scorer.stores.postgresql import PostgresStore
 
 STORES: dict[str, Callable[[SourceSpec, RetrySpec], Store]] = {
     "mysql": MysqlStore,  # MySQL, Aurora MySQL, MariaDB
-    "postgresql": PostgresStore,  # PostgreSQL, Aurora PostgreSQL (its source: issue 19)
+    "postgresql": PostgresStore,  # PostgreSQL, Aurora PostgreSQL
 }
 
 

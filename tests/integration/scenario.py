@@ -98,7 +98,7 @@ def insert_churn(conn: pymysql.connections.Connection[Any], rows: list[dict[str,
         )
 
 
-def expected_churn(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple[str, float]]:
+def expected_churn(conn: Any) -> dict[str, tuple[str, float]]:
     """The differential oracle: a from-scratch scoring of the current source rows."""
     model = ChurnModel.load()
     with conn.cursor() as cursor:
@@ -119,13 +119,13 @@ def expected_churn(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple
     return expected
 
 
-def stored_churn(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple[str, float]]:
+def stored_churn(conn: Any) -> dict[str, tuple[str, float]]:
     with conn.cursor() as cursor:
         cursor.execute("SELECT phone, will_churn, churn_probability FROM churn_predictions")
         return {str(p): (str(label), float(prob)) for p, label, prob in cursor.fetchall()}
 
 
-def expected_feedback(conn: pymysql.connections.Connection[Any]) -> dict[int, str]:
+def expected_feedback(conn: Any) -> dict[int, str]:
     model = SentimentModel()
     with conn.cursor() as cursor:
         cursor.execute("SELECT id, user_feedback FROM feedback")
@@ -137,13 +137,13 @@ def expected_feedback(conn: pymysql.connections.Connection[Any]) -> dict[int, st
     }
 
 
-def stored_feedback(conn: pymysql.connections.Connection[Any]) -> dict[int, str]:
+def stored_feedback(conn: Any) -> dict[int, str]:
     with conn.cursor() as cursor:
         cursor.execute("SELECT id, sentiment FROM feedback_predictions")
         return {int(i): str(s) for i, s in cursor.fetchall()}
 
 
-def churn_matches(conn: pymysql.connections.Connection[Any]) -> bool:
+def churn_matches(conn: Any) -> bool:
     expected, stored = expected_churn(conn), stored_churn(conn)
     return expected.keys() == stored.keys() and all(
         stored[k][0] == v[0] and abs(stored[k][1] - v[1]) < 1e-9 for k, v in expected.items()

@@ -18,7 +18,7 @@ import pytest
 
 from cdc_scorer.core.coordinator import Coordinator
 from cdc_scorer.core.pipeline import PipelineRunner
-from cdc_scorer.core.positions import TxId
+from cdc_scorer.core.positions import Position, TxId
 from cdc_scorer.core.records import (
     Batch,
     Checkpoint,
@@ -97,6 +97,9 @@ class ListSource:
 
     def queue_depth(self) -> int:
         return 0
+
+    def acknowledge(self, position: Position) -> None:
+        pass
 
 
 @dataclass

@@ -176,4 +176,4 @@ def test_an_unknown_engine_names_the_ones_there_are(tmp_path: Path) -> None:
         '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
         '[pipelines.comprehend]\ntext_column = "x"\n',
     )
-    assert problems == ["source.engine: 'oracle' is not 'mysql' — use one of those"]
+    assert problems == ["source.engine: 'oracle' is not 'mysql' or 'postgresql' — use one of those"]

@@ -17,7 +17,7 @@ from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect
-from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
 from cdc_scorer.sources.binlog.positions import (
     BinlogPosition,
     FilePosition,
@@ -43,6 +43,8 @@ FAILOVER = {
 
 class BinlogSource:
     """The binlog of the server ``[source]`` names, read as a replica."""
+
+    probe_name = "grant: binlog replication"
 
     def __init__(self, source: SourceSpec, retry: RetrySpec) -> None:
         self._source = source
@@ -81,10 +83,14 @@ class BinlogSource:
             close_quietly(conn)
         return [("failover", FAILOVER[server.positions])]
 
-    def probe(self) -> None:
+    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+        return []  # the binlog needs nothing made: its settings are checked, not set
+
+    def probe(self) -> str:
         start = self.current_position()
         assert isinstance(start, BinlogPosition)
         probe_replication(self._source, start)
+        return "binlog read"
 
     def current_position(self) -> Position:
         conn = self._connection()
@@ -110,9 +116,9 @@ class BinlogSource:
         finally:
             close_quietly(conn)
 
-    def warnings(
+    def table_checks(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
-    ) -> list[str]:
+    ) -> list[TableCheck]:
         """Each pipeline whose model reads a JSON column the server logs as diffs: such rows
         are dead-lettered (``partial_json_inputs``)."""
         server = self._server
@@ -122,7 +128,10 @@ class BinlogSource:
                 server, _settings = server_info(conn, self._source.positions)
             finally:
                 close_quietly(conn)
-        return partial_json_inputs(server, pipelines, tables)
+        return [
+            TableCheck("binlog binlog_row_value_options", problem, False)
+            for problem in partial_json_inputs(server, pipelines, tables)
+        ]
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, BinlogPosition):

@@ -8,9 +8,7 @@ boundaries (XID / COMMIT / DDL); the reader reconnects itself from the last boun
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,70 +21,16 @@ from cdc_scorer.core.spec import RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, connection_settings, mysql_errors, opener
 from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
-from cdc_scorer.sources.binlog.events import READ_EVENTS, SourceBatch, TransactionReader
+from cdc_scorer.sources.binlog.events import READ_EVENTS, TransactionReader
 from cdc_scorer.sources.binlog.positions import BinlogPosition
+from cdc_scorer.sources.handover import ThreadedStream
 
 log = structlog.get_logger("cdc_scorer.source")
 
-_STOP_POLL_S = 0.5
-# A large transaction is handed over in parts of about this many row changes.
-_HANDOVER_PART_ROWS = 200
+_STOP_POLL_S = 0.5  # the heartbeat of the binlog connection: how soon a stop is seen
 
 
-class Handover:
-    """The bounded hand-over from the reader thread to the event loop, counted in row changes.
-
-    The reader never waits for the loop while there is room: it schedules the put and goes on
-    reading. Once ``max_rows`` row changes are waiting it blocks (backpressure) until the loop
-    has taken some; a part larger than the bound is let through alone, so nothing deadlocks.
-    """
-
-    def __init__(self, max_rows: int) -> None:
-        self._parts: asyncio.Queue[tuple[list[SourceBatch], int]] = asyncio.Queue()
-        self._max_rows = max_rows
-        self._waiting_rows = 0
-        self._room = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def put(self, part: list[SourceBatch], rows: int, abort: threading.Event) -> bool:
-        """Reader thread: hand ``part`` over; False if aborted while waiting for room."""
-        with self._room:
-            while self._waiting_rows and self._waiting_rows + rows > self._max_rows:
-                self._room.wait(_STOP_POLL_S)
-                if abort.is_set():
-                    return False
-            self._waiting_rows += rows
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._parts.put_nowait, (part, rows))
-        return True
-
-    def _taken(self, rows: int) -> None:
-        with self._room:
-            self._waiting_rows -= rows
-            self._room.notify()
-
-    async def get(self) -> list[SourceBatch]:
-        part, rows = await self._parts.get()
-        self._taken(rows)
-        return part
-
-    def get_nowait(self) -> list[SourceBatch]:
-        part, rows = self._parts.get_nowait()
-        self._taken(rows)
-        return part
-
-    def empty(self) -> bool:
-        return self._parts.empty()
-
-    def qsize(self) -> int:
-        """Row changes waiting (the queue-depth gauge)."""
-        return self._waiting_rows
-
-
-class BinlogStream:
+class BinlogStream(ThreadedStream):
     """Reads from ``start`` and hands tuples of items over to :meth:`changes` until stopped
     (the ``ChangeStream`` of the binlog source)."""
 
@@ -100,10 +44,10 @@ class BinlogStream:
         hooks: StreamHooks | None = None,
         verify: Callable[[BinlogPosition], None] | None = None,
     ) -> None:
+        super().__init__(source.queue_max_rows, "binlog-reader")
         hooks = hooks or StreamHooks()
         self._source = source
         self._capture = capture
-        self._handover = Handover(source.queue_max_rows)
         self._retry = retry
         decoder = FastRowsDecoder(capture.read_columns) if source.decoder == "fast" else None
         self._events = TransactionReader(
@@ -116,62 +60,16 @@ class BinlogStream:
             self._flush,
             hooks.on_rows,
         )
-        self._part: list[SourceBatch] = []
-        self._part_rows = 0
-        self._stop = threading.Event()  # stop at the next transaction boundary
-        self._abort = threading.Event()  # stop now (the task was cancelled)
         self._on_disconnect = hooks.on_disconnect
         self._on_connect = hooks.on_connect
         # Before every reconnect: the server the name reaches now must have our position (a
         # failover may have moved the name to another server).
         self._verify = verify
 
-    def queue_depth(self) -> int:
-        """Row changes read and not yet taken."""
-        return self._handover.qsize()
-
     @property
     def _position(self) -> BinlogPosition:
         """The last commit read: where a new connection starts."""
         return self._events.position
-
-    def stop(self) -> None:
-        """Stop reading once the transaction being read has ended (nothing half-read)."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        """Run the reader thread; returns when stopped, raises what killed it."""
-        self._handover.bind(asyncio.get_running_loop())
-        try:
-            await asyncio.to_thread(self._read_forever)
-        except asyncio.CancelledError:
-            # The drain ran out of time: leave now, or interpreter exit waits for the thread.
-            self._abort.set()
-            self._stop.set()
-            raise
-
-    async def changes(self) -> AsyncGenerator[SourceBatch, None]:
-        """The source batches in binlog order, until stopped (what was read before the stop
-        is still yielded); raises what stopped the reader. Close it with ``aclosing``."""
-        handover = self._handover
-        reader = asyncio.create_task(self.run(), name="binlog-reader")
-        try:
-            while True:
-                get = asyncio.ensure_future(handover.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    await reader  # raises what stopped the reader, or returns when stopped
-                    while not handover.empty():
-                        for items in handover.get_nowait():
-                            yield items
-                    return
-                for items in get.result():
-                    yield items
-        finally:
-            if not reader.done():
-                self.stop()
-                await asyncio.gather(reader, return_exceptions=True)
 
     # ------------------------------------------------------------------ reader thread
     def _stream(self) -> BinLogStreamReader:
@@ -213,7 +111,7 @@ class BinlogStream:
                 attempt = 0 if self._stop.is_set() else attempt
             except RetriableError as exc:
                 # The reconnect replays the transaction that was being read: drop its start.
-                self._part, self._part_rows = [], 0
+                self._dropped()
                 if self._on_disconnect is not None:
                     self._on_disconnect()
                 delay = backoff_s(self._retry, attempt)
@@ -245,19 +143,6 @@ class BinlogStream:
             packet = event.packet
             events.handle(stream, event, packet.log_pos - packet.event_size, packet.log_pos)
         self._flush()
-
-    def _put(self, items: SourceBatch) -> None:
-        self._part.append(items)
-        self._part_rows += len(items)
-        if self._part_rows >= _HANDOVER_PART_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Hand what was read to the loop; blocks while the hand-over is full (backpressure)."""
-        if self._part:
-            part, rows = self._part, self._part_rows
-            self._part, self._part_rows = [], 0
-            self._handover.put(part, rows, self._abort)
 
 
 def _one_binlog_connection(connect: Callable[..., Connection]) -> Callable[..., Connection]:

@@ -19,15 +19,15 @@ from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
-from cdc_scorer.stores.postgresql import schema, tables
-from cdc_scorer.stores.postgresql.connection import (
+from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
     connect,
     pg_errors,
     quote,
 )
+from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.postgresql import schema, tables
 from cdc_scorer.stores.postgresql.sink import PostgresSink
 
 

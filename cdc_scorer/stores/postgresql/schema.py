@@ -17,9 +17,9 @@ from cdc_scorer.core.own_tables import (
 )
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
+from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
 from cdc_scorer.services import PredictionColumn
 from cdc_scorer.stores import table_info
-from cdc_scorer.stores.postgresql.connection import Connection, pg_errors, quote
 
 _COLUMNS = """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid

@@ -14,16 +14,16 @@ import psycopg2.extras
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
 from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
-from cdc_scorer.stores.fenced import FencedSink
-from cdc_scorer.stores.keys import key_hash, key_json
-from cdc_scorer.stores.postgresql.connection import (
+from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
     connect,
     pg_errors,
     quote,
 )
+from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
+from cdc_scorer.stores.fenced import FencedSink
+from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
 from cdc_scorer.stores.postgresql.tables import (
     checkpoint_upsert,

@@ -15,16 +15,17 @@ from cdc_scorer.core.own_tables import CHECKPOINT_TABLE, HEARTBEAT_TABLE, SIGNAL
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import decode_rescores
 from cdc_scorer.core.spec import PipelineSpec, SourceSpec
-from cdc_scorer.stores import PositionDecoder, StoredCheckpoint, chunk_query
-from cdc_scorer.stores.fenced import checkpoint_row
-from cdc_scorer.stores.heartbeat import HeartbeatWriter
-from cdc_scorer.stores.postgresql.connection import (
+from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
     connect,
     pg_errors,
     quote,
 )
+from cdc_scorer.postgresql.values import read_as_the_stream
+from cdc_scorer.stores import PositionDecoder, StoredCheckpoint, chunk_query
+from cdc_scorer.stores.fenced import checkpoint_row
+from cdc_scorer.stores.heartbeat import HeartbeatWriter
 
 log = structlog.get_logger("cdc_scorer.stores.postgresql")
 
@@ -138,6 +139,7 @@ class PostgresChunks:
     def _connection(self) -> Connection:
         if self._conn is None:
             self._conn = connect(self._source)
+            read_as_the_stream(self._conn)  # chunk rows typed as the stream's rows are
         return self._conn
 
     def select(

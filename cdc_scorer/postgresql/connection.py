@@ -9,9 +9,11 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError
 from cdc_scorer.core.spec import SourceSpec
+from cdc_scorer.mysql.rds_iam import tokens_for
 
 Connection = psycopg2.extensions.connection
 
@@ -55,26 +57,46 @@ def pg_errors(doing: str) -> Iterator[None]:
         raise map_error(exc, doing) from exc
 
 
-def connect(source: SourceSpec, *, autocommit: bool = True) -> Connection:
-    """A connection to ``[source]``'s database, TLS by ``[source.tls]`` (libpq's sslmode)."""
+def settings(source: SourceSpec) -> dict[str, Any]:
+    """libpq's keywords for ``[source]``: TLS by ``[source.tls]`` (libpq's sslmode ladder), the
+    password or, with ``auth = "rds-iam"``, a token made now (call it per connection)."""
     tls = source.tls
-    settings: dict[str, Any] = {
+    password = tokens_for(source).token() if source.auth == "rds-iam" else source.password
+    found: dict[str, Any] = {
         "host": source.host,
         "port": source.port,
         "user": source.user,
-        "password": source.password or None,
+        "password": password or None,
         "dbname": source.database,
-        "connect_timeout": int(source.connect_timeout_s),
+        "connect_timeout": max(1, int(source.connect_timeout_s)),
         "sslmode": _SSLMODES[tls.mode],
         "application_name": "cdc-scorer",
+        "client_encoding": "UTF8",
     }
     if tls.ca_file:
-        settings["sslrootcert"] = tls.ca_file
+        found["sslrootcert"] = tls.ca_file
     if tls.cert_file:
-        settings |= {"sslcert": tls.cert_file, "sslkey": tls.key_file}
+        found |= {"sslcert": tls.cert_file, "sslkey": tls.key_file}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def connect(source: SourceSpec, *, autocommit: bool = True) -> Connection:
+    """A connection to ``[source]``'s database."""
     with pg_errors(f"connecting to {source.host}:{source.port}"):
-        conn: Connection = psycopg2.connect(**{k: v for k, v in settings.items() if v is not None})
+        conn: Connection = psycopg2.connect(**settings(source))
     conn.autocommit = autocommit
+    return conn
+
+
+def connect_replication(source: SourceSpec) -> psycopg2.extras.LogicalReplicationConnection:
+    """A logical replication connection (``replication=database``) to ``[source]``'s
+    database: the walsender that streams pgoutput (IAM tokens work for it on Aurora with
+    ``rds.iam_auth_for_replication = 1``)."""
+    doing = f"opening a replication connection to {source.host}:{source.port}"
+    with pg_errors(doing):
+        conn: psycopg2.extras.LogicalReplicationConnection = psycopg2.connect(
+            **settings(source), connection_factory=psycopg2.extras.LogicalReplicationConnection
+        )
     return conn
 
 

@@ -1,0 +1,207 @@
+"""The PostgreSQL / Aurora PostgreSQL logical-replication source (the ``Source`` of
+``sources/``): pgoutput through a replication slot of the scorer's own.
+
+- ``protocol.py``: pgoutput's messages (protocol version 1), bytes → frozen messages;
+- ``positions.py``: commit LSNs — the positions, and the transactions' ids;
+- ``decoder.py``: messages → source items (rows typed as a SELECT gives them, TRUNCATE, DDL);
+- ``reader.py``: the replication connection's thread, its feedback and reconnects;
+- ``server.py``: settings, identity, the publication and the slot.
+
+Why psycopg2: it is the maintained Python client that reads the COPY BOTH stream of a
+replication connection (``LogicalReplicationConnection``, with standby status feedback);
+psycopg 3 opens ``replication=database`` connections but cannot read that stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.positions import Position
+from cdc_scorer.core.records import TableInfo
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.postgresql.connection import Connection, close_quietly, connect, pg_errors
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources.pgoutput import server
+from cdc_scorer.sources.pgoutput.positions import LsnPosition
+from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse_lsn
+from cdc_scorer.sources.pgoutput.reader import PgoutputStream
+
+FAILOVER = (
+    "positions are commit LSNs of one WAL history, streamed through replication slot {slot}: "
+    "a server that continues this history and has the slot resumes the stream (PostgreSQL "
+    "17+ failover slots, Aurora's shared storage — test yours); elsewhere the checkpoint is "
+    'refused, or re-scored with source.on_lost_position = "rescore"'
+)
+
+
+class PgoutputSource:
+    """The WAL of the database ``[source]`` names, decoded by pgoutput."""
+
+    probe_name = "grant: logical replication"
+
+    def __init__(self, source: SourceSpec, retry: RetrySpec) -> None:
+        self._source = source
+        self._retry = retry
+        self._info: server.ServerInfo | None = None
+
+    def _connection(self) -> Connection:
+        return connect(self._source)
+
+    def _checked(self, conn: Connection) -> server.ServerInfo:
+        if self._info is None:
+            self._info = server.preflight(conn, self._source.user)
+        return self._info
+
+    def preflight(self) -> SourceInfo:
+        conn = self._connection()
+        try:
+            info = self._checked(conn)
+        finally:
+            close_quietly(conn)
+        return SourceInfo(info.identity, info.version)
+
+    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+        """``init``: the publication of the captured tables (and the scorer's signal and
+        heartbeat tables) and the replication slot, made or extended (idempotent)."""
+        source = self._source
+        conn = self._connection()
+        try:
+            self._checked(conn)
+            tables = [p.table for p in pipelines]
+            statements = server.ensure_publication(conn, source.publication, source.schema, tables)
+            if server.ensure_slot(conn, source.slot_name, source.database):
+                statements.append(
+                    f"SELECT pg_create_logical_replication_slot('{source.slot_name}', 'pgoutput')"
+                )
+        finally:
+            close_quietly(conn)
+        return statements
+
+    def settings(self) -> list[tuple[str, str | None]]:
+        conn = self._connection()
+        try:
+            info = server.server_info(conn)
+            found = server.settings(info, self._source.user)
+            state = server.slot_state(conn, self._source.slot_name)
+        finally:
+            close_quietly(conn)
+        slot = self._source.slot_name
+        problem = server.slot_problem(state, slot, self._source.database)
+        return [*found, (f"replication slot {slot}", problem)]
+
+    def notes(self) -> list[tuple[str, str]]:
+        conn = self._connection()
+        try:
+            state = server.slot_state(conn, self._source.slot_name)
+        finally:
+            close_quietly(conn)
+        notes = [("failover", FAILOVER.format(slot=self._source.slot_name))]
+        if state is not None:
+            notes.append(("slot retained WAL", retained_text(state)))
+        return notes
+
+    def probe(self) -> str:
+        """Open the replication connection and identify the system (proves the grant)."""
+        from cdc_scorer.postgresql.connection import connect_replication
+
+        conn = connect_replication(self._source)
+        try:
+            with pg_errors("identifying the system over replication"), conn.cursor() as cursor:
+                cursor.execute("IDENTIFY_SYSTEM")
+                row = cursor.fetchone()
+        finally:
+            close_quietly(conn)
+        return f"replication connection opened (system {row[0] if row else '?'})"
+
+    def current_position(self) -> Position:
+        """The WAL position now; the slot is made first if it is missing (a new start: what
+        committed before it is read by the snapshot)."""
+        conn = self._connection()
+        try:
+            info = self._checked(conn)
+            server.ensure_slot(conn, self._source.slot_name, self._source.database)
+            return LsnPosition(info.identity, server.current_lsn(conn))
+        finally:
+            close_quietly(conn)
+
+    def check_resumable(self, position: Position) -> None:
+        if not isinstance(position, LsnPosition):
+            raise FatalError(
+                f"checkpoint {position} is not a PostgreSQL position — the checkpoint table "
+                "belongs to another kind of source; delete the pipeline rows in "
+                "cdc_scorer_checkpoint to start over with a snapshot"
+            )
+        conn = self._connection()
+        try:
+            source = self._source
+            info = self._checked(conn)
+            server.check_resumable(conn, info, source.slot_name, source.database, position)
+        finally:
+            close_quietly(conn)
+
+    def decode_position(self, server_identity: str, text: str) -> Position:
+        kind, _, value = text.partition(":")
+        if kind != LsnPosition.kind:
+            raise ValueError(f"unknown position encoding {text!r}")
+        return LsnPosition.parse(server_identity, value)
+
+    def position_from(self, text: str) -> Position:
+        conn = self._connection()
+        try:
+            info = self._checked(conn)
+        finally:
+            close_quietly(conn)
+        try:
+            return LsnPosition(info.identity, parse_lsn(text.removeprefix("lsn:")))
+        except ValueError as exc:
+            raise FatalError(f"--lsn: {exc}") from None
+
+    def table_checks(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[TableCheck]:
+        """The publication must hold every captured table; each table's replica identity must
+        carry the scorer's key in UPDATEs and DELETEs (fatal), and should carry whole rows
+        where a model reads several columns of which some can be stored out of line."""
+        source = self._source
+        conn = self._connection()
+        try:
+            checks: list[TableCheck] = []
+            problem = server.publication_problem(
+                conn, source.publication, source.schema, [p.table for p in pipelines]
+            )
+            checks.append(TableCheck(f"publication {source.publication}", problem, True))
+            keys = {t: info.key_columns for t, info in tables.items()}
+            inputs: dict[str, tuple[str, ...]] = {}
+            for pipeline in pipelines:
+                if len(pipeline.input_columns) > 1:
+                    inputs[pipeline.table] = (
+                        *inputs.get(pipeline.table, ()),
+                        *pipeline.input_columns,
+                    )
+            fatal, warnings = server.replica_identity_problems(conn, source.schema, keys, inputs)
+        finally:
+            close_quietly(conn)
+        checks += [TableCheck("replica identity", p, True) for p in fatal]
+        checks += [TableCheck("replica identity", p, False) for p in warnings]
+        return checks
+
+    def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
+        if not isinstance(start, LsnPosition):
+            raise FatalError(f"position {start} is not a PostgreSQL position")
+        return PgoutputStream(
+            self._source,
+            capture,
+            start,
+            retry=self._retry,
+            hooks=hooks,
+            verify=self.check_resumable,
+        )
+
+
+def retained_text(state: server.SlotState) -> str:
+    retained = state.retained_bytes
+    size = "unknown" if retained is None else f"{retained / 1_048_576:.1f} MiB"
+    flushed = "-" if state.confirmed_flush_lsn is None else lsn_text(state.confirmed_flush_lsn)
+    active = f"in use by pid {state.active_pid}" if state.active_pid else "not in use"
+    return f"{size} kept (wal_status {state.wal_status or '-'}), confirmed {flushed}, {active}"

@@ -1,0 +1,168 @@
+"""The PostgreSQL stream: pgoutput through psycopg2's LogicalReplicationConnection in a
+dedicated thread, feeding the bounded hand-over.
+
+Transactions arrive whole, at their commit (protocol version 1: the server decodes a large
+one to its own disk first), and are handed over in runs. The slot is told what is durably
+applied (standby status feedback, flush LSN) only through :meth:`PgoutputStream.acknowledge`:
+the oldest checkpoint every pipeline has committed, sent at once when it moves and every few
+seconds while idle, so the server keeps what the scorer still needs and lets go of the rest.
+The thread reconnects by itself from the last acknowledged position after a lost connection.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import structlog
+
+from cdc_scorer.core.errors import CdcScorerError, FatalError, PositionLost, RetriableError
+from cdc_scorer.core.positions import Position
+from cdc_scorer.core.retry import backoff_s
+from cdc_scorer.core.spec import RetrySpec, SourceSpec
+from cdc_scorer.postgresql.connection import close_quietly, connect_replication, map_error
+from cdc_scorer.postgresql.values import TextCasters
+from cdc_scorer.sources import Capture, StreamHooks
+from cdc_scorer.sources.handover import ThreadedStream
+from cdc_scorer.sources.pgoutput.decoder import TransactionDecoder
+from cdc_scorer.sources.pgoutput.positions import LsnPosition
+from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse
+
+log = structlog.get_logger("cdc_scorer.source")
+
+_POLL_S = 0.5  # how long the thread waits on the socket: how soon a stop is seen
+FEEDBACK_INTERVAL_S = 5.0  # standby status while idle (the server's wal_sender_timeout: 60 s)
+# SQLSTATEs of a replication start that waiting cures: the slot is still held by a walsender
+# of a process that just died (it lets go once it notices).
+_SLOT_BUSY = "55006"
+_SLOT_INVALID = "55000"
+
+
+class PgoutputStream(ThreadedStream):
+    """Streams from ``start`` until stopped (the ``ChangeStream`` of the PostgreSQL source)."""
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        capture: Capture,
+        start: LsnPosition,
+        *,
+        retry: RetrySpec,
+        hooks: StreamHooks | None = None,
+        verify: Callable[[LsnPosition], None] | None = None,
+    ) -> None:
+        super().__init__(source.queue_max_rows, "pgoutput-reader")
+        self._source = source
+        self._retry = retry
+        self._hooks = hooks or StreamHooks()
+        self._casters = TextCasters()
+        self._decoder = TransactionDecoder(
+            source.schema,
+            capture.key_columns,
+            capture.read_columns,
+            start,
+            self._casters,
+            self._put,
+            self._hooks.on_rows,
+        )
+        self._verify = verify
+        # What the pipelines have durably applied: the only LSN the slot is ever told.
+        self._acknowledged = start.lsn
+        self._sent = 0
+        self._sent_at = 0.0
+
+    def acknowledge(self, position: Position) -> None:
+        """Every pipeline has committed ``position``: the slot may let go of what is before."""
+        if isinstance(position, LsnPosition) and position.lsn > self._acknowledged:
+            self._acknowledged = position.lsn  # one int: the reader thread reads it
+
+    @property
+    def acknowledged(self) -> LsnPosition:
+        return LsnPosition(self._decoder.position.server_identity, self._acknowledged)
+
+    # ---------------------------------------------------------------- reader thread
+    def _read_forever(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stop.is_set():
+            start = self._decoder.position
+            if not first and self._verify is not None:
+                self._verify(start)  # PositionLost: one line, the process stops
+            first = False
+            conn: Any = None
+            try:
+                conn = connect_replication(self._source)
+                self._read(conn, start)
+                attempt = 0
+            except RetriableError as exc:
+                self._dropped()
+                self._decoder.reconnected()
+                if self._hooks.on_disconnect is not None:
+                    self._hooks.on_disconnect()
+                delay = backoff_s(self._retry, attempt)
+                log.warning(
+                    "replication stream disconnected",
+                    code=exc.code,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                    position=str(self._decoder.position),
+                )
+                attempt += 1
+                self._stop.wait(delay)
+            finally:
+                close_quietly(conn)
+
+    def _read(self, conn: Any, start: LsnPosition) -> None:
+        doing = f"streaming slot {self._source.slot_name} from {start}"
+        try:
+            cursor = conn.cursor()
+            self._casters.bind(conn)
+            cursor.start_replication(
+                slot_name=self._source.slot_name,
+                decode=False,
+                start_lsn=lsn_text(start.lsn),
+                status_interval=FEEDBACK_INTERVAL_S,
+                options={"proto_version": "1", "publication_names": self._source.publication},
+            )
+            if self._hooks.on_connect is not None:
+                self._hooks.on_connect()
+            self._sent = 0
+            self._stream(cursor, conn)
+        except psycopg2.Error as exc:
+            raise _mapped(exc, doing) from exc
+
+    def _stream(self, cursor: Any, conn: Any) -> None:
+        decoder = self._decoder
+        while not self._abort.is_set() and not (self._stop.is_set() and decoder.tx is None):
+            message = cursor.read_message()
+            if message is None:
+                self._flush()
+                self._feedback(cursor)
+                select.select([conn], [], [], _POLL_S)
+                continue
+            decoder.handle(parse(message.payload))
+        self._flush()
+        self._feedback(cursor)
+
+    def _feedback(self, cursor: Any) -> None:
+        """Standby status: the acknowledged LSN when it moved, or again after a while."""
+        acknowledged, now = self._acknowledged, time.monotonic()
+        if acknowledged != self._sent or now - self._sent_at >= FEEDBACK_INTERVAL_S:
+            cursor.send_feedback(write_lsn=acknowledged, flush_lsn=acknowledged, force=True)
+            self._sent, self._sent_at = acknowledged, now
+
+
+def _mapped(exc: psycopg2.Error, doing: str) -> CdcScorerError:
+    code = str(getattr(exc, "pgcode", "") or "")
+    if code == _SLOT_BUSY:
+        return RetriableError(f"{doing}: {exc}".strip(), code="slot_in_use")
+    if code == _SLOT_INVALID:
+        return PositionLost(f"{doing}: {str(exc).strip()}")
+    mapped = map_error(exc, doing)
+    if isinstance(mapped, FatalError) or mapped.retriable:
+        return mapped
+    return RetriableError(str(mapped), code="postgres_stream")

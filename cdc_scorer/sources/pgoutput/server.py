@@ -1,0 +1,296 @@
+"""The PostgreSQL server as the logical-replication source needs it: its identity, its
+settings (wal_level, the REPLICATION grant), the publication and the replication slot.
+
+The slot is the scorer's: it holds the WAL the scorer has not confirmed, so a scorer that is
+away keeps WAL on the server (``max_slot_wal_keep_size`` caps it: past the cap the server
+invalidates the slot, ``wal_status = lost``). The publication names the captured tables and the
+scorer's signal and heartbeat tables, whose rows the stream reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from cdc_scorer.core.errors import FatalError, PositionLost
+from cdc_scorer.core.own_tables import HEARTBEAT_TABLE, SIGNAL_TABLE
+from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
+from cdc_scorer.sources.pgoutput.positions import LsnPosition
+from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse_lsn
+
+log = structlog.get_logger("cdc_scorer.source")
+
+WAL_LEVEL_FIX = (
+    "set wal_level = logical (Aurora/RDS: rds.logical_replication = 1 in the DB cluster "
+    "parameter group, then reboot the writer)"
+)
+GRANT_FIX = "grant it: ALTER ROLE {user} REPLICATION (Aurora/RDS: GRANT rds_replication TO {user})"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    identity: str  # postgresql:<system identifier>: one WAL history
+    version: str
+    wal_level: str
+    can_replicate: bool
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What the server says of the scorer's slot."""
+
+    name: str
+    plugin: str
+    database: str
+    confirmed_flush_lsn: int | None
+    restart_lsn: int | None
+    wal_status: str | None  # reserved | extended | unreserved | lost
+    retained_bytes: int | None  # WAL the slot keeps on the server now
+    active_pid: int | None
+
+
+def server_info(conn: Connection) -> ServerInfo:
+    with pg_errors("reading the server's settings"), conn.cursor() as cursor:
+        cursor.execute("SELECT version(), current_setting('wal_level')")
+        version, wal_level = cursor.fetchone() or ("", "")
+        cursor.execute("SELECT system_identifier FROM pg_control_system()")
+        (system,) = cursor.fetchone() or ("",)
+        cursor.execute(
+            "SELECT r.rolsuper OR r.rolreplication OR COALESCE((SELECT pg_has_role("
+            "current_user, oid, 'member') FROM pg_roles WHERE rolname = 'rds_replication'), "
+            "false) FROM pg_roles r WHERE r.rolname = current_user"
+        )
+        (can_replicate,) = cursor.fetchone() or (False,)
+    return ServerInfo(
+        f"postgresql:{system}", str(version).split(" on ")[0], str(wal_level), bool(can_replicate)
+    )
+
+
+def settings(info: ServerInfo, user: str) -> list[tuple[str, str | None]]:
+    """Each setting the stream needs, with its problem and fix (None: fine)."""
+    return [
+        (
+            "wal_level",
+            None if info.wal_level == "logical" else f"is {info.wal_level}: {WAL_LEVEL_FIX}",
+        ),
+        (
+            "REPLICATION",
+            None
+            if info.can_replicate
+            else f"user {user} may not stream changes: {GRANT_FIX.format(user=user)}",
+        ),
+    ]
+
+
+def preflight(conn: Connection, user: str) -> ServerInfo:
+    info = server_info(conn)
+    problems = [f"{name} {problem}" for name, problem in settings(info, user) if problem]
+    if problems:
+        raise FatalError("; ".join(problems))
+    return info
+
+
+def current_lsn(conn: Connection) -> int:
+    with pg_errors("reading the server's WAL position"), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()::text")
+        (lsn,) = cursor.fetchone() or ("0/0",)
+    return parse_lsn(str(lsn))
+
+
+def slot_state(conn: Connection, slot: str) -> SlotState | None:
+    with pg_errors(f"reading replication slot {slot}"), conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT slot_name, plugin, database, confirmed_flush_lsn::text, restart_lsn::text, "
+            "wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+            "active_pid FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    name, plugin, database, flushed, restart, status, retained, pid = row
+    return SlotState(
+        str(name),
+        str(plugin or ""),
+        str(database or ""),
+        None if flushed is None else parse_lsn(str(flushed)),
+        None if restart is None else parse_lsn(str(restart)),
+        None if status is None else str(status),
+        None if retained is None else int(retained),
+        None if pid is None else int(pid),
+    )
+
+
+def slot_problem(state: SlotState | None, slot: str, database: str) -> str | None:
+    """Why the slot cannot stream (None: it can)."""
+    if state is None:
+        return (
+            f"replication slot {slot} does not exist — run `cdc-scorer init --config FILE` "
+            "(it creates the publication and the slot)"
+        )
+    if state.plugin != "pgoutput" or state.database != database:
+        return (
+            f"replication slot {slot} is a {state.plugin or 'physical'} slot of database "
+            f"{state.database or '-'}, not pgoutput of {database} — name another slot in "
+            "[source] slot_name"
+        )
+    if state.wal_status == "lost":
+        return (
+            f"replication slot {slot} was invalidated by the server (it kept more WAL than "
+            "max_slot_wal_keep_size allows, wal_status = lost): the changes since the last "
+            f"checkpoint are gone from the server's WAL — drop it (SELECT "
+            f"pg_drop_replication_slot('{slot}')) and restart with source.on_lost_position = "
+            '"rescore" to re-score every row beside the stream'
+        )
+    return None
+
+
+def ensure_slot(conn: Connection, slot: str, database: str) -> bool:
+    """The slot exists (created here if missing): True if it was made now."""
+    state = slot_state(conn, slot)
+    if state is not None:
+        problem = slot_problem(state, slot, database)
+        if problem:
+            raise FatalError(problem)
+        return False
+    with pg_errors(f"creating replication slot {slot}"), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    log.info("replication slot created", slot=slot)
+    return True
+
+
+def check_resumable(
+    conn: Connection, info: ServerInfo, slot: str, database: str, position: LsnPosition
+) -> None:
+    """``PositionLost`` unless the slot still has every change after ``position``."""
+    if position.server_identity not in ("", info.identity):
+        raise PositionLost(
+            f"checkpoint {position} belongs to {position.server_identity}, but this server is "
+            f"{info.identity} (another WAL history: a restore, a new cluster) — "
+            "delete the pipeline rows in cdc_scorer_checkpoint to start over with a snapshot, "
+            'or set source.on_lost_position = "rescore"'
+        )
+    state = slot_state(conn, slot)
+    problem = slot_problem(state, slot, database)
+    if problem is not None:
+        raise PositionLost(problem)
+    assert state is not None
+    flushed = state.confirmed_flush_lsn
+    if flushed is not None and flushed > position.lsn:
+        raise PositionLost(
+            f"replication slot {slot} has confirmed {lsn_text(flushed)}, past checkpoint "
+            f"{position}: the changes between are gone from it (was the slot dropped and made "
+            'again, or used by another consumer?) — set source.on_lost_position = "rescore" '
+            "to re-score every row beside the stream"
+        )
+
+
+def published_tables(conn: Connection, publication: str) -> set[tuple[str, str]] | None:
+    """The (schema, table) pairs of the publication; None if it does not exist."""
+    with pg_errors(f"reading publication {publication}"), conn.cursor() as cursor:
+        cursor.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+            (publication,),
+        )
+        return {(str(s), str(t)) for s, t in cursor.fetchall()}
+
+
+def publication_problem(
+    conn: Connection, publication: str, schema: str, tables: Sequence[str]
+) -> str | None:
+    published = published_tables(conn, publication)
+    fix = "run `cdc-scorer init --config FILE` (it creates and extends the publication)"
+    if published is None:
+        return f"publication {publication} does not exist — {fix}"
+    missing = [t for t in (*tables, SIGNAL_TABLE, HEARTBEAT_TABLE) if (schema, t) not in published]
+    if missing:
+        return f"publication {publication} lacks {', '.join(missing)} — {fix}"
+    return None
+
+
+def ensure_publication(
+    conn: Connection, publication: str, schema: str, tables: Sequence[str]
+) -> list[str]:
+    """The publication holds every captured table and the scorer's signal and heartbeat
+    tables (created or extended; tables of other deployments in it are kept): the statements
+    run."""
+    wanted = [*dict.fromkeys((*tables, SIGNAL_TABLE, HEARTBEAT_TABLE))]
+    published = published_tables(conn, publication)
+    names = ", ".join(
+        f"{quote(schema)}.{quote(t)}" for t in wanted if (schema, t) not in (published or set())
+    )
+    statements = []
+    if published is None:
+        statements.append(f"CREATE PUBLICATION {quote(publication)} FOR TABLE {names}")
+    elif names:
+        statements.append(f"ALTER PUBLICATION {quote(publication)} ADD TABLE {names}")
+    with pg_errors(f"creating publication {publication}"), conn.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+    return statements
+
+
+def replica_identity_problems(
+    conn: Connection,
+    schema: str,
+    key_columns: dict[str, tuple[str, ...]],
+    inputs: dict[str, tuple[str, ...]],
+) -> tuple[list[str], list[str]]:
+    """(fatal, warnings) of each captured table's REPLICA IDENTITY: an UPDATE or DELETE must
+    carry the scorer's key; a model input stored out of line (TOAST) that an UPDATE leaves
+    alone arrives without its value unless the identity is FULL."""
+    fatal: list[str] = []
+    warnings: list[str] = []
+    with pg_errors("reading the tables' replica identity"), conn.cursor() as cursor:
+        for table, key in key_columns.items():
+            cursor.execute(
+                "SELECT c.relreplident, c.oid FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                (schema, table),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            identity, oid = str(row[0]), int(row[1])
+            full = f"ALTER TABLE {quote(schema)}.{quote(table)} REPLICA IDENTITY FULL"
+            if identity == "f":
+                continue
+            cursor.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND "
+                + ("i.indisreplident" if identity == "i" else "i.indisprimary"),
+                (oid,),
+            )
+            identity_columns = {str(r[0]) for r in cursor.fetchall()}
+            if identity == "n" or not identity_columns:
+                fatal.append(
+                    f"table {table}: its UPDATEs and DELETEs carry no key (no primary key, or "
+                    f"REPLICA IDENTITY NOTHING) — {full}"
+                )
+                continue
+            missing = [c for c in key if c not in identity_columns]
+            if missing:
+                fatal.append(
+                    f"table {table}: key column {', '.join(missing)} is not in its replica "
+                    f"identity, so a DELETE would not say which row went — {full}"
+                )
+                continue
+            cursor.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT "
+                "attisdropped AND attstorage <> 'p' AND attname = ANY(%s)",
+                (oid, list(inputs.get(table, ()))),
+            )
+            toastable = sorted(str(r[0]) for r in cursor.fetchall())
+            if toastable:
+                warnings.append(
+                    f"table {table}: model input {', '.join(toastable)} can be stored out of "
+                    "line (TOAST), and an UPDATE that leaves a long value alone does not carry "
+                    f"it under REPLICA IDENTITY DEFAULT (such rows become dead letters) — {full}"
+                )
+    return fatal, warnings
