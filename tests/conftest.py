@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,7 @@ from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, Model
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
-
-SHARED_CHURN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "churn.csv"
+from tests.pg import PgDatabase
 
 # Clients find the local endpoints through the standard settings, as in production.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -138,6 +136,14 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         launcher.stop()
+
+
+@pytest.fixture
+def pg(postgres: PostgresServer) -> Iterator[PgDatabase]:
+    """A database of the test's own on the private PostgreSQL, with the blog's tables."""
+    database = PgDatabase(postgres)
+    yield database
+    database.drop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

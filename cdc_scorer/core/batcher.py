@@ -120,9 +120,13 @@ class Accumulator:
         self._last_emit = clock()
 
     def linger_left_s(self) -> float | None:
-        """Seconds until the pending rows must go (None: nothing pending)."""
+        """Seconds until the pending rows must go, or a checkpoint that moved without rows
+        (None: nothing waits). The last commits' checkpoint is written even when no commit
+        follows: a source that keeps changes until told (a replication slot) is told soon."""
         if not self._pending:
-            return None
+            if self._checkpoint is self._emitted_checkpoint:
+                return None
+            return max(0.0, self._last_emit + CHECKPOINT_ONLY_INTERVAL_S - self._clock())
         linger = self._pipeline.batching.linger_s
         return max(0.0, self._first_at + linger - self._clock())
 
@@ -337,7 +341,7 @@ class Batcher:
                 async with asyncio.timeout(accumulator.linger_left_s()):
                     items = await self._inbox.get()
             except TimeoutError:
-                await self._emit(accumulator.flush())
+                await self._emit(accumulator.flush(force_checkpoint=True))
                 continue
             if items is END:
                 await self._emit(accumulator.flush(force_checkpoint=True))

@@ -66,8 +66,11 @@ class PostgresServer:
 class PrivatePostgreSQL:
     """``with PrivatePostgreSQL() as server:`` — started on enter, stopped and removed on exit."""
 
-    def __init__(self, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, start_timeout_s: float = 60.0, settings: dict[str, str] | None = None
+    ) -> None:
         self._start_timeout_s = start_timeout_s
+        self._settings = dict(settings or {})  # more -c settings (e.g. wal_level=replica)
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self.server: PostgresServer | None = None
@@ -101,16 +104,22 @@ class PrivatePostgreSQL:
         )
         if result.returncode != 0:
             raise FatalError(f"initdb failed: {result.stderr.strip()[-500:]}")
-        port = free_port()
-        log = (base / "server.log").open("wb")
+        self.server = PostgresServer("127.0.0.1", free_port(), "postgres", datadir)
+        self._launch()
+        return self.server
+
+    def _launch(self) -> None:
+        assert self.server is not None
+        base = self.server.datadir.parent
+        log = (base / "server.log").open("ab")
         self._process = subprocess.Popen(
             self._as_owner(
                 [
-                    str(binaries / "postgres"),
+                    str(postgres_bin() / "postgres"),
                     "-D",
-                    str(datadir),
+                    str(self.server.datadir),
                     "-p",
-                    str(port),
+                    str(self.server.port),
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",
@@ -123,15 +132,19 @@ class PrivatePostgreSQL:
                     "max_wal_senders=20",
                     "-c",
                     "fsync=off",
+                    *(a for k, v in self._settings.items() for a in ("-c", f"{k}={v}")),
                 ]
             ),
             stdout=log,
             stderr=log,
         )
         log.close()
-        self.server = PostgresServer("127.0.0.1", port, "postgres", datadir)
         self._wait_ready(base / "server.log")
-        return self.server
+
+    def restart(self) -> None:
+        """Stop the server (a fast shutdown) and start it again on the same port and data."""
+        self._shutdown()
+        self._launch()
 
     def _wait_ready(self, log: Path) -> None:
         import psycopg2
@@ -150,6 +163,13 @@ class PrivatePostgreSQL:
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        self._shutdown()
+        if self._dir is not None:
+            with contextlib.suppress(OSError):
+                self._dir.cleanup()
+            self._dir = None
+
+    def _shutdown(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             # The postmaster itself (as root it runs under runuser): SIGINT is a fast shutdown.
@@ -163,12 +183,10 @@ class PrivatePostgreSQL:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                # A fast shutdown waits for its walsenders' clients: past that, immediate.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGQUIT)
                 process.wait(timeout=30)
-        if self._dir is not None:
-            with contextlib.suppress(OSError):
-                self._dir.cleanup()
-            self._dir = None
 
     def __enter__(self) -> PostgresServer:
         try:

@@ -38,7 +38,9 @@ _SSLMODES = {
 def map_error(exc: BaseException, doing: str) -> CdcScorerError:
     code = str(getattr(exc, "pgcode", "") or "")
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, psycopg2.OperationalError) and not code:
+    # A connection the server closed (a restart, a failover): OperationalError at the first
+    # use that notices, InterfaceError ("connection already closed") at any later one.
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and not code:
         return RetriableError(f"{doing}: {message}", code="postgres_connection")
     if any(code.startswith(c) for c in _RETRIABLE_CLASSES):
         return RetriableError(f"{doing}: PostgreSQL {code}: {message}", code=f"postgres_{code}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.local.servers import DatabaseServer
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
@@ -116,8 +118,9 @@ class VersionMonitor(threading.Thread):
     """Polls the predictions while the daemon is killed and restarted: for every key, the
     source transaction of its prediction must never go back to an older row version."""
 
-    def __init__(self, server: DatabaseServer, database: str) -> None:
+    def __init__(self, server: DatabaseServer | PostgresServer, database: str) -> None:
         super().__init__(daemon=True)
+        self._server, self._database = server, database
         self._conn = server.connect(database)
         self._halt = threading.Event()
         self.seen: dict[str, tuple[str, int]] = {}
@@ -126,9 +129,16 @@ class VersionMonitor(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(0.05):
-            with self._conn.cursor() as cursor:
-                cursor.execute("SELECT phone, source_position FROM churn_predictions")
-                rows = cursor.fetchall()
+            try:
+                with self._conn.cursor() as cursor:
+                    cursor.execute("SELECT phone, source_position FROM churn_predictions")
+                    rows = cursor.fetchall()
+            except Exception:  # the server restarts under a test: poll again once it is back
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                with contextlib.suppress(Exception):
+                    self._conn = self._server.connect(self._database)
+                continue
             self.polls += 1
             for phone, position in rows:
                 seq = _transaction_order(position)
@@ -144,9 +154,13 @@ class VersionMonitor(threading.Thread):
 
 
 def _transaction_order(position: str | None) -> tuple[str, int]:
-    """A prediction's source transaction as a sortable value: GTID seq or binlog file:pos."""
+    """A prediction's source transaction as a sortable value: GTID seq, binlog file:pos or
+    PostgreSQL commit LSN."""
     if not position:
         return ("", -1)  # a snapshot row
+    if "/" in position:  # a PostgreSQL commit LSN
+        high, _, low = position.partition("/")
+        return ("", (int(high, 16) << 32) | int(low, 16))
     if ":" in position:
         log_file, _, pos = position.rpartition(":")
         return (log_file, int(pos))

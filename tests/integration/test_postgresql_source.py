@@ -4,26 +4,15 @@ checkpoints as commit LSNs, and the slot told only what is committed."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cdc_scorer.commands.cli import main as cli
-from cdc_scorer.config import load_config
-from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import (
-    CHURN_TABLE_DDL_POSTGRES,
-    FEATURE_COLUMNS,
-    FEEDBACK_TABLE_DDL_POSTGRES,
     ChurnRowGenerator,
     FeedbackGenerator,
 )
 from cdc_scorer.local.endpoints import ModelServer
-from cdc_scorer.local.postgres import PostgresServer
-from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.sources.pgoutput.protocol import parse_lsn
 from tests.integration.scenario import (
     Running,
@@ -32,98 +21,7 @@ from tests.integration.scenario import (
     stored_feedback,
     wait_for,
 )
-
-
-class PgDatabase:
-    """A database of its own on the shared private PostgreSQL, with the blog's tables."""
-
-    def __init__(self, server: PostgresServer) -> None:
-        self.server = server
-        self.name = f"t_{uuid.uuid4().hex[:10]}"
-        self.slot = f"cdc_scorer_{self.name}"  # slots are the cluster's: one per test
-        admin = server.connect()
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {self.name}")
-        admin.close()
-        self.conn = server.connect(self.name)
-        self.execute(CHURN_TABLE_DDL_POSTGRES)
-        self.execute(FEEDBACK_TABLE_DDL_POSTGRES)
-
-    def execute(self, sql: str, params: Any = None) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.execute(sql, params)
-
-    def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-
-    def insert_churn(self, rows: list[dict[str, Any]]) -> None:
-        columns = [*FEATURE_COLUMNS, "churn"]
-        with self.conn.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO churn ({', '.join(columns)}) "
-                f"VALUES ({', '.join(['%s'] * len(columns))})",
-                [tuple(r[c if c != "churn" else "Churn"] for c in columns) for r in rows],
-            )
-
-    def drop(self) -> None:
-        self.conn.close()
-        admin = self.server.connect()
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND NOT active",
-                (self.slot,),
-            )
-            cursor.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        admin.close()
-
-
-@pytest.fixture
-def pg(postgres: PostgresServer) -> Iterator[PgDatabase]:
-    database = PgDatabase(postgres)
-    yield database
-    database.drop()
-
-
-def pg_config(
-    path: Path, db: PgDatabase, endpoint_url: str, *, http_port: int = 0, **source: Any
-) -> ScorerSpec:
-    path.write_text(
-        local_scorer_config(
-            port=db.server.port,
-            database=db.name,
-            endpoint_url=endpoint_url,
-            http_port=http_port,
-            overrides={
-                "shutdown_grace_s": 20,
-                "source": {
-                    "engine": "postgresql",
-                    "user": db.server.user,
-                    "slot_name": db.slot,
-                    "heartbeat_interval_s": 0.5,
-                    **source,
-                },
-                "retry": {"base_ms": 20, "cap_ms": 200},
-                "pipelines": {
-                    "churn": {"batching": {"max_rows": 100, "linger_ms": 50}},
-                    "feedback": {"batching": {"max_rows": 25, "linger_ms": 50}},
-                },
-            },
-        )
-    )
-    return load_config(path)
-
-
-def slot_lag(db: PgDatabase) -> tuple[int, int]:
-    """(the slot's confirmed flush LSN, the server's current LSN)."""
-    ((flushed, now),) = db.rows(
-        "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots "
-        "WHERE slot_name = %s",
-        (db.slot,),
-    )
-    return parse_lsn(flushed), parse_lsn(now)
+from tests.pg import PgDatabase, pg_config, slot_lag
 
 
 def streamed(app: Any, table: str, operation: str) -> float:

@@ -12,7 +12,7 @@ import pytest
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, STATES, ChurnRowGenerator
 from cdc_scorer.local.churn_model import ChurnModel, RecordError, train
 from cdc_scorer.local.sentiment import SentimentModel
-from tests.conftest import SHARED_CHURN_CSV
+from tests.pg import SHARED_CHURN_CSV
 
 
 def _scores(predicted: list[bool], actual: list[bool]) -> tuple[float, float]:

@@ -98,14 +98,17 @@ class BinlogStream(ThreadedStream):
         attempt = 0
         first = True
         while not self._stop.is_set():
-            if not first and self._verify is not None:
-                self._verify(self._position)  # PositionLost: one line, the process stops
-                log.info(
-                    "binlog position checked before reconnecting", position=str(self._position)
-                )
-            first = False
-            stream = self._stream()
+            stream: BinLogStreamReader | None = None
             try:
+                if not first and self._verify is not None:
+                    # PositionLost: one line, the process stops; a server still away: retried.
+                    self._verify(self._position)
+                    log.info(
+                        "binlog position checked before reconnecting",
+                        position=str(self._position),
+                    )
+                first = False
+                stream = self._stream()
                 with mysql_errors(f"binlog position {self._position} cannot be read"):
                     self._read(stream)
                 attempt = 0 if self._stop.is_set() else attempt
@@ -124,7 +127,8 @@ class BinlogStream(ThreadedStream):
                 attempt += 1
                 self._stop.wait(delay)
             finally:
-                stream.close()
+                if stream is not None:
+                    stream.close()
 
     def _read(self, stream: BinLogStreamReader) -> None:
         events = self._events

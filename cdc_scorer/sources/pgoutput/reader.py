@@ -20,7 +20,7 @@ import psycopg2
 import psycopg2.extras
 import structlog
 
-from cdc_scorer.core.errors import CdcScorerError, FatalError, PositionLost, RetriableError
+from cdc_scorer.core.errors import CdcScorerError, PositionLost, RetriableError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.retry import backoff_s
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
@@ -36,6 +36,7 @@ log = structlog.get_logger("cdc_scorer.source")
 
 _POLL_S = 0.5  # how long the thread waits on the socket: how soon a stop is seen
 FEEDBACK_INTERVAL_S = 5.0  # standby status while idle (the server's wal_sender_timeout: 60 s)
+RELEASE_AFTER_S = 10.0  # idle with unconfirmed changes this long: let the server go
 # SQLSTATEs of a replication start that waiting cures: the slot is still held by a walsender
 # of a process that just died (it lets go once it notices).
 _SLOT_BUSY = "55006"
@@ -90,11 +91,12 @@ class PgoutputStream(ThreadedStream):
         first = True
         while not self._stop.is_set():
             start = self._decoder.position
-            if not first and self._verify is not None:
-                self._verify(start)  # PositionLost: one line, the process stops
-            first = False
             conn: Any = None
             try:
+                if not first and self._verify is not None:
+                    # PositionLost: one line, the process stops; a server still away: retried.
+                    self._verify(start)
+                first = False
                 conn = connect_replication(self._source)
                 self._read(conn, start)
                 attempt = 0
@@ -137,14 +139,30 @@ class PgoutputStream(ThreadedStream):
 
     def _stream(self, cursor: Any, conn: Any) -> None:
         decoder = self._decoder
+        read_at = stalled_since = time.monotonic()
+        stalled_at = self._acknowledged
         while not self._abort.is_set() and not (self._stop.is_set() and decoder.tx is None):
             message = cursor.read_message()
-            if message is None:
-                self._flush()
-                self._feedback(cursor)
-                select.select([conn], [], [], _POLL_S)
+            if message is not None:
+                decoder.handle(parse(message.payload))
+                read_at = time.monotonic()
                 continue
-            decoder.handle(parse(message.payload))
+            self._flush()
+            self._feedback(cursor)
+            now = time.monotonic()
+            if self._acknowledged != stalled_at or self._acknowledged >= decoder.position.lsn:
+                stalled_at, stalled_since = self._acknowledged, now
+            elif min(now - read_at, now - stalled_since) >= RELEASE_AFTER_S:
+                # Nothing new to read and nothing more confirmed for a while: the pipelines
+                # cannot commit (the database may be shutting down — a fast shutdown waits
+                # for this connection to confirm everything sent — or a pipeline stopped).
+                # Let the server go; the stream resumes from the last commit read.
+                raise RetriableError(
+                    f"nothing confirmed past {lsn_text(self._acknowledged)} for "
+                    f"{RELEASE_AFTER_S:.0f} s: releasing the replication connection",
+                    code="confirm_stalled",
+                )
+            select.select([conn], [], [], _POLL_S)
         self._flush()
         self._feedback(cursor)
 
@@ -162,7 +180,8 @@ def _mapped(exc: psycopg2.Error, doing: str) -> CdcScorerError:
         return RetriableError(f"{doing}: {exc}".strip(), code="slot_in_use")
     if code == _SLOT_INVALID:
         return PositionLost(f"{doing}: {str(exc).strip()}")
-    mapped = map_error(exc, doing)
-    if isinstance(mapped, FatalError) or mapped.retriable:
-        return mapped
-    return RetriableError(str(mapped), code="postgres_stream")
+    if not code:
+        # No SQLSTATE: the connection broke under the COPY stream (libpq: "error with status
+        # PGRES_COPY_BOTH and no message", "server closed the connection unexpectedly").
+        return RetriableError(f"{doing}: {str(exc).strip()}", code="postgres_stream")
+    return map_error(exc, doing)
