@@ -154,6 +154,8 @@ class ScorerApp:
         info = self.source.preflight()
         tables = self.store.inspect_tables(pipelines)
         self.store.check_schema(pipelines)
+        for statement in self.source.prepare(pipelines):  # what init would have made
+            log.info("made on the server", statement=statement)
         found = [c for c in self.source.table_checks(pipelines, tables) if c.problem]
         fatal = [f"{c.name}: {c.problem}" for c in found if c.fatal]
         if fatal:
@@ -243,8 +245,10 @@ class ScorerApp:
             on_disconnect=self._on_disconnect,
             on_rows=self.telemetry.on_rows_read,
         )
-        stream = self.source.open(start, Capture(keys, read), hooks)
+        shapes = {table: info.column_types for table, info in tables.items()}
+        stream = self.source.open(start, Capture(keys, read, shapes), hooks)
         self.telemetry.source.queue_depth = stream.queue_depth
+        self.telemetry.source.retained_bytes = stream.retained_bytes
         return stream
 
     def _on_disconnect(self) -> None:

@@ -4,6 +4,7 @@ and the scorer's config for it."""
 from __future__ import annotations
 
 import csv
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,22 +65,40 @@ class PgDatabase:
             )
 
     def drop(self) -> None:
+        """The database and its slot gone (a daemon a failed test left still streaming from
+        it is cut off first: its walsender holds the slot)."""
         self.conn.close()
         admin = self.server.connect()
         with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND NOT active",
-                (self.slot,),
-            )
+            deadline = time.monotonic() + 10
+            while True:
+                cursor.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.slot,),
+                )
+                row = cursor.fetchone()
+                if row is None or time.monotonic() > deadline:
+                    break
+                if row[0] is None:
+                    cursor.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+                    break
+                cursor.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                time.sleep(0.1)  # pacing the retry of a terminated walsender, not a sync
             cursor.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
         admin.close()
 
 
 def pg_config(
-    path: Path, db: PgDatabase, endpoint_url: str, *, http_port: int = 0, **source: Any
+    path: Path,
+    db: PgDatabase,
+    endpoint_url: str,
+    *,
+    http_port: int = 0,
+    churn: dict[str, Any] | None = None,
+    **source: Any,
 ) -> ScorerSpec:
-    """The embedded default's config on ``db`` (engine postgresql, the test's own slot)."""
+    """The embedded default's config on ``db`` (engine postgresql, the test's own slot);
+    ``churn`` replaces keys of the churn pipeline."""
     path.write_text(
         local_scorer_config(
             port=db.server.port,
@@ -97,7 +116,7 @@ def pg_config(
                 },
                 "retry": {"base_ms": 20, "cap_ms": 200},
                 "pipelines": {
-                    "churn": {"batching": {"max_rows": 100, "linger_ms": 50}},
+                    "churn": {"batching": {"max_rows": 100, "linger_ms": 50}, **(churn or {})},
                     "feedback": {"batching": {"max_rows": 25, "linger_ms": 50}},
                 },
             },

@@ -160,6 +160,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  re-score running: {_job_line(s.rescore)}")
         if s.rescores_queued:
             print(f"  re-scores waiting: {s.rescores_queued}")
+    for name, note in (statuses[0].change_log or {}).items() if statuses else ():
+        print(f"{name}: {note}")
     return 0
 
 
@@ -351,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     reposition.set_defaults(handler=_reposition)
 
     demo = commands.add_parser(
-        "demo", help="private MariaDB/MySQL + local endpoints + the scorer, with a live workload"
+        "demo",
+        help="a private database + local endpoints + the scorer, with a live workload",
     )
     demo.add_argument("--seconds", type=float, default=20.0, help="length of the live workload")
     demo.add_argument("--rate", type=float, default=50.0, help="workload transactions per second")
@@ -359,10 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the server's data here (default: a temp dir)")
     demo.add_argument(
         "--server",
-        choices=("mariadb", "mysql", "mysql-gtid"),
+        choices=("mariadb", "mysql", "mysql-gtid", "postgresql"),
         default="mariadb",
-        help="the source: MariaDB, MySQL as Aurora MySQL ships it (GTIDs off), or MySQL with "
-        "GTIDs on",
+        help="the source: MariaDB, MySQL as Aurora MySQL ships it (GTIDs off), MySQL with "
+        "GTIDs on, or PostgreSQL (logical replication)",
     )
     demo.set_defaults(handler=_demo)
     return parser

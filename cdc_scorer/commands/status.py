@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cdc_scorer.core.positions import Position
@@ -30,6 +30,9 @@ class PipelineStatus:
     rescores_queued: int = 0
     rescores_finished: tuple[dict[str, object], ...] = ()
     server: str | None = None  # the server the checkpoint was last written on
+    # What the change log keeps for the scorer (PostgreSQL: the slot's retained WAL), shared
+    # by the pipelines of one source.
+    change_log: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -49,7 +52,11 @@ def pipeline_status(spec: ScorerSpec) -> list[PipelineStatus]:
         now = source.current_position()
         saved = store.load_checkpoints([p.name for p in spec.pipelines], source.decode_position)
         db_now = store.database_now()
-        return [_status(store, p, saved.get(p.name), now, db_now) for p in spec.pipelines]
+        kept = {name: note for name, note in source.notes() if name != "failover"}
+        return [
+            replace(_status(store, p, saved.get(p.name), now, db_now), change_log=kept or None)
+            for p in spec.pipelines
+        ]
     finally:
         store.close()
 

@@ -25,7 +25,14 @@ import structlog
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError, inputs_gone
 from cdc_scorer.core.own_tables import WINDOW_CLOSE, WINDOW_OPEN, watermark_id
 from cdc_scorer.core.records import Checkpoint, Op, RescoreJob, RowChange, TableInfo
-from cdc_scorer.core.rescoring import Chunk, ChunkExchange, enqueue, now_iso, snapshot_state
+from cdc_scorer.core.rescoring import (
+    Chunk,
+    ChunkExchange,
+    enqueue,
+    now_iso,
+    on_alter,
+    snapshot_state,
+)
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.stores import ChunkStore, Store
@@ -60,9 +67,19 @@ def plan_rescores(
         checkpoint = checkpoints[pipeline.name]
         rescores = checkpoint.rescores
         version = pipeline.model_version
+        types = input_types(pipeline, tables[pipeline.table].column_types)
         if not rescores.input_types:
-            types = input_types(pipeline, tables[pipeline.table].column_types)
             rescores = replace(rescores, input_types=types)
+        elif rescores.input_types != types and pipeline.rescore_on_alter:
+            # An input changed type while no scorer ran (a change log that describes tables
+            # only with their next row — PostgreSQL's — may never say so): the same check as
+            # for an ALTER read from the stream.
+            log.info(
+                "model input types changed since the last run: checking",
+                pipeline=pipeline.name,
+                changes=_type_changes(rescores.input_types, types),
+            )
+            rescores = on_alter(rescores, f"at start {uuid.uuid4().hex[:8]}", version)
         running = rescores.running
         if running is not None and running.model_version is None:  # from an older version
             rescores = replace(rescores, running=replace(running, model_version=version))

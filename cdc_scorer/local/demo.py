@@ -1,8 +1,9 @@
 """`cdc-scorer demo`: the whole product on one machine, with data flowing.
 
-A private MariaDB or MySQL with row binlog → the blog's tables with 5,000 generated churn rows
-and a few hundred feedback texts → local model endpoints → the scorer (snapshot first) → a live
-workload of inserts, updates and deletes → the blog's queries against the ``*_scored`` views.
+A private MariaDB or MySQL with row binlog, or PostgreSQL with logical decoding → the blog's
+tables with 5,000 generated churn rows and a few hundred feedback texts → local model endpoints
+→ the scorer (snapshot first) → a live workload of inserts, updates and deletes → the blog's
+queries against the ``*_scored`` views.
 """
 
 from __future__ import annotations
@@ -23,19 +24,31 @@ from cdc_scorer.config import load_config
 from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
+    CHURN_TABLE_DDL_POSTGRES,
     FEATURE_COLUMNS,
     FEEDBACK_TABLE_DDL,
+    FEEDBACK_TABLE_DDL_POSTGRES,
     ChurnRowGenerator,
     FeedbackGenerator,
 )
 from cdc_scorer.local.endpoints import ModelServer
+from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
 from cdc_scorer.mysql.connection import connect
 from cdc_scorer.ops.logs import configure_logging
+from cdc_scorer.sources.registry import build_source
 from cdc_scorer.stores.registry import build_store
 
 DATABASE = "mltest"
+POSTGRESQL = "postgresql"
+# --server: the embedded default's source. MySQL as Aurora MySQL ships it (GTIDs off,
+# file:pos), or with GTIDs on; PostgreSQL (logical replication) is _PostgresDemo's.
+SERVERS: dict[str, tuple[str, dict[str, Any]]] = {
+    MARIADB: ("MariaDB", {}),
+    MYSQL: ("MySQL", {"gtid": False}),
+    "mysql-gtid": ("MySQL", {"gtid": True}),
+}
 
 BLOG_QUERY = (
     "SELECT state, acc_length, area_code, int_plan, phone, will_churn FROM churn_scored LIMIT 5"
@@ -47,14 +60,15 @@ SENTIMENT_QUERY = (
 )
 
 
-def _load_scenario(server: DatabaseServer, churn_rows: int, feedback_rows: int) -> None:
-    conn = server.connect()
+def _load_scenario(
+    conn: Any, churn_ddl: str, feedback_ddl: str, churn_rows: int, feedback_rows: int
+) -> None:
+    """The blog's tables in the connection's database, with generated rows."""
     columns = [*FEATURE_COLUMNS, "Churn"]
     with conn.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4")
-        cursor.execute(f"USE {DATABASE}")
-        cursor.execute(CHURN_TABLE_DDL)
-        cursor.execute(FEEDBACK_TABLE_DDL)
+        for ddl in (churn_ddl, feedback_ddl):
+            for statement in (s for s in ddl.split(";") if s.strip()):
+                cursor.execute(statement)
         rows = [tuple(r[c] for c in columns) for r in ChurnRowGenerator(1).rows(churn_rows)]
         cursor.executemany(
             f"INSERT INTO churn ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
@@ -65,7 +79,91 @@ def _load_scenario(server: DatabaseServer, churn_rows: int, feedback_rows: int) 
             "INSERT INTO feedback (user_feedback) VALUES (%s)",
             [(texts.text(),) for _ in range(feedback_rows)],
         )
-    conn.close()
+
+
+class _MysqlDemo:
+    """The demo on a private MariaDB or MySQL (the binlog)."""
+
+    def __init__(self, server_name: str, base: Path) -> None:
+        self.label, options = SERVERS[server_name]
+        self.flavor = MARIADB if server_name == MARIADB else MYSQL
+        self._launcher = private_server(self.flavor, basedir=base / self.flavor, **options)
+        self._server: DatabaseServer | None = None
+        self.sentiment_query = SENTIMENT_QUERY
+        self.prompt = "mysql"
+
+    def start(self) -> int:
+        self._server = self._launcher.start()
+        return self._server.port
+
+    def stop(self) -> None:
+        self._launcher.stop()
+
+    def load(self, churn_rows: int, feedback_rows: int) -> None:
+        assert self._server is not None
+        conn = self._server.connect()
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4")
+            cursor.execute(f"USE {DATABASE}")
+        _load_scenario(conn, CHURN_TABLE_DDL, FEEDBACK_TABLE_DDL, churn_rows, feedback_rows)
+        conn.close()
+
+    def source(self) -> dict[str, Any]:
+        return {}
+
+    def connect(self, spec: ScorerSpec) -> Any:
+        return connect(spec.source)
+
+    def client(self, port: int) -> str:
+        return f"{self.flavor} -h 127.0.0.1 -P {port} -u root {DATABASE}"
+
+
+class _PostgresDemo:
+    """The demo on a private PostgreSQL (logical replication)."""
+
+    label = "PostgreSQL"
+    prompt = "postgres"
+    # round(double precision, int) does not exist in PostgreSQL: through numeric.
+    sentiment_query = (
+        "SELECT id, LEFT(user_feedback, 50) AS user_feedback, sentiment, "
+        "ROUND(sentiment_positive::numeric, 3) AS positive, "
+        "ROUND(sentiment_negative::numeric, 3) AS negative "
+        "FROM feedback_scored ORDER BY id DESC LIMIT 5"
+    )
+
+    def __init__(self) -> None:
+        self._launcher = PrivatePostgreSQL()
+        self._server: PostgresServer | None = None
+
+    def start(self) -> int:
+        self._server = self._launcher.start()
+        return self._server.port
+
+    def stop(self) -> None:
+        self._launcher.stop()
+
+    def load(self, churn_rows: int, feedback_rows: int) -> None:
+        assert self._server is not None
+        admin = self._server.connect()
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {DATABASE}")
+        admin.close()
+        conn = self._server.connect(DATABASE)
+        _load_scenario(
+            conn, CHURN_TABLE_DDL_POSTGRES, FEEDBACK_TABLE_DDL_POSTGRES, churn_rows, feedback_rows
+        )
+        conn.close()
+
+    def source(self) -> dict[str, Any]:
+        assert self._server is not None
+        return {"engine": "postgresql", "user": self._server.user}
+
+    def connect(self, spec: ScorerSpec) -> Any:
+        assert self._server is not None
+        return self._server.connect(DATABASE)
+
+    def client(self, port: int) -> str:
+        return f"psql -h 127.0.0.1 -p {port} -U postgres {DATABASE}"
 
 
 def _workload_step(
@@ -112,15 +210,16 @@ def _status(conn: Any) -> tuple[int, int, int, int]:
 
 
 def app_store_init(spec: ScorerSpec) -> None:
-    """`cdc-scorer init`."""
+    """`cdc-scorer init`: the scorer's tables, then what the change log needs."""
     store = build_store(spec.source, spec.retry)
     try:
         store.init(spec.pipelines)
     finally:
         store.close()
+    build_source(spec.source, spec.retry).prepare(spec.pipelines)
 
 
-def _print_query(conn: Any, sql: str) -> None:
+def _print_query(conn: Any, sql: str, prompt: str) -> None:
     with conn.cursor() as cursor:
         cursor.execute(sql)
         names = [d[0] for d in cursor.description]
@@ -128,20 +227,11 @@ def _print_query(conn: Any, sql: str) -> None:
     widths = [
         max(len(n), *(len(r[i]) for r in rows)) if rows else len(n) for i, n in enumerate(names)
     ]
-    print(f"\nmysql> {sql};")
+    print(f"\n{prompt}> {sql};")
     print(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-
-
-# --server: the embedded default's source. MySQL as Aurora MySQL ships it (GTIDs off,
-# file:pos), or with GTIDs on.
-SERVERS = {
-    MARIADB: ("MariaDB", {}),
-    MYSQL: ("MySQL", {"gtid": False}),
-    "mysql-gtid": ("MySQL", {"gtid": True}),
-}
 
 
 async def run_demo(
@@ -152,43 +242,45 @@ async def run_demo(
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local-demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-demo")
     base = workdir or Path(tempfile.mkdtemp(prefix="cdc-scorer-demo-"))
-    label, options = SERVERS[server_name]
-    flavor = MARIADB if server_name == MARIADB else MYSQL
-    launcher = private_server(flavor, basedir=base / flavor, **options)
-    print(f"[demo] starting a private {label} with row binlog in {base}", flush=True)
-    server = await asyncio.to_thread(launcher.start)
+    database: _MysqlDemo | _PostgresDemo = (
+        _PostgresDemo() if server_name == POSTGRESQL else _MysqlDemo(server_name, base)
+    )
+    label = database.label
+    print(f"[demo] starting a private {label} with its change log in {base}", flush=True)
+    port = await asyncio.to_thread(database.start)
     models = ModelServer()
     app: ScorerApp | None = None
     scorer_task: asyncio.Task[None] | None = None
     try:
         endpoint_url = await models.start()
         print(f"[demo] local model endpoints on {endpoint_url}", flush=True)
-        await asyncio.to_thread(_load_scenario, server, 5000, 300)
+        await asyncio.to_thread(database.load, 5000, 300)
         print("[demo] loaded mltest.churn (5,000 generated rows) and mltest.feedback (300 texts)")
         config_path = base / "cdc-scorer.toml"
         http_port = free_port()
         config_path.write_text(
             local_scorer_config(
-                port=server.port,
+                port=port,
                 database=DATABASE,
                 endpoint_url=endpoint_url,
                 http_port=http_port,
+                overrides={"source": database.source()},
             )
         )
         spec = load_config(config_path)
         print(f"[demo] metrics and health: http://127.0.0.1:{http_port}/metrics  /readyz")
-        conn = connect(spec.source)
+        conn = database.connect(spec)
         await asyncio.to_thread(app_store_init, spec)
         print(f"[demo] cdc-scorer init done; config in {config_path}")
         app = ScorerApp(spec)
         scorer_task = asyncio.create_task(app.run())
-        print("[demo] scorer started: snapshot of existing rows first, then the binlog")
+        print("[demo] scorer started: snapshot of existing rows first, then the change log")
         await _play(conn, app, models, scorer_task, seconds, rate)
-        _print_query(conn, BLOG_QUERY)
-        _print_query(conn, SENTIMENT_QUERY)
+        _print_query(conn, BLOG_QUERY, database.prompt)
+        _print_query(conn, database.sentiment_query, database.prompt)
         print(
-            f"\n[demo] connect while it runs:  {flavor} -h 127.0.0.1 -P {server.port} -u root "
-            f"{DATABASE}\n        e.g. SELECT * FROM churn_scored LIMIT 5;"
+            f"\n[demo] connect while it runs:  {database.client(port)}\n"
+            "        e.g. SELECT * FROM churn_scored LIMIT 5;"
         )
         if wait:
             print(
@@ -208,7 +300,7 @@ async def run_demo(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(scorer_task, 30)
         await models.stop()
-        await asyncio.to_thread(launcher.stop)
+        await asyncio.to_thread(database.stop)
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
         print(f"[demo] stopped: scorer, endpoints and {label} are down, temp dir removed")

@@ -67,10 +67,18 @@ class PrivatePostgreSQL:
     """``with PrivatePostgreSQL() as server:`` — started on enter, stopped and removed on exit."""
 
     def __init__(
-        self, start_timeout_s: float = 60.0, settings: dict[str, str] | None = None
+        self,
+        start_timeout_s: float = 60.0,
+        settings: dict[str, str] | None = None,
+        hba: str | None = None,
+        files: dict[str, Path] | None = None,
     ) -> None:
         self._start_timeout_s = start_timeout_s
         self._settings = dict(settings or {})  # more -c settings (e.g. wal_level=replica)
+        self._hba = hba  # pg_hba.conf's text instead of initdb's (e.g. TLS only)
+        # Files copied into the data directory, owned by the server's user with mode 0600
+        # (the server refuses a key others can read): name → source path.
+        self._files = dict(files or {})
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self.server: PostgresServer | None = None
@@ -104,6 +112,15 @@ class PrivatePostgreSQL:
         )
         if result.returncode != 0:
             raise FatalError(f"initdb failed: {result.stderr.strip()[-500:]}")
+        if self._hba is not None:
+            (datadir / "pg_hba.conf").write_text(self._hba)
+        for name, source in self._files.items():
+            target = datadir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+        if os.geteuid() == 0:
+            for name in [*self._files, "pg_hba.conf"]:
+                shutil.chown(datadir / name, "postgres", "postgres")
         self.server = PostgresServer("127.0.0.1", free_port(), "postgres", datadir)
         self._launch()
         return self.server

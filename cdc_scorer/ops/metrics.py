@@ -59,6 +59,9 @@ class SourceState:
     streaming: bool = False
     leader: bool = False
     queue_depth: Callable[[], int] = lambda: 0
+    # Bytes of change log the server keeps for this reader (a replication slot's WAL; None:
+    # not kept for it, or not known yet).
+    retained_bytes: Callable[[], int | None] = lambda: None
     heartbeat_interval_s: float = 2.0
     # The last heartbeat row seen in the stream: when we saw it and the lag it showed.
     heartbeat_seen_at: float | None = None
@@ -308,6 +311,15 @@ class _StateCollector(Collector):
             ["queue"],
         )
         depth.add_metric(["source"], float(t.source.queue_depth()))
+        kept = GaugeMetricFamily(
+            "cdc_scorer_source_retained_bytes",
+            "Change log the server keeps for this reader (PostgreSQL: the replication slot's "
+            "WAL since its restart LSN), as last measured; no sample where none is kept for it",
+        )
+        retained = t.source.retained_bytes()
+        if retained is not None:
+            kept.add_metric([], float(retained))
+        yield kept
         in_flight = GaugeMetricFamily(
             "cdc_scorer_batches_in_flight",
             "Batches sent to the model, not yet committed",

@@ -74,6 +74,10 @@ def settings(source: SourceSpec) -> dict[str, Any]:
         "sslmode": _SSLMODES[tls.mode],
         "application_name": "cdc-scorer",
         "client_encoding": "UTF8",
+        # Times in UTC in every session of the scorer's, the replication one included: a
+        # timestamptz input reads the same from the log and from a SELECT, and the heartbeat's
+        # localtimestamp is UTC, as the lag measurement takes it.
+        "options": "-c TimeZone=UTC",
     }
     if tls.ca_file:
         found["sslrootcert"] = tls.ca_file
@@ -82,10 +86,33 @@ def settings(source: SourceSpec) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def refused(exc: psycopg2.Error, doing: str) -> CdcScorerError:
+    """A connection attempt that failed: what no retry cures (TLS that does not verify, a
+    pg_hba.conf rule that refuses it) is one fatal line with the fix; the rest as mapped."""
+    message = str(exc).strip().replace("\n", " ")
+    if "certificate" in message or "SSL" in message:
+        return FatalError(
+            f"{doing}: TLS: {message} — check [source.tls] mode and ca_file (for RDS / "
+            "Aurora the global bundle), and that source.host is the name the certificate has"
+        )
+    if "pg_hba.conf" in message:
+        fix = (
+            "set [source.tls] mode to required or verify-identity (the server accepts TLS "
+            "connections only)"
+            if "no encryption" in message
+            else "the server's pg_hba.conf must allow this user, database and address"
+        )
+        return FatalError(f"{doing}: {message} — {fix}")
+    return map_error(exc, doing)
+
+
 def connect(source: SourceSpec, *, autocommit: bool = True) -> Connection:
     """A connection to ``[source]``'s database."""
-    with pg_errors(f"connecting to {source.host}:{source.port}"):
+    doing = f"connecting to {source.host}:{source.port}"
+    try:
         conn: Connection = psycopg2.connect(**settings(source))
+    except psycopg2.Error as exc:
+        raise refused(exc, doing) from exc
     conn.autocommit = autocommit
     return conn
 
@@ -95,10 +122,12 @@ def connect_replication(source: SourceSpec) -> psycopg2.extras.LogicalReplicatio
     database: the walsender that streams pgoutput (IAM tokens work for it on Aurora with
     ``rds.iam_auth_for_replication = 1``)."""
     doing = f"opening a replication connection to {source.host}:{source.port}"
-    with pg_errors(doing):
+    try:
         conn: psycopg2.extras.LogicalReplicationConnection = psycopg2.connect(
             **settings(source), connection_factory=psycopg2.extras.LogicalReplicationConnection
         )
+    except psycopg2.Error as exc:
+        raise refused(exc, doing) from exc
     return conn
 
 

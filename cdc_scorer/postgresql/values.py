@@ -4,9 +4,9 @@ The stream (pgoutput) carries each value in its type's text output; a snapshot c
 by psycopg2. Both go through the same rule, so a row scored from the log and from a chunk has
 identical inputs (and keys): scalars become the Python value psycopg2 gives (int, Decimal,
 float, bool, str, date/time/datetime, timedelta; uuid, enums and other types as their text),
-bytea becomes ``bytes``, and JSON, jsonb and arrays stay the text the server writes
-(``{"a": 1}``, ``{1,2,3}``) — what a CSV of them would hold; a Python dict or list would not go
-into a CSV field at all.
+bytea becomes ``bytes``, and JSON, jsonb, arrays and intervals stay the text the server writes
+(``{"a": 1}``, ``{1,2,3}``, ``1 day 02:00:00``) — what a CSV of them would hold; a Python dict
+or list would not go into a CSV field at all.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ JSON = 114
 JSONB = 3802
 Caster = Callable[[str], Any]
 
-# psycopg2's casters, by type OID, that parse into a Python container: kept as text instead.
-_AS_TEXT_NAMES = ("JSON", "JSONB")
+# psycopg2's casters, by name, kept as the server's text instead: JSON and arrays parse into
+# containers no CSV field holds; an interval as a timedelta would print as Python does.
+_AS_TEXT_NAMES = ("JSON", "JSONB", "INTERVAL")
 
 
 def _as_text_oids() -> frozenset[int]:

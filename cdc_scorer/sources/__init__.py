@@ -11,7 +11,7 @@ registered by engine name in ``sources/registry.py``; the core never names one.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cdc_scorer.core.positions import Position
@@ -26,6 +26,9 @@ class Capture:
 
     key_columns: Mapping[str, tuple[str, ...]]
     read_columns: Mapping[str, frozenset[str] | None]
+    # Each captured table's columns and types as the store found them at start (a source
+    # whose log describes tables itself compares: an ALTER before the first change shows).
+    column_types: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class ChangeStream(Protocol):
 
     def queue_depth(self) -> int:
         """Items read and not yet taken (the queue-depth gauge)."""
+
+    def retained_bytes(self) -> int | None:
+        """Change log the server keeps for this reader, as last measured (None: none is kept
+        for it, or not known): the retained-bytes gauge."""
 
 
 class Source(Protocol):

@@ -99,6 +99,10 @@ class ThreadedStream(ABC):
         """Stop reading once the transaction being read has ended (nothing half-read)."""
         self._stop.set()
 
+    def retained_bytes(self) -> int | None:
+        """None: the server keeps its log by its own retention, not for this reader."""
+        return None
+
     def acknowledge(self, position: Position) -> None:  # noqa: B027 - a default, not abstract
         """Nothing to tell the server (a source whose server keeps changes for it does)."""
 

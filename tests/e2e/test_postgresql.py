@@ -4,6 +4,8 @@ the database; start-up refusals with their fixes."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import pytest
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
+from tests.certificates import CertificateAuthority
 from tests.e2e.daemon import Daemon, VersionMonitor, kill, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
@@ -149,3 +152,357 @@ def test_the_blog_scenario_converges_through_kill_9_and_a_database_restart(
     assert "replication stream disconnected" in log  # the restart was seen, and survived
     print(f"slot caught up with the server's LSN in {caught_up_s:.2f} s")
     db.drop()
+
+
+def status(config: Path) -> dict[str, dict[str, Any]]:
+    result = run_cli("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    return {s["pipeline"]: s for s in json.loads(result.stdout)}
+
+
+def scored_at(db: PgDatabase) -> dict[str, Any]:
+    return dict(db.rows("SELECT phone, scored_at FROM churn_predictions"))
+
+
+def versions(db: PgDatabase) -> dict[str, int]:
+    rows = db.rows("SELECT model_version, count(*) FROM churn_predictions GROUP BY 1")
+    return {str(v): int(n) for v, n in rows}
+
+
+def job_progress(config: Path, reason: str) -> int:
+    job = status(config)["churn"]["rescore"]
+    return int(job["rows_done"]) if job and job["reason"] == reason else -1
+
+
+VIEW_COLUMNS = "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+
+
+def one_more_churn_row(db: PgDatabase, generator: ChurnRowGenerator) -> None:
+    """A change of churn: pgoutput describes a table again (Relation) before its next row."""
+    db.insert_churn([generator.row()])
+
+
+@pytest.mark.timeout(240)
+def test_alter_of_model_inputs_on_postgresql(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    generator = ChurnRowGenerator(41)
+    pg.insert_churn(list(generator.rows(300)))
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url)
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    daemon = start(config)
+    wait(lambda: churn_matches(pg.conn), 90, "snapshot scored", daemon)
+
+    def alter_jobs() -> list[dict[str, Any]]:
+        finished = status(config)["churn"]["rescores_finished"]
+        return [j for j in finished if j["reason"] == "ALTER TABLE"]
+
+    before = scored_at(pg)
+    pg.execute("ALTER TABLE churn ADD COLUMN note varchar(20)")  # no input changes type
+    one_more_churn_row(pg, generator)
+    wait(lambda: len(alter_jobs()) == 1, 60, "the ADD COLUMN looked at", daemon)
+    assert alter_jobs()[0]["rows_done"] == 0
+    assert all(scored_at(pg)[phone] == at for phone, at in before.items())
+    assert ("note",) in pg.rows(VIEW_COLUMNS, ("churn_scored",))  # the view follows the table
+
+    # Every row's day_mins changes, without a row change of its own. PostgreSQL refuses to
+    # retype a column a view reads: the view goes first, and the scorer makes it again.
+    pg.execute("DROP VIEW churn_scored")
+    pg.execute("ALTER TABLE churn ALTER COLUMN day_mins TYPE numeric(10,0)")
+    one_more_churn_row(pg, generator)
+    wait(lambda: len(alter_jobs()) == 2, 60, "the type change re-scored", daemon)
+    assert alter_jobs()[1]["rows_done"] == 302
+    wait(lambda: churn_matches(pg.conn), 60, "predictions of the new values", daemon)
+    assert all(scored_at(pg)[phone] > at for phone, at in before.items())
+    wait(lambda: ("day_mins",) in pg.rows(VIEW_COLUMNS, ("churn_scored",)), 30, "the view", daemon)
+
+    # An input retyped while no scorer runs, and no row changed since: found at the start.
+    assert kill(daemon, signal.SIGTERM) == 0
+    pg.execute("DROP VIEW churn_scored")
+    pg.execute("ALTER TABLE churn ALTER COLUMN night_mins TYPE numeric(10,1)")
+    daemon = start(config)
+    wait(lambda: len(alter_jobs()) == 3, 60, "the type change found at start", daemon)
+    assert alter_jobs()[2]["rows_done"] == 302
+    wait(lambda: churn_matches(pg.conn), 60, "predictions of the retyped values", daemon)
+
+    pg.execute("ALTER TABLE churn DROP COLUMN eve_mins CASCADE")  # an input gone: churn stops
+    pg.execute(
+        "UPDATE churn SET day_calls = day_calls + 1 WHERE phone = (SELECT min(phone) FROM churn)"
+    )
+    pg.execute("INSERT INTO feedback (user_feedback) VALUES ('works well, thanks')")
+    wait(lambda: status(config)["churn"]["stopped"] is not None, 60, "churn stopped", daemon)
+    reason = status(config)["churn"]["stopped"]
+    assert "column eve_mins of table churn is gone" in reason, reason
+    wait(
+        lambda: stored_feedback(pg.conn) == expected_feedback(pg.conn),
+        60,
+        "feedback goes on",
+        daemon,
+    )
+    assert daemon.poll() is None
+    assert kill(daemon, signal.SIGTERM) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_model_version_change_and_the_rescore_command_through_kill_9_on_postgresql(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    pg.insert_churn(list(ChurnRowGenerator(51).rows(3000)))
+    config = tmp_path / "s.toml"
+    paced = {"snapshot_chunk_rows": 200, "batching": {"max_rows": 50, "linger_ms": 50}}
+    pg_config(config, pg, endpoints.url, churn=paced)
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    daemon = start(config)
+    wait(lambda: churn_matches(pg.conn), 90, "version 1 scored", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
+    assert versions(pg) == {"1": 3000}
+
+    # Version 2, paced so that the re-score is surely killed half-way; writes go on.
+    version_2 = {**paced, "model_version": "2", "rescore": {"max_rows_per_s": 400}}
+    pg_config(config, pg, endpoints.url, churn=version_2)
+    monitor = VersionMonitor(pg.server, pg.name)
+    monitor.start()
+    daemon = start(config)
+    wait(lambda: job_progress(config, "model version 2") >= 600, 90, "re-score under way", daemon)
+    generator = ChurnRowGenerator(52)
+    for _ in range(20):
+        pg.insert_churn([generator.row()])
+    kill(daemon)
+    at_kill = job_progress(config, "model version 2")
+    assert 0 < at_kill < 3000, at_kill
+    daemon = start(config, "after-kill")
+    wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
+    wait(lambda: status(config)["churn"]["rescore"] is None, 120, "re-score done", daemon)
+    wait(lambda: churn_matches(pg.conn), 60, "convergence", daemon)
+    assert versions(pg) == {"2": 3020}
+    job = status(config)["churn"]["rescores_finished"][-1]
+    assert job["reason"] == "model version 2" and job["error"] is None
+    assert 3000 - 200 <= job["rows_done"] <= 3020, job  # resumed at the committed chunk
+
+    # An operator's re-score of some rows, through the signal table and the slot.
+    chosen = {str(p) for (p,) in pg.rows("SELECT phone FROM churn WHERE state IN ('KS', 'OH')")}
+    before = scored_at(pg)
+    result = run_cli(
+        "rescore", "--config", str(config), "--pipeline", "churn",
+        "--where", "state IN ('KS', 'OH')", "--timeout", "60",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"done: {len(chosen)} rows re-scored" in result.stdout
+    after = scored_at(pg)
+    assert {p for p in after if after[p] > before[p]} == chosen
+    bad = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--where", "nope=1")
+    assert bad.returncode == 1 and "is refused by the server" in bad.stderr, bad.stderr
+    assert kill(daemon, signal.SIGTERM) == 0
+    monitor.stop()
+    assert not monitor.regressions, monitor.regressions[:5]
+
+
+def one_line_failure(config: Path) -> str:
+    """``run`` that must refuse to start: its one line."""
+    result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode != 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-scorer:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_logical_decoding_off_and_a_user_without_replication_are_refused_with_the_fix(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    # A user who may read and write but not stream.
+    pg.execute("CREATE ROLE scorer_plain LOGIN")
+    pg.execute(f"GRANT ALL ON DATABASE {pg.name} TO scorer_plain")
+    pg.execute("GRANT ALL ON SCHEMA public TO scorer_plain")
+    pg.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO scorer_plain")
+    config = tmp_path / "plain.toml"
+    pg_config(config, pg, endpoints.url, user="scorer_plain")
+    line = one_line_failure(config)
+    assert "user scorer_plain may not stream changes" in line, line
+    assert "GRANT rds_replication TO scorer_plain" in line, line
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 1
+    assert "FAIL  REPLICATION: user scorer_plain may not stream changes" in checked.stdout
+
+    # A server that does not decode logically (Aurora: rds.logical_replication = 0).
+    with PrivatePostgreSQL(settings={"wal_level": "replica"}) as replica_only:
+        other = PgDatabase(replica_only)
+        config = tmp_path / "replica.toml"
+        pg_config(config, other, endpoints.url)
+        line = one_line_failure(config)
+        assert "wal_level is replica: set wal_level = logical" in line, line
+        assert "rds.logical_replication = 1" in line, line
+        checked = run_cli("check", "--config", str(config))
+        assert "FAIL  wal_level: is replica" in checked.stdout, checked.stdout
+        other.conn.close()
+    pg.execute("DROP OWNED BY scorer_plain")
+    pg.execute("DROP ROLE scorer_plain")
+
+
+def test_a_slot_the_server_invalidated_is_one_line_or_a_rescore(
+    tmp_path: Path, postgres: PostgresServer, endpoints: BackgroundModelServer
+) -> None:
+    settings = {"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "wal_keep_size": "0"}
+    with PrivatePostgreSQL(settings=settings) as server:
+        db = PgDatabase(server)
+        generator = ChurnRowGenerator(61)
+        db.insert_churn(list(generator.rows(200)))
+        config = tmp_path / "s.toml"
+        pg_config(config, db, endpoints.url)
+        assert run_cli("init", "--config", str(config)).returncode == 0
+        daemon = start(config)
+        wait(lambda: churn_matches(db.conn), 60, "snapshot scored", daemon)
+        assert kill(daemon, signal.SIGTERM) == 0
+        # Away for long: the server keeps no more than 1 MB of WAL for the slot.
+        db.insert_churn(list(generator.rows(50)))  # changes the slot will have lost
+        for _ in range(4):
+            db.execute("CREATE TABLE IF NOT EXISTS filler (x text)")
+            db.execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
+            db.execute("SELECT pg_switch_wal()")
+            db.execute("CHECKPOINT")
+        ((status_,),) = db.rows(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
+        )
+        assert status_ == "lost"
+
+        line = one_line_failure(config)
+        assert f"replication slot {db.slot} was invalidated by the server" in line, line
+        assert 'on_lost_position = "rescore"' in line, line
+        checked = run_cli("check", "--config", str(config))
+        assert f"FAIL  replication slot {db.slot}: replication slot" in checked.stdout
+
+        # The fix the line names: the slot is made anew and every row re-scored beside the
+        # stream; nothing is lost.
+        pg_config(config, db, endpoints.url, on_lost_position="rescore")
+        daemon = start(config)
+        wait(lambda: churn_matches(db.conn), 60, "every row re-scored", daemon)
+        assert len(stored_churn(db.conn)) == 250
+        finished = status(config)["churn"]["rescores_finished"]
+        assert any(j["reason"] == "position lost" for j in finished), finished
+        assert kill(daemon, signal.SIGTERM) == 0
+        db.conn.close()
+
+
+GRANTS_SQL = Path(__file__).resolve().parents[2] / "deploy" / "grants-postgresql.sql"
+
+
+def readme_grants(role: str, database: str) -> list[str]:
+    """deploy/grants-postgresql.sql as the README gives it, for this role and database (the
+    community PostgreSQL line instead of Aurora's rds_replication)."""
+    text = GRANTS_SQL.read_text()
+    community = next(line for line in text.splitlines() if "Community PostgreSQL" in line)
+    text = text.replace("GRANT rds_replication TO cdc_scorer;", community.split("instead: ")[1])
+    text = re.sub(r"\b(ROLE|TO) cdc_scorer\b", rf"\1 {role}", text).replace("mltest", database)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def test_the_readme_grants_are_enough_on_postgresql(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    role = f"scorer_{pg.name}"
+    pg.insert_churn(list(ChurnRowGenerator(71).rows(100)))
+    pg.execute("INSERT INTO feedback (user_feedback) VALUES ('so helpful'), ('awful wait')")
+    for statement in readme_grants(role, pg.name):
+        pg.execute(statement)
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url, user=role, password="from-secrets-manager")
+    for _ in range(2):  # init, as that user, twice
+        result = run_cli("init", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    daemon = start(config)
+    wait(lambda: churn_matches(pg.conn), 60, "churn scored as that user", daemon)
+    pg.execute("ALTER TABLE churn ADD COLUMN note varchar(20)")  # as the tables' owner
+    pg.insert_churn([ChurnRowGenerator(72).row()])
+    wait(
+        lambda: ("note",) in pg.rows(VIEW_COLUMNS, ("churn_scored",)),
+        60,
+        "the view made again by that user",
+        daemon,
+    )
+    wait(lambda: churn_matches(pg.conn), 60, "the new row scored", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
+    pg.execute(f"DROP OWNED BY {role}")
+    pg.execute(f"DROP ROLE {role}")
+
+
+TLS_ONLY_HBA = """\
+hostssl all all 127.0.0.1/32 trust
+hostssl all all ::1/128 trust
+local all all trust
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path, Path]]:
+    """A private PostgreSQL that accepts TLS connections only (pg_hba.conf: hostssl), with a
+    server certificate for "localhost" made by the test; and a CA that signed nothing."""
+    directory = tmp_path_factory.mktemp("pg-tls")
+    ca = CertificateAuthority(directory, "test-ca")
+    other = CertificateAuthority(directory, "other-ca")
+    issued = ca.issue("server", dns=("localhost",))
+    launcher = PrivatePostgreSQL(
+        settings={"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"},
+        hba=TLS_ONLY_HBA,
+        files={"server.crt": issued.cert, "server.key": issued.key},
+    )
+    try:
+        server = launcher.start()
+    except Exception as exc:  # PostgresUnavailable: the postgres fixture's banner says so
+        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+    try:
+        yield server, ca.path, other.path
+    finally:
+        launcher.stop()
+
+
+def _tls_config(
+    tmp_path: Path, db: PgDatabase, endpoint_url: str, tls: dict[str, str], host: str
+) -> Path:
+    config = tmp_path / "tls.toml"
+    pg_config(config, db, endpoint_url, host=host, tls=tls)
+    return config
+
+
+def test_tls_on_postgresql_every_session_the_stream_included(
+    tmp_path: Path,
+    postgres: PostgresServer,
+    tls_postgres: tuple[Any, Path, Path],
+    endpoints: BackgroundModelServer,
+) -> None:
+    server, ca, other_ca = tls_postgres
+    db = PgDatabase(server)
+    verified = {"mode": "verify-identity", "ca_file": str(ca)}
+    config = _tls_config(tmp_path, db, endpoints.url, verified, "localhost")
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    checked = run_cli("check", "--config", str(config))
+    (tls_line,) = [line for line in checked.stdout.splitlines() if "database TLS" in line]
+    assert tls_line.startswith("PASS  database TLS: TLSv1."), tls_line
+    daemon = start(config)
+    db.insert_churn(list(ChurnRowGenerator(81).rows(20)))
+    wait(lambda: len(stored_churn(db.conn)) == 20, 60, "rows scored over TLS", daemon)
+    # The server's own view of the scorer's sessions: the walsender's is TLS too.
+    sessions = db.rows(
+        "SELECT a.backend_type, s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.application_name = 'cdc-scorer'"
+    )
+    assert ("walsender", True) in sessions and all(ssl for _, ssl in sessions), sessions
+    assert kill(daemon, signal.SIGTERM) == 0
+
+    # A certificate that does not verify, a host name it does not have, TLS turned off: each
+    # one line naming the cause and the fix.
+    config = _tls_config(
+        tmp_path, db, endpoints.url, {**verified, "ca_file": str(other_ca)}, "localhost"
+    )
+    line = one_line_failure(config)
+    assert "TLS:" in line and "certificate verify failed" in line, line
+    config = _tls_config(tmp_path, db, endpoints.url, verified, "127.0.0.1")
+    line = one_line_failure(config)
+    assert "TLS:" in line and "127.0.0.1" in line, line
+    config = _tls_config(tmp_path, db, endpoints.url, {"mode": "disabled"}, "localhost")
+    line = one_line_failure(config)
+    assert "no encryption" in line and "[source.tls] mode to required" in line, line
+    db.conn.close()

@@ -45,9 +45,15 @@ async def test_the_blog_scenario_streams_through_pgoutput(
     config = tmp_path / "scorer.toml"
     spec = pg_config(config, pg, models.url)
     assert cli(["init", "--config", str(config)]) == 0
-    # init made the publication of the captured tables and the scorer's own, and the slot.
-    published = {t for (t,) in pg.rows("SELECT tablename FROM pg_publication_tables")}
-    assert published == {"churn", "feedback", "cdc_scorer_signal", "cdc_scorer_heartbeat"}
+    # init made the publications — of the captured tables, and of the scorer's own (which
+    # the scorer owns) — and the slot.
+    published = set(pg.rows("SELECT pubname, tablename FROM pg_publication_tables"))
+    assert published == {
+        ("cdc_scorer", "churn"),
+        ("cdc_scorer", "feedback"),
+        ("cdc_scorer_own", "cdc_scorer_signal"),
+        ("cdc_scorer_own", "cdc_scorer_heartbeat"),
+    }
     assert pg.rows("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (pg.slot,)) == [
         ("pgoutput",)
     ]

@@ -101,6 +101,9 @@ class ListSource:
     def acknowledge(self, position: Position) -> None:
         pass
 
+    def retained_bytes(self) -> int | None:
+        return None
+
 
 @dataclass
 class MemorySink:

@@ -62,15 +62,21 @@ class PgoutputSource:
         return SourceInfo(info.identity, info.version)
 
     def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
-        """``init``: the publication of the captured tables (and the scorer's signal and
-        heartbeat tables) and the replication slot, made or extended (idempotent)."""
+        """``init`` and ``run``: the publication of the captured tables (and the scorer's
+        signal and heartbeat tables) and the replication slot, made or extended (idempotent).
+        A slot the server invalidated is made anew only with ``on_lost_position = "rescore"``
+        (the checkpoints are then refused and every row re-scored); otherwise it is left for
+        the start to refuse with the fix."""
         source = self._source
         conn = self._connection()
         try:
             self._checked(conn)
             tables = [p.table for p in pipelines]
-            statements = server.ensure_publication(conn, source.publication, source.schema, tables)
-            if server.ensure_slot(conn, source.slot_name, source.database):
+            statements = server.ensure_publications(
+                conn, source.publication, source.schema, tables, source.user
+            )
+            replace_lost = source.on_lost_position == "rescore"
+            if server.ensure_slot(conn, source.slot_name, source.database, replace_lost):
                 statements.append(
                     f"SELECT pg_create_logical_replication_slot('{source.slot_name}', 'pgoutput')"
                 )
@@ -115,13 +121,11 @@ class PgoutputSource:
         return f"replication connection opened (system {row[0] if row else '?'})"
 
     def current_position(self) -> Position:
-        """The WAL position now; the slot is made first if it is missing (a new start: what
-        committed before it is read by the snapshot)."""
+        """The WAL position now (``run`` has made the slot before: what commits after this
+        position is in it)."""
         conn = self._connection()
         try:
-            info = self._checked(conn)
-            server.ensure_slot(conn, self._source.slot_name, self._source.database)
-            return LsnPosition(info.identity, server.current_lsn(conn))
+            return LsnPosition(self._checked(conn).identity, server.current_lsn(conn))
         finally:
             close_quietly(conn)
 
@@ -170,7 +174,8 @@ class PgoutputSource:
             problem = server.publication_problem(
                 conn, source.publication, source.schema, [p.table for p in pipelines]
             )
-            checks.append(TableCheck(f"publication {source.publication}", problem, True))
+            names = server.publication_names(source.publication)
+            checks.append(TableCheck(f"publications {names}", problem, True))
             keys = {t: info.key_columns for t, info in tables.items()}
             inputs: dict[str, tuple[str, ...]] = {}
             for pipeline in pipelines:

@@ -76,6 +76,9 @@ class TransactionDecoder:
         casters: TextCasters,
         emit: Callable[[SourceBatch], None],
         on_rows: Callable[[str, str, int], None] | None = None,
+        *,
+        start_shapes: Mapping[str, Mapping[str, str]] | None = None,
+        describe: Callable[[Relation], list[tuple[str, str]]] | None = None,
     ) -> None:
         self._schema = schema
         self._key_columns = dict(key_columns)
@@ -90,6 +93,10 @@ class TransactionDecoder:
         # The shape each captured table had when this decoder last saw it (across reconnects:
         # a Relation message comes again on every new connection).
         self._shapes: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        # The columns and types the store found at start, and how to name a relation's types
+        # the same way (format_type): the first description of a table is compared with them.
+        self._start_shapes = dict(start_shapes or {})
+        self._describe = describe
         self._run: list[RowChange] = []
         self._run_table = ""
 
@@ -144,11 +151,19 @@ class TransactionDecoder:
         if gone:
             self._emit((ColumnsGone(table, gone, self.tx),))
         seen = self._shapes.get(table)
-        if seen is not None and seen != plan.shape:
+        if self._altered_since_start(relation) if seen is None else seen != plan.shape:
             # Columns added, dropped, renamed or retyped: the view follows, and a model input
             # whose type changed is re-scored (the job compares the types it finds).
             self._emit((TableAltered(table, self.tx),))
         self._shapes[table] = plan.shape
+
+    def _altered_since_start(self, relation: Relation) -> bool:
+        """The table's first description in this process differs from what the store found at
+        start (an ALTER before the table's first change since)."""
+        expected = self._start_shapes.get(relation.name)
+        if expected is None or self._describe is None:
+            return False
+        return self._describe(relation) != list(expected.items())
 
     def _plan(self, relation: Relation) -> _Plan:
         wanted = self._read_columns.get(relation.name)

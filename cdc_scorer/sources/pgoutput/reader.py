@@ -24,18 +24,26 @@ from cdc_scorer.core.errors import CdcScorerError, PositionLost, RetriableError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.retry import backoff_s
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
-from cdc_scorer.postgresql.connection import close_quietly, connect_replication, map_error
+from cdc_scorer.postgresql.connection import (
+    close_quietly,
+    connect,
+    connect_replication,
+    map_error,
+    pg_errors,
+)
 from cdc_scorer.postgresql.values import TextCasters
 from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.handover import ThreadedStream
 from cdc_scorer.sources.pgoutput.decoder import TransactionDecoder
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
-from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse
+from cdc_scorer.sources.pgoutput.protocol import Relation, lsn_text, parse
+from cdc_scorer.sources.pgoutput.server import publication_names, slot_state
 
 log = structlog.get_logger("cdc_scorer.source")
 
 _POLL_S = 0.5  # how long the thread waits on the socket: how soon a stop is seen
 FEEDBACK_INTERVAL_S = 5.0  # standby status while idle (the server's wal_sender_timeout: 60 s)
+MEASURE_INTERVAL_S = 15.0  # the slot's retained WAL, for the gauge
 RELEASE_AFTER_S = 10.0  # idle with unconfirmed changes this long: let the server go
 # SQLSTATEs of a replication start that waiting cures: the slot is still held by a walsender
 # of a process that just died (it lets go once it notices).
@@ -69,12 +77,20 @@ class PgoutputStream(ThreadedStream):
             self._casters,
             self._put,
             self._hooks.on_rows,
+            start_shapes=capture.column_types,
+            describe=self._describe,
         )
         self._verify = verify
+        self._publications = publication_names(source.publication)
         # What the pipelines have durably applied: the only LSN the slot is ever told.
         self._acknowledged = start.lsn
         self._sent = 0
         self._sent_at = 0.0
+        self._retained: int | None = None  # the slot's WAL, as last measured
+        self._measured_at = 0.0
+
+    def retained_bytes(self) -> int | None:
+        return self._retained
 
     def acknowledge(self, position: Position) -> None:
         """Every pipeline has committed ``position``: the slot may let go of what is before."""
@@ -128,7 +144,7 @@ class PgoutputStream(ThreadedStream):
                 decode=False,
                 start_lsn=lsn_text(start.lsn),
                 status_interval=FEEDBACK_INTERVAL_S,
-                options={"proto_version": "1", "publication_names": self._source.publication},
+                options={"proto_version": "1", "publication_names": self._publications},
             )
             if self._hooks.on_connect is not None:
                 self._hooks.on_connect()
@@ -150,6 +166,8 @@ class PgoutputStream(ThreadedStream):
             self._flush()
             self._feedback(cursor)
             now = time.monotonic()
+            if now - self._measured_at >= MEASURE_INTERVAL_S:
+                self._measure()
             if self._acknowledged != stalled_at or self._acknowledged >= decoder.position.lsn:
                 stalled_at, stalled_since = self._acknowledged, now
             elif min(now - read_at, now - stalled_since) >= RELEASE_AFTER_S:
@@ -165,6 +183,39 @@ class PgoutputStream(ThreadedStream):
             select.select([conn], [], [], _POLL_S)
         self._flush()
         self._feedback(cursor)
+
+    def _describe(self, relation: Relation) -> list[tuple[str, str]]:
+        """A relation's columns with their types as ``format_type`` names them (the store's
+        words), on a connection of its own."""
+        oids = [c.type_oid for c in relation.columns]
+        modifiers = [c.type_modifier for c in relation.columns]
+        conn = connect(self._source)
+        try:
+            with pg_errors(f"naming the column types of {relation.name}"), conn.cursor() as c:
+                c.execute(
+                    "SELECT format_type(t, m) FROM unnest(%s::oid[], %s::int[]) "
+                    "WITH ORDINALITY AS u(t, m, i) ORDER BY i",
+                    (oids, modifiers),
+                )
+                names = [str(r[0]) for r in c.fetchall()]
+        finally:
+            close_quietly(conn)
+        return [(c.name, kind) for c, kind in zip(relation.columns, names, strict=True)]
+
+    def _measure(self) -> None:
+        """The slot's retained WAL, on a connection of its own (the replication connection is
+        busy streaming); a failure only leaves the gauge as it was."""
+        self._measured_at = time.monotonic()
+        try:
+            conn = connect(self._source)
+            try:
+                state = slot_state(conn, self._source.slot_name)
+            finally:
+                close_quietly(conn)
+        except CdcScorerError as exc:
+            log.debug("slot not measured", error=str(exc))
+            return
+        self._retained = None if state is None else state.retained_bytes
 
     def _feedback(self, cursor: Any) -> None:
         """Standby status: the acknowledged LSN when it moved, or again after a while."""

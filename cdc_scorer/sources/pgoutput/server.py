@@ -147,12 +147,18 @@ def slot_problem(state: SlotState | None, slot: str, database: str) -> str | Non
     return None
 
 
-def ensure_slot(conn: Connection, slot: str, database: str) -> bool:
-    """The slot exists (created here if missing): True if it was made now."""
+def ensure_slot(conn: Connection, slot: str, database: str, replace_lost: bool = False) -> bool:
+    """The slot exists (created here if missing; if invalidated, made anew when
+    ``replace_lost``, else left for the start to refuse): True if it was made now."""
     state = slot_state(conn, slot)
+    if state is not None and state.wal_status == "lost" and replace_lost:
+        log.warning("replication slot invalidated by the server: making it anew", slot=slot)
+        with pg_errors(f"dropping invalidated slot {slot}"), conn.cursor() as cursor:
+            cursor.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        state = None
     if state is not None:
         problem = slot_problem(state, slot, database)
-        if problem:
+        if problem and state.wal_status != "lost":
             raise FatalError(problem)
         return False
     with pg_errors(f"creating replication slot {slot}"), conn.cursor() as cursor:
@@ -201,38 +207,69 @@ def published_tables(conn: Connection, publication: str) -> set[tuple[str, str]]
         return {(str(s), str(t)) for s, t in cursor.fetchall()}
 
 
+def own_publication(publication: str) -> str:
+    """The publication of the scorer's own signal and heartbeat tables: the scorer owns them
+    (and it), while only the source tables' owner may publish those."""
+    return f"{publication}_own"
+
+
+def publication_names(publication: str) -> str:
+    """What the stream subscribes to: the source tables' publication and the scorer's own."""
+    return f"{publication},{own_publication(publication)}"
+
+
+def _wanted(publication: str, tables: Sequence[str]) -> list[tuple[str, list[str]]]:
+    return [
+        (publication, [*dict.fromkeys(tables)]),
+        (own_publication(publication), [SIGNAL_TABLE, HEARTBEAT_TABLE]),
+    ]
+
+
 def publication_problem(
     conn: Connection, publication: str, schema: str, tables: Sequence[str]
 ) -> str | None:
-    published = published_tables(conn, publication)
-    fix = "run `cdc-scorer init --config FILE` (it creates and extends the publication)"
-    if published is None:
-        return f"publication {publication} does not exist — {fix}"
-    missing = [t for t in (*tables, SIGNAL_TABLE, HEARTBEAT_TABLE) if (schema, t) not in published]
-    if missing:
-        return f"publication {publication} lacks {', '.join(missing)} — {fix}"
-    return None
+    problems = []
+    fix = "run `cdc-scorer init --config FILE` (it creates and extends the publications)"
+    for name, wanted in _wanted(publication, tables):
+        published = published_tables(conn, name)
+        if published is None:
+            problems.append(f"publication {name} does not exist — {fix}")
+            continue
+        missing = [t for t in wanted if (schema, t) not in published]
+        if missing:
+            problems.append(f"publication {name} lacks {', '.join(missing)} — {fix}")
+    return "; ".join(problems) or None
 
 
-def ensure_publication(
-    conn: Connection, publication: str, schema: str, tables: Sequence[str]
+def ensure_publications(
+    conn: Connection, publication: str, schema: str, tables: Sequence[str], user: str
 ) -> list[str]:
-    """The publication holds every captured table and the scorer's signal and heartbeat
-    tables (created or extended; tables of other deployments in it are kept): the statements
-    run."""
-    wanted = [*dict.fromkeys((*tables, SIGNAL_TABLE, HEARTBEAT_TABLE))]
-    published = published_tables(conn, publication)
-    names = ", ".join(
-        f"{quote(schema)}.{quote(t)}" for t in wanted if (schema, t) not in (published or set())
-    )
+    """Each publication holds its tables (created or extended; tables of other deployments in
+    them are kept): the statements run. Only a table's owner may publish it: a scorer that
+    does not own the source tables is told the statement their owner runs."""
     statements = []
-    if published is None:
-        statements.append(f"CREATE PUBLICATION {quote(publication)} FOR TABLE {names}")
-    elif names:
-        statements.append(f"ALTER PUBLICATION {quote(publication)} ADD TABLE {names}")
-    with pg_errors(f"creating publication {publication}"), conn.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement)
+    for name, wanted in _wanted(publication, tables):
+        published = published_tables(conn, name)
+        new = [t for t in wanted if (schema, t) not in (published or set())]
+        if not new:
+            continue
+        names = ", ".join(f"{quote(schema)}.{quote(t)}" for t in new)
+        statement = (
+            f"CREATE PUBLICATION {quote(name)} FOR TABLE {names}"
+            if published is None
+            else f"ALTER PUBLICATION {quote(name)} ADD TABLE {names}"
+        )
+        try:
+            with pg_errors(f"publishing {', '.join(new)}"), conn.cursor() as cursor:
+                cursor.execute(statement)
+        except FatalError as exc:
+            if "42501" not in str(exc):
+                raise
+            raise FatalError(
+                f"publication {name} lacks {', '.join(new)} and user {user} may not publish "
+                f"them (only a table's owner may): have the owner run {statement}"
+            ) from exc
+        statements.append(statement)
     return statements
 
 
