@@ -38,9 +38,15 @@ def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        server = "MySQL" if r.approach.endswith(", MySQL") else "MariaDB"
+        server = _server_of(r)
         decoder = next(
-            (k for k in parse if k[0] == server and f"({k[1]} decoder)" in r.approach), None
+            (
+                k
+                for k in parse
+                if k[0] == server
+                and (f"({k[1]} decoder)" in r.approach or f"({k[1]})" in r.approach)
+            ),
+            None,
         )
         if decoder is None or r.e2e_rows_per_s is None or "rows/s" in r.load:
             continue
@@ -53,12 +59,48 @@ def _end_to_end_vs_parse(results: dict[str, Any], rows: list[Row]) -> list[str]:
     return lines
 
 
+def _server_of(row: Row) -> str:
+    """The server a row of results ran on (MariaDB unless its approach names another)."""
+    for name in ("MySQL", "PostgreSQL"):
+        if row.approach.endswith(f", {name}"):
+            return name
+    return "MariaDB"
+
+
+def _postgresql_beside_mysql(results: dict[str, Any], rows: list[Row]) -> list[str]:
+    """The one big UPDATE on PostgreSQL against MySQL's and MariaDB's, in the same run."""
+    big = {_server_of(r): r for r in rows if "UPDATE transaction" in r.approach}
+    lines = [
+        "",
+        "## PostgreSQL beside MySQL",
+        "",
+        f"PostgreSQL: {results.get('postgresql', 'not run')}.",
+        "",
+    ]
+    pg = big.get("PostgreSQL")
+    if pg is None or not pg.e2e_rows_per_s or not pg.cpu_s_per_1k:
+        return lines
+    lines += [
+        "| against | e2e rows/s, PostgreSQL / it | rows per scorer CPU second, PostgreSQL / it |",
+        "|---|---:|---:|",
+    ]
+    for name in ("MySQL", "MariaDB"):
+        other = big.get(name)
+        if other is None or not other.e2e_rows_per_s or not other.cpu_s_per_1k:
+            continue
+        lines.append(
+            f"| {name} | {pg.e2e_rows_per_s / other.e2e_rows_per_s:.0%} | "
+            f"{other.cpu_s_per_1k / pg.cpu_s_per_1k:.0%} |"
+        )
+    return lines
+
+
 def _mysql_against_mariadb(results: dict[str, Any], rows: list[Row]) -> list[str]:
     """The one big UPDATE caught up on each server, in the same run."""
     big = {
-        ("MySQL" if r.approach.endswith(", MySQL") else "MariaDB"): r
+        _server_of(r): r
         for r in rows
-        if "UPDATE transaction" in r.approach
+        if "UPDATE transaction" in r.approach and _server_of(r) != "PostgreSQL"
     }
     lines = ["", "## MySQL against MariaDB", "", f"MySQL: {results.get('mysql', 'not run')}.", ""]
     if "MySQL" not in big or "MariaDB" not in big:
@@ -267,6 +309,7 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
     lines += _end_to_end_vs_parse(results, rows)
     lines += _rescore(results)
     lines += _mysql_against_mariadb(results, rows)
+    lines += _postgresql_beside_mysql(results, rows)
     if big is not None:
         lines += [
             "",

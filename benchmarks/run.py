@@ -606,6 +606,8 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 rescore = bench.rescore_phase(RESCORE_STREAM_RATE)
                 # The same parse-only and big-UPDATE phases on MySQL, in the same run.
                 mysql_note = _mysql_phases(mode, workdir, bench)
+                # And on PostgreSQL (pgoutput), with its own mixed workload.
+                postgresql_note = _postgresql_phases(mode, workdir, bench)
             finally:
                 bench.endpoints.close()
             results = {
@@ -616,6 +618,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "decode": [asdict(d) | {"rows_per_s": d.rows_per_s} for d in bench.decode],
                 "profile": bench.profile_text,
                 "mysql": mysql_note,
+                "postgresql": postgresql_note,
                 "scorer_profiles": bench.scorer_profiles,
                 "rescore": rescore,
             }
@@ -645,6 +648,24 @@ def _mysql_phases(mode: Mode, workdir: Path, bench: Bench) -> str:
         bench.rows += mysql.rows
         bench.rows.append(mysql.big_update())
         return distribution.version()
+
+
+def _postgresql_phases(mode: Mode, workdir: Path, bench: Bench) -> str:
+    """Parse-only, the one big UPDATE and the mixed workload on PostgreSQL; their rows join
+    ``bench``'s. Returns the PostgreSQL version, or why it did not run."""
+    from benchmarks.postgresql import PgBench
+    from cdc_scorer.local.postgres import PostgresUnavailable
+
+    try:
+        with PgBench(mode, workdir, bench.endpoints, bench.log) as postgresql:
+            postgresql.parse_only()
+            bench.decode += postgresql.decode
+            bench.rows.append(postgresql.big_update(Row))
+            bench.rows += postgresql.mixed(Row)
+            return f"PostgreSQL {postgresql.version()}"
+    except PostgresUnavailable as exc:
+        bench.log(f"PostgreSQL phases skipped: {exc}")
+        return f"not run: {exc}"
 
 
 def _machine(server: DatabaseServer) -> dict[str, str]:

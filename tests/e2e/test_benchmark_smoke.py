@@ -46,9 +46,13 @@ def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
     # The same run measured MySQL: parse-only with both decoders, and the big UPDATE.
     assert {(d["server"], d["decoder"]) for d in results["decode"]} == {
         (server, decoder) for server in ("MariaDB", "MySQL") for decoder in ("stock", "fast")
-    }
+    } | {("PostgreSQL", "pgoutput")}
     assert any(r["approach"].endswith("UPDATE transaction, MySQL") for r in scored)
     assert "## MySQL against MariaDB" in report and "MySQL caught up at" in report
+    # And PostgreSQL: parse-only through the slot, the big UPDATE, its own mixed workload.
+    assert any(r["approach"].endswith("UPDATE transaction, PostgreSQL") for r in scored)
+    assert any(r["approach"] == "cdc-scorer (pgoutput), PostgreSQL" for r in scored)
+    assert "## PostgreSQL beside MySQL" in report and "| MySQL |" in report
 
 
 @pytest.mark.timeout(300)

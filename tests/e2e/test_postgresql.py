@@ -17,8 +17,18 @@ import pytest
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
+from cdc_scorer.local.servers import free_port
 from tests.certificates import CertificateAuthority
-from tests.e2e.daemon import Daemon, VersionMonitor, kill, run_cli, start, wait
+from tests.e2e.daemon import (
+    Daemon,
+    VersionMonitor,
+    http_get,
+    kill,
+    metric,
+    run_cli,
+    start,
+    wait,
+)
 from tests.integration.scenario import (
     churn_matches,
     expected_feedback,
@@ -506,3 +516,122 @@ def test_tls_on_postgresql_every_session_the_stream_included(
     line = one_line_failure(config)
     assert "no encryption" in line and "[source.tls] mode to required" in line, line
     db.conn.close()
+
+
+def test_the_demo_on_postgresql(postgres: PostgresServer) -> None:
+    result = run_cli("demo", "--server", "postgresql", "--seconds", "3", "--no-wait", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "starting a private PostgreSQL" in out
+    assert "postgres> SELECT state, acc_length" in out and "will_churn" in out
+    assert "POSITIVE" in out or "NEGATIVE" in out
+    assert "unscored rows: churn 0/" in out  # caught up before the queries
+
+
+def _leader(port: int) -> float | None:
+    try:
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return None
+    return metric(body, "cdc_scorer_leader") if status == 200 else None
+
+
+@pytest.mark.timeout(240)
+def test_two_daemons_one_leader_and_takeover_after_kill_9_on_postgresql(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    generator = ChurnRowGenerator(91)
+    pg.insert_churn(list(generator.rows(300)))
+    configs = []
+    for name in ("a", "b"):
+        port = free_port()
+        path = tmp_path / f"{name}.toml"
+        pg_config(path, pg, endpoints.url, http_port=port)
+        configs.append((path, port))
+    (config_a, port_a), (config_b, port_b) = configs
+    assert run_cli("init", "--config", str(config_a)).returncode == 0
+    first = start(config_a, "a")
+    wait(lambda: _leader(port_a) == 1.0, 30, "first daemon leads", first)
+    second = start(config_b, "b")
+    wait(lambda: _leader(port_b) == 0.0, 30, "second daemon up as standby", second)
+    pg.insert_churn(list(generator.rows(100)))
+    wait(lambda: churn_matches(pg.conn), 60, "the leader scores", first)
+    # The standby holds no lock and no slot: only the leader's walsender streams.
+    ((active,),) = pg.rows(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (pg.slot,)
+    )
+    assert active is not None
+    _, body = http_get(f"http://127.0.0.1:{port_b}/metrics")
+    assert metric(body, "cdc_scorer_source_connected") == 0.0
+    for _ in range(50):  # the leader dies mid-stream
+        pg.insert_churn([generator.row()])
+        pg.execute(
+            "UPDATE churn SET day_mins = day_mins + 1 WHERE phone = "
+            "(SELECT phone FROM churn ORDER BY random() LIMIT 1)"
+        )
+    kill(first)
+    killed_at = time.monotonic()
+    wait(lambda: _leader(port_b) == 1.0, 30, "standby takes over", second)
+    takeover_s = time.monotonic() - killed_at
+    pg.execute("DELETE FROM churn WHERE phone IN (SELECT phone FROM churn LIMIT 20)")
+    wait(lambda: churn_matches(pg.conn), 90, "differential check after takeover", second)
+    print(f"takeover after kill -9 on PostgreSQL: {takeover_s:.2f}s")
+    assert takeover_s < 10, takeover_s
+    assert kill(second, signal.SIGTERM) == 0
+
+
+PASSWORD_HBA = """\
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+local all all trust
+"""
+
+
+def test_the_password_is_nowhere_on_postgresql(
+    tmp_path: Path, postgres: PostgresServer, endpoints: BackgroundModelServer
+) -> None:
+    from tests.e2e.test_secrets import SECRET, _assert_no_secret, _cli
+
+    with PrivatePostgreSQL(hba=PASSWORD_HBA) as server:
+        db = PgDatabase(server)
+        role = "scorer_secret"
+        for statement in readme_grants(role, db.name):
+            db.execute(statement.replace("'from-secrets-manager'", f"'{SECRET}'"))
+        config = tmp_path / "s.toml"
+        http_port = free_port()
+        pg_config(config, db, endpoints.url, http_port=http_port, user=role)
+        written: list[tuple[str, str]] = []
+        written.append(("init", _cli("init", "--config", str(config), password=SECRET)))
+        wrong = SECRET[::-1]
+        for command in ("run", "check", "status"):
+            out = _cli(command, "--config", str(config), password=wrong)
+            assert "password authentication failed" in out, out
+            assert wrong not in out, f"the wrong password is in {command}'s output"
+            _assert_no_secret(out, f"{command} with a wrong password")
+        daemon = start(
+            config, env={"CDC_SCORER_SOURCE__PASSWORD": SECRET}, args=("--log-level", "debug")
+        )
+        try:
+            db.insert_churn(list(ChurnRowGenerator(95).rows(10)))
+            wait(lambda: len(stored_churn(db.conn)) == 10, 60, "rows scored", daemon)
+            # Every session of the scorer is cut; it signs in again (the walsender's too).
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            db.insert_churn(list(ChurnRowGenerator(96).rows(10)))
+            wait(lambda: len(stored_churn(db.conn)) == 20, 60, "scored after reconnecting", daemon)
+            status, metrics_text = http_get(f"http://127.0.0.1:{http_port}/metrics")
+            assert status == 200
+            written.append(("metrics", metrics_text))
+            written.append(("status", _cli("status", "--config", str(config), password=SECRET)))
+            written.append(("check", _cli("check", "--config", str(config), password=SECRET)))
+        finally:
+            assert kill(daemon, signal.SIGTERM) == 0
+        log = daemon.log()
+        assert '"level": "debug"' in log
+        assert "replication stream disconnected" in log
+        written.append(("the daemon's log", log))
+        for where, text in written:
+            _assert_no_secret(text, where)
+        db.conn.close()

@@ -86,3 +86,25 @@ def test_rds_iam_without_tls_or_with_a_password_is_refused(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == [problem]
+
+
+def test_postgresql_connections_send_a_token_over_tls() -> None:
+    """libpq's keywords of every PostgreSQL connection, the replication one included (it opens
+    with the same ``settings``; Aurora accepts the token there with
+    ``rds.iam_auth_for_replication = 1``)."""
+    from cdc_scorer.postgresql import connection
+
+    source = SourceSpec(
+        database="mltest",
+        engine="postgresql",
+        host="mycluster.cluster-abc123.eu-west-1.rds.amazonaws.com",
+        port=5432,
+        user="cdc_scorer",
+        auth="rds-iam",
+        iam_region="eu-west-1",
+        tls=TlsSpec(mode="required"),
+    )
+    settings = connection.settings(source)
+    where, fields = token_fields(settings["password"])
+    assert where == f"{source.host}:5432" and fields["DBUser"] == "cdc_scorer"
+    assert settings["sslmode"] == "require"
