@@ -359,7 +359,7 @@ def _insert(conn: Any, rows: list[dict[str, Any]], one_transaction: bool = False
 
 def _lsn_now(conn: Any) -> LsnPosition:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn()::text")
+        cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
         (lsn,) = cursor.fetchone() or ("0/0",)
     return LsnPosition("", parse_lsn(str(lsn)))
 

@@ -95,10 +95,11 @@ def pg_config(
     *,
     http_port: int = 0,
     churn: dict[str, Any] | None = None,
+    pipelines: dict[str, Any] | None = None,
     **source: Any,
 ) -> ScorerSpec:
     """The embedded default's config on ``db`` (engine postgresql, the test's own slot);
-    ``churn`` replaces keys of the churn pipeline."""
+    ``churn`` replaces keys of the churn pipeline, ``pipelines`` adds pipelines by name."""
     path.write_text(
         local_scorer_config(
             port=db.server.port,
@@ -118,6 +119,7 @@ def pg_config(
                 "pipelines": {
                     "churn": {"batching": {"max_rows": 100, "linger_ms": 50}, **(churn or {})},
                     "feedback": {"batching": {"max_rows": 25, "linger_ms": 50}},
+                    **(pipelines or {}),
                 },
             },
         )

@@ -563,6 +563,9 @@ def test_two_daemons_one_leader_and_takeover_after_kill_9_on_postgresql(
     assert active is not None
     _, body = http_get(f"http://127.0.0.1:{port_b}/metrics")
     assert metric(body, "cdc_scorer_source_connected") == 0.0
+    _, body = http_get(f"http://127.0.0.1:{port_a}/metrics")
+    retained = metric(body, "cdc_scorer_source_retained_bytes")  # the slot's WAL, measured
+    assert retained is not None and retained >= 0, retained
     for _ in range(50):  # the leader dies mid-stream
         pg.insert_churn([generator.row()])
         pg.execute(
@@ -635,3 +638,36 @@ def test_the_password_is_nowhere_on_postgresql(
         for where, text in written:
             _assert_no_secret(text, where)
         db.conn.close()
+
+
+def test_check_and_status_on_postgresql_say_what_the_slot_keeps_and_what_is_missing(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    pg.insert_churn(list(ChurnRowGenerator(97).rows(20)))
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url)
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "PASS  slot retained WAL: " in checked.stdout and "kept (wal_status" in checked.stdout
+    assert "PASS  publications cdc_scorer,cdc_scorer_own: ok" in checked.stdout
+    assert "PASS  failover: positions are commit LSNs" in checked.stdout
+
+    pg.execute("DROP PUBLICATION cdc_scorer")
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 1
+    assert (
+        "FAIL  publications cdc_scorer,cdc_scorer_own: publication cdc_scorer does not exist — "
+        "run `cdc-scorer init --config FILE`" in checked.stdout
+    ), checked.stdout
+    assert run_cli("init", "--config", str(config)).returncode == 0  # made again
+
+    daemon = start(config)
+    wait(lambda: churn_matches(pg.conn), 60, "scored", daemon)
+    text = run_cli("status", "--config", str(config))
+    assert text.returncode == 0, text.stderr
+    assert "churn: snapshot done; checkpoint lsn:" in text.stdout
+    assert "slot retained WAL: " in text.stdout and "in use by pid" in text.stdout
+    kept = status(config)["churn"]["change_log"]
+    assert kept is not None and "slot retained WAL" in kept
+    assert kill(daemon, signal.SIGTERM) == 0

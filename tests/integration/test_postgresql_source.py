@@ -17,6 +17,7 @@ from cdc_scorer.sources.pgoutput.protocol import parse_lsn
 from tests.integration.scenario import (
     Running,
     churn_matches,
+    expected_churn,
     expected_feedback,
     stored_feedback,
     wait_for,
@@ -108,3 +109,54 @@ async def test_the_blog_scenario_streams_through_pgoutput(
     for (position,) in pg.rows("SELECT position FROM cdc_scorer_checkpoint"):
         assert position.startswith("lsn:")
         assert parse_lsn(position.removeprefix("lsn:")) <= flushed
+
+
+async def test_champion_and_challenger_on_postgresql(
+    pg: PgDatabase, tmp_path: Path, models: ModelServer
+) -> None:
+    from tests.integration.test_models import CHALLENGER
+
+    generator = ChurnRowGenerator(71)
+    live = list(generator.rows(60))
+    pg.insert_churn(live)
+    config = tmp_path / "s.toml"
+    spec = pg_config(
+        config,
+        pg,
+        models.url,
+        churn={"model_version": "champion-1"},
+        pipelines={"churn-challenger": CHALLENGER},
+    )
+    assert cli(["init", "--config", str(config)]) == 0
+
+    def matches(table: str, version: str) -> bool:
+        expected = expected_churn(pg.conn)
+        stored = {
+            str(p): (str(label), float(prob), str(v))
+            for p, label, prob, v in pg.rows(
+                f"SELECT phone, will_churn, churn_probability, model_version FROM {table}"
+            )
+        }
+        return expected.keys() == stored.keys() and all(
+            stored[k][0] == label and abs(stored[k][1] - p) < 1e-9 and stored[k][2] == version
+            for k, (label, p) in expected.items()
+        )
+
+    async with Running(spec):
+        pg.insert_churn(list(generator.rows(30)))
+        for row in live[:10]:
+            pg.execute(
+                "UPDATE churn SET day_mins = day_mins + 2.5 WHERE phone = %s", (row["phone"],)
+            )
+        pg.execute("DELETE FROM churn WHERE phone = %s", (live[20]["phone"],))
+        await wait_for(lambda: matches("churn_predictions", "champion-1"), what="champion")
+        await wait_for(
+            lambda: matches("churn_challenger_predictions", "challenger-2"), what="challenger"
+        )
+    assert pg.rows("SELECT count(*), count(model_version) FROM churn_scored") == [(89, 89)]
+    assert pg.rows(
+        "SELECT count(*) FROM churn_challenger_scored WHERE model_version = 'challenger-2'"
+    ) == [(89,)]
+    assert pg.rows(
+        "SELECT model_endpoint, count(*) FROM churn_challenger_predictions GROUP BY 1"
+    ) == [("churn-probabilities", 89)]

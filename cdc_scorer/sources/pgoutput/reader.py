@@ -36,7 +36,7 @@ from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.handover import ThreadedStream
 from cdc_scorer.sources.pgoutput.decoder import TransactionDecoder
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
-from cdc_scorer.sources.pgoutput.protocol import Relation, lsn_text, parse
+from cdc_scorer.sources.pgoutput.protocol import Relation, lsn_text
 from cdc_scorer.sources.pgoutput.server import publication_names, slot_state
 
 log = structlog.get_logger("cdc_scorer.source")
@@ -160,7 +160,7 @@ class PgoutputStream(ThreadedStream):
         while not self._abort.is_set() and not (self._stop.is_set() and decoder.tx is None):
             message = cursor.read_message()
             if message is not None:
-                decoder.handle(parse(message.payload))
+                decoder.handle_payload(message.payload)
                 read_at = time.monotonic()
                 continue
             self._flush()

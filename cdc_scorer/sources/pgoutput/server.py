@@ -94,7 +94,7 @@ def preflight(conn: Connection, user: str) -> ServerInfo:
 
 def current_lsn(conn: Connection) -> int:
     with pg_errors("reading the server's WAL position"), conn.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn()::text")
+        cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
         (lsn,) = cursor.fetchone() or ("0/0",)
     return parse_lsn(str(lsn))
 
