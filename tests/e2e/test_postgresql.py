@@ -250,7 +250,14 @@ def test_alter_of_model_inputs_on_postgresql(
         "feedback goes on",
         daemon,
     )
-    assert daemon.poll() is None
+    # An input renamed is gone under its name too: feedback stops, with its one line.
+    pg.execute("DROP VIEW feedback_scored")
+    pg.execute("ALTER TABLE feedback RENAME COLUMN user_feedback TO body")
+    pg.execute("INSERT INTO feedback (body) VALUES ('still here')")
+    wait(lambda: status(config)["feedback"]["stopped"] is not None, 60, "feedback stopped", daemon)
+    reason = status(config)["feedback"]["stopped"]
+    assert "column user_feedback of table feedback is gone" in reason, reason
+    assert daemon.poll() is None  # the process stays up: its pipelines stopped, it did not
     assert kill(daemon, signal.SIGTERM) == 0
 
 

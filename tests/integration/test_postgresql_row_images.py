@@ -88,8 +88,10 @@ async def test_unchanged_toasted_inputs_are_skipped_or_dead_lettered_never_guess
         pg.execute("ALTER TABLE docs REPLICA IDENTITY FULL")
         pg.execute("UPDATE docs SET note = 'third' WHERE id = 1")
         await wait_for(
-            lambda: skipped["text_and_language:unchanged_inputs"] == 1
-            and skipped["text:unchanged_inputs"] == 2,
+            lambda: (
+                skipped["text_and_language:unchanged_inputs"] == 1
+                and skipped["text:unchanged_inputs"] == 2
+            ),
             what="an update of no input skipped by both, by the old image",
         )
         pg.execute("UPDATE docs SET lang = 'en', body = body || ' Really.' WHERE id = 1")
