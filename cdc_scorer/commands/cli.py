@@ -222,6 +222,8 @@ def _reposition(args: argparse.Namespace) -> int:
         return 2
     if args.gtid is not None:
         position: str | None = f"gtid:{args.gtid}"
+    elif args.lsn is not None:
+        position = f"lsn:{args.lsn}"
     elif args.file is not None:
         if args.pos is None:
             print("cdc-scorer reposition: --file goes with --pos", file=sys.stderr)
@@ -345,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = reposition.add_mutually_exclusive_group(required=True)
     where.add_argument("--gtid", metavar="SET", help="a GTID set (MySQL) or GTID list (MariaDB)")
     where.add_argument("--file", metavar="FILE", help="a binlog file, with --pos")
+    where.add_argument("--lsn", metavar="LSN", help="a WAL position (PostgreSQL), e.g. 0/1A63938")
     where.add_argument("--now", action="store_true", help="the server's position now")
     reposition.add_argument("--pos", type=int, metavar="N", help="where a commit ends in --file")
     reposition.add_argument(

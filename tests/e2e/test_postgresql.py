@@ -18,6 +18,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.servers import free_port
+from cdc_scorer.sources.pgoutput.protocol import lsn_text
 from tests.certificates import CertificateAuthority
 from tests.e2e.daemon import (
     Daemon,
@@ -677,4 +678,63 @@ def test_check_and_status_on_postgresql_say_what_the_slot_keeps_and_what_is_miss
     assert "slot retained WAL: " in text.stdout and "in use by pid" in text.stdout
     kept = status(config)["churn"]["change_log"]
     assert kept is not None and "slot retained WAL" in kept
+    assert kill(daemon, signal.SIGTERM) == 0
+
+
+def test_reposition_on_postgresql_by_lsn_and_now_checked_against_the_slot(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    generator = ChurnRowGenerator(99)
+    pg.insert_churn(list(generator.rows(20)))
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url)
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    daemon = start(config)
+    wait(lambda: churn_matches(pg.conn), 60, "scored", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
+
+    def reposition(*args: str) -> Any:
+        return run_cli("reposition", "--config", str(config), "--pipeline", "churn", *args)
+
+    def phones(rows: list[dict[str, Any]]) -> set[str]:
+        return {str(r["phone"]) for r in rows}
+
+    # --now: what was written while no scorer ran is skipped.
+    skipped = list(generator.rows(5))
+    pg.insert_churn(skipped)
+    now = reposition("--now")
+    assert now.returncode == 0, now.stderr
+    daemon = start(config)
+    later = list(generator.rows(3))
+    pg.insert_churn(later)
+    wait(lambda: phones(later) <= set(stored_churn(pg.conn)), 60, "later rows scored", daemon)
+    assert not phones(skipped) & set(stored_churn(pg.conn))
+    assert kill(daemon, signal.SIGTERM) == 0
+
+    # --lsn: a position the slot still has is taken and replayed from; what it let go of, what
+    # the server has not written and another kind of position are refused.
+    confirmed, _ = slot_lag(pg)
+    replayed = list(generator.rows(4))
+    pg.insert_churn(replayed)
+    assert reposition("--now").returncode == 0  # as if skipped too…
+    gone = reposition("--lsn", "0/1")
+    assert gone.returncode != 0 and "confirmed" in gone.stderr, gone.stderr
+    past = reposition("--lsn", "FF/0")
+    assert past.returncode != 0 and "past the server's WAL" in past.stderr, past.stderr
+    kind = reposition("--gtid", "0-1-5")
+    assert kind.returncode != 0 and "use --lsn" in kind.stderr, kind.stderr
+    back = reposition("--lsn", lsn_text(confirmed))  # …then moved back by hand
+    assert back.returncode == 0, back.stderr
+    daemon = start(config)
+    wait(lambda: phones(replayed) <= set(stored_churn(pg.conn)), 60, "replayed rows", daemon)
+    assert kill(daemon, signal.SIGTERM) == 0
+
+    # --now --rescore: every row scored after all, the skipped ones too.
+    rescored = reposition("--now", "--rescore")
+    assert rescored.returncode == 0, rescored.stderr
+    daemon = start(config)
+    streaming(daemon)
+    wait(lambda: status(config)["churn"]["rescore"] is None, 60, "the re-score done", daemon)
+    wait(lambda: churn_matches(pg.conn), 60, "every row re-scored", daemon)
+    assert phones(skipped) <= set(stored_churn(pg.conn))
     assert kill(daemon, signal.SIGTERM) == 0

@@ -20,7 +20,13 @@ from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.postgresql.connection import Connection, close_quietly, connect, pg_errors
+from cdc_scorer.postgresql.connection import (
+    Connection,
+    close_quietly,
+    connect,
+    connect_replication,
+    pg_errors,
+)
 from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
 from cdc_scorer.sources.pgoutput import server
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
@@ -109,8 +115,6 @@ class PgoutputSource:
 
     def probe(self) -> str:
         """Open the replication connection and identify the system (proves the grant)."""
-        from cdc_scorer.postgresql.connection import connect_replication
-
         conn = connect_replication(self._source)
         try:
             with pg_errors("identifying the system over replication"), conn.cursor() as cursor:
@@ -151,15 +155,34 @@ class PgoutputSource:
         return LsnPosition.parse(server_identity, value)
 
     def position_from(self, text: str) -> Position:
+        """An LSN an operator names (``reposition --lsn``): the slot must still have what
+        follows it (not before its confirmed flush) and the server must have written it."""
+        kind, _, value = text.partition(":")
+        if kind != LsnPosition.kind:
+            raise FatalError(
+                "PostgreSQL positions are WAL positions: use --lsn (e.g. --lsn 0/1A63938) or --now"
+            )
+        try:
+            lsn = parse_lsn(value)
+        except ValueError as exc:
+            raise FatalError(f"--lsn: {exc}") from None
         conn = self._connection()
         try:
             info = self._checked(conn)
+            now = server.current_lsn(conn)
+            state = server.slot_state(conn, self._source.slot_name)
         finally:
             close_quietly(conn)
-        try:
-            return LsnPosition(info.identity, parse_lsn(text.removeprefix("lsn:")))
-        except ValueError as exc:
-            raise FatalError(f"--lsn: {exc}") from None
+        flushed = None if state is None else state.confirmed_flush_lsn
+        if flushed is not None and lsn < flushed:
+            raise FatalError(
+                f"--lsn {value}: replication slot {self._source.slot_name} confirmed "
+                f"{lsn_text(flushed)}, after it — the changes between are gone from the slot "
+                "(name a later LSN, or use --rescore with --now)"
+            )
+        if lsn > now:
+            raise FatalError(f"--lsn {value}: past the server's WAL ({lsn_text(now)})")
+        return LsnPosition(info.identity, lsn)
 
     def table_checks(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
