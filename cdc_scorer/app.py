@@ -141,6 +141,14 @@ class ScorerApp:
                 await self._stop.wait()
                 # The coordinator ends the runners once intake stops; the heartbeat just stops.
                 heartbeat.cancel()
+            # Drained: the source may let go of everything every pipeline committed.
+            positions = [r.checkpoint.position for r in runners]
+            if positions and None not in positions:
+                final = oldest_position([p for p in positions if p is not None])
+                try:
+                    await asyncio.to_thread(self.source.release, final)
+                except CdcScorerError as exc:  # the next start confirms it instead
+                    log.warning("could not release the change log", error=str(exc))
         self.telemetry.on_leader(False)
         log.info(
             "stopped",

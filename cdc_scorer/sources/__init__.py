@@ -122,5 +122,9 @@ class Source(Protocol):
         """What the change log does with the pipelines' tables: problems that would stop or
         dead-letter some pipeline's rows, each with its fix."""
 
+    def release(self, position: Position) -> None:
+        """A clean stop: every pipeline has durably applied ``position`` and the stream is
+        closed (a replication slot is moved to it, not left where the last feedback put it)."""
+
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         """The stream from ``start`` (a position :meth:`check_resumable` accepted)."""

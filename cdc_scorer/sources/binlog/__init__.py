@@ -133,6 +133,9 @@ class BinlogSource:
             for problem in partial_json_inputs(server, pipelines, tables)
         ]
 
+    def release(self, position: Position) -> None:
+        """The server keeps its binlog by its own retention: nothing to tell it."""
+
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, BinlogPosition):
             raise FatalError(f"position {start} is not a binlog position")

@@ -214,6 +214,17 @@ class PgoutputSource:
         checks += [TableCheck("replica identity", p, False) for p in warnings]
         return checks
 
+    def release(self, position: Position) -> None:
+        """Advance the slot to what every pipeline committed after the stream closed (its
+        walsender lets go of the slot a moment after the connection closes: asked again)."""
+        if not isinstance(position, LsnPosition):
+            return
+        conn = self._connection()
+        try:
+            server.advance_slot(conn, self._source.slot_name, position.lsn)
+        finally:
+            close_quietly(conn)
+
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, LsnPosition):
             raise FatalError(f"position {start} is not a PostgreSQL position")

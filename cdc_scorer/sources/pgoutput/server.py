@@ -9,6 +9,7 @@ scorer's signal and heartbeat tables, whose rows the stream reads back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -165,6 +166,25 @@ def ensure_slot(conn: Connection, slot: str, database: str, replace_lost: bool =
         cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
     log.info("replication slot created", slot=slot)
     return True
+
+
+def advance_slot(conn: Connection, slot: str, lsn: int, wait_s: float = 3.0) -> bool:
+    """Move the slot's confirmed flush to ``lsn`` (never back); False if it stayed in use by a
+    walsender for ``wait_s`` (the next start confirms it then)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = slot_state(conn, slot)
+        if state is None or (state.confirmed_flush_lsn or 0) >= lsn:
+            return True
+        if state.active_pid is None:
+            with pg_errors(f"advancing replication slot {slot}"), conn.cursor() as cursor:
+                cursor.execute("SELECT pg_replication_slot_advance(%s, %s)", (slot, lsn_text(lsn)))
+            log.info("replication slot advanced at the stop", slot=slot, lsn=lsn_text(lsn))
+            return True
+        if time.monotonic() > deadline:
+            log.info("replication slot still in use at the stop: confirmed at the next start")
+            return False
+        time.sleep(0.05)  # the walsender of the connection just closed exits in a moment
 
 
 def check_resumable(
