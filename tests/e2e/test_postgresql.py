@@ -738,3 +738,46 @@ def test_reposition_on_postgresql_by_lsn_and_now_checked_against_the_slot(
     wait(lambda: churn_matches(pg.conn), 60, "every row re-scored", daemon)
     assert phones(skipped) <= set(stored_churn(pg.conn))
     assert kill(daemon, signal.SIGTERM) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_pipeline_subsets_on_postgresql_need_a_slot_each(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    pg.insert_churn(list(ChurnRowGenerator(98).rows(50)))
+    pg.execute("INSERT INTO feedback (user_feedback) VALUES ('lovely'), ('dreadful')")
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url)
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    churn = start(config, "churn", args=("--pipelines", "churn"))
+    wait(lambda: churn_matches(pg.conn), 60, "churn scored by its process", churn)
+    # A second process on the same slot: refused with the fix once it is plainly not a
+    # walsender that is letting go.
+    same = start(config, "same-slot", args=("--pipelines", "feedback"))
+    assert same.wait(timeout=90) == 1
+    assert "needs a slot of its own (set CDC_SCORER_SOURCE__SLOT_NAME" in same.log()
+    # With a slot of its own (made by run), it scores its pipeline beside the first. The
+    # refused attempt left feedback a checkpoint the new slot cannot serve: the fix its line
+    # names (on_lost_position = "rescore") re-scores feedback's rows instead.
+    own = start(
+        config,
+        "own-slot",
+        env={
+            "CDC_SCORER_SOURCE__SLOT_NAME": f"{pg.slot}_feedback",
+            "CDC_SCORER_SOURCE__ON_LOST_POSITION": "rescore",
+        },
+        args=("--pipelines", "feedback"),
+    )
+    wait(
+        lambda: stored_feedback(pg.conn) == expected_feedback(pg.conn),
+        60,
+        "feedback scored by its own process",
+        own,
+    )
+    pg.insert_churn(list(ChurnRowGenerator(99).rows(5)))
+    pg.execute("INSERT INTO feedback (user_feedback) VALUES ('so good')")
+    wait(lambda: churn_matches(pg.conn), 60, "churn goes on", churn)
+    wait(lambda: stored_feedback(pg.conn) == expected_feedback(pg.conn), 60, "feedback", own)
+    assert kill(own, signal.SIGTERM) == 0 and kill(churn, signal.SIGTERM) == 0
+    pg.execute(f"SELECT pg_drop_replication_slot('{pg.slot}_feedback')")

@@ -20,7 +20,7 @@ import psycopg2
 import psycopg2.extras
 import structlog
 
-from cdc_scorer.core.errors import CdcScorerError, PositionLost, RetriableError
+from cdc_scorer.core.errors import CdcScorerError, FatalError, PositionLost, RetriableError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.retry import backoff_s
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
@@ -44,7 +44,10 @@ log = structlog.get_logger("cdc_scorer.source")
 _POLL_S = 0.5  # how long the thread waits on the socket: how soon a stop is seen
 FEEDBACK_INTERVAL_S = 5.0  # standby status while idle (the server's wal_sender_timeout: 60 s)
 MEASURE_INTERVAL_S = 15.0  # the slot's retained WAL, for the gauge
-RELEASE_AFTER_S = 10.0  # idle with unconfirmed changes this long: let the server go
+RELEASE_AFTER_S = 10.0
+# A slot another connection holds longer than this is another process's, not the walsender of
+# a process that just died (it lets go as soon as it notices: seconds).
+SLOT_BUSY_LIMIT_S = 30.0  # idle with unconfirmed changes this long: let the server go
 # SQLSTATEs of a replication start that waiting cures: the slot is still held by a walsender
 # of a process that just died (it lets go once it notices).
 _SLOT_BUSY = "55006"
@@ -105,18 +108,33 @@ class PgoutputStream(ThreadedStream):
     def _read_forever(self) -> None:
         attempt = 0
         first = True
+        busy_since: float | None = None  # the slot held by another walsender, since
         while not self._stop.is_set():
             start = self._decoder.position
             conn: Any = None
             try:
-                if not first and self._verify is not None:
+                if not first and busy_since is None and self._verify is not None:
                     # PositionLost: one line, the process stops; a server still away: retried.
+                    # (Not while the slot is busy: whoever holds it moves it, and the line to
+                    # give then is that one, below.)
                     self._verify(start)
                 first = False
                 conn = connect_replication(self._source)
                 self._read(conn, start)
                 attempt = 0
             except RetriableError as exc:
+                if exc.code == "slot_in_use":
+                    busy_since = busy_since or time.monotonic()
+                    if time.monotonic() - busy_since > SLOT_BUSY_LIMIT_S:
+                        raise FatalError(
+                            f"replication slot {self._source.slot_name} has been in use by "
+                            f"another connection for {SLOT_BUSY_LIMIT_S:.0f} s: another "
+                            "process streams from it — each process that runs a part of the "
+                            "pipelines (--pipelines) needs a slot of its own (set "
+                            "CDC_SCORER_SOURCE__SLOT_NAME for it)"
+                        ) from exc
+                else:
+                    busy_since = None
                 self._dropped()
                 self._decoder.reconnected()
                 if self._hooks.on_disconnect is not None:
