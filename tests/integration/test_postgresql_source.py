@@ -161,3 +161,22 @@ async def test_champion_and_challenger_on_postgresql(
     assert pg.rows(
         "SELECT model_endpoint, count(*) FROM churn_challenger_predictions GROUP BY 1"
     ) == [("churn-probabilities", 89)]
+
+
+async def test_a_renamed_table_stops_its_pipelines_the_others_go_on(
+    pg: PgDatabase, tmp_path: Path, models: ModelServer
+) -> None:
+    pg.insert_churn(list(ChurnRowGenerator(9).rows(10)))
+    config = tmp_path / "s.toml"
+    spec = pg_config(config, pg, models.url)
+    assert cli(["init", "--config", str(config)]) == 0
+    async with Running(spec) as app:
+        await wait_for(lambda: churn_matches(pg.conn), what="churn scored")
+        pg.execute("DROP VIEW churn_scored")
+        pg.execute("ALTER TABLE churn RENAME TO churn_2026")
+        pg.execute("UPDATE churn_2026 SET day_mins = day_mins + 1")  # its next row: Relation
+        pg.execute("INSERT INTO feedback (user_feedback) VALUES ('still great')")
+        churn = app.telemetry.pipelines["churn"]
+        await wait_for(lambda: churn.stopped is not None, what="churn stopped")
+        assert "table churn was dropped or renamed (renamed to churn_2026)" in str(churn.stopped)
+        await wait_for(lambda: feedback_matches(pg), what="feedback goes on")

@@ -106,6 +106,12 @@ class TransactionDecoder:
         self._describe = describe
         self._run: list[RowChange] = []
         self._run_table = ""
+        self._oids: dict[int, str] = {}
+
+    def know_tables(self, oids: Mapping[int, str]) -> None:
+        """The captured tables' OIDs as the catalog has them now: a Relation message of one of
+        them under another name is that table renamed, even before any row of it streamed."""
+        self._oids = dict(oids)
 
     def reconnected(self) -> None:
         """A new connection: the server describes every relation again; a transaction read in
@@ -165,9 +171,11 @@ class TransactionDecoder:
         table = relation.name
         captured = relation.namespace == self._schema and table in self._key_columns
         previous = self._plans.get(relation.oid)
-        if previous is not None and previous.table != table:
+        was = previous.table if previous is not None else self._oids.get(relation.oid)
+        if was is not None and was != table:
             # ALTER TABLE … RENAME: the rows change no more under the captured name.
-            self._emit((TableGone(previous.table, self.tx, f"renamed to {table}"),))
+            self._emit((TableGone(was, self.tx, f"renamed to {table}"),))
+            self._oids.pop(relation.oid, None)
         if not captured:
             self._plans[relation.oid] = None
             return

@@ -85,6 +85,7 @@ class PgoutputStream(ThreadedStream):
         )
         self._verify = verify
         self._publications = publication_names(source.publication)
+        self._captured = [*capture.key_columns]
         # What the pipelines have durably applied: the only LSN the slot is ever told.
         self._acknowledged = start.lsn
         self._sent = 0
@@ -155,6 +156,7 @@ class PgoutputStream(ThreadedStream):
     def _read(self, conn: Any, start: LsnPosition) -> None:
         doing = f"streaming slot {self._source.slot_name} from {start}"
         try:
+            self._decoder.know_tables(self._table_oids())
             cursor = conn.cursor()
             self._casters.bind(conn)
             cursor.start_replication(
@@ -201,6 +203,20 @@ class PgoutputStream(ThreadedStream):
             select.select([conn], [], [], _POLL_S)
         self._flush()
         self._feedback(cursor)
+
+    def _table_oids(self) -> dict[int, str]:
+        """The captured tables' OIDs now (on a connection of its own)."""
+        conn = connect(self._source)
+        try:
+            with pg_errors("reading the captured tables' OIDs"), conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                    (self._source.schema, list(self._captured)),
+                )
+                return {int(oid): str(name) for oid, name in cursor.fetchall()}
+        finally:
+            close_quietly(conn)
 
     def _describe(self, relation: Relation) -> list[tuple[str, str]]:
         """A relation's columns with their types as ``format_type`` names them (the store's
