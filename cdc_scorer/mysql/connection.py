@@ -13,7 +13,7 @@ import pymysql.cursors
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError
 from cdc_scorer.core.spec import SourceSpec, TlsSpec
-from cdc_scorer.mysql.rds_iam import tokens_for
+from cdc_scorer.rds_iam import tokens_for
 
 if TYPE_CHECKING:
     Connection: TypeAlias = pymysql.connections.Connection[pymysql.cursors.Cursor]

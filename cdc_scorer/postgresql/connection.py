@@ -13,7 +13,7 @@ import psycopg2.extras
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError
 from cdc_scorer.core.spec import SourceSpec
-from cdc_scorer.mysql.rds_iam import tokens_for
+from cdc_scorer.rds_iam import tokens_for
 
 Connection = psycopg2.extensions.connection
 

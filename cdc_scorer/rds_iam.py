@@ -2,9 +2,10 @@
 
 A token is a SigV4-presigned ``connect`` request for one host, port and user, valid 15 minutes,
 signed locally by botocore with the task role's credentials (no network call). It is sent as
-the password with the cleartext plugin, which Aurora's AWSAuthenticationPlugin asks for — so
-only over TLS (``spec.SourceSpec`` refuses ``rds-iam`` without it). Tokens are never stored,
-logged or put in an error message.
+the password — on MySQL with the cleartext plugin Aurora's AWSAuthenticationPlugin asks for, on
+PostgreSQL as the password of every connection, the replication one included — so only over
+TLS (``spec.SourceSpec`` refuses ``rds-iam`` without it). Both engines' clients use it. Tokens
+are never stored, logged or put in an error message.
 """
 
 from __future__ import annotations
