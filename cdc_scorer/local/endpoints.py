@@ -4,6 +4,9 @@ One aiohttp server, one port:
 - SageMaker Runtime ``InvokeEndpoint`` (rest-json): ``POST /endpoints/{name}/invocations``;
 - the SageMaker inference container contract: ``GET /ping``, ``POST /invocations``;
 - Comprehend ``DetectSentiment`` / ``BatchDetectSentiment`` (JSON 1.1): ``POST /``;
+- Bedrock Runtime ``InvokeModel`` (rest-json) of the embedding models:
+  ``POST /model/{modelId}/invoke`` — Titan Text Embeddings (V2 and V1 shapes) and Cohere Embed,
+  both answered by a real small embedding model (``local/embeddings.py``);
 - fault injection and call statistics under ``/_local/``.
 
 Clients reach it with the standard ``endpoint_url`` / ``AWS_ENDPOINT_URL`` setting, so SigV4
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from cdc_scorer.local import embeddings
 from cdc_scorer.local.churn_model import ChurnModel, RecordError
 from cdc_scorer.local.sentiment import COMPREHEND_LANGUAGES, SUPPORTED_LANGUAGES, SentimentModel
 
@@ -32,7 +36,8 @@ T = TypeVar("T")
 
 SAGEMAKER = "sagemaker"
 COMPREHEND = "comprehend"
-SERVICES = (SAGEMAKER, COMPREHEND)
+BEDROCK = "bedrock"
+SERVICES = (SAGEMAKER, COMPREHEND, BEDROCK)
 
 OUTPUT_FORMS = ("predicted_label", "predicted_label,probability", "probabilities")
 DEFAULT_ENDPOINT = "churn-autopilot-endpoint"
@@ -40,6 +45,18 @@ DEFAULT_VARIANT = "AllTraffic"
 MAX_INVOKE_BODY_BYTES = 6_291_456  # SageMaker real-time payload limit (6 MB)
 MAX_COMPREHEND_DOC_BYTES = 5_000
 MAX_COMPREHEND_BATCH = 25
+# The embedding models the local Bedrock serves, by model id, with their request shape.
+TITAN_V2 = "amazon.titan-embed-text-v2:0"
+TITAN_V1 = "amazon.titan-embed-text-v1"
+EMBEDDING_MODELS = {
+    TITAN_V2: "titan-v2",
+    TITAN_V1: "titan-v1",
+    "cohere.embed-english-v3": "cohere",
+    "cohere.embed-multilingual-v3": "cohere",
+}
+TITAN_DIMENSIONS = (256, 512, 1024)
+MAX_TITAN_CHARS = 50_000
+MAX_COHERE_TEXTS = 96
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 
@@ -120,6 +137,7 @@ class ModelServer:
         self.rng = random.Random(self.config.seed)
         self._sagemaker = _SageMakerRuntime(self)
         self._comprehend = _Comprehend(self)
+        self._bedrock = _BedrockRuntime(self)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
         # Model requests being served now, and the most at once, per service: what a client's
         # in-flight limit is held to.
@@ -139,6 +157,7 @@ class ModelServer:
         app.router.add_get("/ping", self._sagemaker.ping)
         app.router.add_post("/invocations", self._sagemaker.container_invocations)
         app.router.add_post("/", self._comprehend.handle)
+        app.router.add_post("/model/{model_id}/invoke", self._bedrock.invoke_model)
         app.router.add_get("/_local/faults", self._get_faults)
         app.router.add_post("/_local/faults", self._post_faults)
         app.router.add_get("/_local/stats", self._get_stats)
@@ -198,10 +217,13 @@ class ModelServer:
         return self._faults[service]
 
     def set_faults(self, changes: dict[str, Any]) -> None:
-        """Apply ``{"sagemaker": {...}, "comprehend": {...}, "all": {...}}``; all or nothing."""
+        """Apply ``{"sagemaker": {...}, "comprehend": {...}, "bedrock": {...}, "all": {...}}``;
+        all or nothing."""
         unknown = [k for k in changes if k not in (*SERVICES, "all", "down_for_s")]
         if unknown:
-            raise ValueError(f"unknown keys {unknown}; use 'sagemaker', 'comprehend' or 'all'")
+            raise ValueError(
+                f"unknown keys {unknown}; use 'sagemaker', 'comprehend', 'bedrock' or 'all'"
+            )
         updated = dict(self._faults)
         for service in SERVICES:
             for scope in ("all", service):
@@ -240,7 +262,7 @@ class ModelServer:
             await asyncio.sleep(delay_ms / 1000)
         draw = self.rng.random()
         if draw < faults.throttle_rate:
-            if service == SAGEMAKER and self.rng.random() < 0.5:
+            if service in (SAGEMAKER, BEDROCK) and self.rng.random() < 0.5:
                 return "ModelNotReadyException"
             return "ThrottlingException"
         draw -= faults.throttle_rate
@@ -265,7 +287,13 @@ class ModelServer:
         if request.path.startswith("/_local/"):
             control: web.StreamResponse = await handler(request)
             return control
-        service = SAGEMAKER if request.path.startswith("/endpoints/") else COMPREHEND
+        service = (
+            SAGEMAKER
+            if request.path.startswith("/endpoints/")
+            else BEDROCK
+            if request.path.startswith("/model/")
+            else COMPREHEND
+        )
         self._serving[service] += 1
         self._peak_serving[service] = max(self._peak_serving[service], self._serving[service])
         try:
@@ -394,6 +422,119 @@ class _SageMakerRuntime:
             return web.Response(status=exc.status, text=exc.message)
         self._server.record("ContainerInvocations", name, len(records), None)
         return web.Response(body=payload, content_type="text/csv")
+
+
+_BEDROCK_STATUS = {
+    "ThrottlingException": 429,
+    "ModelNotReadyException": 429,
+    "ModelTimeoutException": 408,
+    "ServiceUnavailableException": 503,
+    "InternalServerException": 500,
+    "ValidationException": 400,
+    "ResourceNotFoundException": 404,
+    "AccessDeniedException": 403,
+}
+
+
+class _BedrockRuntime:
+    """Bedrock Runtime's InvokeModel (rest-json) for embedding models, answered by the local
+    embedding model whatever the model id names (a stand-in: the vectors are its own)."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+
+    async def invoke_model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        try:
+            _require_sigv4(request)
+            shape = EMBEDDING_MODELS.get(model_id)
+            if shape is None:
+                raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
+            try:
+                params = json.loads(await request.read())
+            except ValueError:
+                raise _AwsError(400, "ValidationException", "Malformed input request") from None
+            if not isinstance(params, dict):
+                raise _AwsError(400, "ValidationException", "Malformed input request")
+            texts, dimensions, normalize = self._texts(shape, params)
+            injected = await self._server.inject(BEDROCK, len(texts))
+            if injected is not None:
+                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
+            vectors = await asyncio.to_thread(embeddings.embed, texts, dimensions, normalize)
+        except _AwsError as exc:
+            self._server.record("InvokeModel", model_id, 0, exc.code)
+            return _bedrock_error(exc)
+        self._server.record("InvokeModel", model_id, len(texts), None)
+        tokens = sum(embeddings.token_count(t) for t in texts)
+        if shape == "cohere":
+            answer: dict[str, Any] = {
+                "id": f"local-{self._server.rng.getrandbits(64):016x}",
+                "embeddings": vectors,
+                "texts": texts,
+                "response_type": "embeddings_floats",
+            }
+        else:
+            answer = {"embedding": vectors[0], "inputTextTokenCount": tokens}
+            if shape == "titan-v2":
+                answer["embeddingsByType"] = {"float": vectors[0]}
+        return web.Response(
+            body=json.dumps(answer).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "X-Amzn-Bedrock-Input-Token-Count": str(tokens),
+                "X-Amzn-Bedrock-Output-Token-Count": "0",
+            },
+        )
+
+    @staticmethod
+    def _texts(shape: str, params: dict[str, Any]) -> tuple[list[str], int, bool]:
+        """The request's texts, the dimensions asked and whether to normalize; the errors
+        Bedrock gives for a request of that model's shape."""
+        if shape == "cohere":
+            texts = params.get("texts")
+            if (
+                not isinstance(texts, list)
+                or not texts
+                or not all(isinstance(t, str) and t for t in texts)
+            ):
+                raise _AwsError(400, "ValidationException", "Malformed input request: texts")
+            if len(texts) > MAX_COHERE_TEXTS:
+                raise _AwsError(
+                    400,
+                    "ValidationException",
+                    f"Malformed input request: #/texts: expected maximum item count: "
+                    f"{MAX_COHERE_TEXTS}, found: {len(texts)}",
+                )
+            return texts, embeddings.DIMENSION, True
+        text = params.get("inputText")
+        if not isinstance(text, str) or not text.strip():
+            raise _AwsError(
+                400, "ValidationException", "Malformed input request: inputText is required"
+            )
+        if len(text) > MAX_TITAN_CHARS:
+            raise _AwsError(
+                400,
+                "ValidationException",
+                f"Malformed input request: #/inputText: expected maxLength: {MAX_TITAN_CHARS}, "
+                f"actual: {len(text)}",
+            )
+        if shape == "titan-v1":
+            return [text], embeddings.DIMENSION, True
+        dimensions = params.get("dimensions", 1024)
+        if dimensions not in TITAN_DIMENSIONS:
+            raise _AwsError(
+                400,
+                "ValidationException",
+                f"Malformed input request: #/dimensions: {dimensions} is not a valid enum value",
+            )
+        if dimensions > embeddings.DIMENSION:
+            raise _AwsError(
+                400,
+                "ValidationException",
+                f"the local stand-in's model has {embeddings.DIMENSION} dimensions: ask for "
+                f"dimensions = 256 (Titan's 512 and 1024 are served only by Amazon Bedrock)",
+            )
+        return [text], int(dimensions), bool(params.get("normalize", True))
 
 
 class _Comprehend:
@@ -584,6 +725,14 @@ def _sagemaker_error(exc: _AwsError) -> web.Response:
             "Content-Type": "application/json",
             "x-amzn-ErrorType": f"{exc.code}:{_SAGEMAKER_ERROR_NS}",
         },
+    )
+
+
+def _bedrock_error(exc: _AwsError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        body=json.dumps({"message": exc.message}).encode(),
+        headers={"Content-Type": "application/json", "x-amzn-ErrorType": exc.code},
     )
 
 
