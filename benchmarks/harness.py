@@ -31,6 +31,7 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
     FeedbackGenerator,
 )
+from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import DatabaseServer, free_port
 
@@ -81,15 +82,17 @@ def create_bench_database(server: DatabaseServer, database: str) -> None:
 
 def write_scorer_config(
     path: Path,
-    server: DatabaseServer,
+    server: DatabaseServer | PostgresServer,
     database: str,
     endpoint_url: str,
     batching: Batching,
     decoder: str = "fast",
     churn: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> int:
-    """Write a config for ``database`` (``churn``: more keys of the churn pipeline); returns
-    its operations port."""
+    """Write a config for ``database`` (``churn``: more keys of the churn pipeline; ``source``:
+    more keys of ``[source]``, e.g. PostgreSQL's engine and slot); returns its operations
+    port."""
     http_port = free_port()
     batching_keys = {"linger_ms": batching.linger_ms, "max_in_flight": batching.max_in_flight}
     path.write_text(
@@ -100,7 +103,12 @@ def write_scorer_config(
             http_port=http_port,
             overrides={
                 "shutdown_grace_s": 60,
-                "source": {"heartbeat_interval_s": 0.5, "queue_max_rows": 2000, "decoder": decoder},
+                "source": {
+                    "heartbeat_interval_s": 0.5,
+                    "queue_max_rows": 2000,
+                    "decoder": decoder,
+                    **(source or {}),
+                },
                 "aws": {"call_timeout_s": 60},
                 "pipelines": {
                     "churn": {

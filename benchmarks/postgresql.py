@@ -15,11 +15,14 @@ import psycopg2.extras
 
 from benchmarks.decode import DecodeResult
 from benchmarks.harness import (
+    Batching,
     ModelEndpoints,
     ProcessMeter,
+    init_scorer_tables,
     percentile,
     scorer_process,
     wait_until,
+    write_scorer_config,
 )
 from cdc_scorer.core.records import Commit, RowChange
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
@@ -30,8 +33,6 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
 )
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
-from cdc_scorer.local.scorer_config import local_scorer_config
-from cdc_scorer.local.servers import free_port
 from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.pgoutput import PgoutputSource
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
@@ -231,36 +232,19 @@ class PgBench:
             conn.close()
 
     def _config(self, database: str) -> tuple[Path, int]:
+        """The bench's scorer config (``harness.write_scorer_config``) on this server."""
         assert self.server is not None
         config = self.workdir / f"{database}.toml"
-        http_port = free_port()
-        batching = {"linger_ms": 50, "max_in_flight": 4}
-        config.write_text(
-            local_scorer_config(
-                port=self.server.port,
-                database=database,
-                endpoint_url=self.endpoints.url,
-                http_port=http_port,
-                overrides={
-                    "shutdown_grace_s": 60,
-                    "source": {
-                        "engine": "postgresql",
-                        "user": self.server.user,
-                        "slot_name": f"bench_{database}",
-                        "heartbeat_interval_s": 0.5,
-                    },
-                    "aws": {"call_timeout_s": 60},
-                    "pipelines": {
-                        "churn": {"snapshot": "never", "batching": batching | {"max_rows": 500}},
-                        "feedback": {"snapshot": "never", "batching": batching | {"max_rows": 25}},
-                    },
-                },
-            )
+        source = {
+            "engine": "postgresql",
+            "user": self.server.user,
+            "slot_name": f"bench_{database}",
+        }
+        port = write_scorer_config(
+            config, self.server, database, self.endpoints.url, Batching(), source=source
         )
-        from benchmarks.harness import init_scorer_tables
-
         init_scorer_tables(config)
-        return config, http_port
+        return config, port
 
     def _server_cpu(self) -> float:
         """CPU seconds of every process of the private server (postmaster and backends)."""

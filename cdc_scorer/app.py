@@ -27,7 +27,7 @@ from cdc_scorer.core.own_tables import (
     SIGNAL_TABLE,
 )
 from cdc_scorer.core.pipeline import Inbox, PipelineRunner
-from cdc_scorer.core.positions import oldest_position
+from cdc_scorer.core.positions import Position, oldest_position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.router import Router
@@ -142,9 +142,8 @@ class ScorerApp:
                 # The coordinator ends the runners once intake stops; the heartbeat just stops.
                 heartbeat.cancel()
             # Drained: the source may let go of everything every pipeline committed.
-            positions = [r.checkpoint.position for r in runners]
-            if positions and None not in positions:
-                final = oldest_position([p for p in positions if p is not None])
+            final = self._committed()
+            if final is not None:
                 try:
                     await asyncio.to_thread(self.source.release, final)
                 except CdcScorerError as exc:  # the next start confirms it instead
@@ -229,11 +228,17 @@ class ScorerApp:
             on_committed=self._acknowledge,
         )
 
+    def _committed(self) -> Position | None:
+        """The oldest position every pipeline has durably applied (None: not known yet)."""
+        positions = [r.checkpoint.position for r in self._runners]
+        known = [p for p in positions if p is not None]
+        return oldest_position(known) if known and len(known) == len(positions) else None
+
     def _acknowledge(self) -> None:
         """A pipeline committed: the source learns the oldest position all have applied."""
-        positions = [r.checkpoint.position for r in self._runners]
-        if self._coordinator is not None and positions and None not in positions:
-            self._coordinator.acknowledge(oldest_position([p for p in positions if p]))
+        committed = self._committed()
+        if self._coordinator is not None and committed is not None:
+            self._coordinator.acknowledge(committed)
 
     def _stream(self, tables: dict[str, TableInfo], checkpoints: list[Checkpoint]) -> ChangeStream:
         # The columns anything downstream reads: keys and model inputs (a source may leave the

@@ -103,3 +103,34 @@ async def test_unchanged_toasted_inputs_are_skipped_or_dead_lettered_never_guess
             what="a real change scored",
         )
         assert dead("unchanged_toast") == 1
+
+
+async def test_a_key_left_out_of_an_update_stops_with_one_line_never_a_wrong_key(
+    pg: PgDatabase, tmp_path: Path, models: ModelServer
+) -> None:
+    import asyncio
+
+    from cdc_scorer.app import ScorerApp
+    from cdc_scorer.core.errors import FatalError
+
+    # A long text key stored out of line: an UPDATE of another column leaves it out.
+    pg.execute("CREATE TABLE docs (id text PRIMARY KEY, body text, lang varchar(8), note text)")
+    pg.execute("ALTER TABLE docs ALTER COLUMN id SET STORAGE EXTERNAL")
+    key = "k" * 2300
+    pg.execute("INSERT INTO docs VALUES (%s, 'fine service', 'en', 'first')", (key,))
+    config = tmp_path / "s.toml"
+    _config(config, pg, models.url)
+    assert cli(["init", "--config", str(config)]) == 0
+    app = ScorerApp(load_config(config))
+    task = asyncio.create_task(app.run())
+    await wait_for(
+        lambda: pg.rows("SELECT count(*) FROM docs_predictions") == [(1,)], what="scored"
+    )
+    pg.execute("UPDATE docs SET note = 'second'")
+    try:
+        await asyncio.wait_for(task, 30)
+    except FatalError as exc:
+        assert "left its key column out of the change" in str(exc), exc
+        assert "REPLICA IDENTITY FULL" in str(exc)
+    else:
+        raise AssertionError("the scorer went on with a row it cannot name")

@@ -29,19 +29,15 @@ from cdc_scorer.core.records import (
 from cdc_scorer.postgresql.values import TextCasters
 from cdc_scorer.sources.pgoutput.positions import LsnPosition, PgTransaction
 from cdc_scorer.sources.pgoutput.protocol import (
-    UNCHANGED,
+    ROW_TAGS,
     Begin,
     CommitMessage,
-    Delete,
-    Field,
-    Insert,
     LogicalMessage,
     Message,
     Origin,
     Relation,
     Truncate,
     TypeMessage,
-    Update,
     parse,
 )
 
@@ -65,6 +61,7 @@ class _Plan:
     # The TupleData reader compiled for these columns (``compile_tuple_reader``).
     read_tuple: TupleReader
     key_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+    identity: frozenset[str]  # the replica identity's columns (a key-only old image's)
 
     @property
     def shape(self) -> tuple[tuple[str, int, int], ...]:
@@ -123,8 +120,7 @@ class TransactionDecoder:
     def handle_payload(self, payload: bytes) -> None:
         """One message as the server sent it: rows of captured tables are read straight from
         the bytes (the hot path: no field tuple, undecoded columns skipped), the rest parsed."""
-        tag = payload[0]
-        if tag == 0x49 or tag == 0x55 or tag == 0x44:  # I, U, D
+        if payload[0] in ROW_TAGS:  # Insert, Update, Delete
             plan = self._plan_of(int.from_bytes(payload[1:5], "big"))
             if plan is None:
                 return
@@ -142,9 +138,8 @@ class TransactionDecoder:
         return plan  # None: a table of the publication no pipeline reads
 
     def handle(self, message: Message) -> None:
-        if isinstance(message, Insert | Update | Delete):
-            self._row(message)
-        elif isinstance(message, Begin):
+        """A parsed message other than a row (rows go through :meth:`handle_payload`)."""
+        if isinstance(message, Begin):
             self.tx = PgTransaction(message.final_lsn, message.xid)
             self._committed_at = message.committed_at
         elif isinstance(message, CommitMessage):
@@ -218,33 +213,10 @@ class TransactionDecoder:
             relation.replica_identity == "f",
             compile_tuple_reader(read),
             _key_getter(key),
+            frozenset(c.name for c in relation.columns if c.in_key),
         )
 
     # ---------------------------------------------------------------- rows
-    def _row(self, message: Insert | Update | Delete) -> None:
-        plan = self._plan_of(message.relation)
-        if plan is None:
-            return
-        tx, at = self.tx, self._committed_at
-        if isinstance(message, Insert):
-            values, _ = _values(plan, message.new, None)
-            change = RowChange(Op.INSERT, plan.table, _key(plan, values), values, tx, at)
-        elif isinstance(message, Update):
-            before = None
-            if message.old is not None:
-                before, _ = _values(plan, message.old, None)
-            values, unchanged = _values(plan, message.new, before if plan.full_identity else None)
-            change = RowChange(
-                Op.UPDATE, plan.table, _key(plan, values), values, tx, at, before,
-                unchanged=unchanged,
-            )  # fmt: skip
-        else:
-            values, _ = _values(plan, message.old, None)
-            if message.old_is_key:
-                values = _identity_only(plan, values)
-            change = RowChange(Op.DELETE, plan.table, _key(plan, values), values, tx, at)
-        self._append(plan, change)
-
     def _append(self, plan: _Plan, change: RowChange) -> None:
         if self._run and (self._run_table != plan.table or len(self._run) >= RUN_ROWS):
             self._flush_run()
@@ -260,31 +232,6 @@ class TransactionDecoder:
         self._emit(tuple(run))
 
 
-def _values(
-    plan: _Plan, fields: tuple[Field, ...], old: dict[str, Any] | None
-) -> tuple[dict[str, Any], frozenset[str]]:
-    """The read columns of a parsed tuple, typed; and the names of those the server left out
-    as unchanged TOASTed values (taken from ``old`` when it is the whole old row)."""
-    values: dict[str, Any] = {}
-    unchanged: list[str] = []
-    for index, read in enumerate(plan.read):
-        if read is None:
-            continue
-        name, cast = read
-        field = fields[index] if index < len(fields) else None
-        if field is None:
-            values[name] = None
-        elif field is UNCHANGED:
-            if old is not None and name in old:
-                values[name] = old[name]
-            else:
-                unchanged.append(name)
-        else:
-            assert isinstance(field, bytes)
-            values[name] = cast(field)
-    return values, frozenset(unchanged)
-
-
 TupleReader = Callable[
     [bytes, int, "dict[str, Any] | None"], "tuple[dict[str, Any], frozenset[str], int]"
 ]
@@ -292,9 +239,7 @@ _NO_NAMES: frozenset[str] = frozenset()
 _LENGTH = struct.Struct(">i")
 
 
-def compile_tuple_reader(
-    read: tuple[tuple[str, Callable[[bytes], Any]] | None, ...],
-) -> TupleReader:
+def compile_tuple_reader(read: tuple[ColumnRead | None, ...]) -> TupleReader:
     """A TupleData reader unrolled for one relation's columns (as the binlog's fast decoder
     compiles a plan per table map): no per-field loop, lookups or tuple unpacking — the hot
     path of a stream is this function, once per image of every row. A tuple of another
@@ -399,6 +344,12 @@ def _row_from_bytes(plan: _Plan, data: bytes, tx: Any, at: Any) -> RowChange:
             before, _, offset = plan.read_tuple(data, offset + 1, None)
         old = before if plan.full_identity else None
         values, unchanged, _ = plan.read_tuple(data, offset + 1, old)
+        if unchanged and any(c in unchanged for c in plan.key_columns):
+            raise FatalError(
+                f"table {plan.table}: an UPDATE left its key column out of the change (an "
+                "unchanged value stored out of line): the row it names cannot be known — "
+                f"ALTER TABLE {plan.table} REPLICA IDENTITY FULL"
+            )
         return RowChange(
             Op.UPDATE, plan.table, plan.key_of(values), values, tx, at, before,
             unchanged=unchanged,
@@ -406,16 +357,7 @@ def _row_from_bytes(plan: _Plan, data: bytes, tx: Any, at: Any) -> RowChange:
     # Delete: relation, 'K' | 'O', the old tuple
     values, _, _ = plan.read_tuple(data, 6, None)
     if data[5] == 0x4B:
-        values = _identity_only(plan, values)
+        # A key-only old image: only the replica identity's columns are real (the others
+        # arrive as NULLs).
+        values = {k: v for k, v in values.items() if k in plan.identity}
     return RowChange(Op.DELETE, plan.table, plan.key_of(values), values, tx, at)
-
-
-def _identity_only(plan: _Plan, values: dict[str, Any]) -> dict[str, Any]:
-    """Only the replica identity's columns of a key-only old image are real (the others arrive
-    as NULLs)."""
-    identity = {c.name for c in plan.relation.columns if c.in_key}
-    return {k: v for k, v in values.items() if k in identity}
-
-
-def _key(plan: _Plan, values: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(values.get(c) for c in plan.key_columns)

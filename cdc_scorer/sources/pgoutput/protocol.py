@@ -1,9 +1,9 @@
 """pgoutput's logical replication messages (protocol version 1), bytes → frozen messages.
 
 The format is PostgreSQL's "Logical Replication Message Formats" (protocol.sgml): a one-byte
-tag, big-endian integers, NUL-terminated strings. Values of a tuple arrive in the types' text
-output (``values.py`` turns them into Python values); ``UNCHANGED`` stands for a TOASTed value
-an UPDATE did not change and the server did not send.
+tag, big-endian integers, NUL-terminated strings. The row messages (Insert, Update, Delete) are
+not parsed here: the decoder reads their TupleData straight from the bytes, with a reader
+compiled per relation (``decoder.py``), the stream's hot path.
 """
 
 from __future__ import annotations
@@ -17,25 +17,6 @@ from cdc_scorer.core.errors import FatalError
 
 # Microseconds of the PostgreSQL epoch (2000-01-01) after the Unix epoch.
 _PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-class _Unchanged:
-    """A TOASTed value an UPDATE left as it was: the server sends its absence, not the value."""
-
-    _instance: _Unchanged | None = None
-
-    def __new__(cls) -> _Unchanged:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
-
-
-UNCHANGED: Final = _Unchanged()
-# A column of a tuple: None (NULL), its text (bytes, undecoded), or UNCHANGED.
-Field = bytes | None | _Unchanged
 
 
 @dataclass(frozen=True)
@@ -77,29 +58,6 @@ class TypeMessage:
 
 
 @dataclass(frozen=True)
-class Insert:
-    relation: int
-    new: tuple[Field, ...]
-
-
-@dataclass(frozen=True)
-class Update:
-    relation: int
-    # The old image: the replica identity's columns ('K', only when they changed), the whole
-    # row ('O', REPLICA IDENTITY FULL), or None.
-    old: tuple[Field, ...] | None
-    old_is_key: bool
-    new: tuple[Field, ...]
-
-
-@dataclass(frozen=True)
-class Delete:
-    relation: int
-    old: tuple[Field, ...]
-    old_is_key: bool  # only the replica identity's columns (others are NULL)
-
-
-@dataclass(frozen=True)
 class Truncate:
     relations: tuple[int, ...]
     cascade: bool
@@ -120,18 +78,8 @@ class LogicalMessage:
     content: bytes
 
 
-Message = (
-    Begin
-    | CommitMessage
-    | Relation
-    | TypeMessage
-    | Insert
-    | Update
-    | Delete
-    | Truncate
-    | Origin
-    | LogicalMessage
-)
+Message = Begin | CommitMessage | Relation | TypeMessage | Truncate | Origin | LogicalMessage
+ROW_TAGS = frozenset(b"IUD")  # Insert, Update, Delete: read by the decoder, not parse()
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -152,48 +100,12 @@ def _string(data: bytes, at: int) -> tuple[str, int]:
     return data[at:end].decode("utf-8"), end + 1
 
 
-def tuple_data(data: bytes, at: int) -> tuple[tuple[Field, ...], int]:
-    """A TupleData at ``at``: its fields and the offset after it."""
-    (count,) = _I16.unpack_from(data, at)
-    at += 2
-    fields: list[Field] = []
-    append = fields.append
-    for _ in range(count):
-        kind = data[at]
-        at += 1
-        if kind == 0x74:  # 't': text
-            (length,) = _I32.unpack_from(data, at)
-            at += 4
-            append(data[at : at + length])
-            at += length
-        elif kind == 0x6E:  # 'n': NULL
-            append(None)
-        elif kind == 0x75:  # 'u': unchanged TOASTed value
-            append(UNCHANGED)
-        else:  # 'b' (binary) is never asked for
-            raise FatalError(f"pgoutput: tuple value of kind {chr(kind)!r} is not understood")
-    return tuple(fields), at
-
-
 def parse(data: bytes) -> Message:
-    """One pgoutput message; ``FatalError`` for one this reader does not know (never a skip)."""
+    """One pgoutput message other than a row; ``FatalError`` for one this reader does not know
+    (never a skip)."""
     tag = data[0]
-    if tag == 0x49:  # 'I'
-        (relation,) = _U32.unpack_from(data, 1)
-        new, _ = tuple_data(data, 6)  # after the 'N'
-        return Insert(relation, new)
-    if tag == 0x55:  # 'U'
-        (relation,) = _U32.unpack_from(data, 1)
-        at, old, old_is_key = 5, None, False
-        if data[at] in (0x4B, 0x4F):  # 'K' or 'O'
-            old_is_key = data[at] == 0x4B
-            old, at = tuple_data(data, at + 1)
-        new, _ = tuple_data(data, at + 1)  # after the 'N'
-        return Update(relation, old, old_is_key, new)
-    if tag == 0x44:  # 'D'
-        (relation,) = _U32.unpack_from(data, 1)
-        old, _ = tuple_data(data, 6)
-        return Delete(relation, old, data[5] == 0x4B)
+    if tag in ROW_TAGS:
+        raise ValueError("row messages are read by the decoder's compiled tuple readers")
     if tag == 0x42:  # 'B'
         final_lsn, at, xid = _BEGIN.unpack_from(data, 1)
         return Begin(final_lsn, timestamp(at), xid)

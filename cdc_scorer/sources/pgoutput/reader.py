@@ -177,15 +177,19 @@ class PgoutputStream(ThreadedStream):
         decoder = self._decoder
         read_at = stalled_since = time.monotonic()
         stalled_at = self._acknowledged
+        handle = decoder.handle_payload
+        read_any = False  # since the last idle turn (the clock is read there, not per message)
         while not self._abort.is_set() and not (self._stop.is_set() and decoder.tx is None):
             message = cursor.read_message()
             if message is not None:
-                decoder.handle_payload(message.payload)
-                read_at = time.monotonic()
+                handle(message.payload)
+                read_any = True
                 continue
             self._flush()
             self._feedback(cursor)
             now = time.monotonic()
+            if read_any:
+                read_at, read_any = now, False
             if now - self._measured_at >= MEASURE_INTERVAL_S:
                 self._measure()
             if self._acknowledged != stalled_at or self._acknowledged >= decoder.position.lsn:
