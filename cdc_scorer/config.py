@@ -10,6 +10,7 @@ Environment overrides use ``__`` between levels: ``CDC_SCORER_SOURCE__PASSWORD``
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -213,7 +214,19 @@ def _model(
 
 
 def _errors(errors: Iterable[Mapping[str, Any]], where: tuple[str | int, ...]) -> list[str]:
-    return [_describe({**e, "loc": (*where, *e["loc"])}) for e in errors]
+    out = []
+    for e in errors:
+        if e["type"] == "value_error" and not e["loc"]:
+            # A section's own checks, a line each, name their keys: "key.sub: problem".
+            for part in str(e["msg"]).removeprefix("Value error, ").splitlines():
+                key, found, problem = part.partition(": ")
+                if found and re.fullmatch(r"[A-Za-z_][\w.]*", key):
+                    out.append(f"{_key((*where, key))}: {problem}")
+                else:
+                    out.append(f"{_key(where)}: {part}")
+            continue
+        out.append(_describe({**e, "loc": (*where, *e["loc"])}))
+    return out
 
 
 def _key(loc: tuple[str | int, ...]) -> str:

@@ -21,13 +21,19 @@ from cdc_scorer.core.records import Batch, RowChange, ScoredBatch
 ItemT = TypeVar("ItemT")
 
 
+# A prediction column's kind, in the store's neutral terms: ``label`` is text of at most
+# ``length`` characters, ``text`` text of any length, ``number`` a double, ``integer`` a 64-bit
+# integer, ``boolean`` true or false, ``vector`` ``length`` floats (the server's vector type
+# where it has one, else a JSON array: the store decides and ``check`` says which).
+ColumnKind = Literal["label", "text", "number", "integer", "boolean", "vector"]
+
+
 @dataclass(frozen=True)
 class PredictionColumn:
-    """A column of the predictions table a service fills, in the store's neutral terms:
-    ``label`` is text of at most ``length`` characters, ``number`` a double."""
+    """A column of the predictions table a service fills."""
 
     name: str
-    kind: Literal["label", "number"]
+    kind: ColumnKind
     length: int = 0
 
 
@@ -52,6 +58,22 @@ class Answer:
 
     outcomes: Sequence[Outcome]
     variant: str | None = None
+
+
+class Grant(Protocol):
+    """A call's share of a budget, reserved before the call."""
+
+    def settle(self, used: tuple[int, int] | None) -> None:
+        """(input, output) tokens the call used, as its answer says (None: the estimate
+        stands)."""
+
+
+class Budget(Protocol):
+    """Requests and tokens a pipeline may spend per minute (a service's quota)."""
+
+    async def acquire(self, tokens: int, urgent: bool) -> Grant:
+        """Wait until a call estimated at ``tokens`` fits; ``urgent`` calls (rows of the
+        stream) go before the others (rows of a re-score) and may use the whole budget."""
 
 
 class ModelCodec(Protocol[ItemT]):
@@ -110,6 +132,22 @@ class ModelSpec(ABC):
     @abstractmethod
     def codec(self) -> ModelCodec[Any]:
         """The service's wire format for this section."""
+
+    def budget(self) -> Budget | None:
+        """What the pipeline may spend per minute (None: no budget; the service's
+        throttling, retried, is the only limit)."""
+        return None
+
+
+class MeteredCodec(ModelCodec[ItemT], Protocol):
+    """A codec of a service whose calls cost tokens: what the budget reserves before a call
+    and what the answer says was used."""
+
+    def estimate_tokens(self, items: Sequence[ItemT]) -> int:
+        """Tokens a call of these items may use, at most (what is reserved)."""
+
+    def used_tokens(self, response: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(input, output) tokens the answer says the call used (None: it does not say)."""
 
 
 class Scorer(Protocol):

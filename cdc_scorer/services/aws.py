@@ -28,6 +28,7 @@ RETRIABLE_CODES = {
     "Throttling",
     "TooManyRequestsException",
     "ModelNotReadyException",
+    "ModelTimeoutException",  # Bedrock: the model took too long this time
     "InternalFailure",
     "InternalServerException",
     "ServiceUnavailable",
@@ -38,6 +39,10 @@ RETRIABLE_CODES = {
 }
 POISON_CODES = {
     "ModelError",
+    # Bedrock: this input is refused (too long, content the model will not take) or made the
+    # model fail; a wrong model id or no access are ResourceNotFound / AccessDenied: fatal.
+    "ValidationException",
+    "ModelErrorException",
     "InvalidRequestException",
     "TextSizeLimitExceededException",
     "BatchSizeLimitExceededException",

@@ -10,10 +10,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic
 
 from cdc_scorer.core.errors import PoisonError, RetriableError
-from cdc_scorer.core.records import Batch, DeadLetter, Prediction, RowChange, ScoredBatch
+from cdc_scorer.core.records import Batch, DeadLetter, Op, Prediction, RowChange, ScoredBatch
 from cdc_scorer.core.retry import backoff_s, retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
-from cdc_scorer.services import Answer, ItemError, ItemT, ModelCodec, ModelSpec
+from cdc_scorer.services import (
+    Answer,
+    Budget,
+    ItemError,
+    ItemT,
+    MeteredCodec,
+    ModelCodec,
+    ModelSpec,
+)
 from cdc_scorer.services.aws import CallObserver, aws_errors
 
 Item = tuple[RowChange, ItemT]
@@ -26,9 +34,11 @@ def build_scorer(
     *,
     on_retry: Callable[[str, RetriableError], None] | None = None,
     on_call: CallObserver | None = None,
+    budget: Budget | None = None,
 ) -> ModelDriver[Any]:
     """The pipeline's scorer on ``client`` (an aiobotocore client of its service's
-    ``client_name``); the daemon and ``check`` build them the same way."""
+    ``client_name``); the daemon and ``check`` build them the same way. ``budget``: the
+    pipeline's own (None: the one its model section asks for, if any)."""
     return ModelDriver(
         pipeline.model,
         pipeline.model.codec(),
@@ -37,6 +47,7 @@ def build_scorer(
         max_in_flight=pipeline.batching.max_in_flight,
         on_retry=on_retry,
         on_call=on_call,
+        budget=budget if budget is not None else pipeline.model.budget(),
     )
 
 
@@ -44,9 +55,11 @@ class ModelDriver(Generic[ItemT]):
     """Scores a pipeline's batches through ``codec`` on ``client``.
 
     At most ``max_in_flight`` calls are at the service at once, whatever calls them (batches
-    in flight, halves of a split): the limit the README promises and the HTTP pool is sized
-    for. Retriable errors are retried for ever, each reported to ``on_retry`` first; an
-    ``on_retry`` that raises gives up instead (``check`` does, to report and move on)."""
+    in flight, the requests of one batch, halves of a split): the limit the README promises
+    and the HTTP pool is sized for. With a ``budget``, each call (each attempt) waits for its
+    share of it once it holds its slot, so what is counted is what is sent. Retriable errors
+    are retried for ever, each reported to ``on_retry`` first; an ``on_retry`` that raises
+    gives up instead (``check`` does, to report and move on)."""
 
     def __init__(
         self,
@@ -58,8 +71,10 @@ class ModelDriver(Generic[ItemT]):
         max_in_flight: int,
         on_retry: Callable[[str, RetriableError], None] | None = None,
         on_call: CallObserver | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._codec = codec
+        self._budget = budget
         self._client = client
         self._retry = retry
         self._stage = spec.service
@@ -77,10 +92,25 @@ class ModelDriver(Generic[ItemT]):
                 items.append((change, self._codec.prepare(change)))
             except PoisonError as exc:
                 dead.append(self._dead(change, exc.reason, str(exc)))
-        predictions: list[Prediction] = []
-        calls = 0
-        for request in self._codec.requests(items):
-            calls += await self._score(request, predictions, dead)
+        # A batch's requests go together (Titan and Converse take one row a call): the
+        # in-flight limit holds them; their rows keep the batch's order.
+        requests = list(self._codec.requests(items))
+        outputs: list[tuple[list[Prediction], list[DeadLetter]]] = [([], []) for _ in requests]
+        if len(requests) == 1:
+            calls = await self._score(requests[0], *outputs[0])
+        else:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(self._score(r, *out))
+                        for r, out in zip(requests, outputs, strict=True)
+                    ]
+            except BaseExceptionGroup as failed:  # the first failure, as one call raises it
+                raise failed.exceptions[0] from None
+            calls = sum(t.result() for t in tasks)
+        predictions = [p for out, _ in outputs for p in out]
+        for _, letters in outputs:
+            dead.extend(letters)
         return ScoredBatch(
             sequence=batch.sequence,
             upserts=tuple(predictions),
@@ -162,11 +192,24 @@ class ModelDriver(Generic[ItemT]):
         return again
 
     async def _call(self, items: Sequence[Item[ItemT]]) -> Answer:
-        request = self._codec.encode([item for _, item in items])
+        sent = [item for _, item in items]
+        request = self._codec.encode(sent)
         method = getattr(self._client, self._codec.operation)
         async with self._slots:
-            with aws_errors(self._codec.describe, self._on_call):
-                response = await read_bodies(await method(**request))
+            if self._budget is None:
+                with aws_errors(self._codec.describe, self._on_call):
+                    response = await read_bodies(await method(**request))
+            else:
+                metered: MeteredCodec[ItemT] = self._codec  # type: ignore[assignment]
+                urgent = any(change.op is not Op.SNAPSHOT for change, _ in items)
+                grant = await self._budget.acquire(metered.estimate_tokens(sent), urgent)
+                used = None
+                try:
+                    with aws_errors(self._codec.describe, self._on_call):
+                        response = await read_bodies(await method(**request))
+                    used = metered.used_tokens(response)
+                finally:
+                    grant.settle(used)
         try:
             answer = self._codec.decode(response, len(items))
         except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError) as exc:

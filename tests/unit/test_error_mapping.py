@@ -87,7 +87,18 @@ POISON_REASONS = {
     "TextSizeLimitExceededException": "text_size_limit_exceeded",
     "BatchSizeLimitExceededException": "batch_size_limit_exceeded",
     "UnsupportedLanguageException": "unsupported_language",
+    "ValidationException": "validation",
+    "ModelErrorException": "model_error",
 }
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("AccessDeniedException", 403), ("ResourceNotFoundException", 404)]
+)
+def test_aws_bedrock_refusals_of_the_model_are_fatal(code: str, status: int) -> None:
+    error, _ = mapped_aws(client_error(code, status, "no such model"))
+    assert isinstance(error, FatalError)
+    assert str(error) == f"calling: {code} (HTTP {status}): no such model"
 
 
 def test_aws_poison_codes() -> None:
