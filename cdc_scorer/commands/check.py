@@ -67,6 +67,11 @@ def _change_log_and_tables(
             continue
         tables[pipeline.table] = info
         results.append(CheckResult(name, True, f"key ({', '.join(info.key_columns)}), readable"))
+        try:
+            for column, stored in store.prediction_storage(pipeline):
+                results.append(CheckResult(f"vector {pipeline.predictions}.{column}", True, stored))
+        except CdcScorerError as exc:
+            results.append(CheckResult(f"vectors of {pipeline.predictions}", False, str(exc)))
     for found in source.table_checks(spec.pipelines, tables):
         results.append(CheckResult(found.name, found.problem is None, found.problem or "ok"))
     try:

@@ -7,6 +7,8 @@ One aiohttp server, one port:
 - Bedrock Runtime ``InvokeModel`` (rest-json) of the embedding models:
   ``POST /model/{modelId}/invoke`` — Titan Text Embeddings (V2 and V1 shapes) and Cohere Embed,
   both answered by a real small embedding model (``local/embeddings.py``);
+- Bedrock Runtime ``Converse`` with a forced tool: ``POST /model/{modelId}/converse``, the
+  tool's input computed from local models (``local/converse.py``; a stand-in, not an LLM);
 - fault injection and call statistics under ``/_local/``.
 
 Clients reach it with the standard ``endpoint_url`` / ``AWS_ENDPOINT_URL`` setting, so SigV4
@@ -30,6 +32,7 @@ from aiohttp import web
 
 from cdc_scorer.local import embeddings
 from cdc_scorer.local.churn_model import ChurnModel, RecordError
+from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel, output_tokens
 from cdc_scorer.local.sentiment import COMPREHEND_LANGUAGES, SUPPORTED_LANGUAGES, SentimentModel
 
 T = TypeVar("T")
@@ -54,6 +57,15 @@ EMBEDDING_MODELS = {
     "cohere.embed-english-v3": "cohere",
     "cohere.embed-multilingual-v3": "cohere",
 }
+# The chat models the local Converse answers for (an inference profile's "us." and the like
+# in front of one is taken too).
+CONVERSE_MODELS = (
+    "anthropic.claude-3-haiku-20240307-v1:0",
+    "anthropic.claude-3-5-haiku-20241022-v1:0",
+    "amazon.nova-micro-v1:0",
+    "amazon.nova-lite-v1:0",
+    "meta.llama3-1-8b-instruct-v1:0",
+)
 TITAN_DIMENSIONS = (256, 512, 1024)
 MAX_TITAN_CHARS = 50_000
 MAX_COHERE_TEXTS = 96
@@ -75,6 +87,9 @@ class Faults:
     throttle_rate: float = 0.0
     error_5xx_rate: float = 0.0
     model_error_rate: float = 0.0
+    # Bedrock Converse: an answer whose tool input breaks the tool's schema (a value outside
+    # its enum), as a real model's sometimes does.
+    invalid_answer_rate: float = 0.0
 
     def merged(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises ValueError naming each bad key."""
@@ -158,6 +173,7 @@ class ModelServer:
         app.router.add_post("/invocations", self._sagemaker.container_invocations)
         app.router.add_post("/", self._comprehend.handle)
         app.router.add_post("/model/{model_id}/invoke", self._bedrock.invoke_model)
+        app.router.add_post("/model/{model_id}/converse", self._bedrock.converse)
         app.router.add_get("/_local/faults", self._get_faults)
         app.router.add_post("/_local/faults", self._post_faults)
         app.router.add_get("/_local/stats", self._get_stats)
@@ -442,6 +458,96 @@ class _BedrockRuntime:
 
     def __init__(self, server: ModelServer) -> None:
         self._server = server
+        self._converse = ConverseModel()
+
+    async def converse(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        try:
+            _require_sigv4(request)
+            base = model_id.split(".", 1)[1] if model_id.split(".")[0] in _PROFILES else model_id
+            if base in EMBEDDING_MODELS:
+                raise _AwsError(
+                    400, "ValidationException", "This model doesn't support the Converse API."
+                )
+            if base not in CONVERSE_MODELS:
+                raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
+            try:
+                params = json.loads(await request.read())
+            except ValueError:
+                raise _AwsError(400, "ValidationException", "Malformed input request") from None
+            prompt, system, schema, tool, max_tokens = self._conversation(params)
+            input_tokens = embeddings.token_count(prompt + " " + system)
+            if input_tokens > CONTEXT_TOKENS:
+                raise _AwsError(
+                    400,
+                    "ValidationException",
+                    f"Input is too long for requested model: {input_tokens} tokens, the "
+                    f"local stand-in takes {CONTEXT_TOKENS}",
+                )
+            injected = await self._server.inject(BEDROCK, 1)
+            if injected is not None:
+                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
+            answer = await asyncio.to_thread(self._converse.tool_input, prompt, schema)
+            if self._server.rng.random() < self._server.faults(BEDROCK).invalid_answer_rate:
+                answer = _break(answer, schema)
+        except _AwsError as exc:
+            self._server.record("Converse", model_id, 0, exc.code)
+            return _bedrock_error(exc)
+        self._server.record("Converse", model_id, 1, None)
+        produced = output_tokens(answer)
+        if produced > max_tokens:
+            content: list[dict[str, Any]] = [{"text": json.dumps(answer)[: max_tokens * 3]}]
+            stop, produced = "max_tokens", max_tokens
+        else:
+            use_id = f"tooluse_{self._server.rng.getrandbits(64):016x}"
+            content = [{"toolUse": {"toolUseId": use_id, "name": tool, "input": answer}}]
+            stop = "tool_use"
+        body = {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop,
+            "usage": {
+                "inputTokens": input_tokens,
+                "outputTokens": produced,
+                "totalTokens": input_tokens + produced,
+            },
+            "metrics": {"latencyMs": 1},
+        }
+        return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+    @staticmethod
+    def _conversation(params: Any) -> tuple[str, str, dict[str, Any], str, int]:
+        """(the user's text, the system text, the forced tool's schema and name, maxTokens);
+        the ValidationExceptions Bedrock gives a request it cannot take."""
+        if not isinstance(params, dict) or not isinstance(params.get("messages"), list):
+            raise _AwsError(400, "ValidationException", "Malformed input request: messages")
+        texts = [
+            str(block["text"])
+            for message in params["messages"]
+            if isinstance(message, dict) and message.get("role") == "user"
+            for block in message.get("content", [])
+            if isinstance(block, dict) and "text" in block
+        ]
+        if not texts or not any(t.strip() for t in texts):
+            raise _AwsError(
+                400, "ValidationException", "The content field in the Message object is empty."
+            )
+        system = " ".join(str(b.get("text", "")) for b in params.get("system", []))
+        config = params.get("toolConfig") or {}
+        tools = {
+            t["toolSpec"]["name"]: t["toolSpec"].get("inputSchema", {}).get("json", {})
+            for t in config.get("tools", [])
+            if isinstance(t, dict) and "toolSpec" in t
+        }
+        forced = (config.get("toolChoice") or {}).get("tool", {}).get("name")
+        if forced is None or forced not in tools:
+            raise _AwsError(
+                400,
+                "ValidationException",
+                "the local Converse stand-in answers only through a tool the request forces "
+                "(toolChoice.tool naming one of toolConfig.tools)",
+            )
+        max_tokens = int((params.get("inferenceConfig") or {}).get("maxTokens", 4096))
+        return "\n".join(texts), system, tools[forced], forced, max_tokens
 
     async def invoke_model(self, request: web.Request) -> web.Response:
         model_id = request.match_info["model_id"]
@@ -726,6 +832,23 @@ def _sagemaker_error(exc: _AwsError) -> web.Response:
             "x-amzn-ErrorType": f"{exc.code}:{_SAGEMAKER_ERROR_NS}",
         },
     )
+
+
+# Cross-region inference profiles: "us.amazon.nova-lite-v1:0" is the model behind it.
+_PROFILES = {"us", "eu", "apac", "global", "us-gov", "ca", "jp", "au"}
+
+
+def _break(answer: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The answer with a property out of its schema (an enum's value, else a wrong type)."""
+    broken = dict(answer)
+    for name, prop in dict(schema.get("properties", {})).items():
+        if prop.get("enum"):
+            broken[name] = "something else entirely"
+            return broken
+    for name in dict(schema.get("properties", {})):
+        broken[name] = {"not": "a value of its type"}
+        return broken
+    return broken
 
 
 def _bedrock_error(exc: _AwsError) -> web.Response:

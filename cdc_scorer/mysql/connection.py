@@ -162,3 +162,13 @@ def close_quietly(conn: Connection | None) -> None:
 
 def quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``8.0.35-log`` → (8, 0, 35); Aurora's ``8.0.mysql_aurora.3.05.2`` → (8, 0)."""
+    numbers = []
+    for part in version.split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)

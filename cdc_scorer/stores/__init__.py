@@ -171,6 +171,9 @@ class Store(Protocol):
     def check_readable(self, pipeline: PipelineSpec) -> TableInfo:
         """The pipeline's table, selected from (`check`)."""
 
+    def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
+        """(column, how the server stores it) of the pipeline's vector columns (`check`)."""
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         """One real row of the pipeline's table, or {} (`check` sends it to the model)."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_scorer.sources.binlog.server import ServerInfo, binlog_status_sql, version_tuple
+from cdc_scorer.mysql.connection import version_tuple
+from cdc_scorer.sources.binlog.server import ServerInfo, binlog_status_sql
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.mysql.connection import Connection, mysql_errors
+from cdc_scorer.mysql.connection import Connection, mysql_errors, version_tuple
 from cdc_scorer.sources.binlog.positions import (
     FilePosition,
     MariadbGtidPosition,
@@ -24,16 +24,6 @@ class ServerInfo:
     positions: str = "gtid"  # a Position kind (positions.POSITION_KINDS)
     # MySQL's binlog_row_value_options: "PARTIAL_JSON" logs JSON updates as diffs.
     row_value_options: str = ""
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """``8.0.35-log`` → (8, 0, 35); Aurora's ``8.0.mysql_aurora.3.05.2`` → (8, 0)."""
-    numbers = []
-    for part in version.split("-")[0].split("."):
-        if not part.isdigit():
-            break
-        numbers.append(int(part))
-    return tuple(numbers)
 
 
 def binlog_status_sql(server: ServerInfo) -> str:

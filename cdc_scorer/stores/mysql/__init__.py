@@ -91,6 +91,9 @@ class MysqlStore:
             cursor.execute(f"SELECT * FROM {quote(pipeline.table)} LIMIT 0")
         return info
 
+    def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
+        return schema.prediction_storage(self._connection(), self._source.database, pipeline)
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         """One real row of the pipeline's table, when there is one (`check` sends it)."""
         conn = self._connection()

@@ -14,7 +14,7 @@ from cdc_scorer.core.own_tables import (
 )
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
-from cdc_scorer.mysql.connection import Connection, mysql_errors, quote
+from cdc_scorer.mysql.connection import Connection, mysql_errors, quote, version_tuple
 from cdc_scorer.services import PredictionColumn
 from cdc_scorer.stores import table_info
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL
@@ -58,18 +58,41 @@ def inspect_tables(
     return tables
 
 
-def _column_definition(column: PredictionColumn) -> str:
+_TYPES = {"text": "TEXT", "number": "DOUBLE", "integer": "BIGINT", "boolean": "BOOLEAN"}
+
+
+def vector_type(conn: Connection) -> bool:
+    """Whether the server has a VECTOR type (MySQL 9.0+, MariaDB 11.7+); else a vector is a
+    JSON array (MySQL 8.0 and Aurora MySQL 3, MariaDB before 11.7)."""
+    with mysql_errors("reading the server's version"), conn.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        row = cursor.fetchone()
+    version = str(row[0]) if row else ""
+    minimum = (11, 7) if "mariadb" in version.lower() else (9, 0)
+    return version_tuple(version) >= minimum
+
+
+def column_type(column: PredictionColumn, vectors: bool) -> str:
     """A prediction column in MySQL's types."""
-    sql_type = f"VARCHAR({column.length})" if column.kind == "label" else "DOUBLE"
-    return f"{quote(column.name)} {sql_type} NULL"
+    if column.kind == "label":
+        return f"VARCHAR({column.length})"
+    if column.kind == "vector":
+        return f"VECTOR({column.length})" if vectors else "JSON"
+    return _TYPES[column.kind]
+
+
+def _column_definition(column: PredictionColumn, vectors: bool) -> str:
+    return f"{quote(column.name)} {column_type(column, vectors)} NULL"
 
 
 def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
     return tuple(c.name for c in pipeline.model.prediction_columns())
 
 
-def schema_statements(pipelines: Sequence[PipelineSpec], tables: dict[str, TableInfo]) -> list[str]:
-    """Idempotent DDL for the scorer's tables and views."""
+def schema_statements(
+    pipelines: Sequence[PipelineSpec], tables: dict[str, TableInfo], vectors: bool = False
+) -> list[str]:
+    """Idempotent DDL for the scorer's tables and views (``vectors``: the server has VECTOR)."""
     statements = [
         CHECKPOINT_DDL,
         SIGNAL_DDL,
@@ -98,7 +121,7 @@ def schema_statements(pipelines: Sequence[PipelineSpec], tables: dict[str, Table
             f"""CREATE TABLE IF NOT EXISTS {quote(pipeline.predictions)} (
   key_hash BINARY(32) NOT NULL PRIMARY KEY,
   {", ".join(key_defs)},
-  {", ".join(_column_definition(c) for c in pipeline.model.prediction_columns())},
+  {", ".join(_column_definition(c, vectors) for c in pipeline.model.prediction_columns())},
   model_endpoint VARCHAR(255) NOT NULL,
   model_variant VARCHAR(255) NULL,
   model_version VARCHAR(64) NULL,
@@ -152,7 +175,7 @@ ADDED_CHECKPOINT_COLUMNS = (
 
 def init_schema(conn: Connection, database: str, pipelines: Sequence[PipelineSpec]) -> list[str]:
     tables = inspect_tables(conn, database, pipelines)
-    statements = schema_statements(pipelines, tables)
+    statements = schema_statements(pipelines, tables, vector_type(conn))
     views = [s for s in statements if s.startswith("CREATE OR REPLACE VIEW")]
     creates = [s for s in statements if s not in views]
     _execute(conn, creates)
@@ -197,6 +220,43 @@ def _missing_columns(
                 if name not in present
             ]
     return missing
+
+
+def stored_types(conn: Connection, database: str, table: str) -> dict[str, str]:
+    """A table's columns and their types as the server reports them (lower case)."""
+    with mysql_errors("reading the predictions table's columns"), conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+            (database, table),
+        )
+        return {str(name): str(kind).lower() for name, kind in cursor.fetchall()}
+
+
+def prediction_storage(
+    conn: Connection, database: str, pipeline: PipelineSpec
+) -> list[tuple[str, str]]:
+    """(column, how it is stored) of the pipeline's vector columns: as the predictions table
+    has it, or as ``init`` would make it."""
+    vectors = [c for c in pipeline.model.prediction_columns() if c.kind == "vector"]
+    if not vectors:
+        return []
+    present = stored_types(conn, database, pipeline.predictions)
+    server = vector_type(conn)
+    out = []
+    for column in vectors:
+        kind = present.get(column.name) or column_type(column, server).lower()
+        if kind.startswith("vector"):
+            out.append((column.name, f"{kind.upper()} (the server's vector type)"))
+        else:
+            out.append(
+                (
+                    column.name,
+                    f"{kind.upper()}, an array of {column.length} numbers (VECTOR needs MySQL "
+                    "9.0+ or MariaDB 11.7+: the table keeps JSON until re-made there)",
+                )
+            )
+    return out
 
 
 def check_schema(conn: Connection, database: str, pipelines: Sequence[PipelineSpec]) -> None:

@@ -8,6 +8,7 @@ either both or neither, and restart resumes exactly after the last applied batch
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from cdc_scorer.stores.fenced import FencedSink
 from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
 from cdc_scorer.stores.mysql.leader import try_lock
-from cdc_scorer.stores.mysql.schema import prediction_value_columns, view_statement
+from cdc_scorer.stores.mysql.schema import prediction_value_columns, stored_types, view_statement
 
 
 def _hex(value: bytes) -> str:
@@ -76,6 +77,10 @@ class Sink(FencedSink[Connection]):
         value_columns = prediction_value_columns(pipeline)
         columns, updates = prediction_columns(pipeline, key_columns)
         self._value_columns = value_columns
+        self._vectors = {c.name for c in pipeline.model.prediction_columns() if c.kind == "vector"}
+        # Per value column: how its value is written, "{}" around its literal (a vector into
+        # a VECTOR column through the server's function); decided from the table itself.
+        self._wraps: list[str] | None = None
         self._view = view_statement(pipeline, key_columns)
         # Multi-row statements, built here: pymysql's executemany batches only statements whose
         # VALUES are all placeholders (ours has NOW(6)) and sends one round trip per row
@@ -135,6 +140,8 @@ class Sink(FencedSink[Connection]):
         endpoint = escape(self._model_endpoint)
         version = escape(self._pipeline.model_version)
         value_columns = self._value_columns
+        if self._vectors:
+            return self._rows_with_vectors(conn, batch, endpoint, version, once)
         return [
             "("
             + ", ".join(
@@ -142,6 +149,53 @@ class Sink(FencedSink[Connection]):
                     _hex(key_hash(p.key)),
                     *map(escape, p.key),
                     *[escape(p.columns.get(c)) for c in value_columns],
+                    endpoint,
+                    once(p.variant),
+                    version,
+                    once(p.source_position),
+                    once(p.source_committed_at),
+                ]
+            )
+            + ", NOW(6))"
+            for p in batch.upserts
+        ]
+
+    def _rows_with_vectors(
+        self, conn: Connection, batch: ScoredBatch, endpoint: str, version: str, once: Any
+    ) -> list[str]:
+        """``_upsert_rows`` when a column is a vector: a list of floats written as the JSON
+        array text both VECTOR functions and a JSON column read."""
+        escape = conn.escape
+        wraps = self._wraps
+        if wraps is None:
+            stored = stored_types(conn, self._source.database, self._pipeline.predictions)
+            function = (
+                "VEC_FromText({})"
+                if "mariadb" in str(getattr(conn, "server_version", "")).lower()
+                else "STRING_TO_VECTOR({})"
+            )
+            wraps = self._wraps = [
+                function if stored.get(c, "").startswith("vector") else "{}"
+                for c in self._value_columns
+            ]
+
+        def literal(value: Any, wrap: str) -> str:
+            if value is None:
+                return "NULL"
+            if isinstance(value, list):
+                return wrap.format(escape(json.dumps(value)))
+            return str(escape(value))
+
+        return [
+            "("
+            + ", ".join(
+                [
+                    _hex(key_hash(p.key)),
+                    *map(escape, p.key),
+                    *[
+                        literal(p.columns.get(c), wrap)
+                        for c, wrap in zip(self._value_columns, wraps, strict=True)
+                    ],
                     endpoint,
                     once(p.variant),
                     version,

@@ -98,6 +98,9 @@ class PostgresStore:
             cursor.execute(f"SELECT * FROM {self._table(pipeline.table)} LIMIT 0")
         return info
 
+    def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
+        return schema.prediction_storage(self._connection(), self._source.schema, pipeline)
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         conn = self._connection()
         with (

@@ -66,9 +66,54 @@ def inspect_tables(
     return tables
 
 
-def _column(column: PredictionColumn) -> str:
-    kind = f"varchar({column.length})" if column.kind == "label" else "double precision"
-    return f"{quote(column.name)} {kind} NULL"
+_TYPES = {"text": "text", "number": "double precision", "integer": "bigint", "boolean": "boolean"}
+
+
+def vector_type(conn: Connection) -> bool:
+    """Whether pgvector is installed in the database (``CREATE EXTENSION vector``); else a
+    vector is a jsonb array."""
+    with pg_errors("looking for pgvector"), conn.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+        return cursor.fetchone() is not None
+
+
+def column_type(column: PredictionColumn, vectors: bool) -> str:
+    if column.kind == "label":
+        return f"varchar({column.length})"
+    if column.kind == "vector":
+        return f"vector({column.length})" if vectors else "jsonb"
+    return _TYPES[column.kind]
+
+
+def _column(column: PredictionColumn, vectors: bool) -> str:
+    return f"{quote(column.name)} {column_type(column, vectors)} NULL"
+
+
+def prediction_storage(
+    conn: Connection, schema: str, pipeline: PipelineSpec
+) -> list[tuple[str, str]]:
+    """(column, how it is stored) of the pipeline's vector columns: as the predictions table
+    has it, or as ``init`` would make it."""
+    vectors = [c for c in pipeline.model.prediction_columns() if c.kind == "vector"]
+    if not vectors:
+        return []
+    with pg_errors("reading the predictions table's columns"):
+        present = column_types(conn, schema, pipeline.predictions)
+        server = vector_type(conn)
+    out = []
+    for column in vectors:
+        kind = present.get(column.name) or column_type(column, server)
+        if kind.startswith("vector"):
+            out.append((column.name, f"{kind} (pgvector)"))
+        else:
+            out.append(
+                (
+                    column.name,
+                    f"{kind}, an array of {column.length} numbers (CREATE EXTENSION vector "
+                    "before init makes it vector(N))",
+                )
+            )
+    return out
 
 
 def own_tables(schema: str) -> list[str]:
@@ -115,7 +160,9 @@ def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
     return tuple(c.name for c in pipeline.model.prediction_columns())
 
 
-def predictions_table(schema: str, pipeline: PipelineSpec, table: TableInfo) -> list[str]:
+def predictions_table(
+    schema: str, pipeline: PipelineSpec, table: TableInfo, vectors: bool = False
+) -> list[str]:
     s, name = quote(schema), quote(pipeline.predictions)
     keys = [f"{quote(c)} {table.column_types[c]} NULL" for c in table.key_columns]
     index = quote(f"{pipeline.predictions}_source_key")
@@ -123,7 +170,7 @@ def predictions_table(schema: str, pipeline: PipelineSpec, table: TableInfo) -> 
         f"""CREATE TABLE IF NOT EXISTS {s}.{name} (
   key_hash bytea PRIMARY KEY,
   {", ".join(keys)},
-  {", ".join(_column(c) for c in pipeline.model.prediction_columns())},
+  {", ".join(_column(c, vectors) for c in pipeline.model.prediction_columns())},
   model_endpoint varchar(255) NOT NULL,
   model_variant varchar(255) NULL,
   model_version varchar(64) NULL,
@@ -154,8 +201,9 @@ def init_schema(conn: Connection, schema: str, pipelines: Sequence[PipelineSpec]
     """Every table, index and view, in one transaction (idempotent)."""
     tables = inspect_tables(conn, schema, pipelines)
     statements = own_tables(schema)
+    vectors = vector_type(conn)
     for pipeline in pipelines:
-        statements += predictions_table(schema, pipeline, tables[pipeline.table])
+        statements += predictions_table(schema, pipeline, tables[pipeline.table], vectors)
         statements += view_statements(schema, pipeline, tables[pipeline.table].key_columns)
     autocommit = conn.autocommit
     conn.autocommit = False

@@ -5,6 +5,7 @@ Unlike MySQL, the view made again after an ALTER TABLE commits with the batch.""
 from __future__ import annotations
 
 import contextlib
+import json
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -51,6 +52,8 @@ class PostgresSink(FencedSink[Connection]):
         schema = quote(source.schema)
         table = f"{schema}.{quote(pipeline.predictions)}"
         self._value_columns = prediction_value_columns(pipeline)
+        # A vector goes as the text of its JSON array: what jsonb and pgvector's vector read.
+        self._vectors = {c.name for c in pipeline.model.prediction_columns() if c.kind == "vector"}
         columns, updates = prediction_columns(pipeline, key_columns)
         self._upsert = (
             f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}, scored_at) VALUES %s "
@@ -97,11 +100,15 @@ class PostgresSink(FencedSink[Connection]):
                 if batch.truncate:
                     cursor.execute(self._truncate)
                 if batch.upserts:
+                    vectors = self._vectors
                     values = [
                         (
                             psycopg2.Binary(key_hash(p.key)),
                             *p.key,
-                            *[p.columns.get(c) for c in self._value_columns],
+                            *[
+                                _vector_text(p.columns.get(c)) if c in vectors else p.columns.get(c)
+                                for c in self._value_columns
+                            ],
                             model.model.model_endpoint,
                             p.variant,
                             model.model_version,
@@ -142,3 +149,7 @@ class PostgresSink(FencedSink[Connection]):
             raise
         finally:
             conn.autocommit = True
+
+
+def _vector_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
