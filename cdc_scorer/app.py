@@ -209,14 +209,16 @@ class ScorerApp:
             on_chunk_read=lambda rows: self.telemetry.on_snapshot_rows(pipeline.name, rows),
             on_retry=self.telemetry.on_retry,
         )
+        budget = pipeline.model.budget()
         scorer = build_scorer(
             pipeline,
             clients[pipeline.model.client_name],
             self.spec.retry,
             on_retry=self.telemetry.on_retry,
             on_call=self.telemetry.model_call_observer(pipeline.service),
+            budget=budget,
         )
-        return PipelineRunner(
+        runner = PipelineRunner(
             pipeline,
             table.key_columns,
             checkpoint,
@@ -227,6 +229,9 @@ class ScorerApp:
             snapshotter=snapshotter,
             on_committed=self._acknowledge,
         )
+        if budget is not None:
+            self.telemetry.pipelines[pipeline.name].spending = budget.spending
+        return runner
 
     def _committed(self) -> Position | None:
         """The oldest position every pipeline has durably applied (None: not known yet)."""

@@ -23,7 +23,8 @@ import io
 import json
 import random
 import threading
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -154,6 +155,8 @@ class ModelServer:
         self._comprehend = _Comprehend(self)
         self._bedrock = _BedrockRuntime(self)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
+        # When each model request arrived (monotonic), by service: what a quota counts.
+        self.call_times: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
         # Model requests being served now, and the most at once, per service: what a client's
         # in-flight limit is held to.
         self._serving: dict[str, int] = defaultdict(int)
@@ -266,6 +269,7 @@ class ModelServer:
 
     def reset_stats(self) -> None:
         self._stats.clear()
+        self.call_times.clear()
         self._peak_serving.clear()
 
     async def inject(self, service: str, rows: int) -> str | None:
@@ -310,6 +314,7 @@ class ModelServer:
             if request.path.startswith("/model/")
             else COMPREHEND
         )
+        self.call_times[service].append(time.monotonic())
         self._serving[service] += 1
         self._peak_serving[service] = max(self._peak_serving[service], self._serving[service])
         try:

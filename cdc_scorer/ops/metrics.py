@@ -10,13 +10,18 @@ from __future__ import annotations
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from cdc_scorer import __version__
@@ -51,6 +56,9 @@ class PipelineState:
     inbox_depth: Callable[[], int] = lambda: 0
     in_flight: Callable[[], int] = lambda: 0
     stopped: str | None = None  # why the pipeline stopped (the others go on)
+    # A metered model service's spending: requests, input_tokens, output_tokens,
+    # wait_stream_s, wait_rescore_s (services/budget.py).
+    spending: Callable[[], Mapping[str, float]] | None = None
 
 
 @dataclass
@@ -367,3 +375,36 @@ class _StateCollector(Collector):
             for s in SNAPSHOT_STATES:
                 snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
         yield from (depth, in_flight, age, stopped, snapshot, remaining, queued)
+        yield from _spending(t.pipelines)
+
+
+def _spending(pipelines: Mapping[str, PipelineState]) -> Iterator[Metric]:
+    """The metered services' requests, tokens and time waited for budget, per pipeline."""
+    requests = CounterMetricFamily(
+        "cdc_scorer_budget_requests",
+        "Model calls granted by the pipeline's budget",
+        None,
+        ["pipeline"],
+    )
+    tokens = CounterMetricFamily(
+        "cdc_scorer_model_tokens",
+        "Tokens the model's answers report (input, output)",
+        None,
+        ["pipeline", "direction"],
+    )
+    waited = CounterMetricFamily(
+        "cdc_scorer_budget_wait_seconds",
+        "Time calls waited for the budget, by the rows they score (stream, rescore)",
+        None,
+        ["pipeline", "traffic"],
+    )
+    for name, state in pipelines.items():
+        if state.spending is None:
+            continue
+        spent = state.spending()
+        requests.add_metric([name], spent["requests"])
+        tokens.add_metric([name, "input"], spent["input_tokens"])
+        tokens.add_metric([name, "output"], spent["output_tokens"])
+        waited.add_metric([name, "stream"], spent["wait_stream_s"])
+        waited.add_metric([name, "rescore"], spent["wait_rescore_s"])
+    yield from (requests, tokens, waited)

@@ -75,6 +75,10 @@ class Budget(Protocol):
         """Wait until a call estimated at ``tokens`` fits; ``urgent`` calls (rows of the
         stream) go before the others (rows of a re-score) and may use the whole budget."""
 
+    def spending(self) -> dict[str, float]:
+        """Requests granted, tokens reported (``input_tokens``, ``output_tokens``) and seconds
+        waited (``wait_stream_s``, ``wait_rescore_s``) so far: the metrics."""
+
 
 class ModelCodec(Protocol[ItemT]):
     """What a service knows about its wire format; no retries, no dead letters, no I/O."""
@@ -134,8 +138,8 @@ class ModelSpec(ABC):
         """The service's wire format for this section."""
 
     def budget(self) -> Budget | None:
-        """What the pipeline may spend per minute (None: no budget; the service's
-        throttling, retried, is the only limit)."""
+        """What the pipeline may spend per minute, and what it spent (None: a service not
+        metered; its throttling, retried, is the only limit)."""
         return None
 
 

@@ -177,9 +177,8 @@ class BedrockSpec(ModelSpec):
 
         return ConverseCodec(self)
 
-    def budget(self) -> CallBudget | None:
-        if self.requests_per_minute is None and self.tokens_per_minute is None:
-            return None
+    def budget(self) -> CallBudget:
+        # Always one, if only to count the tokens: without limits it never waits.
         return CallBudget(
             self.requests_per_minute, self.tokens_per_minute, rescore_share=self.rescore_share
         )

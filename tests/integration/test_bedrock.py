@@ -1,0 +1,314 @@
+"""Bedrock pipelines in process, on the private MariaDB 10.11 and MySQL 9, through the local
+Bedrock Runtime (InvokeModel and Converse over HTTP, real aiobotocore clients): embeddings and
+LLM-derived columns follow their rows, bad answers and refused rows become dead letters, the
+budget holds at the endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from cdc_scorer.config import load_config
+from cdc_scorer.core.spec import ScorerSpec
+from cdc_scorer.local import embeddings
+from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel
+from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
+from cdc_scorer.local.servers import DatabaseServer
+from tests.integration.scenario import Running, create_database, init_scorer, wait_for
+
+CHAT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+TOPICS = ["billing", "network coverage", "customer service", "other"]
+OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["topic", "urgent"],
+    "properties": {
+        "topic": {"type": "string", "enum": TOPICS},
+        "urgent": {"type": "boolean"},
+        "satisfaction": {"type": "integer", "minimum": 1, "maximum": 5},
+        "summary": {"type": "string", "maxLength": 80},
+    },
+}
+PROMPT = "Classify this customer feedback: {user_feedback}"
+FEEDBACK = [
+    "My bill is wrong, you charged me twice this month!",
+    "No signal at home since Monday, the network keeps dropping calls.",
+    "The agent on the phone was lovely and helpful.",
+    "I was overcharged for roaming and nobody explains the invoice.",
+    "Coverage in the countryside is terrible, no bars at all.",
+    "Thanks for fixing my account so quickly, great service.",
+]
+
+
+def embedding_pipeline(**bedrock: Any) -> dict[str, Any]:
+    return {
+        "name": "feedback_embedding",
+        "table": "feedback",
+        "service": "bedrock",
+        "predictions_table": "feedback_embeddings",
+        "batching": {"linger_ms": 50, "max_in_flight": 8},
+        "bedrock": {
+            "model_id": TITAN_V2,
+            "task": "embedding",
+            "text_column": "user_feedback",
+            "dimensions": 256,
+            **bedrock,
+        },
+    }
+
+
+def converse_pipeline(**bedrock: Any) -> dict[str, Any]:
+    return {
+        "name": "feedback_topic",
+        "table": "feedback",
+        "service": "bedrock",
+        "predictions_table": "feedback_topics",
+        "batching": {"linger_ms": 50, "max_in_flight": 8},
+        "bedrock": {
+            "model_id": CHAT_MODEL,
+            "task": "converse",
+            "prompt_template": PROMPT,
+            "max_tokens": 200,
+            "output_schema": OUTPUT_SCHEMA,
+            **bedrock,
+        },
+    }
+
+
+def write_spec(
+    path: Path,
+    server: DatabaseServer,
+    database: str,
+    endpoint_url: str,
+    pipelines: list[dict[str, Any]],
+    **top: Any,
+) -> ScorerSpec:
+    config = {
+        "source": {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "user": "root",
+            "database": database,
+            "heartbeat_interval_s": 0.5,
+        },
+        "http": {"host": "127.0.0.1", "port": 0},
+        "aws": {"region": "us-east-1", "endpoint_url": endpoint_url},
+        "retry": {"base_ms": 20, "cap_ms": 200},
+        "shutdown_grace_s": 20,
+        "pipelines": pipelines,
+        **top,
+    }
+    path.write_text(tomli_w.dumps(config))
+    spec = load_config(path)
+    init_scorer(spec)
+    return spec
+
+
+@pytest.fixture
+def database(server: DatabaseServer) -> str:
+    name = f"bedrock_{uuid.uuid4().hex[:8]}"
+    create_database(server, name)
+    return name
+
+
+@pytest.fixture
+def db(server: DatabaseServer, database: str) -> Any:
+    conn = server.connect(database)
+    yield conn
+    conn.close()
+
+
+def insert_feedback(db: Any, texts: list[str]) -> None:
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO feedback (user_feedback) VALUES (%s)", [(t,) for t in texts]
+        )
+
+
+def feedback_rows(db: Any) -> dict[int, str]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id, user_feedback FROM feedback")
+        return {int(i): str(t) for i, t in cursor.fetchall()}
+
+
+def stored_vectors(db: Any, mysql: bool) -> dict[int, list[float]]:
+    column = "VECTOR_TO_STRING(embedding)" if mysql else "embedding"
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT id, {column}, model_version FROM feedback_embeddings")
+        return {int(i): json.loads(v) for i, v, _ in cursor.fetchall()}
+
+
+def vectors_match(db: Any, mysql: bool) -> bool:
+    rows = feedback_rows(db)
+    stored = stored_vectors(db, mysql)
+    if stored.keys() != rows.keys():
+        return False
+    expected = embeddings.embed(list(rows.values()), 256)
+    return all(
+        max(abs(a - b) for a, b in zip(stored[i], vector, strict=True)) < 1e-5
+        for i, vector in zip(rows, expected, strict=True)
+    )
+
+
+def column_type(db: Any, table: str, column: str) -> str:
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=DATABASE() "
+            "AND TABLE_NAME=%s AND COLUMN_NAME=%s",
+            (table, column),
+        )
+        return str(cursor.fetchone()[0]).lower()
+
+
+NEAREST_SQL = """
+SELECT p.id, SUM(e.v * q.v) AS similarity
+FROM feedback_embeddings p,
+     JSON_TABLE({vector}, '$[*]' COLUMNS (i FOR ORDINALITY, v DOUBLE PATH '$')) e,
+     JSON_TABLE(%s, '$[*]' COLUMNS (i FOR ORDINALITY, v DOUBLE PATH '$')) q
+WHERE q.i = e.i
+GROUP BY p.id ORDER BY similarity DESC LIMIT 2"""
+
+
+async def test_embeddings_follow_rows_and_a_model_change(
+    tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
+) -> None:
+    mysql = server.flavor == "mysql"
+    insert_feedback(db, FEEDBACK)
+    spec = write_spec(tmp_path / "s.toml", server, database, models.url, [embedding_pipeline()])
+    # MySQL 9 has VECTOR; MariaDB 10.11 keeps the vector as a JSON array (LONGTEXT + CHECK).
+    assert column_type(db, "feedback_embeddings", "embedding") == (
+        "vector(256)" if mysql else "longtext"
+    )
+    async with Running(spec):
+        await wait_for(lambda: vectors_match(db, mysql), what="snapshot embeddings")
+        insert_feedback(db, ["The invoice lists a phone I never bought."])
+        with db.cursor() as cursor:
+            cursor.execute(
+                "UPDATE feedback SET user_feedback='Signal is fine now, thanks' WHERE id=2"
+            )
+            cursor.execute("DELETE FROM feedback WHERE id=3")
+        await wait_for(lambda: vectors_match(db, mysql), what="streamed embeddings")
+    calls = models.stats()["operations"]["InvokeModel"][TITAN_V2]
+    assert calls["rows"] == calls["calls"] == len(FEEDBACK) + 2  # one text a call (Titan)
+
+    # The nearest neighbours of "my bill is wrong", as README gives the query.
+    query = json.dumps(embeddings.embed(["my bill is wrong"], 256)[0])
+    with db.cursor() as cursor:
+        vector = "VECTOR_TO_STRING(p.embedding)" if mysql else "p.embedding"
+        cursor.execute(NEAREST_SQL.format(vector=vector), (query,))
+        nearest = [int(r[0]) for r in cursor.fetchall()]
+    assert nearest[0] == 1 and nearest[1] in (4, 7)  # the billing complaints
+
+    # A new model version re-scores every row beside the stream.
+    spec2 = write_spec(
+        tmp_path / "s2.toml",
+        server,
+        database,
+        models.url,
+        [{**embedding_pipeline(), "model_version": "2"}],
+    )
+    async with Running(spec2):
+        insert_feedback(db, ["Roaming charges on my bill again."])
+
+        def all_v2() -> bool:
+            with db.cursor() as cursor:
+                cursor.execute("SELECT model_version, COUNT(*) FROM feedback_embeddings GROUP BY 1")
+                return dict(cursor.fetchall()) == {"2": len(feedback_rows(db))}
+
+        await wait_for(all_v2, what="re-scored with model version 2")
+        assert vectors_match(db, mysql)
+
+
+def expected_topics(db: Any) -> dict[int, dict[str, Any]]:
+    model = ConverseModel()
+    return {
+        i: model.tool_input(PROMPT.format(user_feedback=t), OUTPUT_SCHEMA)
+        for i, t in feedback_rows(db).items()
+        if len(t) < 10_000
+    }
+
+
+def stored_topics(db: Any) -> dict[int, dict[str, Any]]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id, topic, urgent, satisfaction, summary FROM feedback_topics")
+        return {
+            int(i): {"topic": t, "urgent": bool(u), "satisfaction": s, "summary": m}
+            for i, t, u, s, m in cursor.fetchall()
+        }
+
+
+def dead_letters(db: Any) -> dict[str, str]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT source_key, reason FROM cdc_scorer_dead_letter")
+        return {str(k): str(r) for k, r in cursor.fetchall()}
+
+
+@pytest.mark.parametrize("server", ["mariadb"], indirect=True)
+async def test_converse_columns_are_typed_and_bad_answers_dead_lettered(
+    tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
+) -> None:
+    insert_feedback(db, FEEDBACK)
+    spec = write_spec(tmp_path / "s.toml", server, database, models.url, [converse_pipeline()])
+    types = {c: column_type(db, "feedback_topics", c) for c in OUTPUT_SCHEMA["properties"]}
+    assert types == {
+        "topic": "varchar(16)",  # the longest enum value
+        "urgent": "tinyint(1)",  # BOOLEAN
+        "satisfaction": "bigint(20)",
+        "summary": "varchar(80)",
+    }
+    async with Running(spec):
+        await wait_for(lambda: stored_topics(db) == expected_topics(db), what="topics")
+        assert stored_topics(db)[1]["topic"] == "billing"
+        assert stored_topics(db)[2]["topic"] == "network coverage"
+        # An answer that breaks the schema, and a row the model refuses (too long).
+        models.set_faults({"bedrock": {"invalid_answer_rate": 1.0}})
+        insert_feedback(db, ["Why is my bill so high?"])
+        await wait_for(lambda: "[7]" in dead_letters(db), what="a schema violation")
+        models.set_faults({"bedrock": {"invalid_answer_rate": 0.0}})
+        insert_feedback(db, ["word " * (CONTEXT_TOKENS + 10), "Great coverage downtown."])
+        await wait_for(lambda: "[8]" in dead_letters(db), what="a refused row")
+        await wait_for(lambda: 9 in stored_topics(db), what="the stream going on")
+    assert dead_letters(db) == {"[7]": "schema_violation", "[8]": "validation"}
+    with db.cursor() as cursor:
+        cursor.execute("SELECT error FROM cdc_scorer_dead_letter WHERE reason='schema_violation'")
+        error = str(cursor.fetchone()[0])
+    assert "topic: 'something else entirely' is not one of" in error
+    expected = expected_topics(db)  # of every row but the two dead letters
+    assert stored_topics(db) == {i: v for i, v in expected.items() if i != 7}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["mariadb"], indirect=True)
+async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling(
+    tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
+) -> None:
+    rpm = 120
+    insert_feedback(db, [f"{FEEDBACK[i % 6]} (note {i})" for i in range(140)])
+    spec = write_spec(
+        tmp_path / "s.toml",
+        server,
+        database,
+        models.url,
+        [embedding_pipeline(requests_per_minute=rpm, tokens_per_minute=100_000)],
+    )
+    models.set_faults({"bedrock": {"throttle_rate": 0.1}})
+    started = time.monotonic()
+    async with Running(spec) as app:
+        await wait_for(lambda: vectors_match(db, False), timeout_s=100, what="every row")
+        retries = dict(app.telemetry.retries)
+        spending = app.telemetry.pipelines["feedback_embedding"].spending
+        assert spending is not None
+        spent = spending()
+    times = list(models.call_times["bedrock"])
+    assert spent["requests"] == len(times)  # every attempt is granted by the budget
+    assert len(times) > 140  # every row, and the throttled attempts again
+    most = max(sum(1 for u in times if t <= u < t + 60) for t in times)
+    assert most <= rpm
+    first_minute = sum(1 for t in times if t < started + 60)
+    assert first_minute >= 0.9 * rpm  # the budget is used, not only held
+    assert retries.get("bedrock", 0) > 0  # throttles were retried

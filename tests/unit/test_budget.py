@@ -1,0 +1,85 @@
+"""The per-minute budget (services/budget.py) on a short minute: limits held over every sliding
+window, tokens reserved and corrected, the stream ahead of a re-score."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cdc_scorer.services.budget import CallBudget
+
+MINUTE_S = 1.0
+
+
+def most_in_a_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for u in times if t <= u < t + window) for t in times)
+
+
+async def test_requests_per_minute_hold_over_every_sliding_minute() -> None:
+    budget = CallBudget(20, None, minute_s=MINUTE_S)
+    granted: list[float] = []
+
+    async def call() -> None:
+        grant = await budget.acquire(1, urgent=True)
+        granted.append(time.monotonic())
+        grant.settle(None)
+
+    started = time.monotonic()
+    await asyncio.gather(*(call() for _ in range(50)))
+    assert most_in_a_window(granted, MINUTE_S) <= 20
+    # A tenth of the minute holds a tenth of it: the calls are spread, not burst.
+    assert most_in_a_window(granted, MINUTE_S / 10) <= 2
+    # 50 calls at 20 a minute need more than two minutes, and not much more.
+    assert 2 * MINUTE_S <= time.monotonic() - started < 3.5 * MINUTE_S
+    assert budget.spending()["requests"] == 50
+
+
+async def test_tokens_are_reserved_then_corrected_by_the_answer() -> None:
+    budget = CallBudget(None, 1000, minute_s=MINUTE_S)
+    first = await budget.acquire(600, urgent=True)  # reserved at the estimate
+    started = time.monotonic()
+    waiting = asyncio.create_task(budget.acquire(600, urgent=True))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # 600 + 600 > 1000 within the minute
+    first.settle((50, 50))  # the answer used 100: room now
+    second = await asyncio.wait_for(waiting, 0.5)
+    assert time.monotonic() - started < 0.5
+    second.settle((300, 200))
+    spent = budget.spending()
+    assert (spent["input_tokens"], spent["output_tokens"]) == (350, 250)
+
+
+async def test_a_call_bigger_than_the_budget_runs_alone() -> None:
+    budget = CallBudget(None, 100, minute_s=MINUTE_S)
+    grant = await asyncio.wait_for(budget.acquire(5000, urgent=True), 0.5)
+    grant.settle(None)
+
+
+async def test_the_stream_goes_before_a_rescore_which_then_keeps_to_its_share() -> None:
+    budget = CallBudget(40, None, rescore_share=0.5, minute_s=MINUTE_S)
+    order: list[tuple[str, float]] = []
+
+    async def call(kind: str) -> None:
+        grant = await budget.acquire(1, urgent=kind == "stream")
+        order.append((kind, time.monotonic()))
+        grant.settle(None)
+
+    rescore = [asyncio.create_task(call("rescore")) for _ in range(40)]
+    await asyncio.sleep(0.3 * MINUTE_S)
+    # Alone (the stream quiet), the re-score may use the whole budget: 4 a tenth of the
+    # minute, more than its share's 2.
+    before = len(order)
+    assert before > 8
+    stream = [asyncio.create_task(call("stream")) for _ in range(10)]
+    await asyncio.gather(*stream)
+    stream_done = time.monotonic()
+    # While stream calls wait, no re-score call goes.
+    assert [kind for kind, _ in order[before:]] == ["stream"] * 10
+    await asyncio.gather(*rescore)
+    # Then the re-score goes on within its share (20 a minute) while the stream is recent.
+    after = [t for kind, t in order if kind == "rescore" and t > stream_done]
+    inside = [t for t in after if t < stream_done + MINUTE_S]
+    assert len(inside) <= 20
+    assert most_in_a_window([t for _, t in order], MINUTE_S) <= 40
+    assert budget.spending()["wait_rescore_s"] > budget.spending()["wait_stream_s"]
