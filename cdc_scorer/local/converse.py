@@ -32,6 +32,7 @@ _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 class ConverseModel:
     def __init__(self) -> None:
         self._sentiment = SentimentIntensityAnalyzer()
+        self._values: dict[tuple[str, ...], list[list[float]]] = {}  # an enum's embeddings
 
     def tool_input(self, prompt: str, schema: Mapping[str, Any]) -> dict[str, Any]:
         """The tool's input for ``prompt``: one value per property of ``schema``."""
@@ -57,10 +58,12 @@ class ConverseModel:
                 out[name] = None
         return out
 
-    @staticmethod
-    def _nearest(text: str, values: list[str]) -> str:
-        vectors = embeddings.embed([text, *values])
-        scores = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors[1:]]
+    def _nearest(self, text: str, values: list[str]) -> str:
+        known = self._values.get(tuple(values))
+        if known is None:
+            known = self._values[tuple(values)] = embeddings.embed(values)
+        query = embeddings.embed([text])[0]
+        scores = [sum(a * b for a, b in zip(query, v, strict=True)) for v in known]
         return values[scores.index(max(scores))]
 
     @staticmethod

@@ -174,6 +174,11 @@ class Store(Protocol):
     def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
         """(column, how the server stores it) of the pipeline's vector columns (`check`)."""
 
+    def nearest_query(self, pipeline: PipelineSpec, column: str, limit: int = 5) -> str:
+        """SQL of the ``limit`` rows of the pipeline's view whose vector in ``column`` is
+        nearest a query vector, most similar first: its keys, its model inputs and
+        ``similarity``; its ``%s`` placeholders all take the query vector's JSON array text."""
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         """One real row of the pipeline's table, or {} (`check` sends it to the model)."""
 

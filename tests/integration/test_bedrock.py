@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 import tomli_w
 
+from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
 from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local import embeddings
 from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.stores.registry import build_store
 from tests.integration.scenario import Running, create_database, init_scorer, wait_for
+from tests.pg import PgDatabase, pg_config
 
 CHAT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 TOPICS = ["billing", "network coverage", "customer service", "other"]
@@ -165,15 +168,6 @@ def column_type(db: Any, table: str, column: str) -> str:
         return str(cursor.fetchone()[0]).lower()
 
 
-NEAREST_SQL = """
-SELECT p.id, SUM(e.v * q.v) AS similarity
-FROM feedback_embeddings p,
-     JSON_TABLE({vector}, '$[*]' COLUMNS (i FOR ORDINALITY, v DOUBLE PATH '$')) e,
-     JSON_TABLE(%s, '$[*]' COLUMNS (i FOR ORDINALITY, v DOUBLE PATH '$')) q
-WHERE q.i = e.i
-GROUP BY p.id ORDER BY similarity DESC LIMIT 2"""
-
-
 async def test_embeddings_follow_rows_and_a_model_change(
     tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
 ) -> None:
@@ -196,13 +190,16 @@ async def test_embeddings_follow_rows_and_a_model_change(
     calls = models.stats()["operations"]["InvokeModel"][TITAN_V2]
     assert calls["rows"] == calls["calls"] == len(FEEDBACK) + 2  # one text a call (Titan)
 
-    # The nearest neighbours of "my bill is wrong", as README gives the query.
+    # The nearest neighbours of "my bill is wrong", by the store's query (README's).
     query = json.dumps(embeddings.embed(["my bill is wrong"], 256)[0])
+    store = build_store(spec.source, spec.retry)
+    sql = store.nearest_query(spec.pipelines[0], "embedding", limit=3)
+    store.close()
     with db.cursor() as cursor:
-        vector = "VECTOR_TO_STRING(p.embedding)" if mysql else "p.embedding"
-        cursor.execute(NEAREST_SQL.format(vector=vector), (query,))
-        nearest = [int(r[0]) for r in cursor.fetchall()]
-    assert nearest[0] == 1 and nearest[1] in (4, 7)  # the billing complaints
+        cursor.execute(sql, (query,) * sql.count("%s"))
+        nearest = cursor.fetchall()
+    assert [int(r[0]) for r in nearest[:2]] == [1, 7]  # the billing complaints
+    assert nearest[0][1] == FEEDBACK[0] and 0.5 < float(nearest[0][2]) <= 1.0 + 1e-6
 
     # A new model version re-scores every row beside the stream.
     spec2 = write_spec(
@@ -312,3 +309,67 @@ async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling
     first_minute = sum(1 for t in times if t < started + 60)
     assert first_minute >= 0.9 * rpm  # the budget is used, not only held
     assert retries.get("bedrock", 0) > 0  # throttles were retried
+
+
+async def test_on_postgresql_vectors_are_jsonb_without_pgvector(
+    pg: PgDatabase, tmp_path: Path, models: ModelServer
+) -> None:
+    for text in FEEDBACK:
+        pg.execute("INSERT INTO feedback (user_feedback) VALUES (%s)", (text,))
+    config = tmp_path / "scorer.toml"
+    spec = pg_config(
+        config,
+        pg,
+        models.url,
+        pipelines={
+            p["name"]: {k: v for k, v in p.items() if k != "name"}
+            for p in (embedding_pipeline(), converse_pipeline())
+        },
+    )
+    assert cli(["init", "--config", str(config)]) == 0
+    types = dict(
+        pg.rows(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name "
+            "IN ('feedback_embeddings', 'feedback_topics') AND column_name IN ('embedding', "
+            "'topic', 'urgent', 'satisfaction', 'summary')"
+        )
+    )
+    assert types == {
+        "embedding": "jsonb",  # this server has no pgvector
+        "topic": "character varying",
+        "urgent": "boolean",
+        "satisfaction": "bigint",
+        "summary": "character varying",
+    }
+
+    def done() -> bool:
+        vectors = dict(pg.rows("SELECT id, embedding FROM feedback_embeddings"))
+        topics = dict(pg.rows("SELECT id, topic FROM feedback_topics"))
+        return len(vectors) == len(topics) == len(FEEDBACK)
+
+    async with Running(spec):
+        await wait_for(done, what="embeddings and topics")
+        pg.execute("UPDATE feedback SET user_feedback = 'Signal is fine now' WHERE id = 2")
+        await wait_for(
+            lambda: (
+                pg.rows("SELECT topic FROM feedback_topics WHERE id = 2") == [("network coverage",)]
+                and _pg_vector(pg, 2)
+                == pytest.approx(embeddings.embed(["Signal is fine now"], 256)[0])
+            ),
+            what="the update re-scored",
+        )
+    expected = embeddings.embed(FEEDBACK[:1], 256)[0]
+    assert _pg_vector(pg, 1) == pytest.approx(expected, abs=1e-9)  # jsonb keeps doubles
+    store = build_store(spec.source, spec.retry)
+    sql = store.nearest_query(
+        next(p for p in spec.pipelines if p.name == "feedback_embedding"), "embedding", limit=2
+    )
+    store.close()
+    query = json.dumps(embeddings.embed(["my bill is wrong"], 256)[0])
+    nearest = pg.rows(sql, (query,) * sql.count("%s"))
+    assert len(nearest) == 2 and int(nearest[0][0]) == 1  # the billing complaint
+
+
+def _pg_vector(pg: PgDatabase, key: int) -> list[float] | None:
+    rows = pg.rows("SELECT embedding FROM feedback_embeddings WHERE id = %s", (key,))
+    return list(rows[0][0]) if rows else None

@@ -94,6 +94,11 @@ class MysqlStore:
     def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
         return schema.prediction_storage(self._connection(), self._source.database, pipeline)
 
+    def nearest_query(self, pipeline: PipelineSpec, column: str, limit: int = 5) -> str:
+        return schema.nearest_sql(
+            self._connection(), self._source.database, pipeline, column, limit
+        )
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         """One real row of the pipeline's table, when there is one (`check` sends it)."""
         conn = self._connection()

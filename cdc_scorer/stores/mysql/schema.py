@@ -64,10 +64,7 @@ _TYPES = {"text": "TEXT", "number": "DOUBLE", "integer": "BIGINT", "boolean": "B
 def vector_type(conn: Connection) -> bool:
     """Whether the server has a VECTOR type (MySQL 9.0+, MariaDB 11.7+); else a vector is a
     JSON array (MySQL 8.0 and Aurora MySQL 3, MariaDB before 11.7)."""
-    with mysql_errors("reading the server's version"), conn.cursor() as cursor:
-        cursor.execute("SELECT VERSION()")
-        row = cursor.fetchone()
-    version = str(row[0]) if row else ""
+    version = _version(conn)
     minimum = (11, 7) if "mariadb" in version.lower() else (9, 0)
     return version_tuple(version) >= minimum
 
@@ -257,6 +254,43 @@ def prediction_storage(
                 )
             )
     return out
+
+
+def nearest_sql(
+    conn: Connection, database: str, pipeline: PipelineSpec, column: str, limit: int
+) -> str:
+    """The rows whose vector in ``column`` is nearest a query vector (``%s``: its JSON array
+    text), by cosine similarity, from the analysts' view. MariaDB 11.7 has VEC_DISTANCE_COSINE;
+    MySQL 9 community has VECTOR but no distance function (DISTANCE() is HeatWave's), so
+    there and on a JSON column the dot product is summed over JSON_TABLE (the vectors are
+    normalized: it is the cosine)."""
+    stored = stored_types(conn, database, pipeline.predictions).get(column, "")
+    keys = inspect_tables(conn, database, [pipeline])[pipeline.table].key_columns
+    shown = ", ".join(f"v.{quote(c)}" for c in (*keys, *pipeline.input_columns))
+    view, col = quote(pipeline.view), quote(column)
+    if stored.startswith("vector") and "mariadb" in _version(conn).lower():
+        return (
+            f"SELECT {shown}, 1 - VEC_DISTANCE_COSINE(v.{col}, VEC_FromText(%s)) AS similarity "
+            f"FROM {view} v WHERE v.{col} IS NOT NULL ORDER BY similarity DESC LIMIT {limit}"
+        )
+    vector = f"VECTOR_TO_STRING(p.{col})" if stored.startswith("vector") else f"p.{col}"
+    key_list = ", ".join(f"p.{quote(c)}" for c in keys)
+    join = " AND ".join(f"v.{quote(c)} = n.{quote(c)}" for c in keys)
+    return f"""SELECT {shown}, n.similarity FROM (
+  SELECT {key_list}, SUM(e.x * q.x) AS similarity
+  FROM {quote(pipeline.predictions)} p,
+    JSON_TABLE({vector}, '$[*]' COLUMNS (i FOR ORDINALITY, x DOUBLE PATH '$')) e,
+    JSON_TABLE(%s, '$[*]' COLUMNS (i FOR ORDINALITY, x DOUBLE PATH '$')) q
+  WHERE q.i = e.i GROUP BY {key_list}
+) n JOIN {view} v ON {join}
+ORDER BY n.similarity DESC LIMIT {limit}"""
+
+
+def _version(conn: Connection) -> str:
+    with mysql_errors("reading the server's version"), conn.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        row = cursor.fetchone()
+    return str(row[0]) if row else ""
 
 
 def check_schema(conn: Connection, database: str, pipelines: Sequence[PipelineSpec]) -> None:

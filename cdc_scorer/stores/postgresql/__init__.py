@@ -101,6 +101,9 @@ class PostgresStore:
     def prediction_storage(self, pipeline: PipelineSpec) -> list[tuple[str, str]]:
         return schema.prediction_storage(self._connection(), self._source.schema, pipeline)
 
+    def nearest_query(self, pipeline: PipelineSpec, column: str, limit: int = 5) -> str:
+        return schema.nearest_sql(self._connection(), self._source.schema, pipeline, column, limit)
+
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         conn = self._connection()
         with (

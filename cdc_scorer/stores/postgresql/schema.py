@@ -160,6 +160,30 @@ def prediction_value_columns(pipeline: PipelineSpec) -> tuple[str, ...]:
     return tuple(c.name for c in pipeline.model.prediction_columns())
 
 
+def nearest_sql(
+    conn: Connection, schema: str, pipeline: PipelineSpec, column: str, limit: int
+) -> str:
+    """The rows whose vector in ``column`` is nearest a query vector (``%s``: its JSON array
+    text), by cosine similarity, from the analysts' view: pgvector's ``<=>`` on a vector
+    column, else the dot product summed over the jsonb array (the vectors are normalized)."""
+    with pg_errors("reading the predictions table's columns"):
+        stored = column_types(conn, schema, pipeline.predictions).get(column, "")
+        keys = inspect_tables(conn, schema, [pipeline])[pipeline.table].key_columns
+    shown_columns = [f"v.{quote(c)}" for c in (*keys, *pipeline.input_columns)]
+    shown = ", ".join(shown_columns)
+    view, col = f"{quote(schema)}.{quote(pipeline.view)}", quote(column)
+    if stored.startswith("vector"):
+        return (
+            f"SELECT {shown}, 1 - (v.{col} <=> %s::vector) AS similarity FROM {view} v "
+            f"WHERE v.{col} IS NOT NULL ORDER BY v.{col} <=> %s::vector LIMIT {limit}"
+        )
+    return f"""SELECT {shown}, SUM(e.x::float8 * q.x::float8) AS similarity
+FROM {view} v
+  CROSS JOIN LATERAL jsonb_array_elements_text(v.{col}) WITH ORDINALITY e(x, i)
+  JOIN jsonb_array_elements_text(%s::jsonb) WITH ORDINALITY q(x, i) ON q.i = e.i
+GROUP BY {shown} ORDER BY similarity DESC LIMIT {limit}"""
+
+
 def predictions_table(
     schema: str, pipeline: PipelineSpec, table: TableInfo, vectors: bool = False
 ) -> list[str]:
