@@ -1,8 +1,10 @@
 """The local Converse stand-in: answers a forced tool call by computing each property of the
-tool's input schema from real local models — never canned strings, and not an LLM:
+tool's input schema from real local models — never canned strings, and not an LLM. It reads
+the prompt's last paragraph as the text to judge (write the row's text last, after a blank
+line, as prompts usually do; an instruction before it would otherwise sway every answer):
 
-- a string with ``enum``: the value whose embedding (``local/embeddings.py``) is nearest the
-  prompt's;
+- a string with ``enum``: the value whose embedding (``local/embeddings.py``, as passages) is
+  nearest the text's (as a query);
 - a number or an integer: how positive the text is (the local sentiment model's compound score,
   VADER), scaled into ``[minimum, maximum]`` (default ``[0, 1]``);
 - a boolean: true when the text is negative (compound <= -0.35, where the local Comprehend says
@@ -36,6 +38,7 @@ class ConverseModel:
 
     def tool_input(self, prompt: str, schema: Mapping[str, Any]) -> dict[str, Any]:
         """The tool's input for ``prompt``: one value per property of ``schema``."""
+        prompt = re.split(r"\n\s*\n", prompt.strip())[-1]
         compound = float(self._sentiment.polarity_scores(prompt)["compound"])
         out: dict[str, Any] = {}
         for name, prop in dict(schema.get("properties", {})).items():
@@ -62,7 +65,7 @@ class ConverseModel:
         known = self._values.get(tuple(values))
         if known is None:
             known = self._values[tuple(values)] = embeddings.embed(values)
-        query = embeddings.embed([text])[0]
+        query = embeddings.embed([text], query=True)[0]
         scores = [sum(a * b for a, b in zip(query, v, strict=True)) for v in known]
         return values[scores.index(max(scores))]
 

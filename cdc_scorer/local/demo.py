@@ -2,14 +2,16 @@
 
 A private MariaDB or MySQL with row binlog, or PostgreSQL with logical decoding → the blog's
 tables with 5,000 generated churn rows and a few hundred feedback texts → local model endpoints
-→ the scorer (snapshot first) → a live workload of inserts, updates and deletes → the blog's
-queries against the ``*_scored`` views.
+(SageMaker, Comprehend, and Bedrock: a feedback embedding and a Converse-derived topic) → the
+scorer (snapshot first) → a live workload of inserts, updates and deletes → the blog's queries
+against the ``*_scored`` views, and the feedback nearest "my bill is wrong".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -31,7 +33,7 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
     FeedbackGenerator,
 )
-from cdc_scorer.local.endpoints import ModelServer
+from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
@@ -53,6 +55,57 @@ SERVERS: dict[str, tuple[str, dict[str, Any]]] = {
 BLOG_QUERY = (
     "SELECT state, acc_length, area_code, int_plan, phone, will_churn FROM churn_scored LIMIT 5"
 )
+# The Bedrock pipelines of the demo (README "Bedrock"): the feedback's embedding, and its
+# topic and urgency through Converse with a forced tool.
+CHAT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+BEDROCK_PIPELINES: dict[str, Any] = {
+    "feedback_embedding": {
+        "table": "feedback",
+        "service": "bedrock",
+        "predictions_table": "feedback_embedding_predictions",
+        "batching": {"max_in_flight": 8},
+        "bedrock": {
+            "model_id": TITAN_V2,
+            "task": "embedding",
+            "text_column": "user_feedback",
+            "dimensions": 256,
+            "requests_per_minute": 6000,
+        },
+    },
+    "feedback_topic": {
+        "table": "feedback",
+        "service": "bedrock",
+        "predictions_table": "feedback_topic_predictions",
+        "batching": {"max_in_flight": 8},
+        "bedrock": {
+            "model_id": CHAT_MODEL,
+            "task": "converse",
+            "prompt_template": (
+                "Give the topic of this customer feedback and say whether it is urgent.\n\n"
+                "{user_feedback}"
+            ),
+            "max_tokens": 100,
+            "requests_per_minute": 6000,
+            "tokens_per_minute": 400_000,
+            "output_schema": {
+                "type": "object",
+                "required": ["topic", "urgent"],
+                "properties": {
+                    "topic": {
+                        "type": "string",
+                        "enum": ["billing", "network coverage", "customer service", "other"],
+                    },
+                    "urgent": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}
+TOPIC_QUERY = (
+    "SELECT id, LEFT(user_feedback, 50) AS user_feedback, topic, urgent "
+    "FROM feedback_topic_scored ORDER BY id DESC LIMIT 5"
+)
+NEAREST_TEXT = "my bill is wrong"
 SENTIMENT_QUERY = (
     "SELECT id, LEFT(user_feedback, 50) AS user_feedback, sentiment, "
     "ROUND(sentiment_positive, 3) AS positive, ROUND(sentiment_negative, 3) AS negative "
@@ -203,7 +256,9 @@ def _status(conn: Any) -> tuple[int, int, int, int]:
         cursor.execute(
             "SELECT (SELECT COUNT(*) FROM churn), (SELECT COUNT(*) FROM churn_scored "
             "WHERE will_churn IS NULL), (SELECT COUNT(*) FROM feedback), "
-            "(SELECT COUNT(*) FROM feedback_scored WHERE sentiment IS NULL)"
+            "(SELECT COUNT(*) FROM feedback_scored WHERE sentiment IS NULL) + "
+            "(SELECT COUNT(*) FROM feedback_embedding_scored WHERE embedding IS NULL) + "
+            "(SELECT COUNT(*) FROM feedback_topic_scored WHERE topic IS NULL)"
         )
         row = cursor.fetchone()
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
@@ -219,15 +274,17 @@ def app_store_init(spec: ScorerSpec) -> None:
     build_source(spec.source, spec.retry).prepare(spec.pipelines)
 
 
-def _print_query(conn: Any, sql: str, prompt: str) -> None:
+def _print_query(
+    conn: Any, sql: str, prompt: str, params: tuple[Any, ...] = (), shown: str | None = None
+) -> None:
     with conn.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, params or None)
         names = [d[0] for d in cursor.description]
         rows = [[("NULL" if v is None else str(v)) for v in r] for r in cursor.fetchall()]
     widths = [
         max(len(n), *(len(r[i]) for r in rows)) if rows else len(n) for i, n in enumerate(names)
     ]
-    print(f"\n{prompt}> {sql};")
+    print(f"\n{prompt}> {shown or sql};")
     print(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:
@@ -264,7 +321,7 @@ async def run_demo(
                 database=DATABASE,
                 endpoint_url=endpoint_url,
                 http_port=http_port,
-                overrides={"source": database.source()},
+                overrides={"source": database.source(), "pipelines": BEDROCK_PIPELINES},
             )
         )
         spec = load_config(config_path)
@@ -278,6 +335,8 @@ async def run_demo(
         await _play(conn, app, models, scorer_task, seconds, rate)
         _print_query(conn, BLOG_QUERY, database.prompt)
         _print_query(conn, database.sentiment_query, database.prompt)
+        _print_query(conn, TOPIC_QUERY, database.prompt)
+        await asyncio.to_thread(_print_nearest, conn, spec, database.prompt)
         print(
             f"\n[demo] connect while it runs:  {database.client(port)}\n"
             "        e.g. SELECT * FROM churn_scored LIMIT 5;"
@@ -309,6 +368,41 @@ async def run_demo(
     return 0
 
 
+def _print_nearest(conn: Any, spec: ScorerSpec, prompt: str) -> None:
+    """The feedback nearest a text: its vector from the same model through Bedrock's
+    InvokeModel (here the local endpoint), then the store's nearest-neighbour query."""
+    import boto3
+
+    pipeline = next(p for p in spec.pipelines if p.name == "feedback_embedding")
+    client = boto3.client(
+        "bedrock-runtime", region_name=spec.aws.region, endpoint_url=spec.aws.endpoint_url
+    )
+    answer = client.invoke_model(
+        modelId=TITAN_V2,
+        body=json.dumps({"inputText": NEAREST_TEXT, "dimensions": 256, "normalize": True}),
+    )
+    vector = json.dumps(json.loads(answer["body"].read())["embedding"])
+    store = build_store(spec.source, spec.retry)
+    try:
+        sql = store.nearest_query(pipeline, "embedding", limit=5)
+    finally:
+        store.close()
+    print(f"\n[demo] feedback like {NEAREST_TEXT!r} ({store_kind(sql)}):")
+    literal = f"'{vector[:30]}… 256 numbers]'"
+    _print_query(conn, sql, prompt, (vector,) * sql.count("%s"), sql.replace("%s", literal))
+
+
+def store_kind(sql: str) -> str:
+    """How the query compares vectors, said in the demo's words."""
+    if "<=>" in sql:
+        return "pgvector's <=> on a vector column"
+    if "VEC_DISTANCE_COSINE" in sql:
+        return "MariaDB's VEC_DISTANCE_COSINE on a VECTOR column"
+    if "VECTOR_TO_STRING" in sql:
+        return "a VECTOR column; MySQL community has no distance function: a dot product"
+    return "the vectors are JSON arrays on this server: a dot product over them"
+
+
 async def _play(
     conn: Any,
     app: ScorerApp,
@@ -338,7 +432,9 @@ async def _play(
             print(
                 f"[demo] t={now - started:5.1f}s writes={writes} "
                 f"scored churn={app.telemetry.rows_scored['churn']} "
-                f"feedback={app.telemetry.rows_scored['feedback']} | unscored rows: "
+                f"feedback={app.telemetry.rows_scored['feedback']} "
+                f"embedding={app.telemetry.rows_scored['feedback_embedding']} "
+                f"topic={app.telemetry.rows_scored['feedback_topic']} | unscored rows: "
                 f"churn {churn_pending}/{churn_rows}, feedback {feedback_pending}/{feedback_rows}"
                 f" | model calls={stats['total_calls']} dead letters="
                 f"{sum(app.telemetry.dead_letters.values())}",

