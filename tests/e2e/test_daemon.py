@@ -175,6 +175,11 @@ def test_demo_runs_and_shows_predictions() -> None:
     out = result.stdout
     assert "FROM churn_scored LIMIT 5" in out
     assert "unscored rows: churn 0/" in out
+    # The Bedrock pipelines: a topic from Converse, and the nearest feedback by embedding.
+    assert "FROM feedback_topic_scored" in out and "billing" in out
+    assert "feedback like 'my bill is wrong' (the vectors are JSON arrays" in out
+    nearest = out.split("feedback like 'my bill is wrong'", 1)[1]
+    assert "| the bill is wrong again and nobody helps | 0.9" in nearest
     assert "scorer, endpoints and MariaDB are down" in out
     # The libraries' records come out in the daemon's format (JSON here), not as stdlib
     # "INFO:name:message" lines, and their INFO chatter is left out.

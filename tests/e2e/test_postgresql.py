@@ -530,6 +530,9 @@ def test_the_demo_on_postgresql(postgres: PostgresServer) -> None:
     assert "postgres> SELECT state, acc_length" in out and "will_churn" in out
     assert "POSITIVE" in out or "NEGATIVE" in out
     assert "unscored rows: churn 0/" in out  # caught up before the queries
+    assert "FROM feedback_topic_scored" in out
+    assert "jsonb_array_elements_text" in out  # the nearest feedback, on jsonb vectors
+    assert "| the bill is wrong again and nobody helps | 0.9" in out
 
 
 def _leader(port: int) -> float | None:
