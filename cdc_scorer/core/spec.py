@@ -182,6 +182,13 @@ class PipelineSpec:
         if self.batching.max_rows is None:
             batching = replace(self.batching, max_rows=self.model.default_max_rows)
             object.__setattr__(self, "batching", batching)
+        pace = self.model.rescore_rows_per_s()
+        if pace is not None and self.rescore.max_rows_per_s is None:
+            # A model with a budget: re-scores keep under their share of it, in chunks of
+            # about two seconds of it, so their batches never queue in front of the stream's.
+            object.__setattr__(self, "rescore", replace(self.rescore, max_rows_per_s=pace))
+            chunk = min(self.snapshot_chunk_rows, max(1, int(pace * 2)))
+            object.__setattr__(self, "snapshot_chunk_rows", chunk)
 
     @property
     def service(self) -> str:

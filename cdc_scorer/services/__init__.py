@@ -137,6 +137,14 @@ class ModelSpec(ABC):
     def codec(self) -> ModelCodec[Any]:
         """The service's wire format for this section."""
 
+    def rescore_rows_per_s(self) -> float | None:
+        """The pace a re-score of this model's table keeps by default, leaving the rest of
+        the model's capacity to the stream (None: as fast as the model and the sink take
+        rows). A re-score's rows go to the model in the pipeline's batches, before the stream
+        rows behind them: a re-score faster than its share of a budget would queue batches in
+        front of the stream."""
+        return None
+
     def budget(self) -> Budget | None:
         """What the pipeline may spend per minute, and what it spent (None: a service not
         metered; its throttling, retried, is the only limit)."""

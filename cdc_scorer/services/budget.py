@@ -20,13 +20,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# (part of the minute, part of the per-minute limit allowed in it)
-_WINDOWS = ((1.0, 1.0), (0.1, 0.1))
-# A call is counted this part of a minute longer than its window: the service counts it when
+# A call is counted this part of a minute longer than the minute: the service counts it when
 # it arrives, a little after it is granted, so a call granted as the oldest leaves the window
 # could otherwise arrive inside the service's minute (seen at the local endpoint: 128 in a
-# minute of 120 without it). It costs at most 1/60 of the budget.
+# minute of 120 without it). It costs 1/61 of the budget.
 _MARGIN = 1 / 60
+# (part of the minute, part of the per-minute limit allowed in it, whether tokens are held to
+# it too): the minute itself (and its margin); a tenth of it at a tenth, and for requests a
+# sixtieth at twice the average rate, which spread a backlog's calls over the minute (these
+# only smooth, the minute holds the quota: no margin). A second is too short for tokens: one
+# call's reservation (Converse's max_tokens) can be more than a second's share.
+_WINDOWS = ((1.0 + _MARGIN, 1.0, True), (0.1, 0.1, True), (1 / 60, 2 / 60, False))
 
 
 @dataclass
@@ -59,7 +63,7 @@ class CallBudget:
         clock: Callable[[], float] = time.monotonic,
         minute_s: float = 60.0,  # shorter in tests
     ) -> None:
-        self._windows = [(minute_s * (length + _MARGIN), part) for length, part in _WINDOWS]
+        self._windows = [(minute_s * length, part, tokens) for length, part, tokens in _WINDOWS]
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
         self._share = rescore_share
@@ -109,13 +113,13 @@ class CallBudget:
         quiet = self._last_urgent is None or self._last_urgent <= now - self._windows[0][0]
         share = 1.0 if urgent or quiet else self._share
         wait = 0.0
-        for window, part in self._windows:
+        for window, part, with_tokens in self._windows:
             inside = [s for s in spent if s.at > now - window]
             for limit, used, cost, counts_tokens in (
                 (self._rpm, len(inside), 1, False),
                 (self._tpm, sum(s.tokens for s in inside), tokens, True),
             ):
-                if limit is None:
+                if limit is None or (counts_tokens and not with_tokens):
                     continue
                 allowed = max(1, math.floor(limit * part * share))
                 if used == 0 or used + cost <= allowed:

@@ -38,6 +38,7 @@ from tests.integration.scenario import (
     stored_feedback,
     write_config,
 )
+from tests.integration.test_bedrock import converse_pipeline, write_spec
 
 
 def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
@@ -82,6 +83,26 @@ def test_missing_key_is_a_start_up_error(tmp_path: Path, mariadb: DatabaseServer
     assert result.returncode == 1
     assert "table churn has no primary key" in result.stderr
     assert "key_columns" in result.stderr
+
+
+def test_a_wrong_bedrock_model_id_stops_the_daemon_with_one_line(
+    tmp_path: Path, mariadb: DatabaseServer, endpoints: BackgroundModelServer
+) -> None:
+    database = f"bedrock_{uuid.uuid4().hex[:6]}"
+    create_database(mariadb, database)
+    db = mariadb.connect(database)
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO feedback (user_feedback) VALUES ('my bill is wrong')")
+    db.close()
+    config = tmp_path / "s.toml"
+    wrong = "amazon.nova-nonexistent-v9:0"
+    write_spec(config, mariadb, database, endpoints.url, [converse_pipeline(model_id=wrong)])
+    result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"cdc-scorer: Converse {wrong}: ResourceNotFoundException (HTTP 404): Model not found."
+    ), result.stderr[-2000:]
 
 
 @pytest.fixture

@@ -222,6 +222,33 @@ async def test_embeddings_follow_rows_and_a_model_change(
         assert vectors_match(db, mysql)
 
 
+@pytest.mark.parametrize("server", ["mariadb"], indirect=True)
+async def test_cohere_embeds_96_texts_a_call_from_a_template(
+    tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
+) -> None:
+    texts = [f"{FEEDBACK[i % 6]} (note {i})" for i in range(200)]
+    insert_feedback(db, texts)
+    template = "{user_feedback} [{language}]"
+    cohere = "cohere.embed-english-v3"
+    pipeline = embedding_pipeline(
+        model_id=cohere, text_column=None, text_template=template, dimensions=384
+    )
+    del pipeline["bedrock"]["text_column"]
+    spec = write_spec(tmp_path / "s.toml", server, database, models.url, [pipeline])
+
+    def done() -> bool:
+        return len(stored_vectors(db, False)) == len(texts)
+
+    async with Running(spec):
+        await wait_for(done, what="Cohere embeddings")
+    stored = stored_vectors(db, False)
+    expected = embeddings.embed([template.format(user_feedback=t, language="en") for t in texts])
+    for key, vector in zip(sorted(stored), expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(stored[key], vector, strict=True)) < 1e-9
+    calls = models.stats()["operations"]["InvokeModel"][cohere]
+    assert calls["rows"] == 200 and calls["calls"] <= 4  # batches of 96 texts at most (96 rows)
+
+
 def expected_topics(db: Any) -> dict[int, dict[str, Any]]:
     model = ConverseModel()
     return {
@@ -292,7 +319,11 @@ async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling
         server,
         database,
         models.url,
-        [embedding_pipeline(requests_per_minute=rpm, tokens_per_minute=100_000)],
+        # The snapshot alone, not paced (by default a re-score keeps under its share).
+        [
+            embedding_pipeline(requests_per_minute=rpm, tokens_per_minute=100_000)
+            | {"rescore": {"max_rows_per_s": 1000}}
+        ],
     )
     models.set_faults({"bedrock": {"throttle_rate": 0.1}})
     started = time.monotonic()
@@ -302,6 +333,12 @@ async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling
         spending = app.telemetry.pipelines["feedback_embedding"].spending
         assert spending is not None
         spent = spending()
+        sample = app.telemetry.registry.get_sample_value
+        labels = {"pipeline": "feedback_embedding"}
+        assert sample("cdc_scorer_budget_requests_total", labels) == spent["requests"]
+        assert (sample("cdc_scorer_model_tokens_total", labels | {"direction": "input"}) or 0) > 0
+        waited = sample("cdc_scorer_budget_wait_seconds_total", labels | {"traffic": "rescore"})
+        assert waited is not None and waited > 10  # the snapshot waited for its budget
     times = list(models.call_times["bedrock"])
     assert spent["requests"] == len(times)  # every attempt is granted by the budget
     assert len(times) > 140  # every row, and the throttled attempts again

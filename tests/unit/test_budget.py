@@ -83,3 +83,24 @@ async def test_the_stream_goes_before_a_rescore_which_then_keeps_to_its_share() 
     assert len(inside) <= 20
     assert most_in_a_window([t for _, t in order], MINUTE_S) <= 40
     assert budget.spending()["wait_rescore_s"] > budget.spending()["wait_stream_s"]
+
+
+def test_a_budgeted_pipeline_paces_its_rescores_to_their_share() -> None:
+    from cdc_scorer.core.spec import PipelineSpec
+    from cdc_scorer.services.bedrock import BedrockSpec
+
+    def pipeline(**bedrock: object) -> PipelineSpec:
+        model = BedrockSpec(
+            model_id="amazon.titan-embed-text-v2:0",
+            task="embedding",
+            text_column="body",
+            **bedrock,  # type: ignore[arg-type]
+        )
+        return PipelineSpec(name="p", table="t", model=model)
+
+    paced = pipeline(requests_per_minute=600, rescore_share=0.5)
+    # Four fifths of half of 10 calls a second, a row each; chunks of two seconds of it.
+    assert paced.rescore.max_rows_per_s == 4.0
+    assert paced.snapshot_chunk_rows == 8
+    assert pipeline().rescore.max_rows_per_s is None  # no budget: as fast as it goes
+    assert pipeline().snapshot_chunk_rows == 1000

@@ -177,6 +177,16 @@ class BedrockSpec(ModelSpec):
 
         return ConverseCodec(self)
 
+    def rescore_rows_per_s(self) -> float | None:
+        if self.requests_per_minute is None:
+            return None
+        shape = embedding_shape(self.model_id) if self.task == "embedding" else None
+        rows_per_call = 96 if shape is not None and shape[0] == "cohere" else 1
+        # Four fifths of the share: a re-score at its full share would wait for the budget
+        # call by call, and the stream's rows queue behind its batches (measured: freshness
+        # p50 35 s beside a re-score at its full share, docs/bedrock-benchmarks.md).
+        return 0.8 * self.rescore_share * self.requests_per_minute / 60 * rows_per_call
+
     def budget(self) -> CallBudget:
         # Always one, if only to count the tokens: without limits it never waits.
         return CallBudget(
