@@ -368,6 +368,12 @@ def main() -> None:
         PrivateMariaDB(basedir=Path(tmp) / "mariadb") as server,
     ):
         rows = asyncio.run(run_phases(server, Path(tmp)))
+    write(rows, out)
+    print(render(rows))
+
+
+def write(rows: list[BudgetRow], out: Path) -> None:
+    """bedrock-benchmarks.md and .json in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "bedrock-benchmarks.md").write_text(
         "# Bedrock benchmarks (`python -m benchmarks.bedrock`, part of `make bench`)\n\n"
@@ -376,7 +382,6 @@ def main() -> None:
     (out / "bedrock-benchmarks.json").write_text(
         json.dumps([asdict(r) | {"share": r.share_of_budget} for r in rows], indent=2) + "\n"
     )
-    print(render(rows))
 
 
 if __name__ == "__main__":

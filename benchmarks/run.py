@@ -608,6 +608,8 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 mysql_note = _mysql_phases(mode, workdir, bench)
                 # And on PostgreSQL (pgoutput), with its own mixed workload.
                 postgresql_note = _postgresql_phases(mode, workdir, bench)
+                # Bedrock against its budget: minutes by definition, so not in smoke mode.
+                bedrock_note = _bedrock_phases(mode, workdir, server, out)
             finally:
                 bench.endpoints.close()
             results = {
@@ -619,6 +621,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "profile": bench.profile_text,
                 "mysql": mysql_note,
                 "postgresql": postgresql_note,
+                "bedrock": bedrock_note,
                 "scorer_profiles": bench.scorer_profiles,
                 "rescore": rescore,
             }
@@ -666,6 +669,19 @@ def _postgresql_phases(mode: Mode, workdir: Path, bench: Bench) -> str:
     except PostgresUnavailable as exc:
         bench.log(f"PostgreSQL phases skipped: {exc}")
         return f"not run: {exc}"
+
+
+def _bedrock_phases(mode: Mode, workdir: Path, server: DatabaseServer, out: Path) -> str:
+    """benchmarks/bedrock.py on this run's MariaDB; its report is bedrock-benchmarks.md."""
+    if mode.name == "smoke":
+        return "not run in smoke mode (each phase measures a minute)"
+    import asyncio
+
+    from benchmarks.bedrock import run_phases, write
+
+    rows = asyncio.run(run_phases(server, workdir))
+    write(rows, out)
+    return f"{out / 'bedrock-benchmarks.md'}"
 
 
 def _machine(server: DatabaseServer) -> dict[str, str]:

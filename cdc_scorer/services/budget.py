@@ -39,6 +39,7 @@ class _Spend:
 
     at: float
     tokens: int
+    urgent: bool = True
 
 
 @dataclass
@@ -93,7 +94,7 @@ class CallBudget:
         finally:
             if urgent:
                 self._urgent_waiting -= 1
-        spend = _Spend(now, tokens)
+        spend = _Spend(now, tokens, urgent)
         self._spent.append(spend)
         if urgent:
             self._last_urgent = now
@@ -111,29 +112,51 @@ class CallBudget:
         if not urgent and self._urgent_waiting:
             return 0.05
         quiet = self._last_urgent is None or self._last_urgent <= now - self._windows[0][0]
-        share = 1.0 if urgent or quiet else self._share
         wait = 0.0
         for window, part, with_tokens in self._windows:
             inside = [s for s in spent if s.at > now - window]
-            for limit, used, cost, counts_tokens in (
-                (self._rpm, len(inside), 1, False),
-                (self._tpm, sum(s.tokens for s in inside), tokens, True),
-            ):
-                if limit is None or (counts_tokens and not with_tokens):
-                    continue
-                allowed = max(1, math.floor(limit * part * share))
-                if used == 0 or used + cost <= allowed:
-                    continue  # a call bigger than the window's limit runs alone
-                # Until enough of the oldest calls of this window have left it.
-                excess = used + cost - allowed
-                freed = 0
-                for s in inside:
-                    freed += s.tokens if counts_tokens else 1
-                    if freed >= excess:
-                        wait = max(wait, s.at + window - now)
-                        break
-                else:
-                    wait = max(wait, inside[-1].at + window - now)
+            # Every call counts against the whole budget; a re-score's also against its share
+            # (while the stream is recent): the share is the re-score's, the rest the stream's.
+            groups = [(inside, 1.0)]
+            if not urgent and not quiet:
+                groups.append(([s for s in inside if not s.urgent], self._share))
+            for calls, share in groups:
+                wait = max(
+                    wait, self._wait_in(calls, now, window, part * share, tokens, with_tokens)
+                )
+        return wait
+
+    def _wait_in(
+        self,
+        calls: list[_Spend],
+        now: float,
+        window: float,
+        part: float,
+        tokens: int,
+        with_tokens: bool,
+    ) -> float:
+        """How long until a call of ``tokens`` fits among ``calls`` of one window, allowed
+        ``part`` of the per-minute limits."""
+        wait = 0.0
+        for limit, used, cost, counts_tokens in (
+            (self._rpm, len(calls), 1, False),
+            (self._tpm, sum(s.tokens for s in calls), tokens, True),
+        ):
+            if limit is None or (counts_tokens and not with_tokens):
+                continue
+            allowed = max(1, math.floor(limit * part + 1e-9))  # 0.1 * 0.5 * 300 is 15
+            if used == 0 or used + cost <= allowed:
+                continue  # a call bigger than the window's limit runs alone
+            # Until enough of the oldest calls of this window have left it.
+            excess = used + cost - allowed
+            freed = 0
+            for s in calls:
+                freed += s.tokens if counts_tokens else 1
+                if freed >= excess:
+                    wait = max(wait, s.at + window - now)
+                    break
+            else:
+                wait = max(wait, calls[-1].at + window - now)
         return wait
 
     def spending(self) -> dict[str, float]:
