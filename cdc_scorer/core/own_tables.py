@@ -19,6 +19,15 @@ DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
 HEARTBEAT_TABLE = "cdc_scorer_heartbeat"
 SIGNAL_TABLE = "cdc_scorer_signal"
 OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE)
+# A predictions table's columns besides the key and the model's: who answered, from which
+# transaction, when (``key_hash`` and ``scored_at`` are the store's own too).
+PREDICTION_METADATA = (
+    "model_endpoint",
+    "model_variant",
+    "model_version",
+    "source_position",
+    "source_committed_at",
+)
 
 # The captured tables of the scorer's own, with their key and the columns read from them.
 HEARTBEAT_KEY = ("instance",)

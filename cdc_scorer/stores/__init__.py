@@ -15,10 +15,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cdc_scorer.core.errors import RetriableError
+from cdc_scorer.core.own_tables import PREDICTION_METADATA
 from cdc_scorer.core.pipeline import BatchSink
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec
+from cdc_scorer.services import PredictionColumn
 
 # A source's codec: (server identity, encoded position) → position.
 PositionDecoder = Callable[[str, str], Position]
@@ -132,6 +134,29 @@ def chunk_query(table: str, key: Sequence[str], where: str | None, after: bool, 
     return f"SELECT * FROM {table}{condition} ORDER BY {columns} LIMIT {int(rows)}"
 
 
+def vector_storage(
+    pipeline: PipelineSpec,
+    present: dict[str, str],
+    made_as: Callable[[PredictionColumn], str],
+    native: str,
+    fallback: str,
+) -> list[tuple[str, str]]:
+    """(column, how it is stored) of the pipeline's vector columns for `check`: as the
+    predictions table has them (``present``: its column types), else as ``init`` would make
+    them (``made_as``); ``native`` names the server's vector type, ``fallback`` says how to
+    get one."""
+    out = []
+    for column in pipeline.model.prediction_columns():
+        if column.kind != "vector":
+            continue
+        kind = present.get(column.name) or made_as(column)
+        if kind.lower().startswith("vector"):
+            out.append((column.name, f"{kind} ({native})"))
+        else:
+            out.append((column.name, f"{kind}, an array of {column.length} numbers ({fallback})"))
+    return out
+
+
 def prediction_columns(
     pipeline: PipelineSpec, key_columns: Sequence[str]
 ) -> tuple[list[str], list[str]]:
@@ -141,11 +166,7 @@ def prediction_columns(
         "key_hash",
         *key_columns,
         *(c.name for c in pipeline.model.prediction_columns()),
-        "model_endpoint",
-        "model_variant",
-        "model_version",
-        "source_position",
-        "source_committed_at",
+        *PREDICTION_METADATA,
     ]
     return columns, [c for c in columns if c != "key_hash" and c not in key_columns]
 

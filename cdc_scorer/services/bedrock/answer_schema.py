@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from cdc_scorer.core.own_tables import PREDICTION_METADATA
 from cdc_scorer.core.spec import sql_identifier
 from cdc_scorer.services import ColumnKind, PredictionColumn
 
@@ -34,15 +35,7 @@ _TYPES: dict[str, ColumnKind] = {
 # A string property kept as VARCHAR(maxLength) up to this length, as TEXT beyond it.
 MAX_LABEL_LENGTH = 1024
 # The predictions table's own columns: a property cannot be named like one.
-RESERVED = {
-    "key_hash",
-    "model_endpoint",
-    "model_variant",
-    "model_version",
-    "source_position",
-    "source_committed_at",
-    "scored_at",
-}
+RESERVED = {"key_hash", *PREDICTION_METADATA, "scored_at"}
 
 
 def schema_problems(schema: Mapping[str, Any]) -> list[str]:

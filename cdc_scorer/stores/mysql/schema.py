@@ -16,7 +16,7 @@ from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.mysql.connection import Connection, mysql_errors, quote, version_tuple
 from cdc_scorer.services import PredictionColumn
-from cdc_scorer.stores import table_info
+from cdc_scorer.stores import table_info, vector_storage
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL
 from cdc_scorer.stores.mysql.signals import SIGNAL_DDL
 
@@ -233,27 +233,16 @@ def stored_types(conn: Connection, database: str, table: str) -> dict[str, str]:
 def prediction_storage(
     conn: Connection, database: str, pipeline: PipelineSpec
 ) -> list[tuple[str, str]]:
-    """(column, how it is stored) of the pipeline's vector columns: as the predictions table
-    has it, or as ``init`` would make it."""
-    vectors = [c for c in pipeline.model.prediction_columns() if c.kind == "vector"]
-    if not vectors:
+    if not any(c.kind == "vector" for c in pipeline.model.prediction_columns()):
         return []
-    present = stored_types(conn, database, pipeline.predictions)
     server = vector_type(conn)
-    out = []
-    for column in vectors:
-        kind = present.get(column.name) or column_type(column, server).lower()
-        if kind.startswith("vector"):
-            out.append((column.name, f"{kind.upper()} (the server's vector type)"))
-        else:
-            out.append(
-                (
-                    column.name,
-                    f"{kind.upper()}, an array of {column.length} numbers (VECTOR needs MySQL "
-                    "9.0+ or MariaDB 11.7+: the table keeps JSON until re-made there)",
-                )
-            )
-    return out
+    return vector_storage(
+        pipeline,
+        {k: v.upper() for k, v in stored_types(conn, database, pipeline.predictions).items()},
+        lambda column: column_type(column, server),
+        "the server's vector type",
+        "VECTOR needs MySQL 9.0+ or MariaDB 11.7+: the table keeps JSON until re-made there",
+    )
 
 
 def nearest_sql(

@@ -9,6 +9,7 @@ either both or neither, and restart resumes exactly after the last applied batch
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -139,16 +140,14 @@ class Sink(FencedSink[Connection]):
 
         endpoint = escape(self._model_endpoint)
         version = escape(self._pipeline.model_version)
-        value_columns = self._value_columns
-        if self._vectors:
-            return self._rows_with_vectors(conn, batch, endpoint, version, once)
+        values = self._values(conn)
         return [
             "("
             + ", ".join(
                 [
                     _hex(key_hash(p.key)),
                     *map(escape, p.key),
-                    *[escape(p.columns.get(c)) for c in value_columns],
+                    *values(p.columns),
                     endpoint,
                     once(p.variant),
                     version,
@@ -160,12 +159,14 @@ class Sink(FencedSink[Connection]):
             for p in batch.upserts
         ]
 
-    def _rows_with_vectors(
-        self, conn: Connection, batch: ScoredBatch, endpoint: str, version: str, once: Any
-    ) -> list[str]:
-        """``_upsert_rows`` when a column is a vector: a list of floats written as the JSON
-        array text both VECTOR functions and a JSON column read."""
+    def _values(self, conn: Connection) -> Callable[[dict[str, Any]], list[str]]:
+        """A prediction's value columns as SQL literals. A vector (a list of floats) is the
+        text of its JSON array, which a JSON column and both VECTOR functions read; into a
+        VECTOR column (as the table has it) through the server's function."""
         escape = conn.escape
+        columns = self._value_columns
+        if not self._vectors:
+            return lambda values: [escape(values.get(c)) for c in columns]
         wraps = self._wraps
         if wraps is None:
             stored = stored_types(conn, self._source.database, self._pipeline.predictions)
@@ -175,8 +176,7 @@ class Sink(FencedSink[Connection]):
                 else "STRING_TO_VECTOR({})"
             )
             wraps = self._wraps = [
-                function if stored.get(c, "").startswith("vector") else "{}"
-                for c in self._value_columns
+                function if stored.get(c, "").startswith("vector") else "{}" for c in columns
             ]
 
         def literal(value: Any, wrap: str) -> str:
@@ -186,26 +186,8 @@ class Sink(FencedSink[Connection]):
                 return wrap.format(escape(json.dumps(value)))
             return str(escape(value))
 
-        return [
-            "("
-            + ", ".join(
-                [
-                    _hex(key_hash(p.key)),
-                    *map(escape, p.key),
-                    *[
-                        literal(p.columns.get(c), wrap)
-                        for c, wrap in zip(self._value_columns, wraps, strict=True)
-                    ],
-                    endpoint,
-                    once(p.variant),
-                    version,
-                    once(p.source_position),
-                    once(p.source_committed_at),
-                ]
-            )
-            + ", NOW(6))"
-            for p in batch.upserts
-        ]
+        pairs = list(zip(columns, wraps, strict=True))
+        return lambda values: [literal(values.get(c), wrap) for c, wrap in pairs]
 
     def _apply(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
         if batch.columns_changed:

@@ -19,7 +19,7 @@ from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
 from cdc_scorer.services import PredictionColumn
-from cdc_scorer.stores import table_info
+from cdc_scorer.stores import table_info, vector_storage
 
 _COLUMNS = """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -92,28 +92,18 @@ def _column(column: PredictionColumn, vectors: bool) -> str:
 def prediction_storage(
     conn: Connection, schema: str, pipeline: PipelineSpec
 ) -> list[tuple[str, str]]:
-    """(column, how it is stored) of the pipeline's vector columns: as the predictions table
-    has it, or as ``init`` would make it."""
-    vectors = [c for c in pipeline.model.prediction_columns() if c.kind == "vector"]
-    if not vectors:
+    if not any(c.kind == "vector" for c in pipeline.model.prediction_columns()):
         return []
     with pg_errors("reading the predictions table's columns"):
         present = column_types(conn, schema, pipeline.predictions)
         server = vector_type(conn)
-    out = []
-    for column in vectors:
-        kind = present.get(column.name) or column_type(column, server)
-        if kind.startswith("vector"):
-            out.append((column.name, f"{kind} (pgvector)"))
-        else:
-            out.append(
-                (
-                    column.name,
-                    f"{kind}, an array of {column.length} numbers (CREATE EXTENSION vector "
-                    "before init makes it vector(N))",
-                )
-            )
-    return out
+    return vector_storage(
+        pipeline,
+        present,
+        lambda column: column_type(column, server),
+        "pgvector",
+        "CREATE EXTENSION vector before init makes it vector(N)",
+    )
 
 
 def own_tables(schema: str) -> list[str]:
