@@ -22,9 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
 from cdc_scorer.local import embeddings
+from cdc_scorer.local.sentiment import SentimentModel
 
 CONTEXT_TOKENS = 8_000  # the stand-in's context window: a longer prompt is refused
 _NEGATIVE = -0.35  # where the local sentiment model calls a text NEGATIVE
@@ -33,13 +32,13 @@ _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 
 class ConverseModel:
     def __init__(self) -> None:
-        self._sentiment = SentimentIntensityAnalyzer()
+        self._sentiment = SentimentModel()
         self._values: dict[tuple[str, ...], list[list[float]]] = {}  # an enum's embeddings
 
     def tool_input(self, prompt: str, schema: Mapping[str, Any]) -> dict[str, Any]:
         """The tool's input for ``prompt``: one value per property of ``schema``."""
         prompt = re.split(r"\n\s*\n", prompt.strip())[-1]
-        compound = float(self._sentiment.polarity_scores(prompt)["compound"])
+        compound = self._sentiment.compound(prompt)
         out: dict[str, Any] = {}
         for name, prop in dict(schema.get("properties", {})).items():
             kind = prop.get("type")

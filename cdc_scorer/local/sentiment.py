@@ -48,6 +48,10 @@ class SentimentModel:
     def __init__(self) -> None:
         self._analyzer = SentimentIntensityAnalyzer()
 
+    def compound(self, text: str) -> float:
+        """VADER's compound score in [-1, 1]: how positive the text is."""
+        return float(self._analyzer.polarity_scores(text)["compound"])
+
     def detect(self, text: str) -> SentimentResult:
         scores = self._analyzer.polarity_scores(text)
         pos, neg, neu = float(scores["pos"]), float(scores["neg"]), float(scores["neu"])
