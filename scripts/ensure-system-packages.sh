@@ -10,6 +10,10 @@ fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   missing+=(prometheus)
 fi
+# patchelf relinks the newer servers unpacked from Debian sid (cdc_scorer/local/sid_dist.py).
+if ! command -v patchelf >/dev/null 2>&1; then
+  missing+=(patchelf)
+fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   missing+=(postgresql)
 fi
@@ -30,5 +34,5 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   fi
   exit 0
 fi
-echo "error: missing ${missing[*]}; install with 'sudo apt-get install -y ${missing[*]}' (MariaDB 10.6+, PostgreSQL 15+, Prometheus 2.x) and run this again" >&2
+echo "error: missing ${missing[*]}; install with 'sudo apt-get install -y ${missing[*]}' (MariaDB 10.6+, PostgreSQL 15+, Prometheus 2.x, patchelf) and run this again" >&2
 exit 1

@@ -9,8 +9,9 @@ are skipped with the reason, and the run ends with a banner saying so.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,8 @@ from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, Model
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
+from cdc_scorer.local.sid_dist import ServerUnavailable
+from cdc_scorer.local.vector_servers import ensure_mariadb_vector, ensure_pgvector
 from tests.pg import PgDatabase
 
 # Clients find the local endpoints through the standard settings, as in production.
@@ -146,7 +149,41 @@ def pg(postgres: PostgresServer) -> Iterator[PgDatabase]:
     database.drop()
 
 
+_VECTORS_UNAVAILABLE: list[str] = []
+_Fetched = TypeVar("_Fetched")
+
+
+def _fetch_or_skip(fetch: Callable[[], _Fetched], what: str) -> _Fetched:
+    try:
+        return fetch()
+    except ServerUnavailable as exc:
+        _VECTORS_UNAVAILABLE.append(f"{what} unavailable: {exc}")
+        pytest.skip(_VECTORS_UNAVAILABLE[-1])
+
+
+@pytest.fixture(scope="session")
+def mariadb_vector() -> Iterator[DatabaseServer]:
+    """A private MariaDB 11.8 (``VECTOR(N)``; Debian sid's, unpacked); skips (red banner) if
+    it cannot be had."""
+    distribution = _fetch_or_skip(ensure_mariadb_vector, "MariaDB 11.8")
+    with PrivateMariaDB(server_id=4, distribution=distribution) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_vector() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 18 with pgvector (Debian sid's, unpacked); skips (red banner) if
+    it cannot be had."""
+    distribution = _fetch_or_skip(ensure_pgvector, "PostgreSQL with pgvector")
+    with PrivatePostgreSQL(distribution=distribution) as server:
+        yield server
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _VECTORS_UNAVAILABLE:
+        terminalreporter.section("VECTOR SERVERS NOT TESTED", sep="!", red=True, bold=True)
+        for line in dict.fromkeys(_VECTORS_UNAVAILABLE):
+            terminalreporter.line(line, red=True)
     if _POSTGRES_UNAVAILABLE:
         terminalreporter.section("PostgreSQL NOT TESTED", sep="!", red=True, bold=True)
         terminalreporter.line(_POSTGRES_UNAVAILABLE[0], red=True)

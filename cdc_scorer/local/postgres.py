@@ -18,6 +18,7 @@ from typing import Any
 
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.servers import free_port
+from cdc_scorer.local.vector_servers import PostgresDistribution
 
 
 class PostgresUnavailable(Exception):
@@ -72,7 +73,10 @@ class PrivatePostgreSQL:
         settings: dict[str, str] | None = None,
         hba: str | None = None,
         files: dict[str, Path] | None = None,
+        distribution: PostgresDistribution | None = None,
     ) -> None:
+        # A newer server than the machine's (vector_servers: PostgreSQL 18 with pgvector).
+        self._distribution = distribution
         self._start_timeout_s = start_timeout_s
         self._settings = dict(settings or {})  # more -c settings (e.g. wal_level=replica)
         self._hba = hba  # pg_hba.conf's text instead of initdb's (e.g. TLS only)
@@ -86,8 +90,11 @@ class PrivatePostgreSQL:
     def _as_owner(self, args: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
+    def _bindir(self) -> Path:
+        return self._distribution.bindir if self._distribution is not None else postgres_bin()
+
     def start(self) -> PostgresServer:
-        binaries = postgres_bin()
+        binaries = self._bindir()
         self._dir = tempfile.TemporaryDirectory(prefix="cdc-scorer-postgres-")
         base = Path(self._dir.name)
         datadir = base / "data"
@@ -132,7 +139,7 @@ class PrivatePostgreSQL:
         self._process = subprocess.Popen(
             self._as_owner(
                 [
-                    str(postgres_bin() / "postgres"),
+                    str(self._bindir() / "postgres"),
                     "-D",
                     str(self.server.datadir),
                     "-p",

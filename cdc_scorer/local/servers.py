@@ -26,6 +26,7 @@ import pymysql
 
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.mysql_dist import MysqlDistribution, ensure_mysql
+from cdc_scorer.local.vector_servers import MariadbDistribution
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec")
 
@@ -377,12 +378,19 @@ class PrivateMariaDB(PrivateServer):
     """``mariadbd`` from the machine's MariaDB server package."""
 
     flavor: ClassVar[str] = MARIADB
+    # A newer server than the machine's (vector_servers: MariaDB 11.8 with VECTOR), else None.
+    distribution: MariadbDistribution | None = None
 
     def _install(self, datadir: Path) -> None:
-        install_db = _find_binary("mariadb-install-db", "mysql_install_db")
+        if self.distribution is not None:
+            install_db = str(self.distribution.install_db)
+            basedir = [f"--basedir={self.distribution.basedir}"]
+        else:
+            install_db, basedir = _find_binary("mariadb-install-db", "mysql_install_db"), []
         args = [
             install_db,
             "--no-defaults",
+            *basedir,
             f"--datadir={datadir}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
@@ -394,9 +402,16 @@ class PrivateMariaDB(PrivateServer):
             raise FatalError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
 
     def _server_args(self, server: DatabaseServer, base: Path) -> list[str]:
+        if self.distribution is not None:
+            program = [
+                str(self.distribution.mariadbd),
+                "--no-defaults",
+                f"--basedir={self.distribution.basedir}",
+            ]
+        else:
+            program = [_find_binary("mariadbd", "mysqld"), "--no-defaults"]
         return [
-            _find_binary("mariadbd", "mysqld"),
-            "--no-defaults",
+            *program,
             # --no-defaults starts in latin1; 4-byte text would fail with error 1366.
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_general_ci",

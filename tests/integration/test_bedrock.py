@@ -1,13 +1,14 @@
-"""Bedrock pipelines in process, on the private MariaDB 10.11 and MySQL 9, through the local
-Bedrock Runtime (InvokeModel and Converse over HTTP, real aiobotocore clients): embeddings and
-LLM-derived columns follow their rows, bad answers and refused rows become dead letters, the
-budget holds at the endpoint."""
+"""Bedrock pipelines in process, on the private MariaDB 10.11, MySQL 9 and MariaDB 11.8 (and
+PostgreSQL 15 and 18 with pgvector), through the local Bedrock Runtime (InvokeModel and Converse
+over HTTP, real aiobotocore clients): embeddings and LLM-derived columns follow their rows, bad
+answers and refused rows become dead letters, the budget holds at the endpoint."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.stores.registry import build_store
+from tests.conftest import source_of
 from tests.integration.scenario import Running, create_database, init_scorer, wait_for
 from tests.pg import PgDatabase, pg_config
 
@@ -113,6 +115,32 @@ def write_spec(
     return spec
 
 
+@pytest.fixture(params=["mariadb", "mysql-gtid", "mariadb-vector"])
+def server(request: pytest.FixtureRequest) -> DatabaseServer:
+    """MariaDB 10.11 (vectors as JSON), MySQL 9 and MariaDB 11.8 (``VECTOR(N)``)."""
+    if request.param == "mariadb-vector":
+        found: DatabaseServer = request.getfixturevalue("mariadb_vector")
+        return found
+    name = "mariadb-gtid" if request.param == "mariadb" else request.param
+    return source_of(request, name).server
+
+
+def has_vectors(db: Any) -> bool:
+    """Whether the server has a vector type: MySQL 9+, MariaDB 11.7+."""
+    with db.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        version = str(cursor.fetchone()[0])
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return (major, minor) >= ((11, 7) if "MariaDB" in version else (9, 0))
+
+
+def vector_text(server: DatabaseServer, db: Any) -> str:
+    """The SQL that reads the stored embedding as the text of a JSON array."""
+    if not has_vectors(db):
+        return "embedding"
+    return "VECTOR_TO_STRING(embedding)" if server.flavor == "mysql" else "VEC_ToText(embedding)"
+
+
 @pytest.fixture
 def database(server: DatabaseServer) -> str:
     name = f"bedrock_{uuid.uuid4().hex[:8]}"
@@ -140,16 +168,15 @@ def feedback_rows(db: Any) -> dict[int, str]:
         return {int(i): str(t) for i, t in cursor.fetchall()}
 
 
-def stored_vectors(db: Any, mysql: bool) -> dict[int, list[float]]:
-    column = "VECTOR_TO_STRING(embedding)" if mysql else "embedding"
+def stored_vectors(db: Any, column: str = "embedding") -> dict[int, list[float]]:
     with db.cursor() as cursor:
         cursor.execute(f"SELECT id, {column}, model_version FROM feedback_embeddings")
         return {int(i): json.loads(v) for i, v, _ in cursor.fetchall()}
 
 
-def vectors_match(db: Any, mysql: bool) -> bool:
+def vectors_match(db: Any, column: str = "embedding") -> bool:
     rows = feedback_rows(db)
-    stored = stored_vectors(db, mysql)
+    stored = stored_vectors(db, column)
     if stored.keys() != rows.keys():
         return False
     expected = embeddings.embed(list(rows.values()), 256)
@@ -172,22 +199,23 @@ def column_type(db: Any, table: str, column: str) -> str:
 async def test_embeddings_follow_rows_and_a_model_change(
     tmp_path: Path, server: DatabaseServer, database: str, db: Any, models: ModelServer
 ) -> None:
-    mysql = server.flavor == "mysql"
+    column = vector_text(server, db)
     insert_feedback(db, FEEDBACK)
     spec = write_spec(tmp_path / "s.toml", server, database, models.url, [embedding_pipeline()])
-    # MySQL 9 has VECTOR; MariaDB 10.11 keeps the vector as a JSON array (LONGTEXT + CHECK).
+    # MySQL 9 and MariaDB 11.8 have VECTOR; MariaDB 10.11 keeps the vector as a JSON array
+    # (LONGTEXT + CHECK).
     assert column_type(db, "feedback_embeddings", "embedding") == (
-        "vector(256)" if mysql else "longtext"
+        "vector(256)" if has_vectors(db) else "longtext"
     )
     async with Running(spec):
-        await wait_for(lambda: vectors_match(db, mysql), what="snapshot embeddings")
+        await wait_for(lambda: vectors_match(db, column), what="snapshot embeddings")
         insert_feedback(db, ["The invoice lists a phone I never bought."])
         with db.cursor() as cursor:
             cursor.execute(
                 "UPDATE feedback SET user_feedback='Signal is fine now, thanks' WHERE id=2"
             )
             cursor.execute("DELETE FROM feedback WHERE id=3")
-        await wait_for(lambda: vectors_match(db, mysql), what="streamed embeddings")
+        await wait_for(lambda: vectors_match(db, column), what="streamed embeddings")
     calls = models.stats()["operations"]["InvokeModel"][TITAN_V2]
     assert calls["rows"] == calls["calls"] == len(FEEDBACK) + 2  # one text a call (Titan)
 
@@ -219,7 +247,7 @@ async def test_embeddings_follow_rows_and_a_model_change(
                 return dict(cursor.fetchall()) == {"2": len(feedback_rows(db))}
 
         await wait_for(all_v2, what="re-scored with model version 2")
-        assert vectors_match(db, mysql)
+        assert vectors_match(db, column)
 
 
 @pytest.mark.parametrize("server", ["mariadb"], indirect=True)
@@ -237,11 +265,11 @@ async def test_cohere_embeds_96_texts_a_call_from_a_template(
     spec = write_spec(tmp_path / "s.toml", server, database, models.url, [pipeline])
 
     def done() -> bool:
-        return len(stored_vectors(db, False)) == len(texts)
+        return len(stored_vectors(db)) == len(texts)
 
     async with Running(spec):
         await wait_for(done, what="Cohere embeddings")
-    stored = stored_vectors(db, False)
+    stored = stored_vectors(db)
     expected = embeddings.embed([template.format(user_feedback=t, language="en") for t in texts])
     for key, vector in zip(sorted(stored), expected, strict=True):
         assert max(abs(a - b) for a, b in zip(stored[key], vector, strict=True)) < 1e-9
@@ -328,7 +356,7 @@ async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling
     models.set_faults({"bedrock": {"throttle_rate": 0.1}})
     started = time.monotonic()
     async with Running(spec) as app:
-        await wait_for(lambda: vectors_match(db, False), timeout_s=100, what="every row")
+        await wait_for(lambda: vectors_match(db), timeout_s=100, what="every row")
         retries = dict(app.telemetry.retries)
         spending = app.telemetry.pipelines["feedback_embedding"].spending
         assert spending is not None
@@ -349,9 +377,22 @@ async def test_the_budget_holds_at_the_endpoint_over_a_minute_through_throttling
     assert retries.get("bedrock", 0) > 0  # throttles were retried
 
 
-async def test_on_postgresql_vectors_are_jsonb_without_pgvector(
-    pg: PgDatabase, tmp_path: Path, models: ModelServer
+@pytest.fixture(params=["postgresql-15", "postgresql-18-pgvector"])
+def vector_pg(request: pytest.FixtureRequest) -> Iterator[tuple[PgDatabase, bool]]:
+    """The machine's PostgreSQL 15 (no pgvector: jsonb), and PostgreSQL 18 with ``CREATE
+    EXTENSION vector`` in the database (the server's ``vector(N)``); with whether it has it."""
+    pgvector = request.param.endswith("pgvector")
+    database = PgDatabase(request.getfixturevalue("postgres_vector" if pgvector else "postgres"))
+    if pgvector:
+        database.execute("CREATE EXTENSION vector")
+    yield database, pgvector
+    database.drop()
+
+
+async def test_on_postgresql_vectors_are_pgvector_or_jsonb(
+    vector_pg: tuple[PgDatabase, bool], tmp_path: Path, models: ModelServer
 ) -> None:
+    pg, pgvector = vector_pg
     for text in FEEDBACK:
         pg.execute("INSERT INTO feedback (user_feedback) VALUES (%s)", (text,))
     config = tmp_path / "scorer.toml"
@@ -367,17 +408,17 @@ async def test_on_postgresql_vectors_are_jsonb_without_pgvector(
     assert cli(["init", "--config", str(config)]) == 0
     types = dict(
         pg.rows(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name "
-            "IN ('feedback_embeddings', 'feedback_topics') AND column_name IN ('embedding', "
-            "'topic', 'urgent', 'satisfaction', 'summary')"
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid "
+            "IN ('feedback_embeddings'::regclass, 'feedback_topics'::regclass) AND attname IN "
+            "('embedding', 'topic', 'urgent', 'satisfaction', 'summary')"
         )
     )
     assert types == {
-        "embedding": "jsonb",  # this server has no pgvector
-        "topic": "character varying",
+        "embedding": "vector(256)" if pgvector else "jsonb",
+        "topic": "character varying(16)",  # the enum's longest value
         "urgent": "boolean",
         "satisfaction": "bigint",
-        "summary": "character varying",
+        "summary": "character varying(80)",  # maxLength
     }
 
     def done() -> bool:
@@ -396,21 +437,25 @@ async def test_on_postgresql_vectors_are_jsonb_without_pgvector(
             ),
             what="the update re-scored",
         )
+        pg.execute("DELETE FROM feedback WHERE id = 3")
+        await wait_for(lambda: _pg_vector(pg, 3) is None, what="the delete's embedding removed")
     expected = embeddings.embed(FEEDBACK[:1], 256)[0]
-    assert _pg_vector(pg, 1) == pytest.approx(expected, abs=1e-9)  # jsonb keeps doubles
+    # jsonb keeps the doubles; pgvector's vector is single precision.
+    assert _pg_vector(pg, 1) == pytest.approx(expected, abs=1e-6 if pgvector else 1e-9)
     store = build_store(spec.source, spec.retry)
-    sql = store.nearest_query(
-        next(p for p in spec.pipelines if p.name == "feedback_embedding"), "embedding", limit=2
-    )
+    pipeline = next(p for p in spec.pipelines if p.name == "feedback_embedding")
+    sql = store.nearest_query(pipeline, "embedding", limit=2)
+    assert ("<=>" in sql) == pgvector  # pgvector's cosine distance operator, where it is
     store.close()
     query = json.dumps(embeddings.embed(["my bill is wrong"], 256)[0])
     nearest = pg.rows(sql, (query,) * sql.count("%s"))
     assert len(nearest) == 2 and int(nearest[0][0]) == 1  # the billing complaint
+    assert 0.5 < float(nearest[0][2]) <= 1.0 + 1e-6
 
 
 def _pg_vector(pg: PgDatabase, key: int) -> list[float] | None:
-    rows = pg.rows("SELECT embedding FROM feedback_embeddings WHERE id = %s", (key,))
-    return list(rows[0][0]) if rows else None
+    rows = pg.rows("SELECT embedding::text FROM feedback_embeddings WHERE id = %s", (key,))
+    return [float(x) for x in json.loads(rows[0][0])] if rows else None
 
 
 async def test_check_says_how_vectors_are_stored_and_fails_a_wrong_model_id(
@@ -429,7 +474,7 @@ async def test_check_says_how_vectors_are_stored_and_fails_a_wrong_model_id(
     )
     lines = {r.name: r for r in await run_checks(spec)}
     stored = lines["vector feedback_embeddings.embedding"]
-    if server.flavor == "mysql":
+    if has_vectors(db):
         assert stored.ok and stored.detail == "VECTOR(256) (the server's vector type)"
     else:
         assert stored.ok and stored.detail.startswith("LONGTEXT, an array of 256 numbers")
