@@ -20,7 +20,11 @@ from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ens
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 from cdc_scorer.local.sid_dist import ServerUnavailable
-from cdc_scorer.local.vector_servers import ensure_mariadb_vector, ensure_pgvector
+from cdc_scorer.local.vector_servers import (
+    MariadbDistribution,
+    ensure_mariadb_vector,
+    ensure_pgvector,
+)
 from tests.pg import PgDatabase
 
 # Clients find the local endpoints through the standard settings, as in production.
@@ -162,10 +166,16 @@ def _fetch_or_skip(fetch: Callable[[], _Fetched], what: str) -> _Fetched:
 
 
 @pytest.fixture(scope="session")
-def mariadb_vector() -> Iterator[DatabaseServer]:
-    """A private MariaDB 11.8 (``VECTOR(N)``; Debian sid's, unpacked); skips (red banner) if
-    it cannot be had."""
-    distribution = _fetch_or_skip(ensure_mariadb_vector, "MariaDB 11.8")
+def mariadb_vector_distribution() -> MariadbDistribution:
+    """MariaDB 11.8 (``VECTOR(N)``; Debian sid's, unpacked); skips (red banner) if it cannot
+    be had."""
+    return _fetch_or_skip(ensure_mariadb_vector, "MariaDB 11.8")
+
+
+@pytest.fixture(scope="session")
+def mariadb_vector(mariadb_vector_distribution: MariadbDistribution) -> Iterator[DatabaseServer]:
+    """A private MariaDB 11.8."""
+    distribution = mariadb_vector_distribution
     with PrivateMariaDB(server_id=4, distribution=distribution) as server:
         yield server
 

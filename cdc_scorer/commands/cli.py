@@ -365,10 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the server's data here (default: a temp dir)")
     demo.add_argument(
         "--server",
-        choices=("mariadb", "mysql", "mysql-gtid", "postgresql"),
+        choices=("mariadb", "mysql", "mysql-gtid", "mariadb-vector", "postgresql"),
         default="mariadb",
         help="the source: MariaDB, MySQL as Aurora MySQL ships it (GTIDs off), MySQL with "
-        "GTIDs on, or PostgreSQL (logical replication)",
+        "GTIDs on, MariaDB 11.8 (vectors in VECTOR columns), or PostgreSQL (logical "
+        "replication)",
     )
     demo.set_defaults(handler=_demo)
     return parser

@@ -23,6 +23,7 @@ from typing import Any
 
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
+from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
@@ -34,9 +35,12 @@ from cdc_scorer.local.churn_data import (
     FeedbackGenerator,
 )
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
+from cdc_scorer.local.mysql_dist import ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
+from cdc_scorer.local.sid_dist import ServerUnavailable
+from cdc_scorer.local.vector_servers import ensure_mariadb_vector
 from cdc_scorer.mysql.connection import connect
 from cdc_scorer.ops.logs import configure_logging
 from cdc_scorer.sources.registry import build_source
@@ -44,12 +48,15 @@ from cdc_scorer.stores.registry import build_store
 
 DATABASE = "mltest"
 POSTGRESQL = "postgresql"
+MARIADB_VECTOR = "mariadb-vector"
 # --server: the embedded default's source. MySQL as Aurora MySQL ships it (GTIDs off,
 # file:pos), or with GTIDs on; PostgreSQL (logical replication) is _PostgresDemo's.
 SERVERS: dict[str, tuple[str, dict[str, Any]]] = {
     MARIADB: ("MariaDB", {}),
     MYSQL: ("MySQL", {"gtid": False}),
     "mysql-gtid": ("MySQL", {"gtid": True}),
+    # A server with a vector type (vector_servers: Debian sid's, unpacked).
+    MARIADB_VECTOR: ("MariaDB 11.8", {}),
 }
 
 BLOG_QUERY = (
@@ -139,7 +146,14 @@ class _MysqlDemo:
 
     def __init__(self, server_name: str, base: Path) -> None:
         self.label, options = SERVERS[server_name]
-        self.flavor = MARIADB if server_name == MARIADB else MYSQL
+        self.flavor = MYSQL if server_name.startswith(MYSQL) else MARIADB
+        try:
+            if server_name == MARIADB_VECTOR:
+                options = {"distribution": ensure_mariadb_vector()}
+            elif self.flavor == MYSQL:
+                options = {**options, "distribution": ensure_mysql()}
+        except ServerUnavailable as exc:
+            raise FatalError(f"{self.label} unavailable: {exc}") from None
         self._launcher = private_server(self.flavor, basedir=base / self.flavor, **options)
         self._server: DatabaseServer | None = None
         self.sentiment_query = SENTIMENT_QUERY

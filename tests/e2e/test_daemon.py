@@ -24,6 +24,7 @@ from cdc_scorer.local.servers import (
     PrivateMySQL,
     private_server,
 )
+from cdc_scorer.local.vector_servers import MariadbDistribution
 from cdc_scorer.sources.binlog.server import binlog_status_sql, server_info
 from tests.conftest import Source
 from tests.e2e.daemon import VersionMonitor, kill, run_cli, start, wait
@@ -210,6 +211,21 @@ def test_demo_runs_and_shows_predictions() -> None:
         assert json.loads(line)["event"], line
     assert "allowed_events_in_packet" not in result.stderr
     assert "Found credentials" not in result.stderr
+
+
+def test_the_demo_on_mariadb_11_8_queries_its_vector_type(
+    mariadb_vector_distribution: MariadbDistribution,
+) -> None:
+    result = run_cli(
+        "demo", "--server", "mariadb-vector", "--seconds", "2", "--no-wait", timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "unscored rows: churn 0/" in out
+    assert "(MariaDB's VEC_DISTANCE_COSINE on a VECTOR column)" in out
+    nearest = out.split("feedback like 'my bill is wrong'", 1)[1]
+    assert "VEC_DISTANCE_COSINE(v.`embedding`, VEC_FromText(" in nearest
+    assert "| the bill is wrong again and nobody helps | 0.9" in nearest
 
 
 @pytest.mark.timeout(180)
