@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server vector-servers clean
+.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server vector-servers kafka-stack clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,15 @@ mysql-server: $(STAMP)
 vector-servers: $(STAMP) system-packages
 	@$(PY) -m cdc_scorer.local.vector_servers || true
 
+# The Kafka broker, Kafka Connect and Debezium's connectors (jars from Maven Central into
+# .cache/kafka; cdc_scorer/local/kafka/) for the Kafka source's tests; skipped when missing.
+kafka-stack: $(STAMP)
+	@$(PY) -m cdc_scorer.local.kafka || true
+
 demo: $(STAMP) system-packages mysql-server
 	$(VENV)/bin/cdc-scorer demo
 
-test: $(STAMP) system-packages mysql-server vector-servers
+test: $(STAMP) system-packages mysql-server vector-servers kafka-stack
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

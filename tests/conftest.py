@@ -16,6 +16,7 @@ from typing import TypeVar
 import pytest
 
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, ModelServerConfig
+from cdc_scorer.local.kafka import KafkaStack, KafkaUnavailable, ensure_kafka_jars
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
@@ -189,7 +190,26 @@ def postgres_vector() -> Iterator[PostgresServer]:
         yield server
 
 
+_KAFKA_UNAVAILABLE: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaStack]:
+    """A private Kafka broker (KRaft) and Kafka Connect worker with Debezium's connectors
+    (jars from Maven Central); skips (red banner) when Java or the jars cannot be had."""
+    try:
+        ensure_kafka_jars()
+    except KafkaUnavailable as exc:
+        _KAFKA_UNAVAILABLE.append(f"Kafka stack unavailable: {exc}")
+        pytest.skip(_KAFKA_UNAVAILABLE[-1])
+    with KafkaStack() as stack:
+        yield stack
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _KAFKA_UNAVAILABLE:
+        terminalreporter.section("KAFKA NOT TESTED", sep="!", red=True, bold=True)
+        terminalreporter.line(_KAFKA_UNAVAILABLE[0], red=True)
     if _VECTORS_UNAVAILABLE:
         terminalreporter.section("VECTOR SERVERS NOT TESTED", sep="!", red=True, bold=True)
         for line in dict.fromkeys(_VECTORS_UNAVAILABLE):

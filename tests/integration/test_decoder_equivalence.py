@@ -196,6 +196,21 @@ def _read(
     return changes, events
 
 
+def write_wide(cursor: Any, rows: list[dict[str, Any]], updates: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` into the wide table, update each to another random row's values (NULLs
+    move around too), delete every third."""
+    insert = (
+        f"INSERT INTO wide (id, {', '.join(NAMES)}) VALUES (%s, {', '.join(['%s'] * len(NAMES))})"
+    )
+    cursor.executemany(insert, [(i, *(r[n] for n in NAMES)) for i, r in enumerate(rows)])
+    assignments = ", ".join(f"{n} = %s" for n in NAMES)
+    for i, new in enumerate(updates[: len(rows)]):
+        cursor.execute(
+            f"UPDATE wide SET {assignments} WHERE id = %s", (*(new[n] for n in NAMES), i)
+        )
+    cursor.execute("DELETE FROM wide WHERE id % 3 = 0")
+
+
 def _typed(changes: list[Any]) -> list[Any]:
     """Values with their types: 1 == 1.0 == True must not pass for equal."""
 
@@ -237,18 +252,7 @@ def test_fast_decoder_equals_stock_decoder(
         cursor.execute("DELETE FROM doc")
         cursor.execute("DELETE FROM marker")
         start = _position(conn)
-        insert = (
-            f"INSERT INTO wide (id, {', '.join(NAMES)}) "
-            f"VALUES (%s, {', '.join(['%s'] * len(NAMES))})"
-        )
-        cursor.executemany(insert, [(i, *(r[n] for n in NAMES)) for i, r in enumerate(rows)])
-        # Updates: each row takes another random row's values (NULLs move around too).
-        assignments = ", ".join(f"{n} = %s" for n in NAMES)
-        for i, new in enumerate(updates[: len(rows)]):
-            cursor.execute(
-                f"UPDATE wide SET {assignments} WHERE id = %s", (*(new[n] for n in NAMES), i)
-            )
-        cursor.execute("DELETE FROM wide WHERE id % 3 = 0")
+        write_wide(cursor, rows, updates)
         cursor.executemany(
             "INSERT INTO doc (id, body, note) VALUES (%s, %s, %s)",
             [(i, json.dumps(d), f"n{i}") for i, d in enumerate(docs)],
