@@ -10,6 +10,7 @@ values and types, in each key's order — with schemas in the messages and witho
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import time
@@ -24,9 +25,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cdc_scorer.core.records import Op
+from cdc_scorer.core.spec import RetrySpec
 from cdc_scorer.local.kafka import KafkaStack
-from cdc_scorer.local.kafka.connectors import mysql_connector
+from cdc_scorer.local.kafka.connectors import mysql_connector, postgres_connector
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.services.sagemaker import csv_line
 from cdc_scorer.sources.debezium.envelope import (
     CapturedTable,
     Change,
@@ -34,12 +37,16 @@ from cdc_scorer.sources.debezium.envelope import (
     EnvelopeError,
     Tombstone,
 )
+from cdc_scorer.sources.registry import build_source
+from cdc_scorer.stores.registry import build_store
 from tests.integration.test_decoder_equivalence import (
     COLUMNS,
     _position,
     _read,
     write_wide,
 )
+from tests.integration.test_postgresql_types import FAMILIES, _spec, _streamed
+from tests.pg import PgDatabase
 
 # A negative TIME with a fraction of a second is misread by the binlog decoders (stock and
 # fast alike: -1:00:00.250 comes back as -1:00:00.750; Debezium and a SELECT give the value):
@@ -77,13 +84,20 @@ class Topic:
             [TopicPartition(topic, p, 0) for p in sorted(metadata.partitions)]  # from the start
         )
 
-    def read(self, count: int, timeout_s: float = 60) -> list[tuple[int | None, bytes | None]]:
-        """``count`` messages that are not tombstones (and the tombstones between them)."""
+    def read(
+        self, count: int, timeout_s: float = 60, settle_s: float = 0
+    ) -> list[tuple[int | None, bytes | None]]:
+        """``count`` messages that are not tombstones (and the tombstones between them), then
+        whatever else arrives within ``settle_s`` (a tombstone behind the last one)."""
         messages: list[tuple[int | None, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
-        while sum(1 for _, v in messages if v is not None) < count:
+        settled: float | None = None
+        while settled is None or time.monotonic() < settled:
+            if settled is None and sum(1 for _, v in messages if v is not None) >= count:
+                settled = time.monotonic() + settle_s
+                continue
             assert time.monotonic() < deadline, f"{len(messages)} of {count} messages arrived"
-            message = self.consumer.poll(0.5)
+            message = self.consumer.poll(0.2)
             if message is None:
                 continue
             assert message.error() is None, message.error()
@@ -229,3 +243,164 @@ def test_a_flattened_record_is_refused_with_the_fix() -> None:
     decoder = EnvelopeDecoder("mysql", "db", {"t": CapturedTable("t", {"id": "int"}, ("id",))})
     with pytest.raises(EnvelopeError, match="ExtractNewRecordState"):
         decoder.decode(json.dumps({"id": 1, "name": "x"}).encode())
+
+
+# PostgreSQL: each type family of test_postgresql_types, through pgoutput (our stream) and
+# through Debezium's PostgreSQL connector (its own slot), must give the same values and CSV.
+# Intervals and arrays have no form Debezium can give back as the server's text: refused.
+PG_FAMILIES = [f for f in FAMILIES if f[1] not in ("interval", "integer[]", "text[]")]
+PG_REFUSED = {"span": "MicroDuration", "counts": "array", "tags": "array"}
+
+
+def _drop_slot(pg: PgDatabase, slot: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = pg.rows("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        if not rows:
+            return
+        if not rows[0][0]:
+            pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            return
+        time.sleep(0.2)  # the connector's walsender ends after its task stops
+
+
+async def test_debezium_postgres_values_equal_the_pgoutput_values(
+    pg: PgDatabase, kafka: KafkaStack
+) -> None:
+    pg.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
+    columns = ", ".join(f"{name} {kind}" for name, kind, *_ in FAMILIES)
+    pg.execute(f"CREATE TABLE types (id integer PRIMARY KEY, {columns})")
+    pg.execute("ALTER TABLE types REPLICA IDENTITY FULL")  # before images of updates
+    source, pipeline = _spec(pg)
+    store = build_store(source, RetrySpec())
+    store.init([pipeline])
+    build_source(source, RetrySpec()).prepare([pipeline])
+    start = build_source(source, RetrySpec()).current_position()
+    table = store.inspect_tables([pipeline])["types"]
+    store.close()
+    prefix, slot = f"p{uuid.uuid4().hex[:6]}", f"dbz_{uuid.uuid4().hex[:8]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **postgres_connector(
+                pg.server,
+                prefix=prefix,
+                database=pg.name,
+                tables=["types"],
+                bootstrap=kafka.bootstrap_servers,
+                slot=slot,
+            ),
+            "snapshot.mode": "no_data",
+        },
+    )
+    try:
+        literals = ", ".join(literal for *_, literal, _csv in FAMILIES)
+        pg.execute(f"INSERT INTO types VALUES (1, {literals})")
+        (streamed,) = await asyncio.wait_for(_streamed(source, start), 30)
+        topic_name = f"{prefix}.public.types"
+        _wait_topic(kafka, topic_name)
+        topic = Topic(kafka, topic_name)
+        ((_, value),) = topic.read(1)
+        topic.consumer.close()
+    finally:
+        kafka.delete_connector(prefix)
+        _drop_slot(pg, slot)
+    names = [name for name, *_ in PG_FAMILIES]
+    decoder = EnvelopeDecoder(
+        "postgresql",
+        "public",
+        {"types": CapturedTable("types", table.column_types, ("id",), frozenset(names))},
+    )
+    change = decoder.decode(value)
+    assert isinstance(change, Change) and change.op is Op.INSERT
+    for name in names:
+        assert change.values[name] == streamed.values[name], name
+        assert type(change.values[name]) is type(streamed.values[name]), name
+    expected = ",".join(field for _, _, _, field in PG_FAMILIES) + "\n"
+    assert csv_line(change.values, names) == csv_line(streamed.values, names) == expected
+    for column, encoding in PG_REFUSED.items():
+        refusing = EnvelopeDecoder(
+            "postgresql",
+            "public",
+            {"types": CapturedTable("types", table.column_types, ("id",), frozenset([column]))},
+        )
+        with pytest.raises(EnvelopeError, match=f"column {column}: Debezium.s .*{encoding}"):
+            refusing.decode(value)
+
+
+def test_json_a_key_change_and_a_truncate_through_debezium_on_mysql(
+    mysql_gtid: DatabaseServer, kafka: KafkaStack
+) -> None:
+    server, database = mysql_gtid, f"dbz_{uuid.uuid4().hex[:6]}"
+    conn = server.connect()
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+        cursor.execute(f"USE {database}")
+        cursor.execute("CREATE TABLE doc (id BIGINT PRIMARY KEY, body JSON, note VARCHAR(20))")
+        cursor.execute("CREATE TABLE marker (id BIGINT)")
+        cursor.execute("INSERT INTO doc VALUES (0, '[]', 'first')")
+    prefix = f"j{uuid.uuid4().hex[:6]}"
+    config = mysql_connector(
+        server, prefix=prefix, database=database, tables=["doc"], bootstrap=kafka.bootstrap_servers
+    )
+    kafka.put_connector(prefix, {**config, "database.server.id": "5499"})
+    try:
+        _wait_topic(kafka, f"{prefix}.{database}.doc")
+        topic = Topic(kafka, f"{prefix}.{database}.doc")
+        topic.read(1)  # the snapshot's row
+        with conn.cursor() as cursor:
+            start = _position(conn)
+            bodies = [
+                {"plan": "gold", "n": [1, 2.5, None]},
+                "text",
+                3,
+                {"é": {"deep": True}, "big": 1e20, "small": -1.5e-7, "q": 'a"b', "two": 2.0},
+            ]
+            cursor.executemany(
+                "INSERT INTO doc VALUES (%s, %s, %s)",
+                [(i + 1, json.dumps(b), f"n{i}") for i, b in enumerate(bodies)],
+            )
+            cursor.execute("UPDATE doc SET id = 10 WHERE id = 1")  # a key change
+            cursor.execute("INSERT INTO marker VALUES (1)")
+            cursor.execute("SELECT id, body FROM doc")
+            selected = {(int(i),): str(b) for i, b in cursor.fetchall()}  # MySQL's own text
+            cursor.execute("TRUNCATE doc")
+        binlog, _ = _read(server, database, start, None)
+        binlog = [c for c in binlog if c[0] == "doc"]
+        messages = topic.read(len(bodies) + 3, settle_s=3)  # the key change: delete + create
+        topic.consumer.close()
+    finally:
+        kafka.delete_connector(prefix)
+        conn.close()
+    decoder = EnvelopeDecoder(
+        "mysql",
+        database,
+        {
+            "doc": CapturedTable(
+                "doc", {"id": "bigint", "body": "json", "note": "varchar(20)"}, ("id",)
+            )
+        },
+    )
+    changes = [decoder.decode(v) for _, v in messages]
+    assert sum(isinstance(c, Tombstone) for c in changes) == 1  # after the key change's delete
+    events = [c for c in changes if isinstance(c, Change)]
+    # Partitions by key: each key's events in order, the keys interleaved.
+    assert sorted((str(c.op), c.key) for c in events) == sorted(
+        [
+            *((str(Op.INSERT), (i + 1,)) for i in range(len(bodies))),
+            (str(Op.DELETE), (1,)),
+            (str(Op.INSERT), (10,)),
+            (str(None), ()),  # the truncate (skipped.operations=none)
+        ]
+    )
+    first_of = {c.key: c for c in reversed(events)}
+    assert first_of[(1,)].op is Op.INSERT  # then its delete
+    inserts = {c.key: c.values for c in events if c.op is Op.INSERT and c.key != (10,)}
+    for _, op, key, values, _before in binlog[: len(bodies)]:
+        assert op is Op.INSERT
+        assert inserts[key] == values, key
+        if key != (1,):  # moved to 10
+            assert values["body"] == selected[key]  # the binlog's JSON is MySQL's text
+        assert {k: type(v) for k, v in inserts[key].items()} == {
+            k: type(v) for k, v in values.items()
+        }

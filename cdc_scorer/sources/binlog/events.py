@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -45,6 +46,7 @@ from cdc_scorer.core.records import (
     TableGone,
     TableTruncated,
 )
+from cdc_scorer.mysql.json_text import mysql_json_text
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.payload import TRANSACTION_PAYLOAD_EVENT, PayloadError, PayloadReader
 from cdc_scorer.sources.binlog.positions import (
@@ -414,10 +416,11 @@ def row_changes(
             RowChange(op, table, key_of(values), values, tx, committed_at) for _, values in images
         ]
     changes: list[RowChange] = []
+    as_text = _json_text_of(event)
     if isinstance(event, UpdateRowsEvent):
         partial = isinstance(event, PartialUpdateRowsEvent)
         for row in event.rows:
-            before, after = row["before_values"], row["after_values"]
+            before, after = as_text(row["before_values"]), as_text(row["after_values"])
             changes.append(
                 RowChange(
                     Op.UPDATE,
@@ -433,11 +436,33 @@ def row_changes(
         return changes
     op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
     for row in event.rows:
-        values = row["values"]
+        values = as_text(row["values"])
         changes.append(
             RowChange(op, table, tuple(values[c] for c in key_columns), values, tx, committed_at)
         )
     return changes
+
+
+def _json_text_of(event: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What turns a row image's MySQL JSON values (the decoder's dicts with bytes keys) into
+    the text MySQL writes for them — a snapshot's SELECT gives that text, and a model reads
+    text. A partial update's diff stays as it is (the row is dead-lettered)."""
+    names = [c.name for c in getattr(event, "columns", ()) if c.type == FIELD_TYPE.JSON]
+    if not names:
+        return _unchanged
+
+    def as_text(values: dict[str, Any]) -> dict[str, Any]:
+        for name in names:
+            value = values.get(name)
+            if value is not None and not isinstance(value, JsonDiff):
+                values[name] = mysql_json_text(value)
+        return values
+
+    return as_text
+
+
+def _unchanged(values: dict[str, Any]) -> dict[str, Any]:
+    return values
 
 
 def _json_diffs(values: dict[str, Any]) -> frozenset[str]:

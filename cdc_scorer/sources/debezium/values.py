@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from cdc_scorer.mysql.json_text import mysql_json_text
 
 MYSQL = "mysql"
 POSTGRESQL = "postgresql"
@@ -87,6 +90,17 @@ def _mysql_bytes(padded: bool) -> Reader:
         return data if data else ""
 
     return read
+
+
+def _json_number(text: str) -> int | float:
+    # Debezium writes a double with an integral value in plain digits (1e20 as
+    # 100000000000000000000); MySQL's JSON integers are 64-bit: past them it was a double.
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(number)
+
+
+def _mysql_json(value: str) -> str:
+    return mysql_json_text(json.loads(value, parse_int=_json_number))
 
 
 def _set_members(value: str) -> set[str] | None:
@@ -160,7 +174,11 @@ def reader_for(column: str, schema: FieldSchema, db_type: str, engine: str) -> R
         return _bits_text(int(params.get("length", "1")))
     if name == "io.debezium.data.EnumSet":
         return _set_members if engine == MYSQL else str
-    if name in ("io.debezium.data.Enum", "io.debezium.data.Json", "io.debezium.data.Uuid"):
+    if name == "io.debezium.data.Json":
+        # MySQL: the text MySQL writes (Debezium writes its own compact one); PostgreSQL:
+        # pgoutput's text, which Debezium passes on.
+        return _mysql_json if engine == MYSQL else str
+    if name in ("io.debezium.data.Enum", "io.debezium.data.Uuid"):
         return str
     if name == "io.debezium.data.Xml":
         return str
@@ -247,6 +265,8 @@ def _mysql_implied(db: str) -> FieldSchema:
         if bits == 1:
             return FieldSchema("boolean")
         return FieldSchema("bytes", "io.debezium.data.Bits", {"length": str(bits)})
+    if db == "json":
+        return FieldSchema("string", "io.debezium.data.Json")
     if db.startswith("set("):
         return FieldSchema("string", "io.debezium.data.EnumSet")
     if db.startswith(("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob")):
