@@ -1,0 +1,20 @@
+"""The Kafka offsets table on MySQL and MariaDB (``stores/offsets.py``)."""
+
+from __future__ import annotations
+
+from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetsSql
+
+OFFSETS = OffsetsSql(
+    table=OFFSETS_TABLE,
+    ddl=f"""CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+  pipeline VARCHAR(64) NOT NULL,
+  topic VARCHAR(249) NOT NULL,
+  kafka_partition INT NOT NULL,
+  next_offset BIGINT NOT NULL,
+  owner VARCHAR(255) NULL,
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (pipeline, topic, kafka_partition)
+) ENGINE=InnoDB CHARACTER SET utf8mb4""",
+    insert_missing=f"INSERT IGNORE INTO {OFFSETS_TABLE} "
+    "(pipeline, topic, kafka_partition, next_offset, owner) VALUES (%s, %s, %s, %s, %s)",
+)

@@ -1,0 +1,103 @@
+"""The Kafka source's offsets, kept in the database beside the predictions (issue 20).
+
+One row per pipeline and partition of a captured table's topic holds the offset of the next
+message that pipeline has not applied. A batch's predictions and the new offsets of the
+partitions it covers commit in one transaction; each offset moves by compare-and-set from the
+value this consumer loaded or last wrote, so a consumer that lost a partition in a rebalance
+(and a zombie paused past its session) changes nothing: its transaction finds another value,
+rolls back, and the batch is abandoned. Kafka's own committed offsets are informational.
+
+The SQL is the same on MySQL and PostgreSQL but for the table's types and the insert of a
+missing row; each dialect gives its ``OffsetsSql``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OFFSETS_TABLE = "cdc_scorer_kafka_offset"
+
+TopicPartition = tuple[str, int]
+
+
+class PartitionLost(Exception):
+    """A partition's stored offset is not the one this consumer expected: another consumer
+    has applied messages of it since. The batch is abandoned (rolled back)."""
+
+    def __init__(self, pipeline: str, partition: TopicPartition, expected: int) -> None:
+        topic, number = partition
+        super().__init__(
+            f"pipeline {pipeline}: partition {topic}[{number}] moved past offset {expected} "
+            "under another consumer"
+        )
+        self.pipeline = pipeline
+        self.partition = partition
+
+
+@dataclass(frozen=True)
+class OffsetsSql:
+    """A dialect's statements: the table (as the connection names it), its DDL, and the
+    insert that leaves an existing row alone."""
+
+    table: str
+    ddl: str
+    insert_missing: str  # (pipeline, topic, partition, next_offset, owner) placeholders
+
+
+def load_offsets(
+    cursor: Any,
+    sql: OffsetsSql,
+    pipeline: str,
+    partitions: Iterable[TopicPartition],
+    start: Mapping[TopicPartition, int],
+    owner: str,
+) -> dict[TopicPartition, int]:
+    """Each partition's stored next offset; a partition without a row gets one at its
+    ``start`` offset first (the topic's beginning: a new pipeline reads everything)."""
+    wanted = sorted(set(partitions))
+    for topic, number in wanted:
+        cursor.execute(sql.insert_missing, (pipeline, topic, number, start[(topic, number)], owner))
+    found: dict[TopicPartition, int] = {}
+    for topic, number in wanted:
+        cursor.execute(
+            f"SELECT next_offset FROM {sql.table} "
+            "WHERE pipeline = %s AND topic = %s AND kafka_partition = %s",
+            (pipeline, topic, number),
+        )
+        row = cursor.fetchone()
+        found[(topic, number)] = int(row[0])
+    return found
+
+
+def advance_offsets(
+    cursor: Any,
+    sql: OffsetsSql,
+    pipeline: str,
+    moves: Mapping[TopicPartition, tuple[int, int]],
+    owner: str,
+) -> None:
+    """Move each partition from its expected offset to the new one (``moves``: partition →
+    (expected, new)), inside the caller's transaction; ``PartitionLost`` if one is not at
+    its expected offset (the caller rolls back)."""
+    for (topic, number), (expected, new) in sorted(moves.items()):
+        if new < expected:
+            raise ValueError(f"offset of {topic}[{number}] would move back: {expected} → {new}")
+        cursor.execute(
+            f"UPDATE {sql.table} SET next_offset = %s, owner = %s, updated_at = "
+            "CURRENT_TIMESTAMP WHERE pipeline = %s AND topic = %s AND kafka_partition = %s "
+            "AND next_offset = %s",
+            (new, owner, pipeline, topic, number, expected),
+        )
+        if cursor.rowcount != 1:
+            raise PartitionLost(pipeline, (topic, number), expected)
+
+
+def stored_offsets(cursor: Any, sql: OffsetsSql) -> list[tuple[str, str, int, int, str | None]]:
+    """Every row: (pipeline, topic, partition, next offset, owner) — for `status`."""
+    cursor.execute(
+        f"SELECT pipeline, topic, kafka_partition, next_offset, owner FROM {sql.table} "
+        "ORDER BY pipeline, topic, kafka_partition"
+    )
+    return [(str(a), str(b), int(c), int(d), e) for a, b, c, d, e in cursor.fetchall()]

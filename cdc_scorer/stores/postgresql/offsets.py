@@ -1,0 +1,25 @@
+"""The Kafka offsets table on PostgreSQL (``stores/offsets.py``), in the store's schema."""
+
+from __future__ import annotations
+
+from cdc_scorer.postgresql.connection import quote
+from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetsSql
+
+
+def offsets_sql(schema: str) -> OffsetsSql:
+    table = f"{quote(schema)}.{OFFSETS_TABLE}"
+    return OffsetsSql(
+        table=table,
+        ddl=f"""CREATE TABLE IF NOT EXISTS {table} (
+  pipeline varchar(64) NOT NULL,
+  topic varchar(249) NOT NULL,
+  kafka_partition integer NOT NULL,
+  next_offset bigint NOT NULL,
+  owner varchar(255) NULL,
+  updated_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  PRIMARY KEY (pipeline, topic, kafka_partition)
+)""",
+        insert_missing=f"INSERT INTO {table} "
+        "(pipeline, topic, kafka_partition, next_offset, owner) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+    )
