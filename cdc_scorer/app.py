@@ -82,6 +82,13 @@ class ScorerApp:
 
     async def _run_pipelines(self) -> None:
         spec = self.spec
+        if spec.kafka is not None:
+            # Not silently the log: the consumer group is the part of issue 20 still to come.
+            raise FatalError(
+                "kafka: reading Debezium's topics through a consumer group is not built yet "
+                "(its envelope decoder and offsets are); remove [kafka] to read the database's "
+                "own change log"
+            )
         info, tables = await asyncio.to_thread(self._inspect)
         sinks = {p.name: self._sink(p, tables[p.table], info) for p in spec.pipelines}
         try:

@@ -24,6 +24,7 @@ from cdc_scorer.core.errors import ConfigError
 from cdc_scorer.core.spec import (
     AwsSpec,
     HttpSpec,
+    KafkaSpec,
     PipelineSpec,
     RetrySpec,
     ScorerSpec,
@@ -53,6 +54,8 @@ class _Settings(BaseSettings):
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: float = Field(ScorerSpec.shutdown_grace_s, gt=0)
     http: HttpSpec = HttpSpec()
+    # Validated with KafkaSpec's own checks, a problem a line (``_kafka``).
+    kafka: dict[str, Any] | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -141,6 +144,8 @@ def load_config(path: Path | str) -> ScorerSpec:
         problems += found
         if pipeline is not None:
             pipelines.append(pipeline)
+    kafka, found = _kafka(raw.get("kafka") if settings is None else settings.kafka)
+    problems += found
     if problems or settings is None:
         raise ConfigError(problems)
     spec = ScorerSpec(
@@ -150,6 +155,7 @@ def load_config(path: Path | str) -> ScorerSpec:
         retry=settings.retry,
         shutdown_grace_s=settings.shutdown_grace_s,
         http=settings.http,
+        kafka=kafka,
     )
     problems = _cross_checks(spec)
     if problems:
@@ -211,6 +217,16 @@ def _model(
     except ValidationError as exc:
         return None, [*problems, *_errors(exc.errors(), (*where, service))]
     return (None if problems else model), problems
+
+
+def _kafka(section: Any) -> tuple[KafkaSpec | None, list[str]]:
+    """``[kafka]``, or its problems (each naming its key)."""
+    if section is None:
+        return None, []
+    try:
+        return TypeAdapter(KafkaSpec).validate_python(section), []
+    except ValidationError as exc:
+        return None, _errors(exc.errors(), ("kafka",))
 
 
 def _errors(errors: Iterable[Mapping[str, Any]], where: tuple[str | int, ...]) -> list[str]:

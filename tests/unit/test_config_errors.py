@@ -177,3 +177,55 @@ def test_an_unknown_engine_names_the_ones_there_are(tmp_path: Path) -> None:
         '[pipelines.comprehend]\ntext_column = "x"\n',
     )
     assert problems == ["source.engine: 'oracle' is not 'mysql' or 'postgresql' — use one of those"]
+
+
+KAFKA_BASE = (
+    '[source]\ndatabase = "db"\n{kafka}'
+    '[[pipelines]]\nname = "a"\ntable = "t"\nservice = "comprehend"\n'
+    '[pipelines.comprehend]\ntext_column = "x"\n'
+)
+
+
+def test_the_kafka_section_lists_each_problem_with_its_key(tmp_path: Path) -> None:
+    kafka = (
+        '[kafka]\nbootstrap_servers = "b-1:9098,nohost"\ntopic_prefix = "dbz server"\n'
+        'security = "sasl-scram"\nsession_timeout_ms = 10\ncolour = "blue"\n'
+        '[kafka.consumer]\n"group.id" = "x"\n"fetch.min.bytes" = 1\n'
+    )
+    problems = problems_of(tmp_path, KAFKA_BASE.format(kafka=kafka))
+    assert sorted(problems) == [
+        "kafka.colour: Extra inputs are not permitted — remove it or fix its spelling "
+        "(README: Configuration)",
+        "kafka.session_timeout_ms: Input should be greater than or equal to 6000",
+    ]
+    kafka = kafka.replace('session_timeout_ms = 10\ncolour = "blue"\n', "")
+    problems = problems_of(tmp_path, KAFKA_BASE.format(kafka=kafka))
+    assert problems == [
+        "kafka.bootstrap_servers: 'nohost' is not host:port — list the brokers as "
+        '"host:port,host:port"',
+        "kafka.topic_prefix: 'dbz server' is not a Kafka topic prefix — use Debezium's "
+        "topic.prefix (letters, digits, . _ -)",
+        "kafka.username: sasl-scram needs username and password (the password from the "
+        "environment: CDC_SCORER_KAFKA__PASSWORD)",
+        "kafka.consumer: 'group.id' is set by the scorer — remove it (bootstrap_servers, "
+        "group_id and security are [kafka]'s own keys)",
+    ]
+
+
+def test_the_kafka_section_reads_its_password_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "scorer.toml"
+    kafka = (
+        '[kafka]\nbootstrap_servers = "127.0.0.1:9092"\ntopic_prefix = "dbz"\n'
+        'security = "sasl-scram"\nusername = "scorer"\n'
+    )
+    path.write_text(KAFKA_BASE.format(kafka=kafka))
+    monkeypatch.setenv("CDC_SCORER_KAFKA__PASSWORD", "secret")
+    spec = load_config(path)
+    assert spec.kafka is not None and spec.kafka.password == "secret"
+    assert spec.kafka.group_id == "cdc-scorer" and spec.kafka.session_timeout_ms == 45_000
+    assert "secret" not in repr(spec)
+    monkeypatch.delenv("CDC_SCORER_KAFKA__PASSWORD")
+    path.write_text(KAFKA_BASE.format(kafka=""))
+    assert load_config(path).kafka is None  # the database's own log
