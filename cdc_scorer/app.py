@@ -83,12 +83,8 @@ class ScorerApp:
     async def _run_pipelines(self) -> None:
         spec = self.spec
         if spec.kafka is not None:
-            # Not silently the log: the consumer group is the part of issue 20 still to come.
-            raise FatalError(
-                "kafka: reading Debezium's topics through a consumer group is not built yet "
-                "(its envelope decoder and offsets are); remove [kafka] to read the database's "
-                "own change log"
-            )
+            await self._run_group()
+            return
         info, tables = await asyncio.to_thread(self._inspect)
         sinks = {p.name: self._sink(p, tables[p.table], info) for p in spec.pipelines}
         try:
@@ -162,6 +158,20 @@ class ScorerApp:
             dead_letters=dict(self.telemetry.dead_letters),
             model_calls=dict(self.telemetry.model_calls),
         )
+
+    async def _run_group(self) -> None:
+        """Kafka mode: Debezium's topics through consumer groups (``group_app.py``)."""
+        from cdc_scorer.group_app import run_group
+
+        def inspect() -> dict[str, TableInfo]:
+            tables = self.store.inspect_tables(self.spec.pipelines)
+            self.store.check_schema(self.spec.pipelines)
+            return tables
+
+        tables = await asyncio.to_thread(inspect)
+        log.info("starting on Kafka", pipelines=[p.name for p in self.spec.pipelines])
+        await run_group(self.spec, self.store, self.telemetry, self._stop, tables)
+        log.info("stopped", rows_scored=dict(self.telemetry.rows_scored))
 
     def _inspect(self) -> tuple[SourceInfo, dict[str, TableInfo]]:
         pipelines = self.spec.pipelines

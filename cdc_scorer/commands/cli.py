@@ -58,10 +58,15 @@ def _init(args: argparse.Namespace) -> int:
     store = build_store(spec.source, spec.retry)
     try:
         statements = store.init(spec.pipelines)
+        if spec.kafka is not None:
+            store.init_offsets()
+            statements.append("the Kafka offsets table")
     finally:
         store.close()
-    # After the tables: a publication names the scorer's own tables too.
-    statements += build_source(spec.source, spec.retry).prepare(spec.pipelines)
+    # After the tables: a publication names the scorer's own tables too. With [kafka]
+    # Debezium reads the log: a slot of the scorer's would hold the WAL for nobody.
+    if spec.kafka is None:
+        statements += build_source(spec.source, spec.retry).prepare(spec.pipelines)
     print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
     return 0
 

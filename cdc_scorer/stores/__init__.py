@@ -21,6 +21,7 @@ from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.services import PredictionColumn
+from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
 
 # A source's codec: (server identity, encoded position) → position.
 PositionDecoder = Callable[[str, str], Position]
@@ -231,7 +232,26 @@ class Store(Protocol):
         identity: str,
         decode: PositionDecoder,
         on_retry: OnRetry | None = None,
-    ) -> PipelineSink: ...
+        offsets: OffsetLedger | None = None,
+    ) -> PipelineSink:
+        """The pipeline's writer; with ``offsets`` (the Kafka source) it takes no leader lock
+        and each batch moves its partitions' offsets by compare-and-set instead of the
+        checkpoint row."""
+
+    def offsets_sql(self) -> OffsetsSql:
+        """The Kafka offsets table of this dialect (``stores/offsets.py``)."""
+
+    def init_offsets(self) -> None:
+        """Make the Kafka offsets table (``init`` with ``[kafka]``), idempotently."""
+
+    def load_offsets(
+        self,
+        ledger: OffsetLedger,
+        partitions: list[tuple[str, int]],
+        start: dict[tuple[str, int], int],
+    ) -> dict[tuple[str, int], int]:
+        """The stored next offsets of newly assigned partitions, rows made at ``start``
+        where missing, in a transaction of its own (blocking)."""
 
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> ChunkStore: ...
 

@@ -20,6 +20,7 @@ from cdc_scorer.core.rescoring import encode_rescores
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.offsets import OffsetLedger
 
 ConnectionT = TypeVar("ConnectionT")
 
@@ -45,8 +46,12 @@ class FencedSink(ABC, Generic[ConnectionT]):
         *,
         lock: str,
         decode: PositionDecoder,
+        offsets: OffsetLedger | None = None,
     ) -> None:
         self.lock = lock
+        # The Kafka source: no leader lock and no checkpoint row to fence on (the group is
+        # the coordinator); each batch moves its partitions' offsets by compare-and-set.
+        self.offsets = offsets
         self._pipeline = pipeline
         self._identity = server_identity
         self._retry = retry
@@ -79,7 +84,15 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     @abstractmethod
     def _apply(self, conn: ConnectionT, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
-        """The batch and its checkpoint row ``row`` in one transaction, committed."""
+        """The batch and its checkpoint row ``row`` in one transaction, committed (with
+        :meth:`_checkpoint_step` last in it)."""
+
+    def _checkpoint_step(self, cursor: Any, statement: str, batch: ScoredBatch, row: Any) -> None:
+        """The transaction's last step: the checkpoint row, or the Kafka offsets."""
+        if self.offsets is not None:
+            self.offsets.advance(cursor, batch.checkpoint.position)
+        else:
+            cursor.execute(statement, row)
 
     # ---------------------------------------------------------------- the fence
     async def write(self, batch: ScoredBatch) -> None:
@@ -92,6 +105,9 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     def try_lead(self, wait_s: float) -> bool:
         """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
+        if self.offsets is not None:
+            self._leading = True
+            return True
         try:
             if self._conn is None:
                 self._conn = self._open()
@@ -110,6 +126,9 @@ class FencedSink(ABC, Generic[ConnectionT]):
             return self._conn
         assert self._leading, "try_lead() first"
         conn = self._open()
+        if self.offsets is not None:
+            self._conn = conn
+            return conn
         try:
             name = self._pipeline.name
             if not self._try_lock(conn, 0):
@@ -157,6 +176,8 @@ class FencedSink(ABC, Generic[ConnectionT]):
                 self._attempted = row
                 self._apply(conn, batch, row)
                 self._written = row
+                if self.offsets is not None:
+                    self.offsets.committed()
         except BaseException:
             self.close()  # a failed transaction's connection is not reused
             raise

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from cdc_scorer.core.errors import FatalError
 
 OFFSETS_TABLE = "cdc_scorer_kafka_offset"
 
 TopicPartition = tuple[str, int]
 
 
-class PartitionLost(Exception):
+class PartitionLost(FatalError):
     """A partition's stored offset is not the one this consumer expected: another consumer
-    has applied messages of it since. The batch is abandoned (rolled back)."""
+    has applied messages of it since. The batch is abandoned (rolled back), and the process
+    stops with this line: restarted, it rejoins the group and reads from the database's
+    offsets (a member that lost partitions without being told — paused past its session —
+    must not go on from its own idea of them)."""
 
     def __init__(self, pipeline: str, partition: TopicPartition, expected: int) -> None:
         topic, number = partition
@@ -101,3 +106,65 @@ def stored_offsets(cursor: Any, sql: OffsetsSql) -> list[tuple[str, str, int, in
         "ORDER BY pipeline, topic, kafka_partition"
     )
     return [(str(a), str(b), int(c), int(d), e) for a, b, c, d, e in cursor.fetchall()]
+
+
+class PartitionOffsets(Protocol):
+    """A position that says each partition's next offset (the Kafka source's)."""
+
+    def next_offsets(self) -> dict[TopicPartition, int]: ...
+
+
+class OffsetLedger:
+    """One pipeline's offsets as this member knows them: loaded when partitions are assigned,
+    moved by each committed batch. The sink moves them inside the batch's transaction
+    (:meth:`advance`, then :meth:`committed` once it commits); the source waits on
+    :meth:`committed_offset` before it gives up a revoked partition."""
+
+    def __init__(self, sql: OffsetsSql, pipeline: str, owner: str) -> None:
+        self.sql = sql
+        self.pipeline = pipeline
+        self.owner = owner
+        self._expected: dict[TopicPartition, int] = {}
+        self._pending: dict[TopicPartition, int] = {}
+        self._poisoned: PartitionLost | None = None
+
+    def poison(self, partition: TopicPartition, expected: int) -> None:
+        """``partition`` went to another member before what was read of it committed (or the
+        session was lost): no batch of this member may commit any more — a late one could
+        put an older version over the new owner's."""
+        self._poisoned = PartitionLost(self.pipeline, partition, expected)
+
+    def load(
+        self, cursor: Any, partitions: Iterable[TopicPartition], start: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        found = load_offsets(cursor, self.sql, self.pipeline, partitions, start, self.owner)
+        self._expected |= found
+        return found
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for partition in partitions:
+            self._expected.pop(partition, None)
+
+    def committed_offset(self, partition: TopicPartition) -> int | None:
+        return self._expected.get(partition)
+
+    def advance(self, cursor: Any, position: Any) -> None:
+        """In the batch's transaction: move the partitions ``position`` carries further."""
+        if self._poisoned is not None:
+            raise self._poisoned
+        if position is None or not hasattr(position, "next_offsets"):
+            return
+        moves = {
+            partition: (self._expected[partition], offset)
+            for partition, offset in position.next_offsets().items()
+            if partition in self._expected and offset != self._expected[partition]
+        }
+        advance_offsets(cursor, self.sql, self.pipeline, moves, self.owner)
+        self._pending = {partition: new for partition, (_, new) in moves.items()}
+
+    def committed(self) -> None:
+        """The transaction of the last :meth:`advance` committed."""
+        for partition, offset in self._pending.items():
+            if partition in self._expected:
+                self._expected[partition] = offset
+        self._pending = {}

@@ -149,12 +149,13 @@ async def test_members_start_at_the_databases_offsets_and_hand_partitions_over(
         kafka.delete_connector(prefix)
 
 
-def _messages(kafka: KafkaStack, topic: str) -> int:
+def _messages(kafka: KafkaStack, topic: str, partitions: int = PARTITIONS) -> int:
+    """The messages of ``topic``: the sum of its partitions' end offsets."""
     probe = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "probe"})
     try:
         return sum(
             probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(PARTITIONS)
+            for p in range(partitions)
         )
     finally:
         probe.close()

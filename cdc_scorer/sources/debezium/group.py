@@ -18,11 +18,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from cdc_scorer.core.errors import FatalError, RetriableError
 from cdc_scorer.core.spec import KafkaSpec
+
+log = structlog.get_logger("cdc_scorer.sources.debezium")
 
 Partition = tuple[str, int]
 # (newly assigned partitions, each one's first offset in the topic) → where each starts
@@ -131,6 +134,7 @@ class GroupMember:
         self._batch_max = batch_max
         self._consumer: AIOConsumer | None = None
         self._owned: set[Partition] = set()
+        self._missing_logged = False
 
     @property
     def owned(self) -> frozenset[Partition]:
@@ -172,8 +176,14 @@ class GroupMember:
                         "it, or the topic was made again): re-score the table (cdc-scorer "
                         "rescore) after removing that pipeline's rows of cdc_scorer_kafka_offset"
                     )
+                if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and not error.fatal():
+                    # Debezium makes a table's topic with its first message: until then the
+                    # member waits in the group (librdkafka subscribes once it appears).
+                    if not self._missing_logged:
+                        self._missing_logged = True
+                        log.warning("topic not there yet", topics=self._topics, error=error.str())
+                    continue
                 if error.fatal() or error.code() in (
-                    KafkaError.UNKNOWN_TOPIC_OR_PART,
                     KafkaError.TOPIC_AUTHORIZATION_FAILED,
                     KafkaError.GROUP_AUTHORIZATION_FAILED,
                 ):

@@ -32,7 +32,9 @@ from cdc_scorer.stores.mysql import checkpoints, schema
 from cdc_scorer.stores.mysql.chunks import MysqlChunks
 from cdc_scorer.stores.mysql.heartbeat import MysqlHeartbeat
 from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
+from cdc_scorer.stores.mysql.offsets import OFFSETS
 from cdc_scorer.stores.mysql.sink import Sink
+from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
 
 
 class MysqlStore:
@@ -166,6 +168,7 @@ class MysqlStore:
         identity: str,
         decode: PositionDecoder,
         on_retry: OnRetry | None = None,
+        offsets: OffsetLedger | None = None,
     ) -> Sink:
         return Sink(
             self._source,
@@ -176,6 +179,7 @@ class MysqlStore:
             on_retry=on_retry,
             lock=self.lock(pipeline),
             decode=decode,
+            offsets=offsets,
         )
 
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> MysqlChunks:
@@ -183,6 +187,31 @@ class MysqlStore:
 
     def heartbeat(self, instance: str) -> MysqlHeartbeat:
         return MysqlHeartbeat(self._source, HEARTBEAT_TABLE, instance)
+
+    # ---------------------------------------------------------------- the Kafka offsets
+    def offsets_sql(self) -> OffsetsSql:
+        return OFFSETS
+
+    def init_offsets(self) -> None:
+        with mysql_errors("making the Kafka offsets table"), self._connection().cursor() as c:
+            c.execute(OFFSETS.ddl)
+
+    def load_offsets(
+        self,
+        ledger: OffsetLedger,
+        partitions: list[tuple[str, int]],
+        start: dict[tuple[str, int], int],
+    ) -> dict[tuple[str, int], int]:
+        conn = connect(self._source)
+        try:
+            with mysql_errors(f"loading the Kafka offsets of {ledger.pipeline}"):
+                conn.begin()
+                with conn.cursor() as cursor:
+                    found = ledger.load(cursor, partitions, start)
+                conn.commit()
+        finally:
+            close_quietly(conn)
+        return found
 
 
 def _tls_check(conn: Connection, tls: TlsSpec) -> tuple[str, bool, str]:

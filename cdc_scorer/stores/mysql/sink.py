@@ -24,6 +24,7 @@ from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
 from cdc_scorer.stores.mysql.leader import try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, stored_types, view_statement
+from cdc_scorer.stores.offsets import OffsetLedger
 
 
 def _hex(value: bytes) -> str:
@@ -70,8 +71,11 @@ class Sink(FencedSink[Connection]):
         *,
         lock: str,
         decode: PositionDecoder,
+        offsets: OffsetLedger | None = None,
     ) -> None:
-        super().__init__(pipeline, server_identity, retry, on_retry, lock=lock, decode=decode)
+        super().__init__(
+            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, offsets=offsets
+        )
         self._source = source
         self._key_columns = key_columns
         self._model_endpoint = pipeline.model.model_endpoint
@@ -220,5 +224,5 @@ class Sink(FencedSink[Connection]):
                         for d in batch.dead_letters
                     ],
                 )
-            cursor.execute(CHECKPOINT_UPSERT, row)
+            self._checkpoint_step(cursor, CHECKPOINT_UPSERT, batch, row)
         conn.commit()

@@ -27,7 +27,9 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
 from cdc_scorer.stores.postgresql import schema, tables
+from cdc_scorer.stores.postgresql.offsets import offsets_sql
 from cdc_scorer.stores.postgresql.sink import PostgresSink
 
 
@@ -170,6 +172,7 @@ class PostgresStore:
         identity: str,
         decode: PositionDecoder,
         on_retry: OnRetry | None = None,
+        offsets: OffsetLedger | None = None,
     ) -> PostgresSink:
         return PostgresSink(
             self._source,
@@ -180,6 +183,7 @@ class PostgresStore:
             on_retry=on_retry,
             lock=self.lock(pipeline),
             decode=decode,
+            offsets=offsets,
         )
 
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> tables.PostgresChunks:
@@ -187,3 +191,27 @@ class PostgresStore:
 
     def heartbeat(self, instance: str) -> tables.PostgresHeartbeat:
         return tables.PostgresHeartbeat(self._source, instance)
+
+    # ---------------------------------------------------------------- the Kafka offsets
+    def offsets_sql(self) -> OffsetsSql:
+        return offsets_sql(self._source.schema)
+
+    def init_offsets(self) -> None:
+        with pg_errors("making the Kafka offsets table"), self._connection().cursor() as c:
+            c.execute(self.offsets_sql().ddl)
+
+    def load_offsets(
+        self,
+        ledger: OffsetLedger,
+        partitions: list[tuple[str, int]],
+        start: dict[tuple[str, int], int],
+    ) -> dict[tuple[str, int], int]:
+        conn = connect(self._source, autocommit=False)
+        try:
+            with pg_errors(f"loading the Kafka offsets of {ledger.pipeline}"):
+                with conn.cursor() as cursor:
+                    found = ledger.load(cursor, partitions, start)
+                conn.commit()
+        finally:
+            close_quietly(conn)
+        return found

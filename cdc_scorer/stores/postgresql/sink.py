@@ -25,6 +25,7 @@ from cdc_scorer.postgresql.connection import (
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
 from cdc_scorer.stores.fenced import FencedSink
 from cdc_scorer.stores.keys import key_hash, key_json
+from cdc_scorer.stores.offsets import OffsetLedger
 from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
 from cdc_scorer.stores.postgresql.tables import (
     checkpoint_upsert,
@@ -46,8 +47,11 @@ class PostgresSink(FencedSink[Connection]):
         *,
         lock: str,
         decode: PositionDecoder,
+        offsets: OffsetLedger | None = None,
     ) -> None:
-        super().__init__(pipeline, server_identity, retry, on_retry, lock=lock, decode=decode)
+        super().__init__(
+            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, offsets=offsets
+        )
         self._source = source
         schema = quote(source.schema)
         table = f"{schema}.{quote(pipeline.predictions)}"
@@ -141,7 +145,7 @@ class PostgresSink(FencedSink[Connection]):
                         template="(%s, %s, %s, %s, %s, %s, localtimestamp)",
                         page_size=50,
                     )
-                cursor.execute(self._checkpoint, row)
+                self._checkpoint_step(cursor, self._checkpoint, batch, row)
             conn.commit()
         except BaseException:
             with contextlib.suppress(psycopg2.Error):  # a lost connection cannot roll back

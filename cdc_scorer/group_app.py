@@ -1,0 +1,167 @@
+"""Wiring of the Kafka mode (``[kafka]``): each pipeline a member of its own consumer group on
+its table's Debezium topic, its batches committed with their partitions' offsets by
+compare-and-set — no leader lock: the group decides who reads what.
+
+The pipelines are the log mode's (``PipelineRunner``: batcher, scoring, ordered commits);
+what differs is the feed (``sources/debezium/stream.py``) and the sink's checkpoint step
+(``stores/offsets.py``). Snapshots are Debezium's (``op: r`` messages), not the scorer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import Any
+
+import structlog
+
+from cdc_scorer.core.coordinator import Coordinator
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.own_tables import HEARTBEAT_TABLE
+from cdc_scorer.core.pipeline import PipelineRunner
+from cdc_scorer.core.positions import decode_position
+from cdc_scorer.core.records import Checkpoint, TableInfo
+from cdc_scorer.core.router import Router
+from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
+from cdc_scorer.ops.metrics import Telemetry
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.driver import build_scorer
+from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
+from cdc_scorer.sources.debezium.positions import KafkaPosition
+from cdc_scorer.sources.debezium.stream import KafkaChangeStream
+from cdc_scorer.stores import Store
+from cdc_scorer.stores.offsets import OffsetLedger
+
+log = structlog.get_logger("cdc_scorer.group_app")
+
+
+def topic_of(kafka: KafkaSpec, engine: str, database: str, schema: str, table: str) -> str:
+    """Debezium's topic of a table: ``<prefix>.<database>.<table>`` (MySQL) or
+    ``<prefix>.<schema>.<table>`` (PostgreSQL)."""
+    return f"{kafka.topic_prefix}.{schema if engine == 'postgresql' else database}.{table}"
+
+
+def member_name() -> str:
+    """This process in the group and in the offsets rows: host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_group(
+    spec: ScorerSpec,
+    store: Store,
+    telemetry: Telemetry,
+    stop: asyncio.Event,
+    tables: dict[str, TableInfo],
+) -> None:
+    """Every pipeline until ``stop`` (then each drains: its member leaves the group after its
+    read messages are committed)."""
+    kafka = spec.kafka
+    assert kafka is not None
+    identity = f"kafka:{kafka.group_id}"
+    owner = member_name()
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, Any] = {}
+        pool = sum(p.batching.max_in_flight for p in spec.pipelines)
+        for client_name in sorted({p.model.client_name for p in spec.pipelines}):
+            clients[client_name] = await stack.enter_async_context(
+                create_client_context(client_name, spec.aws, pool)
+            )
+        coordinators: list[Coordinator] = []
+        async with asyncio.TaskGroup() as group:
+            for pipeline in spec.pipelines:
+                runner, coordinator = _pipeline(
+                    spec,
+                    kafka,
+                    store,
+                    telemetry,
+                    pipeline,
+                    tables[pipeline.table],
+                    clients,
+                    identity,
+                    owner,
+                )
+                coordinators.append(coordinator)
+                group.create_task(runner.run(), name=f"pipeline-{pipeline.name}")
+                group.create_task(coordinator.run(), name=f"members-{pipeline.name}")
+            telemetry.on_leader(True)
+            await stop.wait()
+            for coordinator in coordinators:
+                coordinator.stop()
+    telemetry.on_leader(False)
+
+
+def _pipeline(
+    spec: ScorerSpec,
+    kafka: KafkaSpec,
+    store: Store,
+    telemetry: Telemetry,
+    pipeline: PipelineSpec,
+    table: TableInfo,
+    clients: dict[str, Any],
+    identity: str,
+    owner: str,
+) -> tuple[PipelineRunner, Coordinator]:
+    source = spec.source
+    ledger = OffsetLedger(store.offsets_sql(), pipeline.name, owner)
+
+    def decode(server_identity: str, text: str) -> Any:
+        return decode_position({"kafka": KafkaPosition}, server_identity, text)
+
+    sink = store.sink(
+        pipeline, table.key_columns, identity, decode, on_retry=telemetry.on_retry, offsets=ledger
+    )
+    sink.try_lead(0)
+    scorer = build_scorer(
+        pipeline,
+        clients[pipeline.model.client_name],
+        spec.retry,
+        on_retry=telemetry.on_retry,
+        on_call=telemetry.model_call_observer(pipeline.service),
+        budget=pipeline.model.budget(),
+    )
+    # Debezium snapshots the table: the scorer's own snapshot is not run.
+    checkpoint = Checkpoint(position=None, snapshot_state="skipped")
+    runner = PipelineRunner(pipeline, table.key_columns, checkpoint, scorer, sink, telemetry)
+    where = source.schema if source.engine == "postgresql" else source.database
+    read = frozenset({*table.key_columns, *pipeline.input_columns})
+    decoder = EnvelopeDecoder(
+        source.engine,
+        where,
+        {
+            pipeline.table: CapturedTable(
+                pipeline.table, table.column_types, table.key_columns, read
+            )
+        },
+        decimal_strings=kafka.decimal_handling_mode == "string",
+    )
+    topic = topic_of(kafka, source.engine, source.database, source.schema, pipeline.table)
+
+    async def load(partitions: list[Any], start: dict[Any, int]) -> dict[Any, int]:
+        return await asyncio.to_thread(store.load_offsets, ledger, partitions, start)
+
+    def open_stream() -> KafkaChangeStream:
+        return KafkaChangeStream(
+            kafka,
+            pipeline=pipeline.name,
+            topic=topic,
+            identity=identity,
+            client_id=f"{owner}-{pipeline.name}",
+            decoder=decoder,
+            load_offsets=load,
+            committed_offset=ledger.committed_offset,
+            forget=ledger.forget,
+            poison=ledger.poison,
+        )
+
+    router = Router(
+        {pipeline.table: [runner.inbox]},
+        heartbeat_table=HEARTBEAT_TABLE,
+        on_heartbeat=telemetry.on_heartbeat,
+        pipelines={pipeline.name: runner.inbox},
+    )
+    log.info("pipeline on Kafka", pipeline=pipeline.name, topic=topic, group=kafka.group_id)
+    if not table.key_columns:
+        raise FatalError(f"pipeline {pipeline.name}: table {pipeline.table} has no key")
+    return runner, Coordinator(router, open_stream, telemetry)

@@ -1,0 +1,139 @@
+"""The blog scenario through Debezium: a real MySQL, Debezium's MySQL connector in a real
+Kafka Connect worker, a KRaft broker, the scorer in Kafka mode (``[kafka]``) in process with
+the local endpoints. Snapshot (``op: r``), inserts, updates, deletes and a key change converge
+to a from-scratch scoring; the offsets table holds every partition's next offset, and no
+binlog reader ran (the path is Kafka's: counted)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from cdc_scorer.commands.cli import main as cli
+from cdc_scorer.config import load_config
+from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
+from cdc_scorer.local.endpoints import ModelServer
+from cdc_scorer.local.kafka import KafkaStack
+from cdc_scorer.local.kafka.connectors import mysql_connector
+from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.stores.offsets import OFFSETS_TABLE
+from tests.integration.scenario import (
+    Running,
+    churn_matches,
+    create_database,
+    expected_feedback,
+    insert_churn,
+    stored_churn,
+    stored_feedback,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_kafka_group import _messages
+
+pytestmark = pytest.mark.slow
+PARTITIONS = 3
+
+
+def feedback_matches(db: Any) -> bool:
+    return stored_feedback(db) == expected_feedback(db)
+
+
+async def test_the_blog_scenario_through_debezium_on_mysql(
+    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, models: ModelServer
+) -> None:
+    server, database = mysql_gtid, f"kafka_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    db = server.connect(database)
+    generator = ChurnRowGenerator(31)
+    existing = list(generator.rows(300))
+    insert_churn(db, existing)
+    texts = FeedbackGenerator(3)
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO feedback (user_feedback) VALUES (%s)", [(texts.text(),) for _ in range(40)]
+        )
+    prefix = f"k{uuid.uuid4().hex[:6]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **mysql_connector(
+                server,
+                prefix=prefix,
+                database=database,
+                tables=["churn", "feedback"],
+                bootstrap=kafka.bootstrap_servers,
+                partitions=PARTITIONS,
+            ),
+            # The blog's churn table has no primary key: Debezium keys it by the phone.
+            "message.key.columns": f"{database}.churn:phone",
+            "database.server.id": "5701",
+        },
+    )
+    try:
+        base = write_config(tmp_path / "base.toml", server, database, models.url)
+        del base  # the log mode's config, with [kafka] added below
+        config = load_config_text(tmp_path, kafka, prefix)
+        assert cli(["init", "--config", str(config)]) == 0
+        spec = load_config(config)
+        async with Running(spec) as app:
+            await wait_for(lambda: churn_matches(db), timeout_s=120, what="Debezium's snapshot")
+            await wait_for(lambda: feedback_matches(db), what="feedback from the snapshot")
+            new = list(generator.rows(40))
+            insert_churn(db, new)
+            with db.cursor() as cursor:
+                for row in existing[:25]:
+                    changed = generator.changed(row)
+                    cursor.execute(
+                        "UPDATE churn SET day_mins=%s, night_calls=%s WHERE phone=%s",
+                        (changed["day_mins"], changed["night_calls"], row["phone"]),
+                    )
+                cursor.execute(
+                    "DELETE FROM churn WHERE phone IN (%s, %s)",
+                    (existing[30]["phone"], new[0]["phone"]),
+                )
+                # A key change: Debezium sends a delete of the old key and a create.
+                cursor.execute(
+                    "UPDATE churn SET phone='999-0000' WHERE phone=%s", (existing[40]["phone"],)
+                )
+                cursor.execute("UPDATE feedback SET user_feedback='awful, just awful' WHERE id=3")
+                cursor.execute("DELETE FROM feedback WHERE id=4")
+            await wait_for(lambda: churn_matches(db), timeout_s=90, what="streamed changes")
+            await wait_for(lambda: feedback_matches(db), what="streamed feedback")
+            assert existing[30]["phone"] not in stored_churn(db)
+            assert "999-0000" in stored_churn(db) and existing[40]["phone"] not in stored_churn(db)
+            assert app.telemetry.source.connected is False  # no binlog reader ran
+
+            def offsets_caught_up() -> bool:
+                with db.cursor() as cursor:
+                    cursor.execute(
+                        f"SELECT pipeline, SUM(next_offset) FROM {OFFSETS_TABLE} GROUP BY 1"
+                    )
+                    stored = dict(cursor.fetchall())
+                return {k: int(v) for k, v in stored.items()} == {
+                    "churn": _messages(kafka, f"{prefix}.{database}.churn", PARTITIONS),
+                    "feedback": _messages(kafka, f"{prefix}.{database}.feedback", PARTITIONS),
+                }
+
+            await wait_for(offsets_caught_up, what="every message's offset committed")
+    finally:
+        kafka.delete_connector(prefix)
+        db.close()
+
+
+def load_config_text(tmp_path: Path, kafka: KafkaStack, prefix: str) -> Path:
+    import tomllib
+
+    path = tmp_path / "kafka.toml"
+    config = tomllib.loads((tmp_path / "base.toml").read_text())
+    config["kafka"] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "topic_prefix": prefix,
+        "group_id": f"scorers-{prefix}",
+        "session_timeout_ms": 6000,
+    }
+    path.write_text(tomli_w.dumps(config))
+    return path
