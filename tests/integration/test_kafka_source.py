@@ -18,7 +18,7 @@ from cdc_scorer.config import load_config
 from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.kafka import KafkaStack
-from cdc_scorer.local.kafka.connectors import mysql_connector
+from cdc_scorer.local.kafka.connectors import mysql_connector, postgres_connector
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from tests.integration.scenario import (
@@ -32,13 +32,16 @@ from tests.integration.scenario import (
     wait_for,
     write_config,
 )
+from tests.integration.test_debezium_envelope import _drop_slot
 from tests.integration.test_kafka_group import _messages
+from tests.pg import PgDatabase, pg_config
 
 pytestmark = pytest.mark.slow
 PARTITIONS = 3
 
 
 def feedback_matches(db: Any) -> bool:
+    """The feedback predictions equal a from-scratch scoring (a MySQL or psycopg2 conn)."""
     return stored_feedback(db) == expected_feedback(db)
 
 
@@ -137,3 +140,69 @@ def load_config_text(tmp_path: Path, kafka: KafkaStack, prefix: str) -> Path:
     }
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+async def test_the_blog_scenario_through_debezium_on_postgresql(
+    pg: PgDatabase, tmp_path: Path, kafka: KafkaStack, models: ModelServer
+) -> None:
+    generator = ChurnRowGenerator(32)
+    existing = list(generator.rows(120))
+    pg.insert_churn(existing)
+    texts = FeedbackGenerator(4)
+    for _ in range(20):
+        pg.execute("INSERT INTO feedback (user_feedback) VALUES (%s)", (texts.text(),))
+    prefix, slot = f"q{uuid.uuid4().hex[:6]}", f"dbz_{uuid.uuid4().hex[:8]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **postgres_connector(
+                pg.server,
+                prefix=prefix,
+                database=pg.name,
+                tables=["churn", "feedback"],
+                bootstrap=kafka.bootstrap_servers,
+                slot=slot,
+                partitions=PARTITIONS,
+            ),
+            "message.key.columns": "public.churn:phone",
+        },
+    )
+    try:
+        pg_config(tmp_path / "base.toml", pg, models.url)
+        config = load_config_text(tmp_path, kafka, prefix)
+        assert cli(["init", "--config", str(config)]) == 0
+        # Kafka mode makes no slot or publication of the scorer's: Debezium reads the WAL.
+        assert (
+            pg.rows("SELECT slot_name FROM pg_replication_slots WHERE slot_name = %s", (pg.slot,))
+            == []
+        )
+        spec = load_config(config)
+        async with Running(spec) as app:
+            await wait_for(lambda: churn_matches(pg.conn), timeout_s=120, what="the snapshot")
+            await wait_for(lambda: feedback_matches(pg.conn), what="feedback's snapshot")
+            added = list(generator.rows(20))
+            pg.insert_churn(added)
+            with pg.conn.cursor() as cursor:
+                for row in existing[:10]:
+                    new = generator.changed(row)
+                    cursor.execute(
+                        "UPDATE churn SET day_mins = %s, eve_mins = %s WHERE phone = %s",
+                        (new["day_mins"], new["eve_mins"], row["phone"]),
+                    )
+                cursor.execute(
+                    "DELETE FROM churn WHERE phone = ANY(%s)",
+                    ([r["phone"] for r in existing[20:25]],),
+                )
+                cursor.execute("UPDATE feedback SET user_feedback = 'I hate it' WHERE id = 1")
+                cursor.execute("DELETE FROM feedback WHERE id = 2")
+            await wait_for(lambda: churn_matches(pg.conn), timeout_s=90, what="the writes")
+            await wait_for(lambda: feedback_matches(pg.conn), what="feedback's writes")
+            pg.execute("TRUNCATE feedback")  # skipped.operations=none: it arrives
+            await wait_for(
+                lambda: pg.rows("SELECT count(*) FROM feedback_predictions") == [(0,)],
+                what="the truncate",
+            )
+            assert app.telemetry.source.connected is False  # no pgoutput stream of ours ran
+    finally:
+        kafka.delete_connector(prefix)
+        _drop_slot(pg, slot)
