@@ -30,9 +30,11 @@ from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.positions import KafkaPosition
+from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import Store
-from cdc_scorer.stores.offsets import OffsetLedger
+from cdc_scorer.stores.offsets import OffsetLedger, request_rescore
+from cdc_scorer.stores.registry import build_store
 
 log = structlog.get_logger("cdc_scorer.group_app")
 
@@ -61,6 +63,8 @@ async def run_group(
     assert kafka is not None
     identity = f"kafka:{kafka.group_id}"
     owner = member_name()
+    for pipeline in spec.pipelines:
+        await asyncio.to_thread(_rescore_on_model_change, spec, kafka, store, pipeline)
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, Any] = {}
         pool = sum(p.batching.max_in_flight for p in spec.pipelines)
@@ -90,6 +94,78 @@ async def run_group(
             for coordinator in coordinators:
                 coordinator.stop()
     telemetry.on_leader(False)
+
+
+def _rescore_on_model_change(
+    spec: ScorerSpec, kafka: KafkaSpec, store: Store, pipeline: PipelineSpec
+) -> None:
+    """A model version not seen before, after another one ran: Debezium re-reads the table
+    (an incremental snapshot), once — the member whose claim made the version's row asks."""
+    source = spec.source
+    collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
+    signal_id, kind, data = incremental_snapshot(collection)
+    sql = store.offsets_sql()
+    version = pipeline.model_version or ""
+    table = kafka.signal_table
+    if table is None:
+        table = "cdc_scorer_no_signal_table"  # checked below, before anything is written
+
+    def claim(cursor: Any) -> str | None:
+        requested = request_rescore(
+            cursor, sql, pipeline.name, version, (_qualified(spec, table), signal_id, kind, data)
+        )
+        if requested is not None and kafka.signal_table is None:
+            raise FatalError(
+                f"pipeline {pipeline.name}: model version {version or '(none)'} is new, and "
+                "re-scoring on Kafka asks Debezium for an incremental snapshot: set "
+                "kafka.signal_table to the connector's signal.data.collection table"
+            )
+        return requested
+
+    requested = store.in_transaction(f"claiming model version {version}", claim)
+    if requested is not None:
+        log.info(
+            "asked Debezium for an incremental snapshot",
+            pipeline=pipeline.name,
+            model_version=version,
+            signal=requested,
+            table=collection,
+        )
+
+
+def request_snapshot(
+    spec: ScorerSpec, pipeline: PipelineSpec, where: str | None
+) -> tuple[str, str]:
+    """`cdc-scorer rescore` in Kafka mode: the signal row asking Debezium for an incremental
+    snapshot of the pipeline's table (of the rows matching ``where``); its id and the table."""
+    kafka, source = spec.kafka, spec.source
+    assert kafka is not None
+    if kafka.signal_table is None:
+        raise FatalError(
+            "kafka.signal_table: not set — a re-score on Kafka asks Debezium for an incremental "
+            "snapshot through the connector's signal table (its signal.data.collection)"
+        )
+    collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
+    signal_id, kind, data = incremental_snapshot(collection, where)
+    table = _qualified(spec, kafka.signal_table)
+    store = build_store(source, spec.retry)
+    try:
+        store.in_transaction(
+            "writing Debezium's signal",
+            lambda cursor: cursor.execute(
+                f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)",
+                (signal_id, kind, data),
+            ),
+        )
+    finally:
+        store.close()
+    return signal_id, collection
+
+
+def _qualified(spec: ScorerSpec, table: str) -> str:
+    if spec.source.engine == "postgresql":
+        return f'"{spec.source.schema}"."{table}"'
+    return f"`{table}`"
 
 
 def _pipeline(
@@ -139,7 +215,11 @@ def _pipeline(
     topic = topic_of(kafka, source.engine, source.database, source.schema, pipeline.table)
 
     async def load(partitions: list[Any], start: dict[Any, int]) -> dict[Any, int]:
-        return await asyncio.to_thread(store.load_offsets, ledger, partitions, start)
+        return await asyncio.to_thread(
+            store.in_transaction,
+            f"loading the Kafka offsets of {pipeline.name}",
+            lambda cursor: ledger.load(cursor, partitions, start),
+        )
 
     def open_stream() -> KafkaChangeStream:
         return KafkaChangeStream(

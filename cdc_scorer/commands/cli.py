@@ -186,6 +186,22 @@ def _rescore(args: argparse.Namespace) -> int:
 
     spec = load_config(args.config)
     pipeline = find_pipeline(spec, args.pipeline)
+    if spec.kafka is not None:
+        from cdc_scorer.core.errors import FatalError
+        from cdc_scorer.group_app import request_snapshot
+
+        if args.cancel:
+            raise FatalError(
+                "--cancel: in Kafka mode the re-score is Debezium's incremental snapshot: "
+                "stop it with Debezium's stop-snapshot signal"
+            )
+        signal_id, collection = request_snapshot(spec, pipeline, args.where or None)
+        print(
+            f"asked Debezium for an incremental snapshot of {collection} (signal {signal_id}"
+            f"{f', where {args.where}' if args.where else ''}): its rows arrive as op r and "
+            f"are scored with model version {pipeline.model_version}"
+        )
+        return 0
     if args.cancel:
         ended = cancel(spec, pipeline, args.cancel, timeout_s=args.timeout or 60)
         print(

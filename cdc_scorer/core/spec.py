@@ -172,6 +172,10 @@ class KafkaSpec:
     session_timeout_ms: Annotated[int, Ge(6000), Le(300_000)] = 45_000
     max_poll_interval_ms: Annotated[int, Ge(10_000), Le(3_600_000)] = 300_000
     queue_max_messages: Annotated[int, Ge(1)] = 2000  # read, not yet taken by the pipelines
+    # The connector's signal table (its signal.data.collection, in [source]'s database or
+    # schema): re-scores ask Debezium for an incremental snapshot through it. None: a model
+    # version change stops with the fix instead.
+    signal_table: Identifier | None = None
     # More librdkafka consumer settings, passed as they are (fetch.min.bytes, …).
     consumer: dict[str, str | int | float | bool] = field(default_factory=dict)
 

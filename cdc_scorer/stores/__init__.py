@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cdc_scorer.core.errors import RetriableError
 from cdc_scorer.core.own_tables import PREDICTION_METADATA
@@ -26,6 +26,9 @@ from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
 # A source's codec: (server identity, encoded position) → position.
 PositionDecoder = Callable[[str, str], Position]
 OnRetry = Callable[[str, RetriableError], None]
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -244,14 +247,9 @@ class Store(Protocol):
     def init_offsets(self) -> None:
         """Make the Kafka offsets table (``init`` with ``[kafka]``), idempotently."""
 
-    def load_offsets(
-        self,
-        ledger: OffsetLedger,
-        partitions: list[tuple[str, int]],
-        start: dict[tuple[str, int], int],
-    ) -> dict[tuple[str, int], int]:
-        """The stored next offsets of newly assigned partitions, rows made at ``start``
-        where missing, in a transaction of its own (blocking)."""
+    def in_transaction(self, doing: str, work: Callable[[Any], T]) -> T:
+        """``work(cursor)`` in a transaction of a connection of its own, committed (blocking;
+        the Kafka offsets' loads and re-score claims, ``stores/offsets.py``)."""
 
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> ChunkStore: ...
 

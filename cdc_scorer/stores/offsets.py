@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from cdc_scorer.core.errors import FatalError
 
 OFFSETS_TABLE = "cdc_scorer_kafka_offset"
+VERSIONS_TABLE = "cdc_scorer_kafka_model_version"
 
 TopicPartition = tuple[str, int]
 
@@ -49,6 +50,34 @@ class OffsetsSql:
     table: str
     ddl: str
     insert_missing: str  # (pipeline, topic, partition, next_offset, owner) placeholders
+    # The model versions each pipeline was scored with in Kafka mode: the row of a version is
+    # claimed once (the member whose insert made it asks Debezium to re-score the table).
+    versions_table: str = ""
+    versions_ddl: str = ""
+    claim_version: str = ""  # (pipeline, model_version, signal_id) placeholders
+
+
+def request_rescore(
+    cursor: Any,
+    sql: OffsetsSql,
+    pipeline: str,
+    model_version: str,
+    signal: tuple[str, str, str, str],
+) -> str | None:
+    """In the caller's transaction: claim ``model_version`` of ``pipeline``; when this claim
+    made the row and an older version had run, write Debezium's ``signal`` (table, id, type,
+    data) beside it and say its id (None: nothing to re-score, or another member did)."""
+    table, signal_id, kind, data = signal
+    cursor.execute(f"SELECT COUNT(*) FROM {sql.versions_table} WHERE pipeline = %s", (pipeline,))
+    row = cursor.fetchone()
+    earlier = int(row[0]) if row else 0
+    cursor.execute(sql.claim_version, (pipeline, model_version, signal_id))
+    if cursor.rowcount != 1 or earlier == 0:
+        return None
+    cursor.execute(
+        f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
+    )
+    return signal_id
 
 
 def load_offsets(

@@ -127,7 +127,9 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
         db.close()
 
 
-def load_config_text(tmp_path: Path, kafka: KafkaStack, prefix: str) -> Path:
+def load_config_text(
+    tmp_path: Path, kafka: KafkaStack, prefix: str, signal_table: str | None = None
+) -> Path:
     import tomllib
 
     path = tmp_path / "kafka.toml"
@@ -138,6 +140,8 @@ def load_config_text(tmp_path: Path, kafka: KafkaStack, prefix: str) -> Path:
         "group_id": f"scorers-{prefix}",
         "session_timeout_ms": 6000,
     }
+    if signal_table is not None:
+        config["kafka"]["signal_table"] = signal_table
     path.write_text(tomli_w.dumps(config))
     return path
 
@@ -206,3 +210,109 @@ async def test_the_blog_scenario_through_debezium_on_postgresql(
     finally:
         kafka.delete_connector(prefix)
         _drop_slot(pg, slot)
+
+
+SIGNAL_DDL = (
+    "CREATE TABLE debezium_signal (id VARCHAR(42) PRIMARY KEY, type VARCHAR(32) NOT NULL, "
+    "data VARCHAR(2048) NULL)"
+)
+
+
+async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snapshot(
+    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, models: ModelServer
+) -> None:
+    server, database = mysql_gtid, f"ksig_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    db = server.connect(database)
+    with db.cursor() as cursor:
+        cursor.execute(SIGNAL_DDL)
+    insert_churn(db, list(ChurnRowGenerator(33).rows(150)))
+    texts = FeedbackGenerator(6)
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO feedback (user_feedback) VALUES (%s)", [(texts.text(),) for _ in range(30)]
+        )
+    prefix = f"s{uuid.uuid4().hex[:6]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **mysql_connector(
+                server,
+                prefix=prefix,
+                database=database,
+                tables=["churn", "feedback", "debezium_signal"],
+                bootstrap=kafka.bootstrap_servers,
+                partitions=PARTITIONS,
+            ),
+            "message.key.columns": f"{database}.churn:phone",
+            "database.server.id": "5702",
+            "signal.data.collection": f"{database}.debezium_signal",
+        },
+    )
+    try:
+        write_config(tmp_path / "base.toml", server, database, models.url)
+        config = load_config_text(tmp_path, kafka, prefix, signal_table="debezium_signal")
+        assert cli(["init", "--config", str(config)]) == 0
+        async with Running(load_config(config)):
+            await wait_for(lambda: churn_matches(db), timeout_s=120, what="version 1")
+            await wait_for(lambda: feedback_matches(db), what="feedback")
+        assert _versions(db) == {None: 150}  # the embedded default's churn has no version
+
+        # A new model version: the first member to claim it asks Debezium to re-read churn.
+        write_config(
+            tmp_path / "base.toml",
+            server,
+            database,
+            models.url,
+            pipelines={"churn": {"model_version": "2"}},
+        )
+        config = load_config_text(tmp_path, kafka, prefix, signal_table="debezium_signal")
+        async with Running(load_config(config)):
+            await wait_for(lambda: _versions(db) == {"2": 150}, timeout_s=120, what="version 2")
+            assert churn_matches(db)
+            with db.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id, type FROM debezium_signal WHERE type = 'execute-snapshot'"
+                )
+                assert len(cursor.fetchall()) == 1  # asked once
+            # `cdc-scorer rescore` in Kafka mode: Debezium re-reads the rows that match.
+            before = _feedback_positions(db)
+            assert (
+                cli(
+                    [
+                        "rescore",
+                        "--config",
+                        str(config),
+                        "--pipeline",
+                        "feedback",
+                        "--where",
+                        "id <= 10",
+                    ]
+                )
+                == 0
+            )
+            await wait_for(
+                lambda: _moved(before, _feedback_positions(db)) == set(range(1, 11)),
+                timeout_s=90,
+                what="the rows of the re-score",
+            )
+            assert feedback_matches(db)
+    finally:
+        kafka.delete_connector(prefix)
+        db.close()
+
+
+def _versions(db: Any) -> dict[str | None, int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT model_version, COUNT(*) FROM churn_predictions GROUP BY 1")
+        return {v: int(n) for v, n in cursor.fetchall()}
+
+
+def _feedback_positions(db: Any) -> dict[int, str]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id, source_position FROM feedback_predictions")
+        return {int(i): str(p) for i, p in cursor.fetchall()}
+
+
+def _moved(before: dict[int, str], after: dict[int, str]) -> set[int]:
+    return {k for k, v in after.items() if before.get(k) != v}

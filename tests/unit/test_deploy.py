@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -81,3 +82,48 @@ def test_alerts_dashboard_and_readme_name_real_metrics() -> None:
     for name in sorted(exposed):
         shown = name + "_total" if f"{name}_total" in readme else name
         assert f"`{shown}" in readme, f"README does not document {name}"
+
+
+def _template() -> dict[str, Any]:
+    """The ECS template, its intrinsic functions kept as ``{"!Tag": value}``."""
+    import yaml
+
+    loader: Any = type("Loader", (yaml.SafeLoader,), {})
+
+    def tagged(loader: Any, suffix: str, node: Any) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return {f"!{suffix}": value}
+
+    loader.add_multi_constructor("!", tagged)
+    loaded: dict[str, Any] = yaml.load((DEPLOY / "ecs-service.yaml").read_text(), Loader=loader)
+    return loaded
+
+
+def test_the_ecs_template_runs_n_tasks_in_kafka_mode_with_the_msk_iam_policy() -> None:
+    template = _template()
+    service = template["Resources"]["Service"]["Properties"]
+    assert service["DesiredCount"] == {"!Ref": "DesiredCount"}
+    container = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    kafka_env = {
+        entry["!If"][1]["Name"]
+        for entry in container["Environment"]
+        if isinstance(entry, dict) and "!If" in entry
+    }
+    assert kafka_env == {
+        "CDC_SCORER_KAFKA__BOOTSTRAP_SERVERS",
+        "CDC_SCORER_KAFKA__TOPIC_PREFIX",
+        "CDC_SCORER_KAFKA__SECURITY",
+        "CDC_SCORER_KAFKA__SIGNAL_TABLE",
+    }
+    policies = template["Resources"]["TaskRole"]["Properties"]["Policies"]
+    statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    (msk,) = [s["!If"][1] for s in statements if "!If" in s and s["!If"][0] == "UseMskIam"]
+    assert {"kafka-cluster:Connect", "kafka-cluster:ReadData", "kafka-cluster:AlterGroup"} <= set(
+        msk["Action"]
+    )
+    assert len(msk["Resource"]) == 3  # the cluster, its topics under the prefix, the groups

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 
@@ -35,6 +35,8 @@ from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
 from cdc_scorer.stores.mysql.offsets import OFFSETS
 from cdc_scorer.stores.mysql.sink import Sink
 from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
+
+T = TypeVar("T")
 
 
 class MysqlStore:
@@ -195,23 +197,19 @@ class MysqlStore:
     def init_offsets(self) -> None:
         with mysql_errors("making the Kafka offsets table"), self._connection().cursor() as c:
             c.execute(OFFSETS.ddl)
+            c.execute(OFFSETS.versions_ddl)
 
-    def load_offsets(
-        self,
-        ledger: OffsetLedger,
-        partitions: list[tuple[str, int]],
-        start: dict[tuple[str, int], int],
-    ) -> dict[tuple[str, int], int]:
+    def in_transaction(self, doing: str, work: Callable[[Any], T]) -> T:
         conn = connect(self._source)
         try:
-            with mysql_errors(f"loading the Kafka offsets of {ledger.pipeline}"):
+            with mysql_errors(doing):
                 conn.begin()
                 with conn.cursor() as cursor:
-                    found = ledger.load(cursor, partitions, start)
+                    result = work(cursor)
                 conn.commit()
         finally:
             close_quietly(conn)
-        return found
+        return result
 
 
 def _tls_check(conn: Connection, tls: TlsSpec) -> tuple[str, bool, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetsSql
+from cdc_scorer.stores.offsets import OFFSETS_TABLE, VERSIONS_TABLE, OffsetsSql
 
 OFFSETS = OffsetsSql(
     table=OFFSETS_TABLE,
@@ -17,4 +17,14 @@ OFFSETS = OffsetsSql(
 ) ENGINE=InnoDB CHARACTER SET utf8mb4""",
     insert_missing=f"INSERT IGNORE INTO {OFFSETS_TABLE} "
     "(pipeline, topic, kafka_partition, next_offset, owner) VALUES (%s, %s, %s, %s, %s)",
+    versions_table=VERSIONS_TABLE,
+    versions_ddl=f"""CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (
+  pipeline VARCHAR(64) NOT NULL,
+  model_version VARCHAR(64) NOT NULL,
+  signal_id VARCHAR(64) NOT NULL,
+  requested_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (pipeline, model_version)
+) ENGINE=InnoDB CHARACTER SET utf8mb4""",
+    claim_version=f"INSERT IGNORE INTO {VERSIONS_TABLE} (pipeline, model_version, signal_id) "
+    "VALUES (%s, %s, %s)",
 )

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2.extras
 
@@ -31,6 +31,8 @@ from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
 from cdc_scorer.stores.postgresql import schema, tables
 from cdc_scorer.stores.postgresql.offsets import offsets_sql
 from cdc_scorer.stores.postgresql.sink import PostgresSink
+
+T = TypeVar("T")
 
 
 class PostgresStore:
@@ -199,19 +201,15 @@ class PostgresStore:
     def init_offsets(self) -> None:
         with pg_errors("making the Kafka offsets table"), self._connection().cursor() as c:
             c.execute(self.offsets_sql().ddl)
+            c.execute(self.offsets_sql().versions_ddl)
 
-    def load_offsets(
-        self,
-        ledger: OffsetLedger,
-        partitions: list[tuple[str, int]],
-        start: dict[tuple[str, int], int],
-    ) -> dict[tuple[str, int], int]:
+    def in_transaction(self, doing: str, work: Callable[[Any], T]) -> T:
         conn = connect(self._source, autocommit=False)
         try:
-            with pg_errors(f"loading the Kafka offsets of {ledger.pipeline}"):
+            with pg_errors(doing):
                 with conn.cursor() as cursor:
-                    found = ledger.load(cursor, partitions, start)
+                    result = work(cursor)
                 conn.commit()
         finally:
             close_quietly(conn)
-        return found
+        return result

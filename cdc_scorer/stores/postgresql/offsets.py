@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from cdc_scorer.postgresql.connection import quote
-from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetsSql
+from cdc_scorer.stores.offsets import OFFSETS_TABLE, VERSIONS_TABLE, OffsetsSql
 
 
 def offsets_sql(schema: str) -> OffsetsSql:
     table = f"{quote(schema)}.{OFFSETS_TABLE}"
+    versions = f"{quote(schema)}.{VERSIONS_TABLE}"
     return OffsetsSql(
         table=table,
         ddl=f"""CREATE TABLE IF NOT EXISTS {table} (
@@ -22,4 +23,14 @@ def offsets_sql(schema: str) -> OffsetsSql:
         insert_missing=f"INSERT INTO {table} "
         "(pipeline, topic, kafka_partition, next_offset, owner) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT DO NOTHING",
+        versions_table=versions,
+        versions_ddl=f"""CREATE TABLE IF NOT EXISTS {versions} (
+  pipeline varchar(64) NOT NULL,
+  model_version varchar(64) NOT NULL,
+  signal_id varchar(64) NOT NULL,
+  requested_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  PRIMARY KEY (pipeline, model_version)
+)""",
+        claim_version=f"INSERT INTO {versions} (pipeline, model_version, signal_id) "
+        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
     )
