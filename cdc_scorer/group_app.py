@@ -233,6 +233,9 @@ def _pipeline(
             committed_offset=ledger.committed_offset,
             forget=ledger.forget,
             poison=ledger.poison,
+            on_lag=lambda messages, seconds, owned: telemetry.on_kafka_lag(
+                pipeline.name, messages, seconds, owned
+            ),
         )
 
     router = Router(

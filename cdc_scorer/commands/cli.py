@@ -142,6 +142,8 @@ def _status(args: argparse.Namespace) -> int:
     from cdc_scorer.config import load_config
 
     spec = load_config(args.config)
+    if spec.kafka is not None:
+        return _kafka_status(spec, args.json)
     statuses = pipeline_status(spec)
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
@@ -178,6 +180,33 @@ def _job_line(job: dict[str, Any]) -> str:
         f"{job['reason']}{where}, model version {job['model_version']}: "
         f"{done}/{'?' if total is None else total} rows{share}, id {job['id']}"
     )
+
+
+def _kafka_status(spec: Any, as_json: bool) -> int:
+    """Kafka mode: each pipeline's partitions, their offsets in the database and the member
+    that last committed them."""
+    from cdc_scorer.stores.offsets import stored_offsets
+    from cdc_scorer.stores.registry import build_store
+
+    store = build_store(spec.source, spec.retry)
+    try:
+        rows = store.in_transaction(
+            "reading the Kafka offsets", lambda c: stored_offsets(c, store.offsets_sql())
+        )
+    finally:
+        store.close()
+    if as_json:
+        keys = ("pipeline", "topic", "partition", "next_offset", "owner")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        return 0
+    for pipeline in spec.pipelines:
+        mine = [r for r in rows if r[0] == pipeline.name]
+        print(
+            f"{pipeline.name}: {len(mine)} partitions (group {spec.kafka.group_id}.{pipeline.name})"
+        )
+        for _, topic, partition, offset, owner in mine:
+            print(f"  {topic}[{partition}] next offset {offset}, last committed by {owner or '-'}")
+    return 0
 
 
 def _rescore(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -113,6 +113,20 @@ class Telemetry:
         self._scored = PromCounter(
             "cdc_scorer_rows_scored", "Rows scored and written", ["pipeline"], registry=r
         )
+        self._kafka_lag = Gauge(
+            "cdc_scorer_kafka_lag_messages",
+            "Kafka mode: messages of this process's partitions not yet committed (the "
+            "partitions' end offsets less the database's offsets)",
+            ["pipeline"],
+            registry=r,
+        )
+        self._kafka_partitions = Gauge(
+            "cdc_scorer_kafka_partitions",
+            "Kafka mode: partitions this process reads",
+            ["pipeline"],
+            registry=r,
+        )
+        self._kafka_behind_s: dict[str, float] = {}
         self._deleted = PromCounter(
             "cdc_scorer_rows_deleted",
             "Predictions removed for deleted source rows",
@@ -235,6 +249,18 @@ class Telemetry:
         if leader and not self.source.leader:
             self._leader_changes.inc()
         self.source.leader = leader
+
+    def on_kafka_lag(
+        self, pipeline: str, messages: int, seconds_behind: float, partitions: int
+    ) -> None:
+        """Kafka mode, after each poll: what is not committed yet, and for how long this
+        pipeline has not been caught up — the source lag (``/readyz``) is the worst of them."""
+        self._kafka_lag.labels(pipeline).set(messages)
+        self._kafka_partitions.labels(pipeline).set(partitions)
+        self._kafka_behind_s[pipeline] = seconds_behind
+        self.source.connected = True
+        self.source.heartbeat_seen_at = time.time()
+        self.source.heartbeat_lag_s = max(self._kafka_behind_s.values())
 
     def on_heartbeat(self, beat_at: datetime) -> None:
         now = time.time()

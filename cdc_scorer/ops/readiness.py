@@ -13,7 +13,7 @@ def not_ready(telemetry: Telemetry, ready_max_lag_s: float) -> list[str]:
         reasons.append("not the leader (standby)")
     # A snapshot or re-score does not count: it runs beside the stream, which stays fresh.
     if not (source.streaming and source.connected):
-        reasons.append("binlog stream not connected")
+        reasons.append("change stream not connected")
     for name, state in telemetry.pipelines.items():
         if state.stopped is not None:
             reasons.append(f"pipeline {name} stopped: {state.stopped}")

@@ -214,6 +214,21 @@ class GroupMember:
                 asynchronous=True,
             )
 
+    async def lag(self, committed: Callable[[Partition], int | None]) -> int:
+        """Messages of the owned partitions past their committed offsets (the end offsets
+        librdkafka last saw: no request to the broker)."""
+        assert self._consumer is not None
+        behind = 0
+        for topic, number in sorted(self._owned):
+            with contextlib.suppress(KafkaException):
+                _low, high = await self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, number), cached=True
+                )
+                done = committed((topic, number))
+                if high >= 0 and done is not None:
+                    behind += max(0, int(high) - done)
+        return behind
+
     async def low_watermarks(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
         assert self._consumer is not None
         found: dict[Partition, int] = {}

@@ -48,8 +48,11 @@ class KafkaChangeStream:
         committed_offset: Callable[[Partition], int | None],
         forget: Callable[[list[Partition]], None],
         poison: Callable[[Partition, int], None],
+        on_lag: Callable[[int, float, int], None] | None = None,
         drain_timeout_s: float = 60.0,
     ) -> None:
+        self._on_lag = on_lag  # (messages behind, seconds not caught up, partitions)
+        self._caught_up_at = time.monotonic()
         self._spec = spec
         self._pipeline = pipeline
         self._topic = topic
@@ -92,6 +95,7 @@ class KafkaChangeStream:
             log.info("joined the consumer group", group=group, topic=self._topic)
             while not self._stopped:
                 messages = await member.poll(0.5)
+                await self._report_lag(member)
                 if not messages:
                     continue
                 rows: list[SourceItem] = []
@@ -108,6 +112,15 @@ class KafkaChangeStream:
                     yield tuple(rows)
                 position = KafkaPosition.of(self._identity, self._next)
                 yield (Commit(position, committed_at),)
+
+    async def _report_lag(self, member: GroupMember) -> None:
+        if self._on_lag is None:
+            return
+        behind = await member.lag(self._committed_offset)
+        now = time.monotonic()
+        if behind == 0:
+            self._caught_up_at = now
+        self._on_lag(behind, now - self._caught_up_at, len(member.owned))
 
     def _item(self, tx: KafkaMessage, value: bytes | None) -> SourceItem | None:
         try:
