@@ -292,7 +292,7 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
         async with Running(load_config(config)):
             await wait_for(lambda: churn_matches(db), timeout_s=120, what="version 1")
             await wait_for(lambda: feedback_matches(db), what="feedback")
-        assert _versions(db) == {None: 150}  # the embedded default's churn has no version
+        assert _versions(db) == {"1": 150}  # the embedded default's churn model version
 
         # A new model version: the first member to claim it asks Debezium to re-read churn.
         write_config(

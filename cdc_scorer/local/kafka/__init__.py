@@ -206,7 +206,14 @@ class KafkaStack:
         self._run_tool(
             lib,
             "format",
-            ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
+            # "=": an id may begin with "-", which the tool's parser would take for an option.
+            [
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={_cluster_id()}",
+                "-c",
+                str(props),
+            ],
         )
         self._broker = self._program(lib, "broker", ["kafka.Kafka", str(props)])
         self._broker.start()
