@@ -140,6 +140,11 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
                 registry.get_sample_value("cdc_scorer_kafka_partitions", {"pipeline": "churn"})
                 == PARTITIONS
             )
+            # Freshness: the source's commit (Debezium's source.ts_ms) → prediction committed.
+            fresh = registry.get_sample_value(
+                "cdc_scorer_freshness_seconds_count", {"pipeline": "churn"}
+            )
+            assert fresh is not None and fresh >= 40
             await wait_for(lambda: app.not_ready() == [], what="/readyz ready in Kafka mode")
             status = capsys.readouterr()
             assert cli(["status", "--config", str(config)]) == 0

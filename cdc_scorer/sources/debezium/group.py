@@ -13,7 +13,9 @@ offsets' compare-and-set.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -233,10 +235,20 @@ class GroupMember:
         assert self._consumer is not None
         found: dict[Partition, int] = {}
         for topic, number in partitions:
-            with kafka_errors(f"reading the first offset of {topic}[{number}]"):
-                low, _high = await self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, number), timeout=10
-                )
+            # A topic Debezium just made may still be electing its partitions' leaders
+            # ("Not leader for partition"): asked again for a while before giving up.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with kafka_errors(f"reading the first offset of {topic}[{number}]"):
+                        low, _high = await self._consumer.get_watermark_offsets(
+                            TopicPartition(topic, number), timeout=10
+                        )
+                    break
+                except RetriableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
             found[(topic, number)] = int(low)
         return found
 
