@@ -8,6 +8,7 @@ machine's Debian has MariaDB 10.11 (no vectors) and PostgreSQL 15 without a pgve
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,10 +77,22 @@ def ensure_mariadb_vector() -> MariadbDistribution:
     return MariadbDistribution(root)
 
 
+def _reachable_by_others(cache: Path) -> Path:
+    """``cache``, or a folder of /var/tmp when another user could not reach it: as root the
+    server runs as the ``postgres`` user, who must traverse every folder above its programs
+    (a checkout under a private home would not do)."""
+    if os.geteuid() != 0:
+        return cache
+    for folder in [cache, *cache.parents]:
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            return Path("/var/tmp/cdc-scorer") / cache.name
+    return cache
+
+
 def ensure_pgvector() -> PostgresDistribution:
     """PostgreSQL 18 with pgvector from Debian sid, unpacked into ``.cache/postgresql-server``."""
     root = ensure_unpacked(
-        cache_dir("postgresql-server", "CDC_SCORER_POSTGRES_DIR"),
+        _reachable_by_others(cache_dir("postgresql-server", "CDC_SCORER_POSTGRES_DIR")),
         POSTGRES_PACKAGES,
         relink=True,
         version=lambda root: _version(PostgresDistribution(root).bindir / "postgres"),
