@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import replace
 
 import structlog
 
@@ -66,7 +66,6 @@ class KafkaChangeStream:
         self._drain_timeout_s = drain_timeout_s
         self._next: dict[Partition, int] = {}
         self._stopped = False
-        self.owned: Callable[[], frozenset[Partition]] = frozenset
 
     def acknowledge(self, position: Position) -> None:
         """The database holds the offsets; Kafka's are not read back (nothing to do)."""
@@ -82,7 +81,7 @@ class KafkaChangeStream:
 
     async def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]:
         group = f"{self._spec.group_id}.{self._pipeline}"
-        spec = _with_group(self._spec, group)
+        spec = replace(self._spec, group_id=group)
         member = GroupMember(
             spec,
             [self._topic],
@@ -91,7 +90,6 @@ class KafkaChangeStream:
             on_revoke=self._revoked,
         )
         async with member:
-            self.owned = lambda: member.owned
             log.info("joined the consumer group", group=group, topic=self._topic)
             while not self._stopped:
                 messages = await member.poll(0.5)
@@ -181,9 +179,3 @@ class KafkaChangeStream:
             lost=lost,
             uncommitted=[f"{t}[{p}]" for t, p in waiting],
         )
-
-
-def _with_group(spec: KafkaSpec, group: str) -> Any:
-    from dataclasses import replace
-
-    return replace(spec, group_id=group)
