@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -33,7 +35,13 @@ from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import Store
-from cdc_scorer.stores.offsets import OffsetLedger, request_rescore
+from cdc_scorer.stores.offsets import (
+    OffsetLedger,
+    RescoreRequest,
+    latest_request,
+    record_request,
+    request_rescore,
+)
 from cdc_scorer.stores.registry import build_store
 
 log = structlog.get_logger("cdc_scorer.group_app")
@@ -147,19 +155,91 @@ def request_snapshot(
         )
     collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
     signal_id, kind, data = incremental_snapshot(collection, where)
-    table = _qualified(spec, kafka.signal_table)
+    signal = (_qualified(spec, kafka.signal_table), signal_id, kind, data)
     store = build_store(source, spec.retry)
     try:
+        if where is not None:
+            # Refused here with the server's own words, not later inside Debezium's task.
+            try:
+                store.in_transaction(
+                    "checking --where",
+                    lambda c: c.execute(
+                        f"SELECT COUNT(*) FROM {_qualified(spec, pipeline.table)} WHERE {where}"
+                    ),
+                )
+            except FatalError as exc:
+                raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
         store.in_transaction(
             "writing Debezium's signal",
-            lambda cursor: cursor.execute(
-                f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)",
-                (signal_id, kind, data),
+            lambda cursor: record_request(
+                cursor,
+                store.offsets_sql(),
+                pipeline.name,
+                pipeline.model_version or "",
+                signal,
+                where,
             ),
         )
     finally:
         store.close()
     return signal_id, collection
+
+
+@dataclass(frozen=True)
+class ReadingProgress:
+    """How far Debezium's latest reading of a pipeline's table has got, as the database
+    shows it: of the rows it covers now, those whose prediction was committed since it was
+    asked for (the stream's updates of those rows count too: they carry the same model)."""
+
+    request: RescoreRequest
+    rows: int | None  # None: the server refuses the request's condition now
+    scored: int
+
+
+def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgress]:
+    """Per pipeline, its latest reading (`status` in Kafka mode)."""
+    tables = store.inspect_tables(list(spec.pipelines))
+    sql = store.offsets_sql()
+    found: dict[str, ReadingProgress] = {}
+    for pipeline in spec.pipelines:
+        request = store.in_transaction(
+            "reading the re-score requests",
+            functools.partial(latest_request, sql=sql, pipeline=pipeline.name),
+        )
+        if request is None:
+            continue
+        keys = ", ".join(_quoted(spec, k) for k in tables[pipeline.table].key_columns)
+        table = _qualified(spec, pipeline.table)
+        where = f" WHERE {request.where}" if request.where else ""
+        rows: int | None
+        try:
+            rows = store.in_transaction(
+                "counting the rows of a re-score",
+                functools.partial(_count, sql=f"SELECT COUNT(*) FROM {table}{where}"),
+            )
+        except FatalError:
+            rows, where = None, ""
+        scored = store.in_transaction(
+            "counting the rows re-scored",
+            functools.partial(
+                _count,
+                sql=f"SELECT COUNT(*) FROM {_qualified(spec, pipeline.predictions)} "
+                f"WHERE scored_at >= %s AND ({keys}) IN (SELECT {keys} FROM {table}{where})",
+                params=(request.requested_at,),
+            ),
+        )
+        found[pipeline.name] = ReadingProgress(request, rows, scored)
+    return found
+
+
+def _count(cursor: Any, *, sql: str, params: tuple[Any, ...] = ()) -> int:
+    cursor.execute(sql, params)
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _quoted(spec: ScorerSpec, name: str) -> str:
+    return f'"{name}"' if spec.source.engine == "postgresql" else f"`{name}`"
 
 
 def _qualified(spec: ScorerSpec, table: str) -> str:

@@ -184,7 +184,8 @@ def _job_line(job: dict[str, Any]) -> str:
 
 def _kafka_status(spec: Any, as_json: bool) -> int:
     """Kafka mode: each pipeline's partitions, their offsets in the database and the member
-    that last committed them."""
+    that last committed them, and how far Debezium's latest reading of its table has got."""
+    from cdc_scorer.group_app import reading_progress
     from cdc_scorer.stores.offsets import stored_offsets
     from cdc_scorer.stores.registry import build_store
 
@@ -193,11 +194,27 @@ def _kafka_status(spec: Any, as_json: bool) -> int:
         rows = store.in_transaction(
             "reading the Kafka offsets", lambda c: stored_offsets(c, store.offsets_sql())
         )
+        readings = reading_progress(spec, store)
     finally:
         store.close()
     if as_json:
         keys = ("pipeline", "topic", "partition", "next_offset", "owner")
-        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        shown = {
+            "partitions": [dict(zip(keys, row, strict=True)) for row in rows],
+            "readings": {
+                name: {
+                    "reason": r.request.reason,
+                    "model_version": r.request.model_version,
+                    "signal": r.request.signal_id,
+                    "where": r.request.where,
+                    "requested_at": str(r.request.requested_at),
+                    "rows": r.rows,
+                    "rows_scored_since": r.scored,
+                }
+                for name, r in readings.items()
+            },
+        }
+        print(json.dumps(shown, indent=2))
         return 0
     for pipeline in spec.pipelines:
         mine = [r for r in rows if r[0] == pipeline.name]
@@ -206,7 +223,30 @@ def _kafka_status(spec: Any, as_json: bool) -> int:
         )
         for _, topic, partition, offset, owner in mine:
             print(f"  {topic}[{partition}] next offset {offset}, last committed by {owner or '-'}")
+        reading = readings.get(pipeline.name)
+        if reading is not None:
+            print(f"  {_reading_line(reading)}")
     return 0
+
+
+def _reading_line(reading: Any) -> str:
+    request, rows, scored = reading.request, reading.rows, reading.scored
+    what = (
+        "Debezium's snapshot"
+        if request.reason == "first snapshot"
+        else f"re-score ({request.reason}, signal {request.signal_id})"
+    )
+    where = f" where {request.where}" if request.where else ""
+    if rows is None:
+        count = f"{scored} rows scored since (the server refuses the condition now)"
+    else:
+        done = min(scored, rows)
+        share = f" ({100 * done / rows:.0f} %)" if rows else ""
+        count = f"{done}/{rows} rows scored since{share}"
+    return (
+        f"{what}{where}, model version {request.model_version or '-'}, asked "
+        f"{request.requested_at}: {count}"
+    )
 
 
 def _rescore(args: argparse.Namespace) -> int:

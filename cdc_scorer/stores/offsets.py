@@ -54,7 +54,28 @@ class OffsetsSql:
     # claimed once (the member whose insert made it asks Debezium to re-score the table).
     versions_table: str = ""
     versions_ddl: str = ""
-    claim_version: str = ""  # (pipeline, model_version, signal_id) placeholders
+    claim_version: str = ""  # (pipeline, model_version, signal_id, reason) placeholders
+    # A re-score asked for by `cdc-scorer rescore`: the version's row says the latest request
+    # (pipeline, model_version, signal_id, reason, where_clause), for `status`.
+    record_request: str = ""
+
+
+# Why Debezium (re-)reads a table, as the versions table and `status` say it.
+FIRST_SNAPSHOT = "first snapshot"  # a new pipeline: Debezium's snapshot, no signal sent
+MODEL_VERSION = "model version"
+REQUESTED = "requested"
+
+
+@dataclass(frozen=True)
+class RescoreRequest:
+    """The latest reading of a table a pipeline asked for (or its first snapshot)."""
+
+    pipeline: str
+    model_version: str
+    signal_id: str
+    reason: str
+    where: str | None
+    requested_at: Any  # the database's timestamp (the predictions' scored_at is compared)
 
 
 def request_rescore(
@@ -71,13 +92,45 @@ def request_rescore(
     cursor.execute(f"SELECT COUNT(*) FROM {sql.versions_table} WHERE pipeline = %s", (pipeline,))
     row = cursor.fetchone()
     earlier = int(row[0]) if row else 0
-    cursor.execute(sql.claim_version, (pipeline, model_version, signal_id))
+    reason = MODEL_VERSION if earlier else FIRST_SNAPSHOT
+    cursor.execute(sql.claim_version, (pipeline, model_version, signal_id, reason))
     if cursor.rowcount != 1 or earlier == 0:
         return None
     cursor.execute(
         f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
     )
     return signal_id
+
+
+def record_request(
+    cursor: Any,
+    sql: OffsetsSql,
+    pipeline: str,
+    model_version: str,
+    signal: tuple[str, str, str, str],
+    where: str | None,
+) -> None:
+    """In the caller's transaction: Debezium's ``signal`` (table, id, type, data) for a
+    requested re-score, and the request as the version's latest (for `status`)."""
+    table, signal_id, kind, data = signal
+    cursor.execute(
+        f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
+    )
+    cursor.execute(sql.record_request, (pipeline, model_version, signal_id, REQUESTED, where))
+
+
+def latest_request(cursor: Any, *, sql: OffsetsSql, pipeline: str) -> RescoreRequest | None:
+    """The pipeline's latest request (a new version's claim or a `rescore`), if any."""
+    cursor.execute(
+        f"SELECT model_version, signal_id, reason, where_clause, requested_at "
+        f"FROM {sql.versions_table} WHERE pipeline = %s ORDER BY requested_at DESC LIMIT 1",
+        (pipeline,),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    version, signal_id, reason, where, at = row
+    return RescoreRequest(pipeline, str(version), str(signal_id), str(reason), where, at)
 
 
 def load_offsets(

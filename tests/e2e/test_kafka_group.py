@@ -16,8 +16,10 @@ import random
 import signal
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,13 @@ import tomli_w
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.kafka import KafkaStack
-from cdc_scorer.local.kafka.connectors import mysql_connector
+from cdc_scorer.local.kafka.connectors import mysql_connector, postgres_connector
+from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from tests.e2e.daemon import VersionMonitor, kill, run_cli, start, wait
 from tests.integration.scenario import (
+    Writer,
     churn_matches,
     create_database,
     expected_feedback,
@@ -39,6 +43,8 @@ from tests.integration.scenario import (
     stored_feedback,
     write_config,
 )
+from tests.integration.test_debezium_envelope import _drop_slot
+from tests.pg import PgDatabase, pg_config
 
 pytestmark = pytest.mark.slow
 PARTITIONS = 6
@@ -47,7 +53,7 @@ PARTITIONS = 6
 class OffsetMonitor(threading.Thread):
     """Polls the offsets table: a partition's next offset must never go back."""
 
-    def __init__(self, server: DatabaseServer, database: str) -> None:
+    def __init__(self, server: DatabaseServer | PostgresServer, database: str) -> None:
         super().__init__(daemon=True)
         self._conn = server.connect(database)
         self._halt = threading.Event()
@@ -75,94 +81,89 @@ class OffsetMonitor(threading.Thread):
         self._conn.close()
 
 
-class Writer(threading.Thread):
-    """Mixed writes to churn and feedback until stopped."""
+@dataclass(frozen=True)
+class Captured:
+    """The blog's tables with 400 churn rows on one engine, their Debezium connector, the
+    scorers' config (init run)."""
 
-    def __init__(self, server: DatabaseServer, database: str, phones: list[str]) -> None:
-        super().__init__(daemon=True)
-        self._conn = server.connect(database)
-        self._halt = threading.Event()
-        self._phones = phones
-        self._rows = ChurnRowGenerator(77)
-        self._random = random.Random(5)
-        self.writes = 0
-
-    def run(self) -> None:
-        while not self._halt.wait(0.02):
-            with self._conn.cursor() as cursor:
-                choice = self._random.random()
-                if choice < 0.3:
-                    insert_churn(self._conn, list(self._rows.rows(2)))
-                elif choice < 0.8 and self._phones:
-                    phone = self._random.choice(self._phones)
-                    cursor.execute(
-                        "UPDATE churn SET day_mins = day_mins + 1, night_calls = %s "
-                        "WHERE phone = %s",
-                        (self._random.randint(0, 200), phone),
-                    )
-                elif choice < 0.85 and len(self._phones) > 50:
-                    phone = self._phones.pop(self._random.randrange(len(self._phones)))
-                    cursor.execute("DELETE FROM churn WHERE phone = %s", (phone,))
-                else:
-                    cursor.execute(
-                        "INSERT INTO feedback (user_feedback) VALUES (%s)",
-                        (self._random.choice(["great", "awful service", "my bill is wrong"]),),
-                    )
-            self.writes += 1
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=10)
-        self._conn.close()
+    config: Path
+    database: str
+    phones: list[str]
+    server: DatabaseServer | PostgresServer
 
 
-@pytest.fixture
+@pytest.fixture(params=["mysql"])
 def captured(
-    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, endpoints: BackgroundModelServer
-) -> Iterator[tuple[Path, str, list[str]]]:
-    """The blog's tables with 400 churn rows, their Debezium connector, the scorers' config
-    (init run)."""
-    server, database = mysql_gtid, f"group_{uuid.uuid4().hex[:6]}"
-    create_database(server, database)
-    db = server.connect(database)
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    kafka: KafkaStack,
+    endpoints: BackgroundModelServer,
+) -> Iterator[Captured]:
+    """On MySQL, or on PostgreSQL for a test parametrized indirectly with ``postgresql``."""
     existing = list(ChurnRowGenerator(41).rows(400))
-    insert_churn(db, existing)
-    db.close()
     prefix = f"e{uuid.uuid4().hex[:6]}"
-    kafka.put_connector(
-        prefix,
-        {
-            **mysql_connector(
-                server,
+    base = tmp_path / "base.toml"
+    tables, bootstrap = ["churn", "feedback"], kafka.bootstrap_servers
+    slot = ""
+    server: DatabaseServer | PostgresServer
+    if request.param == "postgresql":
+        pg: PgDatabase = request.getfixturevalue("pg")
+        server, database, slot = pg.server, pg.name, f"dbz_{uuid.uuid4().hex[:8]}"
+        pg.insert_churn(existing)
+        connector = {
+            **postgres_connector(
+                pg.server,
                 prefix=prefix,
                 database=database,
-                tables=["churn", "feedback"],
-                bootstrap=kafka.bootstrap_servers,
+                tables=tables,
+                bootstrap=bootstrap,
+                slot=slot,
+                partitions=PARTITIONS,
+            ),
+            "message.key.columns": "public.churn:phone",
+        }
+        pg_config(base, pg, endpoints.url)
+    else:
+        mysql: DatabaseServer = request.getfixturevalue("mysql_gtid")
+        server, database = mysql, f"group_{uuid.uuid4().hex[:6]}"
+        create_database(mysql, database)
+        db = mysql.connect(database)
+        insert_churn(db, existing)
+        db.close()
+        connector = {
+            **mysql_connector(
+                mysql,
+                prefix=prefix,
+                database=database,
+                tables=tables,
+                bootstrap=bootstrap,
                 partitions=PARTITIONS,
             ),
             "message.key.columns": f"{database}.churn:phone",
             "database.server.id": str(5800 + random.randint(0, 99)),
-        },
-    )
-    write_config(tmp_path / "base.toml", server, database, endpoints.url)
-    import tomllib
+        }
+        write_config(base, mysql, database, endpoints.url)
+    kafka.put_connector(prefix, connector)
+    try:
+        config = tomllib.loads(base.read_text())
+        config["kafka"] = {
+            "bootstrap_servers": kafka.bootstrap_servers,
+            "topic_prefix": prefix,
+            "group_id": f"scorers-{prefix}",
+            "session_timeout_ms": 6000,
+        }
+        path = tmp_path / "scorer.toml"
+        path.write_text(tomli_w.dumps(config))
+        result = run_cli("init", "--config", str(path))
+        assert result.returncode == 0, result.stderr
+        yield Captured(path, database, [r["phone"] for r in existing], server)
+    finally:
+        kafka.delete_connector(prefix)
+        if slot:
+            _drop_slot(request.getfixturevalue("pg"), slot)
 
-    config = tomllib.loads((tmp_path / "base.toml").read_text())
-    config["kafka"] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "topic_prefix": prefix,
-        "group_id": f"scorers-{prefix}",
-        "session_timeout_ms": 6000,
-    }
-    path = tmp_path / "scorer.toml"
-    path.write_text(tomli_w.dumps(config))
-    result = run_cli("init", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    yield path, database, [r["phone"] for r in existing]
-    kafka.delete_connector(prefix)
 
-
-def _converged(server: DatabaseServer, database: str) -> bool:
+def _converged(server: DatabaseServer | PostgresServer, database: str) -> bool:
     conn = server.connect(database)
     try:
         return churn_matches(conn) and stored_feedback(conn) == expected_feedback(conn)
@@ -171,17 +172,23 @@ def _converged(server: DatabaseServer, database: str) -> bool:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("captured", ["mysql", "postgresql"], indirect=True)
 def test_three_scorers_a_kill_a_join_and_a_connect_restart_converge(
-    captured: tuple[Path, str, list[str]], mysql_gtid: DatabaseServer, kafka: KafkaStack
+    captured: Captured, kafka: KafkaStack
 ) -> None:
-    config, database, phones = captured
-    versions = VersionMonitor(mysql_gtid, database)
-    offsets = OffsetMonitor(mysql_gtid, database)
+    config, database, phones, server = (
+        captured.config,
+        captured.database,
+        captured.phones,
+        captured.server,
+    )
+    versions = VersionMonitor(server, database)
+    offsets = OffsetMonitor(server, database)
     versions.start()
     offsets.start()
     scorers = [start(config, name=f"scorer-{i}") for i in range(3)]
-    wait(lambda: _converged(mysql_gtid, database), 180, "the snapshot through Debezium", scorers[0])
-    writer = Writer(mysql_gtid, database, phones)
+    wait(lambda: _converged(server, database), 180, "the snapshot through Debezium", scorers[0])
+    writer = Writer(server, database, phones)
     writer.start()
     time.sleep(3)
     kill(scorers[1])  # -9 mid-stream: its partitions go to the others after its session
@@ -193,7 +200,7 @@ def test_three_scorers_a_kill_a_join_and_a_connect_restart_converge(
     time.sleep(5)
     writer.stop()
     assert writer.writes > 100
-    wait(lambda: _converged(mysql_gtid, database), 180, "every table to converge", scorers[0])
+    wait(lambda: _converged(server, database), 180, "every table to converge", scorers[0])
     versions.stop()
     offsets.stop()
     assert not offsets.backwards, offsets.backwards[:5]
@@ -207,11 +214,11 @@ def test_three_scorers_a_kill_a_join_and_a_connect_restart_converge(
 
 @pytest.mark.timeout(600)
 def test_a_zombie_paused_past_its_session_commits_nothing(
-    captured: tuple[Path, str, list[str]],
+    captured: Captured,
     mysql_gtid: DatabaseServer,
     endpoints: BackgroundModelServer,
 ) -> None:
-    config, database, phones = captured
+    config, database, phones = captured.config, captured.database, captured.phones
     zombie = start(config, name="zombie")
     wait(lambda: _converged(mysql_gtid, database), 180, "the snapshot", zombie)
     other = start(config, name="other")

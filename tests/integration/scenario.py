@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +21,10 @@ from cdc_scorer.local.churn_data import (
     CHURN_TABLE_DDL,
     FEATURE_COLUMNS,
     FEEDBACK_TABLE_DDL,
+    ChurnRowGenerator,
 )
 from cdc_scorer.local.churn_model import ChurnModel
+from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.sentiment import SentimentModel
 from cdc_scorer.local.servers import DatabaseServer
@@ -217,3 +221,47 @@ def compressed_transactions(db: Any) -> int:
             cursor.execute(f"SHOW BINLOG EVENTS IN '{log_file}'")
             count += sum(1 for row in cursor.fetchall() if row[2] == "Transaction_payload")
     return count
+
+
+class Writer(threading.Thread):
+    """Mixed writes to churn and feedback until stopped (MySQL or PostgreSQL): inserts,
+    updates and deletes of ``phones`` (rows that exist), feedback inserts."""
+
+    def __init__(
+        self, server: DatabaseServer | PostgresServer, database: str, phones: list[str]
+    ) -> None:
+        super().__init__(daemon=True)
+        self._conn = server.connect(database)
+        self._halt = threading.Event()
+        self._phones = phones
+        self._rows = ChurnRowGenerator(77)
+        self._random = random.Random(5)
+        self.writes = 0
+
+    def run(self) -> None:
+        while not self._halt.wait(0.02):
+            with self._conn.cursor() as cursor:
+                choice = self._random.random()
+                if choice < 0.3:
+                    insert_churn(self._conn, list(self._rows.rows(2)))
+                elif choice < 0.8 and self._phones:
+                    phone = self._random.choice(self._phones)
+                    cursor.execute(
+                        "UPDATE churn SET day_mins = day_mins + 1, night_calls = %s "
+                        "WHERE phone = %s",
+                        (self._random.randint(0, 200), phone),
+                    )
+                elif choice < 0.85 and len(self._phones) > 50:
+                    phone = self._phones.pop(self._random.randrange(len(self._phones)))
+                    cursor.execute("DELETE FROM churn WHERE phone = %s", (phone,))
+                else:
+                    cursor.execute(
+                        "INSERT INTO feedback (user_feedback) VALUES (%s)",
+                        (self._random.choice(["great", "awful service", "my bill is wrong"]),),
+                    )
+            self.writes += 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        self._conn.close()

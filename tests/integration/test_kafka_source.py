@@ -6,6 +6,8 @@ binlog reader ran (the path is Kafka's: counted)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from tests.integration.scenario import (
     Running,
+    Writer,
     churn_matches,
     create_database,
     expected_feedback,
@@ -260,14 +263,19 @@ SIGNAL_DDL = (
 
 
 async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snapshot(
-    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, models: ModelServer
+    tmp_path: Path,
+    mysql_gtid: DatabaseServer,
+    kafka: KafkaStack,
+    models: ModelServer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server, database = mysql_gtid, f"ksig_{uuid.uuid4().hex[:6]}"
     create_database(server, database)
     db = server.connect(database)
     with db.cursor() as cursor:
         cursor.execute(SIGNAL_DDL)
-    insert_churn(db, list(ChurnRowGenerator(33).rows(150)))
+    existing = list(ChurnRowGenerator(33).rows(150))
+    insert_churn(db, existing)
     texts = FeedbackGenerator(6)
     with db.cursor() as cursor:
         cursor.executemany(
@@ -308,9 +316,31 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
             pipelines={"churn": {"model_version": "2"}},
         )
         config = load_config_text(tmp_path, kafka, prefix, signal_table="debezium_signal")
+        # The re-score runs beside the stream: a writer inserts, updates and deletes all along.
+        writer = Writer(server, database, [r["phone"] for r in existing])
         async with Running(load_config(config)):
-            await wait_for(lambda: _versions(db) == {"2": 150}, timeout_s=120, what="version 2")
-            assert churn_matches(db)
+            writer.start()
+            try:
+                await wait_for(
+                    lambda: (_reading(capsys, config, "churn") or "").startswith("re-score"),
+                    what="the re-score in status",
+                )
+                await asyncio.sleep(3)
+            finally:
+                writer.stop()
+            assert writer.writes > 50
+            await wait_for(lambda: _one_version(db, "2"), timeout_s=120, what="version 2")
+            await wait_for(lambda: churn_matches(db), what="churn to converge")
+            # status: Debezium's reading of churn that version 2 asked for, every row since.
+            rows = _count(db, "churn")
+            reading = _reading(capsys, config, "churn") or ""
+            assert reading.startswith("re-score (model version, signal "), reading
+            assert "model version 2, asked " in reading
+            assert reading.endswith(f": {rows}/{rows} rows scored since (100 %)"), reading
+            assert cli(["status", "--config", str(config), "--json"]) == 0
+            shown = json.loads(capsys.readouterr().out)["readings"]["churn"]
+            assert (shown["reason"], shown["rows"]) == ("model version", rows)
+            assert shown["rows_scored_since"] >= rows
             with db.cursor() as cursor:
                 cursor.execute(
                     "SELECT id, type FROM debezium_signal WHERE type = 'execute-snapshot'"
@@ -338,9 +368,40 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
                 what="the rows of the re-score",
             )
             assert feedback_matches(db)
+            reading = _reading(capsys, config, "feedback") or ""
+            assert reading.startswith("re-score (requested, signal "), reading
+            assert reading.endswith(": 10/10 rows scored since (100 %)"), reading
+            assert " where id <= 10, model version " in reading
     finally:
         kafka.delete_connector(prefix)
         db.close()
+
+
+def _reading(capsys: pytest.CaptureFixture[str], config: Path, pipeline: str) -> str | None:
+    """A pipeline's reading line of `cdc-scorer status` (None: none shown)."""
+    capsys.readouterr()
+    assert cli(["status", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(f"{pipeline}: ")))
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        if "rows scored since" in line:
+            return line.strip()
+    return None
+
+
+def _one_version(db: Any, version: str) -> bool:
+    """Every churn row has a prediction, all of model version ``version``."""
+    versions = _versions(db)
+    return list(versions) == [version] and versions[version] == _count(db, "churn")
+
+
+def _count(db: Any, table: str) -> int:
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {table}")
+        (count,) = cursor.fetchone()
+    return int(count)
 
 
 def _versions(db: Any) -> dict[str | None, int]:

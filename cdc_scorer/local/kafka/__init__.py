@@ -154,6 +154,9 @@ class KafkaStack:
     stopped and removed on exit. ``partitions``: the topics' default partition count."""
 
     partitions: int = 3
+    # 0 for tests (a group of one starts at once); Kafka's default 3000 lets N processes that
+    # start together share the first assignment (the group benchmark).
+    initial_rebalance_delay_ms: int = 0
     start_timeout_s: float = 120.0
     heap: str = "512m"
     base: Path | None = None
@@ -198,7 +201,7 @@ class KafkaStack:
                     "offsets.topic.num.partitions=5",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
+                    f"group.initial.rebalance.delay.ms={self.initial_rebalance_delay_ms}",
                     "",
                 ]
             )
@@ -361,6 +364,14 @@ class KafkaStack:
 
     def delete_connector(self, name: str) -> None:
         self.rest("DELETE", f"/connectors/{name}")
+
+    def pids(self) -> dict[str, int]:
+        """The running programs' process ids (``broker``, ``connect``), for a CPU meter."""
+        return {
+            program.name: program.process.pid
+            for program in (self._broker, self._connect)
+            if program is not None and program.process is not None
+        }
 
     # ------------------------------------------------------------------------------ lifetime
     def stop(self) -> None:

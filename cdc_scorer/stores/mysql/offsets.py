@@ -23,8 +23,14 @@ OFFSETS = OffsetsSql(
   model_version VARCHAR(64) NOT NULL,
   signal_id VARCHAR(64) NOT NULL,
   requested_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  reason VARCHAR(32) NOT NULL DEFAULT 'model version',
+  where_clause TEXT NULL,
   PRIMARY KEY (pipeline, model_version)
 ) ENGINE=InnoDB CHARACTER SET utf8mb4""",
-    claim_version=f"INSERT IGNORE INTO {VERSIONS_TABLE} (pipeline, model_version, signal_id) "
-    "VALUES (%s, %s, %s)",
+    claim_version=f"INSERT IGNORE INTO {VERSIONS_TABLE} "
+    "(pipeline, model_version, signal_id, reason) VALUES (%s, %s, %s, %s)",
+    record_request=f"INSERT INTO {VERSIONS_TABLE} "
+    "(pipeline, model_version, signal_id, reason, where_clause) VALUES (%s, %s, %s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE signal_id = VALUES(signal_id), reason = VALUES(reason), "
+    "where_clause = VALUES(where_clause), requested_at = CURRENT_TIMESTAMP(6)",
 )

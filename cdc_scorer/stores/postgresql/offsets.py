@@ -29,8 +29,15 @@ def offsets_sql(schema: str) -> OffsetsSql:
   model_version varchar(64) NOT NULL,
   signal_id varchar(64) NOT NULL,
   requested_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  reason varchar(32) NOT NULL DEFAULT 'model version',
+  where_clause text NULL,
   PRIMARY KEY (pipeline, model_version)
 )""",
-        claim_version=f"INSERT INTO {versions} (pipeline, model_version, signal_id) "
-        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        claim_version=f"INSERT INTO {versions} (pipeline, model_version, signal_id, reason) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        record_request=f"INSERT INTO {versions} "
+        "(pipeline, model_version, signal_id, reason, where_clause) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (pipeline, model_version) DO UPDATE SET signal_id = EXCLUDED.signal_id, "
+        "reason = EXCLUDED.reason, where_clause = EXCLUDED.where_clause, "
+        "requested_at = CURRENT_TIMESTAMP",
     )
