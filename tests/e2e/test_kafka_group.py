@@ -1,8 +1,9 @@
 """Scorers in one consumer group on Debezium's topics, as processes (``cdc-scorer run`` with
-``[kafka]``): a real MySQL, Debezium's connector in a real Kafka Connect worker, a KRaft
-broker, the local endpoints.
+``[kafka]``): a real MySQL or PostgreSQL, Debezium's connector for it in a real Kafka Connect
+worker, a KRaft broker, the local endpoints.
 
-Three processes share the partitions while a writer inserts, updates and deletes; one is
+Three processes share the partitions while a writer inserts, updates and deletes (on MySQL and
+on PostgreSQL); one is
 killed with -9 mid-stream, another joins later (a rebalance), the Connect worker restarts —
 and every table converges to a from-scratch scoring, no partition's stored offset ever moves
 back, and no prediction regresses to an older row version. A zombie — a process stopped with
