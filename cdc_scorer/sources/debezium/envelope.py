@@ -26,6 +26,9 @@ from cdc_scorer.sources.debezium.values import (
     reader_for,
 )
 
+_SCHEMA_HEAD = b'{"schema":'
+_PAYLOAD_KEY = b',"payload":'
+_SCHEMAS_KEPT = 64
 _OPS = {"c": Op.INSERT, "u": Op.UPDATE, "d": Op.DELETE, "r": Op.SNAPSHOT}
 
 
@@ -85,24 +88,20 @@ class EnvelopeDecoder:
         self._database = database
         self._tables = dict(tables)
         self._decimal_strings = decimal_strings
-        # Readers by table and the field schemas of its image (a table's schema changes
-        # with an ALTER: a new key, new readers).
-        self._readers: dict[tuple[str, Any], dict[str, Reader]] = {}
+        # The schemas seen, by their bytes, and the readers of a table by its schema object
+        # (kept beside them: an id is only unique while its object lives). A table's schema
+        # changes with an ALTER: new bytes, a new object, new readers.
+        self._schemas: dict[bytes, Any] = {}
+        # How the messages were read (the tests count the paths): schemas parsed, and
+        # messages parsed whole (without schemas, or not in the converter's layout).
+        self.schemas_parsed = 0
+        self.whole_parsed = 0
+        self._readers: dict[tuple[str, int | None], tuple[Any, dict[str, Reader]]] = {}
 
     def decode(self, value: bytes | None) -> Change | Tombstone:
         if value is None:
             return Tombstone()
-        try:
-            message = json.loads(value)
-        except ValueError as exc:
-            raise EnvelopeError(
-                f"the message is not JSON ({exc}): the scorer reads Debezium's JSON converter "
-                "(value.converter=org.apache.kafka.connect.json.JsonConverter)"
-            ) from None
-        if not isinstance(message, dict):
-            raise EnvelopeError("the message is not a Debezium change event (not an object)")
-        schema = message.get("schema") if "payload" in message else None
-        payload = message["payload"] if "payload" in message and "schema" in message else message
+        schema, payload = self._parse(value)
         if payload is None:
             return Tombstone()
         if not isinstance(payload, dict) or "op" not in payload or "source" not in payload:
@@ -146,12 +145,54 @@ class EnvelopeDecoder:
             )
         return table
 
+    def _parse(self, value: bytes) -> tuple[Any, Any]:
+        """The message's schema (None without one) and payload. The JSON converter writes
+        ``{"schema":S,"payload":P}``, S the same kilobytes in every message of a table: S
+        is parsed once and found again by its bytes (parsing and keying it per message was
+        most of the Kafka path's CPU, docs/kafka-benchmarks.md)."""
+        head = _SCHEMA_HEAD
+        if value.startswith(head) and value.endswith(b"}"):
+            at = value.find(_PAYLOAD_KEY, len(head))
+            if at > 0:
+                schema_bytes = value[len(head) : at]
+                schema = self._schemas.get(schema_bytes)
+                try:
+                    if schema is None:
+                        # A complete JSON value: a prefix of S would not parse, so S ends here.
+                        schema = json.loads(schema_bytes)
+                        self.schemas_parsed += 1
+                        if len(self._schemas) >= _SCHEMAS_KEPT:
+                            self._schemas.clear()  # ALTERs by the dozen: start again
+                        self._schemas[schema_bytes] = schema
+                    return schema, json.loads(value[at + len(_PAYLOAD_KEY) : -1])
+                except ValueError:
+                    pass  # not the converter's layout after all: read the whole message
+        self.whole_parsed += 1
+        try:
+            message = json.loads(value)
+        except ValueError as exc:
+            raise EnvelopeError(
+                f"the message is not JSON ({exc}): the scorer reads Debezium's JSON converter "
+                "(value.converter=org.apache.kafka.connect.json.JsonConverter)"
+            ) from None
+        if not isinstance(message, dict):
+            raise EnvelopeError("the message is not a Debezium change event (not an object)")
+        schema = message.get("schema") if "payload" in message else None
+        payload = message["payload"] if "payload" in message and "schema" in message else message
+        return schema, payload
+
     def _readers_for(self, table: CapturedTable, schema: Any) -> dict[str, Reader]:
+        # By the schema object itself: one per distinct schema bytes (``_parse``), and None
+        # without schemas.
+        cache_key = (table.name, id(schema) if schema is not None else None)
+        cached = self._readers.get(cache_key)
+        if cached is not None and cached[0] is schema:
+            return cached[1]
         fields = _image_fields(schema) if schema is not None else None
-        cache_key = (table.name, None if fields is None else json.dumps(fields, sort_keys=True))
-        readers = self._readers.get(cache_key)
-        if readers is None:
-            readers = self._readers[cache_key] = self._make_readers(table, fields)
+        readers = self._make_readers(table, fields)
+        if len(self._readers) >= _SCHEMAS_KEPT:
+            self._readers.clear()
+        self._readers[cache_key] = (schema, readers)
         return readers
 
     def _make_readers(
