@@ -43,7 +43,7 @@ lint: $(STAMP)
 
 # Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
 BENCH ?= quick
-bench: $(STAMP) system-packages mysql-server
+bench: $(STAMP) system-packages mysql-server kafka-stack
 	$(PY) -m benchmarks.run --mode $(BENCH)
 
 bench-endpoints: $(STAMP)

@@ -610,6 +610,9 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 postgresql_note = _postgresql_phases(mode, workdir, bench)
                 # Bedrock against its budget: minutes by definition, so not in smoke mode.
                 bedrock_note = _bedrock_phases(mode, workdir, server, out)
+                # Kafka against the binlog, and groups (benchmarks/kafka.py): its own MySQL
+                # and Kafka stack, the same endpoints.
+                kafka_note = _kafka_phases(mode, out, bench)
             finally:
                 bench.endpoints.close()
             results = {
@@ -622,6 +625,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "mysql": mysql_note,
                 "postgresql": postgresql_note,
                 "bedrock": bedrock_note,
+                "kafka": kafka_note,
                 "scorer_profiles": bench.scorer_profiles,
                 "rescore": rescore,
             }
@@ -682,6 +686,19 @@ def _bedrock_phases(mode: Mode, workdir: Path, server: DatabaseServer, out: Path
     rows = asyncio.run(run_phases(server, workdir))
     write(rows, out)
     return f"{out / 'bedrock-benchmarks.md'}"
+
+
+def _kafka_phases(mode: Mode, out: Path, bench: Bench) -> str:
+    """benchmarks/kafka.py in the same mode; its report is kafka-benchmarks.md (smoke mode:
+    not run here, tests/e2e/test_benchmark_smoke.py runs it on the suite's servers)."""
+    if mode.name == "smoke":
+        return "not run in smoke mode"
+    from benchmarks.kafka import MODES as KAFKA_MODES
+    from benchmarks.kafka import run_standalone
+
+    note = run_standalone(KAFKA_MODES[mode.name], out, bench.endpoints)
+    bench.log(f"Kafka benchmarks: {note}")
+    return note
 
 
 def _machine(server: DatabaseServer) -> dict[str, str]:

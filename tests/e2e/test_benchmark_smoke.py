@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cdc_scorer.local.kafka import KafkaStack
+from cdc_scorer.local.servers import DatabaseServer
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +56,40 @@ def test_smoke_benchmark_writes_the_report(tmp_path: Path) -> None:
     assert any(r["approach"].endswith("UPDATE transaction, PostgreSQL") for r in scored)
     assert any(r["approach"] == "cdc-scorer (pgoutput), PostgreSQL" for r in scored)
     assert "## PostgreSQL beside MySQL" in report and "| MySQL |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_kafka_benchmark_runs(
+    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack
+) -> None:
+    """``benchmarks/kafka.py`` at smoke sizes on the run's MySQL and Kafka stack: both paths
+    catch up and are measured, the group phases spread every partition over 1, 2 and 3
+    processes (the shares are the benchmark's: this stack assigns a new group at once)."""
+    from benchmarks.harness import ModelEndpoints
+    from benchmarks.kafka import MODES, PARTITIONS, run
+
+    endpoints = ModelEndpoints(tmp_path)
+    try:
+        results = run(MODES["smoke"], tmp_path, mysql_gtid, kafka, endpoints, log=print)
+    finally:
+        endpoints.close()
+    paths = results["paths"]
+    assert {(p["path"], p["load"]) for p in paths} == {
+        (path, load) for path in ("binlog", "kafka") for load in ("flat out", "200 rows/s")
+    }
+    for p in paths:
+        assert p["caught_up"] and p["rows"] > 0 and p["rows_per_cpu_s"] > 0, p
+        assert p["samples"] > 0 and p["p50_s"] is not None, p
+    assert [g["processes"] for g in results["groups"]] == [1, 2, 3]
+    for g in results["groups"]:
+        assert len(g["members"]) == g["processes"]
+        for pipeline in ("churn", "feedback"):
+            assert sum(m["partitions"][pipeline] for m in g["members"]) == PARTITIONS, g
+        assert sum(m["rows"] for m in g["members"]) > 0
+    report = (tmp_path / "kafka-benchmarks.md").read_text()
+    assert "% of the binlog path's rows per scorer CPU-second" in report
+    assert "| 3 | " in report
 
 
 @pytest.mark.timeout(300)
