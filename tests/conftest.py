@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, ModelServerConfig
-from cdc_scorer.local.kafka import KafkaStack, KafkaUnavailable, ensure_kafka_jars
+from cdc_scorer.local.kafka import BrokerTls, KafkaStack, KafkaUnavailable, ensure_kafka_jars
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
@@ -193,17 +194,44 @@ def postgres_vector() -> Iterator[PostgresServer]:
 _KAFKA_UNAVAILABLE: list[str] = []
 
 
+KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD = "scorer", "scram-secret-7"
+
+
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaStack]:
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaStack]:
     """A private Kafka broker (KRaft) and Kafka Connect worker with Debezium's connectors
-    (jars from Maven Central); skips (red banner) when Java or the jars cannot be had."""
+    (jars from Maven Central); skips (red banner) when Java or the jars cannot be had. Its
+    broker also listens with SSL and SASL_SSL (SCRAM-SHA-512, user ``KAFKA_SCRAM_USER``), its
+    certificate from a CA of the test's (``stack.tls.ca_file``)."""
     try:
         ensure_kafka_jars()
     except KafkaUnavailable as exc:
         _KAFKA_UNAVAILABLE.append(f"Kafka stack unavailable: {exc}")
         pytest.skip(_KAFKA_UNAVAILABLE[-1])
-    with KafkaStack() as stack:
+    with KafkaStack(tls=_broker_tls(tmp_path_factory.mktemp("kafka-tls"))) as stack:
         yield stack
+
+
+def _broker_tls(directory: Path) -> BrokerTls:
+    """The broker's PEM keystore (PKCS#8 key, then its certificate and the CA's)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.certificates import CertificateAuthority
+
+    authority = CertificateAuthority(directory, "kafka-test-ca")
+    issued = authority.issue("kafka-broker", dns=("localhost",), ips=("127.0.0.1",))
+    key = serialization.load_pem_private_key(issued.key.read_bytes(), password=None)
+    keystore = directory / "broker-keystore.pem"
+    keystore.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + issued.cert.read_bytes()
+        + authority.path.read_bytes()
+    )
+    return BrokerTls(keystore, authority.path, {KAFKA_SCRAM_USER: KAFKA_SCRAM_PASSWORD})
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from cdc_scorer.core.spec import KafkaSpec
 from cdc_scorer.local.kafka import KafkaStack
@@ -150,13 +150,21 @@ async def test_members_start_at_the_databases_offsets_and_hand_partitions_over(
 
 
 def _messages(kafka: KafkaStack, topic: str, partitions: int = PARTITIONS) -> int:
-    """The messages of ``topic``: the sum of its partitions' end offsets."""
+    """The messages of ``topic``: the sum of its partitions' end offsets (asked again while a
+    topic Debezium just made elects its leaders: "Not leader for partition")."""
     probe = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "probe"})
+    deadline = time.monotonic() + 30
     try:
-        return sum(
-            probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        )
+        while True:
+            try:
+                return sum(
+                    probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in range(partitions)
+                )
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         probe.close()
 

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -148,10 +149,23 @@ class _Java:
             process.wait(timeout=30)
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS listeners beside the PLAINTEXT one: ``SSL`` and ``SASL_SSL`` with SCRAM-SHA-512
+    (``scram_users``: name → password, made at format time). ``keystore`` is a PEM file with
+    the broker's PKCS#8 key and its certificate chain; ``ca_file`` the CA clients verify it
+    with."""
+
+    keystore: Path
+    ca_file: Path
+    scram_users: Mapping[str, str]
+
+
 @dataclass
 class KafkaStack:
     """``with KafkaStack() as stack:`` — a broker and a Connect worker, started on enter,
-    stopped and removed on exit. ``partitions``: the topics' default partition count."""
+    stopped and removed on exit. ``partitions``: the topics' default partition count;
+    ``tls``: TLS listeners too (Debezium and the Connect worker stay on PLAINTEXT)."""
 
     partitions: int = 3
     # 0 for tests (a group of one starts at once); Kafka's default 3000 lets N processes that
@@ -160,8 +174,11 @@ class KafkaStack:
     start_timeout_s: float = 120.0
     heap: str = "512m"
     base: Path | None = None
+    tls: BrokerTls | None = None
     broker_port: int = 0
     connect_port: int = 0
+    ssl_port: int = 0
+    sasl_ssl_port: int = 0
     _owned: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
     _broker: _Java | None = field(default=None, repr=False)
     _connect: _Java | None = field(default=None, repr=False)
@@ -169,6 +186,16 @@ class KafkaStack:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """The SSL listener (with ``tls``)."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener, SCRAM-SHA-512 (with ``tls``)."""
+        return f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def connect_url(self) -> str:
@@ -183,18 +210,37 @@ class KafkaStack:
         self.broker_port = free_port()
         controller = free_port()
         props = self.base / "server.properties"
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.broker_port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        secure: list[str] = []
+        scram: list[str] = []
+        if self.tls is not None:
+            self.ssl_port, self.sasl_ssl_port = free_port(), free_port()
+            listeners += [
+                f"SSL://127.0.0.1:{self.ssl_port}",
+                f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}",
+            ]
+            protocols += ["SSL:SSL", "SASL_SSL:SASL_SSL"]
+            secure = [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={self.tls.keystore}",
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ]
+            for name, password in self.tls.scram_users.items():
+                scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         props.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.broker_port},"
-                    f"CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.broker_port}",
+                    f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller}",
+                    f"advertised.listeners={','.join(listeners)}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map={','.join(protocols)}",
                     f"log.dirs={self.base / 'data'}",
                     f"num.partitions={self.partitions}",
                     "offsets.topic.replication.factor=1",
@@ -202,6 +248,7 @@ class KafkaStack:
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
                     f"group.initial.rebalance.delay.ms={self.initial_rebalance_delay_ms}",
+                    *secure,
                     "",
                 ]
             )
@@ -216,6 +263,7 @@ class KafkaStack:
                 f"--cluster-id={_cluster_id()}",
                 "-c",
                 str(props),
+                *scram,
             ],
         )
         self._broker = self._program(lib, "broker", ["kafka.Kafka", str(props)])

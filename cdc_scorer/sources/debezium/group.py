@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,28 @@ def _msk_iam_token(region: str | None) -> Callable[[Any], tuple[str, float]]:
     return token
 
 
+def _refused(spec: KafkaSpec, error: KafkaError) -> str | None:
+    """The fix when the brokers refuse this client's credentials or it does not trust
+    theirs (None: another error). librdkafka retries these for ever; a Kafka client stops
+    on them, and so does the scorer."""
+    if error.code() == KafkaError._AUTHENTICATION:
+        if spec.security == "msk-iam":
+            return (
+                "the brokers refused the IAM credentials: the task role needs "
+                "kafka-cluster:Connect on the cluster (deploy/ecs-service.yaml)"
+            )
+        return (
+            "the brokers refused the credentials: check kafka.username and its password "
+            "(CDC_SCORER_KAFKA__PASSWORD) and kafka.scram_mechanism"
+        )
+    if error.code() == KafkaError._SSL:
+        return (
+            "TLS with the brokers failed: set kafka.ca_file to the CA bundle that signed their "
+            "certificate (and check that they speak TLS on this port)"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def kafka_errors(doing: str) -> Any:
     """librdkafka's errors leave as ours: retriable ones as RetriableError, the rest fatal."""
@@ -137,6 +160,9 @@ class GroupMember:
         self._consumer: AIOConsumer | None = None
         self._owned: set[Partition] = set()
         self._missing_logged = False
+        # The first refusal of this client by the brokers (credentials, TLS), told by
+        # librdkafka's error callback on its own thread; poll stops on it.
+        self._refusal: str | None = None
 
     @property
     def owned(self) -> frozenset[Partition]:
@@ -145,7 +171,15 @@ class GroupMember:
 
     async def __aenter__(self) -> GroupMember:
         with kafka_errors("joining the consumer group"):
-            self._consumer = AIOConsumer(client_config(self._spec, self._client_id))
+            self._consumer = AIOConsumer(
+                {
+                    **client_config(self._spec, self._client_id),
+                    "error_cb": self._error,
+                    # librdkafka's own log lines through the daemon's renderer (JSON), not
+                    # as its raw "%3|…" lines on stderr.
+                    "logger": logging.getLogger("cdc_scorer.kafka.client"),
+                }
+            )
             await self._consumer.subscribe(
                 self._topics,
                 on_assign=self._assigned,
@@ -165,6 +199,8 @@ class GroupMember:
         assert self._consumer is not None, "enter the member first"
         with kafka_errors("reading Debezium's topics"):
             messages = await self._consumer.consume(self._batch_max, timeout_s)
+        if self._refusal is not None:
+            raise FatalError(self._refusal)
         batch: list[RawMessage] = []
         for message in messages:
             error = message.error()
@@ -185,6 +221,9 @@ class GroupMember:
                         self._missing_logged = True
                         log.warning("topic not there yet", topics=self._topics, error=error.str())
                     continue
+                refused = _refused(self._spec, error)
+                if refused is not None:
+                    raise FatalError(f"reading Debezium's topics: {error.str()} — {refused}")
                 if error.fatal() or error.code() in (
                     KafkaError.TOPIC_AUTHORIZATION_FAILED,
                     KafkaError.GROUP_AUTHORIZATION_FAILED,
@@ -198,6 +237,15 @@ class GroupMember:
                 continue  # fetched before a revoke: another member reads it from the database
             batch.append(RawMessage(topic, partition, offset, message.value()))
         return batch
+
+    async def _error(self, error: KafkaError) -> None:
+        """librdkafka's errors that are not a message's (a broker down, a refused login):
+        it retries them itself; a refusal is kept for ``poll`` to stop on."""
+        refused = _refused(self._spec, error)
+        if refused is not None and self._refusal is None:
+            self._refusal = f"connecting to the brokers: {error.str()} — {refused}"
+        elif refused is None:
+            log.warning("Kafka client error", error=error.str(), code=error.name())
 
     async def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` again from ``offset`` (its stored offset, after a refused
