@@ -31,6 +31,7 @@ from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
+from cdc_scorer.sources.debezium.group import topic_watermarks
 from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
@@ -38,6 +39,8 @@ from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import (
     OffsetLedger,
     RescoreRequest,
+    SignalNeeded,
+    is_new,
     latest_request,
     record_request,
     request_rescore,
@@ -72,7 +75,7 @@ async def run_group(
     identity = f"kafka:{kafka.group_id}"
     owner = member_name()
     for pipeline in spec.pipelines:
-        await asyncio.to_thread(_rescore_on_model_change, spec, kafka, store, pipeline)
+        await asyncio.to_thread(_rescore_on_model_change, spec, kafka, store, pipeline, owner)
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, Any] = {}
         pool = sum(p.batching.max_in_flight for p in spec.pipelines)
@@ -105,30 +108,49 @@ async def run_group(
 
 
 def _rescore_on_model_change(
-    spec: ScorerSpec, kafka: KafkaSpec, store: Store, pipeline: PipelineSpec
+    spec: ScorerSpec, kafka: KafkaSpec, store: Store, pipeline: PipelineSpec, owner: str
 ) -> None:
-    """A model version not seen before, after another one ran: Debezium re-reads the table
-    (an incremental snapshot), once — the member whose claim made the version's row asks."""
+    """Debezium re-reads the table (an incremental snapshot) for a model version not seen
+    before after another one ran, and for a new pipeline when there is a signal table —
+    once: the member whose claim made the version's row asks. A new pipeline without one
+    reads its topic from the beginning, which must then still be there."""
     source = spec.source
     collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
     signal_id, kind, data = incremental_snapshot(collection)
     sql = store.offsets_sql()
     version = pipeline.model_version or ""
-    table = kafka.signal_table
-    if table is None:
-        table = "cdc_scorer_no_signal_table"  # checked below, before anything is written
+    topic = topic_of(kafka, source.engine, source.database, source.schema, pipeline.table)
+    signal = None
+    if kafka.signal_table is not None:
+        signal = (_qualified(spec, kafka.signal_table), signal_id, kind, data)
+    start: dict[Any, int] | None = None
+    if store.in_transaction("reading the model versions", lambda c: is_new(c, sql, pipeline.name)):
+        # Where the topic is now, before any signal: the snapshot's rows come after it.
+        marks = topic_watermarks(kafka, topic)
+        if signal is not None:
+            start = {(topic, p): high for p, (_low, high) in marks.items()}
+        else:
+            trimmed = {p: low for p, (low, _high) in marks.items() if low > 0}
+            if trimmed:
+                number, low = min(trimmed.items())
+                raise FatalError(
+                    f"pipeline {pipeline.name} is new and topic {topic} no longer holds its "
+                    f"beginning (partition {number} starts at offset {low}: retention removed "
+                    "the rest): set kafka.signal_table, and the scorer asks Debezium for an "
+                    "incremental snapshot of the table instead"
+                )
 
     def claim(cursor: Any) -> str | None:
-        requested = request_rescore(
-            cursor, sql, pipeline.name, version, (_qualified(spec, table), signal_id, kind, data)
-        )
-        if requested is not None and kafka.signal_table is None:
+        try:
+            return request_rescore(
+                cursor, sql, pipeline.name, version, signal, start=start, owner=owner
+            )
+        except SignalNeeded:
             raise FatalError(
                 f"pipeline {pipeline.name}: model version {version or '(none)'} is new, and "
                 "re-scoring on Kafka asks Debezium for an incremental snapshot: set "
                 "kafka.signal_table to the connector's signal.data.collection table"
-            )
-        return requested
+            ) from None
 
     requested = store.in_transaction(f"claiming model version {version}", claim)
     if requested is not None:
@@ -138,6 +160,7 @@ def _rescore_on_model_change(
             model_version=version,
             signal=requested,
             table=collection,
+            reason="new pipeline" if start is not None else "new model version",
         )
 
 

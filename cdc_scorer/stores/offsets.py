@@ -78,28 +78,53 @@ class RescoreRequest:
     requested_at: Any  # the database's timestamp (the predictions' scored_at is compared)
 
 
+def is_new(cursor: Any, sql: OffsetsSql, pipeline: str) -> bool:
+    """No model version of ``pipeline`` has been claimed: it has never run in Kafka mode."""
+    cursor.execute(f"SELECT COUNT(*) FROM {sql.versions_table} WHERE pipeline = %s", (pipeline,))
+    row = cursor.fetchone()
+    return not (int(row[0]) if row else 0)
+
+
 def request_rescore(
     cursor: Any,
     sql: OffsetsSql,
     pipeline: str,
     model_version: str,
-    signal: tuple[str, str, str, str],
+    signal: tuple[str, str, str, str] | None,
+    *,
+    start: Mapping[TopicPartition, int] | None = None,
+    owner: str = "",
 ) -> str | None:
     """In the caller's transaction: claim ``model_version`` of ``pipeline``; when this claim
-    made the row and an older version had run, write Debezium's ``signal`` (table, id, type,
-    data) beside it and say its id (None: nothing to re-score, or another member did)."""
-    table, signal_id, kind, data = signal
-    cursor.execute(f"SELECT COUNT(*) FROM {sql.versions_table} WHERE pipeline = %s", (pipeline,))
-    row = cursor.fetchone()
-    earlier = int(row[0]) if row else 0
-    reason = MODEL_VERSION if earlier else FIRST_SNAPSHOT
+    made the row and the table is to be read again — an older version ran, or the pipeline
+    is new and ``start`` is given — write Debezium's ``signal`` (table, id, type, data) beside
+    it and say its id (None: nothing to re-score, or another member did). A new pipeline's
+    partitions then start at ``start`` (the topic's ends before the signal: its history is
+    not needed, the snapshot reads every row). ``signal`` None: refused by the caller when
+    one is needed (``SignalNeeded``)."""
+    new = is_new(cursor, sql, pipeline)
+    reason = FIRST_SNAPSHOT if new else MODEL_VERSION
+    signal_id = signal[1] if signal is not None else ""
     cursor.execute(sql.claim_version, (pipeline, model_version, signal_id, reason))
-    if cursor.rowcount != 1 or earlier == 0:
+    if cursor.rowcount != 1 or (new and start is None):
         return None
+    if signal is None:
+        raise SignalNeeded(pipeline)
+    table, _, kind, data = signal
+    for (topic, number), offset in sorted((start or {}).items()):
+        cursor.execute(sql.insert_missing, (pipeline, topic, number, offset, owner))
     cursor.execute(
         f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
     )
     return signal_id
+
+
+class SignalNeeded(Exception):
+    """A claim that must ask Debezium to read the table again, without a signal table."""
+
+    def __init__(self, pipeline: str) -> None:
+        super().__init__(pipeline)
+        self.pipeline = pipeline
 
 
 def record_request(

@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 import tomli_w
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
+from cdc_scorer.app import ScorerApp
 from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
+from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.kafka import KafkaStack
@@ -302,10 +306,20 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
         write_config(tmp_path / "base.toml", server, database, models.url)
         config = load_config_text(tmp_path, kafka, prefix, signal_table="debezium_signal")
         assert cli(["init", "--config", str(config)]) == 0
+        topic = f"{prefix}.{database}.churn"
+        await wait_for(
+            lambda: _messages(kafka, topic, PARTITIONS) == 150, what="Debezium's first snapshot"
+        )
+        history = _ends(kafka, topic)
         async with Running(load_config(config)):
             await wait_for(lambda: churn_matches(db), timeout_s=120, what="version 1")
             await wait_for(lambda: feedback_matches(db), what="feedback")
         assert _versions(db) == {"1": 150}  # the embedded default's churn model version
+        # A new pipeline with a signal table: Debezium's incremental snapshot gave its rows,
+        # not the topic's history (its partitions began at the topic's ends).
+        origins = _origins(db)
+        assert len(origins) == 150
+        assert all(offset >= history[partition] for partition, offset in origins), history
 
         # A new model version: the first member to claim it asks Debezium to re-read churn.
         write_config(
@@ -345,7 +359,8 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
                 cursor.execute(
                     "SELECT id, type FROM debezium_signal WHERE type = 'execute-snapshot'"
                 )
-                assert len(cursor.fetchall()) == 1  # asked once
+                # Asked once per new pipeline (churn, feedback), once for churn's version 2.
+                assert len(cursor.fetchall()) == 3
             # `cdc-scorer rescore` in Kafka mode: Debezium re-reads the rows that match.
             before = _feedback_positions(db)
             assert (
@@ -391,6 +406,28 @@ def _reading(capsys: pytest.CaptureFixture[str], config: Path, pipeline: str) ->
     return None
 
 
+def _origins(db: Any) -> list[tuple[int, int]]:
+    """The message (partition, offset) each churn prediction was made from."""
+    with db.cursor() as cursor:
+        cursor.execute("SELECT source_position FROM churn_predictions")
+        found = []
+        for (position,) in cursor.fetchall():
+            _topic, partition, offset = str(position).rsplit(":", 2)
+            found.append((int(partition), int(offset)))
+    return found
+
+
+def _ends(kafka: KafkaStack, topic: str) -> dict[int, int]:
+    probe = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "probe"})
+    try:
+        return {
+            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(PARTITIONS)
+        }
+    finally:
+        probe.close()
+
+
 def _one_version(db: Any, version: str) -> bool:
     """Every churn row has a prediction, all of model version ``version``."""
     versions = _versions(db)
@@ -418,3 +455,53 @@ def _feedback_positions(db: Any) -> dict[int, str]:
 
 def _moved(before: dict[int, str], after: dict[int, str]) -> set[int]:
     return {k for k, v in after.items() if before.get(k) != v}
+
+
+async def test_a_new_pipeline_on_a_trimmed_topic_without_a_signal_table_stops_with_the_fix(
+    tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, models: ModelServer
+) -> None:
+    """Retention removed the beginning of the topic: reading it would miss rows, silently. A
+    new pipeline refuses that and names the fix (a signal table: Debezium's snapshot)."""
+    server, database = mysql_gtid, f"ktrim_{uuid.uuid4().hex[:6]}"
+    create_database(server, database)
+    db = server.connect(database)
+    insert_churn(db, list(ChurnRowGenerator(35).rows(60)))
+    prefix = f"r{uuid.uuid4().hex[:6]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **mysql_connector(
+                server,
+                prefix=prefix,
+                database=database,
+                tables=["churn", "feedback"],
+                bootstrap=kafka.bootstrap_servers,
+                partitions=PARTITIONS,
+            ),
+            "message.key.columns": f"{database}.churn:phone",
+            "database.server.id": "5703",
+        },
+    )
+    try:
+        topic = f"{prefix}.{database}.churn"
+        await wait_for(lambda: _messages(kafka, topic, PARTITIONS) == 60, what="the snapshot")
+        ends = _ends(kafka, topic)
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+        trimmed = TopicPartition(topic, 1, ends[1] // 2)  # as retention would
+        for future in admin.delete_records([trimmed]).values():
+            future.result(timeout=30)
+        write_config(tmp_path / "base.toml", server, database, models.url)
+        config = load_config_text(tmp_path, kafka, prefix)
+        assert cli(["init", "--config", str(config)]) == 0
+        app = ScorerApp(load_config(config))
+        with pytest.raises(FatalError) as caught:
+            await asyncio.wait_for(app.run(), 60)
+        line = str(caught.value)
+        assert f"topic {topic} no longer holds its beginning (partition 1 starts at offset " in (
+            line
+        ), line
+        assert "set kafka.signal_table" in line and "\n" not in line
+        assert _versions(db) == {}  # nothing scored: the claim rolled back
+    finally:
+        kafka.delete_connector(prefix)
+        db.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from cdc_scorer.core.errors import FatalError, RetriableError
@@ -136,6 +136,51 @@ def kafka_errors(doing: str) -> Any:
             raise RetriableError(f"{doing}: {error.str()}") from None
         text = error.str() if isinstance(error, KafkaError) else str(exc)
         raise FatalError(f"{doing}: {text}") from None
+
+
+def topic_watermarks(spec: KafkaSpec, topic: str) -> dict[int, tuple[int, int]]:
+    """Each partition's first and next offset now (blocking; empty: the topic is not there
+    yet — Debezium makes it with the table's first message). A refused login or TLS stops
+    with its fix at once, as the members do."""
+    refusals: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        fix = _refused(spec, error)
+        if fix is not None:
+            refusals.append(f"connecting to the brokers: {error.str()} — {fix}")
+
+    probe = Consumer(
+        {
+            **client_config(spec, "cdc-scorer-watermarks"),
+            "error_cb": on_error,
+            "logger": logging.getLogger("cdc_scorer.kafka.client"),
+        }
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                with kafka_errors(f"reading the partitions of {topic}"):
+                    metadata = probe.list_topics(topic, timeout=2).topics.get(topic)
+                if metadata is None or metadata.error is not None:
+                    return {}
+                found: dict[int, tuple[int, int]] = {}
+                for number in sorted(metadata.partitions):
+                    with kafka_errors(f"reading the offsets of {topic}[{number}]"):
+                        low, high = probe.get_watermark_offsets(
+                            TopicPartition(topic, number), timeout=10
+                        )
+                    found[number] = (int(low), int(high))
+                return found
+            except RetriableError:  # no broker yet, or a new topic electing its leaders
+                probe.poll(0)  # serves the error callback
+                if refusals:
+                    raise FatalError(refusals[0]) from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        probe.close()
 
 
 class GroupMember:
