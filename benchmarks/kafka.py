@@ -205,9 +205,9 @@ class KafkaBench:
                     tables=list(PIPELINES),
                     bootstrap=self.stack.bootstrap_servers,
                     partitions=PARTITIONS,
+                    keys={"churn": "phone"},
+                    server_id=6100 + os.getpid() % 800,
                 ),
-                "message.key.columns": f"{database}.churn:phone",
-                "database.server.id": str(6100 + os.getpid() % 800),
             },
         )
         self.topics = [f"{prefix}.{database}.{table}" for table in PIPELINES]

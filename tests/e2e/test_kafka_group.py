@@ -120,8 +120,8 @@ def captured(
                 bootstrap=bootstrap,
                 slot=slot,
                 partitions=PARTITIONS,
+                keys={"churn": "phone"},
             ),
-            "message.key.columns": "public.churn:phone",
         }
         pg_config(base, pg, endpoints.url)
     else:
@@ -139,9 +139,9 @@ def captured(
                 tables=tables,
                 bootstrap=bootstrap,
                 partitions=PARTITIONS,
+                keys={"churn": "phone"},
+                server_id=5800 + random.randint(0, 99),
             ),
-            "message.key.columns": f"{database}.churn:phone",
-            "database.server.id": str(5800 + random.randint(0, 99)),
         }
         write_config(base, mysql, database, endpoints.url)
     kafka.put_connector(prefix, connector)

@@ -357,9 +357,14 @@ def test_json_a_key_change_and_a_truncate_through_debezium_on_mysql(
         cursor.execute("INSERT INTO doc VALUES (0, '[]', 'first')")
     prefix = f"j{uuid.uuid4().hex[:6]}"
     config = mysql_connector(
-        server, prefix=prefix, database=database, tables=["doc"], bootstrap=kafka.bootstrap_servers
+        server,
+        prefix=prefix,
+        database=database,
+        tables=["doc"],
+        bootstrap=kafka.bootstrap_servers,
+        server_id=5499,
     )
-    kafka.put_connector(prefix, {**config, "database.server.id": "5499"})
+    kafka.put_connector(prefix, config)
     try:
         _wait_topic(kafka, f"{prefix}.{database}.doc")
         topic = Topic(kafka, f"{prefix}.{database}.doc")

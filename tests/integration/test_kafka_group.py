@@ -88,8 +88,8 @@ async def test_members_start_at_the_databases_offsets_and_hand_partitions_over(
                 tables=["t"],
                 bootstrap=kafka.bootstrap_servers,
                 partitions=PARTITIONS,
+                server_id=5601,
             ),
-            "database.server.id": "5601",
         },
     )
     topic = f"{prefix}.{database}.t"

@@ -58,9 +58,9 @@ def captured(
                 database=database,
                 tables=["churn"],
                 bootstrap=kafka.bootstrap_servers,
+                keys={"churn": "phone"},
+                server_id=5900 + len(prefix),
             ),
-            "message.key.columns": f"{database}.churn:phone",
-            "database.server.id": str(5900 + len(prefix)),
         },
     )
     write_config(tmp_path / "base.toml", server, database, models.url)

@@ -81,10 +81,10 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
                 tables=["churn", "feedback"],
                 bootstrap=kafka.bootstrap_servers,
                 partitions=PARTITIONS,
+                # The blog's churn table has no primary key: Debezium keys it by the phone.
+                keys={"churn": "phone"},
+                server_id=5701,
             ),
-            # The blog's churn table has no primary key: Debezium keys it by the phone.
-            "message.key.columns": f"{database}.churn:phone",
-            "database.server.id": "5701",
         },
     )
     try:
@@ -215,8 +215,8 @@ async def test_the_blog_scenario_through_debezium_on_postgresql(
                 bootstrap=kafka.bootstrap_servers,
                 slot=slot,
                 partitions=PARTITIONS,
+                keys={"churn": "phone"},
             ),
-            "message.key.columns": "public.churn:phone",
         },
     )
     try:
@@ -296,9 +296,9 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
                 tables=["churn", "feedback", "debezium_signal"],
                 bootstrap=kafka.bootstrap_servers,
                 partitions=PARTITIONS,
+                keys={"churn": "phone"},
+                server_id=5702,
             ),
-            "message.key.columns": f"{database}.churn:phone",
-            "database.server.id": "5702",
             "signal.data.collection": f"{database}.debezium_signal",
         },
     )
@@ -477,9 +477,9 @@ async def test_a_new_pipeline_on_a_trimmed_topic_without_a_signal_table_stops_wi
                 tables=["churn", "feedback"],
                 bootstrap=kafka.bootstrap_servers,
                 partitions=PARTITIONS,
+                keys={"churn": "phone"},
+                server_id=5703,
             ),
-            "message.key.columns": f"{database}.churn:phone",
-            "database.server.id": "5703",
         },
     )
     try:

@@ -6,6 +6,8 @@ deletes, topics made with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.local.servers import DatabaseServer
 
@@ -27,6 +29,14 @@ def _common(prefix: str, bootstrap: str, partitions: int, schemas: bool) -> dict
     }
 
 
+def _keys(where: str, keys: Mapping[str, str] | None) -> dict[str, str]:
+    if not keys:
+        return {}
+    return {
+        "message.key.columns": ";".join(f"{where}.{t}:{cols}" for t, cols in sorted(keys.items()))
+    }
+
+
 def mysql_connector(
     server: DatabaseServer,
     *,
@@ -37,9 +47,13 @@ def mysql_connector(
     partitions: int = 3,
     schemas: bool = True,
     server_id: int = 5400,
+    keys: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Debezium's MySQL connector on ``database``'s ``tables`` of a private server."""
+    """Debezium's MySQL connector on ``database``'s ``tables`` of a private server; ``keys``:
+    the message key of a table without a primary key (table → its columns, comma-separated),
+    the pipeline's ``key_columns``; ``server_id``: its replica id, one per connector."""
     return {
+        **_keys(database, keys),
         **_common(prefix, bootstrap, partitions, schemas),
         "connector.class": "io.debezium.connector.mysql.MySqlConnector",
         "database.hostname": server.host,
@@ -67,9 +81,12 @@ def postgres_connector(
     slot: str,
     partitions: int = 3,
     schemas: bool = True,
+    keys: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Debezium's PostgreSQL connector (pgoutput) on ``database``'s ``tables``."""
+    """Debezium's PostgreSQL connector (pgoutput) on ``database``'s ``tables`` (``keys`` as
+    for MySQL, the tables in schema public)."""
     return {
+        **_keys("public", keys),
         **_common(prefix, bootstrap, partitions, schemas),
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "plugin.name": "pgoutput",
