@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from cdc_scorer.core.errors import PoisonError
 from cdc_scorer.core.records import Op
 from cdc_scorer.core.spec import RetrySpec
 from cdc_scorer.local.kafka import KafkaStack
@@ -200,6 +201,7 @@ def test_debezium_values_equal_the_binlog_values(
     messages = topic.read(len(binlog))
 
     by_key: dict[Any, list[Any]] = defaultdict(list)
+    bodies: dict[Any, list[str]] = defaultdict(list)  # the CSV each change sends the model
     whole = decoder.whole_parsed
     # The same messages laid out otherwise (spaces, keys in another order): read whole, with
     # the same result as the converter's layout read by its parts.
@@ -218,6 +220,7 @@ def test_debezium_values_equal_the_binlog_values(
         if change.key[0] < 0:
             continue
         by_key[change.key].append(_typed(change.op, change.values, change.before))
+        bodies[change.key].append(_body(change.values))
     values = sum(1 for _, v in messages if v is not None)
     assert relaid.whole_parsed == values
     if decoder._decimal_strings:  # the schemaless connector: every message is read whole
@@ -225,11 +228,23 @@ def test_debezium_values_equal_the_binlog_values(
     else:  # one schema, parsed once over every example; no message read whole
         assert (decoder.schemas_parsed, decoder.whole_parsed - whole) == (1, 0)
     expected: dict[Any, list[Any]] = defaultdict(list)
+    expected_bodies: dict[Any, list[str]] = defaultdict(list)
     for _, op, key, values, before in binlog:
         expected[key].append(_typed(op, values, before if op is Op.UPDATE else None))
+        expected_bodies[key].append(_body(values))
     assert sum(map(len, by_key.values())) == len(binlog)  # every change came through Kafka
     for key in expected:
         assert by_key[key] == expected[key], _first_difference(by_key[key], expected[key])
+        assert bodies[key] == expected_bodies[key]  # the same request bodies, byte for byte
+
+
+def _body(values: dict[str, Any]) -> str:
+    """The CSV a row sends SageMaker, or why it is refused (binary that is not text: the
+    row becomes a dead letter, on either path alike)."""
+    try:
+        return csv_line(values, list(COLUMNS))
+    except PoisonError as exc:
+        return f"refused: {exc}"
 
 
 def _first_difference(got: list[Any], want: list[Any]) -> str:
