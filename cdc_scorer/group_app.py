@@ -40,6 +40,8 @@ from cdc_scorer.stores.offsets import (
     OffsetLedger,
     RescoreRequest,
     SignalNeeded,
+    count_rows,
+    count_scored_since,
     is_new,
     latest_request,
     record_request,
@@ -186,8 +188,8 @@ def request_snapshot(
             try:
                 store.in_transaction(
                     "checking --where",
-                    lambda c: c.execute(
-                        f"SELECT COUNT(*) FROM {_qualified(spec, pipeline.table)} WHERE {where}"
+                    functools.partial(
+                        count_rows, table=_qualified(spec, pipeline.table), where=where
                     ),
                 )
             except FatalError as exc:
@@ -232,33 +234,28 @@ def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgres
         if request is None:
             continue
         keys = ", ".join(_quoted(spec, k) for k in tables[pipeline.table].key_columns)
-        table = _qualified(spec, pipeline.table)
-        where = f" WHERE {request.where}" if request.where else ""
+        table, where = _qualified(spec, pipeline.table), request.where
         rows: int | None
         try:
             rows = store.in_transaction(
                 "counting the rows of a re-score",
-                functools.partial(_count, sql=f"SELECT COUNT(*) FROM {table}{where}"),
+                functools.partial(count_rows, table=table, where=where),
             )
         except FatalError:
-            rows, where = None, ""
+            rows, where = None, None
         scored = store.in_transaction(
             "counting the rows re-scored",
             functools.partial(
-                _count,
-                sql=f"SELECT COUNT(*) FROM {_qualified(spec, pipeline.predictions)} "
-                f"WHERE scored_at >= %s AND ({keys}) IN (SELECT {keys} FROM {table}{where})",
-                params=(request.requested_at,),
+                count_scored_since,
+                predictions=_qualified(spec, pipeline.predictions),
+                table=table,
+                keys=keys,
+                where=where,
+                since=request.requested_at,
             ),
         )
         found[pipeline.name] = ReadingProgress(request, rows, scored)
     return found
-
-
-def _count(cursor: Any, *, sql: str, params: tuple[Any, ...] = ()) -> int:
-    cursor.execute(sql, params)
-    row = cursor.fetchone()
-    return int(row[0]) if row else 0
 
 
 def _quoted(spec: ScorerSpec, name: str) -> str:

@@ -61,7 +61,9 @@ class OffsetsSql:
 
 
 # Why Debezium (re-)reads a table, as the versions table and `status` say it.
-FIRST_SNAPSHOT = "first snapshot"  # a new pipeline: Debezium's snapshot, no signal sent
+# A new pipeline: Debezium's incremental snapshot with a signal table, else the snapshot in
+# the topic's beginning.
+FIRST_SNAPSHOT = "first snapshot"
 MODEL_VERSION = "model version"
 REQUESTED = "requested"
 
@@ -110,13 +112,18 @@ def request_rescore(
         return None
     if signal is None:
         raise SignalNeeded(pipeline)
-    table, _, kind, data = signal
     for (topic, number), offset in sorted((start or {}).items()):
         cursor.execute(sql.insert_missing, (pipeline, topic, number, offset, owner))
+    _write_signal(cursor, signal)
+    return signal_id
+
+
+def _write_signal(cursor: Any, signal: tuple[str, str, str, str]) -> None:
+    """Debezium's signal row: (its table, id, type, data)."""
+    table, signal_id, kind, data = signal
     cursor.execute(
         f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
     )
-    return signal_id
 
 
 class SignalNeeded(Exception):
@@ -137,11 +144,8 @@ def record_request(
 ) -> None:
     """In the caller's transaction: Debezium's ``signal`` (table, id, type, data) for a
     requested re-score, and the request as the version's latest (for `status`)."""
-    table, signal_id, kind, data = signal
-    cursor.execute(
-        f"INSERT INTO {table} (id, type, data) VALUES (%s, %s, %s)", (signal_id, kind, data)
-    )
-    cursor.execute(sql.record_request, (pipeline, model_version, signal_id, REQUESTED, where))
+    _write_signal(cursor, signal)
+    cursor.execute(sql.record_request, (pipeline, model_version, signal[1], REQUESTED, where))
 
 
 def latest_request(cursor: Any, *, sql: OffsetsSql, pipeline: str) -> RescoreRequest | None:
@@ -275,3 +279,25 @@ class OffsetLedger:
             if partition in self._expected:
                 self._expected[partition] = offset
         self._pending = {}
+
+
+def count_rows(cursor: Any, *, table: str, where: str | None) -> int:
+    """The rows of ``table`` (as the connection names it) that a reading covers."""
+    cursor.execute(f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else ""))
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_scored_since(
+    cursor: Any, *, predictions: str, table: str, keys: str, where: str | None, since: Any
+) -> int:
+    """Of those rows, the ones whose prediction was committed at or after ``since`` (``keys``:
+    the key columns, quoted and comma-separated)."""
+    condition = f" WHERE {where}" if where else ""
+    cursor.execute(
+        f"SELECT COUNT(*) FROM {predictions} WHERE scored_at >= %s "
+        f"AND ({keys}) IN (SELECT {keys} FROM {table}{condition})",
+        (since,),
+    )
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0

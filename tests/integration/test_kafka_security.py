@@ -23,7 +23,6 @@ from cdc_scorer.core.errors import FatalError
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.kafka import KafkaStack
-from cdc_scorer.local.kafka.connectors import mysql_connector
 from cdc_scorer.local.servers import DatabaseServer
 from tests.conftest import KAFKA_SCRAM_PASSWORD, KAFKA_SCRAM_USER
 from tests.integration.scenario import (
@@ -34,6 +33,7 @@ from tests.integration.scenario import (
     wait_for,
     write_config,
 )
+from tests.integration.test_kafka_source import put_churn_connector
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +48,8 @@ def captured(
     create_database(server, database)
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(51).rows(60)))
-    prefix = f"x{uuid.uuid4().hex[:6]}"
-    kafka.put_connector(
-        prefix,
-        {
-            **mysql_connector(
-                server,
-                prefix=prefix,
-                database=database,
-                tables=["churn"],
-                bootstrap=kafka.bootstrap_servers,
-                keys={"churn": "phone"},
-                server_id=5900 + len(prefix),
-            ),
-        },
+    prefix = put_churn_connector(
+        kafka, server, database, letter="x", server_id=5904, tables=("churn",), partitions=3
     )
     write_config(tmp_path / "base.toml", server, database, models.url)
     config = tomllib.loads((tmp_path / "base.toml").read_text())

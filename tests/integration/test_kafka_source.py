@@ -52,6 +52,39 @@ def feedback_matches(db: Any) -> bool:
     return stored_feedback(db) == expected_feedback(db)
 
 
+def put_churn_connector(
+    kafka: KafkaStack,
+    server: DatabaseServer,
+    database: str,
+    *,
+    letter: str,
+    server_id: int,
+    tables: tuple[str, ...] = ("churn", "feedback"),
+    partitions: int = PARTITIONS,
+    extra: dict[str, str] | None = None,
+) -> str:
+    """Debezium's MySQL connector on the blog's tables of ``database`` (the churn table has no
+    primary key: its messages are keyed by the phone); its topic prefix."""
+    prefix = f"{letter}{uuid.uuid4().hex[:6]}"
+    kafka.put_connector(
+        prefix,
+        {
+            **mysql_connector(
+                server,
+                prefix=prefix,
+                database=database,
+                tables=list(tables),
+                bootstrap=kafka.bootstrap_servers,
+                partitions=partitions,
+                keys={"churn": "phone"},
+                server_id=server_id,
+            ),
+            **(extra or {}),
+        },
+    )
+    return prefix
+
+
 async def test_the_blog_scenario_through_debezium_on_mysql(
     tmp_path: Path,
     mysql_gtid: DatabaseServer,
@@ -70,23 +103,7 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
         cursor.executemany(
             "INSERT INTO feedback (user_feedback) VALUES (%s)", [(texts.text(),) for _ in range(40)]
         )
-    prefix = f"k{uuid.uuid4().hex[:6]}"
-    kafka.put_connector(
-        prefix,
-        {
-            **mysql_connector(
-                server,
-                prefix=prefix,
-                database=database,
-                tables=["churn", "feedback"],
-                bootstrap=kafka.bootstrap_servers,
-                partitions=PARTITIONS,
-                # The blog's churn table has no primary key: Debezium keys it by the phone.
-                keys={"churn": "phone"},
-                server_id=5701,
-            ),
-        },
-    )
+    prefix = put_churn_connector(kafka, server, database, letter="k", server_id=5701)
     try:
         base = write_config(tmp_path / "base.toml", server, database, models.url)
         del base  # the log mode's config, with [kafka] added below
@@ -285,22 +302,14 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
         cursor.executemany(
             "INSERT INTO feedback (user_feedback) VALUES (%s)", [(texts.text(),) for _ in range(30)]
         )
-    prefix = f"s{uuid.uuid4().hex[:6]}"
-    kafka.put_connector(
-        prefix,
-        {
-            **mysql_connector(
-                server,
-                prefix=prefix,
-                database=database,
-                tables=["churn", "feedback", "debezium_signal"],
-                bootstrap=kafka.bootstrap_servers,
-                partitions=PARTITIONS,
-                keys={"churn": "phone"},
-                server_id=5702,
-            ),
-            "signal.data.collection": f"{database}.debezium_signal",
-        },
+    prefix = put_churn_connector(
+        kafka,
+        server,
+        database,
+        letter="s",
+        server_id=5702,
+        tables=("churn", "feedback", "debezium_signal"),
+        extra={"signal.data.collection": f"{database}.debezium_signal"},
     )
     try:
         write_config(tmp_path / "base.toml", server, database, models.url)
@@ -339,7 +348,7 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
                     lambda: (_reading(capsys, config, "churn") or "").startswith("re-score"),
                     what="the re-score in status",
                 )
-                await asyncio.sleep(3)
+                await wait_for(lambda: writer.writes > 50, what="writes beside the re-score")
             finally:
                 writer.stop()
             assert writer.writes > 50
@@ -466,22 +475,7 @@ async def test_a_new_pipeline_on_a_trimmed_topic_without_a_signal_table_stops_wi
     create_database(server, database)
     db = server.connect(database)
     insert_churn(db, list(ChurnRowGenerator(35).rows(60)))
-    prefix = f"r{uuid.uuid4().hex[:6]}"
-    kafka.put_connector(
-        prefix,
-        {
-            **mysql_connector(
-                server,
-                prefix=prefix,
-                database=database,
-                tables=["churn", "feedback"],
-                bootstrap=kafka.bootstrap_servers,
-                partitions=PARTITIONS,
-                keys={"churn": "phone"},
-                server_id=5703,
-            ),
-        },
-    )
+    prefix = put_churn_connector(kafka, server, database, letter="r", server_id=5703)
     try:
         topic = f"{prefix}.{database}.churn"
         await wait_for(lambda: _messages(kafka, topic, PARTITIONS) == 60, what="the snapshot")

@@ -103,10 +103,15 @@ def _msk_iam_token(region: str | None) -> Callable[[Any], tuple[str, float]]:
     return token
 
 
+def _refusal(spec: KafkaSpec, error: KafkaError, doing: str) -> str | None:
+    """The line to stop on when the brokers refuse this client's credentials or it does not
+    trust theirs (None: another error). librdkafka retries these for ever; a Kafka client
+    stops on them, and so does the scorer."""
+    fix = _refused(spec, error)
+    return None if fix is None else f"{doing}: {error.str()} — {fix}"
+
+
 def _refused(spec: KafkaSpec, error: KafkaError) -> str | None:
-    """The fix when the brokers refuse this client's credentials or it does not trust
-    theirs (None: another error). librdkafka retries these for ever; a Kafka client stops
-    on them, and so does the scorer."""
     if error.code() == KafkaError._AUTHENTICATION:
         if spec.security == "msk-iam":
             return (
@@ -145,9 +150,9 @@ def topic_watermarks(spec: KafkaSpec, topic: str) -> dict[int, tuple[int, int]]:
     refusals: list[str] = []
 
     def on_error(error: KafkaError) -> None:
-        fix = _refused(spec, error)
-        if fix is not None:
-            refusals.append(f"connecting to the brokers: {error.str()} — {fix}")
+        refusal = _refusal(spec, error, "connecting to the brokers")
+        if refusal is not None:
+            refusals.append(refusal)
 
     probe = Consumer(
         {
@@ -162,8 +167,13 @@ def topic_watermarks(spec: KafkaSpec, topic: str) -> dict[int, tuple[int, int]]:
             try:
                 with kafka_errors(f"reading the partitions of {topic}"):
                     metadata = probe.list_topics(topic, timeout=2).topics.get(topic)
-                if metadata is None or metadata.error is not None:
+                if metadata is None or (
+                    metadata.error is not None
+                    and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                ):
                     return {}
+                if metadata.error is not None:  # not allowed to describe it, and the like
+                    raise FatalError(f"reading the partitions of {topic}: {metadata.error.str()}")
                 found: dict[int, tuple[int, int]] = {}
                 for number in sorted(metadata.partitions):
                     with kafka_errors(f"reading the offsets of {topic}[{number}]"):
@@ -266,9 +276,9 @@ class GroupMember:
                         self._missing_logged = True
                         log.warning("topic not there yet", topics=self._topics, error=error.str())
                     continue
-                refused = _refused(self._spec, error)
-                if refused is not None:
-                    raise FatalError(f"reading Debezium's topics: {error.str()} — {refused}")
+                refusal = _refusal(self._spec, error, "reading Debezium's topics")
+                if refusal is not None:
+                    raise FatalError(refusal)
                 if error.fatal() or error.code() in (
                     KafkaError.TOPIC_AUTHORIZATION_FAILED,
                     KafkaError.GROUP_AUTHORIZATION_FAILED,
@@ -286,11 +296,11 @@ class GroupMember:
     async def _error(self, error: KafkaError) -> None:
         """librdkafka's errors that are not a message's (a broker down, a refused login):
         it retries them itself; a refusal is kept for ``poll`` to stop on."""
-        refused = _refused(self._spec, error)
-        if refused is not None and self._refusal is None:
-            self._refusal = f"connecting to the brokers: {error.str()} — {refused}"
-        elif refused is None:
+        refusal = _refusal(self._spec, error, "connecting to the brokers")
+        if refusal is None:
             log.warning("Kafka client error", error=error.str(), code=error.name())
+        elif self._refusal is None:
+            self._refusal = refusal
 
     async def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` again from ``offset`` (its stored offset, after a refused
