@@ -113,9 +113,10 @@ class PgBench:
         pipeline = PipelineSpec("churn", "churn", SageMakerSpec("e", FEATURE_COLUMNS), ("phone",))
         store = build_store(source, RetrySpec())
         store.init([pipeline])
+        tables = store.inspect_tables([pipeline])
         store.close()
         reader = PgoutputSource(source, RetrySpec())
-        reader.prepare([pipeline])
+        reader.prepare([pipeline], tables)
         start = reader.current_position()
         rows = self.mode.decode_rows
         t0 = time.perf_counter()

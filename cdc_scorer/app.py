@@ -177,8 +177,12 @@ class ScorerApp:
         pipelines = self.spec.pipelines
         info = self.source.preflight()
         tables = self.store.inspect_tables(pipelines)
+        refused = self.source.refusals(pipelines, tables)  # what init would refuse too
+        if refused:
+            raise FatalError("; ".join(refused))
         self.store.check_schema(pipelines)
-        for statement in self.source.prepare(pipelines):  # what init would have made
+        # What init would have made (after the source's refusals: nothing when it refuses).
+        for statement in self.source.prepare(pipelines, tables):
             log.info("made on the server", statement=statement)
         found = [c for c in self.source.table_checks(pipelines, tables) if c.problem]
         fatal = [f"{c.name}: {c.problem}" for c in found if c.fatal]

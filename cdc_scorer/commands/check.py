@@ -12,11 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from cdc_scorer.core.errors import CdcScorerError, RetriableError
+from cdc_scorer.core.errors import CdcScorerError, PositionLost, RetriableError
+from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Batch, Checkpoint, Op, RowChange, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
+from cdc_scorer.sources import Source
 from cdc_scorer.sources.registry import build_source
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.registry import build_store
@@ -47,7 +49,8 @@ def _change_log_and_tables(
     spec: ScorerSpec, store: Store, results: list[CheckResult]
 ) -> tuple[list[CheckResult], dict[str, TableInfo]]:
     source = build_source(spec.source, spec.retry)
-    settings = source.settings()
+    positions = _stored_positions(spec, store, source)
+    settings = source.settings(resuming=bool(positions))
     for name, problem in settings:
         results.append(CheckResult(name, problem is None, problem or "ok"))
     for name, note in source.notes():
@@ -57,6 +60,7 @@ def _change_log_and_tables(
             results.append(CheckResult(source.probe_name, True, source.probe()))
         except CdcScorerError as exc:
             results.append(CheckResult(source.probe_name, False, str(exc)))
+        results += _resumable(spec, source, positions)
     tables: dict[str, TableInfo] = {}
     for pipeline in spec.pipelines:
         name = f"table {pipeline.table} (pipeline {pipeline.name})"
@@ -84,6 +88,42 @@ def _change_log_and_tables(
         detail = problem or "INSERT, UPDATE, DELETE"
         results.append(CheckResult(f"grant: write {table}", problem is None, detail))
     return results, tables
+
+
+def _stored_positions(spec: ScorerSpec, store: Store, source: Source) -> dict[str, Position]:
+    """Each pipeline's stored checkpoint position (none before ``init``, none in Kafka mode,
+    whose positions are the partitions' offsets)."""
+    if spec.kafka is not None:
+        return {}
+    try:
+        saved = store.load_checkpoints([p.name for p in spec.pipelines], source.decode_position)
+    except (CdcScorerError, ValueError):  # no checkpoint table yet, or another source's
+        return {}
+    found = {name: stored.checkpoint.position for name, stored in saved.items()}
+    return {name: position for name, position in found.items() if position is not None}
+
+
+def _resumable(
+    spec: ScorerSpec, source: Source, positions: dict[str, Position]
+) -> list[CheckResult]:
+    """Whether each pipeline's checkpoint can be resumed here, and what ``run`` does if not."""
+    results = []
+    rescore = spec.source.on_lost_position == "rescore"
+    for name, position in positions.items():
+        check = f"checkpoint of pipeline {name}"
+        try:
+            source.check_resumable(position)
+        except PositionLost as exc:
+            if rescore:
+                detail = f"lost ({exc}); run streams from now and re-scores every row"
+                results.append(CheckResult(check, True, detail))
+            else:
+                results.append(CheckResult(check, False, str(exc)))
+        except CdcScorerError as exc:
+            results.append(CheckResult(check, False, str(exc)))
+        else:
+            results.append(CheckResult(check, True, f"resumable at {position}"))
+    return results
 
 
 async def endpoint_checks(spec: ScorerSpec, tables: dict[str, TableInfo]) -> list[CheckResult]:

@@ -50,23 +50,11 @@ def _serve_models(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from cdc_scorer.commands.init import initialize
     from cdc_scorer.config import load_config
-    from cdc_scorer.sources.registry import build_source
-    from cdc_scorer.stores.registry import build_store
 
     spec = load_config(args.config)
-    store = build_store(spec.source, spec.retry)
-    try:
-        statements = store.init(spec.pipelines)
-        if spec.kafka is not None:
-            store.init_offsets()
-            statements.append("the Kafka offsets table")
-    finally:
-        store.close()
-    # After the tables: a publication names the scorer's own tables too. With [kafka]
-    # Debezium reads the log: a slot of the scorer's would hold the WAL for nobody.
-    if spec.kafka is None:
-        statements += build_source(spec.source, spec.retry).prepare(spec.pipelines)
+    statements = initialize(spec)
     print(f"cdc-scorer init: {len(statements)} statements applied to {spec.source.database}")
     return 0
 

@@ -43,7 +43,6 @@ from cdc_scorer.local.sid_dist import ServerUnavailable
 from cdc_scorer.local.vector_servers import ensure_mariadb_vector
 from cdc_scorer.mysql.connection import connect
 from cdc_scorer.ops.logs import configure_logging
-from cdc_scorer.sources.registry import build_source
 from cdc_scorer.stores.registry import build_store
 
 DATABASE = "mltest"
@@ -280,12 +279,9 @@ def _status(conn: Any) -> tuple[int, int, int, int]:
 
 def app_store_init(spec: ScorerSpec) -> None:
     """`cdc-scorer init`: the scorer's tables, then what the change log needs."""
-    store = build_store(spec.source, spec.retry)
-    try:
-        store.init(spec.pipelines)
-    finally:
-        store.close()
-    build_source(spec.source, spec.retry).prepare(spec.pipelines)
+    from cdc_scorer.commands.init import initialize
+
+    initialize(spec)
 
 
 def _print_query(

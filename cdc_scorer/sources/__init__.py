@@ -1,5 +1,5 @@
 """Sources: the plug point of change logs (MySQL/MariaDB binlog, PostgreSQL logical
-replication; Debezium topics to come).
+replication).
 
 A source checks that its change log can be read, tells the position now, whether a stored
 position can still be resumed, how its positions are written into a checkpoint and read back,
@@ -83,16 +83,28 @@ class Source(Protocol):
 
     probe_name: str  # `check`'s name of :meth:`probe`, e.g. "grant: binlog replication"
 
-    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
-        """`init`: what the change log needs on the server (a publication, a slot), made
-        idempotently after the store's tables; the statements run."""
+    def refusals(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        """Why capturing these tables would harm the application or could not carry their
+        rows (each naming the table and the fix): asked before ``init`` or ``run`` change
+        anything on the server, which then change nothing (blocking)."""
+
+    def prepare(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        """`init` and `run`: what the change log needs on the server (a publication, a slot),
+        made idempotently after the store's tables; the statements run. ``FatalError`` with
+        the :meth:`refusals`, and nothing made, when there are some."""
 
     def preflight(self) -> SourceInfo:
         """The change log can be read as the scorer needs it, or ``FatalError`` naming the
         setting and its fix."""
 
-    def settings(self) -> list[tuple[str, str | None]]:
-        """Each setting the scorer needs, with its problem and fix (None: fine) — `check`."""
+    def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
+        """Each setting the scorer needs, with its problem and fix (None: fine) — `check`;
+        ``resuming``: some pipeline has a checkpoint to resume (what is missing now was lost,
+        not yet made)."""
 
     def notes(self) -> list[tuple[str, str]]:
         """What `check` tells beside the settings: (name, what it means), e.g. what a failover

@@ -326,6 +326,83 @@ def one_line_failure(config: Path) -> str:
     return lines[0]
 
 
+def _server_state(pg: PgDatabase) -> tuple[Any, ...]:
+    """What the scorer could have changed on the server: publications, their tables, slots,
+    the scorer's tables."""
+    return (
+        pg.rows("SELECT pubname, puballtables FROM pg_publication ORDER BY 1"),
+        pg.rows("SELECT pubname, tablename FROM pg_publication_tables ORDER BY 1, 2"),
+        pg.rows("SELECT slot_name FROM pg_replication_slots WHERE slot_name = %s", (pg.slot,)),
+        pg.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"),
+    )
+
+
+def _application_writes(pg: PgDatabase, table: str, key: str) -> None:
+    """The application's own UPDATE and DELETE on ``table`` (they fail once a table without a
+    usable replica identity is published)."""
+    pg.execute(f"UPDATE {table} SET {key} = {key} WHERE {key} IS NOT NULL")
+    pg.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} LIMIT 1)")
+
+
+def test_a_table_that_cannot_be_published_safely_is_refused_before_anything_changes(
+    tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
+) -> None:
+    """The blog's churn table has no primary key: with REPLICA IDENTITY DEFAULT, publishing it
+    would make the application's UPDATEs and DELETEs fail. init, run and check refuse it with
+    one line naming the table and the fix, and leave the server as it was."""
+    pg.execute("ALTER TABLE churn REPLICA IDENTITY DEFAULT")
+    pg.insert_churn(list(ChurnRowGenerator(81).rows(20)))
+    config = tmp_path / "s.toml"
+    pg_config(config, pg, endpoints.url)
+    before = _server_state(pg)
+    fix = 'ALTER TABLE "public"."churn" REPLICA IDENTITY FULL'
+
+    initialized = run_cli("init", "--config", str(config))
+    assert initialized.returncode == 1, initialized.stdout + initialized.stderr
+    (line,) = [x for x in initialized.stderr.splitlines() if x.startswith("cdc-scorer:")]
+    assert "table churn: it has no primary key and REPLICA IDENTITY DEFAULT" in line, line
+    assert "the application's own UPDATEs and DELETEs on it would fail" in line, line
+    assert fix in line, line
+    assert _server_state(pg) == before  # no publication, no slot, no table of the scorer's
+    _application_writes(pg, "churn", "phone")
+
+    line = one_line_failure(config)
+    assert "table churn: it has no primary key" in line and fix in line, line
+    assert _server_state(pg) == before
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 1
+    assert "FAIL  replica identity: table churn: it has no primary key" in checked.stdout
+    assert _server_state(pg) == before
+    _application_writes(pg, "churn", "phone")
+
+    # A deployment that runs, then a pipeline added on a table whose identity index is gone:
+    # run refuses it before the publication is extended, and the deployment's publication
+    # stays as it was.
+    pg.execute("ALTER TABLE churn REPLICA IDENTITY FULL")
+    assert run_cli("init", "--config", str(config)).returncode == 0
+    pg.execute("CREATE TABLE notes (id integer NOT NULL, body text)")
+    pg.execute("CREATE UNIQUE INDEX notes_id ON notes (id)")
+    pg.execute("ALTER TABLE notes REPLICA IDENTITY USING INDEX notes_id")
+    pg.execute("DROP INDEX notes_id")
+    pg.execute("INSERT INTO notes VALUES (1, 'kind staff'), (2, 'slow')")
+    notes = {
+        "table": "notes",
+        "key_columns": ["id"],
+        "service": "comprehend",
+        "comprehend": {"text_column": "body", "language": "en"},
+    }
+    pg_config(config, pg, endpoints.url, pipelines={"notes": notes})
+    published = _server_state(pg)
+    line = one_line_failure(config)
+    assert "table notes: its REPLICA IDENTITY USING INDEX names an index that is gone" in line
+    assert 'ALTER TABLE "public"."notes" REPLICA IDENTITY FULL' in line, line
+    assert _server_state(pg) == published
+    _application_writes(pg, "notes", "id")
+    refused = run_cli("init", "--config", str(config))
+    assert refused.returncode == 1 and "table notes:" in refused.stderr, refused.stderr
+    assert _server_state(pg) == published
+
+
 def test_logical_decoding_off_and_a_user_without_replication_are_refused_with_the_fix(
     tmp_path: Path, pg: PgDatabase, endpoints: BackgroundModelServer
 ) -> None:

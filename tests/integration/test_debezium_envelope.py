@@ -305,7 +305,8 @@ async def test_debezium_postgres_values_equal_the_pgoutput_values(
     source, pipeline = _spec(pg)
     store = build_store(source, RetrySpec())
     store.init([pipeline])
-    build_source(source, RetrySpec()).prepare([pipeline])
+    tables = store.inspect_tables([pipeline])
+    build_source(source, RetrySpec()).prepare([pipeline], tables)
     start = build_source(source, RetrySpec()).current_position()
     table = store.inspect_tables([pipeline])["types"]
     store.close()

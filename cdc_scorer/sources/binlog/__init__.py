@@ -67,7 +67,7 @@ class BinlogSource:
             close_quietly(conn)
         return SourceInfo(server.identity, server.version)
 
-    def settings(self) -> list[tuple[str, str | None]]:
+    def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
         conn = self._connection()
         try:
             _server, settings = server_info(conn, self._source.positions)
@@ -83,7 +83,14 @@ class BinlogSource:
             close_quietly(conn)
         return [("failover", FAILOVER[server.positions])]
 
-    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+    def refusals(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        return []  # reading the binlog changes nothing the application meets
+
+    def prepare(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
         return []  # the binlog needs nothing made: its settings are checked, not set
 
     def probe(self) -> str:

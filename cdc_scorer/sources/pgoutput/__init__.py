@@ -67,19 +67,37 @@ class PgoutputSource:
             close_quietly(conn)
         return SourceInfo(info.identity, info.version)
 
-    def prepare(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+    def refusals(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        """A captured table whose UPDATEs and DELETEs would carry no usable key: publishing it
+        would make the server refuse the application's own UPDATEs and DELETEs on it."""
+        conn = self._connection()
+        try:
+            keys = {p.table: tables[p.table].key_columns for p in pipelines if p.table in tables}
+            fatal, _warnings = server.replica_identity_problems(conn, self._source.schema, keys, {})
+        finally:
+            close_quietly(conn)
+        return fatal
+
+    def prepare(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
         """``init`` and ``run``: the publication of the captured tables (and the scorer's
-        signal and heartbeat tables) and the replication slot, made or extended (idempotent).
-        A slot the server invalidated is made anew only with ``on_lost_position = "rescore"``
-        (the checkpoints are then refused and every row re-scored); otherwise it is left for
-        the start to refuse with the fix."""
+        signal and heartbeat tables) and the replication slot, made or extended (idempotent),
+        after :meth:`refusals` found nothing (else nothing is made). A slot the server
+        invalidated is made anew only with ``on_lost_position = "rescore"`` (the checkpoints
+        are then refused and every row re-scored); otherwise it is left for the start to
+        refuse with the fix."""
+        refused = self.refusals(pipelines, tables)
+        if refused:
+            raise FatalError("; ".join(refused))
         source = self._source
         conn = self._connection()
         try:
             self._checked(conn)
-            tables = [p.table for p in pipelines]
             statements = server.ensure_publications(
-                conn, source.publication, source.schema, tables, source.user
+                conn, source.publication, source.schema, [p.table for p in pipelines], source.user
             )
             replace_lost = source.on_lost_position == "rescore"
             if server.ensure_slot(conn, source.slot_name, source.database, replace_lost):
@@ -90,7 +108,7 @@ class PgoutputSource:
             close_quietly(conn)
         return statements
 
-    def settings(self) -> list[tuple[str, str | None]]:
+    def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
         conn = self._connection()
         try:
             info = server.server_info(conn)
@@ -99,7 +117,7 @@ class PgoutputSource:
         finally:
             close_quietly(conn)
         slot = self._source.slot_name
-        problem = server.slot_problem(state, slot, self._source.database)
+        problem = server.slot_problem(state, slot, self._source.database, resuming)
         return [*found, (f"replication slot {slot}", problem)]
 
     def notes(self) -> list[tuple[str, str]]:

@@ -124,8 +124,19 @@ def slot_state(conn: Connection, slot: str) -> SlotState | None:
     )
 
 
-def slot_problem(state: SlotState | None, slot: str, database: str) -> str | None:
-    """Why the slot cannot stream (None: it can)."""
+def slot_problem(
+    state: SlotState | None, slot: str, database: str, resuming: bool = False
+) -> str | None:
+    """Why the slot cannot stream (None: it can); ``resuming``: pipelines have checkpoints
+    taken through it (a missing slot was dropped, and what it held is gone)."""
+    if state is None and resuming:
+        return (
+            f"replication slot {slot} does not exist, but the pipelines' checkpoints were "
+            "taken through it: it was dropped, and the changes since are gone — set "
+            'source.on_lost_position = "rescore" (run makes the slot anew and re-scores every '
+            "row beside the stream), or run `cdc-scorer init --config FILE` and then "
+            "`cdc-scorer reposition --config FILE --pipeline NAME --now --rescore`"
+        )
     if state is None:
         return (
             f"replication slot {slot} does not exist — run `cdc-scorer init --config FILE` "
@@ -199,7 +210,7 @@ def check_resumable(
             'or set source.on_lost_position = "rescore"'
         )
     state = slot_state(conn, slot)
-    problem = slot_problem(state, slot, database)
+    problem = slot_problem(state, slot, database, resuming=True)
     if problem is not None:
         raise PositionLost(problem)
     assert state is not None
@@ -293,6 +304,22 @@ def ensure_publications(
     return statements
 
 
+# Why a table's UPDATEs and DELETEs would carry no key, by pg_class.relreplident. Publishing
+# such a table makes the server refuse the application's own UPDATEs and DELETEs on it
+# (55000 "cannot update table … because it does not have a replica identity and publishes
+# updates"): it is refused before any publication is made or extended.
+_NO_IDENTITY = {
+    "d": "it has no primary key and REPLICA IDENTITY DEFAULT",
+    "n": "it has REPLICA IDENTITY NOTHING",
+    "i": "its REPLICA IDENTITY USING INDEX names an index that is gone",
+}
+_HARM = (
+    ": published, the application's own UPDATEs and DELETEs on it would fail (its changes "
+    "could not name their row), so it is not published"
+)
+_NO_IDENTITY = {kind: text + _HARM for kind, text in _NO_IDENTITY.items()}
+
+
 def replica_identity_problems(
     conn: Connection,
     schema: str,
@@ -326,10 +353,7 @@ def replica_identity_problems(
             )
             identity_columns = {str(r[0]) for r in cursor.fetchall()}
             if identity == "n" or not identity_columns:
-                fatal.append(
-                    f"table {table}: its UPDATEs and DELETEs carry no key (no primary key, or "
-                    f"REPLICA IDENTITY NOTHING) — {full}"
-                )
+                fatal.append(f"table {table}: {_NO_IDENTITY[identity]} — {full}")
                 continue
             missing = [c for c in key if c not in identity_columns]
             if missing:
