@@ -164,9 +164,13 @@ def _job_line(job: dict[str, Any]) -> str:
     done, total = job["rows_done"], job["rows_total"]
     share = f" ({100 * done / total:.0f} %)" if total else ""
     where = f" where {job['where']}" if job["where"] else ""
+    sweep = ""
+    if job.get("sweep"):
+        state = "done" if job.get("swept") else "sweeping"
+        sweep = f", predictions of deleted rows removed: {job['orphans_removed']} ({state})"
     return (
         f"{job['reason']}{where}, model version {job['model_version']}: "
-        f"{done}/{'?' if total is None else total} rows{share}, id {job['id']}"
+        f"{done}/{'?' if total is None else total} rows{share}{sweep}, id {job['id']}"
     )
 
 

@@ -40,7 +40,8 @@ class PipelineStatus:
 
 def job_summary(job: RescoreJob) -> dict[str, object]:
     """A re-score as status shows it (not its cursor: a key is row data)."""
-    return {k: v for k, v in job_dict(job).items() if k not in ("cursor", "check_types")}
+    hidden = ("cursor", "sweep_cursor", "check_types")
+    return {k: v for k, v in job_dict(job).items() if k not in hidden}
 
 
 def pipeline_status(spec: ScorerSpec) -> list[PipelineStatus]:

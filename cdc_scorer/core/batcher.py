@@ -91,12 +91,13 @@ class Accumulator:
         checkpoint: Checkpoint,
         *,
         exchange: ChunkExchange | None = None,
-        on_chunk: Callable[[int, int], None] | None = None,
+        on_chunk: Callable[[int, int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pipeline = pipeline
         self._exchange = exchange if exchange is not None else ChunkExchange()
-        self._on_chunk = on_chunk  # (rows merged, rows dropped as conflicts) per chunk
+        # Per chunk: (rows merged, rows or orphans dropped as conflicts, orphans removed).
+        self._on_chunk = on_chunk
         self._inputs = pipeline.input_columns
         self._key_columns = key_columns
         self._needed = frozenset((*self._inputs, *key_columns))  # never read as a NULL
@@ -200,26 +201,37 @@ class Accumulator:
         job's cursor moves with the last of them (earlier batches keep the old cursor).
 
         A row the stream did not change between the watermarks is the version it had at the
-        high watermark: its prediction names that transaction (``tx``) as its source."""
+        high watermark: its prediction names that transaction (``tx``) as its source. A sweep
+        chunk's orphans join as deletes the same way: a key the stream wrote in the window
+        keeps what the stream made of it."""
         rescores = self._checkpoint.rescores
         if rescores.running is None or rescores.running.id != chunk.job_id:
             return []  # the job was cancelled meanwhile
+        if chunk.orphans is None:
+            read = len(chunk.rows)
+            changes = [replace(row, tx=tx) for row in chunk.rows if row.key not in touched]
+        else:
+            read = len(chunk.orphans)
+            table, key_columns = self._pipeline.table, self._key_columns
+            changes = [
+                RowChange(Op.DELETE, table, key, dict(zip(key_columns, key, strict=True)), tx, None)
+                for key in chunk.orphans
+                if key not in touched
+            ]
         batches = []
-        kept = 0
-        for row in chunk.rows:
-            if row.key in touched:
-                continue
+        for change in changes:
             if self._full():
                 batch = self.flush()
                 if batch is not None:
                     batches.append(batch)
-            self._put(replace(row, tx=tx))
-            kept += 1
-        conflicts = len(chunk.rows) - kept
+            self._put(change)
+        kept = len(changes)
+        conflicts = read - kept
         if conflicts:
             self._skipped["rescore_conflict"] += conflicts
         if self._on_chunk is not None:
-            self._on_chunk(kept, conflicts)
+            removed = 0 if chunk.orphans is None else kept
+            self._on_chunk(kept - removed, conflicts, removed)
         self._set_rescores(advance(rescores, chunk, kept))
         return batches
 
@@ -324,7 +336,7 @@ class Batcher:
         outbox: asyncio.Queue[Batch | None],
         *,
         exchange: ChunkExchange | None = None,
-        on_chunk: Callable[[int, int], None] | None = None,
+        on_chunk: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self._accumulator = Accumulator(
             pipeline, key_columns, checkpoint, exchange=exchange, on_chunk=on_chunk

@@ -69,11 +69,14 @@ def prepare_checkpoints(
                     )
                     store.save_checkpoint(pipeline.name, checkpoint, identity)
         elif pipeline.snapshot == "initial":
+            # Its predictions table may hold rows of an earlier deployment: the sweep removes
+            # those whose source row is gone (a quick pass over an empty table).
             first = RescoreJob(
                 id=uuid.uuid4().hex,
                 reason=FIRST_SNAPSHOT,
                 model_version=pipeline.model_version,
                 requested_at=now_iso(),
+                sweep=True,
             )
             checkpoint = Checkpoint(now, snapshot_state="running", rescores=Rescores(first))
             store.save_checkpoint(pipeline.name, checkpoint, identity)
@@ -88,12 +91,14 @@ def rescore_from(
     checkpoint: Checkpoint, position: Position, pipeline: PipelineSpec, reason: str
 ) -> Checkpoint:
     """The checkpoint moved to ``position``, with a re-score of every row queued: what was
-    between the old position and the new one is not in the stream, but is in the table."""
+    between the old position and the new one is not in the stream, but is in the table — and
+    the rows deleted meanwhile are not: the job sweeps their predictions away too."""
     job = RescoreJob(
         id=uuid.uuid4().hex,
         reason=reason,
         model_version=pipeline.model_version,
         requested_at=now_iso(),
+        sweep=True,
     )
     rescores = enqueue(checkpoint.rescores, job)
     state = snapshot_state(checkpoint.snapshot_state, rescores)

@@ -52,7 +52,12 @@ def inputs_gone(pipeline: str, table: str, columns: list[str]) -> PipelineStoppe
 
 # The fix for a checkpoint that cannot be resumed (the checkpoint table is the store's,
 # always of this name).
-START_OVER = "delete the pipeline rows in cdc_scorer_checkpoint to start over with a snapshot"
+# The fix for a position that cannot be resumed: stream from now and re-score every row (the
+# predictions of rows deleted meanwhile swept away).
+START_OVER = (
+    'set source.on_lost_position = "rescore" to stream from now and re-score every row, or run '
+    "`cdc-scorer reposition --config FILE --pipeline NAME --now --rescore`"
+)
 
 
 class ConfigError(FatalError):

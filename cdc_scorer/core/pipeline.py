@@ -74,7 +74,9 @@ class PipelineRunner:
             self.inbox,
             self._batches,
             exchange=self._exchange,
-            on_chunk=lambda rows, conflicts: telemetry.on_chunk(pipeline.name, rows, conflicts),
+            on_chunk=lambda rows, conflicts, orphans: telemetry.on_chunk(
+                pipeline.name, rows, conflicts, orphans
+            ),
         )
         self._scorer = scorer
         self._sink = sink

@@ -150,6 +150,13 @@ class RescoreJob:
     requested_at: str | None = None  # ISO times, as shown by status
     finished_at: str | None = None
     error: str | None = None  # why it ended without re-scoring (a condition the server refused)
+    # Also remove the predictions whose source row is gone (changes were missed: a lost
+    # position, a reposition, a first snapshot over a predictions table with rows): a sweep
+    # of the predictions table in chunks between watermarks, before the rows are re-scored.
+    sweep: bool = False
+    sweep_cursor: tuple[Any, ...] | None = None  # the last predictions key swept
+    swept: bool = False  # the sweep is done
+    orphans_removed: int = 0  # predictions the sweep removed
 
 
 @dataclass(frozen=True)

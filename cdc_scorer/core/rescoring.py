@@ -34,11 +34,12 @@ def now_iso() -> str:
 # ---------------------------------------------------------------- the jobs of one pipeline
 def same_work(a: RescoreJob, b: RescoreJob) -> bool:
     """Whether ``b`` would re-score exactly what ``a`` will (a repeated request)."""
-    return (a.reason, a.where, a.model_version, a.check_types) == (
+    return (a.reason, a.where, a.model_version, a.check_types, a.sweep) == (
         b.reason,
         b.where,
         b.model_version,
         b.check_types,
+        b.sweep,
     )
 
 
@@ -98,9 +99,19 @@ def on_alter(rescores: Rescores, tx: TxId | None, model_version: str) -> Rescore
 
 def advance(rescores: Rescores, chunk: Chunk, kept: int) -> Rescores:
     """The running job after ``kept`` rows of ``chunk`` joined the stream (finished after its
-    last chunk)."""
+    last chunk); for a sweep chunk, ``kept`` of its orphans were removed (the sweep done after
+    its last chunk, the rows still to come)."""
     job = rescores.running
     assert job is not None and job.id == chunk.job_id
+    if chunk.orphans is not None:
+        job = replace(
+            job,
+            sweep_cursor=chunk.cursor if chunk.cursor is not None else job.sweep_cursor,
+            swept=chunk.last,
+            orphans_removed=job.orphans_removed + kept,
+            rows_total=job.rows_total if chunk.rows_total is None else chunk.rows_total,
+        )
+        return replace(rescores, running=job)
     job = replace(
         job,
         cursor=chunk.cursor if chunk.cursor is not None else job.cursor,
@@ -158,6 +169,12 @@ def job_dict(job: RescoreJob) -> dict[str, Any]:
         "requested_at": job.requested_at,
         "finished_at": job.finished_at,
         "error": job.error,
+        "sweep": job.sweep,
+        "sweep_cursor": (
+            None if job.sweep_cursor is None else [_cursor_value(v) for v in job.sweep_cursor]
+        ),
+        "swept": job.swept,
+        "orphans_removed": job.orphans_removed,
     }
 
 
@@ -177,6 +194,7 @@ def _cursor_part(value: Any) -> Any:
 
 def _job(data: dict[str, Any]) -> RescoreJob:
     cursor, types = data.get("cursor"), data.get("check_types")
+    swept_to = data.get("sweep_cursor")
     return RescoreJob(
         id=str(data["id"]),
         reason=str(data["reason"]),
@@ -189,6 +207,10 @@ def _job(data: dict[str, Any]) -> RescoreJob:
         requested_at=data.get("requested_at"),
         finished_at=data.get("finished_at"),
         error=data.get("error"),
+        sweep=bool(data.get("sweep")),
+        sweep_cursor=None if swept_to is None else tuple(map(_cursor_part, swept_to)),
+        swept=bool(data.get("swept")),
+        orphans_removed=int(data.get("orphans_removed") or 0),
     )
 
 
@@ -232,6 +254,9 @@ class Chunk:
     rows_total: int | None  # the job's row count, when this chunk's read counted it
     input_types: tuple[tuple[str, str], ...] | None = None  # seen by an ALTER's check
     error: str | None = None  # the job ends without re-scoring, for this reason
+    # A sweep chunk (no rows): the keys of predictions whose source row was not there when
+    # the chunk was read; ``cursor`` the last predictions key read, ``last`` the sweep done.
+    orphans: tuple[tuple[Any, ...], ...] | None = None
 
 
 class ChunkExchange:

@@ -39,6 +39,11 @@ from cdc_scorer.stores import ChunkStore, Store
 
 log = structlog.get_logger("cdc_scorer.core.snapshotter")
 InputTypes = tuple[tuple[str, str], ...]
+Key = tuple[Any, ...]
+# One chunk as read: its rows, or a sweep's orphan keys (None: a chunk of rows), its cursor,
+# and whether it was the last.
+ChunkContent = tuple[tuple[RowChange, ...], tuple[Key, ...] | None, Key | None, bool]
+ChunkRead = Callable[[], ChunkContent]  # blocking
 
 
 def input_types(pipeline: PipelineSpec, column_types: dict[str, str]) -> InputTypes:
@@ -167,7 +172,7 @@ class Snapshotter:
                 raise inputs_gone(name, self._pipeline.table, gone)
             changes = _type_changes(job.check_types, types)
             if not changes:
-                await self._chunk(job, None, last=True, rows_total=0, types=types)
+                await self._chunk(job, None, rows_total=0, types=types)
                 return
             log.info("a model input changed type: re-scoring", pipeline=name, changes=changes)
         total = job.rows_total
@@ -176,58 +181,104 @@ class Snapshotter:
                 total = await self._retrying(lambda: self._count(job.where))
             except FatalError as exc:  # a condition the server refuses: this job ends, not all
                 log.error("re-score refused", pipeline=name, where=job.where, error=str(exc))
-                await self._chunk(job, None, last=True, rows_total=0, types=None, error=str(exc))
+                await self._chunk(job, None, rows_total=0, types=None, error=str(exc))
                 return
         if types is None:
             types = await self._retrying(self._input_types)
+        if job.sweep and not job.swept:
+            if not await self._sweep(job, total):
+                return
+            total = None  # carried by the sweep's first chunk
         cursor = job.cursor
         while True:
             await self._pace()
-            cursor, last = await self._chunk(job, cursor, last=False, rows_total=total, types=types)
+            cursor, last = await self._chunk(
+                job, self._rows_reader(job.where, cursor), rows_total=total, types=types
+            )
             total = None  # carried by the first chunk
             if last:
                 log.info("re-score done", pipeline=name, reason=job.reason)
                 return
-            current = self._exchange.current_job()
-            if current is None or current.id != job.id:
-                log.info("re-score cancelled", pipeline=name, reason=job.reason)
+            if self._cancelled(job):
                 return
+
+    async def _sweep(self, job: RescoreJob, total: int | None) -> bool:
+        """Remove the predictions whose source row is gone, a chunk of the predictions table
+        at a time between watermarks; False if the job was cancelled meanwhile."""
+        log.info("re-score sweeping predictions of deleted rows", pipeline=self._pipeline.name)
+        cursor = job.sweep_cursor
+        while True:
+            await self._pace()
+            cursor, last = await self._chunk(
+                job, self._orphans_reader(cursor), rows_total=total, types=None
+            )
+            total = None
+            if last:
+                return True
+            if self._cancelled(job):
+                return False
+
+    def _cancelled(self, job: RescoreJob) -> bool:
+        current = self._exchange.current_job()
+        if current is None or current.id != job.id:
+            log.info("re-score cancelled", pipeline=self._pipeline.name, reason=job.reason)
+            return True
+        return False
+
+    def _rows_reader(self, where: str | None, cursor: tuple[Any, ...] | None) -> ChunkRead:
+        """A chunk of rows after ``cursor``."""
+
+        def read() -> ChunkContent:
+            limit = self._pipeline.snapshot_chunk_rows
+            rows = self._store.select(where, cursor, limit)
+            if self._on_chunk_read is not None:
+                self._on_chunk_read(len(rows))
+            changes = tuple(self._change(values) for values in rows)
+            return changes, None, changes[-1].key if changes else cursor, len(rows) < limit
+
+        return read
+
+    def _orphans_reader(self, cursor: tuple[Any, ...] | None) -> ChunkRead:
+        """A chunk of the predictions table after ``cursor``: its keys without a source row."""
+
+        def read() -> ChunkContent:
+            limit = self._pipeline.snapshot_chunk_rows
+            orphans, last_read, read_count = self._store.orphans(cursor, limit)
+            return (), tuple(orphans), last_read or cursor, read_count < limit
+
+        return read
 
     async def _chunk(
         self,
         job: RescoreJob,
-        cursor: tuple[Any, ...] | None,
+        read: ChunkRead | None,
         *,
-        last: bool,
         rows_total: int | None,
         types: InputTypes | None,
         error: str | None = None,
     ) -> tuple[tuple[Any, ...] | None, bool]:
-        """One chunk between its watermarks, merged by the stream; its last key and whether it
-        was the job's last. ``last``: a chunk of no rows that ends the job."""
+        """One chunk between its watermarks, merged by the stream; its cursor and whether it
+        was the last (of the job, or of its sweep). ``read`` None: a chunk of no rows that ends
+        the job."""
 
         async def attempt() -> Chunk:
             chunk_id = uuid.uuid4().hex
             self._exchange.expect(chunk_id)
             await asyncio.to_thread(self._watermark, chunk_id, WINDOW_OPEN)
-            rows: list[dict[str, Any]] = []
-            if not last:
-                rows = await asyncio.to_thread(
-                    self._store.select, job.where, cursor, self._pipeline.snapshot_chunk_rows
-                )
-                if self._on_chunk_read is not None:
-                    self._on_chunk_read(len(rows))
-            changes = tuple(self._change(values) for values in rows)
-            done = last or len(rows) < self._pipeline.snapshot_chunk_rows
+            rows: tuple[RowChange, ...] = ()
+            orphans, cursor, done = None, job.cursor, True
+            if read is not None:
+                rows, orphans, cursor, done = await asyncio.to_thread(read)
             chunk = Chunk(
                 id=chunk_id,
                 job_id=job.id,
-                rows=changes,
-                cursor=changes[-1].key if changes else cursor,
+                rows=rows,
+                cursor=cursor,
                 last=done,
                 rows_total=rows_total,
                 input_types=types if done else None,
                 error=error,
+                orphans=orphans,
             )
             self._exchange.deposit(chunk)
             await asyncio.to_thread(self._watermark, chunk_id, WINDOW_CLOSE)
@@ -238,7 +289,8 @@ class Snapshotter:
         # The watermarks, and with the job's last chunk its request, have been read: the
         # signal table keeps only what is still to come.
         watermarks = [watermark_id(chunk.id, kind) for kind in (WINDOW_OPEN, WINDOW_CLOSE)]
-        done = [*watermarks, *([job.id] if chunk.last else [])]
+        ended = chunk.last and chunk.orphans is None
+        done = [*watermarks, *([job.id] if ended else [])]
         try:
             await asyncio.to_thread(self._forget, done)
         except CdcScorerError as exc:  # rows left over: harmless (the router reads inserts)

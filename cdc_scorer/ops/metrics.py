@@ -100,6 +100,7 @@ class Telemetry:
         self.retries: Counter[str] = Counter()
         self.rescore_rows: Counter[str] = Counter()
         self.rescore_conflicts: Counter[str] = Counter()
+        self.rescore_orphans: Counter[str] = Counter()
         self.disconnects = 0
         self.source = SourceState()
         self.pipelines: dict[str, PipelineState] = {}
@@ -219,9 +220,10 @@ class Telemetry:
     def on_snapshot_rows(self, pipeline: str, rows: int) -> None:
         self._snapshot_rows.labels(pipeline).inc(rows)
 
-    def on_chunk(self, pipeline: str, rows: int, conflicts: int) -> None:
+    def on_chunk(self, pipeline: str, rows: int, conflicts: int, orphans: int = 0) -> None:
         self.rescore_rows[pipeline] += rows
         self.rescore_conflicts[pipeline] += conflicts
+        self.rescore_orphans[pipeline] += orphans
         self._rescore_rows.labels(pipeline).inc(rows)
         self._rescore_conflicts.labels(pipeline).inc(conflicts)
 
@@ -391,7 +393,15 @@ class _StateCollector(Collector):
             None,
             ["pipeline"],
         )
+        # Every pipeline from the start (a sweep is rare: an absent series would read as none).
+        orphans = CounterMetricFamily(
+            "cdc_scorer_rescore_orphans_removed",
+            "Predictions a re-score removed because their source row is gone (deleted while "
+            "the change log's position was lost)",
+            labels=["pipeline"],
+        )
         for name, state in t.pipelines.items():
+            orphans.add_metric([name], float(t.rescore_orphans[name]))
             remaining.add_metric([name], float(remaining_rows(state.rescores)))
             queued.add_metric([name], float(len(state.rescores.queued)))
             depth.add_metric([f"pipeline:{name}"], float(state.inbox_depth()))
@@ -400,7 +410,7 @@ class _StateCollector(Collector):
             stopped.add_metric([name], 0.0 if state.stopped is None else 1.0)
             for s in SNAPSHOT_STATES:
                 snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
-        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued)
+        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued, orphans)
         yield from _spending(t.pipelines)
 
 

@@ -74,6 +74,14 @@ class ChunkStore(Protocol):
         """Up to ``rows`` rows in key order after the key ``after``, matching ``where``;
         no snapshot is held afterwards."""
 
+    def orphans(
+        self, after: tuple[Any, ...] | None, rows: int
+    ) -> tuple[list[tuple[Any, ...]], tuple[Any, ...] | None, int]:
+        """A re-score's sweep: up to ``rows`` predictions in the order of their stored key
+        after ``after`` (an opaque cursor); the source keys of those whose source row does not
+        exist now, the cursor of the last one read (None: none read), and how many were read.
+        No snapshot is held afterwards."""
+
     def count(self, where: str | None) -> int:
         """Rows matching ``where`` (``FatalError`` for a condition the server refuses)."""
 
@@ -136,6 +144,26 @@ def chunk_query(table: str, key: Sequence[str], where: str | None, after: bool, 
     conditions = [c for c in (following, where) if c]
     condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
     return f"SELECT * FROM {table}{condition} ORDER BY {columns} LIMIT {int(rows)}"
+
+
+def orphan_queries(predictions: str, table: str, key: Sequence[str], rows: int) -> tuple[str, str]:
+    """A sweep's two reads (identifiers quoted by the dialect): a page of up to ``rows``
+    predictions in ``key_hash`` order after the ``key_hash`` given as a parameter (an empty
+    one: from the start), and the source keys of that page's predictions (``key_hash`` from
+    the first parameter up to the second) whose source row does not exist. A NULL key part
+    never counts as gone: what cannot be matched is kept, never removed by mistake."""
+    page = (
+        f"SELECT key_hash FROM {predictions} WHERE key_hash > %s "
+        f"ORDER BY key_hash LIMIT {int(rows)}"
+    )
+    same = " AND ".join(f"s.{k} = p.{k}" for k in key)
+    known = " AND ".join(f"p.{k} IS NOT NULL" for k in key)
+    gone = (
+        f"SELECT {', '.join(f'p.{k}' for k in key)} FROM {predictions} p "
+        f"WHERE p.key_hash > %s AND p.key_hash <= %s AND {known} "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} s WHERE {same})"
+    )
+    return page, gone
 
 
 def vector_storage(

@@ -259,7 +259,8 @@ def test_foreign_purged_and_reset_checkpoints_are_refused(
 
             wait(purged, 30, "binlog purged")
         line = refused()
-        assert "cannot be read" in line and "raise binlog retention" in line, line
+        assert "were purged (the oldest binlog file" in line, line
+        assert "raise the binlog retention" in line and "--now --rescore" in line, line
 
         # The binlog was reset: the checkpoint's GTIDs are not on the server any more.
         with db.cursor() as cursor:

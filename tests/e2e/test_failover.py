@@ -440,7 +440,7 @@ def test_a_promoted_replica_without_gtids_is_refused_or_rescored(
         result = run_cli("run", "--config", str(config))
         assert result.returncode == 1, result.stderr[-2000:]
         lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-scorer:")]
-        assert len(lines) == 1 and "delete the pipeline rows" in lines[0], result.stderr
+        assert len(lines) == 1 and "--now --rescore" in lines[0], result.stderr
 
         settings["source"]["on_lost_position"] = "rescore"
         config.write_text(tomli_w.dumps(settings))

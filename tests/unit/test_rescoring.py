@@ -294,3 +294,48 @@ def test_cancel_ends_the_running_job_or_drops_a_waiting_one() -> None:
     first = Rescores(running=replace(JOB, reason="snapshot"))
     assert cancel(first, "job") == first  # the first snapshot is not cancelled
     assert cancel(rescores, "unknown") == rescores
+
+
+def test_a_sweep_chunk_deletes_its_orphans_except_keys_the_stream_wrote_in_the_window() -> None:
+    """A sweep chunk's orphans (predictions whose row was not in the table when it was read)
+    join the stream as deletes at the high watermark; a key the stream wrote inside the window
+    keeps what the stream made of it; the sweep's cursor and count move with the last of them,
+    and the job goes on to its rows."""
+    exchange = ChunkExchange()
+    job = replace(JOB, sweep=True)
+    acc = accumulator(exchange, Rescores(running=job))
+    exchange.expect("s1")
+    batches = feed(acc, [watermark(WINDOW_OPEN, "s1", 2)])
+    orphans = ((1,), (2,), (3,), (4,))
+    exchange.deposit(Chunk("s1", "job", (), (b"\x07" * 32,), False, 10, orphans=orphans))
+    items: list[SourceItem] = [
+        change(Op.INSERT, 2, 20, 3),  # re-created inside the window: its prediction stays
+        commit(3),
+        watermark(WINDOW_CLOSE, "s1", 4),
+        change(Op.INSERT, 3, 30, 5),  # re-created after the window: deleted, then scored
+        commit(5),
+    ]
+    batches += feed(acc, items)
+    applied: dict[int, tuple[Op, int]] = {}
+    for batch in batches:  # a batch's deletes and upserts are of different keys
+        for row in batch.upserts:
+            applied[row.key[0]] = (row.op, row.values["n"])
+        for row in batch.deletes:
+            applied[row.key[0]] = (Op.DELETE, 0)
+    assert applied == {1: (Op.DELETE, 0), 2: (Op.INSERT, 20), 3: (Op.INSERT, 30), 4: (Op.DELETE, 0)}
+    deletes = [r for b in batches for r in b.deletes]
+    assert {r.tx for r in deletes} == {tx(4)}  # at the high watermark, before what follows
+    running = batches[-1].checkpoint.rescores.running
+    assert running is not None and running.id == "job"  # the rows are still to come
+    assert running.sweep_cursor == (b"\x07" * 32,) and not running.swept
+    assert running.orphans_removed == 3 and running.rows_done == 0 and running.cursor is None
+    assert running.rows_total == 10
+
+    exchange.expect("s2")  # the sweep's last chunk: swept, the job not finished
+    feed(acc, [watermark(WINDOW_OPEN, "s2", 6)])
+    exchange.deposit(Chunk("s2", "job", (), (b"\x09" * 32,), True, None, orphans=()))
+    tail = feed(acc, [watermark(WINDOW_CLOSE, "s2", 7), commit(7)])
+    running = tail[-1].checkpoint.rescores.running
+    assert running is not None and running.swept and running.orphans_removed == 3
+    restored = decode_rescores(encode_rescores(tail[-1].checkpoint.rescores)).running
+    assert restored == running  # a restart resumes after the sweep

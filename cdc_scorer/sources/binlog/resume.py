@@ -74,6 +74,31 @@ def _check_mariadb(conn: Connection, server: ServerInfo, position: Position) -> 
                 f"executed it (another history; a replica needs log_slave_updates=ON) — "
                 f"{START_OVER}"
             )
+    _check_mariadb_purged(conn, server, position)
+
+
+def _check_mariadb_purged(conn: Connection, server: ServerInfo, position: Position) -> None:
+    """What follows the checkpoint is still in the binlog files. ``gtid_binlog_state`` keeps
+    every GTID after a PURGE: what the server can still send starts after the GTID list that
+    opens its oldest binlog file (the last GTID of each domain and server before it)."""
+    assert isinstance(position, MariadbGtidPosition)
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        files = [str(row[0]) for row in cursor.fetchall()]
+        if not files:
+            return
+        cursor.execute("SHOW BINLOG EVENTS IN %s LIMIT 4", (files[0],))
+        events = cursor.fetchall()
+    listed = next((str(e[5]) for e in events if e[2] == "Gtid_list"), "[]")
+    purged = MariadbGtidPosition.parse(server.identity, listed.strip("[] ").replace(" ", ""))
+    for gtid in position.gtids:
+        gone = [g for g in purged.gtids if g.domain == gtid.domain and g.seq > gtid.seq]
+        if gone:
+            raise PositionLost(
+                f"transactions after checkpoint GTID {gtid} were purged (the oldest binlog "
+                f"file, {files[0]}, begins after {', '.join(map(str, gone))}): raise the "
+                f"binlog retention, and {START_OVER}"
+            )
 
 
 def _check_mysql_gtid(conn: Connection, server: ServerInfo, position: Position) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from cdc_scorer.core.errors import FatalError, PositionLost
+from cdc_scorer.core.errors import START_OVER, FatalError, PositionLost
 from cdc_scorer.core.own_tables import HEARTBEAT_TABLE, SIGNAL_TABLE
 from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
@@ -205,9 +205,7 @@ def check_resumable(
     if position.server_identity not in ("", info.identity):
         raise PositionLost(
             f"checkpoint {position} belongs to {position.server_identity}, but this server is "
-            f"{info.identity} (another WAL history: a restore, a new cluster) — "
-            "delete the pipeline rows in cdc_scorer_checkpoint to start over with a snapshot, "
-            'or set source.on_lost_position = "rescore"'
+            f"{info.identity} (another WAL history: a restore, a new cluster) — {START_OVER}"
         )
     state = slot_state(conn, slot)
     problem = slot_problem(state, slot, database, resuming=True)

@@ -11,7 +11,7 @@ import pymysql
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.stores import chunk_query
+from cdc_scorer.stores import chunk_query, orphan_queries
 from cdc_scorer.stores.mysql.signals import forget_signals, insert_signal
 
 
@@ -21,6 +21,7 @@ class MysqlChunks:
     def __init__(self, source: SourceSpec, pipeline: PipelineSpec, table: TableInfo) -> None:
         self._source = source
         self._table = pipeline.table
+        self._predictions = quote(pipeline.predictions)
         self._conn: Connection | None = None
         self._key = [quote(c) for c in table.key_columns]
 
@@ -42,6 +43,22 @@ class MysqlChunks:
             found = list(dict_cursor.fetchall())
         conn.commit()  # ends the read: no snapshot is held between chunks
         return found
+
+    def orphans(
+        self, after: tuple[Any, ...] | None, rows: int
+    ) -> tuple[list[tuple[Any, ...]], tuple[Any, ...] | None, int]:
+        page_sql, gone_sql = orphan_queries(self._predictions, quote(self._table), self._key, rows)
+        start = b"" if after is None else after[0]
+        conn = self._connection()
+        with mysql_errors(f"reading a chunk of {self._predictions}"), conn.cursor() as cursor:
+            cursor.execute(page_sql, (start,))
+            page = [bytes(row[0]) for row in cursor.fetchall()]
+            gone: list[tuple[Any, ...]] = []
+            if page:
+                cursor.execute(gone_sql, (start, page[-1]))
+                gone = [tuple(row) for row in cursor.fetchall()]
+        conn.commit()  # ends the read: no snapshot is held between chunks
+        return gone, (page[-1],) if page else None, len(page)
 
     def count(self, where: str | None) -> int:
         return count_rows(self._connection(), self._table, where)

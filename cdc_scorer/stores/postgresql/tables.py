@@ -23,7 +23,7 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.postgresql.values import read_as_the_stream
-from cdc_scorer.stores import PositionDecoder, StoredCheckpoint, chunk_query
+from cdc_scorer.stores import PositionDecoder, StoredCheckpoint, chunk_query, orphan_queries
 from cdc_scorer.stores.fenced import checkpoint_row
 from cdc_scorer.stores.heartbeat import HeartbeatWriter
 
@@ -133,6 +133,7 @@ class PostgresChunks:
         self._schema = source.schema
         self._table = f"{quote(source.schema)}.{quote(pipeline.table)}"
         self._name = pipeline.table
+        self._predictions = f"{quote(source.schema)}.{quote(pipeline.predictions)}"
         self._conn: Connection | None = None
         self._key = [quote(c) for c in table.key_columns]
 
@@ -153,6 +154,23 @@ class PostgresChunks:
         ):
             cursor.execute(sql, after)
             return [dict(row) for row in cursor.fetchall()]
+
+    def orphans(
+        self, after: tuple[Any, ...] | None, rows: int
+    ) -> tuple[list[tuple[Any, ...]], tuple[Any, ...] | None, int]:
+        page_sql, gone_sql = orphan_queries(self._predictions, self._table, self._key, rows)
+        start = psycopg2.Binary(b"" if after is None else after[0])
+        with (
+            pg_errors(f"reading a chunk of {self._name}'s predictions"),
+            self._connection().cursor() as cursor,
+        ):
+            cursor.execute(page_sql, (start,))
+            page = [bytes(row[0]) for row in cursor.fetchall()]
+            gone: list[tuple[Any, ...]] = []
+            if page:
+                cursor.execute(gone_sql, (start, psycopg2.Binary(page[-1])))
+                gone = [tuple(row) for row in cursor.fetchall()]
+        return gone, (page[-1],) if page else None, len(page)
 
     def count(self, where: str | None) -> int:
         condition = f" WHERE ({where})" if where else ""
