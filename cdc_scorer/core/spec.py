@@ -143,6 +143,7 @@ KAFKA_MANAGED = frozenset(
         "ssl.ca.location",
         "on_commit",
         "partition.assignment.strategy",
+        "queued.min.messages",
     }
 )
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:(\d{1,5})$")
@@ -171,7 +172,9 @@ class KafkaSpec:
     decimal_handling_mode: Literal["precise", "string"] = "precise"
     session_timeout_ms: Annotated[int, Ge(6000), Le(300_000)] = 45_000
     max_poll_interval_ms: Annotated[int, Ge(10_000), Le(3_600_000)] = 300_000
-    queue_max_messages: Annotated[int, Ge(1)] = 2000  # read, not yet taken by the pipelines
+    # Messages librdkafka fetches ahead per partition (queued.min.messages): read, not yet
+    # taken by the pipeline — the bound of what a member holds in memory.
+    queue_max_messages: Annotated[int, Ge(1), Le(10_000_000)] = 2000
     # The connector's signal table (its signal.data.collection, in [source]'s database or
     # schema): re-scores ask Debezium for an incremental snapshot through it. None: a model
     # version change stops with the fix instead.

@@ -805,7 +805,10 @@ def test_reposition_on_postgresql_by_lsn_and_now_checked_against_the_slot(
     wait(lambda: phones(replayed) <= set(stored_churn(pg.conn)), 60, "replayed rows", daemon)
     assert kill(daemon, signal.SIGTERM) == 0
 
-    # --now --rescore: every row scored after all, the skipped ones too.
+    # --now --rescore: every row scored after all, the skipped ones too; the rows deleted
+    # while no scorer ran (skipped deletes) lose their predictions.
+    deleted = sorted(phones(later))[:2]
+    pg.execute("DELETE FROM churn WHERE phone = ANY(%s)", (deleted,))
     rescored = reposition("--now", "--rescore")
     assert rescored.returncode == 0, rescored.stderr
     daemon = start(config)
@@ -813,6 +816,11 @@ def test_reposition_on_postgresql_by_lsn_and_now_checked_against_the_slot(
     wait(lambda: status(config)["churn"]["rescore"] is None, 60, "the re-score done", daemon)
     wait(lambda: churn_matches(pg.conn), 60, "every row re-scored", daemon)
     assert phones(skipped) <= set(stored_churn(pg.conn))
+    assert not set(deleted) & set(stored_churn(pg.conn))
+    (job,) = [
+        j for j in status(config)["churn"]["rescores_finished"] if j["reason"] == "reposition"
+    ]
+    assert job["orphans_removed"] == 2 and job["swept"], job
     assert kill(daemon, signal.SIGTERM) == 0
 
 

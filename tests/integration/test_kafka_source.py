@@ -25,6 +25,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.kafka import KafkaStack
 from cdc_scorer.local.kafka.connectors import mysql_connector, postgres_connector
+from cdc_scorer.local.kafka.tools import GroupPartition, describe_group
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from tests.integration.scenario import (
@@ -150,6 +151,13 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
                 }
 
             await wait_for(offsets_caught_up, what="every message's offset committed")
+
+            def kafka_tooling_caught_up() -> bool:
+                lines = _group_lines(kafka, f"scorers-{prefix}", database)
+                return len(lines) == 2 * PARTITIONS and all(x.lag == 0 for x in lines)
+
+            # The broker's own tool sees each pipeline's group, every partition at lag 0.
+            await wait_for(kafka_tooling_caught_up, what="kafka-consumer-groups.sh at lag 0")
             registry = app.telemetry.registry
             await wait_for(
                 lambda: (
@@ -176,9 +184,32 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
             assert f"churn: {PARTITIONS} partitions (group scorers-{prefix}.churn)" in shown
             assert f"{prefix}.{database}.churn[0] next offset " in shown
             del status
+        # No member runs: a backlog written now is lag the tool shows (Burrow and MSK's
+        # consumer-lag metrics read the same committed offsets).
+        insert_churn(db, list(generator.rows(30)))
+        topic = f"{prefix}.{database}.churn"
+
+        def backlog() -> int:
+            lines = _group_lines(kafka, f"scorers-{prefix}", database)
+            return sum(x.lag or 0 for x in lines if x.topic == topic)
+
+        await wait_for(lambda: backlog() == 30, what="the backlog as lag")
+        async with Running(spec):
+            await wait_for(lambda: churn_matches(db), what="the backlog read")
+            await wait_for(lambda: backlog() == 0, what="the lag back at 0")
     finally:
         kafka.delete_connector(prefix)
         db.close()
+
+
+def _group_lines(kafka: KafkaStack, group_id: str, database: str) -> list[GroupPartition]:
+    """``kafka-consumer-groups.sh --describe`` of both pipelines' groups."""
+    return [
+        line
+        for pipeline in ("churn", "feedback")
+        for line in describe_group(kafka.bootstrap_servers, f"{group_id}.{pipeline}")
+        if line.topic.endswith(f".{database}.{pipeline}")
+    ]
 
 
 def _binlog_rows(app: Any) -> int:

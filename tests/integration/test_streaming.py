@@ -91,6 +91,27 @@ async def test_snapshot_then_stream_inserts_updates_deletes(spec: ScorerSpec, db
         assert cursor.fetchone() == (548, 548)
 
 
+async def test_a_first_snapshot_over_old_predictions_sweeps_the_rows_gone(
+    spec: ScorerSpec, db: Any
+) -> None:
+    """A pipeline started afresh (no checkpoint) over a predictions table an earlier deployment
+    filled: its first snapshot removes the predictions whose rows are gone and counts them."""
+    rows = list(ChurnRowGenerator(101).rows(60))
+    insert_churn(db, rows)
+    async with Running(spec):
+        await wait_for(lambda: churn_matches(db), what="snapshot predictions")
+    gone = [r["phone"] for r in rows[:10]]
+    with db.cursor() as cursor:
+        cursor.execute("DELETE FROM churn WHERE phone IN %s", (gone,))
+        cursor.execute("DELETE FROM cdc_scorer_checkpoint")  # the scorer starts afresh
+    assert set(gone) <= set(stored_churn(db))
+    async with Running(spec) as app:
+        await wait_for(lambda: churn_matches(db), what="the old predictions swept")
+        await wait_for(lambda: app.telemetry.rescore_orphans["churn"] == 10, what="counted")
+        assert app.telemetry.rescore_orphans["feedback"] == 0
+        assert app.telemetry.rescore_rows["churn"] == 50
+
+
 async def test_last_version_wins_and_cross_table_transaction(spec: ScorerSpec, db: Any) -> None:
     row = next(ChurnRowGenerator(7).rows(1))
     insert_churn(db, [row])

@@ -58,6 +58,7 @@ def client_config(spec: KafkaSpec, client_id: str) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": spec.session_timeout_ms,
         "max.poll.interval.ms": spec.max_poll_interval_ms,
+        "queued.min.messages": spec.queue_max_messages,
         "log_level": 3,
     }
     if spec.security == "plaintext":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 
 import structlog
@@ -65,10 +65,12 @@ class KafkaChangeStream:
         self._poison = poison
         self._drain_timeout_s = drain_timeout_s
         self._next: dict[Partition, int] = {}
+        self._told: dict[Partition, int] = {}  # offsets committed to the group
+        self._member: GroupMember | None = None
         self._stopped = False
 
     def acknowledge(self, position: Position) -> None:
-        """The database holds the offsets; Kafka's are not read back (nothing to do)."""
+        """The database holds the offsets (the group is told them after each poll)."""
 
     def stop(self) -> None:
         self._stopped = True
@@ -90,10 +92,12 @@ class KafkaChangeStream:
             on_revoke=self._revoked,
         )
         async with member:
+            self._member = member
             log.info("joined the consumer group", group=group, topic=self._topic)
             while not self._stopped:
                 messages = await member.poll(0.5)
                 await self._report_lag(member)
+                await self._tell_the_group(member.owned)
                 if not messages:
                     continue
                 rows: list[SourceItem] = []
@@ -119,6 +123,20 @@ class KafkaChangeStream:
         if behind == 0:
             self._caught_up_at = now
         self._on_lag(behind, now - self._caught_up_at, len(member.owned))
+
+    async def _tell_the_group(self, partitions: Iterable[Partition]) -> None:
+        """Commit to the group, asynchronously, the offsets the database holds for
+        ``partitions`` (those not told yet): Kafka's lag tools (kafka-consumer-groups.sh,
+        Burrow, MSK's consumer-lag metrics) read the group's offsets. Never read back: a member
+        starts from the database's."""
+        told = {}
+        for partition in partitions:
+            offset = self._committed_offset(partition)
+            if offset is not None and self._told.get(partition) != offset:
+                told[partition] = offset
+        if told and self._member is not None:
+            await self._member.commit_informational(told)
+            self._told |= told
 
     def _item(self, tx: KafkaMessage, value: bytes | None) -> SourceItem | None:
         try:
@@ -169,8 +187,11 @@ class KafkaChangeStream:
                 await asyncio.sleep(0.05)
         for partition in waiting if not lost else partitions:
             self._poison(partition, self._committed_offset(partition) or 0)
+        if not lost:  # the group learns where the next owner starts
+            await self._tell_the_group(partitions)
         for partition in partitions:
             self._next.pop(partition, None)
+            self._told.pop(partition, None)
         self._forget(partitions)
         log.info(
             "partitions revoked",
