@@ -34,6 +34,7 @@ from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.group import topic_watermarks
 from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
+from cdc_scorer.sources.debezium.source import topic_of
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import (
@@ -50,12 +51,6 @@ from cdc_scorer.stores.offsets import (
 from cdc_scorer.stores.registry import build_store
 
 log = structlog.get_logger("cdc_scorer.group_app")
-
-
-def topic_of(kafka: KafkaSpec, engine: str, database: str, schema: str, table: str) -> str:
-    """Debezium's topic of a table: ``<prefix>.<database>.<table>`` (MySQL) or
-    ``<prefix>.<schema>.<table>`` (PostgreSQL)."""
-    return f"{kafka.topic_prefix}.{schema if engine == 'postgresql' else database}.{table}"
 
 
 def member_name() -> str:
@@ -124,7 +119,7 @@ def _rescore_on_model_change(
     topic = topic_of(kafka, source.engine, source.database, source.schema, pipeline.table)
     signal = None
     if kafka.signal_table is not None:
-        signal = (_qualified(spec, kafka.signal_table), signal_id, kind, data)
+        signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
     start: dict[Any, int] | None = None
     if store.in_transaction("reading the model versions", lambda c: is_new(c, sql, pipeline.name)):
         # Where the topic is now, before any signal: the snapshot's rows come after it.
@@ -180,16 +175,16 @@ def request_snapshot(
         )
     collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
     signal_id, kind, data = incremental_snapshot(collection, where)
-    signal = (_qualified(spec, kafka.signal_table), signal_id, kind, data)
     store = build_store(source, spec.retry)
     try:
+        signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
         if where is not None:
             # Refused here with the server's own words, not later inside Debezium's task.
             try:
                 store.in_transaction(
                     "checking --where",
                     functools.partial(
-                        count_rows, table=_qualified(spec, pipeline.table), where=where
+                        count_rows, table=store.qualified(pipeline.table), where=where
                     ),
                 )
             except FatalError as exc:
@@ -234,7 +229,7 @@ def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgres
         if request is None:
             continue
         keys = ", ".join(_quoted(spec, k) for k in tables[pipeline.table].key_columns)
-        table, where = _qualified(spec, pipeline.table), request.where
+        table, where = store.qualified(pipeline.table), request.where
         rows: int | None
         try:
             rows = store.in_transaction(
@@ -247,7 +242,7 @@ def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgres
             "counting the rows re-scored",
             functools.partial(
                 count_scored_since,
-                predictions=_qualified(spec, pipeline.predictions),
+                predictions=store.qualified(pipeline.predictions),
                 table=table,
                 keys=keys,
                 where=where,
@@ -260,12 +255,6 @@ def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgres
 
 def _quoted(spec: ScorerSpec, name: str) -> str:
     return f'"{name}"' if spec.source.engine == "postgresql" else f"`{name}`"
-
-
-def _qualified(spec: ScorerSpec, table: str) -> str:
-    if spec.source.engine == "postgresql":
-        return f'"{spec.source.schema}"."{table}"'
-    return f"`{table}`"
 
 
 def _pipeline(

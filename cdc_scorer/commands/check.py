@@ -19,7 +19,7 @@ from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sources import Source
-from cdc_scorer.sources.registry import build_source
+from cdc_scorer.sources.registry import source_of
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.registry import build_store
 
@@ -48,7 +48,7 @@ def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, Tabl
 def _change_log_and_tables(
     spec: ScorerSpec, store: Store, results: list[CheckResult]
 ) -> tuple[list[CheckResult], dict[str, TableInfo]]:
-    source = build_source(spec.source, spec.retry)
+    source = source_of(spec)
     positions = _stored_positions(spec, store, source)
     settings = source.settings(resuming=bool(positions))
     for name, problem in settings:
@@ -91,10 +91,8 @@ def _change_log_and_tables(
 
 
 def _stored_positions(spec: ScorerSpec, store: Store, source: Source) -> dict[str, Position]:
-    """Each pipeline's stored checkpoint position (none before ``init``, none in Kafka mode,
-    whose positions are the partitions' offsets)."""
-    if spec.kafka is not None:
-        return {}
+    """Each pipeline's stored checkpoint position (none before ``init``, none where the
+    positions are kept otherwise: the Kafka mode's offsets)."""
     try:
         saved = store.load_checkpoints([p.name for p in spec.pipelines], source.decode_position)
     except (CdcScorerError, ValueError):  # no checkpoint table yet, or another source's

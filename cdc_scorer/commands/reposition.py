@@ -13,7 +13,7 @@ from cdc_scorer.core.checkpoints import rescore_from
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.records import Checkpoint
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.sources.registry import build_source
+from cdc_scorer.sources.registry import source_of
 from cdc_scorer.stores.registry import build_store
 
 REQUESTED = "reposition"  # the reason of the re-score ``--rescore`` queues
@@ -31,7 +31,7 @@ def reposition(
 ) -> Moved:
     """Store ``position`` (None: the server's position now) as the pipeline's checkpoint, with
     a re-score of every row queued when ``rescore``."""
-    source = build_source(spec.source, spec.retry)
+    source = source_of(spec)
     info = source.preflight()
     store = build_store(spec.source, spec.retry)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cdc_scorer.core.spec import RetrySpec, SourceSpec
+from cdc_scorer.core.spec import RetrySpec, ScorerSpec, SourceSpec
 from cdc_scorer.sources import Source
 from cdc_scorer.sources.binlog import BinlogSource
 from cdc_scorer.sources.pgoutput import PgoutputSource
@@ -17,3 +17,13 @@ SOURCES: dict[str, Callable[[SourceSpec, RetrySpec], Source]] = {
 
 def build_source(source: SourceSpec, retry: RetrySpec) -> Source:
     return SOURCES[source.engine](source, retry)
+
+
+def source_of(spec: ScorerSpec) -> Source:
+    """The change feed a configuration reads: Debezium's topics when ``[kafka]`` is set, else
+    the log of the ``[source]`` engine."""
+    if spec.kafka is not None:
+        from cdc_scorer.sources.debezium.source import DebeziumSource
+
+        return DebeziumSource(spec)
+    return build_source(spec.source, spec.retry)

@@ -279,6 +279,10 @@ class Store(Protocol):
         """``work(cursor)`` in a transaction of a connection of its own, committed (blocking;
         the Kafka offsets' loads and re-score claims, ``stores/offsets.py``)."""
 
+    def qualified(self, table: str) -> str:
+        """``table`` as this database's SQL names it (quoted by the dialect, in the schema
+        ``[source]`` names)."""
+
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> ChunkStore: ...
 
     def heartbeat(self, instance: str) -> Heartbeat: ...

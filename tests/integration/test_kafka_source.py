@@ -26,7 +26,7 @@ from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.kafka import KafkaStack
 from cdc_scorer.local.kafka.connectors import mysql_connector, postgres_connector
 from cdc_scorer.local.kafka.tools import GroupPartition, describe_group
-from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.local.servers import DatabaseServer, free_port
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from tests.integration.scenario import (
     Running,
@@ -158,6 +158,17 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
 
             # The broker's own tool sees each pipeline's group, every partition at lag 0.
             await wait_for(kafka_tooling_caught_up, what="kafka-consumer-groups.sh at lag 0")
+            capsys.readouterr()
+            assert await asyncio.to_thread(cli, ["check", "--config", str(config)]) == 0
+            _checked_as_kafka(capsys.readouterr().out, prefix, f"{database}.churn")
+            # Brokers that do not answer: the line says so, naming the keys to check.
+            closed = tmp_path / "closed.toml"
+            closed.write_text(
+                config.read_text().replace(kafka.bootstrap_servers, f"127.0.0.1:{free_port()}")
+            )
+            assert await asyncio.to_thread(cli, ["check", "--config", str(closed)]) == 1
+            out = capsys.readouterr().out
+            assert "FAIL  brokers 127.0.0.1:" in out and "kafka.bootstrap_servers" in out, out
             registry = app.telemetry.registry
             await wait_for(
                 lambda: (
@@ -184,6 +195,15 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
             assert f"churn: {PARTITIONS} partitions (group scorers-{prefix}.churn)" in shown
             assert f"{prefix}.{database}.churn[0] next offset " in shown
             del status
+        # reposition is refused in Kafka mode, storing nothing (it wrote a checkpoint row the
+        # mode never reads, and said it had moved).
+        capsys.readouterr()
+        moved = cli(["reposition", "--config", str(config), "--pipeline", "churn", "--now"])
+        assert moved == 1
+        assert "reposition in Kafka mode" in capsys.readouterr().err
+        with db.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM cdc_scorer_checkpoint")
+            assert cursor.fetchone() == (0,)
         # No member runs: a backlog written now is lag the tool shows (Burrow and MSK's
         # consumer-lag metrics read the same committed offsets).
         insert_churn(db, list(generator.rows(30)))
@@ -200,6 +220,17 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
     finally:
         kafka.delete_connector(prefix)
         db.close()
+
+
+def _checked_as_kafka(out: str, prefix: str, churn: str) -> None:
+    """`check` in Kafka mode: the brokers, each topic and its partitions, each group, the
+    offsets table's grant — and nothing of the log Debezium reads for the scorer."""
+    assert "PASS  brokers 127.0.0.1:" in out, out
+    assert f"PASS  topic {prefix}.{churn} (pipeline churn, {PARTITIONS} partitions)" in out, out
+    assert f"PASS  consumer group scorers-{prefix}.churn: 1 member (STABLE)" in out, out
+    assert "PASS  grant: write cdc_scorer_kafka_offset" in out, out
+    for absent in ("binlog", "failover", "replication slot", "GTID", "publication", "FAIL"):
+        assert absent not in out, (absent, out)
 
 
 def _group_lines(kafka: KafkaStack, group_id: str, database: str) -> list[GroupPartition]:
@@ -243,7 +274,11 @@ def load_config_text(
 
 
 async def test_the_blog_scenario_through_debezium_on_postgresql(
-    pg: PgDatabase, tmp_path: Path, kafka: KafkaStack, models: ModelServer
+    pg: PgDatabase,
+    tmp_path: Path,
+    kafka: KafkaStack,
+    models: ModelServer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     generator = ChurnRowGenerator(32)
     existing = list(generator.rows(120))
@@ -297,6 +332,9 @@ async def test_the_blog_scenario_through_debezium_on_postgresql(
                 cursor.execute("DELETE FROM feedback WHERE id = 2")
             await wait_for(lambda: churn_matches(pg.conn), timeout_s=90, what="the writes")
             await wait_for(lambda: feedback_matches(pg.conn), what="feedback's writes")
+            capsys.readouterr()
+            assert await asyncio.to_thread(cli, ["check", "--config", str(config)]) == 0
+            _checked_as_kafka(capsys.readouterr().out, prefix, "public.churn")
             pg.execute("TRUNCATE feedback")  # skipped.operations=none: it arrives
             await wait_for(
                 lambda: pg.rows("SELECT count(*) FROM feedback_predictions") == [(0,)],

@@ -184,6 +184,9 @@ class MysqlStore:
             offsets=offsets,
         )
 
+    def qualified(self, table: str) -> str:
+        return quote(table)
+
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> MysqlChunks:
         return MysqlChunks(self._source, pipeline, table)
 

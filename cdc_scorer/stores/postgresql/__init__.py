@@ -188,6 +188,9 @@ class PostgresStore:
             offsets=offsets,
         )
 
+    def qualified(self, table: str) -> str:
+        return self._table(table)
+
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> tables.PostgresChunks:
         return tables.PostgresChunks(self._source, pipeline, table)
 

@@ -1,0 +1,241 @@
+"""The Kafka mode as a ``Source`` for the commands: what ``init`` makes (the offsets tables, no
+publication or slot: Debezium reads the log), what ``check`` checks (the brokers with the
+configured security, each pipeline's topic and its partitions, its consumer group, the signal
+table, the offsets table's write grant — no binlog grant, GTID line or slot), and its
+positions (each partition's next offset). The daemon's streams are opened by the group wiring
+(``group_app.py``) until the feeds are one plug point."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.positions import Position
+from cdc_scorer.core.records import TableInfo
+from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources.debezium.group import _refusal, client_config
+from cdc_scorer.sources.debezium.positions import KafkaPosition
+from cdc_scorer.sources.debezium.signals import data_collection
+from cdc_scorer.stores.offsets import OFFSETS_TABLE
+from cdc_scorer.stores.registry import build_store
+
+_TIMEOUT_S = 10.0
+_NO_REPOSITION = (
+    "reposition in Kafka mode moves the consumer groups' offsets in "
+    f"{OFFSETS_TABLE}: not built yet — nothing was changed"
+)
+
+
+def _write_nothing(table: str, cursor: Any) -> None:
+    """A DELETE that matches no row: refused without the grant, changes nothing."""
+    cursor.execute(f"DELETE FROM {table} WHERE 1 = 0")
+
+
+def topic_of(kafka: KafkaSpec, engine: str, database: str, schema: str, table: str) -> str:
+    """Debezium's topic of a table: ``<prefix>.<database>.<table>`` (MySQL) or
+    ``<prefix>.<schema>.<table>`` (PostgreSQL)."""
+    return f"{kafka.topic_prefix}.{data_collection(engine, database, schema, table)}"
+
+
+class DebeziumSource:
+    """Debezium's topics on Kafka, each pipeline's table read by a consumer group of its own
+    (``<group_id>.<pipeline>``)."""
+
+    probe_name = "brokers"
+
+    def __init__(self, spec: ScorerSpec) -> None:
+        assert spec.kafka is not None
+        self._spec = spec
+        self._kafka = spec.kafka
+        self._refusals: list[str] = []
+
+    # ---------------------------------------------------------------- the commands
+    def refusals(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        return []  # the scorer changes nothing on the source server in this mode
+
+    def prepare(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[str]:
+        """The offsets tables (Debezium reads the log: a publication or a slot of the
+        scorer's would hold the WAL for nobody)."""
+        store = build_store(self._spec.source, self._spec.retry)
+        try:
+            store.init_offsets()
+        finally:
+            store.close()
+        return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
+
+    def preflight(self) -> SourceInfo:
+        return SourceInfo(self.identity, f"Kafka {self._kafka.bootstrap_servers}")
+
+    @property
+    def identity(self) -> str:
+        return f"kafka:{self._kafka.group_id}"
+
+    def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
+        """The brokers answer with the configured security; the offsets table takes writes;
+        the signal table, when configured, can be read and written."""
+        found: list[tuple[str, str | None]] = []
+        servers = self._kafka.bootstrap_servers
+        try:
+            self._topics()
+        except FatalError as exc:
+            found.append((f"brokers {servers}", str(exc)))
+        else:
+            found.append((f"brokers {servers}", None))
+        store = build_store(self._spec.source, self._spec.retry)
+        try:
+            tables = [(OFFSETS_TABLE, store.offsets_sql().table)]
+            if self._kafka.signal_table is not None:
+                signal = self._kafka.signal_table
+                tables.append((signal, store.qualified(signal)))
+            for name, table in tables:
+                try:
+                    store.in_transaction(
+                        f"writing {name}", functools.partial(_write_nothing, table)
+                    )
+                except CdcScorerError as exc:
+                    fix = (
+                        "run `cdc-scorer init --config FILE`"
+                        if name == OFFSETS_TABLE
+                        else "the table of the connector's signal.data.collection"
+                    )
+                    found.append((f"grant: write {name}", f"{exc} — {fix}"))
+                else:
+                    found.append((f"grant: write {name}", None))
+        finally:
+            store.close()
+        return found
+
+    def notes(self) -> list[tuple[str, str]]:
+        return [
+            (
+                "positions",
+                f"each partition's next offset, in {OFFSETS_TABLE} beside the predictions (the "
+                "database is the truth a member starts from; the groups are told the same "
+                "offsets for Kafka's lag tools)",
+            )
+        ]
+
+    def probe(self) -> str:
+        topics = self._topics()
+        return f"{len(topics)} topics listed"
+
+    def table_checks(
+        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
+    ) -> list[TableCheck]:
+        """Each pipeline's topic and its partitions, and its consumer group's state."""
+        try:
+            topics = self._topics()
+        except FatalError:
+            return []  # the brokers' line says why
+        checks = []
+        for pipeline in pipelines:
+            topic = self.topic(pipeline)
+            partitions = topics.get(topic)
+            if partitions is None:
+                problem: str | None = (
+                    f"topic {topic} does not exist — Debezium makes it with the table's first "
+                    "change: is the connector running, with topic.prefix "
+                    f"{self._kafka.topic_prefix} and {pipeline.table} in its table list?"
+                )
+                checks.append(TableCheck(f"topic of pipeline {pipeline.name}", problem, True))
+                continue
+            name = f"topic {topic} (pipeline {pipeline.name}, {partitions} partitions)"
+            checks.append(TableCheck(name, None, False))
+            checks.append(TableCheck(self._group_line(pipeline), None, False))
+        return checks
+
+    # ---------------------------------------------------------------- positions
+    def current_position(self) -> Position:
+        raise FatalError(_NO_REPOSITION)
+
+    def check_resumable(self, position: Position) -> None:
+        """The group's offsets are checked by the members as they start (a missing one
+        stops with the fix)."""
+
+    def decode_position(self, server_identity: str, text: str) -> Position:
+        kind, _, value = text.partition(":")
+        if kind != KafkaPosition.kind:
+            raise ValueError(f"unknown position encoding {text!r}")
+        return KafkaPosition.parse(server_identity, value)
+
+    def position_from(self, text: str) -> Position:
+        raise FatalError(_NO_REPOSITION)
+
+    def release(self, position: Position) -> None:
+        """Nothing is held for the scorer on the source server."""
+
+    def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
+        raise FatalError("the Kafka mode's streams are opened by its consumer groups")
+
+    # ---------------------------------------------------------------- helpers
+    def topic(self, pipeline: PipelineSpec) -> str:
+        source = self._spec.source
+        return topic_of(self._kafka, source.engine, source.database, source.schema, pipeline.table)
+
+    def _admin(self) -> AdminClient:
+        def on_error(error: KafkaError) -> None:
+            refusal = _refusal(self._kafka, error, "connecting to the brokers")
+            if refusal is not None:
+                self._refusals.append(refusal)
+
+        config: dict[str, Any] = {
+            **client_config(self._kafka, "cdc-scorer-check"),
+            "error_cb": on_error,
+            "logger": logging.getLogger("cdc_scorer.kafka.client"),
+        }
+        for consumer_only in (
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.offset.reset",
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "max.poll.interval.ms",
+            "queued.min.messages",
+        ):
+            config.pop(consumer_only, None)
+        for key in self._kafka.consumer:
+            config.pop(key, None)
+        return AdminClient(config)
+
+    def _topics(self) -> dict[str, int]:
+        """Every topic the brokers list, with its partition count (blocking)."""
+        admin = self._admin()
+        try:
+            metadata = admin.list_topics(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callback: a refused login says so
+            if self._refusals:
+                raise FatalError(self._refusals[0]) from None
+            error = exc.args[0] if exc.args else exc
+            text = error.str() if isinstance(error, KafkaError) else str(error)
+            raise FatalError(
+                f"the brokers did not answer in {_TIMEOUT_S:.0f}s ({text}) — check "
+                "kafka.bootstrap_servers and kafka.security (and that this host may reach "
+                "them)"
+            ) from None
+        return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+    def _group_line(self, pipeline: PipelineSpec) -> str:
+        group = f"{self._kafka.group_id}.{pipeline.name}"
+        admin = self._admin()
+        try:
+            (future,) = admin.describe_consumer_groups([group]).values()
+            described = future.result(timeout=_TIMEOUT_S)
+        except (KafkaException, TimeoutError) as exc:
+            return f"consumer group {group}: not described ({exc})"
+        members = len(described.members)
+        state = getattr(described.state, "name", str(described.state))
+        running = f"{members} member{'s' if members != 1 else ''}" if members else "no member"
+        return f"consumer group {group}: {running} ({state})"
