@@ -1,6 +1,7 @@
-"""Wiring: the ops server; the source, the store and the model services from their
-registries; leadership, checkpoints, then the pipelines, the coordinator that feeds them, and
-the heartbeat.
+"""The one wiring of every mode: the ops server; the source, the store and the model services
+from their registries; then each of the source's feeds — started (leader locks and
+checkpoints, or a consumer group's claims), its pipelines, the coordinator that routes its
+stream to them, its side work (a heartbeat) — all run alike, whatever the change feed is.
 
 Shutdown is "stop intake → drain until a deadline → cancel": the reader stops, every batcher
 flushes, in-flight model calls finish and commit in order, then the process exits 0.
@@ -10,37 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from cdc_scorer.core.checkpoints import prepare_checkpoints, stream_start
 from cdc_scorer.core.coordinator import Coordinator
 from cdc_scorer.core.errors import CdcScorerError, FatalError
-from cdc_scorer.core.leadership import lead
-from cdc_scorer.core.own_tables import (
-    HEARTBEAT_COLUMNS,
-    HEARTBEAT_KEY,
-    HEARTBEAT_TABLE,
-    SIGNAL_COLUMNS,
-    SIGNAL_KEY,
-    SIGNAL_TABLE,
-)
+from cdc_scorer.core.own_tables import HEARTBEAT_TABLE
 from cdc_scorer.core.pipeline import Inbox, PipelineRunner
 from cdc_scorer.core.positions import Position, oldest_position
-from cdc_scorer.core.records import Checkpoint, TableInfo
+from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.router import Router
-from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.ops.http import OpsServer
 from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.ops.readiness import not_ready
 from cdc_scorer.services.aws import create_client_context
 from cdc_scorer.services.driver import build_scorer
-from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks
-from cdc_scorer.sources.registry import build_source
-from cdc_scorer.stores import PipelineSink
+from cdc_scorer.sources import Feed
+from cdc_scorer.sources.registry import source_of
 from cdc_scorer.stores.registry import build_store
 
 log = structlog.get_logger("cdc_scorer.app")
@@ -51,18 +42,17 @@ class ScorerApp:
         self.spec = spec
         self.telemetry = Telemetry()
         self.telemetry.source.heartbeat_interval_s = spec.source.heartbeat_interval_s
-        self.source = build_source(spec.source, spec.retry)
+        self.source = source_of(spec)
         self.store = build_store(spec.source, spec.retry)
         self._stop = asyncio.Event()
-        self._coordinator: Coordinator | None = None
-        self._runners: list[PipelineRunner] = []
+        self._coordinators: list[Coordinator] = []
         self.ops: OpsServer | None = None
 
     def request_stop(self) -> None:
         """Stop intake; what was read is flushed, scored and committed."""
         self._stop.set()
-        if self._coordinator is not None:
-            self._coordinator.stop()
+        for coordinator in self._coordinators:
+            coordinator.stop()
 
     def not_ready(self) -> list[str]:
         """Why this process should not count as ready (empty: ready)."""
@@ -81,30 +71,23 @@ class ScorerApp:
             raise _first(group) from None
 
     async def _run_pipelines(self) -> None:
-        spec = self.spec
-        if spec.kafka is not None:
-            await self._run_group()
-            return
-        info, tables = await asyncio.to_thread(self._inspect)
-        sinks = {p.name: self._sink(p, tables[p.table], info) for p in spec.pipelines}
+        spec, telemetry = self.spec, self.telemetry
+        tables = await asyncio.to_thread(self._inspect)
+        feeds = self.source.feeds(spec.pipelines, tables, self.store, telemetry)
+        started: list[Feed] = []
         try:
-            if not await lead(list(sinks.values()), self._stop):
-                return
-            self.telemetry.on_leader(True)
-            checkpoints = await asyncio.to_thread(self._checkpoints, info, tables)
+            for feed in feeds:
+                if not await feed.start(self._stop):
+                    break
+                started.append(feed)
         except BaseException:
-            for sink in sinks.values():
-                sink.close()
+            for feed in started:
+                feed.close()
             raise
-        for name, sink in sinks.items():
-            sink.expect(checkpoints[name])
-        log.info(
-            "starting",
-            server=info.description,
-            server_id=spec.source.server_id,
-            pipelines=[p.name for p in spec.pipelines],
-            positions={n: str(c.position) for n, c in checkpoints.items()},
-        )
+        if len(started) < len(feeds):  # stopped while waiting to lead
+            for feed in started:
+                feed.close()
+            return
         async with contextlib.AsyncExitStack() as stack:
             # One client per AWS service, its connection pool sized for every call in flight.
             clients: dict[str, Any] = {}
@@ -113,69 +96,36 @@ class ScorerApp:
                 clients[client_name] = await stack.enter_async_context(
                     create_client_context(client_name, spec.aws, pool)
                 )
-            runners = [
-                self._runner(p, tables[p.table], checkpoints[p.name], clients, sinks[p.name])
-                for p in spec.pipelines
-            ]
-            self._runners = runners
-            inboxes: dict[str, list[Inbox]] = {}
-            for runner in runners:
-                inboxes.setdefault(runner.pipeline.table, []).append(runner.inbox)
-            router = Router(
-                inboxes,
-                heartbeat_table=HEARTBEAT_TABLE,
-                on_heartbeat=self.telemetry.on_heartbeat,
-                pipelines={r.pipeline.name: r.inbox for r in runners},
-            )
-            self._coordinator = Coordinator(
-                router, lambda: self._stream(tables, list(checkpoints.values())), self.telemetry
-            )
+            running = [self._feed(feed, tables, clients) for feed in feeds]
+            self._coordinators = [coordinator for coordinator, _runners in running]
             if self._stop.is_set():
-                self._coordinator.stop()
-            # One row per pipeline set (not per process): restarts do not grow the table.
-            instance = ",".join(sorted(p.name for p in spec.pipelines))
+                self.request_stop()
             async with asyncio.TaskGroup() as group:
-                for runner in runners:
-                    group.create_task(runner.run(), name=f"pipeline-{runner.pipeline.name}")
-                group.create_task(self._coordinator.run(), name="coordinator")
-                heartbeat = group.create_task(
-                    self.store.heartbeat(instance).run(), name="heartbeat"
-                )
+                side: list[asyncio.Task[None]] = []
+                for feed, (coordinator, runners) in zip(feeds, running, strict=True):
+                    for runner in runners:
+                        name = f"pipeline-{runner.pipeline.name}"
+                        group.create_task(runner.run(), name=name)
+                    group.create_task(coordinator.run(), name="coordinator")
+                    for name, work in feed.tasks():
+                        side.append(group.create_task(work, name=name))
                 await self._stop.wait()
-                # The coordinator ends the runners once intake stops; the heartbeat just stops.
-                heartbeat.cancel()
-            # Drained: the source may let go of everything every pipeline committed.
-            final = self._committed()
-            if final is not None:
-                try:
-                    await asyncio.to_thread(self.source.release, final)
-                except CdcScorerError as exc:  # the next start confirms it instead
-                    log.warning("could not release the change log", error=str(exc))
-        self.telemetry.on_leader(False)
+                # The coordinators end the runners once intake stops; the rest just stops.
+                for task in side:
+                    task.cancel()
+            # Drained: each feed may let go of everything its pipelines committed.
+            for feed, (_coordinator, runners) in zip(feeds, running, strict=True):
+                await feed.finish(_committed(runners))
         log.info(
             "stopped",
-            rows_scored=dict(self.telemetry.rows_scored),
-            dead_letters=dict(self.telemetry.dead_letters),
-            model_calls=dict(self.telemetry.model_calls),
+            rows_scored=dict(telemetry.rows_scored),
+            dead_letters=dict(telemetry.dead_letters),
+            model_calls=dict(telemetry.model_calls),
         )
 
-    async def _run_group(self) -> None:
-        """Kafka mode: Debezium's topics through consumer groups (``group_app.py``)."""
-        from cdc_scorer.group_app import run_group
-
-        def inspect() -> dict[str, TableInfo]:
-            tables = self.store.inspect_tables(self.spec.pipelines)
-            self.store.check_schema(self.spec.pipelines)
-            return tables
-
-        tables = await asyncio.to_thread(inspect)
-        log.info("starting on Kafka", pipelines=[p.name for p in self.spec.pipelines])
-        await run_group(self.spec, self.store, self.telemetry, self._stop, tables)
-        log.info("stopped", rows_scored=dict(self.telemetry.rows_scored))
-
-    def _inspect(self) -> tuple[SourceInfo, dict[str, TableInfo]]:
+    def _inspect(self) -> dict[str, TableInfo]:
         pipelines = self.spec.pipelines
-        info = self.source.preflight()
+        self.source.preflight()
         tables = self.store.inspect_tables(pipelines)
         refused = self.source.refusals(pipelines, tables)  # what init would refuse too
         if refused:
@@ -189,47 +139,46 @@ class ScorerApp:
         if fatal:
             raise FatalError("; ".join(fatal))
         for check in found:
-            log.warning("rows may become dead letters", check=check.name, problem=check.problem)
-        return info, tables
+            log.warning(
+                "a check of the change feed failed", check=check.name, problem=check.problem
+            )
+        return tables
 
-    def _checkpoints(self, info: SourceInfo, tables: dict[str, TableInfo]) -> dict[str, Checkpoint]:
-        store, pipelines = self.store, self.spec.pipelines
-        checkpoints = prepare_checkpoints(
-            store, self.source, info.identity, pipelines, self.spec.source.on_lost_position
+    def _feed(
+        self, feed: Feed, tables: dict[str, TableInfo], clients: dict[str, Any]
+    ) -> tuple[Coordinator, list[PipelineRunner]]:
+        """The feed's pipelines, and the coordinator that routes its stream to them."""
+        runners: list[PipelineRunner] = []
+        coordinator: Coordinator | None = None
+
+        def committed() -> None:  # a pipeline committed: the stream learns what all applied
+            position = _committed(runners)
+            if coordinator is not None and position is not None:
+                coordinator.acknowledge(position)
+
+        for pipeline in feed.pipelines:
+            runners.append(self._runner(feed, pipeline, tables[pipeline.table], clients, committed))
+        inboxes: dict[str, list[Inbox]] = {}
+        for runner in runners:
+            inboxes.setdefault(runner.pipeline.table, []).append(runner.inbox)
+        router = Router(
+            inboxes,
+            heartbeat_table=HEARTBEAT_TABLE,
+            on_heartbeat=self.telemetry.on_heartbeat,
+            pipelines={r.pipeline.name: r.inbox for r in runners},
         )
-
-        def save(name: str, checkpoint: Checkpoint) -> None:
-            store.save_checkpoint(name, checkpoint, info.identity)
-
-        return plan_rescores(store, pipelines, checkpoints, tables, save)
-
-    def _sink(self, pipeline: PipelineSpec, table: TableInfo, info: SourceInfo) -> PipelineSink:
-        return self.store.sink(
-            pipeline,
-            table.key_columns,
-            info.identity,
-            self.source.decode_position,
-            on_retry=self.telemetry.on_retry,
-        )
+        coordinator = Coordinator(router, feed.open, self.telemetry)
+        return coordinator, runners
 
     def _runner(
         self,
+        feed: Feed,
         pipeline: PipelineSpec,
         table: TableInfo,
-        checkpoint: Checkpoint,
         clients: dict[str, Any],
-        sink: PipelineSink,
+        on_committed: Callable[[], None],
     ) -> PipelineRunner:
         exchange = ChunkExchange()
-        snapshotter = Snapshotter(
-            self.store.chunks(pipeline, table),
-            pipeline,
-            table,
-            exchange,
-            self.spec.retry,
-            on_chunk_read=lambda rows: self.telemetry.on_snapshot_rows(pipeline.name, rows),
-            on_retry=self.telemetry.on_retry,
-        )
         budget = pipeline.model.budget()
         scorer = build_scorer(
             pipeline,
@@ -242,60 +191,24 @@ class ScorerApp:
         runner = PipelineRunner(
             pipeline,
             table.key_columns,
-            checkpoint,
+            feed.checkpoints[pipeline.name],
             scorer,
-            sink,
+            feed.sink(pipeline),
             self.telemetry,
             exchange=exchange,
-            snapshotter=snapshotter,
-            on_committed=self._acknowledge,
+            snapshotter=feed.rescorer(pipeline, exchange),
+            on_committed=on_committed,
         )
         if budget is not None:
             self.telemetry.pipelines[pipeline.name].spending = budget.spending
         return runner
 
-    def _committed(self) -> Position | None:
-        """The oldest position every pipeline has durably applied (None: not known yet)."""
-        positions = [r.checkpoint.position for r in self._runners]
-        known = [p for p in positions if p is not None]
-        return oldest_position(known) if known and len(known) == len(positions) else None
 
-    def _acknowledge(self) -> None:
-        """A pipeline committed: the source learns the oldest position all have applied."""
-        committed = self._committed()
-        if self._coordinator is not None and committed is not None:
-            self._coordinator.acknowledge(committed)
-
-    def _stream(self, tables: dict[str, TableInfo], checkpoints: list[Checkpoint]) -> ChangeStream:
-        # The columns anything downstream reads: keys and model inputs (a source may leave the
-        # rest undecoded), the heartbeat's time and the signal rows.
-        keys = {table: info.key_columns for table, info in tables.items()}
-        read: dict[str, frozenset[str] | None] = {t: frozenset(k) for t, k in keys.items()}
-        for pipeline in self.spec.pipelines:
-            read[pipeline.table] = frozenset(read[pipeline.table] or ()) | set(
-                pipeline.input_columns
-            )
-        keys |= {HEARTBEAT_TABLE: HEARTBEAT_KEY, SIGNAL_TABLE: SIGNAL_KEY}
-        read |= {HEARTBEAT_TABLE: HEARTBEAT_COLUMNS, SIGNAL_TABLE: SIGNAL_COLUMNS}
-        start = stream_start(checkpoints)
-        log.info("streaming", start=str(start))
-        hooks = StreamHooks(
-            on_connect=self._on_connect,
-            on_disconnect=self._on_disconnect,
-            on_rows=self.telemetry.on_rows_read,
-        )
-        shapes = {table: info.column_types for table, info in tables.items()}
-        stream = self.source.open(start, Capture(keys, read, shapes), hooks)
-        self.telemetry.source.queue_depth = stream.queue_depth
-        self.telemetry.source.retained_bytes = stream.retained_bytes
-        return stream
-
-    def _on_disconnect(self) -> None:
-        self.telemetry.on_disconnect()
-        self.telemetry.source.connected = False
-
-    def _on_connect(self) -> None:
-        self.telemetry.source.connected = True
+def _committed(runners: list[PipelineRunner]) -> Position | None:
+    """The oldest position every runner has durably applied (None: not known yet)."""
+    positions = [r.checkpoint.position for r in runners]
+    known = [p for p in positions if p is not None]
+    return oldest_position(known) if known and len(known) == len(positions) else None
 
 
 def _first(group: BaseExceptionGroup[CdcScorerError]) -> CdcScorerError:

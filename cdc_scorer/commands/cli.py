@@ -177,7 +177,7 @@ def _job_line(job: dict[str, Any]) -> str:
 def _kafka_status(spec: Any, as_json: bool) -> int:
     """Kafka mode: each pipeline's partitions, their offsets in the database and the member
     that last committed them, and how far Debezium's latest reading of its table has got."""
-    from cdc_scorer.group_app import reading_progress
+    from cdc_scorer.sources.debezium.rescores import reading_progress
     from cdc_scorer.stores.offsets import stored_offsets
     from cdc_scorer.stores.registry import build_store
 
@@ -249,7 +249,7 @@ def _rescore(args: argparse.Namespace) -> int:
     pipeline = find_pipeline(spec, args.pipeline)
     if spec.kafka is not None:
         from cdc_scorer.core.errors import FatalError
-        from cdc_scorer.group_app import request_snapshot
+        from cdc_scorer.sources.debezium.rescores import request_snapshot
 
         if args.cancel:
             raise FatalError(

@@ -10,13 +10,20 @@ registered by engine name in ``sources/registry.py``; the core never names one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cdc_scorer.core.positions import Position
-from cdc_scorer.core.records import SourceItem, TableInfo
+from cdc_scorer.core.records import Checkpoint, SourceItem, TableInfo
 from cdc_scorer.core.spec import PipelineSpec
+
+if TYPE_CHECKING:  # the sources' contract names them; the core imports this module
+    from cdc_scorer.core.pipeline import ChunkReader
+    from cdc_scorer.core.rescoring import ChunkExchange
+    from cdc_scorer.ops.metrics import Telemetry
+    from cdc_scorer.stores import PipelineSink, Store
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,42 @@ class ChangeStream(Protocol):
     def retained_bytes(self) -> int | None:
         """Change log the server keeps for this reader, as last measured (None: none is kept
         for it, or not known): the retained-bytes gauge."""
+
+
+class Feed(Protocol):
+    """A stream of changes for some pipelines, with what differs between change feeds: how a
+    batch's commit covers its position (the checkpoint step of the sinks it gives), how a
+    pipeline re-scores its table (its re-scorer), and what it takes before and after running.
+    The app runs every feed alike (``app.py``)."""
+
+    pipelines: tuple[PipelineSpec, ...]
+
+    async def start(self, stopping: asyncio.Event) -> bool:
+        """Take what running the pipelines needs (leader locks, positions, re-score claims);
+        False if ``stopping`` came first (nothing is held then)."""
+
+    @property
+    def checkpoints(self) -> Mapping[str, Checkpoint]:
+        """Each pipeline's checkpoint to start from (after :meth:`start`)."""
+
+    def sink(self, pipeline: PipelineSpec) -> PipelineSink:
+        """The pipeline's writer: its batches and the position they cover, in one step."""
+
+    def rescorer(self, pipeline: PipelineSpec, exchange: ChunkExchange) -> ChunkReader | None:
+        """What reads the pipeline's re-score chunks (None: the feed re-reads the table
+        itself, its rows arriving in the stream)."""
+
+    def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """Work beside the pipelines until the stop (named: a heartbeat), cancelled then."""
+
+    def open(self) -> ChangeStream:
+        """The stream from the pipelines' checkpoints (the coordinator's, once)."""
+
+    async def finish(self, committed: Position | None) -> None:
+        """Every pipeline has drained; ``committed`` is what all of them applied."""
+
+    def close(self) -> None:
+        """What :meth:`start` took, let go after a failure before the pipelines ran."""
 
 
 class Source(Protocol):
@@ -140,3 +183,13 @@ class Source(Protocol):
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         """The stream from ``start`` (a position :meth:`check_resumable` accepted)."""
+
+    def feeds(
+        self,
+        pipelines: Sequence[PipelineSpec],
+        tables: Mapping[str, TableInfo],
+        store: Store,
+        telemetry: Telemetry,
+    ) -> list[Feed]:
+        """The feeds that carry ``pipelines`` (a database's log: one for all; Debezium's
+        topics: one per pipeline)."""

@@ -279,6 +279,9 @@ class Store(Protocol):
         """``work(cursor)`` in a transaction of a connection of its own, committed (blocking;
         the Kafka offsets' loads and re-score claims, ``stores/offsets.py``)."""
 
+    def quoted(self, identifier: str) -> str:
+        """A column's (or any identifier's) name as this database's SQL quotes it."""
+
     def qualified(self, table: str) -> str:
         """``table`` as this database's SQL names it (quoted by the dialect, in the schema
         ``[source]`` names)."""

@@ -17,7 +17,8 @@ from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect
-from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.ops.metrics import Telemetry
+from cdc_scorer.sources import Capture, ChangeStream, Feed, SourceInfo, StreamHooks, TableCheck
 from cdc_scorer.sources.binlog.positions import (
     BinlogPosition,
     FilePosition,
@@ -28,6 +29,7 @@ from cdc_scorer.sources.binlog.positions import (
 from cdc_scorer.sources.binlog.reader import BinlogStream, probe_replication
 from cdc_scorer.sources.binlog.resume import check_resumable, current_position, position_from
 from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog, server_info
+from cdc_scorer.stores import Store
 
 # What a failover or a blue/green switchover does with each kind of position (`check`).
 FAILOVER = {
@@ -142,6 +144,18 @@ class BinlogSource:
 
     def release(self, position: Position) -> None:
         """The server keeps its binlog by its own retention: nothing to tell it."""
+
+    def feeds(
+        self,
+        pipelines: Sequence[PipelineSpec],
+        tables: Mapping[str, TableInfo],
+        store: Store,
+        telemetry: Telemetry,
+    ) -> list[Feed]:
+        """One reader of the log for every pipeline."""
+        from cdc_scorer.sources.log_feed import LogFeed
+
+        return [LogFeed(self, self._source, self._retry, pipelines, tables, store, telemetry)]
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, BinlogPosition):

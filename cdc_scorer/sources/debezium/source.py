@@ -2,8 +2,7 @@
 publication or slot: Debezium reads the log), what ``check`` checks (the brokers with the
 configured security, each pipeline's topic and its partitions, its consumer group, the signal
 table, the offsets table's write grant — no binlog grant, GTID line or slot), and its
-positions (each partition's next offset). The daemon's streams are opened by the group wiring
-(``group_app.py``) until the feeds are one plug point."""
+positions (each partition's next offset); and its feeds, one per pipeline (``feed.py``)."""
 
 from __future__ import annotations
 
@@ -19,10 +18,19 @@ from cdc_scorer.core.errors import CdcScorerError, FatalError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
-from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.ops.metrics import Telemetry
+from cdc_scorer.sources import (
+    Capture,
+    ChangeStream,
+    Feed,
+    SourceInfo,
+    StreamHooks,
+    TableCheck,
+)
 from cdc_scorer.sources.debezium.group import _refusal, client_config
 from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection
+from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import OFFSETS_TABLE
 from cdc_scorer.stores.registry import build_store
 
@@ -31,6 +39,10 @@ _NO_REPOSITION = (
     "reposition in Kafka mode moves the consumer groups' offsets in "
     f"{OFFSETS_TABLE}: not built yet — nothing was changed"
 )
+
+
+def _read_nothing(table: str, cursor: Any) -> None:
+    cursor.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
 
 
 def _write_nothing(table: str, cursor: Any) -> None:
@@ -69,7 +81,16 @@ class DebeziumSource:
         scorer's would hold the WAL for nobody)."""
         store = build_store(self._spec.source, self._spec.retry)
         try:
-            store.init_offsets()
+            sql = store.offsets_sql()
+            try:  # made already (run asks too: a user without CREATE runs it then)
+                for table in (sql.table, sql.versions_table):
+                    store.in_transaction(
+                        f"reading {table}", functools.partial(_read_nothing, table)
+                    )
+            except CdcScorerError:
+                store.init_offsets()
+            else:
+                return []
         finally:
             store.close()
         return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
@@ -148,7 +169,8 @@ class DebeziumSource:
                     "change: is the connector running, with topic.prefix "
                     f"{self._kafka.topic_prefix} and {pipeline.table} in its table list?"
                 )
-                checks.append(TableCheck(f"topic of pipeline {pipeline.name}", problem, True))
+                # Not fatal: a member waits in the group until Debezium makes the topic.
+                checks.append(TableCheck(f"topic of pipeline {pipeline.name}", problem, False))
                 continue
             name = f"topic {topic} (pipeline {pipeline.name}, {partitions} partitions)"
             checks.append(TableCheck(name, None, False))
@@ -176,7 +198,22 @@ class DebeziumSource:
         """Nothing is held for the scorer on the source server."""
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
-        raise FatalError("the Kafka mode's streams are opened by its consumer groups")
+        raise FatalError("the Kafka mode's streams are opened by its feeds")
+
+    def feeds(
+        self,
+        pipelines: Sequence[PipelineSpec],
+        tables: Mapping[str, TableInfo],
+        store: Store,
+        telemetry: Telemetry,
+    ) -> list[Feed]:
+        """A feed per pipeline: a member of the pipeline's consumer group on its topic."""
+        from cdc_scorer.sources.debezium.feed import DebeziumFeed
+
+        return [
+            DebeziumFeed(self._spec, p, self.topic(p), tables[p.table], store, telemetry)
+            for p in pipelines
+        ]
 
     # ---------------------------------------------------------------- helpers
     def topic(self, pipeline: PipelineSpec) -> str:

@@ -20,6 +20,7 @@ from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
@@ -27,11 +28,12 @@ from cdc_scorer.postgresql.connection import (
     connect_replication,
     pg_errors,
 )
-from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources import Capture, ChangeStream, Feed, SourceInfo, StreamHooks, TableCheck
 from cdc_scorer.sources.pgoutput import server
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
 from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse_lsn
 from cdc_scorer.sources.pgoutput.reader import PgoutputStream
+from cdc_scorer.stores import Store
 
 FAILOVER = (
     "positions are commit LSNs of one WAL history, streamed through replication slot {slot}: "
@@ -242,6 +244,18 @@ class PgoutputSource:
             server.advance_slot(conn, self._source.slot_name, position.lsn)
         finally:
             close_quietly(conn)
+
+    def feeds(
+        self,
+        pipelines: Sequence[PipelineSpec],
+        tables: Mapping[str, TableInfo],
+        store: Store,
+        telemetry: Telemetry,
+    ) -> list[Feed]:
+        """One reader of the log for every pipeline."""
+        from cdc_scorer.sources.log_feed import LogFeed
+
+        return [LogFeed(self, self._source, self._retry, pipelines, tables, store, telemetry)]
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, LsnPosition):

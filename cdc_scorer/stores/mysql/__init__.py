@@ -184,6 +184,9 @@ class MysqlStore:
             offsets=offsets,
         )
 
+    def quoted(self, identifier: str) -> str:
+        return quote(identifier)
+
     def qualified(self, table: str) -> str:
         return quote(table)
 

@@ -188,6 +188,9 @@ class PostgresStore:
             offsets=offsets,
         )
 
+    def quoted(self, identifier: str) -> str:
+        return quote(identifier)
+
     def qualified(self, table: str) -> str:
         return self._table(table)
 

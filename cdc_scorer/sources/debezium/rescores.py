@@ -1,0 +1,114 @@
+"""Re-scores in Kafka mode, as the commands ask for them and show them: the signal row asking
+Debezium for an incremental snapshot of a pipeline's table (`cdc-scorer rescore`), and how far
+Debezium's latest reading of it has got (`status`)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
+from cdc_scorer.stores import Store
+from cdc_scorer.stores.offsets import (
+    RescoreRequest,
+    count_rows,
+    count_scored_since,
+    latest_request,
+    record_request,
+)
+from cdc_scorer.stores.registry import build_store
+
+
+def request_snapshot(
+    spec: ScorerSpec, pipeline: PipelineSpec, where: str | None
+) -> tuple[str, str]:
+    """`cdc-scorer rescore` in Kafka mode: the signal row asking Debezium for an incremental
+    snapshot of the pipeline's table (of the rows matching ``where``); its id and the table."""
+    kafka, source = spec.kafka, spec.source
+    assert kafka is not None
+    if kafka.signal_table is None:
+        raise FatalError(
+            "kafka.signal_table: not set — a re-score on Kafka asks Debezium for an incremental "
+            "snapshot through the connector's signal table (its signal.data.collection)"
+        )
+    collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
+    signal_id, kind, data = incremental_snapshot(collection, where)
+    store = build_store(source, spec.retry)
+    try:
+        signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
+        if where is not None:
+            # Refused here with the server's own words, not later inside Debezium's task.
+            try:
+                store.in_transaction(
+                    "checking --where",
+                    functools.partial(
+                        count_rows, table=store.qualified(pipeline.table), where=where
+                    ),
+                )
+            except FatalError as exc:
+                raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
+        store.in_transaction(
+            "writing Debezium's signal",
+            lambda cursor: record_request(
+                cursor,
+                store.offsets_sql(),
+                pipeline.name,
+                pipeline.model_version or "",
+                signal,
+                where,
+            ),
+        )
+    finally:
+        store.close()
+    return signal_id, collection
+
+
+@dataclass(frozen=True)
+class ReadingProgress:
+    """How far Debezium's latest reading of a pipeline's table has got, as the database
+    shows it: of the rows it covers now, those whose prediction was committed since it was
+    asked for (the stream's updates of those rows count too: they carry the same model)."""
+
+    request: RescoreRequest
+    rows: int | None  # None: the server refuses the request's condition now
+    scored: int
+
+
+def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgress]:
+    """Per pipeline, its latest reading (`status` in Kafka mode)."""
+    tables = store.inspect_tables(list(spec.pipelines))
+    sql = store.offsets_sql()
+    found: dict[str, ReadingProgress] = {}
+    for pipeline in spec.pipelines:
+        request = store.in_transaction(
+            "reading the re-score requests",
+            functools.partial(latest_request, sql=sql, pipeline=pipeline.name),
+        )
+        if request is None:
+            continue
+        keys = ", ".join(store.quoted(k) for k in tables[pipeline.table].key_columns)
+        table, where = store.qualified(pipeline.table), request.where
+        rows: int | None
+        try:
+            rows = store.in_transaction(
+                "counting the rows of a re-score",
+                functools.partial(count_rows, table=table, where=where),
+            )
+        except FatalError:
+            rows, where = None, None
+        scored = store.in_transaction(
+            "counting the rows re-scored",
+            functools.partial(
+                count_scored_since,
+                predictions=store.qualified(pipeline.predictions),
+                table=table,
+                keys=keys,
+                where=where,
+                since=request.requested_at,
+            ),
+        )
+        found[pipeline.name] = ReadingProgress(request, rows, scored)
+    return found
+
