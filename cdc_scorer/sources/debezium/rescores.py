@@ -111,4 +111,3 @@ def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgres
         )
         found[pipeline.name] = ReadingProgress(request, rows, scored)
     return found
-
