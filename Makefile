@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cdc_scorer tests benchmarks
 	$(VENV)/bin/ruff format --check cdc_scorer tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
 BENCH ?= quick

@@ -42,8 +42,8 @@ class ScorerApp:
         self.spec = spec
         self.telemetry = Telemetry()
         self.telemetry.source.heartbeat_interval_s = spec.source.heartbeat_interval_s
-        self.source = source_of(spec)
         self.store = build_store(spec.source, spec.retry)
+        self.source = source_of(spec, self.store)
         self._stop = asyncio.Event()
         self._coordinators: list[Coordinator] = []
         self.ops: OpsServer | None = None

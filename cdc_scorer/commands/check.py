@@ -21,6 +21,7 @@ from cdc_scorer.services.driver import build_scorer
 from cdc_scorer.sources import Source
 from cdc_scorer.sources.registry import source_of
 from cdc_scorer.stores import Store
+from cdc_scorer.stores.offsets import OffsetStore
 from cdc_scorer.stores.registry import build_store
 
 
@@ -46,9 +47,9 @@ def database_checks(spec: ScorerSpec) -> tuple[list[CheckResult], dict[str, Tabl
 
 
 def _change_log_and_tables(
-    spec: ScorerSpec, store: Store, results: list[CheckResult]
+    spec: ScorerSpec, store: OffsetStore, results: list[CheckResult]
 ) -> tuple[list[CheckResult], dict[str, TableInfo]]:
-    source = source_of(spec)
+    source = source_of(spec, store)
     positions = _stored_positions(spec, store, source)
     settings = source.settings(resuming=bool(positions))
     for name, problem in settings:

@@ -256,7 +256,13 @@ def _rescore(args: argparse.Namespace) -> int:
                 "--cancel: in Kafka mode the re-score is Debezium's incremental snapshot: "
                 "stop it with Debezium's stop-snapshot signal"
             )
-        signal_id, collection = request_snapshot(spec, pipeline, args.where or None)
+        from cdc_scorer.stores.registry import build_store
+
+        store = build_store(spec.source, spec.retry)
+        try:
+            signal_id, collection = request_snapshot(spec, store, pipeline, args.where or None)
+        finally:
+            store.close()
         print(
             f"asked Debezium for an incremental snapshot of {collection} (signal {signal_id}"
             f"{f', where {args.where}' if args.where else ''}): its rows arrive as op r and "

@@ -12,15 +12,15 @@ from cdc_scorer.stores.registry import build_store
 
 def initialize(spec: ScorerSpec) -> list[str]:
     """Make everything the pipelines need, idempotently: the statements run."""
-    source = source_of(spec)
     store = build_store(spec.source, spec.retry)
+    source = source_of(spec, store)
     try:
         tables = store.inspect_tables(spec.pipelines)
         refused = source.refusals(spec.pipelines, tables)
         if refused:
             raise FatalError("; ".join(refused))
         statements = store.init(spec.pipelines)
+        # After the tables: a publication names the scorer's own too.
+        return statements + source.prepare(spec.pipelines, tables)
     finally:
         store.close()
-    # After the tables: a publication names the scorer's own too.
-    return statements + source.prepare(spec.pipelines, tables)

@@ -31,10 +31,10 @@ def reposition(
 ) -> Moved:
     """Store ``position`` (None: the server's position now) as the pipeline's checkpoint, with
     a re-score of every row queued when ``rescore``."""
-    source = source_of(spec)
-    info = source.preflight()
     store = build_store(spec.source, spec.retry)
     try:
+        source = source_of(spec, store)
+        info = source.preflight()
         table = store.inspect_tables([pipeline])[pipeline.table]
         sink = store.sink(pipeline, table.key_columns, info.identity, source.decode_position)
         try:

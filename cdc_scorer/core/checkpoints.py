@@ -10,12 +10,12 @@ from dataclasses import replace
 import structlog
 
 from cdc_scorer.core.errors import PositionLost
+from cdc_scorer.core.feeds import Source
 from cdc_scorer.core.positions import Position, oldest_position
 from cdc_scorer.core.records import Checkpoint, RescoreJob, Rescores
 from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, enqueue, now_iso, snapshot_state
 from cdc_scorer.core.spec import PipelineSpec
-from cdc_scorer.sources import Source
-from cdc_scorer.stores import Store
+from cdc_scorer.core.store import Store
 
 log = structlog.get_logger("cdc_scorer.core.checkpoints")
 

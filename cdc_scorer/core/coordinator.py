@@ -11,10 +11,10 @@ import asyncio
 from collections.abc import Callable
 from contextlib import aclosing
 
+from cdc_scorer.core.feeds import ChangeStream
+from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.router import Router
-from cdc_scorer.ops.metrics import Telemetry
-from cdc_scorer.sources import ChangeStream
 
 
 class Coordinator:
@@ -22,7 +22,7 @@ class Coordinator:
         self,
         router: Router,
         open_stream: Callable[[], ChangeStream],
-        telemetry: Telemetry,
+        telemetry: Observer,
     ) -> None:
         self._router = router
         self._open_stream = open_stream

@@ -11,12 +11,12 @@ import structlog
 
 from cdc_scorer.core.batcher import Batcher
 from cdc_scorer.core.errors import CdcScorerError, PipelineStopped
+from cdc_scorer.core.models import Scorer
+from cdc_scorer.core.observer import Observer, PipelineState
 from cdc_scorer.core.records import END, Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.sequencer import Sequencer
 from cdc_scorer.core.spec import PipelineSpec
-from cdc_scorer.ops.metrics import PipelineState, Telemetry
-from cdc_scorer.services import Scorer
 
 Inbox = asyncio.Queue[tuple[SourceItem, ...] | None]
 log = structlog.get_logger("cdc_scorer.core.pipeline")
@@ -51,7 +51,7 @@ class PipelineRunner:
         checkpoint: Checkpoint,
         scorer: Scorer,
         sink: BatchSink,
-        telemetry: Telemetry,
+        telemetry: Observer,
         *,
         exchange: ChunkExchange | None = None,
         snapshotter: ChunkReader | None = None,

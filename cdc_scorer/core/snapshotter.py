@@ -35,7 +35,7 @@ from cdc_scorer.core.rescoring import (
 )
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
-from cdc_scorer.stores import ChunkStore, Store
+from cdc_scorer.core.store import ChunkStore, Store
 
 log = structlog.get_logger("cdc_scorer.core.snapshotter")
 InputTypes = tuple[tuple[str, str], ...]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen, Predicate
 
-from cdc_scorer.services import ModelSpec
+from cdc_scorer.core.models import ModelSpec
 
 # Unknown keys are errors (a misspelt key must not silently take a default).
 STRICT: Any = {"extra": "forbid"}

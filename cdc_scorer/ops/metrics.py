@@ -11,7 +11,6 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
@@ -26,7 +25,8 @@ from prometheus_client.registry import Collector
 
 from cdc_scorer import __version__
 from cdc_scorer.core.errors import CdcScorerError, PoisonError, RetriableError
-from cdc_scorer.core.records import Rescores, ScoredBatch
+from cdc_scorer.core.observer import PipelineState, SourceState
+from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.rescoring import remaining_rows
 
 # `_created` series double every counter for little use, and Prometheus ignores them anyway.
@@ -44,44 +44,6 @@ def error_code(exc: CdcScorerError) -> str:
     if isinstance(exc, PoisonError):
         return exc.reason
     return "fatal"
-
-
-@dataclass
-class PipelineState:
-    """What the collector reads of one pipeline at scrape time (set by the app)."""
-
-    snapshot_state: str = "pending"
-    rescores: Rescores = field(default_factory=Rescores)  # as last committed
-    last_checkpoint_at: float = field(default_factory=time.time)
-    inbox_depth: Callable[[], int] = lambda: 0
-    in_flight: Callable[[], int] = lambda: 0
-    stopped: str | None = None  # why the pipeline stopped (the others go on)
-    # A metered model service's spending: requests, input_tokens, output_tokens,
-    # wait_stream_s, wait_rescore_s (services/budget.py).
-    spending: Callable[[], Mapping[str, float]] | None = None
-
-
-@dataclass
-class SourceState:
-    connected: bool = False
-    streaming: bool = False
-    leader: bool = False
-    queue_depth: Callable[[], int] = lambda: 0
-    # Bytes of change log the server keeps for this reader (a replication slot's WAL; None:
-    # not kept for it, or not known yet).
-    retained_bytes: Callable[[], int | None] = lambda: None
-    heartbeat_interval_s: float = 2.0
-    # The last heartbeat row seen in the stream: when we saw it and the lag it showed.
-    heartbeat_seen_at: float | None = None
-    heartbeat_lag_s: float | None = None
-
-    def lag_s(self, now: float | None = None) -> float | None:
-        """Lag of the stream behind the source, growing while no heartbeat arrives."""
-        if self.heartbeat_seen_at is None or self.heartbeat_lag_s is None:
-            return None
-        now = time.time() if now is None else now
-        silent = now - self.heartbeat_seen_at - self.heartbeat_interval_s
-        return max(self.heartbeat_lag_s, silent, 0.0)
 
 
 class Telemetry:
@@ -252,11 +214,12 @@ class Telemetry:
             self._leader_changes.inc()
         self.source.leader = leader
 
-    def on_kafka_lag(
+    def on_partition_lag(
         self, pipeline: str, messages: int, seconds_behind: float, partitions: int
     ) -> None:
-        """Kafka mode, after each poll: what is not committed yet, and for how long this
-        pipeline has not been caught up — the source lag (``/readyz``) is the worst of them."""
+        """A feed of partitions (Debezium's topics), after each poll: what is not committed
+        yet, and for how long this pipeline has not been caught up — the source lag
+        (``/readyz``) is the worst of them."""
         self._kafka_lag.labels(pipeline).set(messages)
         self._kafka_partitions.labels(pipeline).set(partitions)
         self._kafka_behind_s[pipeline] = seconds_behind

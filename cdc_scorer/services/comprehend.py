@@ -10,9 +10,9 @@ from typing import Annotated, Any, ClassVar, Literal
 from annotated_types import Predicate
 
 from cdc_scorer.core.errors import PoisonError
+from cdc_scorer.core.models import Answer, ItemError, ModelSpec, Outcome, PredictionColumn
 from cdc_scorer.core.records import RowChange
 from cdc_scorer.core.spec import STRICT, Identifier, column_prefix
-from cdc_scorer.services import Answer, ItemError, ModelSpec, Outcome, PredictionColumn
 
 MAX_DOCUMENTS = 25
 MAX_DOCUMENT_BYTES = 5_000

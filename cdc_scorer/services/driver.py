@@ -10,10 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic
 
 from cdc_scorer.core.errors import PoisonError, RetriableError
-from cdc_scorer.core.records import Batch, DeadLetter, Op, Prediction, RowChange, ScoredBatch
-from cdc_scorer.core.retry import backoff_s, retrying
-from cdc_scorer.core.spec import PipelineSpec, RetrySpec
-from cdc_scorer.services import (
+from cdc_scorer.core.models import (
     Answer,
     Budget,
     ItemError,
@@ -22,6 +19,9 @@ from cdc_scorer.services import (
     ModelCodec,
     ModelSpec,
 )
+from cdc_scorer.core.records import Batch, DeadLetter, Op, Prediction, RowChange, ScoredBatch
+from cdc_scorer.core.retry import backoff_s, retrying
+from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.services.aws import CallObserver, aws_errors
 
 Item = tuple[RowChange, ItemT]

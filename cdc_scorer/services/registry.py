@@ -3,7 +3,7 @@ and one line here."""
 
 from __future__ import annotations
 
-from cdc_scorer.services import ModelSpec
+from cdc_scorer.core.models import ModelSpec
 from cdc_scorer.services.bedrock import BedrockSpec
 from cdc_scorer.services.comprehend import ComprehendSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec

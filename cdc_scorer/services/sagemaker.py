@@ -15,9 +15,9 @@ from typing import Annotated, Any, ClassVar, Literal
 from annotated_types import MinLen
 
 from cdc_scorer.core.errors import PoisonError
+from cdc_scorer.core.models import Answer, ModelSpec, PredictionColumn
 from cdc_scorer.core.records import RowChange
 from cdc_scorer.core.spec import STRICT, Identifier
-from cdc_scorer.services import Answer, ModelSpec, PredictionColumn
 
 OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
 

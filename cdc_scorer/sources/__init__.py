@@ -1,195 +1,25 @@
-"""Sources: the plug point of change logs (MySQL/MariaDB binlog, PostgreSQL logical
-replication).
-
-A source checks that its change log can be read, tells the position now, whether a stored
-position can still be resumed, how its positions are written into a checkpoint and read back,
-and opens a stream of source items (``core.records.SourceItem``: row changes and transaction
-boundaries, in commit order) from a position. Each implementation is a package of its own,
-registered by engine name in ``sources/registry.py``; the core never names one.
+"""Sources: the plug point of change feeds (the MySQL/MariaDB binlog, PostgreSQL's logical
+replication, Debezium's topics on Kafka), each a package of its own behind the contract of
+``core/feeds.py`` (re-exported here), registered in ``sources/registry.py``; ``log_feed.py`` is
+the feed the two database logs share, ``handover.py`` their reader threads' hand-over.
 """
 
-from __future__ import annotations
+from cdc_scorer.core.feeds import (
+    Capture,
+    ChangeStream,
+    Feed,
+    Source,
+    SourceInfo,
+    StreamHooks,
+    TableCheck,
+)
 
-import asyncio
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-from cdc_scorer.core.positions import Position
-from cdc_scorer.core.records import Checkpoint, SourceItem, TableInfo
-from cdc_scorer.core.spec import PipelineSpec
-
-if TYPE_CHECKING:  # the sources' contract names them; the core imports this module
-    from cdc_scorer.core.pipeline import ChunkReader
-    from cdc_scorer.core.rescoring import ChunkExchange
-    from cdc_scorer.ops.metrics import Telemetry
-    from cdc_scorer.stores import PipelineSink, Store
-
-
-@dataclass(frozen=True)
-class Capture:
-    """What a stream carries: each captured table with its key columns, and the columns read
-    downstream (None: all; a source may leave the others undecoded)."""
-
-    key_columns: Mapping[str, tuple[str, ...]]
-    read_columns: Mapping[str, frozenset[str] | None]
-    # Each captured table's columns and types as the store found them at start (a source
-    # whose log describes tables itself compares: an ALTER before the first change shows).
-    column_types: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """The server a source reads, as preflight found it."""
-
-    identity: str  # kept with every checkpoint: a position belongs to one history
-    description: str  # for the log: the server's version
-
-
-@dataclass(frozen=True)
-class StreamHooks:
-    """What a stream reports as it goes (the daemon's telemetry)."""
-
-    on_connect: Callable[[], None] | None = None
-    on_disconnect: Callable[[], None] | None = None
-    on_rows: Callable[[str, str, int], None] | None = None  # table, operation, rows read
-
-
-@dataclass(frozen=True)
-class TableCheck:
-    """What a source says of the captured tables (`check` prints it; `run` stops on a fatal
-    problem and logs the others)."""
-
-    name: str
-    problem: str | None  # None: fine
-    fatal: bool  # the stream cannot carry the pipelines' rows as they need
-
-
-class ChangeStream(Protocol):
-    """Source items in commit order (``tuple`` batches of one table's rows, or a boundary)."""
-
-    def acknowledge(self, position: Position) -> None:
-        """Every pipeline has durably applied ``position``: a source that keeps changes for
-        its reader (a replication slot) may let go of what is before it."""
-
-    def changes(self) -> AsyncGenerator[tuple[SourceItem, ...], None]: ...
-
-    def stop(self) -> None:
-        """Stop at the next transaction boundary; :meth:`changes` then ends."""
-
-    def queue_depth(self) -> int:
-        """Items read and not yet taken (the queue-depth gauge)."""
-
-    def retained_bytes(self) -> int | None:
-        """Change log the server keeps for this reader, as last measured (None: none is kept
-        for it, or not known): the retained-bytes gauge."""
-
-
-class Feed(Protocol):
-    """A stream of changes for some pipelines, with what differs between change feeds: how a
-    batch's commit covers its position (the checkpoint step of the sinks it gives), how a
-    pipeline re-scores its table (its re-scorer), and what it takes before and after running.
-    The app runs every feed alike (``app.py``)."""
-
-    pipelines: tuple[PipelineSpec, ...]
-
-    async def start(self, stopping: asyncio.Event) -> bool:
-        """Take what running the pipelines needs (leader locks, positions, re-score claims);
-        False if ``stopping`` came first (nothing is held then)."""
-
-    @property
-    def checkpoints(self) -> Mapping[str, Checkpoint]:
-        """Each pipeline's checkpoint to start from (after :meth:`start`)."""
-
-    def sink(self, pipeline: PipelineSpec) -> PipelineSink:
-        """The pipeline's writer: its batches and the position they cover, in one step."""
-
-    def rescorer(self, pipeline: PipelineSpec, exchange: ChunkExchange) -> ChunkReader | None:
-        """What reads the pipeline's re-score chunks (None: the feed re-reads the table
-        itself, its rows arriving in the stream)."""
-
-    def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """Work beside the pipelines until the stop (named: a heartbeat), cancelled then."""
-
-    def open(self) -> ChangeStream:
-        """The stream from the pipelines' checkpoints (the coordinator's, once)."""
-
-    async def finish(self, committed: Position | None) -> None:
-        """Every pipeline has drained; ``committed`` is what all of them applied."""
-
-    def close(self) -> None:
-        """What :meth:`start` took, let go after a failure before the pipelines ran."""
-
-
-class Source(Protocol):
-    """A change log. The blocking methods open their own connections: run them in a thread."""
-
-    probe_name: str  # `check`'s name of :meth:`probe`, e.g. "grant: binlog replication"
-
-    def refusals(
-        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
-    ) -> list[str]:
-        """Why capturing these tables would harm the application or could not carry their
-        rows (each naming the table and the fix): asked before ``init`` or ``run`` change
-        anything on the server, which then change nothing (blocking)."""
-
-    def prepare(
-        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
-    ) -> list[str]:
-        """`init` and `run`: what the change log needs on the server (a publication, a slot),
-        made idempotently after the store's tables; the statements run. ``FatalError`` with
-        the :meth:`refusals`, and nothing made, when there are some."""
-
-    def preflight(self) -> SourceInfo:
-        """The change log can be read as the scorer needs it, or ``FatalError`` naming the
-        setting and its fix."""
-
-    def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
-        """Each setting the scorer needs, with its problem and fix (None: fine) — `check`;
-        ``resuming``: some pipeline has a checkpoint to resume (what is missing now was lost,
-        not yet made)."""
-
-    def notes(self) -> list[tuple[str, str]]:
-        """What `check` tells beside the settings: (name, what it means), e.g. what a failover
-        does with these positions."""
-
-    def probe(self) -> str:
-        """Read from the change log now (proves the grants) — `check`: what was read."""
-
-    def current_position(self) -> Position:
-        """The position now: where a new pipeline starts streaming."""
-
-    def check_resumable(self, position: Position) -> None:
-        """``FatalError`` with the cause and the fix unless the stream can resume at
-        ``position`` on this server."""
-
-    def decode_position(self, server_identity: str, text: str) -> Position:
-        """A checkpoint's position read back (the inverse of ``Position.encode``)."""
-
-    def position_from(self, text: str) -> Position:
-        """A position an operator names (``cdc-scorer reposition``), in this server's kind,
-        completed from the server where it needs more (``FatalError`` if it names no
-        transaction boundary here)."""
-
-    def table_checks(
-        self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
-    ) -> list[TableCheck]:
-        """What the change log does with the pipelines' tables: problems that would stop or
-        dead-letter some pipeline's rows, each with its fix."""
-
-    def release(self, position: Position) -> None:
-        """A clean stop: every pipeline has durably applied ``position`` and the stream is
-        closed (a replication slot is moved to it, not left where the last feedback put it)."""
-
-    def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
-        """The stream from ``start`` (a position :meth:`check_resumable` accepted)."""
-
-    def feeds(
-        self,
-        pipelines: Sequence[PipelineSpec],
-        tables: Mapping[str, TableInfo],
-        store: Store,
-        telemetry: Telemetry,
-    ) -> list[Feed]:
-        """The feeds that carry ``pipelines`` (a database's log: one for all; Debezium's
-        topics: one per pipeline)."""
+__all__ = [
+    "Capture",
+    "ChangeStream",
+    "Feed",
+    "Source",
+    "SourceInfo",
+    "StreamHooks",
+    "TableCheck",
+]

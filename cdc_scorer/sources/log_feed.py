@@ -16,6 +16,7 @@ import structlog
 from cdc_scorer.core.checkpoints import prepare_checkpoints, stream_start
 from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.leadership import lead
+from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.own_tables import (
     HEARTBEAT_COLUMNS,
     HEARTBEAT_KEY,
@@ -30,7 +31,6 @@ from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.sources import Capture, ChangeStream, Source, SourceInfo, StreamHooks
 from cdc_scorer.stores import PipelineSink, Store
 
@@ -48,7 +48,7 @@ class LogFeed:
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
         store: Store,
-        telemetry: Telemetry,
+        telemetry: Observer,
     ) -> None:
         self.pipelines = tuple(pipelines)
         self._source = source

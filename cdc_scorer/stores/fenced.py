@@ -19,8 +19,8 @@ from cdc_scorer.core.records import Checkpoint, ScoredBatch
 from cdc_scorer.core.rescoring import encode_rescores
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
+from cdc_scorer.core.store import PositionStep
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint
-from cdc_scorer.stores.offsets import OffsetLedger
 
 ConnectionT = TypeVar("ConnectionT")
 
@@ -46,12 +46,12 @@ class FencedSink(ABC, Generic[ConnectionT]):
         *,
         lock: str,
         decode: PositionDecoder,
-        offsets: OffsetLedger | None = None,
+        step: PositionStep | None = None,
     ) -> None:
         self.lock = lock
-        # The Kafka source: no leader lock and no checkpoint row to fence on (the group is
-        # the coordinator); each batch moves its partitions' offsets by compare-and-set.
-        self.offsets = offsets
+        # A feed that keeps its positions otherwise (Debezium's: each partition's offset, moved
+        # by compare-and-set): no leader lock and no checkpoint row to fence on.
+        self._step = step
         self._pipeline = pipeline
         self._identity = server_identity
         self._retry = retry
@@ -88,9 +88,9 @@ class FencedSink(ABC, Generic[ConnectionT]):
         :meth:`_checkpoint_step` last in it)."""
 
     def _checkpoint_step(self, cursor: Any, statement: str, batch: ScoredBatch, row: Any) -> None:
-        """The transaction's last step: the checkpoint row, or the Kafka offsets."""
-        if self.offsets is not None:
-            self.offsets.advance(cursor, batch.checkpoint.position)
+        """The transaction's last step: the checkpoint row, or the feed's own step."""
+        if self._step is not None:
+            self._step.advance(cursor, batch.checkpoint.position)
         else:
             cursor.execute(statement, row)
 
@@ -105,7 +105,7 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     def try_lead(self, wait_s: float) -> bool:
         """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
-        if self.offsets is not None:
+        if self._step is not None:
             self._leading = True
             return True
         try:
@@ -126,7 +126,7 @@ class FencedSink(ABC, Generic[ConnectionT]):
             return self._conn
         assert self._leading, "try_lead() first"
         conn = self._open()
-        if self.offsets is not None:
+        if self._step is not None:
             self._conn = conn
             return conn
         try:
@@ -176,8 +176,8 @@ class FencedSink(ABC, Generic[ConnectionT]):
                 self._attempted = row
                 self._apply(conn, batch, row)
                 self._written = row
-                if self.offsets is not None:
-                    self.offsets.committed()
+                if self._step is not None:
+                    self._step.committed()
         except BaseException:
             self.close()  # a failed transaction's connection is not reused
             raise

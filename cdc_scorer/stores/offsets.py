@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.store import Store
 
 OFFSETS_TABLE = "cdc_scorer_kafka_offset"
 VERSIONS_TABLE = "cdc_scorer_kafka_model_version"
@@ -301,3 +302,13 @@ def count_scored_since(
     )
     row = cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+class OffsetStore(Store, Protocol):
+    """A store that keeps a Kafka feed's offsets beside the predictions (every dialect's)."""
+
+    def offsets_sql(self) -> OffsetsSql:
+        """The offsets tables of this dialect."""
+
+    def init_offsets(self) -> None:
+        """Make the offsets tables (``init`` in Kafka mode), idempotently."""

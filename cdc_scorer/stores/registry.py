@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cdc_scorer.core.spec import RetrySpec, SourceSpec
-from cdc_scorer.stores import Store
 from cdc_scorer.stores.mysql import MysqlStore
+from cdc_scorer.stores.offsets import OffsetStore
 from cdc_scorer.stores.postgresql import PostgresStore
 
-STORES: dict[str, Callable[[SourceSpec, RetrySpec], Store]] = {
+STORES: dict[str, Callable[[SourceSpec, RetrySpec], OffsetStore]] = {
     "mysql": MysqlStore,  # MySQL, Aurora MySQL, MariaDB
     "postgresql": PostgresStore,  # PostgreSQL, Aurora PostgreSQL
 }
 
 
-def build_store(source: SourceSpec, retry: RetrySpec) -> Store:
+def build_store(source: SourceSpec, retry: RetrySpec) -> OffsetStore:
+    """The dialect's store (the core's ``Store``, with the Kafka feed's offsets too)."""
     return STORES[source.engine](source, retry)

@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen, Predicate
 
+from cdc_scorer.core.models import ModelCodec, ModelSpec, PredictionColumn
 from cdc_scorer.core.spec import STRICT, Identifier
-from cdc_scorer.services import ModelCodec, ModelSpec, PredictionColumn
 from cdc_scorer.services.bedrock import answer_schema
 from cdc_scorer.services.bedrock.templates import template_columns
 from cdc_scorer.services.budget import CallBudget

@@ -11,9 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from cdc_scorer.core.models import ColumnKind, PredictionColumn
 from cdc_scorer.core.own_tables import PREDICTION_METADATA
 from cdc_scorer.core.spec import sql_identifier
-from cdc_scorer.services import ColumnKind, PredictionColumn
 
 _TOP_KEYWORDS = {"type", "properties", "required", "additionalProperties", "description", "title"}
 _PROPERTY_KEYWORDS = {

@@ -9,8 +9,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cdc_scorer.core.models import Answer, ItemError, Outcome
 from cdc_scorer.core.records import RowChange
-from cdc_scorer.services import Answer, ItemError, Outcome
 from cdc_scorer.services.bedrock import BedrockSpec, answer_schema
 from cdc_scorer.services.bedrock.embedding import CHARS_PER_TOKEN, row_text
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cdc_scorer.core.errors import PoisonError
+from cdc_scorer.core.models import Answer, ItemError, Outcome
 from cdc_scorer.core.records import RowChange
-from cdc_scorer.services import Answer, ItemError, Outcome
 from cdc_scorer.services.bedrock import BedrockSpec, embedding_shape
 from cdc_scorer.services.bedrock.templates import render
 

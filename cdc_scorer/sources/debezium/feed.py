@@ -15,20 +15,26 @@ from typing import Any
 import structlog
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.pipeline import ChunkReader
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
-from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.sources import ChangeStream
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.group import Partition, topic_watermarks
 from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
-from cdc_scorer.stores import PipelineSink, Store
-from cdc_scorer.stores.offsets import OffsetLedger, SignalNeeded, is_new, request_rescore
+from cdc_scorer.stores import PipelineSink
+from cdc_scorer.stores.offsets import (
+    OffsetLedger,
+    OffsetStore,
+    SignalNeeded,
+    is_new,
+    request_rescore,
+)
 
 log = structlog.get_logger("cdc_scorer.sources.debezium")
 
@@ -47,8 +53,8 @@ class DebeziumFeed:
         pipeline: PipelineSpec,
         topic: str,
         table: TableInfo,
-        store: Store,
-        telemetry: Telemetry,
+        store: OffsetStore,
+        telemetry: Observer,
     ) -> None:
         assert spec.kafka is not None
         if not table.key_columns:
@@ -81,7 +87,7 @@ class DebeziumFeed:
             self._identity,
             self._decode,
             on_retry=self._telemetry.on_retry,
-            offsets=self._ledger,
+            step=self._ledger,
         )
         self._sink.try_lead(0)  # no lock with offsets: the group decides who reads what
         self._telemetry.on_leader(True)
@@ -135,7 +141,7 @@ class DebeziumFeed:
             committed_offset=ledger.committed_offset,
             forget=ledger.forget,
             poison=ledger.poison,
-            on_lag=lambda messages, seconds, owned: self._telemetry.on_kafka_lag(
+            on_lag=lambda messages, seconds, owned: self._telemetry.on_partition_lag(
                 name, messages, seconds, owned
             ),
         )

@@ -10,19 +10,18 @@ from dataclasses import dataclass
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
-from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import (
+    OffsetStore,
     RescoreRequest,
     count_rows,
     count_scored_since,
     latest_request,
     record_request,
 )
-from cdc_scorer.stores.registry import build_store
 
 
 def request_snapshot(
-    spec: ScorerSpec, pipeline: PipelineSpec, where: str | None
+    spec: ScorerSpec, store: OffsetStore, pipeline: PipelineSpec, where: str | None
 ) -> tuple[str, str]:
     """`cdc-scorer rescore` in Kafka mode: the signal row asking Debezium for an incremental
     snapshot of the pipeline's table (of the rows matching ``where``); its id and the table."""
@@ -35,33 +34,27 @@ def request_snapshot(
         )
     collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
     signal_id, kind, data = incremental_snapshot(collection, where)
-    store = build_store(source, spec.retry)
-    try:
-        signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
-        if where is not None:
-            # Refused here with the server's own words, not later inside Debezium's task.
-            try:
-                store.in_transaction(
-                    "checking --where",
-                    functools.partial(
-                        count_rows, table=store.qualified(pipeline.table), where=where
-                    ),
-                )
-            except FatalError as exc:
-                raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
-        store.in_transaction(
-            "writing Debezium's signal",
-            lambda cursor: record_request(
-                cursor,
-                store.offsets_sql(),
-                pipeline.name,
-                pipeline.model_version or "",
-                signal,
-                where,
-            ),
-        )
-    finally:
-        store.close()
+    signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
+    if where is not None:
+        # Refused here with the server's own words, not later inside Debezium's task.
+        try:
+            store.in_transaction(
+                "checking --where",
+                functools.partial(count_rows, table=store.qualified(pipeline.table), where=where),
+            )
+        except FatalError as exc:
+            raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
+    store.in_transaction(
+        "writing Debezium's signal",
+        lambda cursor: record_request(
+            cursor,
+            store.offsets_sql(),
+            pipeline.name,
+            pipeline.model_version or "",
+            signal,
+            where,
+        ),
+    )
     return signal_id, collection
 
 
@@ -76,7 +69,7 @@ class ReadingProgress:
     scored: int
 
 
-def reading_progress(spec: ScorerSpec, store: Store) -> dict[str, ReadingProgress]:
+def reading_progress(spec: ScorerSpec, store: OffsetStore) -> dict[str, ReadingProgress]:
     """Per pipeline, its latest reading (`status` in Kafka mode)."""
     tables = store.inspect_tables(list(spec.pipelines))
     sql = store.offsets_sql()

@@ -15,10 +15,10 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
-from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.sources import (
     Capture,
     ChangeStream,
@@ -31,8 +31,7 @@ from cdc_scorer.sources.debezium.group import _refusal, client_config
 from cdc_scorer.sources.debezium.positions import KafkaPosition
 from cdc_scorer.sources.debezium.signals import data_collection
 from cdc_scorer.stores import Store
-from cdc_scorer.stores.offsets import OFFSETS_TABLE
-from cdc_scorer.stores.registry import build_store
+from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetStore
 
 _TIMEOUT_S = 10.0
 _NO_REPOSITION = (
@@ -62,9 +61,10 @@ class DebeziumSource:
 
     probe_name = "brokers"
 
-    def __init__(self, spec: ScorerSpec) -> None:
+    def __init__(self, spec: ScorerSpec, store: OffsetStore) -> None:
         assert spec.kafka is not None
         self._spec = spec
+        self._store = store  # the database's: the offsets tables, the signal table
         self._kafka = spec.kafka
         self._refusals: list[str] = []
 
@@ -79,21 +79,15 @@ class DebeziumSource:
     ) -> list[str]:
         """The offsets tables (Debezium reads the log: a publication or a slot of the
         scorer's would hold the WAL for nobody)."""
-        store = build_store(self._spec.source, self._spec.retry)
-        try:
-            sql = store.offsets_sql()
-            try:  # made already (run asks too: a user without CREATE runs it then)
-                for table in (sql.table, sql.versions_table):
-                    store.in_transaction(
-                        f"reading {table}", functools.partial(_read_nothing, table)
-                    )
-            except CdcScorerError:
-                store.init_offsets()
-            else:
-                return []
-        finally:
-            store.close()
-        return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
+        store = self._store
+        sql = store.offsets_sql()
+        try:  # made already (run asks too: a user without CREATE runs it then)
+            for table in (sql.table, sql.versions_table):
+                store.in_transaction(f"reading {table}", functools.partial(_read_nothing, table))
+        except CdcScorerError:
+            store.init_offsets()
+            return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
+        return []
 
     def preflight(self) -> SourceInfo:
         return SourceInfo(self.identity, f"Kafka {self._kafka.bootstrap_servers}")
@@ -113,28 +107,23 @@ class DebeziumSource:
             found.append((f"brokers {servers}", str(exc)))
         else:
             found.append((f"brokers {servers}", None))
-        store = build_store(self._spec.source, self._spec.retry)
-        try:
-            tables = [(OFFSETS_TABLE, store.offsets_sql().table)]
-            if self._kafka.signal_table is not None:
-                signal = self._kafka.signal_table
-                tables.append((signal, store.qualified(signal)))
-            for name, table in tables:
-                try:
-                    store.in_transaction(
-                        f"writing {name}", functools.partial(_write_nothing, table)
-                    )
-                except CdcScorerError as exc:
-                    fix = (
-                        "run `cdc-scorer init --config FILE`"
-                        if name == OFFSETS_TABLE
-                        else "the table of the connector's signal.data.collection"
-                    )
-                    found.append((f"grant: write {name}", f"{exc} — {fix}"))
-                else:
-                    found.append((f"grant: write {name}", None))
-        finally:
-            store.close()
+        store = self._store
+        tables = [(OFFSETS_TABLE, store.offsets_sql().table)]
+        if self._kafka.signal_table is not None:
+            signal = self._kafka.signal_table
+            tables.append((signal, store.qualified(signal)))
+        for name, table in tables:
+            try:
+                store.in_transaction(f"writing {name}", functools.partial(_write_nothing, table))
+            except CdcScorerError as exc:
+                fix = (
+                    "run `cdc-scorer init --config FILE`"
+                    if name == OFFSETS_TABLE
+                    else "the table of the connector's signal.data.collection"
+                )
+                found.append((f"grant: write {name}", f"{exc} — {fix}"))
+            else:
+                found.append((f"grant: write {name}", None))
         return found
 
     def notes(self) -> list[tuple[str, str]]:
@@ -205,13 +194,14 @@ class DebeziumSource:
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
         store: Store,
-        telemetry: Telemetry,
+        telemetry: Observer,
     ) -> list[Feed]:
         """A feed per pipeline: a member of the pipeline's consumer group on its topic."""
         from cdc_scorer.sources.debezium.feed import DebeziumFeed
 
+        del store  # the source's own (the same the app holds): it keeps the offsets too
         return [
-            DebeziumFeed(self._spec, p, self.topic(p), tables[p.table], store, telemetry)
+            DebeziumFeed(self._spec, p, self.topic(p), tables[p.table], self._store, telemetry)
             for p in pipelines
         ]
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.ops.metrics import Telemetry
 from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
@@ -250,7 +250,7 @@ class PgoutputSource:
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
         store: Store,
-        telemetry: Telemetry,
+        telemetry: Observer,
     ) -> list[Feed]:
         """One reader of the log for every pipeline."""
         from cdc_scorer.sources.log_feed import LogFeed

@@ -19,6 +19,7 @@ from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, HEARTBEAT_TABLE, OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec, TlsSpec
+from cdc_scorer.core.store import PositionStep
 from cdc_scorer.mysql.connection import (
     Connection,
     close_quietly,
@@ -34,7 +35,7 @@ from cdc_scorer.stores.mysql.heartbeat import MysqlHeartbeat
 from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
 from cdc_scorer.stores.mysql.offsets import OFFSETS
 from cdc_scorer.stores.mysql.sink import Sink
-from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
+from cdc_scorer.stores.offsets import OffsetsSql
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ class MysqlStore:
         identity: str,
         decode: PositionDecoder,
         on_retry: OnRetry | None = None,
-        offsets: OffsetLedger | None = None,
+        step: PositionStep | None = None,
     ) -> Sink:
         return Sink(
             self._source,
@@ -181,7 +182,7 @@ class MysqlStore:
             on_retry=on_retry,
             lock=self.lock(pipeline),
             decode=decode,
-            offsets=offsets,
+            step=step,
         )
 
     def quoted(self, identifier: str) -> str:

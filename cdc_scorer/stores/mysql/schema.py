@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.models import PredictionColumn
 from cdc_scorer.core.own_tables import (
     CHECKPOINT_TABLE,
     DEAD_LETTER_TABLE,
@@ -15,7 +16,6 @@ from cdc_scorer.core.own_tables import (
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.mysql.connection import Connection, mysql_errors, quote, version_tuple
-from cdc_scorer.services import PredictionColumn
 from cdc_scorer.stores import table_info, vector_storage
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_DDL
 from cdc_scorer.stores.mysql.signals import SIGNAL_DDL

@@ -17,6 +17,7 @@ from typing import Any
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
 from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.core.store import PositionStep
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
 from cdc_scorer.stores.fenced import FencedSink
@@ -24,7 +25,6 @@ from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
 from cdc_scorer.stores.mysql.leader import try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, stored_types, view_statement
-from cdc_scorer.stores.offsets import OffsetLedger
 
 
 def _hex(value: bytes) -> str:
@@ -71,10 +71,10 @@ class Sink(FencedSink[Connection]):
         *,
         lock: str,
         decode: PositionDecoder,
-        offsets: OffsetLedger | None = None,
+        step: PositionStep | None = None,
     ) -> None:
         super().__init__(
-            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, offsets=offsets
+            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, step=step
         )
         self._source = source
         self._key_columns = key_columns

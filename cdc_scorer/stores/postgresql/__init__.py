@@ -19,6 +19,7 @@ from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.core.store import PositionStep
 from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
@@ -27,7 +28,7 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
-from cdc_scorer.stores.offsets import OffsetLedger, OffsetsSql
+from cdc_scorer.stores.offsets import OffsetsSql
 from cdc_scorer.stores.postgresql import schema, tables
 from cdc_scorer.stores.postgresql.offsets import offsets_sql
 from cdc_scorer.stores.postgresql.sink import PostgresSink
@@ -174,7 +175,7 @@ class PostgresStore:
         identity: str,
         decode: PositionDecoder,
         on_retry: OnRetry | None = None,
-        offsets: OffsetLedger | None = None,
+        step: PositionStep | None = None,
     ) -> PostgresSink:
         return PostgresSink(
             self._source,
@@ -185,7 +186,7 @@ class PostgresStore:
             on_retry=on_retry,
             lock=self.lock(pipeline),
             decode=decode,
-            offsets=offsets,
+            step=step,
         )
 
     def quoted(self, identifier: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.models import PredictionColumn
 from cdc_scorer.core.own_tables import (
     CHECKPOINT_TABLE,
     DEAD_LETTER_TABLE,
@@ -18,7 +19,6 @@ from cdc_scorer.core.own_tables import (
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
-from cdc_scorer.services import PredictionColumn
 from cdc_scorer.stores import table_info, vector_storage
 
 _COLUMNS = """SELECT a.attname, format_type(a.atttypid, a.atttypmod)

@@ -15,6 +15,7 @@ import psycopg2.extras
 from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE
 from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.core.store import PositionStep
 from cdc_scorer.postgresql.connection import (
     Connection,
     close_quietly,
@@ -25,7 +26,6 @@ from cdc_scorer.postgresql.connection import (
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
 from cdc_scorer.stores.fenced import FencedSink
 from cdc_scorer.stores.keys import key_hash, key_json
-from cdc_scorer.stores.offsets import OffsetLedger
 from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
 from cdc_scorer.stores.postgresql.tables import (
     checkpoint_upsert,
@@ -47,10 +47,10 @@ class PostgresSink(FencedSink[Connection]):
         *,
         lock: str,
         decode: PositionDecoder,
-        offsets: OffsetLedger | None = None,
+        step: PositionStep | None = None,
     ) -> None:
         super().__init__(
-            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, offsets=offsets
+            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, step=step
         )
         self._source = source
         schema = quote(source.schema)

@@ -1,0 +1,82 @@
+"""What the core reports as it runs, and the state a scrape reads (``ops/metrics.py``'s
+``Telemetry`` is the observer of a daemon; the core names only this contract)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cdc_scorer.core.errors import RetriableError
+from cdc_scorer.core.records import Rescores, ScoredBatch
+
+
+@dataclass
+class PipelineState:
+    """What the collector reads of one pipeline at scrape time (set by the app)."""
+
+    snapshot_state: str = "pending"
+    rescores: Rescores = field(default_factory=Rescores)  # as last committed
+    last_checkpoint_at: float = field(default_factory=time.time)
+    inbox_depth: Callable[[], int] = lambda: 0
+    in_flight: Callable[[], int] = lambda: 0
+    stopped: str | None = None  # why the pipeline stopped (the others go on)
+    # A metered model service's spending: requests, input_tokens, output_tokens,
+    # wait_stream_s, wait_rescore_s (services/budget.py).
+    spending: Callable[[], Mapping[str, float]] | None = None
+
+
+@dataclass
+class SourceState:
+    connected: bool = False
+    streaming: bool = False
+    leader: bool = False
+    queue_depth: Callable[[], int] = lambda: 0
+    # Bytes of change log the server keeps for this reader (a replication slot's WAL; None:
+    # not kept for it, or not known yet).
+    retained_bytes: Callable[[], int | None] = lambda: None
+    heartbeat_interval_s: float = 2.0
+    # The last heartbeat row seen in the stream: when we saw it and the lag it showed.
+    heartbeat_seen_at: float | None = None
+    heartbeat_lag_s: float | None = None
+
+    def lag_s(self, now: float | None = None) -> float | None:
+        """Lag of the stream behind the source, growing while no heartbeat arrives."""
+        if self.heartbeat_seen_at is None or self.heartbeat_lag_s is None:
+            return None
+        now = time.time() if now is None else now
+        silent = now - self.heartbeat_seen_at - self.heartbeat_interval_s
+        return max(self.heartbeat_lag_s, silent, 0.0)
+
+
+class Observer(Protocol):
+    """Where the pipelines and the feeds report (the daemon's telemetry)."""
+
+    pipelines: dict[str, PipelineState]
+    source: SourceState
+
+    def on_rows_read(self, table: str, operation: str, rows: int) -> None: ...
+
+    def on_snapshot_rows(self, pipeline: str, rows: int) -> None: ...
+
+    def on_chunk(self, pipeline: str, rows: int, conflicts: int, orphans: int = 0) -> None: ...
+
+    def on_retry(self, stage: str, exc: RetriableError) -> None: ...
+
+    def on_disconnect(self) -> None: ...
+
+    def on_leader(self, leader: bool) -> None: ...
+
+    def on_partition_lag(
+        self, pipeline: str, messages: int, seconds_behind: float, partitions: int
+    ) -> None: ...
+
+    def on_heartbeat(self, beat_at: datetime) -> None: ...
+
+    def on_pipeline_stopped(self, pipeline: str, reason: str) -> None: ...
+
+    def on_sink_write(self, pipeline: str, seconds: float) -> None: ...
+
+    def on_commit(self, pipeline: str, scored: ScoredBatch) -> None: ...
