@@ -46,6 +46,7 @@ class ScorerApp:
         self.source = source_of(spec, self.store)
         self._stop = asyncio.Event()
         self._coordinators: list[Coordinator] = []
+        self.feeds: list[Feed] = []  # the source's, once the run has inspected the tables
         self.ops: OpsServer | None = None
 
     def request_stop(self) -> None:
@@ -73,7 +74,7 @@ class ScorerApp:
     async def _run_pipelines(self) -> None:
         spec, telemetry = self.spec, self.telemetry
         tables = await asyncio.to_thread(self._inspect)
-        feeds = self.source.feeds(spec.pipelines, tables, self.store, telemetry)
+        self.feeds = feeds = self.source.feeds(spec.pipelines, tables, self.store, telemetry)
         started: list[Feed] = []
         try:
             for feed in feeds:

@@ -68,8 +68,9 @@ class Telemetry:
         self.pipelines: dict[str, PipelineState] = {}
 
         self._events = PromCounter(
-            "cdc_scorer_binlog_rows",
-            "Row changes read from the binlog, by table and operation",
+            "cdc_scorer_source_rows",
+            "Row changes read from the change feed (binlog, WAL or Debezium topic), by table and "
+            "operation",
             ["table", "operation"],
             registry=r,
         )
@@ -144,13 +145,16 @@ class Telemetry:
         )
         self._freshness = Histogram(
             "cdc_scorer_freshness_seconds",
-            "Source commit (binlog event time, 1 s resolution) to prediction committed",
+            "Source commit (the change's commit time as its feed tells it: binlog events to the "
+            "second) to prediction committed",
             ["pipeline"],
             buckets=_FRESHNESS_BUCKETS,
             registry=r,
         )
         self._disconnects = PromCounter(
-            "cdc_scorer_source_disconnects", "Binlog connections lost and re-opened", registry=r
+            "cdc_scorer_source_disconnects",
+            "Connections to the change log lost and re-opened",
+            registry=r,
         )
         self._snapshot_rows = PromCounter(
             "cdc_scorer_snapshot_rows",
@@ -291,7 +295,7 @@ class _StateCollector(Collector):
         leader.add_metric([], 1.0 if t.source.leader else 0.0)
         yield leader
         connected = GaugeMetricFamily(
-            "cdc_scorer_source_connected", "1 while the binlog stream is open and streaming"
+            "cdc_scorer_source_connected", "1 while the change stream is open and streaming"
         )
         connected.add_metric([], 1.0 if t.source.streaming and t.source.connected else 0.0)
         yield connected

@@ -32,7 +32,7 @@ from tests.integration.scenario import (
 )
 
 REQUIRED_METRICS = (
-    "cdc_scorer_binlog_rows_total",
+    "cdc_scorer_source_rows_total",
     "cdc_scorer_rows_scored_total",
     "cdc_scorer_rows_deleted_total",
     "cdc_scorer_rows_skipped_total",
@@ -179,7 +179,7 @@ def test_metrics_are_valid_and_scraped_by_prometheus(
         writes = metric(text, 'cdc_scorer_sink_write_duration_seconds_count{pipeline="churn"}')
         assert writes is not None and writes >= batches > 0
         assert metric(text, 'cdc_scorer_snapshot_rows_total{pipeline="churn"}') == 300.0
-        assert metric(text, 'cdc_scorer_binlog_rows_total{operation="insert",table="churn"}') == 50
+        assert metric(text, 'cdc_scorer_source_rows_total{operation="insert",table="churn"}') == 50
         assert metric(text, "cdc_scorer_leader") == 1.0
         assert metric(text, 'cdc_scorer_snapshot_state{pipeline="churn",state="done"}') == 1.0
         lag = metric(text, "cdc_scorer_source_lag_seconds")

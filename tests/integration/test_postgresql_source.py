@@ -27,7 +27,7 @@ from tests.pg import PgDatabase, pg_config, slot_lag
 
 def streamed(app: Any, table: str, operation: str) -> float:
     labels = {"table": table, "operation": operation}
-    return app.telemetry.registry.get_sample_value("cdc_scorer_binlog_rows_total", labels) or 0
+    return app.telemetry.registry.get_sample_value("cdc_scorer_source_rows_total", labels) or 0
 
 
 def feedback_matches(db: PgDatabase) -> bool:

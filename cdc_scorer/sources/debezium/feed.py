@@ -144,6 +144,7 @@ class DebeziumFeed:
             on_lag=lambda messages, seconds, owned: self._telemetry.on_partition_lag(
                 name, messages, seconds, owned
             ),
+            on_rows=self._telemetry.on_rows_read,
         )
 
     async def finish(self, committed: Position | None) -> None:

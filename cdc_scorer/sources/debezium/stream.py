@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 
@@ -49,8 +50,10 @@ class KafkaChangeStream:
         forget: Callable[[list[Partition]], None],
         poison: Callable[[Partition, int], None],
         on_lag: Callable[[int, float, int], None] | None = None,
+        on_rows: Callable[[str, str, int], None] | None = None,
         drain_timeout_s: float = 60.0,
     ) -> None:
+        self._on_rows = on_rows  # (table, operation, rows) per poll: the rows-read counter
         self._on_lag = on_lag  # (messages behind, seconds not caught up, partitions)
         self._caught_up_at = time.monotonic()
         self._spec = spec
@@ -111,9 +114,19 @@ class KafkaChangeStream:
                         rows.append(item)
                         committed_at = getattr(item, "committed_at", committed_at)
                 if rows:
+                    self._count(rows)
                     yield tuple(rows)
                 position = KafkaPosition.of(self._identity, self._next)
                 yield (Commit(position, committed_at),)
+
+    def _count(self, items: list[SourceItem]) -> None:
+        if self._on_rows is None:
+            return
+        counted = Counter(
+            (item.table, item.op.value) for item in items if isinstance(item, RowChange)
+        )
+        for (table, operation), rows in counted.items():
+            self._on_rows(table, operation, rows)
 
     async def _report_lag(self, member: GroupMember) -> None:
         if self._on_lag is None:
