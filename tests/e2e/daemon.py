@@ -165,3 +165,19 @@ def _transaction_order(position: str | None) -> tuple[str, int]:
         log_file, _, pos = position.rpartition(":")
         return (log_file, int(pos))
     return ("", int(position.rsplit("-", 1)[-1]))
+
+
+def purge_binlogs(db: Any) -> None:
+    """Every binlog file but the newest purged (as retention does while the scorer is down)."""
+    with db.cursor() as cursor:
+        cursor.execute("FLUSH BINARY LOGS")
+        cursor.execute("SHOW BINARY LOGS")
+        newest = cursor.fetchall()[-1][0]
+
+        def purged() -> bool:
+            # MariaDB keeps a file until InnoDB has checkpointed its transactions.
+            cursor.execute(f"PURGE BINARY LOGS TO '{newest}'")
+            cursor.execute("SHOW BINARY LOGS")
+            return len(cursor.fetchall()) == 1
+
+        wait(purged, 30, "binlog purged")

@@ -27,7 +27,7 @@ from cdc_scorer.local.servers import (
 from cdc_scorer.local.vector_servers import MariadbDistribution
 from cdc_scorer.sources.binlog.server import binlog_status_sql, server_info
 from tests.conftest import Source
-from tests.e2e.daemon import VersionMonitor, kill, run_cli, start, wait
+from tests.e2e.daemon import VersionMonitor, kill, purge_binlogs, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     compressed_transactions,
@@ -246,18 +246,7 @@ def test_foreign_purged_and_reset_checkpoints_are_refused(
 
         # The binlog the checkpoint needs was purged while the scorer was down.
         insert_churn(db, list(generator.rows(5)))
-        with db.cursor() as cursor:
-            cursor.execute("FLUSH BINARY LOGS")
-            cursor.execute("SHOW BINARY LOGS")
-            newest = cursor.fetchall()[-1][0]
-
-            def purged() -> bool:
-                # MariaDB keeps a file until InnoDB has checkpointed its transactions.
-                cursor.execute(f"PURGE BINARY LOGS TO '{newest}'")
-                cursor.execute("SHOW BINARY LOGS")
-                return len(cursor.fetchall()) == 1
-
-            wait(purged, 30, "binlog purged")
+        purge_binlogs(db)
         line = refused()
         assert "were purged (the oldest binlog file" in line, line
         assert "raise the binlog retention" in line and "--now --rescore" in line, line

@@ -19,7 +19,7 @@ from cdc_scorer.local.churn_data import ChurnRowGenerator, FeedbackGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, private_server
-from tests.e2e.daemon import Daemon, http_get, kill, metric, run_cli, start, wait
+from tests.e2e.daemon import Daemon, http_get, kill, metric, purge_binlogs, run_cli, start, wait
 from tests.integration.scenario import (
     churn_matches,
     create_database,
@@ -152,22 +152,6 @@ def _converged(config: Path, conn: Any, daemon: Daemon, http_port: int) -> None:
     assert shown.returncode == 0
 
 
-def _purge(db: Any) -> None:
-    """Every binlog file but the newest purged (as retention does while the scorer is down)."""
-    with db.cursor() as cursor:
-        cursor.execute("FLUSH BINARY LOGS")
-        cursor.execute("SHOW BINARY LOGS")
-        newest = cursor.fetchall()[-1][0]
-
-        def purged() -> bool:
-            # MariaDB keeps a file until InnoDB has checkpointed its transactions.
-            cursor.execute(f"PURGE BINARY LOGS TO '{newest}'")
-            cursor.execute("SHOW BINARY LOGS")
-            return len(cursor.fetchall()) == 1
-
-        wait(purged, 30, "binlog purged")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
@@ -212,7 +196,7 @@ def _binlog_case(
         insert_churn(db, rows)
 
     deleted = _write_the_gap(db, insert, generator)
-    _purge(db)
+    purge_binlogs(db)
 
     refused = run_cli("run", "--config", str(config))
     assert refused.returncode == 1, refused.stderr[-2000:]

@@ -24,7 +24,7 @@ from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
 from cdc_scorer.sources import ChangeStream
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.group import Partition, topic_watermarks
-from cdc_scorer.sources.debezium.positions import KafkaPosition
+from cdc_scorer.sources.debezium.positions import decode_offsets
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import PipelineSink
@@ -85,7 +85,7 @@ class DebeziumFeed:
             pipeline,
             self._table.key_columns,
             self._identity,
-            self._decode,
+            decode_offsets,
             on_retry=self._telemetry.on_retry,
             step=self._ledger,
         )
@@ -93,12 +93,6 @@ class DebeziumFeed:
         self._telemetry.on_leader(True)
         log.info("pipeline on Kafka", pipeline=pipeline.name, topic=self._topic)
         return True
-
-    def _decode(self, server_identity: str, text: str) -> Position:
-        kind, _, value = text.partition(":")
-        if kind != KafkaPosition.kind:
-            raise ValueError(f"unknown position encoding {text!r}")
-        return KafkaPosition.parse(server_identity, value)
 
     def sink(self, pipeline: PipelineSpec) -> PipelineSink:
         assert self._sink is not None, "start the feed first"

@@ -83,3 +83,11 @@ class KafkaPosition(Position):
             kafka[0].server_identity,
             {tp: min(p.next_offsets()[tp] for p in kafka) for tp in common},
         )
+
+
+def decode_offsets(server_identity: str, text: str) -> Position:
+    """A stored ``kafka:`` position read back (the inverse of ``Position.encode``)."""
+    kind, _, value = text.partition(":")
+    if kind != KafkaPosition.kind:
+        raise ValueError(f"unknown position encoding {text!r}")
+    return KafkaPosition.parse(server_identity, value)

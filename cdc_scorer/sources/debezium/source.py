@@ -28,7 +28,7 @@ from cdc_scorer.sources import (
     TableCheck,
 )
 from cdc_scorer.sources.debezium.group import _refusal, client_config
-from cdc_scorer.sources.debezium.positions import KafkaPosition
+from cdc_scorer.sources.debezium.positions import decode_offsets
 from cdc_scorer.sources.debezium.signals import data_collection
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetStore
@@ -175,10 +175,7 @@ class DebeziumSource:
         stops with the fix)."""
 
     def decode_position(self, server_identity: str, text: str) -> Position:
-        kind, _, value = text.partition(":")
-        if kind != KafkaPosition.kind:
-            raise ValueError(f"unknown position encoding {text!r}")
-        return KafkaPosition.parse(server_identity, value)
+        return decode_offsets(server_identity, text)
 
     def position_from(self, text: str) -> Position:
         raise FatalError(_NO_REPOSITION)
