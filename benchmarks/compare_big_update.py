@@ -1,5 +1,5 @@
 """One big UPDATE caught up on MySQL and on PostgreSQL, alternated in one run: rows/s and rows
-per scorer CPU second of each, and PostgreSQL's share of MySQL's (issue 19: within 30 %).
+per scorer CPU second of each, and PostgreSQL's share of MySQL's (within 30 %).
 
     python -m benchmarks.compare_big_update [--rows 100000] [--rounds 2]
 """

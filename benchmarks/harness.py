@@ -51,7 +51,7 @@ BENCH_DDL = (
     f"ALTER TABLE feedback {_UPDATED_AT}",
 )
 
-# Emulated model latency (issue 5): SageMaker 15 ms + 0.02 ms/row, Comprehend 40 ms a batch.
+# Emulated model latency: SageMaker 15 ms + 0.02 ms/row, Comprehend 40 ms a batch.
 LATENCY_PROFILE = {
     "sagemaker": {"latency_ms": 15, "latency_per_row_ms": 0.02},
     "comprehend": {"latency_ms": 40},

@@ -1,4 +1,4 @@
-"""The Kafka path against the binlog path (issue 20), in one run on one MySQL:
+"""The Kafka path against the binlog path, in one run on one MySQL:
 
 - **rows per scorer CPU-second**, the same flat-out workload scored through the binlog and
   through Debezium's topics (target: the Kafka path at >= 70 % of the binlog's), with what

@@ -1,6 +1,6 @@
 """``cdc-scorer check``: what a user runs before deploying — one PASS/FAIL line per check.
 
-Every check is a real action against the real systems: the binlog settings are read, the binlog
+Every check is a real action against the real systems: the change log's settings are read, it
 is opened and read, each source table is selected from, each of the scorer's tables gets a
 write that changes nothing (so missing INSERT/UPDATE/DELETE grants show), and each endpoint
 answers one real call.

@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--config", required=True, help="TOML configuration file")
     init.set_defaults(handler=_init)
 
-    run = commands.add_parser("run", help="the daemon: binlog → models → prediction tables")
+    run = commands.add_parser("run", help="the daemon: change feed → models → prediction tables")
     run.add_argument("--config", required=True, help="TOML configuration file")
     run.add_argument(
         "--pipelines",
@@ -390,12 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=("debug", "info", "warning"),
         default="info",
-        help="debug also shows the binlog and AWS libraries' own debug logs",
+        help="debug also shows the database, Kafka and AWS libraries' own debug logs",
     )
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(
-        "check", help="preflight before deploying: binlog, grants, tables, endpoints"
+        "check", help="preflight before deploying: change feed, grants, tables, endpoints"
     )
     check.add_argument("--config", required=True, help="TOML configuration file")
     check.set_defaults(handler=_check)

@@ -1,6 +1,6 @@
 """``cdc-scorer rescore``: ask the running daemon to re-score a pipeline's rows, and follow it.
 
-The request is a row of the signal table; the daemon reads it from the binlog (no restart, no
+The request is a row of the signal table; the daemon reads it from the change log (no restart, no
 port to reach: an ECS service keeps running) and queues a re-score job in the pipeline's
 checkpoint. Progress is read from that checkpoint row, which moves with every chunk committed.
 """

@@ -51,7 +51,7 @@ class Commit:
 
 @dataclass(frozen=True)
 class Signal:
-    """A row inserted into the scorer's signal table, read back from the binlog: a re-score
+    """A row inserted into the scorer's signal table, read back from the change log: a re-score
     request, or a chunk's low ("window-open") or high ("window-close") watermark."""
 
     pipeline: str

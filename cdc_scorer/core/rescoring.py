@@ -3,7 +3,7 @@ chunks from the snapshotter to the stream.
 
 The snapshotter (``snapshotter.py``) reads a key-ordered chunk between a low and a high
 watermark it writes to the signal table. The pipeline's accumulator sees both watermarks in the
-binlog, in order with the table's changes: between them it notes every key the stream changes;
+change log, in order with the table's changes: between them it notes every key the stream changes;
 at the high watermark it takes the chunk from :class:`ChunkExchange`, drops those keys (the
 stream carries a newer version of them) and adds the rest as ``Op.SNAPSHOT`` rows. The job's
 cursor moves in the same checkpoint as the chunk's predictions.

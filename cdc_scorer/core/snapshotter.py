@@ -1,5 +1,5 @@
 """The snapshotter: reads a pipeline's table in key-ordered chunks between watermarks, while
-the binlog keeps streaming (DBLog; ``rescoring.py`` has the stream's side).
+the change log keeps streaming (DBLog; ``rescoring.py`` has the stream's side).
 
 For each chunk: write the low watermark (a row of the signal table), select the chunk, hand it
 to the accumulator, write the high watermark, wait until the stream has reached it and merged

@@ -1,5 +1,5 @@
 """A private PostgreSQL with logical decoding, for the tests and the demo of the PostgreSQL
-source (issue 19): Debian's server, ``initdb`` into a temp dir, ``wal_level=logical``, on a free
+source: Debian's server, ``initdb`` into a temp dir, ``wal_level=logical``, on a free
 loopback port. As root the server runs as the ``postgres`` user (it refuses root)."""
 
 from __future__ import annotations

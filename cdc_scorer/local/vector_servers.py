@@ -1,4 +1,4 @@
-"""Servers with a vector type, for the tests of vector columns (issue 21), without installing
+"""Servers with a vector type, for the tests of vector columns, without installing
 them: MariaDB 11.8 (``VECTOR(N)``, MariaDB 11.7+) and PostgreSQL 18 with pgvector, from Debian's
 unstable suite (``sid_dist``, relinked: their install programs start the servers). This
 machine's Debian has MariaDB 10.11 (no vectors) and PostgreSQL 15 without a pgvector package.

@@ -1,4 +1,4 @@
-"""The Kafka source's offsets, kept in the database beside the predictions (issue 20).
+"""The Kafka source's offsets, kept in the database beside the predictions.
 
 One row per pipeline and partition of a captured table's topic holds the offset of the next
 message that pipeline has not applied. A batch's predictions and the new offsets of the
@@ -218,12 +218,6 @@ def stored_offsets(cursor: Any, sql: OffsetsSql) -> list[tuple[str, str, int, in
         "ORDER BY pipeline, topic, kafka_partition"
     )
     return [(str(a), str(b), int(c), int(d), e) for a, b, c, d, e in cursor.fetchall()]
-
-
-class PartitionOffsets(Protocol):
-    """A position that says each partition's next offset (the Kafka source's)."""
-
-    def next_offsets(self) -> dict[TopicPartition, int]: ...
 
 
 class OffsetLedger:

@@ -1,4 +1,4 @@
-"""Failover: the scorer follows its positions to a promoted replica (issue 22).
+"""Failover: the scorer follows its positions to a promoted replica.
 
 Real replication set up by the test: a primary and a replica started by the project's launcher,
 the replica applying by GTID; the scorer runs on the primary, is killed, the primary is lost,

@@ -1,4 +1,4 @@
-"""Groundwork of the PostgreSQL source (issue 19): the project's private PostgreSQL decodes
+"""Groundwork of the PostgreSQL source: the project's private PostgreSQL decodes
 logically, and psycopg2's LogicalReplicationConnection streams pgoutput from it."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The PostgreSQL store dialect through the Store protocol, on the project's private
-PostgreSQL (issue 19, begun): the second dialect is one package and one registry line."""
+PostgreSQL: the second dialect is one package and one registry line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A private Kafka stack for the tests of the Kafka source (issue 20): a real Apache Kafka
+"""A private Kafka stack for the tests of the Kafka source: a real Apache Kafka
 broker (KRaft, one node that is broker and controller) and a real Kafka Connect worker
 (distributed mode) running Debezium's MySQL and PostgreSQL connectors, on free loopback ports.
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL store (the ``Store`` of ``stores/``; issue 19): the scorer's tables in
+"""The PostgreSQL store (the ``Store`` of ``stores/``): the scorer's tables in
 ``[source] schema`` of the source database.
 
 - ``connection.py``: connections (TLS by libpq's sslmode), psycopg2 errors mapped at the boundary;
