@@ -42,7 +42,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-# Quick mode (under 3 minutes) by default; `make bench BENCH=full` for the long one.
+# Quick mode (about 11 minutes here, its Bedrock and Kafka parts included) by default;
+# `make bench BENCH=full` for the long one.
 BENCH ?= quick
 bench: $(STAMP) system-packages mysql-server kafka-stack
 	$(PY) -m benchmarks.run --mode $(BENCH)

@@ -1,4 +1,5 @@
-"""The sources, by ``[source] engine``: a new source is one package and one line here."""
+"""The sources: a database's own log by ``[source] engine`` (a new log is one package and one
+line here), or Debezium's topics when ``[kafka]`` is set."""
 
 from __future__ import annotations
 
