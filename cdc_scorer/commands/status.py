@@ -53,7 +53,7 @@ def pipeline_status(spec: ScorerSpec) -> list[PipelineStatus]:
         now = source.current_position()
         saved = store.load_checkpoints([p.name for p in spec.pipelines], source.decode_position)
         db_now = store.database_now()
-        kept = {name: note for name, note in source.notes() if name != "failover"}
+        kept = dict(source.state_notes())
         return [
             replace(_status(store, p, saved.get(p.name), now, db_now), change_log=kept or None)
             for p in spec.pipelines

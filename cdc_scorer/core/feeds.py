@@ -148,6 +148,10 @@ class Source(Protocol):
         """What `check` tells beside the settings: (name, what it means), e.g. what a failover
         does with these positions."""
 
+    def state_notes(self) -> list[tuple[str, str]]:
+        """What `status` tells of the change log now, beside the pipelines (name, text): e.g.
+        the WAL a replication slot keeps."""
+
     def probe(self) -> str:
         """Read from the change log now (proves the grants) — `check`: what was read."""
 

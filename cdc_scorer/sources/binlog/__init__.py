@@ -85,6 +85,9 @@ class BinlogSource:
             close_quietly(conn)
         return [("failover", FAILOVER[server.positions])]
 
+    def state_notes(self) -> list[tuple[str, str]]:
+        return []  # the server keeps its binlog by its own retention, not for this reader
+
     def refusals(
         self, pipelines: Sequence[PipelineSpec], tables: Mapping[str, TableInfo]
     ) -> list[str]:

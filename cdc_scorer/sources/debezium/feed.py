@@ -25,7 +25,11 @@ from cdc_scorer.sources import ChangeStream
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.group import Partition, topic_watermarks
 from cdc_scorer.sources.debezium.positions import decode_offsets
-from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
+from cdc_scorer.sources.debezium.signals import (
+    data_collection,
+    incremental_snapshot,
+    namespace,
+)
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import PipelineSink
 from cdc_scorer.stores.offsets import (
@@ -106,7 +110,7 @@ class DebeziumFeed:
 
     def open(self) -> ChangeStream:
         source, pipeline, table = self._spec.source, self._pipeline, self._table
-        where = source.schema if source.engine == "postgresql" else source.database
+        where = namespace(source.engine, source.database, source.schema)
         read = frozenset({*table.key_columns, *pipeline.input_columns})
         captured = CapturedTable(pipeline.table, table.column_types, table.key_columns, read)
         decoder = EnvelopeDecoder(

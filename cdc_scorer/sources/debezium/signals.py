@@ -11,9 +11,14 @@ import uuid
 EXECUTE_SNAPSHOT = "execute-snapshot"
 
 
+def namespace(engine: str, database: str, schema: str) -> str:
+    """What Debezium names a table within: its database (MySQL) or its schema (PostgreSQL)."""
+    return schema if engine == "postgresql" else database
+
+
 def data_collection(engine: str, database: str, schema: str, table: str) -> str:
     """Debezium's name of a table: ``db.table`` (MySQL), ``schema.table`` (PostgreSQL)."""
-    return f"{schema if engine == 'postgresql' else database}.{table}"
+    return f"{namespace(engine, database, schema)}.{table}"
 
 
 def incremental_snapshot(collection: str, where: str | None = None) -> tuple[str, str, str]:

@@ -136,6 +136,9 @@ class DebeziumSource:
             )
         ]
 
+    def state_notes(self) -> list[tuple[str, str]]:
+        return []  # `status` in Kafka mode shows the partitions' offsets instead
+
     def probe(self) -> str:
         topics = self._topics()
         return f"{len(topics)} topics listed"

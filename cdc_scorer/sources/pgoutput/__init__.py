@@ -123,15 +123,16 @@ class PgoutputSource:
         return [*found, (f"replication slot {slot}", problem)]
 
     def notes(self) -> list[tuple[str, str]]:
+        return [("failover", FAILOVER.format(slot=self._source.slot_name)), *self.state_notes()]
+
+    def state_notes(self) -> list[tuple[str, str]]:
+        """What the slot keeps on the server now."""
         conn = self._connection()
         try:
             state = server.slot_state(conn, self._source.slot_name)
         finally:
             close_quietly(conn)
-        notes = [("failover", FAILOVER.format(slot=self._source.slot_name))]
-        if state is not None:
-            notes.append(("slot retained WAL", retained_text(state)))
-        return notes
+        return [] if state is None else [("slot retained WAL", retained_text(state))]
 
     def probe(self) -> str:
         """Open the replication connection and identify the system (proves the grant)."""
