@@ -127,6 +127,28 @@ def pg_config(
     return load_config(path)
 
 
+# A server that invalidates a slot holding more than 1 MB of WAL (with wal_fill_past_slot).
+SMALL_SLOT_SETTINGS = {
+    "max_slot_wal_keep_size": "1MB",
+    "max_wal_size": "32MB",
+    "wal_keep_size": "0",
+}
+
+
+def wal_fill_past_slot(db: PgDatabase) -> str:
+    """WAL written and checkpointed past what the slot may keep (a scorer away for long):
+    the slot's ``wal_status`` afterwards (``lost`` on a SMALL_SLOT_SETTINGS server)."""
+    for _ in range(4):
+        db.execute("CREATE TABLE IF NOT EXISTS filler (x text)")
+        db.execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
+        db.execute("SELECT pg_switch_wal()")
+        db.execute("CHECKPOINT")
+    ((status,),) = db.rows(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
+    )
+    return str(status)
+
+
 def slot_lag(db: PgDatabase) -> tuple[int, int]:
     """(the slot's confirmed flush LSN, the server's current LSN)."""
     ((flushed, now),) = db.rows(

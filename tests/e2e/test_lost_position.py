@@ -28,7 +28,7 @@ from tests.integration.scenario import (
     stored_feedback,
     write_config,
 )
-from tests.pg import PgDatabase, pg_config
+from tests.pg import SMALL_SLOT_SETTINGS, PgDatabase, pg_config, wal_fill_past_slot
 
 CHURN_DELETES, CHURN_KEY_CHANGES, FEEDBACK_DELETES = 23, 5, 6
 # The churn predictions whose row the gap took away: the deleted rows and the old keys.
@@ -221,8 +221,7 @@ def test_a_lost_slot_rescored_removes_what_was_deleted_in_the_gap(
 ) -> None:
     from cdc_scorer.local.servers import free_port
 
-    settings = {"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "wal_keep_size": "0"}
-    with PrivatePostgreSQL(settings=settings) as server:
+    with PrivatePostgreSQL(settings=SMALL_SLOT_SETTINGS) as server:
         db = PgDatabase(server)
         generator = ChurnRowGenerator(94)
         db.insert_churn(list(generator.rows(200)))
@@ -247,17 +246,7 @@ def test_a_lost_slot_rescored_removes_what_was_deleted_in_the_gap(
             assert "run `cdc-scorer init" not in slot_line.split("—")[0], slot_line
             assert '"rescore"' in slot_line and "--now --rescore" in slot_line, slot_line
         else:  # away for long: the server keeps no more than 1 MB of WAL for the slot
-            for _ in range(4):
-                db.execute("CREATE TABLE IF NOT EXISTS filler (x text)")
-                db.execute(
-                    "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)"
-                )
-                db.execute("SELECT pg_switch_wal()")
-                db.execute("CHECKPOINT")
-            ((wal_status,),) = db.rows(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
-            )
-            assert wal_status == "lost"
+            assert wal_fill_past_slot(db) == "lost"
 
         daemon = _rescore_through_kill_9(config, db.conn, db.insert_churn, generator, deleted)
         try:

@@ -36,7 +36,14 @@ from tests.integration.scenario import (
     stored_churn,
     stored_feedback,
 )
-from tests.pg import PgDatabase, pg_config, public_sample, slot_lag
+from tests.pg import (
+    SMALL_SLOT_SETTINGS,
+    PgDatabase,
+    pg_config,
+    public_sample,
+    slot_lag,
+    wal_fill_past_slot,
+)
 
 
 @pytest.fixture
@@ -438,8 +445,7 @@ def test_logical_decoding_off_and_a_user_without_replication_are_refused_with_th
 def test_a_slot_the_server_invalidated_is_one_line_or_a_rescore(
     tmp_path: Path, postgres: PostgresServer, endpoints: BackgroundModelServer
 ) -> None:
-    settings = {"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "wal_keep_size": "0"}
-    with PrivatePostgreSQL(settings=settings) as server:
+    with PrivatePostgreSQL(settings=SMALL_SLOT_SETTINGS) as server:
         db = PgDatabase(server)
         generator = ChurnRowGenerator(61)
         db.insert_churn(list(generator.rows(200)))
@@ -451,15 +457,7 @@ def test_a_slot_the_server_invalidated_is_one_line_or_a_rescore(
         assert kill(daemon, signal.SIGTERM) == 0
         # Away for long: the server keeps no more than 1 MB of WAL for the slot.
         db.insert_churn(list(generator.rows(50)))  # changes the slot will have lost
-        for _ in range(4):
-            db.execute("CREATE TABLE IF NOT EXISTS filler (x text)")
-            db.execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
-            db.execute("SELECT pg_switch_wal()")
-            db.execute("CHECKPOINT")
-        ((status_,),) = db.rows(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
-        )
-        assert status_ == "lost"
+        assert wal_fill_past_slot(db) == "lost"
 
         line = one_line_failure(config)
         assert f"replication slot {db.slot} was invalidated by the server" in line, line
