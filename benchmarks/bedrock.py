@@ -78,7 +78,7 @@ def _config(
             "port": server.port,
             "user": "root",
             "database": database,
-            "heartbeat_interval_s": 0.5,
+            "binlog": {"heartbeat_interval_s": 0.5},
         },
         "http": {"host": "127.0.0.1", "port": 0},
         "aws": {"region": "us-east-1", "endpoint_url": url},

@@ -80,6 +80,17 @@ def create_bench_database(server: DatabaseServer, database: str) -> None:
     conn.close()
 
 
+def _source(source: dict[str, Any], decoder: str) -> dict[str, Any]:
+    """``[source]`` with its log's section: the binlog's (with ``decoder``), or pgoutput's for
+    engine postgresql (``source`` may carry either section's keys as a sub-dict)."""
+    source = dict(source)
+    name = "pgoutput" if source.get("engine") == "postgresql" else "binlog"
+    feed: dict[str, Any] = {"heartbeat_interval_s": 0.5, "queue_max_rows": 2000}
+    if name == "binlog":
+        feed["decoder"] = decoder
+    return {**source, name: {**feed, **source.pop(name, {})}}
+
+
 def write_scorer_config(
     path: Path,
     server: DatabaseServer | PostgresServer,
@@ -103,12 +114,7 @@ def write_scorer_config(
             http_port=http_port,
             overrides={
                 "shutdown_grace_s": 60,
-                "source": {
-                    "heartbeat_interval_s": 0.5,
-                    "queue_max_rows": 2000,
-                    "decoder": decoder,
-                    **(source or {}),
-                },
+                "source": _source(source or {}, decoder),
                 "aws": {"call_timeout_s": 60},
                 "pipelines": {
                     "churn": {

@@ -240,11 +240,14 @@ class KafkaBench:
     def _kafka_config(self, path: Path, database: str, prefix: str, group: str) -> int:
         port = write_scorer_config(path, self.server, database, self.endpoints.url, Batching())
         config = tomllib.loads(path.read_text())
-        config["kafka"] = {
-            "bootstrap_servers": self.stack.bootstrap_servers,
-            "topic_prefix": prefix,
-            "group_id": group,
-            "session_timeout_ms": 10000,
+        source = {k: v for k, v in config["source"].items() if k != "binlog"}
+        config["source"] = source | {
+            "debezium": {
+                "bootstrap_servers": self.stack.bootstrap_servers,
+                "topic_prefix": prefix,
+                "group_id": group,
+                "session_timeout_ms": 10000,
+            }
         }
         path.write_text(tomli_w.dumps(config))
         return port
@@ -373,7 +376,7 @@ def _member(process: Process, port: int, cpu0: float) -> Member:
         for p in PIPELINES
     )
     partitions = {
-        p: int(metric_value(text, f'cdc_scorer_kafka_partitions{{pipeline="{p}"}}') or 0)
+        p: int(metric_value(text, f'cdc_scorer_source_partitions{{pipeline="{p}"}}') or 0)
         for p in PIPELINES
     }
     return Member(partitions, rows, process.meter.cpu_s() - cpu0)

@@ -37,6 +37,7 @@ from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.pgoutput import PgoutputSource
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
 from cdc_scorer.sources.pgoutput.protocol import parse_lsn
+from cdc_scorer.sources.pgoutput.spec import PgoutputSpec
 
 COLUMNS = [*FEATURE_COLUMNS, "Churn"]
 LABEL = "PostgreSQL"
@@ -97,7 +98,7 @@ class PgBench:
             host=self.server.host,
             port=self.server.port,
             user=self.server.user,
-            slot_name=f"bench_{database}",
+            feed=PgoutputSpec(slot_name=f"bench_{database}"),
         )
 
     # ------------------------------------------------------------------ parse only
@@ -239,7 +240,7 @@ class PgBench:
         source = {
             "engine": "postgresql",
             "user": self.server.user,
-            "slot_name": f"bench_{database}",
+            "pgoutput": {"slot_name": f"bench_{database}"},
         }
         port = write_scorer_config(
             config, self.server, database, self.endpoints.url, Batching(), source=source

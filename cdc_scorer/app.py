@@ -41,7 +41,7 @@ class ScorerApp:
     def __init__(self, spec: ScorerSpec) -> None:
         self.spec = spec
         self.telemetry = Telemetry()
-        self.telemetry.source.heartbeat_interval_s = spec.source.heartbeat_interval_s
+        self.telemetry.source.lag_every_s = spec.source.feed.lag_every_s
         self.store = build_store(spec.source, spec.retry)
         self.source = source_of(spec, self.store)
         self._stop = asyncio.Event()

@@ -4,12 +4,14 @@ The only module that reads files and the environment. Unknown keys are rejected 
 problem is reported at once, each naming the key and the fix. Hands frozen dataclasses inward.
 
 Environment overrides use ``__`` between levels: ``CDC_SCORER_SOURCE__PASSWORD`` sets
-``[source] password`` (as ECS injects secrets).
+``[source] password`` (as ECS injects secrets), ``CDC_SCORER_SOURCE__DEBEZIUM__PASSWORD``
+``[source.debezium] password``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -23,8 +25,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from cdc_scorer.core.errors import ConfigError
 from cdc_scorer.core.spec import (
     AwsSpec,
+    FeedSpec,
     HttpSpec,
-    KafkaSpec,
     PipelineSpec,
     RetrySpec,
     ScorerSpec,
@@ -36,7 +38,7 @@ from cdc_scorer.core.spec import (
 )
 from cdc_scorer.services import ModelSpec
 from cdc_scorer.services.registry import SERVICES
-from cdc_scorer.sources.registry import SOURCES
+from cdc_scorer.sources.registry import FEEDS, NATIVE
 from cdc_scorer.stores.registry import STORES
 
 
@@ -47,15 +49,16 @@ class _Settings(BaseSettings):
         env_prefix="CDC_SCORER_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    source: SourceSpec
+    # Validated with the feed's own section class (``_source``).
+    source: dict[str, Any]
     # Validated one by one with their service's own section class (``_pipeline``).
     pipelines: tuple[dict[str, Any], ...] = ()
     aws: AwsSpec = AwsSpec()
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: float = Field(ScorerSpec.shutdown_grace_s, gt=0)
     http: HttpSpec = HttpSpec()
-    # Validated with KafkaSpec's own checks, a problem a line (``_kafka``).
-    kafka: dict[str, Any] | None = None
+    # Moved to [source.debezium]: reported with its new place (``_moved``).
+    kafka: Any = None
 
     @classmethod
     def settings_customise_sources(
@@ -128,12 +131,15 @@ def load_config(path: Path | str) -> ScorerSpec:
         raise ConfigError(
             [f"--config: {path} is not valid TOML ({exc}) — fix the syntax"]
         ) from None
-    problems: list[str] = []
+    problems: list[str] = _moved(raw)
     settings: _Settings | None = None
     try:
         settings = _Settings(**raw)
     except ValidationError as exc:
         problems += [_describe(dict(e)) for e in exc.errors()]
+    raw_source = raw.get("source") if settings is None else settings.source
+    source, found = _source(raw_source)
+    problems += found
     # The pipelines' problems are listed beside the others' (all at once).
     raw_pipelines = raw.get("pipelines", ()) if settings is None else settings.pipelines
     pipelines = []
@@ -144,18 +150,15 @@ def load_config(path: Path | str) -> ScorerSpec:
         problems += found
         if pipeline is not None:
             pipelines.append(pipeline)
-    kafka, found = _kafka(raw.get("kafka") if settings is None else settings.kafka)
-    problems += found
-    if problems or settings is None:
+    if problems or settings is None or source is None:
         raise ConfigError(problems)
     spec = ScorerSpec(
-        source=settings.source,
+        source=source,
         pipelines=tuple(pipelines),
         aws=settings.aws,
         retry=settings.retry,
         shutdown_grace_s=settings.shutdown_grace_s,
         http=settings.http,
-        kafka=kafka,
     )
     problems = _cross_checks(spec)
     if problems:
@@ -219,14 +222,89 @@ def _model(
     return (None if problems else model), problems
 
 
-def _kafka(section: Any) -> tuple[KafkaSpec | None, list[str]]:
-    """``[kafka]``, or its problems (each naming its key)."""
-    if section is None:
-        return None, []
+# Keys of [source] that moved to the section of a change feed ([source.<feed>]); None: to the
+# section of the engine's own log.
+_MOVED = {
+    "server_id": "binlog",
+    "positions": "binlog",
+    "decoder": "binlog",
+    "publication": "pgoutput",
+    "slot_name": "pgoutput",
+    "heartbeat_interval_s": None,
+    "queue_max_rows": None,
+    "on_lost_position": None,
+}
+
+
+def _moved(raw: Mapping[str, Any]) -> list[str]:
+    """Keys in the place they had before the change feeds got their own sections: each named
+    with its new place (the file's and the environment's)."""
+    problems = []
+    if "kafka" in raw:
+        problems.append(
+            "kafka: the Kafka source's section is now [source.debezium] — rename [kafka] to "
+            "[source.debezium] (environment: CDC_SCORER_SOURCE__DEBEZIUM__…)"
+        )
+    for name in sorted(os.environ):
+        if name.upper().startswith("CDC_SCORER_KAFKA__"):
+            key = name[len("CDC_SCORER_KAFKA__") :]
+            problems.append(
+                f"{name}: [kafka] is now [source.debezium] — set CDC_SCORER_SOURCE__DEBEZIUM__"
+                f"{key} instead"
+            )
+    return problems
+
+
+def _source(section: Any) -> tuple[SourceSpec | None, list[str]]:
+    """``[source]`` with its feed's section (``[source.binlog]``, …) validated by the feed's
+    own class (sources/registry.py); with none, the engine's own log with its defaults."""
+    if not isinstance(section, dict):
+        return None, []  # missing or not a table: reported with the other sections
+    fields = dict(section)
+    engine = fields.get("engine", "mysql")
+    problems = []
+    for key in [k for k in fields if k in _MOVED]:
+        fields.pop(key)
+        feed = _MOVED[key] or NATIVE.get(engine, "binlog")
+        problems.append(
+            f"source.{key}: moved to [source.{feed}] — write {key} there (environment: "
+            f"CDC_SCORER_SOURCE__{feed.upper()}__{key.upper()})"
+        )
+    if not isinstance(engine, str) or engine not in STORES or engine not in NATIVE:
+        known = " or ".join(repr(name) for name in NATIVE if name in STORES)
+        problems.append(f"source.engine: {engine!r} is not {known} — use one of those")
+    sections = {name: fields.pop(name) for name in list(fields) if name in FEEDS}
+    feed_spec: FeedSpec | None = None
+    if len(sections) > 1:
+        names = " and ".join(f"[source.{n}]" for n in sections)
+        problems.append(f"source: {names} are both set — keep the one change feed to read")
+    elif sections:
+        ((name, keys),) = sections.items()
+        feed_spec, found = _feed(name, keys, engine)
+        problems += found
+    elif isinstance(engine, str) and engine in NATIVE:
+        feed_spec = FEEDS[NATIVE[engine]].spec()
     try:
-        return TypeAdapter(KafkaSpec).validate_python(section), []
+        source = TypeAdapter(SourceSpec).validate_python(
+            {**fields, "feed": feed_spec or FeedSpec()}
+        )
     except ValidationError as exc:
-        return None, _errors(exc.errors(), ("kafka",))
+        return None, [*_errors(exc.errors(), ("source",)), *problems]
+    return (None if problems or feed_spec is None else source), problems
+
+
+def _feed(name: str, keys: Any, engine: Any) -> tuple[FeedSpec | None, list[str]]:
+    spec_class = FEEDS[name].spec
+    if isinstance(engine, str) and engine not in spec_class.engines:
+        others = " or ".join(f"[source.{n}]" for n, f in FEEDS.items() if engine in f.spec.engines)
+        return None, [
+            f"source.{name}: reads the changes of {' or '.join(spec_class.engines)}, not of "
+            f"engine {engine!r} — use {others or 'another engine'}"
+        ]
+    try:
+        return TypeAdapter(spec_class).validate_python(keys), []
+    except ValidationError as exc:
+        return None, _errors(exc.errors(), ("source", name))
 
 
 def _errors(errors: Iterable[Mapping[str, Any]], where: tuple[str | int, ...]) -> list[str]:
@@ -251,10 +329,6 @@ def _key(loc: tuple[str | int, ...]) -> str:
 
 def _cross_checks(config: ScorerSpec) -> list[str]:
     problems: list[str] = []
-    engine = config.source.engine
-    if engine not in SOURCES or engine not in STORES:
-        known = " or ".join(repr(name) for name in SOURCES if name in STORES)
-        problems.append(f"source.engine: {engine!r} is not {known} — use one of those")
     if not config.pipelines:
         problems.append("pipelines: none configured — add a [[pipelines]] section (README)")
     names = [p.name for p in config.pipelines]

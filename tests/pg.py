@@ -88,6 +88,12 @@ class PgDatabase:
         admin.close()
 
 
+# ``pg_config``'s keyword arguments that belong to [source.pgoutput] (the others: [source]).
+_PGOUTPUT_KEYS = frozenset(
+    {"slot_name", "publication", "heartbeat_interval_s", "queue_max_rows", "on_lost_position"}
+)
+
+
 def pg_config(
     path: Path,
     db: PgDatabase,
@@ -111,9 +117,12 @@ def pg_config(
                 "source": {
                     "engine": "postgresql",
                     "user": db.server.user,
-                    "slot_name": db.slot,
-                    "heartbeat_interval_s": 0.5,
-                    **source,
+                    **{k: v for k, v in source.items() if k not in _PGOUTPUT_KEYS},
+                    "pgoutput": {
+                        "slot_name": db.slot,
+                        "heartbeat_interval_s": 0.5,
+                        **{k: v for k, v in source.items() if k in _PGOUTPUT_KEYS},
+                    },
                 },
                 "retry": {"base_ms": 20, "cap_ms": 200},
                 "pipelines": {

@@ -107,7 +107,7 @@ def _resumable(
 ) -> list[CheckResult]:
     """Whether each pipeline's checkpoint can be resumed here, and what ``run`` does if not."""
     results = []
-    rescore = spec.source.on_lost_position == "rescore"
+    rescore = spec.source.feed.rescores_lost_position
     for name, position in positions.items():
         check = f"checkpoint of pipeline {name}"
         try:

@@ -1,4 +1,5 @@
-"""Command line: ``cdc-scorer serve-models | init | run | check | status | rescore | demo``."""
+"""Command line: ``cdc-scorer serve-models | init | run | check | status | rescore |
+reposition | demo``. No command branches on the change feed: each asks the source."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from cdc_scorer import __version__
-from cdc_scorer.core.errors import CdcScorerError, ConfigError
+from cdc_scorer.core.errors import CdcScorerError, ConfigError, FatalError
+from cdc_scorer.core.feeds import Source, Target
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
+from cdc_scorer.core.store import Store
 
 
 def _serve_models(args: argparse.Namespace) -> int:
@@ -78,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_daemon(spec, early))
 
 
-async def run_daemon(spec: Any, early_signals: Sequence[int] = ()) -> int:
+async def run_daemon(spec: ScorerSpec, early_signals: Sequence[int] = ()) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; 0 on a clean stop."""
     from cdc_scorer.app import ScorerApp
 
@@ -125,206 +129,122 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from cdc_scorer.commands.status import pipeline_status
-    from cdc_scorer.config import load_config
-
-    spec = load_config(args.config)
-    if spec.kafka is not None:
-        return _kafka_status(spec, args.json)
-    statuses = pipeline_status(spec)
-    if args.json:
-        print(json.dumps([s.as_dict() for s in statuses], indent=2))
-        return 0
-    for s in statuses:
-        age = "-" if s.checkpoint_age_s is None else f"{s.checkpoint_age_s:.1f}s ago"
-        lag = "-" if s.transactions_behind is None else f"{s.transactions_behind} transactions"
-        leader = (
-            "none (no instance running)"
-            if s.leader_connection is None
-            else (f"connection {s.leader_connection}")
-        )
-        print(
-            f"{s.pipeline}: snapshot {s.snapshot_state}; checkpoint {s.position or '-'} ({age}"
-            f"{f', on {s.server}' if s.server else ''}); "
-            f"behind: {lag}; leader: {leader}; predictions {s.predictions}; "
-            f"dead letters {s.dead_letters} ({s.dead_letters_24h} in 24 h)"
-            + (f"; STOPPED: {s.stopped}" if s.stopped else "")
-        )
-        if s.rescore is not None:
-            print(f"  re-score running: {_job_line(s.rescore)}")
-        if s.rescores_queued:
-            print(f"  re-scores waiting: {s.rescores_queued}")
-    for name, note in (statuses[0].change_log or {}).items() if statuses else ():
-        print(f"{name}: {note}")
-    return 0
-
-
-def _job_line(job: dict[str, Any]) -> str:
-    done, total = job["rows_done"], job["rows_total"]
-    share = f" ({100 * done / total:.0f} %)" if total else ""
-    where = f" where {job['where']}" if job["where"] else ""
-    sweep = ""
-    if job.get("sweep"):
-        state = "done" if job.get("swept") else "sweeping"
-        sweep = f", predictions of deleted rows removed: {job['orphans_removed']} ({state})"
-    return (
-        f"{job['reason']}{where}, model version {job['model_version']}: "
-        f"{done}/{'?' if total is None else total} rows{share}{sweep}, id {job['id']}"
-    )
-
-
-def _kafka_status(spec: Any, as_json: bool) -> int:
-    """Kafka mode: each pipeline's partitions, their offsets in the database and the member
-    that last committed them, and how far Debezium's latest reading of its table has got."""
-    from cdc_scorer.sources.debezium.rescores import reading_progress
-    from cdc_scorer.stores.offsets import stored_offsets
+@contextmanager
+def _source_and_store(spec: ScorerSpec) -> Iterator[tuple[Source, Store]]:
+    """The configuration's source and its store, closed after the command."""
+    from cdc_scorer.sources.registry import source_of
     from cdc_scorer.stores.registry import build_store
 
     store = build_store(spec.source, spec.retry)
     try:
-        rows = store.in_transaction(
-            "reading the Kafka offsets", lambda c: stored_offsets(c, store.offsets_sql())
-        )
-        readings = reading_progress(spec, store)
+        yield source_of(spec, store), store
     finally:
         store.close()
-    if as_json:
-        keys = ("pipeline", "topic", "partition", "next_offset", "owner")
-        shown = {
-            "partitions": [dict(zip(keys, row, strict=True)) for row in rows],
-            "readings": {
-                name: {
-                    "reason": r.request.reason,
-                    "model_version": r.request.model_version,
-                    "signal": r.request.signal_id,
-                    "where": r.request.where,
-                    "requested_at": str(r.request.requested_at),
-                    "rows": r.rows,
-                    "rows_scored_since": r.scored,
-                }
-                for name, r in readings.items()
-            },
-        }
-        print(json.dumps(shown, indent=2))
-        return 0
+
+
+def find_pipeline(spec: ScorerSpec, name: str) -> PipelineSpec:
     for pipeline in spec.pipelines:
-        mine = [r for r in rows if r[0] == pipeline.name]
-        print(
-            f"{pipeline.name}: {len(mine)} partitions (group {spec.kafka.group_id}.{pipeline.name})"
-        )
-        for _, topic, partition, offset, owner in mine:
-            print(f"  {topic}[{partition}] next offset {offset}, last committed by {owner or '-'}")
-        reading = readings.get(pipeline.name)
-        if reading is not None:
-            print(f"  {_reading_line(reading)}")
+        if pipeline.name == name:
+            return pipeline
+    names = ", ".join(p.name for p in spec.pipelines)
+    raise FatalError(f"--pipeline {name}: no such pipeline in the config (it has: {names})")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cdc_scorer.config import load_config
+
+    spec = load_config(args.config)
+    with _source_and_store(spec) as (source, store):
+        reports, notes = source.status(spec.pipelines, store)
+    if args.json:
+        print(json.dumps([dict(r.fields) for r in reports], indent=2, default=str))
+        return 0
+    for report in reports:
+        for line in report.lines:
+            print(line)
+    for name, note in notes:
+        print(f"{name}: {note}")
     return 0
 
 
-def _reading_line(reading: Any) -> str:
-    request, rows, scored = reading.request, reading.rows, reading.scored
-    what = (
-        "Debezium's snapshot"
-        if request.reason == "first snapshot"
-        else f"re-score ({request.reason}, signal {request.signal_id})"
-    )
-    where = f" where {request.where}" if request.where else ""
-    if rows is None:
-        count = f"{scored} rows scored since (the server refuses the condition now)"
-    else:
-        done = min(scored, rows)
-        share = f" ({100 * done / rows:.0f} %)" if rows else ""
-        count = f"{done}/{rows} rows scored since{share}"
-    return (
-        f"{what}{where}, model version {request.model_version or '-'}, asked "
-        f"{request.requested_at}: {count}"
-    )
-
-
 def _rescore(args: argparse.Namespace) -> int:
-    from cdc_scorer.commands.rescore import cancel, find_pipeline, follow, request
     from cdc_scorer.config import load_config
 
     spec = load_config(args.config)
     pipeline = find_pipeline(spec, args.pipeline)
-    if spec.kafka is not None:
-        from cdc_scorer.core.errors import FatalError
-        from cdc_scorer.sources.debezium.rescores import request_snapshot
-
+    with _source_and_store(spec) as (source, store):
+        rescores = source.rescores(store)
         if args.cancel:
-            raise FatalError(
-                "--cancel: in Kafka mode the re-score is Debezium's incremental snapshot: "
-                "stop it with Debezium's stop-snapshot signal"
+            ended = rescores.cancel(pipeline, args.cancel, timeout_s=args.timeout or 60)
+            print(
+                f"re-score {ended.id} of pipeline {pipeline.name} {ended.error or 'ended'} "
+                f"after {ended.rows_done} rows"
             )
-        from cdc_scorer.stores.registry import build_store
-
-        store = build_store(spec.source, spec.retry)
-        try:
-            signal_id, collection = request_snapshot(spec, store, pipeline, args.where or None)
-        finally:
-            store.close()
-        print(
-            f"asked Debezium for an incremental snapshot of {collection} (signal {signal_id}"
-            f"{f', where {args.where}' if args.where else ''}): its rows arrive as op r and "
-            f"are scored with model version {pipeline.model_version}"
-        )
-        return 0
-    if args.cancel:
-        ended = cancel(spec, pipeline, args.cancel, timeout_s=args.timeout or 60)
-        print(
-            f"re-score {ended.id} of pipeline {pipeline.name} {ended.error or 'ended'} after "
-            f"{ended.rows_done} rows"
-        )
-        return 0
-    where = args.where or None
-    request_id, rows = request(spec, pipeline, where)
-    print(
-        f"re-score {request_id} of pipeline {pipeline.name} requested: {rows} rows of "
-        f"{pipeline.table}{f' where {where}' if where else ''}, model version "
-        f"{pipeline.model_version}"
-    )
-    if args.no_wait:
-        print("follow it with `cdc-scorer status`")
-        return 0
-    outcome = follow(spec, pipeline, request_id, rows, timeout_s=args.timeout)
+            return 0
+        ticket = rescores.request(pipeline, args.where or None)
+        print(ticket.said)
+        if not ticket.followable:
+            return 0
+        if args.no_wait:
+            print("follow it with `cdc-scorer status`")
+            return 0
+        outcome = rescores.follow(pipeline, ticket, out=sys.stderr, timeout_s=args.timeout)
     if outcome.stopped is not None:
         print(f"cdc-scorer: pipeline {pipeline.name} stopped: {outcome.stopped}", file=sys.stderr)
         return 1
     assert outcome.job is not None
     if outcome.job.error:
-        print(f"cdc-scorer: re-score {request_id} failed: {outcome.job.error}", file=sys.stderr)
+        print(f"cdc-scorer: re-score {ticket.id} failed: {outcome.job.error}", file=sys.stderr)
         return 1
-    print(f"re-score {request_id} done: {outcome.job.rows_done} rows re-scored")
+    print(f"re-score {ticket.id} done: {outcome.job.rows_done} rows re-scored")
     return 0
 
 
 def _reposition(args: argparse.Namespace) -> int:
-    from cdc_scorer.commands.reposition import reposition
-    from cdc_scorer.commands.rescore import find_pipeline
     from cdc_scorer.config import load_config
 
     spec = load_config(args.config)
     pipeline = find_pipeline(spec, args.pipeline)
-    if args.pos is not None and args.file is None:
-        print("cdc-scorer reposition: --pos goes with --file", file=sys.stderr)
+    target = _target(args)
+    if target is None:
         return 2
-    if args.gtid is not None:
-        position: str | None = f"gtid:{args.gtid}"
-    elif args.lsn is not None:
-        position = f"lsn:{args.lsn}"
-    elif args.file is not None:
-        if args.pos is None:
-            print("cdc-scorer reposition: --file goes with --pos", file=sys.stderr)
-            return 2
-        position = f"file:{args.file}:{args.pos}"
-    else:
-        position = None  # --now
-    moved = reposition(spec, pipeline, position, rescore=args.rescore)
-    print(
-        f"pipeline {pipeline.name} repositioned: {moved.was or '-'} → {moved.now}"
-        + ("; every row is re-scored beside the stream at the next start" if moved.rescore else "")
-    )
+    with _source_and_store(spec) as (source, store):
+        for line in source.reposition(pipeline, store, target):
+            print(line)
     return 0
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The flags of ``reposition`` as a target (None: a usage error, said)."""
+
+    def usage(text: str) -> None:
+        print(f"cdc-scorer reposition: {text}", file=sys.stderr)
+
+    if args.pos is not None and args.file is None:
+        usage("--pos goes with --file")
+        return None
+    if (args.partition is not None) != (args.to_offset is not None):
+        usage("--to-offset N goes with --partition P")
+        return None
+    rescore = args.rescore
+    if args.gtid is not None:
+        return Target("position", f"gtid:{args.gtid}", rescore=rescore)
+    if args.lsn is not None:
+        return Target("position", f"lsn:{args.lsn}", rescore=rescore)
+    if args.file is not None:
+        if args.pos is None:
+            usage("--file goes with --pos")
+            return None
+        return Target("position", f"file:{args.file}:{args.pos}", rescore=rescore)
+    if args.to_earliest:
+        return Target("earliest", rescore=rescore)
+    if args.to_latest:
+        return Target("latest", rescore=rescore)
+    if args.to_datetime is not None:
+        return Target("datetime", args.to_datetime, rescore=rescore)
+    if args.to_offset is not None:
+        return Target("offset", str(args.to_offset), args.partition, rescore=rescore)
+    return Target("now", rescore=rescore)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -437,7 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--file", metavar="FILE", help="a binlog file, with --pos")
     where.add_argument("--lsn", metavar="LSN", help="a WAL position (PostgreSQL), e.g. 0/1A63938")
     where.add_argument("--now", action="store_true", help="the server's position now")
+    where.add_argument(
+        "--to-earliest", action="store_true", help="Kafka: each partition's first offset"
+    )
+    where.add_argument(
+        "--to-latest", action="store_true", help="Kafka: each partition's end (skip the backlog)"
+    )
+    where.add_argument(
+        "--to-datetime",
+        metavar="ISO",
+        help="Kafka: each partition's first offset at or after this time (UTC if no zone)",
+    )
+    where.add_argument("--to-offset", type=int, metavar="N", help="Kafka: offset N of --partition")
     reposition.add_argument("--pos", type=int, metavar="N", help="where a commit ends in --file")
+    reposition.add_argument("--partition", type=int, metavar="P", help="with --to-offset")
     reposition.add_argument(
         "--rescore", action="store_true", help="and re-score every row beside the stream"
     )

@@ -27,13 +27,14 @@ def prepare_checkpoints(
     source: Source,
     identity: str,
     pipelines: Sequence[PipelineSpec],
-    on_lost_position: str = "stop",
+    rescore_lost: bool = False,
 ) -> dict[str, Checkpoint]:
     """Each pipeline's checkpoint: the stored one, checked resumable, or a new one streaming
     from now (with its first snapshot to run, unless ``snapshot = "never"``) where none is
     stored. A stored one this server cannot resume stops the start (``PositionLost``) or, with
-    ``on_lost_position = "rescore"``, streams from now with every row re-scored beside the
-    stream. Call it holding the pipelines' locks: nobody else writes them then (blocking)."""
+    ``rescore_lost`` (the feed's ``on_lost_position = "rescore"``), streams from now with
+    every row re-scored beside the stream. Call it holding the pipelines' locks: nobody else
+    writes them then (blocking)."""
     saved = store.load_checkpoints([p.name for p in pipelines], source.decode_position)
     for name in (n for n, s in saved.items() if s.stopped_reason is not None):
         store.record_stop(name, None)  # it runs again
@@ -46,7 +47,7 @@ def prepare_checkpoints(
             try:
                 source.check_resumable(stored.checkpoint.position)
             except PositionLost as lost:
-                if on_lost_position != "rescore":
+                if not rescore_lost:
                     raise
                 checkpoint = rescore_from(checkpoint, now, pipeline, LOST_POSITION)
                 log.warning(

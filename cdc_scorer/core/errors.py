@@ -33,8 +33,8 @@ class FatalError(CdcScorerError):
 
 class PositionLost(FatalError):
     """A checkpoint's position cannot be resumed on this server (purged, reset, another
-    history, a binlog file of another server): stop with the cause, or — with
-    ``source.on_lost_position = "rescore"`` — stream from now and re-score every row."""
+    history, a binlog file of another server): stop with the cause, or — with the feed's
+    ``on_lost_position = "rescore"`` — stream from now and re-score every row."""
 
 
 class PipelineStopped(CdcScorerError):
@@ -48,16 +48,6 @@ def inputs_gone(pipeline: str, table: str, columns: list[str]) -> PipelineStoppe
         "renamed) and its model reads it — restore the column, or change the pipeline's columns "
         "in the config, then restart: the pipeline resumes from its checkpoint"
     )
-
-
-# The fix for a checkpoint that cannot be resumed (the checkpoint table is the store's,
-# always of this name).
-# The fix for a position that cannot be resumed: stream from now and re-score every row (the
-# predictions of rows deleted meanwhile swept away).
-START_OVER = (
-    'set source.on_lost_position = "rescore" to stream from now and re-score every row, or run '
-    "`cdc-scorer reposition --config FILE --pipeline NAME --now --rescore`"
-)
 
 
 class ConfigError(FatalError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TextIO
 
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.pipeline import ChunkReader
 from cdc_scorer.core.positions import Position
-from cdc_scorer.core.records import Checkpoint, SourceItem, TableInfo
+from cdc_scorer.core.records import Checkpoint, RescoreJob, SourceItem, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.core.store import PipelineSink, Store
@@ -58,6 +58,63 @@ class TableCheck:
     name: str
     problem: str | None  # None: fine
     fatal: bool  # the stream cannot carry the pipelines' rows as they need
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """A pipeline as ``status`` shows it: the lines it prints (the summary first), and the
+    fields of ``status --json``."""
+
+    pipeline: str
+    lines: tuple[str, ...]
+    fields: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where ``reposition`` moves a pipeline, as the operator named it: ``position`` (a
+    position's text: ``gtid:…``, ``file:…:N``, ``lsn:…``), the source's position ``now``, or
+    a partition offset in Kafka's words (``earliest``, ``latest``, ``datetime`` — an ISO
+    date-time —, ``offset`` N of ``partition``). A source refuses what it cannot do."""
+
+    to: Literal["position", "now", "earliest", "latest", "datetime", "offset"]
+    value: str | None = None
+    partition: int | None = None
+    rescore: bool = False  # and re-score every row of the table
+
+
+@dataclass(frozen=True)
+class RescoreTicket:
+    """A re-score asked for: its id, the rows it covers now (None: not known), what the
+    command says of it, and whether its progress can be followed."""
+
+    id: str
+    rows: int | None
+    said: str
+    followable: bool
+
+
+@dataclass(frozen=True)
+class RescoreOutcome:
+    job: RescoreJob | None  # the finished job (None: not followed)
+    stopped: str | None = None  # the pipeline stopped meanwhile, for this reason
+
+
+class Rescores(Protocol):
+    """``cdc-scorer rescore`` on one source: ask, follow, cancel (blocking)."""
+
+    def request(self, pipeline: PipelineSpec, where: str | None) -> RescoreTicket: ...
+
+    def follow(
+        self,
+        pipeline: PipelineSpec,
+        ticket: RescoreTicket,
+        *,
+        out: TextIO,
+        timeout_s: float | None,
+    ) -> RescoreOutcome: ...
+
+    def cancel(self, pipeline: PipelineSpec, job_id: str, *, timeout_s: float) -> RescoreJob: ...
 
 
 class ChangeStream(Protocol):
@@ -192,3 +249,16 @@ class Source(Protocol):
     ) -> list[Feed]:
         """The feeds that carry ``pipelines`` (a database's log: one for all; Debezium's
         topics: one per pipeline)."""
+
+    # ---------------------------------------------------------------- the admin commands
+    def status(
+        self, pipelines: Sequence[PipelineSpec], store: Store
+    ) -> tuple[list[PipelineReport], list[tuple[str, str]]]:
+        """``status``: each pipeline as its feed keeps it, and the source's own notes."""
+
+    def reposition(self, pipeline: PipelineSpec, store: Store, target: Target) -> list[str]:
+        """``reposition``: the pipeline's stored position moved to ``target`` (checked against
+        the server), refused while the pipeline runs; what was done, a line each."""
+
+    def rescores(self, store: Store) -> Rescores:
+        """``rescore``: how this source re-reads a pipeline's table."""

@@ -32,23 +32,33 @@ class PipelineState:
 class SourceState:
     connected: bool = False
     streaming: bool = False
+    # Holds its pipelines' leader lock (a database log's feed: one process at a time).
     leader: bool = False
+    # Partitions of the change feed this process was given, per pipeline (a consumer group).
+    partitions: dict[str, int] = field(default_factory=dict)
     queue_depth: Callable[[], int] = lambda: 0
     # Bytes of change log the server keeps for this reader (a replication slot's WAL; None:
     # not kept for it, or not known yet).
     retained_bytes: Callable[[], int | None] = lambda: None
-    heartbeat_interval_s: float = 2.0
-    # The last heartbeat row seen in the stream: when we saw it and the lag it showed.
-    heartbeat_seen_at: float | None = None
-    heartbeat_lag_s: float | None = None
+    # How often the feed measures its lag (a log feed: its heartbeat row read back; Debezium:
+    # the partitions' newest message against the broker's end) — the last measurement, when it
+    # was taken, and how long a silence may last before the lag counts as growing.
+    lag_every_s: float = 2.0
+    lag_measured_at: float | None = None
+    lag_measured_s: float | None = None
+
+    @property
+    def owns_work(self) -> bool:
+        """The change feed gave this process work: the leader lock, or some partitions."""
+        return self.leader or any(self.partitions.values())
 
     def lag_s(self, now: float | None = None) -> float | None:
-        """Lag of the stream behind the source, growing while no heartbeat arrives."""
-        if self.heartbeat_seen_at is None or self.heartbeat_lag_s is None:
+        """Lag of the stream behind the source, growing while no measurement arrives."""
+        if self.lag_measured_at is None or self.lag_measured_s is None:
             return None
         now = time.time() if now is None else now
-        silent = now - self.heartbeat_seen_at - self.heartbeat_interval_s
-        return max(self.heartbeat_lag_s, silent, 0.0)
+        silent = now - self.lag_measured_at - self.lag_every_s
+        return max(self.lag_measured_s, silent, 0.0)
 
 
 class Observer(Protocol):

@@ -7,10 +7,9 @@ refused by ``__pydantic_config__``); the core sees only the dataclasses and neve
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen, Predicate
 
@@ -41,11 +40,6 @@ def column_prefix(text: str) -> bool:
 Identifier = Annotated[str, Predicate(sql_identifier)]
 Port = Annotated[int, Ge(1), Le(65535)]
 Positive = Annotated[float, Gt(0)]
-
-
-def random_server_id() -> int:
-    # Above the ids people give real servers (small numbers), below the 32-bit limit.
-    return random.randint(1 << 24, (1 << 32) - 1)
 
 
 TlsMode = Literal["disabled", "preferred", "required", "verify-ca", "verify-identity"]
@@ -80,44 +74,56 @@ class TlsSpec:
 
 
 @dataclass(frozen=True)
-class SourceSpec:
+class FeedSpec:
+    """The change feed's own section, ``[source.<name>]``: each source's package subclasses it
+    with its keys and registers it by ``name`` in ``sources/registry.py``; ``config.py``
+    validates the section with that class, as a model service's section is validated."""
+
     __pydantic_config__ = STRICT
 
+    name: ClassVar[str] = ""
+    # The [source] engines whose changes the feed reads (the database predictions go to).
+    engines: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def lag_every_s(self) -> float:
+        """How often the feed measures its lag behind the database: silence beyond it counts
+        as growing lag."""
+        return 2.0
+
+    @property
+    def rescores_lost_position(self) -> bool:
+        """Whether a stored position the database can no longer serve is re-scored from now
+        (else the start stops with the fix)."""
+        return False
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """``[source]``: the database whose tables are scored and where the predictions go; how its
+    changes are read is ``feed`` (``[source.binlog]``, ``[source.pgoutput]``,
+    ``[source.debezium]``; none given: the engine's own log with its defaults)."""
+
+    __pydantic_config__ = _MODEL_ANY
+
     database: Identifier
-    # The kind of database and its change log, a name of sources/registry.py (config.py checks
-    # it): "mysql" is the binlog of MySQL, Aurora MySQL and MariaDB.
+    feed: FeedSpec
+    # The kind of database, a name of stores/registry.py (config.py checks it): "mysql" is
+    # MySQL, Aurora MySQL and MariaDB.
     engine: str = "mysql"
-    # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database),
-    # the publication of the captured tables and the scorer's replication slot (init makes
-    # both).
+    # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database).
     schema: Identifier = "public"
-    publication: Identifier = "cdc_scorer"
-    slot_name: Annotated[str, Predicate(slot_identifier)] = "cdc_scorer"
     host: str = "127.0.0.1"
     port: Port = 3306
     user: str = "cdc_scorer"
     password: str = field(default="", repr=False)
-    # This process's replica id. Unset: a random id per process, so the tasks of one ECS
-    # service never clash (two readers with one id disconnect each other).
-    server_id: Annotated[int, Ge(1), Le(4294967295)] | None = None
     connect_timeout_s: Positive = 10.0
-    heartbeat_interval_s: Positive = 2.0
-    queue_max_rows: Annotated[int, Ge(1)] = 2000  # row changes read, not yet taken
-    # auto: GTIDs on MariaDB, GTID sets on MySQL with gtid_mode=ON, else file:pos; file: file:pos
-    positions: Literal["auto", "file"] = "auto"
-    # rows events: fast (per-table compiled plans) | stock (the library)
-    decoder: Literal["fast", "stock"] = "fast"
     tls: TlsSpec = TlsSpec()
-    # A checkpoint whose position this server cannot resume: stop with the cause and the fix,
-    # or stream from now and re-score every pipeline's table beside the stream.
-    on_lost_position: Literal["stop", "rescore"] = "stop"
     # password: the password above; rds-iam: a fresh RDS IAM token for every connection
     auth: Literal["password", "rds-iam"] = "password"
     iam_region: str | None = None  # the region of the tokens (None: AWS_REGION & co.)
 
     def __post_init__(self) -> None:
-        if self.server_id is None:
-            object.__setattr__(self, "server_id", random_server_id())
         if self.auth == "rds-iam":
             if self.tls.mode not in ("required", "verify-ca", "verify-identity"):
                 raise ValueError(
@@ -126,96 +132,6 @@ class SourceSpec:
                 )
             if self.password:
                 raise ValueError("auth 'rds-iam' replaces the password: remove [source] password")
-
-
-# librdkafka settings the Kafka source sets itself ([kafka] names them otherwise).
-KAFKA_MANAGED = frozenset(
-    {
-        "bootstrap.servers",
-        "group.id",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "security.protocol",
-        "sasl.mechanism",
-        "sasl.mechanisms",
-        "sasl.username",
-        "sasl.password",
-        "ssl.ca.location",
-        "on_commit",
-        "partition.assignment.strategy",
-        "queued.min.messages",
-    }
-)
-_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:(\d{1,5})$")
-_TOPIC = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
-
-
-@dataclass(frozen=True)
-class KafkaSpec:
-    """``[kafka]``: read the changes from Debezium's topics through a consumer group instead of
-    the database's log (``[source]`` still names the database and where predictions go)."""
-
-    __pydantic_config__ = STRICT
-
-    bootstrap_servers: str  # "b-1.msk…:9098,b-2.msk…:9098"
-    topic_prefix: str  # Debezium's topic.prefix: a table's topic is <prefix>.<db>.<table>
-    group_id: str = "cdc-scorer"
-    # plaintext | ssl | msk-iam (SASL_SSL + OAUTHBEARER, AWS's signer) | sasl-scram
-    security: Literal["plaintext", "ssl", "msk-iam", "sasl-scram"] = "plaintext"
-    ca_file: str | None = None  # ssl / sasl-scram / msk-iam: None is the system's CAs
-    scram_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
-    username: str | None = None  # sasl-scram
-    password: str = field(default="", repr=False)  # sasl-scram
-    iam_region: str | None = None  # msk-iam: the cluster's region (None: AWS_REGION & co.)
-    # Messages without schemas: how the connector writes DECIMAL (its scale is lost in the
-    # default, precise, encoding: such an input is refused until this says "string").
-    decimal_handling_mode: Literal["precise", "string"] = "precise"
-    session_timeout_ms: Annotated[int, Ge(6000), Le(300_000)] = 45_000
-    max_poll_interval_ms: Annotated[int, Ge(10_000), Le(3_600_000)] = 300_000
-    # Messages librdkafka fetches ahead per partition (queued.min.messages): read, not yet
-    # taken by the pipeline — the bound of what a member holds in memory.
-    queue_max_messages: Annotated[int, Ge(1), Le(10_000_000)] = 2000
-    # The connector's signal table (its signal.data.collection, in [source]'s database or
-    # schema): re-scores ask Debezium for an incremental snapshot through it. None: a model
-    # version change stops with the fix instead.
-    signal_table: Identifier | None = None
-    # More librdkafka consumer settings, passed as they are (fetch.min.bytes, …).
-    consumer: dict[str, str | int | float | bool] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        problems = []
-        servers = [s.strip() for s in self.bootstrap_servers.split(",")]
-        for server in servers:
-            match = _HOST_PORT.match(server)
-            if match is None or not 1 <= int(match.group(1)) <= 65535:
-                problems.append(
-                    f"bootstrap_servers: {server!r} is not host:port — list the brokers as "
-                    '"host:port,host:port"'
-                )
-        if not _TOPIC.match(self.topic_prefix):
-            problems.append(
-                f"topic_prefix: {self.topic_prefix!r} is not a Kafka topic prefix — use "
-                "Debezium's topic.prefix (letters, digits, . _ -)"
-            )
-        if not self.group_id.strip():
-            problems.append("group_id: empty — name the consumer group the scorers share")
-        if self.security == "sasl-scram" and (not self.username or not self.password):
-            problems.append(
-                "username: sasl-scram needs username and password (the password from the "
-                "environment: CDC_SCORER_KAFKA__PASSWORD)"
-            )
-        if self.security != "sasl-scram" and (self.username or self.password):
-            problems.append(
-                f"username: security {self.security!r} sends no username or password — remove "
-                'them, or set security = "sasl-scram"'
-            )
-        for key in sorted(set(self.consumer) & KAFKA_MANAGED):
-            problems.append(
-                f"consumer: {key!r} is set by the scorer — remove it (bootstrap_servers, "
-                "group_id and security are [kafka]'s own keys)"
-            )
-        if problems:
-            raise ValueError("\n".join(problems))
 
 
 @dataclass(frozen=True)
@@ -362,4 +278,3 @@ class ScorerSpec:
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: Positive = 20.0
     http: HttpSpec = HttpSpec()
-    kafka: KafkaSpec | None = None  # the Kafka source (Debezium's topics) instead of the log

@@ -77,20 +77,20 @@ class Telemetry:
         self._scored = PromCounter(
             "cdc_scorer_rows_scored", "Rows scored and written", ["pipeline"], registry=r
         )
-        self._kafka_lag = Gauge(
-            "cdc_scorer_kafka_lag_messages",
-            "Kafka mode: messages of this process's partitions not yet committed (the "
-            "partitions' end offsets less the database's offsets)",
+        self._partition_lag = Gauge(
+            "cdc_scorer_source_partition_lag_messages",
+            "Messages of this process's partitions not yet committed (a feed of partitions, "
+            "as Debezium's topics: their end offsets less the database's offsets)",
             ["pipeline"],
             registry=r,
         )
-        self._kafka_partitions = Gauge(
-            "cdc_scorer_kafka_partitions",
-            "Kafka mode: partitions this process reads",
+        self._partitions = Gauge(
+            "cdc_scorer_source_partitions",
+            "Partitions of the change feed this process reads (a feed of partitions)",
             ["pipeline"],
             registry=r,
         )
-        self._kafka_behind_s: dict[str, float] = {}
+        self._partitions_behind_s: dict[str, float] = {}
         self._deleted = PromCounter(
             "cdc_scorer_rows_deleted",
             "Predictions removed for deleted source rows",
@@ -224,17 +224,18 @@ class Telemetry:
         """A feed of partitions (Debezium's topics), after each poll: what is not committed
         yet, and for how long this pipeline has not been caught up — the source lag
         (``/readyz``) is the worst of them."""
-        self._kafka_lag.labels(pipeline).set(messages)
-        self._kafka_partitions.labels(pipeline).set(partitions)
-        self._kafka_behind_s[pipeline] = seconds_behind
+        self._partition_lag.labels(pipeline).set(messages)
+        self._partitions.labels(pipeline).set(partitions)
+        self.source.partitions[pipeline] = partitions
+        self._partitions_behind_s[pipeline] = seconds_behind
         self.source.connected = True
-        self.source.heartbeat_seen_at = time.time()
-        self.source.heartbeat_lag_s = max(self._kafka_behind_s.values())
+        self.source.lag_measured_at = time.time()
+        self.source.lag_measured_s = max(self._partitions_behind_s.values())
 
     def on_heartbeat(self, beat_at: datetime) -> None:
         now = time.time()
-        self.source.heartbeat_seen_at = now
-        self.source.heartbeat_lag_s = max(0.0, now - beat_at.replace(tzinfo=UTC).timestamp())
+        self.source.lag_measured_at = now
+        self.source.lag_measured_s = max(0.0, now - beat_at.replace(tzinfo=UTC).timestamp())
 
     def on_pipeline_stopped(self, pipeline: str, reason: str) -> None:
         state = self.pipelines.get(pipeline)
@@ -291,9 +292,20 @@ class _StateCollector(Collector):
         info = InfoMetricFamily("cdc_scorer_build", "Version of cdc-scorer and Python")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info
-        leader = GaugeMetricFamily("cdc_scorer_leader", "1 while this process holds the lock")
+        leader = GaugeMetricFamily(
+            "cdc_scorer_leader",
+            "1 while this process holds its pipelines' leader lock (a database log's feed; a "
+            "consumer group holds none)",
+        )
         leader.add_metric([], 1.0 if t.source.leader else 0.0)
         yield leader
+        owns = GaugeMetricFamily(
+            "cdc_scorer_owns_work",
+            "1 while the change feed gives this process work: the leader lock, or partitions "
+            "of a consumer group",
+        )
+        owns.add_metric([], 1.0 if t.source.owns_work else 0.0)
+        yield owns
         connected = GaugeMetricFamily(
             "cdc_scorer_source_connected", "1 while the change stream is open and streaming"
         )

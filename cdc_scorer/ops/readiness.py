@@ -9,8 +9,8 @@ def not_ready(telemetry: Telemetry, ready_max_lag_s: float) -> list[str]:
     """Why this process should not count as ready (empty: ready)."""
     source = telemetry.source
     reasons = []
-    if not source.leader:
-        reasons.append("not the leader (standby)")
+    if not source.owns_work:
+        reasons.append("owns no work: not the leader (standby), no partition assigned")
     # A snapshot or re-score does not count: it runs beside the stream, which stays fresh.
     if not (source.streaming and source.connected):
         reasons.append("change stream not connected")
@@ -18,7 +18,7 @@ def not_ready(telemetry: Telemetry, ready_max_lag_s: float) -> list[str]:
         if state.stopped is not None:
             reasons.append(f"pipeline {name} stopped: {state.stopped}")
     lag = source.lag_s()
-    if source.leader and (lag is None or lag > ready_max_lag_s):
+    if source.owns_work and (lag is None or lag > ready_max_lag_s):
         shown = "unknown" if lag is None else f"{lag:.1f}s"
         reasons.append(f"source lag {shown} over {ready_max_lag_s}s")
     return reasons

@@ -32,6 +32,7 @@ from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.sources import Capture, ChangeStream, Source, SourceInfo, StreamHooks
+from cdc_scorer.sources.log_spec import LogFeedSpec
 from cdc_scorer.stores import PipelineSink, Store
 
 log = structlog.get_logger("cdc_scorer.sources.log_feed")
@@ -44,6 +45,7 @@ class LogFeed:
         self,
         source: Source,
         spec: SourceSpec,
+        log_spec: LogFeedSpec,
         retry: RetrySpec,
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
@@ -53,6 +55,7 @@ class LogFeed:
         self.pipelines = tuple(pipelines)
         self._source = source
         self._spec = spec
+        self._log = log_spec
         self._retry = retry
         self._tables = tables
         self._store = store
@@ -91,7 +94,6 @@ class LogFeed:
         log.info(
             "starting",
             server=info.description,
-            server_id=self._spec.server_id,
             pipelines=[p.name for p in self.pipelines],
             positions={n: str(c.position) for n, c in self.checkpoints.items()},
         )
@@ -100,7 +102,7 @@ class LogFeed:
     def _checkpoints(self, info: SourceInfo) -> dict[str, Checkpoint]:
         store, pipelines = self._store, self.pipelines
         checkpoints = prepare_checkpoints(
-            store, self._source, info.identity, pipelines, self._spec.on_lost_position
+            store, self._source, info.identity, pipelines, self._log.rescores_lost_position
         )
 
         def save(name: str, checkpoint: Checkpoint) -> None:
@@ -133,7 +135,9 @@ class LogFeed:
         """Beside the pipelines until the stop: the heartbeat row (one per pipeline set, not
         per process: restarts do not grow the table)."""
         instance = ",".join(sorted(p.name for p in self.pipelines))
-        return [("heartbeat", self._store.heartbeat(instance).run())]
+        return [
+            ("heartbeat", self._store.heartbeat(instance, self._log.heartbeat_interval_s).run())
+        ]
 
     # ---------------------------------------------------------------- the stream
     def open(self) -> ChangeStream:

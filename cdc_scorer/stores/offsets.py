@@ -211,6 +211,25 @@ def advance_offsets(
             raise PartitionLost(pipeline, (topic, number), expected)
 
 
+def set_offsets(
+    cursor: Any,
+    sql: OffsetsSql,
+    pipeline: str,
+    offsets: Mapping[TopicPartition, int],
+    owner: str,
+) -> None:
+    """In the caller's transaction: each partition's next offset set as it is given, whatever
+    it was (``reposition``, with no member running: one that starts meanwhile finds its
+    expected offsets gone and restarts from these)."""
+    for (topic, number), offset in sorted(offsets.items()):
+        cursor.execute(sql.insert_missing, (pipeline, topic, number, offset, owner))
+        cursor.execute(
+            f"UPDATE {sql.table} SET next_offset = %s, owner = %s, updated_at = "
+            "CURRENT_TIMESTAMP WHERE pipeline = %s AND topic = %s AND kafka_partition = %s",
+            (offset, owner, pipeline, topic, number),
+        )
+
+
 def stored_offsets(cursor: Any, sql: OffsetsSql) -> list[tuple[str, str, int, int, str | None]]:
     """Every row: (pipeline, topic, partition, next offset, owner) — for `status`."""
     cursor.execute(

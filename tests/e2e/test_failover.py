@@ -217,7 +217,7 @@ def test_file_positions_are_checked_by_what_is_there(
 
         # With on_lost_position = "rescore": stream from now, re-score every row beside it.
         settings = tomllib.loads(config.read_text())
-        settings["source"]["on_lost_position"] = "rescore"
+        settings["source"]["binlog"]["on_lost_position"] = "rescore"
         config.write_text(tomli_w.dumps(settings))
         daemon = start(config, "rescore")
         try:
@@ -442,7 +442,7 @@ def test_a_promoted_replica_without_gtids_is_refused_or_rescored(
         lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-scorer:")]
         assert len(lines) == 1 and "--now --rescore" in lines[0], result.stderr
 
-        settings["source"]["on_lost_position"] = "rescore"
+        settings["source"]["binlog"]["on_lost_position"] = "rescore"
         config.write_text(tomli_w.dumps(settings))
         db = replica.connect("mltest")
         daemon = start(config, "on-replica")

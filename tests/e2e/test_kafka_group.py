@@ -42,6 +42,7 @@ from tests.integration.scenario import (
     expected_feedback,
     insert_churn,
     stored_feedback,
+    with_debezium,
     write_config,
 )
 from tests.integration.test_debezium_envelope import _drop_slot
@@ -147,12 +148,13 @@ def captured(
     kafka.put_connector(prefix, connector)
     try:
         config = tomllib.loads(base.read_text())
-        config["kafka"] = {
-            "bootstrap_servers": kafka.bootstrap_servers,
-            "topic_prefix": prefix,
-            "group_id": f"scorers-{prefix}",
-            "session_timeout_ms": 6000,
-        }
+        config = with_debezium(
+            config,
+            bootstrap_servers=kafka.bootstrap_servers,
+            topic_prefix=prefix,
+            group_id=f"scorers-{prefix}",
+            session_timeout_ms=6000,
+        )
         path = tmp_path / "scorer.toml"
         path.write_text(tomli_w.dumps(config))
         result = run_cli("init", "--config", str(path))

@@ -46,9 +46,9 @@ def write_config(
     pipelines: dict[str, Any] | None = None,
 ) -> ScorerSpec:
     """The embedded default's config for ``server``; ``pipelines`` adds or changes some."""
-    source: dict[str, Any] = {"heartbeat_interval_s": 0.5, "positions": positions}
+    binlog: dict[str, Any] = {"heartbeat_interval_s": 0.5, "positions": positions}
     if server_id is not None:
-        source["server_id"] = server_id
+        binlog["server_id"] = server_id
     batching = {"linger_ms": 50, "max_in_flight": 4}
     path.write_text(
         local_scorer_config(
@@ -58,7 +58,7 @@ def write_config(
             http_port=http_port,
             overrides={
                 "shutdown_grace_s": 20,
-                "source": source,
+                "source": {"binlog": binlog},
                 "retry": {"base_ms": 20, "cap_ms": 200},
                 "pipelines": {
                     "churn": {"snapshot": snapshot, "batching": batching | {"max_rows": max_rows}},
@@ -73,6 +73,13 @@ def write_config(
         )
     )
     return load_config(path)
+
+
+def with_debezium(config: dict[str, Any], **keys: Any) -> dict[str, Any]:
+    """A parsed configuration of a database's own log, reading Debezium's topics instead:
+    ``keys`` become its [source.debezium] (the log's section goes)."""
+    source = {k: v for k, v in config["source"].items() if k not in ("binlog", "pgoutput")}
+    return {**config, "source": {**source, "debezium": keys}}
 
 
 def init_scorer(spec: ScorerSpec) -> None:

@@ -100,7 +100,7 @@ def write_spec(
             "port": server.port,
             "user": "root",
             "database": database,
-            "heartbeat_interval_s": 0.5,
+            "binlog": {"heartbeat_interval_s": 0.5},
         },
         "http": {"host": "127.0.0.1", "port": 0},
         "aws": {"region": "us-east-1", "endpoint_url": endpoint_url},

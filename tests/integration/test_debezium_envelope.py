@@ -38,7 +38,7 @@ from cdc_scorer.sources.debezium.envelope import (
     EnvelopeError,
     Tombstone,
 )
-from cdc_scorer.sources.registry import build_source
+from cdc_scorer.sources.pgoutput import PgoutputSource
 from cdc_scorer.stores.registry import build_store
 from tests.integration.test_decoder_equivalence import (
     COLUMNS,
@@ -306,8 +306,8 @@ async def test_debezium_postgres_values_equal_the_pgoutput_values(
     store = build_store(source, RetrySpec())
     store.init([pipeline])
     tables = store.inspect_tables([pipeline])
-    build_source(source, RetrySpec()).prepare([pipeline], tables)
-    start = build_source(source, RetrySpec()).current_position()
+    PgoutputSource(source, RetrySpec()).prepare([pipeline], tables)
+    start = PgoutputSource(source, RetrySpec()).current_position()
     table = store.inspect_tables([pipeline])["types"]
     store.close()
     prefix, slot = f"p{uuid.uuid4().hex[:6]}", f"dbz_{uuid.uuid4().hex[:8]}"

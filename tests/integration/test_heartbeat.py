@@ -12,7 +12,7 @@ import structlog.testing
 
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.own_tables import HEARTBEAT_TABLE
-from cdc_scorer.core.spec import SourceSpec
+from cdc_scorer.core.spec import FeedSpec, SourceSpec
 from cdc_scorer.local.servers import DatabaseServer, free_port
 from cdc_scorer.stores.mysql.heartbeat import MysqlHeartbeat
 
@@ -22,7 +22,7 @@ def source_of(server: DatabaseServer, database: str, port: int | None = None) ->
         database=database,
         port=port or server.port,
         user="root",
-        heartbeat_interval_s=0.05,
+        feed=FeedSpec(),
         connect_timeout_s=1,
     )
 
@@ -52,7 +52,7 @@ def beats(server: DatabaseServer, database: str) -> list[tuple[str, object]]:
 async def test_beats_and_moves(mariadb: DatabaseServer) -> None:
     database = database_with_heartbeat_table(mariadb)
     task = asyncio.create_task(
-        MysqlHeartbeat(source_of(mariadb, database), HEARTBEAT_TABLE, "a,b").run()
+        MysqlHeartbeat(source_of(mariadb, database), HEARTBEAT_TABLE, "a,b", 0.05).run()
     )
     try:
         deadline = time.monotonic() + 10
@@ -71,7 +71,9 @@ async def test_beats_and_moves(mariadb: DatabaseServer) -> None:
 async def test_a_server_that_is_not_there_is_retried(mariadb: DatabaseServer) -> None:
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(
-            MysqlHeartbeat(source_of(mariadb, "x", port=free_port()), HEARTBEAT_TABLE, "a").run()
+            MysqlHeartbeat(
+                source_of(mariadb, "x", port=free_port()), HEARTBEAT_TABLE, "a", 0.05
+            ).run()
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not task.done():
@@ -92,6 +94,6 @@ async def test_a_missing_table_stops_it(mariadb: DatabaseServer) -> None:
     with conn.cursor() as cursor:
         cursor.execute(f"DROP TABLE {database}.{HEARTBEAT_TABLE}")
     conn.close()
-    heartbeat = MysqlHeartbeat(source_of(mariadb, database), HEARTBEAT_TABLE, "a")
+    heartbeat = MysqlHeartbeat(source_of(mariadb, database), HEARTBEAT_TABLE, "a", 0.05)
     with pytest.raises(FatalError, match="writing the heartbeat: MySQL error 1146"):
         await asyncio.wait_for(heartbeat.run(), 10)

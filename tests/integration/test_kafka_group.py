@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from cdc_scorer.core.spec import KafkaSpec
 from cdc_scorer.local.kafka import KafkaStack
 from cdc_scorer.local.kafka.connectors import mysql_connector
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.sources.debezium.group import GroupMember, RawMessage
+from cdc_scorer.sources.debezium.spec import DebeziumSpec
 from tests.integration.test_debezium_envelope import _wait_topic
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ class Member:
     """A member whose "database" is ``stored``: offsets loaded on assign, saved on revoke."""
 
     def __init__(
-        self, name: str, spec: KafkaSpec, topic: str, stored: dict[Any, int], log: list[Any]
+        self, name: str, spec: DebeziumSpec, topic: str, stored: dict[Any, int], log: list[Any]
     ) -> None:
         self.name, self.stored, self.log = name, stored, log
         self.read: list[RawMessage] = []
@@ -96,7 +96,7 @@ async def test_members_start_at_the_databases_offsets_and_hand_partitions_over(
     try:
         _wait_topic(kafka, topic)
         await _until(lambda: _messages(kafka, topic) == ROWS)  # the snapshot is in the topic
-        spec = KafkaSpec(
+        spec = DebeziumSpec(
             bootstrap_servers=kafka.bootstrap_servers,
             topic_prefix=prefix,
             group_id=f"scorers-{prefix}",

@@ -31,6 +31,7 @@ from tests.integration.scenario import (
     create_database,
     insert_churn,
     wait_for,
+    with_debezium,
     write_config,
 )
 from tests.integration.test_kafka_source import put_churn_connector
@@ -54,7 +55,7 @@ def captured(
     write_config(tmp_path / "base.toml", server, database, models.url)
     config = tomllib.loads((tmp_path / "base.toml").read_text())
     config["pipelines"] = [p for p in config["pipelines"] if p["name"] == "churn"]
-    config["kafka"] = {"topic_prefix": prefix, "group_id": f"tls-{prefix}"}
+    config = with_debezium(config, topic_prefix=prefix, group_id=f"tls-{prefix}")
     try:
         yield db, prefix, config
     finally:
@@ -64,7 +65,7 @@ def captured(
 
 def _spec(tmp_path: Path, config: dict[str, Any], **kafka: Any) -> Any:
     path = tmp_path / "kafka.toml"
-    config = {**config, "kafka": {**config["kafka"], **kafka}}
+    config = with_debezium(config, **config["source"]["debezium"], **kafka)
     path.write_text(tomli_w.dumps(config))
     assert cli(["init", "--config", str(path)]) == 0
     return load_config(path)
@@ -87,7 +88,7 @@ async def test_the_scorer_reads_debeziums_topics_over_tls(
     scram: dict[str, Any] = {}
     if security == "sasl-scram":
         scram = {"username": KAFKA_SCRAM_USER, "scram_mechanism": "SCRAM-SHA-512"}
-        monkeypatch.setenv("CDC_SCORER_KAFKA__PASSWORD", KAFKA_SCRAM_PASSWORD)
+        monkeypatch.setenv("CDC_SCORER_SOURCE__DEBEZIUM__PASSWORD", KAFKA_SCRAM_PASSWORD)
     spec = _spec(
         tmp_path,
         config,
@@ -96,18 +97,18 @@ async def test_the_scorer_reads_debeziums_topics_over_tls(
         ca_file=str(kafka.tls.ca_file),
         **scram,
     )
-    assert spec.kafka.bootstrap_servers != kafka.bootstrap_servers  # not the PLAINTEXT one
+    assert spec.source.feed.bootstrap_servers != kafka.bootstrap_servers  # not the PLAINTEXT one
     async with Running(spec) as app:
         await wait_for(lambda: churn_matches(db), timeout_s=120, what="the snapshot over TLS")
         registry = app.telemetry.registry
-        assert registry.get_sample_value("cdc_scorer_kafka_partitions", {"pipeline": "churn"})
+        assert registry.get_sample_value("cdc_scorer_source_partitions", {"pipeline": "churn"})
 
 
 @pytest.mark.parametrize(
     ("security", "wrong", "said"),
     [
-        ("sasl-scram", "password", "kafka.username and its password"),
-        ("ssl", "ca_file", "kafka.ca_file"),
+        ("sasl-scram", "password", "source.debezium.username and its password"),
+        ("ssl", "ca_file", "source.debezium.ca_file"),
     ],
 )
 async def test_a_wrong_password_or_an_untrusted_certificate_stops_with_one_line(
@@ -128,7 +129,7 @@ async def test_a_wrong_password_or_an_untrusted_certificate_stops_with_one_line(
     }
     if security == "sasl-scram":
         settings |= {"username": KAFKA_SCRAM_USER, "scram_mechanism": "SCRAM-SHA-512"}
-        monkeypatch.setenv("CDC_SCORER_KAFKA__PASSWORD", "not-the-password")
+        monkeypatch.setenv("CDC_SCORER_SOURCE__DEBEZIUM__PASSWORD", "not-the-password")
     else:
         del settings["ca_file"]  # the system's CAs: they did not sign the broker's certificate
     app = ScorerApp(_spec(tmp_path, config, **settings))

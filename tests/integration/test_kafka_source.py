@@ -38,6 +38,7 @@ from tests.integration.scenario import (
     stored_churn,
     stored_feedback,
     wait_for,
+    with_debezium,
     write_config,
 )
 from tests.integration.test_debezium_envelope import _drop_slot
@@ -168,19 +169,20 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
             )
             assert await asyncio.to_thread(cli, ["check", "--config", str(closed)]) == 1
             out = capsys.readouterr().out
-            assert "FAIL  brokers 127.0.0.1:" in out and "kafka.bootstrap_servers" in out, out
+            assert "FAIL  brokers 127.0.0.1:" in out, out
+            assert "source.debezium.bootstrap_servers" in out, out
             registry = app.telemetry.registry
             await wait_for(
                 lambda: (
                     registry.get_sample_value(
-                        "cdc_scorer_kafka_lag_messages", {"pipeline": "churn"}
+                        "cdc_scorer_source_partition_lag_messages", {"pipeline": "churn"}
                     )
                     == 0
                 ),
                 what="the lag gauge at 0",
             )
             assert (
-                registry.get_sample_value("cdc_scorer_kafka_partitions", {"pipeline": "churn"})
+                registry.get_sample_value("cdc_scorer_source_partitions", {"pipeline": "churn"})
                 == PARTITIONS
             )
             # Freshness: the source's commit (Debezium's source.ts_ms) → prediction committed.
@@ -189,37 +191,111 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
             )
             assert fresh is not None and fresh >= 40
             await wait_for(lambda: app.not_ready() == [], what="/readyz ready in Kafka mode")
-            status = capsys.readouterr()
+            capsys.readouterr()
             assert cli(["status", "--config", str(config)]) == 0
             shown = capsys.readouterr().out
             assert f"churn: {PARTITIONS} partitions (group scorers-{prefix}.churn)" in shown
             assert f"{prefix}.{database}.churn[0] next offset " in shown
-            del status
-        # reposition is refused in Kafka mode, storing nothing (it wrote a checkpoint row the
-        # mode never reads, and said it had moved).
-        capsys.readouterr()
-        moved = cli(["reposition", "--config", str(config), "--pipeline", "churn", "--now"])
-        assert moved == 1
-        assert "reposition in Kafka mode" in capsys.readouterr().err
-        with db.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM cdc_scorer_checkpoint")
-            assert cursor.fetchone() == (0,)
-        # No member runs: a backlog written now is lag the tool shows (Burrow and MSK's
-        # consumer-lag metrics read the same committed offsets).
-        insert_churn(db, list(generator.rows(30)))
+            assert cli(["status", "--config", str(config), "--json"]) == 0
+            churn = _pipeline_json(capsys.readouterr().out, "churn")
+            assert churn["group"] == f"scorers-{prefix}.churn"
+            assert len(churn["partitions"]) == PARTITIONS
+            # reposition while a member of the group is active: refused, nothing stored.
+            before = _stored(db, "churn")
+            refused = await asyncio.to_thread(
+                cli, ["reposition", "--config", str(config), "--pipeline", "churn", "--to-earliest"]
+            )
+            assert refused == 1
+            err = capsys.readouterr().err
+            assert f"consumer group scorers-{prefix}.churn has 1 active member" in err, err
+            assert "nothing was changed" in err and _stored(db, "churn") == before
         topic = f"{prefix}.{database}.churn"
+        await _repositions_move_the_database_and_the_group(
+            capsys, config, db, kafka, prefix, database
+        )
+        # No member runs: a backlog written now is lag the tool shows (Burrow and MSK's
+        # consumer-lag metrics read the same committed offsets), on top of what the
+        # reposition to the earliest offsets gave back to read.
+        everything = _messages(kafka, topic, PARTITIONS) + 30
+        insert_churn(db, list(generator.rows(30)))
 
         def backlog() -> int:
             lines = _group_lines(kafka, f"scorers-{prefix}", database)
             return sum(x.lag or 0 for x in lines if x.topic == topic)
 
-        await wait_for(lambda: backlog() == 30, what="the backlog as lag")
+        await wait_for(lambda: backlog() == everything, what="the backlog as lag")
         async with Running(spec):
             await wait_for(lambda: churn_matches(db), what="the backlog read")
             await wait_for(lambda: backlog() == 0, what="the lag back at 0")
     finally:
         kafka.delete_connector(prefix)
         db.close()
+
+
+async def _repositions_move_the_database_and_the_group(
+    capsys: pytest.CaptureFixture[str],
+    config: Path,
+    db: Any,
+    kafka: KafkaStack,
+    prefix: str,
+    database: str,
+) -> None:
+    """With no member running, ``reposition`` moves a pipeline's offsets the way
+    ``kafka-consumer-groups.sh --reset-offsets`` does: in the database (what a member starts
+    from) and in the group (what Kafka's tools show); what it refuses stores nothing."""
+
+    def reposition(pipeline: str, *flags: str) -> int:
+        command = ["reposition", "--config", str(config), "--pipeline", pipeline, *flags]
+        return cli(command)
+
+    def in_group(pipeline: str) -> dict[int, int]:
+        group = f"scorers-{prefix}.{pipeline}"
+        lines = describe_group(kafka.bootstrap_servers, group)
+        return {x.partition: x.current_offset for x in lines if x.current_offset is not None}
+
+    ends = _ends(kafka, f"{prefix}.{database}.feedback")
+    capsys.readouterr()
+    # Positions of a database's own log mean nothing here: refused, nothing stored.
+    assert reposition("churn", "--now") == 1
+    assert "--to-earliest, --to-latest, --to-datetime" in capsys.readouterr().err
+    with db.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM cdc_scorer_checkpoint")
+        assert cursor.fetchone() == (0,)
+    # --to-earliest: every partition back to its first offset (the snapshot read again).
+    assert reposition("churn", "--to-earliest") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("pipeline churn repositioned (to the earliest offsets):"), out
+    assert _stored(db, "churn") == {p: 0 for p in range(PARTITIONS)}
+    assert in_group("churn") == {p: 0 for p in range(PARTITIONS)}
+    # --to-datetime: the first offset at or after the time (none after: the end).
+    assert reposition("feedback", "--to-datetime", "2000-01-01T00:00:00Z") == 0
+    assert _stored(db, "feedback") == {p: 0 for p in range(PARTITIONS)}
+    assert reposition("feedback", "--to-datetime", "2100-01-01") == 0
+    assert _stored(db, "feedback") == ends and in_group("feedback") == ends
+    # --to-offset N --partition P: that partition only, inside what the partition holds.
+    capsys.readouterr()
+    assert reposition("feedback", "--to-offset", str(ends[0] + 5), "--partition", "0") == 1
+    assert "nothing was changed" in capsys.readouterr().err
+    assert _stored(db, "feedback") == ends
+    assert reposition("feedback", "--to-offset", "1", "--partition", "0") == 0
+    assert _stored(db, "feedback") == {**ends, 0: 1} and in_group("feedback") == {**ends, 0: 1}
+    assert reposition("feedback", "--to-offset", "1") == 2  # a usage error: no --partition
+
+
+def _stored(db: Any, pipeline: str) -> dict[int, int]:
+    """A pipeline's next offset per partition, as the database keeps them."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE pipeline = %s",
+            (pipeline,),
+        )
+        return {int(p): int(o) for p, o in cursor.fetchall()}
+
+
+def _pipeline_json(out: str, pipeline: str) -> dict[str, Any]:
+    """A pipeline's entry of `status --json`."""
+    shown: list[dict[str, Any]] = json.loads(out)
+    return next(entry for entry in shown if entry["pipeline"] == pipeline)
 
 
 def _checked_as_kafka(out: str, prefix: str, churn: str) -> None:
@@ -264,14 +340,15 @@ def load_config_text(
 
     path = tmp_path / "kafka.toml"
     config = tomllib.loads((tmp_path / "base.toml").read_text())
-    config["kafka"] = {
+    keys: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "topic_prefix": prefix,
         "group_id": f"scorers-{prefix}",
         "session_timeout_ms": 6000,
     }
     if signal_table is not None:
-        config["kafka"]["signal_table"] = signal_table
+        keys["signal_table"] = signal_table
+    config = with_debezium(config, **keys)
     path.write_text(tomli_w.dumps(config))
     return path
 
@@ -433,7 +510,7 @@ async def test_a_model_change_and_rescore_go_through_debeziums_incremental_snaps
             assert "model version 2, asked " in reading
             assert reading.endswith(f": {rows}/{rows} rows scored since (100 %)"), reading
             assert cli(["status", "--config", str(config), "--json"]) == 0
-            shown = json.loads(capsys.readouterr().out)["readings"]["churn"]
+            shown = _pipeline_json(capsys.readouterr().out, "churn")["reading"]
             assert (shown["reason"], shown["rows"]) == ("model version", rows)
             assert shown["rows_scored_since"] >= rows
             with db.cursor() as cursor:
@@ -566,7 +643,7 @@ async def test_a_new_pipeline_on_a_trimmed_topic_without_a_signal_table_stops_wi
         assert f"topic {topic} no longer holds its beginning (partition 1 starts at offset " in (
             line
         ), line
-        assert "set kafka.signal_table" in line and "\n" not in line
+        assert "set source.debezium.signal_table" in line and "\n" not in line
         assert _versions(db) == {}  # nothing scored: the claim rolled back
     finally:
         kafka.delete_connector(prefix)

@@ -10,7 +10,7 @@ import pytest
 
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.records import Checkpoint, DeadLetter, Prediction, ScoredBatch
-from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.core.spec import FeedSpec, PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.local.postgres import PostgresServer
 from cdc_scorer.services.comprehend import ComprehendSpec
 from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition, decode_binlog_position
@@ -41,6 +41,7 @@ def _store(postgres: PostgresServer, database: str) -> Store:
         host=postgres.host,
         port=postgres.port,
         user=postgres.user,
+        feed=FeedSpec(),
     )
     return build_store(source, RetrySpec(base_ms=10, cap_ms=50))
 
@@ -128,7 +129,7 @@ async def test_the_store_protocol_on_postgresql(postgres: PostgresServer) -> Non
     other.close()
 
     # The heartbeat writes its row.
-    task = asyncio.create_task(store.heartbeat("a,b").run())
+    task = asyncio.create_task(store.heartbeat("a,b", 2.0).run())
     for _ in range(100):
         with conn.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM cdc_scorer_heartbeat WHERE instance = 'a,b'")

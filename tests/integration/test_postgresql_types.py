@@ -12,7 +12,8 @@ from cdc_scorer.core.records import Commit, RowChange
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.services.sagemaker import SageMakerSpec, csv_line
 from cdc_scorer.sources import Capture, StreamHooks
-from cdc_scorer.sources.registry import build_source
+from cdc_scorer.sources.pgoutput import PgoutputSource
+from cdc_scorer.sources.pgoutput.spec import PgoutputSpec
 from cdc_scorer.stores.registry import build_store
 from tests.pg import PgDatabase
 
@@ -53,7 +54,7 @@ def _spec(db: PgDatabase) -> tuple[SourceSpec, PipelineSpec]:
         host=db.server.host,
         port=db.server.port,
         user=db.server.user,
-        slot_name=db.slot,
+        feed=PgoutputSpec(slot_name=db.slot),
     )
     model = SageMakerSpec("types-endpoint", tuple(c for c, *_ in FAMILIES))
     return source, PipelineSpec("types", "types", model)
@@ -61,7 +62,7 @@ def _spec(db: PgDatabase) -> tuple[SourceSpec, PipelineSpec]:
 
 async def _streamed(source: SourceSpec, start: Any) -> list[RowChange]:
     """The row changes of the next transaction, read through the slot."""
-    stream = build_source(source, RetrySpec(base_ms=10, cap_ms=50)).open(
+    stream = PgoutputSource(source, RetrySpec(base_ms=10, cap_ms=50)).open(
         start, Capture({"types": ("id",)}, {"types": None}), StreamHooks()
     )
     rows: list[RowChange] = []
@@ -81,8 +82,8 @@ async def test_each_type_family_reads_alike_from_the_log_and_a_select(pg: PgData
     store = build_store(source, RetrySpec())
     store.init([pipeline])
     tables = store.inspect_tables([pipeline])
-    build_source(source, RetrySpec()).prepare([pipeline], tables)
-    start = build_source(source, RetrySpec()).current_position()
+    PgoutputSource(source, RetrySpec()).prepare([pipeline], tables)
+    start = PgoutputSource(source, RetrySpec()).current_position()
     literals = ", ".join(literal for *_, literal, _csv in FAMILIES)
     pg.execute(f"INSERT INTO types VALUES (1, {literals})")
 

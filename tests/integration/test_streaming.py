@@ -11,11 +11,13 @@ import pymysql
 import pytest
 from prometheus_client import generate_latest
 
-from cdc_scorer.commands.status import PipelineStatus, pipeline_status
 from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.sources.log_status import PipelineStatus, pipeline_status
+from cdc_scorer.sources.registry import source_of as source_for
+from cdc_scorer.stores.registry import build_store
 from tests.conftest import Source, source_of
 from tests.integration.scenario import (
     Running,
@@ -514,4 +516,8 @@ def _streaming_churn(
 
 
 def _status(spec: ScorerSpec) -> list[PipelineStatus]:
-    return pipeline_status(spec)
+    store = build_store(spec.source, spec.retry)
+    try:
+        return pipeline_status(source_for(spec, store), spec.pipelines, store)
+    finally:
+        store.close()

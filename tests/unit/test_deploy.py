@@ -115,10 +115,10 @@ def test_the_ecs_template_runs_n_tasks_in_kafka_mode_with_the_msk_iam_policy() -
         if isinstance(entry, dict) and "!If" in entry
     }
     assert kafka_env == {
-        "CDC_SCORER_KAFKA__BOOTSTRAP_SERVERS",
-        "CDC_SCORER_KAFKA__TOPIC_PREFIX",
-        "CDC_SCORER_KAFKA__SECURITY",
-        "CDC_SCORER_KAFKA__SIGNAL_TABLE",
+        "CDC_SCORER_SOURCE__DEBEZIUM__BOOTSTRAP_SERVERS",
+        "CDC_SCORER_SOURCE__DEBEZIUM__TOPIC_PREFIX",
+        "CDC_SCORER_SOURCE__DEBEZIUM__SECURITY",
+        "CDC_SCORER_SOURCE__DEBEZIUM__SIGNAL_TABLE",
     }
     policies = template["Resources"]["TaskRole"]["Properties"]["Policies"]
     statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]

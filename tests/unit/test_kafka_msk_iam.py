@@ -14,12 +14,12 @@ import urllib.parse
 import pytest
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.core.spec import KafkaSpec
 from cdc_scorer.sources.debezium.group import client_config
+from cdc_scorer.sources.debezium.spec import DebeziumSpec
 
 
-def _spec(region: str | None) -> KafkaSpec:
-    return KafkaSpec(
+def _spec(region: str | None) -> DebeziumSpec:
+    return DebeziumSpec(
         bootstrap_servers="b-1.example.kafka.eu-west-1.amazonaws.com:9098",
         topic_prefix="dbz",
         security="msk-iam",
@@ -54,5 +54,5 @@ def test_without_a_region_the_callback_names_the_key(monkeypatch: pytest.MonkeyP
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
     config = client_config(_spec(None), "scorer-1")
-    with pytest.raises(FatalError, match=r"kafka\.iam_region"):
+    with pytest.raises(FatalError, match=r"source\.debezium\.iam_region"):
         config["oauth_cb"](None)

@@ -20,7 +20,7 @@ def test_defaults_load_and_overrides_merge(tmp_path: Path) -> None:
             endpoint_url="http://127.0.0.1:1",
             overrides={
                 "shutdown_grace_s": 7,
-                "source": {"decoder": "stock"},
+                "source": {"binlog": {"decoder": "stock"}},
                 "pipelines": {
                     "churn": {"batching": {"max_rows": 9}},
                     "feedback": {"comprehend": {"overlong_text": "dead_letter"}},
@@ -30,7 +30,7 @@ def test_defaults_load_and_overrides_merge(tmp_path: Path) -> None:
     )
     spec = load_config(path)
     churn, feedback = spec.pipelines
-    assert (spec.source.port, spec.source.database, spec.source.decoder) == (
+    assert (spec.source.port, spec.source.database, getattr(spec.source.feed, "decoder", None)) == (
         3307,
         "mltest",
         "stock",

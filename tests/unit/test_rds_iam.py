@@ -12,11 +12,12 @@ import pytest
 
 from cdc_scorer.config import load_config
 from cdc_scorer.core.errors import ConfigError
-from cdc_scorer.core.spec import SourceSpec, TlsSpec
+from cdc_scorer.core.spec import FeedSpec, SourceSpec, TlsSpec
 from cdc_scorer.mysql.connection import connection_settings
 
 SOURCE = SourceSpec(
     database="mltest",
+    feed=FeedSpec(),
     host="mycluster.cluster-abc123.eu-west-1.rds.amazonaws.com",
     port=3306,
     user="cdc_scorer",
@@ -96,6 +97,7 @@ def test_postgresql_connections_send_a_token_over_tls() -> None:
 
     source = SourceSpec(
         database="mltest",
+        feed=FeedSpec(),
         engine="postgresql",
         host="mycluster.cluster-abc123.eu-west-1.rds.amazonaws.com",
         port=5432,

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect
-from cdc_scorer.sources import Capture, ChangeStream, Feed, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
 from cdc_scorer.sources.binlog.positions import (
     BinlogPosition,
     FilePosition,
@@ -29,7 +28,8 @@ from cdc_scorer.sources.binlog.positions import (
 from cdc_scorer.sources.binlog.reader import BinlogStream, probe_replication
 from cdc_scorer.sources.binlog.resume import check_resumable, current_position, position_from
 from cdc_scorer.sources.binlog.server import ServerInfo, preflight_binlog, server_info
-from cdc_scorer.stores import Store
+from cdc_scorer.sources.binlog.spec import BinlogSpec, binlog_spec
+from cdc_scorer.sources.log_source import LogSource
 
 # What a failover or a blue/green switchover does with each kind of position (`check`).
 FAILOVER = {
@@ -43,13 +43,14 @@ FAILOVER = {
 }
 
 
-class BinlogSource:
+class BinlogSource(LogSource):
     """The binlog of the server ``[source]`` names, read as a replica."""
 
     probe_name = "grant: binlog replication"
 
     def __init__(self, source: SourceSpec, retry: RetrySpec) -> None:
         self._source = source
+        self._log: BinlogSpec = binlog_spec(source)
         self._retry = retry
         self._server: ServerInfo | None = None  # once preflight passed
 
@@ -58,7 +59,7 @@ class BinlogSource:
 
     def _checked(self, conn: Connection) -> ServerInfo:
         if self._server is None:
-            self._server = preflight_binlog(conn, self._source.positions)
+            self._server = preflight_binlog(conn, self._log.positions)
         return self._server
 
     def preflight(self) -> SourceInfo:
@@ -72,7 +73,7 @@ class BinlogSource:
     def settings(self, resuming: bool = False) -> list[tuple[str, str | None]]:
         conn = self._connection()
         try:
-            _server, settings = server_info(conn, self._source.positions)
+            _server, settings = server_info(conn, self._log.positions)
         finally:
             close_quietly(conn)
         return [(f"binlog {name}", problem) for name, problem in settings]
@@ -80,7 +81,7 @@ class BinlogSource:
     def notes(self) -> list[tuple[str, str]]:
         conn = self._connection()
         try:
-            server, _settings = server_info(conn, self._source.positions)
+            server, _settings = server_info(conn, self._log.positions)
         finally:
             close_quietly(conn)
         return [("failover", FAILOVER[server.positions])]
@@ -137,7 +138,7 @@ class BinlogSource:
         if server is None:
             conn = self._connection()
             try:
-                server, _settings = server_info(conn, self._source.positions)
+                server, _settings = server_info(conn, self._log.positions)
             finally:
                 close_quietly(conn)
         return [
@@ -147,18 +148,6 @@ class BinlogSource:
 
     def release(self, position: Position) -> None:
         """The server keeps its binlog by its own retention: nothing to tell it."""
-
-    def feeds(
-        self,
-        pipelines: Sequence[PipelineSpec],
-        tables: Mapping[str, TableInfo],
-        store: Store,
-        telemetry: Observer,
-    ) -> list[Feed]:
-        """One reader of the log for every pipeline."""
-        from cdc_scorer.sources.log_feed import LogFeed
-
-        return [LogFeed(self, self._source, self._retry, pipelines, tables, store, telemetry)]
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, BinlogPosition):

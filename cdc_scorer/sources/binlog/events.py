@@ -346,7 +346,7 @@ class TransactionReader:
                 raise FatalError(
                     f"a transaction without a GTID at {stream.log_file}:{start} while positions "
                     "are GTID sets: set gtid_mode=ON for every transaction, or read by "
-                    'file:pos (source.positions = "file")'
+                    'file:pos (source.binlog.positions = "file")'
                 )
             if self.tx is None:
                 self.tx = BinlogCoordinate(stream.log_file, start)

@@ -4,7 +4,7 @@ checkpoints need (a new flavour of position is a new class here, not a branch el
 - ``MariadbGtidPosition``: MariaDB's GTID state, the last GTID per replication domain;
 - ``MysqlGtidSetPosition``: MySQL's executed GTID set (``gtid_mode=ON``);
 - ``FilePosition``: ``file:pos`` (MySQL without GTIDs, Aurora MySQL's default, or
-  ``source.positions = "file"``).
+  ``source.binlog.positions = "file"``).
 
 A position is always a transaction boundary: resuming inside a transaction loses its table
 maps (docs/architecture.md, library traps).

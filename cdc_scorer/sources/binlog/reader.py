@@ -23,6 +23,7 @@ from cdc_scorer.sources import Capture, StreamHooks
 from cdc_scorer.sources.binlog.decoder import FastRowsDecoder
 from cdc_scorer.sources.binlog.events import READ_EVENTS, TransactionReader
 from cdc_scorer.sources.binlog.positions import BinlogPosition
+from cdc_scorer.sources.binlog.spec import binlog_spec
 from cdc_scorer.sources.handover import ThreadedStream
 
 log = structlog.get_logger("cdc_scorer.source")
@@ -44,12 +45,13 @@ class BinlogStream(ThreadedStream):
         hooks: StreamHooks | None = None,
         verify: Callable[[BinlogPosition], None] | None = None,
     ) -> None:
-        super().__init__(source.queue_max_rows, "binlog-reader")
+        log_spec = binlog_spec(source)
+        super().__init__(log_spec.queue_max_rows, "binlog-reader")
         hooks = hooks or StreamHooks()
         self._source = source
         self._capture = capture
         self._retry = retry
-        decoder = FastRowsDecoder(capture.read_columns) if source.decoder == "fast" else None
+        decoder = FastRowsDecoder(capture.read_columns) if log_spec.decoder == "fast" else None
         self._events = TransactionReader(
             source.database,
             capture.key_columns,
@@ -77,7 +79,7 @@ class BinlogStream(ThreadedStream):
             # The same settings, TLS included, as every other connection of the scorer.
             connection_settings=connection_settings(self._source),
             pymysql_wrapper=_one_binlog_connection(opener(self._source)),
-            server_id=self._source.server_id,
+            server_id=binlog_spec(self._source).server_id,
             blocking=True,
             resume_stream=True,
             **self._position.reader_start(),
@@ -174,7 +176,7 @@ def probe_replication(source: SourceSpec, start: BinlogPosition) -> None:
     stream = BinLogStreamReader(
         connection_settings=connection_settings(source),
         pymysql_wrapper=opener(source),
-        server_id=source.server_id,
+        server_id=binlog_spec(source).server_id,
         blocking=False,
         resume_stream=True,
         only_events=[RotateEvent],

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pymysql
 
-from cdc_scorer.core.errors import START_OVER, FatalError, PositionLost
+from cdc_scorer.core.errors import FatalError, PositionLost
 from cdc_scorer.core.positions import Position
 from cdc_scorer.mysql.connection import Connection, error_code, mysql_errors
 from cdc_scorer.sources.binlog.positions import (
@@ -18,6 +18,9 @@ from cdc_scorer.sources.binlog.positions import (
     MysqlGtidSetPosition,
 )
 from cdc_scorer.sources.binlog.server import ServerInfo, binlog_status_sql
+from cdc_scorer.sources.log_spec import start_over
+
+START_OVER = start_over("binlog")
 
 
 def _mariadb_now(conn: Connection, server: ServerInfo) -> Position:
@@ -201,8 +204,9 @@ def check_resumable(conn: Connection, server: ServerInfo, position: Position) ->
     whichever server; an older checkpoint without one is refused on another server."""
     if position.kind != server.positions:
         raise PositionLost(
-            f"checkpoint position {position} is kept by {position.kind}, but source.positions "
-            f"makes this run keep them by {server.positions}: set source.positions back, or "
+            f"checkpoint position {position} is kept by {position.kind}, but "
+            f"source.binlog.positions makes this run keep them by {server.positions}: set "
+            "source.binlog.positions back, or "
             f"{START_OVER}"
         )
     if (

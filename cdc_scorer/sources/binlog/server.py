@@ -20,7 +20,7 @@ class ServerInfo:
     identity: str
     gtid_mode: bool
     # How positions are kept: "gtid" (MariaDB GTIDs), "mysqlgtid" (MySQL GTID sets, with
-    # gtid_mode=ON) or "file" (file:pos: MySQL without GTIDs, or source.positions = "file").
+    # gtid_mode=ON) or "file" (file:pos: MySQL without GTIDs, or source.binlog.positions = "file").
     positions: str = "gtid"  # a Position kind (positions.POSITION_KINDS)
     # MySQL's binlog_row_value_options: "PARTIAL_JSON" logs JSON updates as diffs.
     row_value_options: str = ""
@@ -61,7 +61,7 @@ def server_info(
 ) -> tuple[ServerInfo, list[tuple[str, str | None]]]:
     """The server's facts and each binlog setting: (setting, problem with its fix or None).
 
-    ``positions`` is ``source.positions``: "auto" keeps GTIDs on MariaDB, GTID sets on MySQL
+    ``positions`` is ``source.binlog.positions``: "auto" keeps GTIDs on MariaDB, GTID sets on MySQL
     with gtid_mode=ON and file:pos on MySQL without; "file" keeps file:pos on both.
     """
     with mysql_errors("reading server variables"):

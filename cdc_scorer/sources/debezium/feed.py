@@ -20,7 +20,7 @@ from cdc_scorer.core.pipeline import ChunkReader
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
-from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.sources import ChangeStream
 from cdc_scorer.sources.debezium.envelope import CapturedTable, EnvelopeDecoder
 from cdc_scorer.sources.debezium.group import Partition, topic_watermarks
@@ -30,6 +30,7 @@ from cdc_scorer.sources.debezium.signals import (
     incremental_snapshot,
     namespace,
 )
+from cdc_scorer.sources.debezium.spec import DebeziumSpec, debezium_spec
 from cdc_scorer.sources.debezium.stream import KafkaChangeStream
 from cdc_scorer.stores import PipelineSink
 from cdc_scorer.stores.offsets import (
@@ -60,12 +61,11 @@ class DebeziumFeed:
         store: OffsetStore,
         telemetry: Observer,
     ) -> None:
-        assert spec.kafka is not None
         if not table.key_columns:
             raise FatalError(f"pipeline {pipeline.name}: table {pipeline.table} has no key")
         self.pipelines: tuple[PipelineSpec, ...] = (pipeline,)
         self._spec = spec
-        self._kafka: KafkaSpec = spec.kafka
+        self._kafka: DebeziumSpec = debezium_spec(spec.source)
         self._pipeline = pipeline
         self._topic = topic
         self._table = table
@@ -94,7 +94,6 @@ class DebeziumFeed:
             step=self._ledger,
         )
         self._sink.try_lead(0)  # no lock with offsets: the group decides who reads what
-        self._telemetry.on_leader(True)
         log.info("pipeline on Kafka", pipeline=pipeline.name, topic=self._topic)
         return True
 
@@ -146,7 +145,7 @@ class DebeziumFeed:
         )
 
     async def finish(self, committed: Position | None) -> None:
-        self._telemetry.on_leader(False)
+        self._telemetry.on_partition_lag(self._pipeline.name, 0, 0.0, 0)  # owns none now
 
     def close(self) -> None:
         if self._sink is not None:
@@ -181,7 +180,7 @@ class DebeziumFeed:
                     raise FatalError(
                         f"pipeline {pipeline.name} is new and topic {topic} no longer holds its "
                         f"beginning (partition {number} starts at offset {low}: retention "
-                        "removed the rest): set kafka.signal_table, and the scorer asks "
+                        "removed the rest): set source.debezium.signal_table, and the scorer asks "
                         "Debezium for an incremental snapshot of the table instead"
                     )
 
@@ -194,7 +193,7 @@ class DebeziumFeed:
                 raise FatalError(
                     f"pipeline {pipeline.name}: model version {version or '(none)'} is new, "
                     "and re-scoring on Kafka asks Debezium for an incremental snapshot: set "
-                    "kafka.signal_table to the connector's signal.data.collection table"
+                    "source.debezium.signal_table to the connector's signal.data.collection table"
                 ) from None
 
         requested = store.in_transaction(f"claiming model version {version}", claim)

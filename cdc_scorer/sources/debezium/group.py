@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from cdc_scorer.core.errors import FatalError, RetriableError
-from cdc_scorer.core.spec import KafkaSpec
+from cdc_scorer.sources.debezium.spec import DebeziumSpec
 
 log = structlog.get_logger("cdc_scorer.sources.debezium")
 
@@ -44,7 +44,7 @@ class RawMessage:
     value: bytes | None
 
 
-def client_config(spec: KafkaSpec, client_id: str) -> dict[str, Any]:
+def client_config(spec: DebeziumSpec, client_id: str) -> dict[str, Any]:
     """librdkafka's settings for a member: the group, the security, the tuning."""
     config: dict[str, Any] = {
         "bootstrap.servers": spec.bootstrap_servers,
@@ -95,8 +95,8 @@ def _msk_iam_token(region: str | None) -> Callable[[Any], tuple[str, float]]:
         where = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not where:
             raise FatalError(
-                "kafka.iam_region: the region of the MSK cluster is not known — set it, or "
-                "AWS_REGION"
+                "source.debezium.iam_region: the region of the MSK cluster is not known — set "
+                "it, or AWS_REGION"
             )
         value, expiry_ms = MSKAuthTokenProvider.generate_auth_token(where)
         return value, expiry_ms / 1000
@@ -104,7 +104,7 @@ def _msk_iam_token(region: str | None) -> Callable[[Any], tuple[str, float]]:
     return token
 
 
-def _refusal(spec: KafkaSpec, error: KafkaError, doing: str) -> str | None:
+def _refusal(spec: DebeziumSpec, error: KafkaError, doing: str) -> str | None:
     """The line to stop on when the brokers refuse this client's credentials or it does not
     trust theirs (None: another error). librdkafka retries these for ever; a Kafka client
     stops on them, and so does the scorer."""
@@ -112,7 +112,7 @@ def _refusal(spec: KafkaSpec, error: KafkaError, doing: str) -> str | None:
     return None if fix is None else f"{doing}: {error.str()} — {fix}"
 
 
-def _refused(spec: KafkaSpec, error: KafkaError) -> str | None:
+def _refused(spec: DebeziumSpec, error: KafkaError) -> str | None:
     if error.code() == KafkaError._AUTHENTICATION:
         if spec.security == "msk-iam":
             return (
@@ -120,13 +120,13 @@ def _refused(spec: KafkaSpec, error: KafkaError) -> str | None:
                 "kafka-cluster:Connect on the cluster (deploy/ecs-service.yaml)"
             )
         return (
-            "the brokers refused the credentials: check kafka.username and its password "
-            "(CDC_SCORER_KAFKA__PASSWORD) and kafka.scram_mechanism"
+            "the brokers refused the credentials: check source.debezium.username and its password "
+            "(CDC_SCORER_SOURCE__DEBEZIUM__PASSWORD) and source.debezium.scram_mechanism"
         )
     if error.code() == KafkaError._SSL:
         return (
-            "TLS with the brokers failed: set kafka.ca_file to the CA bundle that signed their "
-            "certificate (and check that they speak TLS on this port)"
+            "TLS with the brokers failed: set source.debezium.ca_file to the CA bundle that "
+            "signed their certificate (and check that they speak TLS on this port)"
         )
     return None
 
@@ -144,7 +144,7 @@ def kafka_errors(doing: str) -> Any:
         raise FatalError(f"{doing}: {text}") from None
 
 
-def topic_watermarks(spec: KafkaSpec, topic: str) -> dict[int, tuple[int, int]]:
+def topic_watermarks(spec: DebeziumSpec, topic: str) -> dict[int, tuple[int, int]]:
     """Each partition's first and next offset now (blocking; empty: the topic is not there
     yet — Debezium makes it with the table's first message). A refused login or TLS stops
     with its fix at once, as the members do."""
@@ -199,7 +199,7 @@ class GroupMember:
 
     def __init__(
         self,
-        spec: KafkaSpec,
+        spec: DebeziumSpec,
         topics: Sequence[str],
         *,
         client_id: str,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.sources.debezium.signals import data_collection, incremental_snapshot
+from cdc_scorer.sources.debezium.spec import debezium_spec
 from cdc_scorer.stores.offsets import (
     OffsetStore,
     RescoreRequest,
@@ -25,12 +26,11 @@ def request_snapshot(
 ) -> tuple[str, str]:
     """`cdc-scorer rescore` in Kafka mode: the signal row asking Debezium for an incremental
     snapshot of the pipeline's table (of the rows matching ``where``); its id and the table."""
-    kafka, source = spec.kafka, spec.source
-    assert kafka is not None
+    kafka, source = debezium_spec(spec.source), spec.source
     if kafka.signal_table is None:
         raise FatalError(
-            "kafka.signal_table: not set — a re-score on Kafka asks Debezium for an incremental "
-            "snapshot through the connector's signal table (its signal.data.collection)"
+            "source.debezium.signal_table: not set — a re-score on Kafka asks Debezium for an "
+            "incremental snapshot through the connector's signal table (its signal.data.collection)"
         )
     collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
     signal_id, kind, data = incremental_snapshot(collection, where)

@@ -7,7 +7,6 @@ positions (each partition's next offset); and its feeds, one per pipeline (``fee
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,10 +14,11 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.feeds import PipelineReport, Rescores, Target
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
-from cdc_scorer.core.spec import KafkaSpec, PipelineSpec, ScorerSpec
+from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.sources import (
     Capture,
     ChangeStream,
@@ -27,16 +27,24 @@ from cdc_scorer.sources import (
     StreamHooks,
     TableCheck,
 )
-from cdc_scorer.sources.debezium.group import _refusal, client_config
+from cdc_scorer.sources.debezium.admin import (
+    TIMEOUT_S,
+    KafkaRescores,
+    admin_client,
+    group_members,
+    group_of,
+    kafka_reposition,
+    kafka_status,
+)
 from cdc_scorer.sources.debezium.positions import decode_offsets
 from cdc_scorer.sources.debezium.signals import data_collection
+from cdc_scorer.sources.debezium.spec import DebeziumSpec, debezium_spec
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetStore
 
-_TIMEOUT_S = 10.0
-_NO_REPOSITION = (
-    "reposition in Kafka mode moves the consumer groups' offsets in "
-    f"{OFFSETS_TABLE}: not built yet — nothing was changed"
+_NO_POSITION = (
+    "in Kafka mode a pipeline's position is its consumer group's offsets: reposition with "
+    "--to-earliest, --to-latest, --to-datetime or --to-offset N --partition P"
 )
 
 
@@ -49,7 +57,7 @@ def _write_nothing(table: str, cursor: Any) -> None:
     cursor.execute(f"DELETE FROM {table} WHERE 1 = 0")
 
 
-def topic_of(kafka: KafkaSpec, engine: str, database: str, schema: str, table: str) -> str:
+def topic_of(kafka: DebeziumSpec, engine: str, database: str, schema: str, table: str) -> str:
     """Debezium's topic of a table: ``<prefix>.<database>.<table>`` (MySQL) or
     ``<prefix>.<schema>.<table>`` (PostgreSQL)."""
     return f"{kafka.topic_prefix}.{data_collection(engine, database, schema, table)}"
@@ -62,10 +70,9 @@ class DebeziumSource:
     probe_name = "brokers"
 
     def __init__(self, spec: ScorerSpec, store: OffsetStore) -> None:
-        assert spec.kafka is not None
         self._spec = spec
         self._store = store  # the database's: the offsets tables, the signal table
-        self._kafka = spec.kafka
+        self._kafka = debezium_spec(spec.source)
         self._refusals: list[str] = []
 
     # ---------------------------------------------------------------- the commands
@@ -137,7 +144,7 @@ class DebeziumSource:
         ]
 
     def state_notes(self) -> list[tuple[str, str]]:
-        return []  # `status` in Kafka mode shows the partitions' offsets instead
+        return []  # `status` shows the partitions' offsets with each pipeline
 
     def probe(self) -> str:
         topics = self._topics()
@@ -171,7 +178,7 @@ class DebeziumSource:
 
     # ---------------------------------------------------------------- positions
     def current_position(self) -> Position:
-        raise FatalError(_NO_REPOSITION)
+        raise FatalError(_NO_POSITION)
 
     def check_resumable(self, position: Position) -> None:
         """The group's offsets are checked by the members as they start (a missing one
@@ -181,7 +188,7 @@ class DebeziumSource:
         return decode_offsets(server_identity, text)
 
     def position_from(self, text: str) -> Position:
-        raise FatalError(_NO_REPOSITION)
+        raise FatalError(_NO_POSITION)
 
     def release(self, position: Position) -> None:
         """Nothing is held for the scorer on the source server."""
@@ -205,42 +212,35 @@ class DebeziumSource:
             for p in pipelines
         ]
 
+    # ---------------------------------------------------------------- the admin commands
+    def status(
+        self, pipelines: Sequence[PipelineSpec], store: Store
+    ) -> tuple[list[PipelineReport], list[tuple[str, str]]]:
+        del store  # the source's own (the same): it keeps the offsets too
+        return kafka_status(self._spec, self._kafka, self._store, pipelines), []
+
+    def reposition(self, pipeline: PipelineSpec, store: Store, target: Target) -> list[str]:
+        del store
+        topic = self.topic(pipeline)
+        return kafka_reposition(self._spec, self._kafka, self._store, pipeline, topic, target)
+
+    def rescores(self, store: Store) -> Rescores:
+        del store
+        return KafkaRescores(self._spec, self._store)
+
     # ---------------------------------------------------------------- helpers
     def topic(self, pipeline: PipelineSpec) -> str:
         source = self._spec.source
         return topic_of(self._kafka, source.engine, source.database, source.schema, pipeline.table)
 
     def _admin(self) -> AdminClient:
-        def on_error(error: KafkaError) -> None:
-            refusal = _refusal(self._kafka, error, "connecting to the brokers")
-            if refusal is not None:
-                self._refusals.append(refusal)
-
-        config: dict[str, Any] = {
-            **client_config(self._kafka, "cdc-scorer-check"),
-            "error_cb": on_error,
-            "logger": logging.getLogger("cdc_scorer.kafka.client"),
-        }
-        for consumer_only in (
-            "group.id",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "auto.offset.reset",
-            "partition.assignment.strategy",
-            "session.timeout.ms",
-            "max.poll.interval.ms",
-            "queued.min.messages",
-        ):
-            config.pop(consumer_only, None)
-        for key in self._kafka.consumer:
-            config.pop(key, None)
-        return AdminClient(config)
+        return admin_client(self._kafka, self._refusals)
 
     def _topics(self) -> dict[str, int]:
         """Every topic the brokers list, with its partition count (blocking)."""
         admin = self._admin()
         try:
-            metadata = admin.list_topics(timeout=_TIMEOUT_S)
+            metadata = admin.list_topics(timeout=TIMEOUT_S)
         except KafkaException as exc:
             admin.poll(0)  # serves the error callback: a refused login says so
             if self._refusals:
@@ -248,21 +248,17 @@ class DebeziumSource:
             error = exc.args[0] if exc.args else exc
             text = error.str() if isinstance(error, KafkaError) else str(error)
             raise FatalError(
-                f"the brokers did not answer in {_TIMEOUT_S:.0f}s ({text}) — check "
-                "kafka.bootstrap_servers and kafka.security (and that this host may reach "
-                "them)"
+                f"the brokers did not answer in {TIMEOUT_S:.0f}s ({text}) — check "
+                "source.debezium.bootstrap_servers and source.debezium.security (and that this "
+                "host may reach them)"
             ) from None
         return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
     def _group_line(self, pipeline: PipelineSpec) -> str:
-        group = f"{self._kafka.group_id}.{pipeline.name}"
-        admin = self._admin()
+        group = group_of(self._kafka, pipeline)
         try:
-            (future,) = admin.describe_consumer_groups([group]).values()
-            described = future.result(timeout=_TIMEOUT_S)
+            members, state = group_members(self._admin(), group)
         except (KafkaException, TimeoutError) as exc:
             return f"consumer group {group}: not described ({exc})"
-        members = len(described.members)
-        state = getattr(described.state, "name", str(described.state))
         running = f"{members} member{'s' if members != 1 else ''}" if members else "no member"
         return f"consumer group {group}: {running} ({state})"

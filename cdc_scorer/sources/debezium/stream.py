@@ -22,10 +22,10 @@ import structlog
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Commit, Op, RowChange, SourceItem, TableTruncated
-from cdc_scorer.core.spec import KafkaSpec
 from cdc_scorer.sources.debezium.envelope import Change, EnvelopeDecoder, EnvelopeError
 from cdc_scorer.sources.debezium.group import GroupMember, Partition
 from cdc_scorer.sources.debezium.positions import KafkaMessage, KafkaPosition
+from cdc_scorer.sources.debezium.spec import DebeziumSpec
 
 log = structlog.get_logger("cdc_scorer.sources.debezium")
 
@@ -38,7 +38,7 @@ class KafkaChangeStream:
 
     def __init__(
         self,
-        spec: KafkaSpec,
+        spec: DebeziumSpec,
         *,
         pipeline: str,
         topic: str,

@@ -235,7 +235,7 @@ def implied_schema(
             raise UnreadableColumn(
                 f"column {column} ({db_type}) arrives without a schema: in Debezium's default "
                 "encoding (base64 bytes) its scale is unknown. Set decimal.handling.mode=string "
-                'on the connector (and kafka.decimal_handling_mode = "string"), or turn '
+                'on the connector (and source.debezium.decimal_handling_mode = "string"), or turn '
                 "value.converter.schemas.enable on"
             )
         return FieldSchema("string")

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cdc_scorer.core.errors import FatalError
-from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
@@ -28,28 +27,30 @@ from cdc_scorer.postgresql.connection import (
     connect_replication,
     pg_errors,
 )
-from cdc_scorer.sources import Capture, ChangeStream, Feed, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources import Capture, ChangeStream, SourceInfo, StreamHooks, TableCheck
+from cdc_scorer.sources.log_source import LogSource
 from cdc_scorer.sources.pgoutput import server
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
 from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse_lsn
 from cdc_scorer.sources.pgoutput.reader import PgoutputStream
-from cdc_scorer.stores import Store
+from cdc_scorer.sources.pgoutput.spec import PgoutputSpec, pgoutput_spec
 
 FAILOVER = (
     "positions are commit LSNs of one WAL history, streamed through replication slot {slot}: "
     "a server that continues this history and has the slot resumes the stream (PostgreSQL "
     "17+ failover slots, Aurora's shared storage — test yours); elsewhere the checkpoint is "
-    'refused, or re-scored with source.on_lost_position = "rescore"'
+    'refused, or re-scored with source.pgoutput.on_lost_position = "rescore"'
 )
 
 
-class PgoutputSource:
+class PgoutputSource(LogSource):
     """The WAL of the database ``[source]`` names, decoded by pgoutput."""
 
     probe_name = "grant: logical replication"
 
     def __init__(self, source: SourceSpec, retry: RetrySpec) -> None:
         self._source = source
+        self._log: PgoutputSpec = pgoutput_spec(source)
         self._retry = retry
         self._info: server.ServerInfo | None = None
 
@@ -99,12 +100,17 @@ class PgoutputSource:
         try:
             self._checked(conn)
             statements = server.ensure_publications(
-                conn, source.publication, source.schema, [p.table for p in pipelines], source.user
+                conn,
+                self._log.publication,
+                source.schema,
+                [p.table for p in pipelines],
+                source.user,
             )
-            replace_lost = source.on_lost_position == "rescore"
-            if server.ensure_slot(conn, source.slot_name, source.database, replace_lost):
+            replace_lost = self._log.rescores_lost_position
+            if server.ensure_slot(conn, self._log.slot_name, source.database, replace_lost):
+                slot = self._log.slot_name
                 statements.append(
-                    f"SELECT pg_create_logical_replication_slot('{source.slot_name}', 'pgoutput')"
+                    f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
                 )
         finally:
             close_quietly(conn)
@@ -115,21 +121,21 @@ class PgoutputSource:
         try:
             info = server.server_info(conn)
             found = server.settings(info, self._source.user)
-            state = server.slot_state(conn, self._source.slot_name)
+            state = server.slot_state(conn, self._log.slot_name)
         finally:
             close_quietly(conn)
-        slot = self._source.slot_name
+        slot = self._log.slot_name
         problem = server.slot_problem(state, slot, self._source.database, resuming)
         return [*found, (f"replication slot {slot}", problem)]
 
     def notes(self) -> list[tuple[str, str]]:
-        return [("failover", FAILOVER.format(slot=self._source.slot_name)), *self.state_notes()]
+        return [("failover", FAILOVER.format(slot=self._log.slot_name)), *self.state_notes()]
 
     def state_notes(self) -> list[tuple[str, str]]:
         """What the slot keeps on the server now."""
         conn = self._connection()
         try:
-            state = server.slot_state(conn, self._source.slot_name)
+            state = server.slot_state(conn, self._log.slot_name)
         finally:
             close_quietly(conn)
         return [] if state is None else [("slot retained WAL", retained_text(state))]
@@ -165,7 +171,7 @@ class PgoutputSource:
         try:
             source = self._source
             info = self._checked(conn)
-            server.check_resumable(conn, info, source.slot_name, source.database, position)
+            server.check_resumable(conn, info, self._log.slot_name, source.database, position)
         finally:
             close_quietly(conn)
 
@@ -191,13 +197,13 @@ class PgoutputSource:
         try:
             info = self._checked(conn)
             now = server.current_lsn(conn)
-            state = server.slot_state(conn, self._source.slot_name)
+            state = server.slot_state(conn, self._log.slot_name)
         finally:
             close_quietly(conn)
         flushed = None if state is None else state.confirmed_flush_lsn
         if flushed is not None and lsn < flushed:
             raise FatalError(
-                f"--lsn {value}: replication slot {self._source.slot_name} confirmed "
+                f"--lsn {value}: replication slot {self._log.slot_name} confirmed "
                 f"{lsn_text(flushed)}, after it — the changes between are gone from the slot "
                 "(name a later LSN, or use --rescore with --now)"
             )
@@ -216,9 +222,9 @@ class PgoutputSource:
         try:
             checks: list[TableCheck] = []
             problem = server.publication_problem(
-                conn, source.publication, source.schema, [p.table for p in pipelines]
+                conn, self._log.publication, source.schema, [p.table for p in pipelines]
             )
-            names = server.publication_names(source.publication)
+            names = server.publication_names(self._log.publication)
             checks.append(TableCheck(f"publications {names}", problem, True))
             keys = {t: info.key_columns for t, info in tables.items()}
             inputs: dict[str, tuple[str, ...]] = {}
@@ -242,21 +248,9 @@ class PgoutputSource:
             return
         conn = self._connection()
         try:
-            server.advance_slot(conn, self._source.slot_name, position.lsn)
+            server.advance_slot(conn, self._log.slot_name, position.lsn)
         finally:
             close_quietly(conn)
-
-    def feeds(
-        self,
-        pipelines: Sequence[PipelineSpec],
-        tables: Mapping[str, TableInfo],
-        store: Store,
-        telemetry: Observer,
-    ) -> list[Feed]:
-        """One reader of the log for every pipeline."""
-        from cdc_scorer.sources.log_feed import LogFeed
-
-        return [LogFeed(self, self._source, self._retry, pipelines, tables, store, telemetry)]
 
     def open(self, start: Position, capture: Capture, hooks: StreamHooks) -> ChangeStream:
         if not isinstance(start, LsnPosition):

@@ -38,6 +38,7 @@ from cdc_scorer.sources.pgoutput.decoder import TransactionDecoder
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
 from cdc_scorer.sources.pgoutput.protocol import Relation, lsn_text
 from cdc_scorer.sources.pgoutput.server import publication_names, slot_state
+from cdc_scorer.sources.pgoutput.spec import pgoutput_spec
 
 log = structlog.get_logger("cdc_scorer.source")
 
@@ -67,8 +68,9 @@ class PgoutputStream(ThreadedStream):
         hooks: StreamHooks | None = None,
         verify: Callable[[LsnPosition], None] | None = None,
     ) -> None:
-        super().__init__(source.queue_max_rows, "pgoutput-reader")
+        super().__init__(pgoutput_spec(source).queue_max_rows, "pgoutput-reader")
         self._source = source
+        self._slot = pgoutput_spec(source).slot_name
         self._retry = retry
         self._hooks = hooks or StreamHooks()
         self._casters = TextCasters()
@@ -84,7 +86,7 @@ class PgoutputStream(ThreadedStream):
             describe=self._describe,
         )
         self._verify = verify
-        self._publications = publication_names(source.publication)
+        self._publications = publication_names(pgoutput_spec(source).publication)
         self._captured = [*capture.key_columns]
         # What the pipelines have durably applied: the only LSN the slot is ever told.
         self._acknowledged = start.lsn
@@ -128,7 +130,7 @@ class PgoutputStream(ThreadedStream):
                     busy_since = busy_since or time.monotonic()
                     if time.monotonic() - busy_since > SLOT_BUSY_LIMIT_S:
                         raise FatalError(
-                            f"replication slot {self._source.slot_name} has been in use by "
+                            f"replication slot {self._slot} has been in use by "
                             f"another connection for {SLOT_BUSY_LIMIT_S:.0f} s: another "
                             "process streams from it — each process that runs a part of the "
                             "pipelines (--pipelines) needs a slot of its own (set "
@@ -154,13 +156,13 @@ class PgoutputStream(ThreadedStream):
                 close_quietly(conn)
 
     def _read(self, conn: Any, start: LsnPosition) -> None:
-        doing = f"streaming slot {self._source.slot_name} from {start}"
+        doing = f"streaming slot {self._slot} from {start}"
         try:
             self._decoder.know_tables(self._table_oids())
             cursor = conn.cursor()
             self._casters.bind(conn)
             cursor.start_replication(
-                slot_name=self._source.slot_name,
+                slot_name=self._slot,
                 decode=False,
                 start_lsn=lsn_text(start.lsn),
                 status_interval=FEEDBACK_INTERVAL_S,
@@ -247,7 +249,7 @@ class PgoutputStream(ThreadedStream):
         try:
             conn = connect(self._source)
             try:
-                state = slot_state(conn, self._source.slot_name)
+                state = slot_state(conn, self._slot)
             finally:
                 close_quietly(conn)
         except CdcScorerError as exc:

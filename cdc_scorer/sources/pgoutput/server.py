@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from cdc_scorer.core.errors import START_OVER, FatalError, PositionLost
+from cdc_scorer.core.errors import FatalError, PositionLost
 from cdc_scorer.core.own_tables import HEARTBEAT_TABLE, SIGNAL_TABLE
 from cdc_scorer.postgresql.connection import Connection, pg_errors, quote
+from cdc_scorer.sources.log_spec import start_over
 from cdc_scorer.sources.pgoutput.positions import LsnPosition
 from cdc_scorer.sources.pgoutput.protocol import lsn_text, parse_lsn
+
+START_OVER = start_over("pgoutput")
 
 log = structlog.get_logger("cdc_scorer.source")
 
@@ -133,8 +136,8 @@ def slot_problem(
         return (
             f"replication slot {slot} does not exist, but the pipelines' checkpoints were "
             "taken through it: it was dropped, and the changes since are gone — set "
-            'source.on_lost_position = "rescore" (run makes the slot anew and re-scores every '
-            "row beside the stream), or run `cdc-scorer init --config FILE` and then "
+            'source.pgoutput.on_lost_position = "rescore" (run makes the slot anew and re-scores '
+            "every row beside the stream), or run `cdc-scorer init --config FILE` and then "
             "`cdc-scorer reposition --config FILE --pipeline NAME --now --rescore`"
         )
     if state is None:
@@ -153,8 +156,8 @@ def slot_problem(
             f"replication slot {slot} was invalidated by the server (it kept more WAL than "
             "max_slot_wal_keep_size allows, wal_status = lost): the changes since the last "
             f"checkpoint are gone from the server's WAL — drop it (SELECT "
-            f"pg_drop_replication_slot('{slot}')) and restart with source.on_lost_position = "
-            '"rescore" to re-score every row beside the stream'
+            f"pg_drop_replication_slot('{slot}')) and restart with "
+            'source.pgoutput.on_lost_position = "rescore" to re-score every row beside the stream'
         )
     return None
 
@@ -217,8 +220,9 @@ def check_resumable(
         raise PositionLost(
             f"replication slot {slot} has confirmed {lsn_text(flushed)}, past checkpoint "
             f"{position}: the changes between are gone from it (was the slot dropped and made "
-            'again, or used by another consumer?) — set source.on_lost_position = "rescore" '
-            "to re-score every row beside the stream"
+            "again, or used by another consumer?) — set "
+            'source.pgoutput.on_lost_position = "rescore" to re-score every row beside the '
+            "stream"
         )
 
 

@@ -194,8 +194,8 @@ class MysqlStore:
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> MysqlChunks:
         return MysqlChunks(self._source, pipeline, table)
 
-    def heartbeat(self, instance: str) -> MysqlHeartbeat:
-        return MysqlHeartbeat(self._source, HEARTBEAT_TABLE, instance)
+    def heartbeat(self, instance: str, interval_s: float) -> MysqlHeartbeat:
+        return MysqlHeartbeat(self._source, HEARTBEAT_TABLE, instance, interval_s)
 
     # ---------------------------------------------------------------- the Kafka offsets
     def offsets_sql(self) -> OffsetsSql:

@@ -10,8 +10,8 @@ from cdc_scorer.stores.heartbeat import HeartbeatWriter
 class MysqlHeartbeat(HeartbeatWriter):
     """Writes ``beat_at = NOW(6)`` for ``instance`` until cancelled."""
 
-    def __init__(self, source: SourceSpec, table: str, instance: str) -> None:
-        super().__init__(instance, source.heartbeat_interval_s)
+    def __init__(self, source: SourceSpec, table: str, instance: str, interval_s: float) -> None:
+        super().__init__(instance, interval_s)
         self._source = source
         self._sql = (
             f"INSERT INTO {quote(table)} (instance, beat_at) VALUES (%s, NOW(6)) "

@@ -198,8 +198,8 @@ class PostgresStore:
     def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> tables.PostgresChunks:
         return tables.PostgresChunks(self._source, pipeline, table)
 
-    def heartbeat(self, instance: str) -> tables.PostgresHeartbeat:
-        return tables.PostgresHeartbeat(self._source, instance)
+    def heartbeat(self, instance: str, interval_s: float) -> tables.PostgresHeartbeat:
+        return tables.PostgresHeartbeat(self._source, instance, interval_s)
 
     # ---------------------------------------------------------------- the Kafka offsets
     def offsets_sql(self) -> OffsetsSql:

@@ -211,8 +211,8 @@ class PostgresChunks:
 class PostgresHeartbeat(HeartbeatWriter):
     """Writes ``beat_at`` for ``instance`` until cancelled."""
 
-    def __init__(self, source: SourceSpec, instance: str) -> None:
-        super().__init__(instance, source.heartbeat_interval_s)
+    def __init__(self, source: SourceSpec, instance: str, interval_s: float) -> None:
+        super().__init__(instance, interval_s)
         self._source = source
         self._sql = (
             f"INSERT INTO {quote(source.schema)}.{HEARTBEAT_TABLE} (instance, beat_at) "

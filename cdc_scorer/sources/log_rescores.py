@@ -1,4 +1,5 @@
-"""``cdc-scorer rescore``: ask the running daemon to re-score a pipeline's rows, and follow it.
+"""``cdc-scorer rescore`` on a database's own log: ask the running daemon to re-score a
+pipeline's rows, and follow it.
 
 The request is a row of the signal table; the daemon reads it from the change log (no restart, no
 port to reach: an ECS service keeps running) and queues a re-score job in the pipeline's
@@ -7,52 +8,35 @@ checkpoint. Progress is read from that checkpoint row, which moves with every ch
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
 from tqdm import tqdm
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.feeds import RescoreOutcome, RescoreTicket, Source
 from cdc_scorer.core.own_tables import CANCEL, RESCORE
 from cdc_scorer.core.records import RescoreJob, Rescores
 from cdc_scorer.core.rescoring import FIRST_SNAPSHOT
-from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
-from cdc_scorer.sources.registry import build_source
+from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.stores import ChunkStore, Store, StoredCheckpoint
-from cdc_scorer.stores.registry import build_store
 
 POLL_S = 0.5
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job: RescoreJob | None  # the finished job (None: not followed)
-    stopped: str | None = None  # the pipeline stopped meanwhile, for this reason
 
 
 def _finished(rescores: Rescores, job_id: str) -> RescoreJob | None:
     return next((j for j in rescores.finished if j.id == job_id), None)
 
 
-def find_pipeline(spec: ScorerSpec, name: str) -> PipelineSpec:
-    for pipeline in spec.pipelines:
-        if pipeline.name == name:
-            return pipeline
-    names = ", ".join(p.name for p in spec.pipelines)
-    raise FatalError(f"--pipeline {name}: no such pipeline in the config (it has: {names})")
-
-
 class _Pipeline:
     """The pipeline's tables in the store, as the commands read and write them."""
 
-    def __init__(self, spec: ScorerSpec, pipeline: PipelineSpec) -> None:
+    def __init__(self, source: Source, store: Store, pipeline: PipelineSpec) -> None:
         self.pipeline = pipeline
-        self.store: Store = build_store(spec.source, spec.retry)
-        self._decode = build_source(spec.source, spec.retry).decode_position
+        self.store = store
+        self._decode = source.decode_position
         self._chunks: ChunkStore | None = None
 
     def stored(self) -> StoredCheckpoint | None:
@@ -74,13 +58,48 @@ class _Pipeline:
     def close(self) -> None:
         if self._chunks is not None:
             self._chunks.close()
-        self.store.close()
 
 
-def request(spec: ScorerSpec, pipeline: PipelineSpec, where: str | None) -> tuple[str, int]:
+class LogRescores:
+    """``Source.rescores`` of a database's own log: requests through the signal table, the
+    job's progress from the checkpoint row."""
+
+    def __init__(
+        self, source: Source, store: Store, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._sleep = sleep
+
+    def request(self, pipeline: PipelineSpec, where: str | None) -> RescoreTicket:
+        request_id, rows = request(_Pipeline(self._source, self._store, pipeline), where)
+        said = (
+            f"re-score {request_id} of pipeline {pipeline.name} requested: {rows} rows of "
+            f"{pipeline.table}{f' where {where}' if where else ''}, model version "
+            f"{pipeline.model_version}"
+        )
+        return RescoreTicket(request_id, rows, said, followable=True)
+
+    def follow(
+        self,
+        pipeline: PipelineSpec,
+        ticket: RescoreTicket,
+        *,
+        out: TextIO,
+        timeout_s: float | None,
+    ) -> RescoreOutcome:
+        tables = _Pipeline(self._source, self._store, pipeline)
+        return follow(tables, ticket.id, ticket.rows or 0, out, timeout_s, self._sleep)
+
+    def cancel(self, pipeline: PipelineSpec, job_id: str, *, timeout_s: float) -> RescoreJob:
+        tables = _Pipeline(self._source, self._store, pipeline)
+        return cancel(tables, job_id, timeout_s, self._sleep)
+
+
+def request(tables: _Pipeline, where: str | None) -> tuple[str, int]:
     """Check ``where`` against the table (the server's own error if it refuses it), then put
     the request in. The request's id and the rows it covers now."""
-    tables = _Pipeline(spec, pipeline)
+    pipeline = tables.pipeline
     try:
         if tables.stored() is None:
             # Its first start would not read the request (it streams from then on), and its
@@ -101,17 +120,15 @@ def request(spec: ScorerSpec, pipeline: PipelineSpec, where: str | None) -> tupl
 
 
 def follow(
-    spec: ScorerSpec,
-    pipeline: PipelineSpec,
+    tables: _Pipeline,
     request_id: str,
     rows: int,
-    *,
-    out: TextIO = sys.stderr,
-    timeout_s: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Outcome:
+    out: TextIO,
+    timeout_s: float | None,
+    sleep: Callable[[float], None],
+) -> RescoreOutcome:
     """Show a progress bar until the job ``request_id`` finishes (or the pipeline stops)."""
-    tables = _Pipeline(spec, pipeline)
+    pipeline = tables.pipeline
     told_no_daemon = False
     started = time.monotonic()
     bar = tqdm(total=rows, unit="rows", desc=f"re-score {pipeline.name}", file=out, leave=True)
@@ -120,14 +137,14 @@ def follow(
             stored = tables.stored()
             rescores = stored.checkpoint.rescores if stored is not None else None
             if stored is not None and stored.stopped_reason:
-                return Outcome(None, stopped=stored.stopped_reason)
+                return RescoreOutcome(None, stopped=stored.stopped_reason)
             if rescores is not None:
                 ended = _finished(rescores, request_id)
                 if ended is not None:
                     bar.n = ended.rows_done
                     bar.total = max(bar.total or 0, ended.rows_done)
                     bar.refresh()
-                    return Outcome(ended)
+                    return RescoreOutcome(ended)
                 running = rescores.running
                 if running is not None and running.id == request_id:
                     if running.rows_total is not None:
@@ -140,7 +157,7 @@ def follow(
             if not told_no_daemon and tables.store.leader(pipeline) is None:
                 bar.write(
                     f"no cdc-scorer is running pipeline {pipeline.name} now: the request waits "
-                    "in the binlog until one does",
+                    "in the change log until one does",
                     file=out,
                 )
                 told_no_daemon = True
@@ -153,16 +170,11 @@ def follow(
 
 
 def cancel(
-    spec: ScorerSpec,
-    pipeline: PipelineSpec,
-    job_id: str,
-    *,
-    timeout_s: float = 60,
-    sleep: Callable[[float], None] = time.sleep,
+    tables: _Pipeline, job_id: str, timeout_s: float, sleep: Callable[[float], None]
 ) -> RescoreJob:
     """End the re-score ``job_id`` (running: after the chunk under way; waiting: at once)
     through the running daemon; the job as it ended."""
-    tables = _Pipeline(spec, pipeline)
+    pipeline = tables.pipeline
     try:
         stored = tables.stored()
         rescores = stored.checkpoint.rescores if stored is not None else None
@@ -190,7 +202,7 @@ def cancel(
             if time.monotonic() > deadline:
                 raise FatalError(
                     f"re-score {job_id} not cancelled after {timeout_s:.0f} s: is a cdc-scorer "
-                    f"running pipeline {pipeline.name}? (the request waits in the binlog)"
+                    f"running pipeline {pipeline.name}? (the request waits in the change log)"
                 )
             sleep(POLL_S)
     finally:
