@@ -78,6 +78,27 @@ def request_bytes(inputs: tuple[Any, ...], fixed_bytes: int) -> int:
     return size
 
 
+def chunk_changes(
+    chunk: Chunk,
+    touched: frozenset[tuple[Any, ...]],
+    tx: TxId | None,
+    table: str,
+    key_columns: tuple[str, ...],
+) -> tuple[list[RowChange], int]:
+    """A chunk's changes to merge, and how many it read: its rows (a sweep's orphans, as
+    deletes) the stream did not write inside the chunk's window, as of the high watermark's
+    transaction ``tx``."""
+    if chunk.orphans is None:
+        kept = [replace(row, tx=tx) for row in chunk.rows if row.key not in touched]
+        return kept, len(chunk.rows)
+    deletes = [
+        RowChange(Op.DELETE, table, key, dict(zip(key_columns, key, strict=True)), tx, None)
+        for key in chunk.orphans
+        if key not in touched
+    ]
+    return deletes, len(chunk.orphans)
+
+
 class Accumulator:
     """The batch data structure, without asyncio: items in, batches out, in order.
 
@@ -207,17 +228,7 @@ class Accumulator:
         rescores = self._checkpoint.rescores
         if rescores.running is None or rescores.running.id != chunk.job_id:
             return []  # the job was cancelled meanwhile
-        if chunk.orphans is None:
-            read = len(chunk.rows)
-            changes = [replace(row, tx=tx) for row in chunk.rows if row.key not in touched]
-        else:
-            read = len(chunk.orphans)
-            table, key_columns = self._pipeline.table, self._key_columns
-            changes = [
-                RowChange(Op.DELETE, table, key, dict(zip(key_columns, key, strict=True)), tx, None)
-                for key in chunk.orphans
-                if key not in touched
-            ]
+        changes, read = chunk_changes(chunk, touched, tx, self._pipeline.table, self._key_columns)
         batches = []
         for change in changes:
             if self._full():
@@ -260,16 +271,8 @@ class Accumulator:
             old_key = tuple(map(change.before.get, self._key_columns))
             if old_key != change.key:
                 # A key change is a delete of the old key and an insert of the new one.
-                self._put(
-                    RowChange(
-                        Op.DELETE,
-                        change.table,
-                        old_key,
-                        change.before,
-                        change.tx,
-                        change.committed_at,
-                    )
-                )
+                before, tx, at = change.before, change.tx, change.committed_at
+                self._put(RowChange(Op.DELETE, change.table, old_key, before, tx, at))
             elif self._pick_inputs(change.before) == inputs:
                 self._skipped["unchanged_inputs"] += 1
                 return

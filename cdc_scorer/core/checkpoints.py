@@ -15,7 +15,7 @@ from cdc_scorer.core.positions import Position, oldest_position
 from cdc_scorer.core.records import Checkpoint, RescoreJob, Rescores
 from cdc_scorer.core.rescoring import FIRST_SNAPSHOT, enqueue, now_iso, snapshot_state
 from cdc_scorer.core.spec import PipelineSpec
-from cdc_scorer.core.store import Store
+from cdc_scorer.core.store import DaemonStore
 
 log = structlog.get_logger("cdc_scorer.core.checkpoints")
 
@@ -23,7 +23,7 @@ LOST_POSITION = "position lost"  # the reason of the re-score that replaces a lo
 
 
 def prepare_checkpoints(
-    store: Store,
+    store: DaemonStore,
     source: Source,
     identity: str,
     pipelines: Sequence[PipelineSpec],

@@ -62,6 +62,7 @@ def table_gone(pipeline: str, table: str, statement: str) -> PipelineStopped:
     """The stop of a pipeline whose table was dropped or renamed (``statement`` did it)."""
     return PipelineStopped(
         f"pipeline {pipeline}: table {table} was dropped or renamed ({statement}) — point the "
-        "pipeline at the table's new name, or delete its row in cdc_scorer_checkpoint to "
-        "snapshot a table made anew, then restart"
+        "pipeline at the table's new name, or for a table made anew run `cdc-scorer "
+        f"reposition --config FILE --pipeline {pipeline} --now --rescore` (its rows scored, "
+        "the old rows' predictions removed), then restart"
     )

@@ -18,7 +18,7 @@ from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import Checkpoint, RescoreJob, SourceItem, TableInfo
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.spec import PipelineSpec
-from cdc_scorer.core.store import PipelineSink, Store
+from cdc_scorer.core.store import DaemonStore, PipelineSink, Store
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ class Source(Protocol):
         self,
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
-        store: Store,
+        store: DaemonStore,
         telemetry: Observer,
     ) -> list[Feed]:
         """The feeds that carry ``pipelines`` (a database's log: one for all; Debezium's

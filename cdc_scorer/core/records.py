@@ -18,6 +18,16 @@ class Op(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Gap:
+    """Why a change does not carry some columns whole, in its source's words: a row whose
+    model input has such a gap is a dead letter with ``reason`` and ``text`` (the cause and the
+    fix; ``{table}`` is replaced by the row's table)."""
+
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
 class RowChange:
     """One changed (or snapshotted) row of a source table.
 
@@ -32,12 +42,15 @@ class RowChange:
     tx: TxId | None
     committed_at: datetime | None
     before: dict[str, Any] | None = None
-    # Columns whose new value the binlog did not carry whole (a MySQL partial JSON update,
-    # binlog_row_value_options=PARTIAL_JSON): ``values`` holds a diff there, not the value.
+    # Columns whose new value the change log did not carry whole (e.g. a MySQL partial JSON
+    # update): ``values`` holds something else there, not the value.
     incomplete: frozenset[str] = frozenset()
-    # Columns the change log left out because the change did not touch them (PostgreSQL's
-    # unchanged TOASTed values under REPLICA IDENTITY DEFAULT): ``values`` lacks them.
+    # Columns the change log left out because the change did not touch them (e.g.
+    # PostgreSQL's unchanged TOASTed values under REPLICA IDENTITY DEFAULT): ``values`` lacks
+    # them.
     unchanged: frozenset[str] = frozenset()
+    # Why, as the source explains it (with the fix), when either of the two above is set.
+    gap: Gap | None = None
 
 
 @dataclass(frozen=True)

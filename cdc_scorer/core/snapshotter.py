@@ -35,7 +35,7 @@ from cdc_scorer.core.rescoring import (
 )
 from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
-from cdc_scorer.core.store import ChunkStore, Store
+from cdc_scorer.core.store import ChunkStore, DaemonStore
 
 log = structlog.get_logger("cdc_scorer.core.snapshotter")
 InputTypes = tuple[tuple[str, str], ...]
@@ -58,7 +58,7 @@ def _type_changes(before: InputTypes, after: InputTypes) -> list[str]:
 
 # ---------------------------------------------------------------- start-up
 def plan_rescores(
-    store: Store,
+    store: DaemonStore,
     pipelines: Sequence[PipelineSpec],
     checkpoints: dict[str, Checkpoint],
     tables: dict[str, TableInfo],

@@ -111,17 +111,67 @@ class PositionStep(Protocol):
         """The transaction committed."""
 
 
-class Store(Protocol):
-    """The scorer's tables in one database. Blocking methods: run them in a thread."""
+class TableStore(Protocol):
+    """What every user of the store needs: the source tables, names as the dialect quotes
+    them, the pipelines' stored checkpoints. Blocking methods: run them in a thread."""
 
     def inspect_tables(self, pipelines: Sequence[PipelineSpec]) -> dict[str, TableInfo]:
         """Each pipeline's source table, its columns and key; every problem at once."""
 
-    def init(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
-        """Make (or upgrade) the scorer's tables and views, idempotently: the statements."""
+    def load_checkpoints(
+        self, names: Sequence[str], decode: PositionDecoder
+    ) -> dict[str, StoredCheckpoint]: ...
+
+    def quoted(self, identifier: str) -> str:
+        """A column's (or any identifier's) name as this database's SQL quotes it."""
+
+    def qualified(self, table: str) -> str:
+        """``table`` as this database's SQL names it (quoted by the dialect, in the schema
+        ``[source]`` names)."""
+
+    def close(self) -> None: ...
+
+
+class DaemonStore(TableStore, Protocol):
+    """What the daemon's feeds and pipelines use: checkpoints, the sinks (under leader
+    locks), the chunk readers of re-scores, the heartbeat."""
 
     def check_schema(self, pipelines: Sequence[PipelineSpec]) -> None:
         """``FatalError`` unless ``init`` has made everything the pipelines need."""
+
+    def save_checkpoint(self, name: str, checkpoint: Checkpoint, identity: str) -> None: ...
+
+    def record_stop(self, name: str, reason: str | None) -> None: ...
+
+    def older_predictions(self, pipeline: PipelineSpec) -> bool:
+        """Whether a stored prediction carries another model version than the pipeline's."""
+
+    def lock(self, pipeline: PipelineSpec) -> str:
+        """The name of the pipeline's leader lock."""
+
+    def sink(
+        self,
+        pipeline: PipelineSpec,
+        key_columns: tuple[str, ...],
+        identity: str,
+        decode: PositionDecoder,
+        on_retry: OnRetry | None = None,
+        step: PositionStep | None = None,
+    ) -> PipelineSink:
+        """The pipeline's writer. Its batches record their position in the checkpoint row,
+        under the pipeline's leader lock; with ``step``, by that step instead (no lock: a
+        feed whose positions are fenced otherwise, e.g. by compare-and-set)."""
+
+    def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> ChunkStore: ...
+
+    def heartbeat(self, instance: str, interval_s: float) -> Heartbeat: ...
+
+
+class AdminStore(TableStore, Protocol):
+    """What `init`, `check` and `status` use: the DDL, the checks, the counts."""
+
+    def init(self, pipelines: Sequence[PipelineSpec]) -> list[str]:
+        """Make (or upgrade) the scorer's tables and views, idempotently: the statements."""
 
     def check_connection(self) -> list[tuple[str, bool, str]]:
         """`check`'s first lines: (name, ok, detail) of the connection and its TLS."""
@@ -143,53 +193,13 @@ class Store(Protocol):
     def sample_row(self, pipeline: PipelineSpec) -> dict[str, Any]:
         """One real row of the pipeline's table, or {} (`check` sends it to the model)."""
 
-    def load_checkpoints(
-        self, names: Sequence[str], decode: PositionDecoder
-    ) -> dict[str, StoredCheckpoint]: ...
-
-    def save_checkpoint(self, name: str, checkpoint: Checkpoint, identity: str) -> None: ...
-
-    def record_stop(self, name: str, reason: str | None) -> None: ...
-
-    def older_predictions(self, pipeline: PipelineSpec) -> bool:
-        """Whether a stored prediction carries another model version than the pipeline's."""
-
     def counts(self, pipeline: PipelineSpec) -> PipelineCounts: ...
 
     def database_now(self) -> datetime | None: ...
 
-    def lock(self, pipeline: PipelineSpec) -> str:
-        """The name of the pipeline's leader lock."""
-
     def leader(self, pipeline: PipelineSpec) -> int | None:
         """The session holding the pipeline's leader lock (None: no process runs it)."""
 
-    def sink(
-        self,
-        pipeline: PipelineSpec,
-        key_columns: tuple[str, ...],
-        identity: str,
-        decode: PositionDecoder,
-        on_retry: OnRetry | None = None,
-        step: PositionStep | None = None,
-    ) -> PipelineSink:
-        """The pipeline's writer. Its batches record their position in the checkpoint row,
-        under the pipeline's leader lock; with ``step``, by that step instead (no lock: a
-        feed whose positions are fenced otherwise, e.g. by compare-and-set)."""
 
-    def in_transaction(self, doing: str, work: Callable[[Any], T]) -> T:
-        """``work(cursor)`` in a transaction of a connection of its own, committed (blocking:
-        a feed's own bookkeeping beside the predictions)."""
-
-    def quoted(self, identifier: str) -> str:
-        """A column's (or any identifier's) name as this database's SQL quotes it."""
-
-    def qualified(self, table: str) -> str:
-        """``table`` as this database's SQL names it (quoted by the dialect, in the schema
-        ``[source]`` names)."""
-
-    def chunks(self, pipeline: PipelineSpec, table: TableInfo) -> ChunkStore: ...
-
-    def heartbeat(self, instance: str, interval_s: float) -> Heartbeat: ...
-
-    def close(self) -> None: ...
+class Store(DaemonStore, AdminStore, Protocol):
+    """The scorer's tables in one database: what a dialect implements (``stores/``)."""

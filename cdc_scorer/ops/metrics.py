@@ -46,6 +46,121 @@ def error_code(exc: CdcScorerError) -> str:
     return "fatal"
 
 
+class _Instruments:
+    """The counters and histograms of one registry (the collector adds the gauges of state)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.events = PromCounter(
+            "cdc_scorer_source_rows",
+            "Row changes read from the change feed (binlog, WAL or Debezium topic), by table and "
+            "operation",
+            ["table", "operation"],
+            registry=r,
+        )
+        self.scored = PromCounter(
+            "cdc_scorer_rows_scored", "Rows scored and written", ["pipeline"], registry=r
+        )
+        self.partition_lag = Gauge(
+            "cdc_scorer_source_partition_lag_messages",
+            "Messages of this process's partitions not yet committed (a feed of partitions, "
+            "as Debezium's topics: their end offsets less the database's offsets)",
+            ["pipeline"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "cdc_scorer_source_partitions",
+            "Partitions of the change feed this process reads (a feed of partitions)",
+            ["pipeline"],
+            registry=r,
+        )
+        self.deleted = PromCounter(
+            "cdc_scorer_rows_deleted",
+            "Predictions removed for deleted source rows",
+            ["pipeline"],
+            registry=r,
+        )
+        self.skipped = PromCounter(
+            "cdc_scorer_rows_skipped",
+            "Row changes not sent to the model, by reason",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.dead = PromCounter(
+            "cdc_scorer_rows_dead_lettered",
+            "Rows written to the dead-letter table, by reason",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "cdc_scorer_batch_rows",
+            "Rows per committed batch (scored + deleted + dead-lettered)",
+            ["pipeline"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "cdc_scorer_inference_duration_seconds",
+            "Model call latency, every attempt",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.calls = PromCounter(
+            "cdc_scorer_model_calls", "Model calls, every attempt", ["service"], registry=r
+        )
+        self.call_errors = PromCounter(
+            "cdc_scorer_inference_errors",
+            "Failed model calls by service and error code",
+            ["service", "code"],
+            registry=r,
+        )
+        self.retries = PromCounter(
+            "cdc_scorer_retries", "Retries by stage and error code", ["stage", "code"], registry=r
+        )
+        self.sink_write = Histogram(
+            "cdc_scorer_sink_write_duration_seconds",
+            "Writing one batch: its transaction of predictions, dead letters and checkpoint, "
+            "retries included (one connection per pipeline: its sum over time is how busy it is)",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "cdc_scorer_freshness_seconds",
+            "Source commit (the change's commit time as its feed tells it: binlog events to the "
+            "second) to prediction committed",
+            ["pipeline"],
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.disconnects = PromCounter(
+            "cdc_scorer_source_disconnects",
+            "Connections to the change log lost and re-opened",
+            registry=r,
+        )
+        self.snapshot_rows = PromCounter(
+            "cdc_scorer_snapshot_rows",
+            "Rows read from the table by snapshot and re-score chunks",
+            ["pipeline"],
+            registry=r,
+        )
+        self.rescore_rows = PromCounter(
+            "cdc_scorer_rescore_rows",
+            "Chunk rows passed to the model by snapshots and re-scores",
+            ["pipeline"],
+            registry=r,
+        )
+        self.rescore_conflicts = PromCounter(
+            "cdc_scorer_rescore_conflicts",
+            "Chunk rows dropped because the stream changed them inside the chunk's window",
+            ["pipeline"],
+            registry=r,
+        )
+        self.leader_changes = PromCounter(
+            "cdc_scorer_leader_acquisitions", "Times this process became the leader", registry=r
+        )
+
+
 class Telemetry:
     """The one place the pipeline reports to; feeds both the counters and Prometheus."""
 
@@ -67,155 +182,47 @@ class Telemetry:
         self.source = SourceState()
         self.pipelines: dict[str, PipelineState] = {}
 
-        self._events = PromCounter(
-            "cdc_scorer_source_rows",
-            "Row changes read from the change feed (binlog, WAL or Debezium topic), by table and "
-            "operation",
-            ["table", "operation"],
-            registry=r,
-        )
-        self._scored = PromCounter(
-            "cdc_scorer_rows_scored", "Rows scored and written", ["pipeline"], registry=r
-        )
-        self._partition_lag = Gauge(
-            "cdc_scorer_source_partition_lag_messages",
-            "Messages of this process's partitions not yet committed (a feed of partitions, "
-            "as Debezium's topics: their end offsets less the database's offsets)",
-            ["pipeline"],
-            registry=r,
-        )
-        self._partitions = Gauge(
-            "cdc_scorer_source_partitions",
-            "Partitions of the change feed this process reads (a feed of partitions)",
-            ["pipeline"],
-            registry=r,
-        )
+        self._m = _Instruments(r)
         self._partitions_behind_s: dict[str, float] = {}
-        self._deleted = PromCounter(
-            "cdc_scorer_rows_deleted",
-            "Predictions removed for deleted source rows",
-            ["pipeline"],
-            registry=r,
-        )
-        self._skipped = PromCounter(
-            "cdc_scorer_rows_skipped",
-            "Row changes not sent to the model, by reason",
-            ["pipeline", "reason"],
-            registry=r,
-        )
-        self._dead = PromCounter(
-            "cdc_scorer_rows_dead_lettered",
-            "Rows written to the dead-letter table, by reason",
-            ["pipeline", "reason"],
-            registry=r,
-        )
-        self._batch_rows = Histogram(
-            "cdc_scorer_batch_rows",
-            "Rows per committed batch (scored + deleted + dead-lettered)",
-            ["pipeline"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
-        self._latency = Histogram(
-            "cdc_scorer_inference_duration_seconds",
-            "Model call latency, every attempt",
-            ["service"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._calls = PromCounter(
-            "cdc_scorer_model_calls", "Model calls, every attempt", ["service"], registry=r
-        )
-        self._call_errors = PromCounter(
-            "cdc_scorer_inference_errors",
-            "Failed model calls by service and error code",
-            ["service", "code"],
-            registry=r,
-        )
-        self._retries = PromCounter(
-            "cdc_scorer_retries", "Retries by stage and error code", ["stage", "code"], registry=r
-        )
-        self._sink_write = Histogram(
-            "cdc_scorer_sink_write_duration_seconds",
-            "Writing one batch: its transaction of predictions, dead letters and checkpoint, "
-            "retries included (one connection per pipeline: its sum over time is how busy it is)",
-            ["pipeline"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._freshness = Histogram(
-            "cdc_scorer_freshness_seconds",
-            "Source commit (the change's commit time as its feed tells it: binlog events to the "
-            "second) to prediction committed",
-            ["pipeline"],
-            buckets=_FRESHNESS_BUCKETS,
-            registry=r,
-        )
-        self._disconnects = PromCounter(
-            "cdc_scorer_source_disconnects",
-            "Connections to the change log lost and re-opened",
-            registry=r,
-        )
-        self._snapshot_rows = PromCounter(
-            "cdc_scorer_snapshot_rows",
-            "Rows read from the table by snapshot and re-score chunks",
-            ["pipeline"],
-            registry=r,
-        )
-        self._rescore_rows = PromCounter(
-            "cdc_scorer_rescore_rows",
-            "Chunk rows passed to the model by snapshots and re-scores",
-            ["pipeline"],
-            registry=r,
-        )
-        self._rescore_conflicts = PromCounter(
-            "cdc_scorer_rescore_conflicts",
-            "Chunk rows dropped because the stream changed them inside the chunk's window",
-            ["pipeline"],
-            registry=r,
-        )
-        self._leader_changes = PromCounter(
-            "cdc_scorer_leader_acquisitions", "Times this process became the leader", registry=r
-        )
         r.register(_StateCollector(self))
 
     # ------------------------------------------------------------------ events
     def on_rows_read(self, table: str, operation: str, rows: int) -> None:
-        self._events.labels(table, operation).inc(rows)
+        self._m.events.labels(table, operation).inc(rows)
 
     def on_snapshot_rows(self, pipeline: str, rows: int) -> None:
-        self._snapshot_rows.labels(pipeline).inc(rows)
+        self._m.snapshot_rows.labels(pipeline).inc(rows)
 
     def on_chunk(self, pipeline: str, rows: int, conflicts: int, orphans: int = 0) -> None:
         self.rescore_rows[pipeline] += rows
         self.rescore_conflicts[pipeline] += conflicts
         self.rescore_orphans[pipeline] += orphans
-        self._rescore_rows.labels(pipeline).inc(rows)
-        self._rescore_conflicts.labels(pipeline).inc(conflicts)
+        self._m.rescore_rows.labels(pipeline).inc(rows)
+        self._m.rescore_conflicts.labels(pipeline).inc(conflicts)
 
     def on_retry(self, stage: str, exc: RetriableError) -> None:
         self.retries[stage] += 1
-        self._retries.labels(stage, exc.code).inc()
+        self._m.retries.labels(stage, exc.code).inc()
 
     def model_call_observer(self, service: str) -> Callable[[float, CdcScorerError | None], None]:
-        latency = self._latency.labels(service)
-        calls = self._calls.labels(service)
+        latency = self._m.latency.labels(service)
+        calls = self._m.calls.labels(service)
 
         def observe(seconds: float, error: CdcScorerError | None) -> None:
             latency.observe(seconds)
             calls.inc()
             if error is not None:
-                self._call_errors.labels(service, error_code(error)).inc()
+                self._m.call_errors.labels(service, error_code(error)).inc()
 
         return observe
 
     def on_disconnect(self) -> None:
         self.disconnects += 1
-        self._disconnects.inc()
+        self._m.disconnects.inc()
 
     def on_leader(self, leader: bool) -> None:
         if leader and not self.source.leader:
-            self._leader_changes.inc()
+            self._m.leader_changes.inc()
         self.source.leader = leader
 
     def on_partition_lag(
@@ -224,8 +231,8 @@ class Telemetry:
         """A feed of partitions (Debezium's topics), after each poll: what is not committed
         yet, and for how long this pipeline has not been caught up — the source lag
         (``/readyz``) is the worst of them."""
-        self._partition_lag.labels(pipeline).set(messages)
-        self._partitions.labels(pipeline).set(partitions)
+        self._m.partition_lag.labels(pipeline).set(messages)
+        self._m.partitions.labels(pipeline).set(partitions)
         self.source.partitions[pipeline] = partitions
         self._partitions_behind_s[pipeline] = seconds_behind
         self.source.connected = True
@@ -243,7 +250,7 @@ class Telemetry:
             state.stopped = reason
 
     def on_sink_write(self, pipeline: str, seconds: float) -> None:
-        self._sink_write.labels(pipeline).observe(seconds)
+        self._m.sink_write.labels(pipeline).observe(seconds)
 
     def on_commit(self, pipeline: str, scored: ScoredBatch) -> None:
         now = time.time()
@@ -251,18 +258,18 @@ class Telemetry:
         self.rows_deleted[pipeline] += len(scored.deletes)
         self.model_calls[pipeline] += scored.model_calls
         self.batches[pipeline] += 1
-        self._scored.labels(pipeline).inc(len(scored.upserts))
-        self._deleted.labels(pipeline).inc(len(scored.deletes))
+        self._m.scored.labels(pipeline).inc(len(scored.upserts))
+        self._m.deleted.labels(pipeline).inc(len(scored.deletes))
         rows = len(scored.upserts) + len(scored.deletes) + len(scored.dead_letters)
         if rows:
-            self._batch_rows.labels(pipeline).observe(rows)
+            self._m.batch_rows.labels(pipeline).observe(rows)
         for reason, count in scored.rows_skipped.items():
             self.rows_skipped[f"{pipeline}:{reason}"] += count
-            self._skipped.labels(pipeline, reason).inc(count)
+            self._m.skipped.labels(pipeline, reason).inc(count)
         for dead in scored.dead_letters:
             self.dead_letters[f"{pipeline}:{dead.reason}"] += 1
-            self._dead.labels(pipeline, dead.reason).inc()
-        observe = self._freshness.labels(pipeline).observe
+            self._m.dead.labels(pipeline, dead.reason).inc()
+        observe = self._m.freshness.labels(pipeline).observe
         # The rows of a transaction share its commit time: convert it once per run of rows.
         last_at: datetime | None = None
         lag = 0.0

@@ -19,7 +19,15 @@ from cdc_scorer.core.models import (
     ModelCodec,
     ModelSpec,
 )
-from cdc_scorer.core.records import Batch, DeadLetter, Op, Prediction, RowChange, ScoredBatch
+from cdc_scorer.core.records import (
+    Batch,
+    DeadLetter,
+    Gap,
+    Op,
+    Prediction,
+    RowChange,
+    ScoredBatch,
+)
 from cdc_scorer.core.retry import backoff_s, retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.services.aws import CallObserver, aws_errors
@@ -246,26 +254,22 @@ async def read_bodies(response: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A gap a source did not explain (every source of ours does).
+_UNEXPLAINED = Gap("incomplete_input", "did not arrive whole in the change log")
+
+
 def require_complete(change: RowChange, inputs: Sequence[str]) -> None:
     """A row whose model input the log did not carry whole (a partial JSON diff, an unchanged
-    TOASTed value) is not scored from a guess: it is a dead letter with the reason and the
-    fix."""
-    if change.incomplete:
-        partial = [c for c in inputs if c in change.incomplete]
-        if partial:
-            raise PoisonError(
-                f"model input {', '.join(partial)} arrived as a partial JSON update "
-                "(binlog_row_value_options=PARTIAL_JSON): set binlog_row_value_options='' "
-                "so the binlog carries whole JSON values",
-                reason="partial_json_update",
-            )
-    missing = [c for c in inputs if c in change.unchanged] if change.unchanged else None
-    if missing:
+    TOASTed value) is not scored from a guess: it is a dead letter with the reason and the fix
+    its source gives."""
+    if not (change.incomplete or change.unchanged):
+        return
+    gaps = [c for c in inputs if c in change.incomplete or c in change.unchanged]
+    if gaps:
+        gap = change.gap or _UNEXPLAINED
         raise PoisonError(
-            f"model input {', '.join(missing)} was left out of the change as an unchanged "
-            "value stored out of line (PostgreSQL TOAST under REPLICA IDENTITY DEFAULT): "
-            f"ALTER TABLE {change.table} REPLICA IDENTITY FULL so the log carries whole rows",
-            reason="unchanged_toast",
+            f"model input {', '.join(gaps)} {gap.text.format(table=change.table)}",
+            reason=gap.reason,
         )
 
 

@@ -33,7 +33,7 @@ from cdc_scorer.core.snapshotter import Snapshotter, plan_rescores
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.sources import Capture, ChangeStream, Source, SourceInfo, StreamHooks
 from cdc_scorer.sources.log_spec import LogFeedSpec
-from cdc_scorer.stores import PipelineSink, Store
+from cdc_scorer.stores import DaemonStore, PipelineSink
 
 log = structlog.get_logger("cdc_scorer.sources.log_feed")
 
@@ -49,7 +49,7 @@ class LogFeed:
         retry: RetrySpec,
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
-        store: Store,
+        store: DaemonStore,
         telemetry: Observer,
     ) -> None:
         self.pipelines = tuple(pipelines)

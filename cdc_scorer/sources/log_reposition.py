@@ -41,8 +41,12 @@ def log_reposition(source: Source, pipeline: PipelineSpec, store: Store, to: Tar
             )
         target = source.current_position() if position is None else source.position_from(position)
         source.check_resumable(target)
-        stored = store.load_checkpoints([pipeline.name], source.decode_position)
-        found = stored.get(pipeline.name)
+        try:
+            found = store.load_checkpoints([pipeline.name], source.decode_position).get(
+                pipeline.name
+            )
+        except ValueError:  # a position of another kind of source: start over here
+            found = None
         before = found.checkpoint if found is not None else Checkpoint(None, "skipped")
         moved = replace(before, position=target)
         if rescore:

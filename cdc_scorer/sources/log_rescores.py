@@ -188,8 +188,8 @@ def cancel(
         if job.reason == FIRST_SNAPSHOT:
             raise FatalError(
                 f"--cancel {job_id}: the first snapshot of pipeline {pipeline.name} is not "
-                'cancelled (to go without it: snapshot = "never", and delete the pipeline\'s '
-                "checkpoint row)"
+                "cancelled: its rows have no predictions yet (pace it with "
+                "rescore.max_rows_per_s instead)"
             )
         request = tables.signal(CANCEL, {"id": job_id})
         deadline = time.monotonic() + timeout_s

@@ -10,7 +10,7 @@ from cdc_scorer.core.feeds import Feed, PipelineReport, Rescores, Source, Target
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
-from cdc_scorer.core.store import Store
+from cdc_scorer.core.store import DaemonStore, Store
 from cdc_scorer.sources.log_spec import LogFeedSpec
 
 
@@ -28,7 +28,7 @@ class LogSource:
         self,
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
-        store: Store,
+        store: DaemonStore,
         telemetry: Observer,
     ) -> list[Feed]:
         """One reader of the log for every pipeline."""

@@ -15,7 +15,9 @@ from cdc_scorer.core.own_tables import PREDICTION_METADATA
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.core.store import (
+    AdminStore,
     ChunkStore,
+    DaemonStore,
     Heartbeat,
     OnRetry,
     PipelineCounts,
@@ -27,7 +29,9 @@ from cdc_scorer.core.store import (
 )
 
 __all__ = [
+    "AdminStore",
     "ChunkStore",
+    "DaemonStore",
     "Heartbeat",
     "OnRetry",
     "PipelineCounts",

@@ -13,12 +13,16 @@ missing row; each dialect gives its ``OffsetsSql``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.core.store import Store
+
+T = TypeVar("T")
 
 OFFSETS_TABLE = "cdc_scorer_kafka_offset"
 VERSIONS_TABLE = "cdc_scorer_kafka_model_version"
@@ -318,10 +322,195 @@ def count_scored_since(
 
 
 class OffsetStore(Store, Protocol):
-    """A store that keeps a Kafka feed's offsets beside the predictions (every dialect's)."""
+    """A store that keeps a Kafka feed's offsets beside the predictions (every dialect's, by
+    :class:`OffsetTables`): each operation in a transaction of its own — no cursor leaves the
+    store."""
 
     def offsets_sql(self) -> OffsetsSql:
-        """The offsets tables of this dialect."""
+        """The offsets tables of this dialect (the sink's offset step writes them)."""
 
     def init_offsets(self) -> None:
         """Make the offsets tables (``init`` in Kafka mode), idempotently."""
+
+    def offsets_ready(self) -> bool:
+        """The offsets tables exist and can be read."""
+
+    def write_problem(self, table: str | None) -> str | None:
+        """What a write that changes nothing meets on ``table`` (None: the offsets table),
+        or None when it passes (`check`'s grants)."""
+
+    def load_offsets(
+        self,
+        ledger: OffsetLedger,
+        partitions: Iterable[TopicPartition],
+        start: Mapping[TopicPartition, int],
+    ) -> dict[TopicPartition, int]:
+        """Assigned partitions' stored offsets, into ``ledger`` (missing rows at ``start``)."""
+
+    def is_new_pipeline(self, pipeline: str) -> bool: ...
+
+    def claim_version(
+        self,
+        pipeline: str,
+        model_version: str,
+        signal: tuple[str, str, str, str] | None,
+        start: Mapping[TopicPartition, int] | None,
+        owner: str,
+    ) -> str | None:
+        """:func:`request_rescore` in a transaction of its own."""
+
+    def record_request(
+        self,
+        pipeline: str,
+        model_version: str,
+        signal: tuple[str, str, str, str],
+        where: str | None,
+    ) -> None: ...
+
+    def latest_request(self, pipeline: str) -> RescoreRequest | None: ...
+
+    def count_rows(self, table: str, where: str | None) -> int:
+        """Rows of the source table ``table`` matching ``where`` (``FatalError`` with the
+        server's words for a condition it refuses)."""
+
+    def count_scored_since(
+        self, pipeline: PipelineSpec, key_columns: Sequence[str], where: str | None, since: Any
+    ) -> int: ...
+
+    def stored_offsets(self) -> list[tuple[str, str, int, int, str | None]]: ...
+
+    def set_offsets(
+        self, pipeline: str, offsets: Mapping[TopicPartition, int], owner: str
+    ) -> None: ...
+
+
+class _Dialect(Protocol):
+    """What :class:`OffsetTables` needs of a dialect's store."""
+
+    def offsets_sql(self) -> OffsetsSql: ...
+
+    def qualified(self, table: str) -> str: ...
+
+    def quoted(self, identifier: str) -> str: ...
+
+    def in_transaction(self, doing: str, work: Callable[[Any], T]) -> T:
+        """``work(cursor)`` in a transaction of a connection of its own, committed."""
+
+
+class OffsetTables:
+    """:class:`OffsetStore`'s operations, shared by the dialects' stores (mixed in)."""
+
+    def offsets_ready(self: _Dialect) -> bool:
+        sql = self.offsets_sql()
+        try:
+            for table in (sql.table, sql.versions_table):
+                self.in_transaction(f"reading {table}", functools.partial(_read_nothing, table))
+        except CdcScorerError:
+            return False
+        return True
+
+    def write_problem(self: _Dialect, table: str | None) -> str | None:
+        name = self.offsets_sql().table if table is None else self.qualified(table)
+        try:
+            self.in_transaction(f"writing {name}", functools.partial(_write_nothing, name))
+        except CdcScorerError as exc:
+            return str(exc)
+        return None
+
+    def load_offsets(
+        self: _Dialect,
+        ledger: OffsetLedger,
+        partitions: Iterable[TopicPartition],
+        start: Mapping[TopicPartition, int],
+    ) -> dict[TopicPartition, int]:
+        wanted = list(partitions)
+        return self.in_transaction(
+            f"loading the Kafka offsets of {ledger.pipeline}",
+            lambda cursor: ledger.load(cursor, wanted, start),
+        )
+
+    def is_new_pipeline(self: _Dialect, pipeline: str) -> bool:
+        sql = self.offsets_sql()
+        return self.in_transaction("reading the model versions", lambda c: is_new(c, sql, pipeline))
+
+    def claim_version(
+        self: _Dialect,
+        pipeline: str,
+        model_version: str,
+        signal: tuple[str, str, str, str] | None,
+        start: Mapping[TopicPartition, int] | None,
+        owner: str,
+    ) -> str | None:
+        sql = self.offsets_sql()
+        return self.in_transaction(
+            f"claiming model version {model_version}",
+            lambda c: request_rescore(
+                c, sql, pipeline, model_version, signal, start=start, owner=owner
+            ),
+        )
+
+    def record_request(
+        self: _Dialect,
+        pipeline: str,
+        model_version: str,
+        signal: tuple[str, str, str, str],
+        where: str | None,
+    ) -> None:
+        sql = self.offsets_sql()
+        self.in_transaction(
+            "writing Debezium's signal",
+            lambda c: record_request(c, sql, pipeline, model_version, signal, where),
+        )
+
+    def latest_request(self: _Dialect, pipeline: str) -> RescoreRequest | None:
+        sql = self.offsets_sql()
+        return self.in_transaction(
+            "reading the re-score requests",
+            functools.partial(latest_request, sql=sql, pipeline=pipeline),
+        )
+
+    def count_rows(self: _Dialect, table: str, where: str | None) -> int:
+        return self.in_transaction(
+            "counting the rows of a reading",
+            functools.partial(count_rows, table=self.qualified(table), where=where),
+        )
+
+    def count_scored_since(
+        self: _Dialect,
+        pipeline: PipelineSpec,
+        key_columns: Sequence[str],
+        where: str | None,
+        since: Any,
+    ) -> int:
+        return self.in_transaction(
+            "counting the rows re-scored",
+            functools.partial(
+                count_scored_since,
+                predictions=self.qualified(pipeline.predictions),
+                table=self.qualified(pipeline.table),
+                keys=", ".join(self.quoted(k) for k in key_columns),
+                where=where,
+                since=since,
+            ),
+        )
+
+    def stored_offsets(self: _Dialect) -> list[tuple[str, str, int, int, str | None]]:
+        sql = self.offsets_sql()
+        return self.in_transaction("reading the Kafka offsets", lambda c: stored_offsets(c, sql))
+
+    def set_offsets(
+        self: _Dialect, pipeline: str, offsets: Mapping[TopicPartition, int], owner: str
+    ) -> None:
+        sql = self.offsets_sql()
+        self.in_transaction(
+            "moving the Kafka offsets", lambda c: set_offsets(c, sql, pipeline, offsets, owner)
+        )
+
+
+def _read_nothing(table: str, cursor: Any) -> None:
+    cursor.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
+
+
+def _write_nothing(table: str, cursor: Any) -> None:
+    """A DELETE that matches no row: refused without the grant, changes nothing."""
+    cursor.execute(f"DELETE FROM {table} WHERE 1 = 0")

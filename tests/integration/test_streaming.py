@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from cdc_scorer.core.spec import ScorerSpec
-from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
+from cdc_scorer.commands.cli import main as cli
+from cdc_scorer.local.churn_data import CHURN_TABLE_DDL, FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
 from cdc_scorer.sources.log_status import PipelineStatus, pipeline_status
@@ -448,6 +449,21 @@ async def test_a_renamed_table_stops_its_pipeline_and_no_other(
             "pipeline churn: table churn was dropped or renamed (RENAME TABLE churn TO churn_old)"
         ), reason
         await wait_for(lambda: stored_feedback(db) == {1: "POSITIVE"}, what="feedback goes on")
+    # The fix the line names for a table made anew: reposition --now --rescore, then restart.
+    command = "reposition --config FILE --pipeline churn --now --rescore"
+    assert f"`cdc-scorer {command}`" in reason, reason
+    fresh = list(ChurnRowGenerator(96).rows(7))
+    with db.cursor() as cursor:
+        cursor.execute(CHURN_TABLE_DDL)
+    insert_churn(db, fresh)
+    config = str(tmp_path / "s.toml")
+    assert cli(command.replace("FILE", config).split()) == 0
+    async with Running(spec):
+        await wait_for(
+            lambda: set(stored_churn(db)) == {r["phone"] for r in fresh},
+            what="the new table's rows scored, the old ones' predictions removed",
+        )
+    assert churn_matches(db)
     db.close()
 
 

@@ -210,49 +210,10 @@ class KafkaStack:
         self.broker_port = free_port()
         controller = free_port()
         props = self.base / "server.properties"
-        listeners = [f"PLAINTEXT://127.0.0.1:{self.broker_port}"]
-        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
-        secure: list[str] = []
-        scram: list[str] = []
         if self.tls is not None:
             self.ssl_port, self.sasl_ssl_port = free_port(), free_port()
-            listeners += [
-                f"SSL://127.0.0.1:{self.ssl_port}",
-                f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}",
-            ]
-            protocols += ["SSL:SSL", "SASL_SSL:SASL_SSL"]
-            secure = [
-                "ssl.keystore.type=PEM",
-                f"ssl.keystore.location={self.tls.keystore}",
-                "sasl.enabled.mechanisms=SCRAM-SHA-512",
-                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-            ]
-            for name, password in self.tls.scram_users.items():
-                scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
-        props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners={','.join(listeners)}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    f"listener.security.protocol.map={','.join(protocols)}",
-                    f"log.dirs={self.base / 'data'}",
-                    f"num.partitions={self.partitions}",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=5",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    f"group.initial.rebalance.delay.ms={self.initial_rebalance_delay_ms}",
-                    *secure,
-                    "",
-                ]
-            )
-        )
+        text, scram = _broker_properties(self, controller)
+        props.write_text(text)
         self._run_tool(
             lib,
             "format",
@@ -271,34 +232,7 @@ class KafkaStack:
         self._wait(self._broker, self._broker_ready, "the Kafka broker")
         self.connect_port = free_port()
         worker = self.base / "connect.properties"
-        worker.write_text(
-            "\n".join(
-                [
-                    f"bootstrap.servers={self.bootstrap_servers}",
-                    "group.id=cdc-scorer-connect",
-                    "key.converter=org.apache.kafka.connect.json.JsonConverter",
-                    "value.converter=org.apache.kafka.connect.json.JsonConverter",
-                    "offset.storage.topic=connect-offsets",
-                    "offset.storage.replication.factor=1",
-                    "offset.storage.partitions=1",
-                    "config.storage.topic=connect-configs",
-                    "config.storage.replication.factor=1",
-                    "status.storage.topic=connect-status",
-                    "status.storage.replication.factor=1",
-                    "status.storage.partitions=1",
-                    "offset.flush.interval.ms=1000",
-                    f"listeners=http://127.0.0.1:{self.connect_port}",
-                    "plugin.discovery=service_load",
-                    # A restarted worker gets its connectors back at once, not after the
-                    # default 5 minutes kept for a worker that may come back.
-                    "scheduled.rebalance.max.delay.ms=0",
-                    "session.timeout.ms=6000",
-                    "heartbeat.interval.ms=2000",
-                    "rebalance.timeout.ms=20000",
-                    "",
-                ]
-            )
-        )
+        worker.write_text(_worker_properties(self.bootstrap_servers, self.connect_port))
         self._connect = self._program(
             lib, "connect", ["org.apache.kafka.connect.cli.ConnectDistributed", str(worker)]
         )
@@ -445,3 +379,77 @@ class KafkaStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _broker_properties(stack: KafkaStack, controller: int) -> tuple[str, list[str]]:
+    """The KRaft broker's server.properties, and the storage tool's SCRAM arguments."""
+    assert stack.base is not None
+    listeners = [f"PLAINTEXT://127.0.0.1:{stack.broker_port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    secure: list[str] = []
+    scram: list[str] = []
+    if stack.tls is not None:
+        listeners += [
+            f"SSL://127.0.0.1:{stack.ssl_port}",
+            f"SASL_SSL://127.0.0.1:{stack.sasl_ssl_port}",
+        ]
+        protocols += ["SSL:SSL", "SASL_SSL:SASL_SSL"]
+        secure = [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={stack.tls.keystore}",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        ]
+        for name, password in stack.tls.scram_users.items():
+            scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+    lines = [
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller}",
+        f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller}",
+        f"advertised.listeners={','.join(listeners)}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"listener.security.protocol.map={','.join(protocols)}",
+        f"log.dirs={stack.base / 'data'}",
+        f"num.partitions={stack.partitions}",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=5",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        f"group.initial.rebalance.delay.ms={stack.initial_rebalance_delay_ms}",
+        *secure,
+        "",
+    ]
+    return "\n".join(lines), scram
+
+
+def _worker_properties(bootstrap_servers: str, port: int) -> str:
+    """The Connect worker's properties (distributed mode, its topics on the one broker)."""
+    return "\n".join(
+        [
+            f"bootstrap.servers={bootstrap_servers}",
+            "group.id=cdc-scorer-connect",
+            "key.converter=org.apache.kafka.connect.json.JsonConverter",
+            "value.converter=org.apache.kafka.connect.json.JsonConverter",
+            "offset.storage.topic=connect-offsets",
+            "offset.storage.replication.factor=1",
+            "offset.storage.partitions=1",
+            "config.storage.topic=connect-configs",
+            "config.storage.replication.factor=1",
+            "status.storage.topic=connect-status",
+            "status.storage.replication.factor=1",
+            "status.storage.partitions=1",
+            "offset.flush.interval.ms=1000",
+            f"listeners=http://127.0.0.1:{port}",
+            "plugin.discovery=service_load",
+            # A restarted worker gets its connectors back at once, not after the default 5
+            # minutes kept for a worker that may come back.
+            "scheduled.rebalance.max.delay.ms=0",
+            "session.timeout.ms=6000",
+            "heartbeat.interval.ms=2000",
+            "rebalance.timeout.ms=20000",
+            "",
+        ]
+    )

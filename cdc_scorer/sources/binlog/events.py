@@ -39,6 +39,7 @@ from cdc_scorer.core.positions import TxId
 from cdc_scorer.core.records import (
     ColumnsGone,
     Commit,
+    Gap,
     Op,
     RowChange,
     SourceItem,
@@ -55,6 +56,13 @@ from cdc_scorer.sources.binlog.positions import (
     FilePosition,
     Gtid,
     MysqlGtid,
+)
+
+# A MySQL partial JSON update carries a diff, not the value (the dead letter's words).
+PARTIAL_JSON = Gap(
+    "partial_json_update",
+    "arrived as a partial JSON update (binlog_row_value_options=PARTIAL_JSON): set "
+    "binlog_row_value_options='' so the binlog carries whole JSON values",
 )
 
 SourceBatch = tuple[SourceItem, ...]  # one rows event's changes, or one Commit
@@ -431,6 +439,7 @@ def row_changes(
                     committed_at,
                     before=before,
                     incomplete=_json_diffs(after) if partial else frozenset(),
+                    gap=PARTIAL_JSON if partial else None,
                 )
             )
         return changes

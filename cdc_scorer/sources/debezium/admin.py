@@ -22,7 +22,7 @@ from cdc_scorer.core.spec import PipelineSpec, ScorerSpec
 from cdc_scorer.sources.debezium.group import _refusal, client_config, topic_watermarks
 from cdc_scorer.sources.debezium.rescores import ReadingProgress, reading_progress, request_snapshot
 from cdc_scorer.sources.debezium.spec import DebeziumSpec
-from cdc_scorer.stores.offsets import OffsetStore, set_offsets, stored_offsets
+from cdc_scorer.stores.offsets import OffsetStore
 
 TIMEOUT_S = 10.0
 
@@ -73,9 +73,7 @@ def group_members(admin: AdminClient, group: str) -> tuple[int, str]:
 def kafka_status(
     spec: ScorerSpec, kafka: DebeziumSpec, store: OffsetStore, pipelines: Sequence[PipelineSpec]
 ) -> list[PipelineReport]:
-    rows = store.in_transaction(
-        "reading the Kafka offsets", lambda c: stored_offsets(c, store.offsets_sql())
-    )
+    rows = store.stored_offsets()
     readings = reading_progress(spec, store)
     reports = []
     for pipeline in pipelines:
@@ -190,18 +188,9 @@ def kafka_reposition(
             f"the brokers refused to move group {group}'s offsets ({exc}): is a scorer of "
             f"pipeline {pipeline.name} running? — nothing was changed"
         ) from None
-    before = {
-        (t, p): o
-        for name, t, p, o, _ in store.in_transaction(
-            "reading the Kafka offsets", lambda c: stored_offsets(c, store.offsets_sql())
-        )
-        if name == pipeline.name
-    }
+    before = {(t, p): o for name, t, p, o, _ in store.stored_offsets() if name == pipeline.name}
     moved = {(topic, p): offset for p, offset in offsets.items()}
-    store.in_transaction(
-        "moving the Kafka offsets",
-        lambda c: set_offsets(c, store.offsets_sql(), pipeline.name, moved, "reposition"),
-    )
+    store.set_offsets(pipeline.name, moved, "reposition")
     lines = [
         f"{topic}[{p}]: {before.get((topic, p), '-')} → {offset} (group {group}, "
         f"{pipeline.name}'s offsets in the database)"

@@ -37,8 +37,6 @@ from cdc_scorer.stores.offsets import (
     OffsetLedger,
     OffsetStore,
     SignalNeeded,
-    is_new,
-    request_rescore,
 )
 
 log = structlog.get_logger("cdc_scorer.sources.debezium")
@@ -121,11 +119,7 @@ class DebeziumFeed:
         ledger, store, name = self._ledger, self._store, pipeline.name
 
         async def load(partitions: list[Partition], start: dict[Partition, int]) -> Any:
-            return await asyncio.to_thread(
-                store.in_transaction,
-                f"loading the Kafka offsets of {name}",
-                lambda cursor: ledger.load(cursor, partitions, start),
-            )
+            return await asyncio.to_thread(store.load_offsets, ledger, partitions, start)
 
         return KafkaChangeStream(
             self._kafka,
@@ -159,16 +153,13 @@ class DebeziumFeed:
         source, kafka, store, pipeline = self._spec.source, self._kafka, self._store, self._pipeline
         collection = data_collection(source.engine, source.database, source.schema, pipeline.table)
         signal_id, kind, data = incremental_snapshot(collection)
-        sql = store.offsets_sql()
         version = pipeline.model_version or ""
         topic = self._topic
         signal = None
         if kafka.signal_table is not None:
             signal = (store.qualified(kafka.signal_table), signal_id, kind, data)
         start: dict[Any, int] | None = None
-        if store.in_transaction(
-            "reading the model versions", lambda c: is_new(c, sql, pipeline.name)
-        ):
+        if store.is_new_pipeline(pipeline.name):
             # Where the topic is now, before any signal: the snapshot's rows come after it.
             marks = topic_watermarks(kafka, topic)
             if signal is not None:
@@ -184,19 +175,14 @@ class DebeziumFeed:
                         "Debezium for an incremental snapshot of the table instead"
                     )
 
-        def claim(cursor: Any) -> str | None:
-            try:
-                return request_rescore(
-                    cursor, sql, pipeline.name, version, signal, start=start, owner=self._owner
-                )
-            except SignalNeeded:
-                raise FatalError(
-                    f"pipeline {pipeline.name}: model version {version or '(none)'} is new, "
-                    "and re-scoring on Kafka asks Debezium for an incremental snapshot: set "
-                    "source.debezium.signal_table to the connector's signal.data.collection table"
-                ) from None
-
-        requested = store.in_transaction(f"claiming model version {version}", claim)
+        try:
+            requested = store.claim_version(pipeline.name, version, signal, start, self._owner)
+        except SignalNeeded:
+            raise FatalError(
+                f"pipeline {pipeline.name}: model version {version or '(none)'} is new, and "
+                "re-scoring on Kafka asks Debezium for an incremental snapshot: set "
+                "source.debezium.signal_table to the connector's signal.data.collection table"
+            ) from None
         if requested is not None:
             log.info(
                 "asked Debezium for an incremental snapshot",

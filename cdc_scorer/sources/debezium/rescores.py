@@ -4,7 +4,6 @@ Debezium's latest reading of it has got (`status`)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from cdc_scorer.core.errors import FatalError
@@ -14,10 +13,6 @@ from cdc_scorer.sources.debezium.spec import debezium_spec
 from cdc_scorer.stores.offsets import (
     OffsetStore,
     RescoreRequest,
-    count_rows,
-    count_scored_since,
-    latest_request,
-    record_request,
 )
 
 
@@ -38,23 +33,10 @@ def request_snapshot(
     if where is not None:
         # Refused here with the server's own words, not later inside Debezium's task.
         try:
-            store.in_transaction(
-                "checking --where",
-                functools.partial(count_rows, table=store.qualified(pipeline.table), where=where),
-            )
+            store.count_rows(pipeline.table, where)
         except FatalError as exc:
             raise FatalError(f"--where {where!r} is refused by the server: {exc}") from exc
-    store.in_transaction(
-        "writing Debezium's signal",
-        lambda cursor: record_request(
-            cursor,
-            store.offsets_sql(),
-            pipeline.name,
-            pipeline.model_version or "",
-            signal,
-            where,
-        ),
-    )
+    store.record_request(pipeline.name, pipeline.model_version or "", signal, where)
     return signal_id, collection
 
 
@@ -72,35 +54,18 @@ class ReadingProgress:
 def reading_progress(spec: ScorerSpec, store: OffsetStore) -> dict[str, ReadingProgress]:
     """Per pipeline, its latest reading (`status` in Kafka mode)."""
     tables = store.inspect_tables(list(spec.pipelines))
-    sql = store.offsets_sql()
     found: dict[str, ReadingProgress] = {}
     for pipeline in spec.pipelines:
-        request = store.in_transaction(
-            "reading the re-score requests",
-            functools.partial(latest_request, sql=sql, pipeline=pipeline.name),
-        )
+        request = store.latest_request(pipeline.name)
         if request is None:
             continue
-        keys = ", ".join(store.quoted(k) for k in tables[pipeline.table].key_columns)
-        table, where = store.qualified(pipeline.table), request.where
+        where = request.where
         rows: int | None
         try:
-            rows = store.in_transaction(
-                "counting the rows of a re-score",
-                functools.partial(count_rows, table=table, where=where),
-            )
+            rows = store.count_rows(pipeline.table, where)
         except FatalError:
             rows, where = None, None
-        scored = store.in_transaction(
-            "counting the rows re-scored",
-            functools.partial(
-                count_scored_since,
-                predictions=store.qualified(pipeline.predictions),
-                table=table,
-                keys=keys,
-                where=where,
-                since=request.requested_at,
-            ),
-        )
+        keys = tables[pipeline.table].key_columns
+        scored = store.count_scored_since(pipeline, keys, where, request.requested_at)
         found[pipeline.name] = ReadingProgress(request, rows, scored)
     return found

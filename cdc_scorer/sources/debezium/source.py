@@ -6,14 +6,12 @@ positions (each partition's next offset); and its feeds, one per pipeline (``fee
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cdc_scorer.core.errors import CdcScorerError, FatalError
+from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.feeds import PipelineReport, Rescores, Target
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.positions import Position
@@ -39,22 +37,13 @@ from cdc_scorer.sources.debezium.admin import (
 from cdc_scorer.sources.debezium.positions import decode_offsets
 from cdc_scorer.sources.debezium.signals import data_collection
 from cdc_scorer.sources.debezium.spec import DebeziumSpec, debezium_spec
-from cdc_scorer.stores import Store
+from cdc_scorer.stores import DaemonStore, Store
 from cdc_scorer.stores.offsets import OFFSETS_TABLE, OffsetStore
 
 _NO_POSITION = (
     "in Kafka mode a pipeline's position is its consumer group's offsets: reposition with "
     "--to-earliest, --to-latest, --to-datetime or --to-offset N --partition P"
 )
-
-
-def _read_nothing(table: str, cursor: Any) -> None:
-    cursor.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
-
-
-def _write_nothing(table: str, cursor: Any) -> None:
-    """A DELETE that matches no row: refused without the grant, changes nothing."""
-    cursor.execute(f"DELETE FROM {table} WHERE 1 = 0")
 
 
 def topic_of(kafka: DebeziumSpec, engine: str, database: str, schema: str, table: str) -> str:
@@ -86,15 +75,10 @@ class DebeziumSource:
     ) -> list[str]:
         """The offsets tables (Debezium reads the log: a publication or a slot of the
         scorer's would hold the WAL for nobody)."""
-        store = self._store
-        sql = store.offsets_sql()
-        try:  # made already (run asks too: a user without CREATE runs it then)
-            for table in (sql.table, sql.versions_table):
-                store.in_transaction(f"reading {table}", functools.partial(_read_nothing, table))
-        except CdcScorerError:
-            store.init_offsets()
-            return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
-        return []
+        if self._store.offsets_ready():  # made already (a user without CREATE runs then)
+            return []
+        self._store.init_offsets()
+        return [f"the Kafka offsets tables ({OFFSETS_TABLE})"]
 
     def preflight(self) -> SourceInfo:
         return SourceInfo(self.identity, f"Kafka {self._kafka.bootstrap_servers}")
@@ -114,23 +98,19 @@ class DebeziumSource:
             found.append((f"brokers {servers}", str(exc)))
         else:
             found.append((f"brokers {servers}", None))
-        store = self._store
-        tables = [(OFFSETS_TABLE, store.offsets_sql().table)]
+        tables: list[tuple[str, str | None]] = [(OFFSETS_TABLE, None)]
         if self._kafka.signal_table is not None:
-            signal = self._kafka.signal_table
-            tables.append((signal, store.qualified(signal)))
+            tables.append((self._kafka.signal_table, self._kafka.signal_table))
         for name, table in tables:
-            try:
-                store.in_transaction(f"writing {name}", functools.partial(_write_nothing, table))
-            except CdcScorerError as exc:
+            problem = self._store.write_problem(table)
+            if problem is not None:
                 fix = (
                     "run `cdc-scorer init --config FILE`"
-                    if name == OFFSETS_TABLE
+                    if table is None
                     else "the table of the connector's signal.data.collection"
                 )
-                found.append((f"grant: write {name}", f"{exc} — {fix}"))
-            else:
-                found.append((f"grant: write {name}", None))
+                problem = f"{problem} — {fix}"
+            found.append((f"grant: write {name}", problem))
         return found
 
     def notes(self) -> list[tuple[str, str]]:
@@ -200,7 +180,7 @@ class DebeziumSource:
         self,
         pipelines: Sequence[PipelineSpec],
         tables: Mapping[str, TableInfo],
-        store: Store,
+        store: DaemonStore,
         telemetry: Observer,
     ) -> list[Feed]:
         """A feed per pipeline: a member of the pipeline's consumer group on its topic."""

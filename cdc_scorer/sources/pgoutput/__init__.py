@@ -164,8 +164,8 @@ class PgoutputSource(LogSource):
         if not isinstance(position, LsnPosition):
             raise FatalError(
                 f"checkpoint {position} is not a PostgreSQL position — the checkpoint table "
-                "belongs to another kind of source; delete the pipeline rows in "
-                "cdc_scorer_checkpoint to start over with a snapshot"
+                "belongs to another kind of source; run `cdc-scorer reposition --config FILE "
+                "--pipeline NAME --now --rescore` to start over here with every row re-scored"
             )
         conn = self._connection()
         try:

@@ -19,6 +19,7 @@ from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.records import (
     ColumnsGone,
     Commit,
+    Gap,
     Op,
     RowChange,
     SourceItem,
@@ -39,6 +40,14 @@ from cdc_scorer.sources.pgoutput.protocol import (
     Truncate,
     TypeMessage,
     parse,
+)
+
+# An unchanged TOASTed value is left out of an UPDATE (the dead letter's words).
+UNCHANGED_TOAST = Gap(
+    "unchanged_toast",
+    "was left out of the change as an unchanged value stored out of line (PostgreSQL TOAST "
+    "under REPLICA IDENTITY DEFAULT): ALTER TABLE {table} REPLICA IDENTITY FULL so the log "
+    "carries whole rows",
 )
 
 SourceBatch = tuple[SourceItem, ...]  # one table's consecutive row changes, or one item
@@ -352,7 +361,7 @@ def _row_from_bytes(plan: _Plan, data: bytes, tx: Any, at: Any) -> RowChange:
             )
         return RowChange(
             Op.UPDATE, plan.table, plan.key_of(values), values, tx, at, before,
-            unchanged=unchanged,
+            unchanged=unchanged, gap=UNCHANGED_TOAST if unchanged else None,
         )  # fmt: skip
     # Delete: relation, 'K' | 'O', the old tuple
     values, _, _ = plan.read_tuple(data, 6, None)

@@ -35,12 +35,12 @@ from cdc_scorer.stores.mysql.heartbeat import MysqlHeartbeat
 from cdc_scorer.stores.mysql.leader import lock_holder, lock_name
 from cdc_scorer.stores.mysql.offsets import OFFSETS
 from cdc_scorer.stores.mysql.sink import Sink
-from cdc_scorer.stores.offsets import OffsetsSql
+from cdc_scorer.stores.offsets import OffsetsSql, OffsetTables
 
 T = TypeVar("T")
 
 
-class MysqlStore:
+class MysqlStore(OffsetTables):
     """The scorer's tables in ``[source] database``, through one connection of its own (the
     sinks, chunk readers and heartbeat open theirs)."""
 

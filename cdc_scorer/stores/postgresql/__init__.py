@@ -28,7 +28,7 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
-from cdc_scorer.stores.offsets import OffsetsSql
+from cdc_scorer.stores.offsets import OffsetsSql, OffsetTables
 from cdc_scorer.stores.postgresql import schema, tables
 from cdc_scorer.stores.postgresql.offsets import offsets_sql
 from cdc_scorer.stores.postgresql.sink import PostgresSink
@@ -36,7 +36,7 @@ from cdc_scorer.stores.postgresql.sink import PostgresSink
 T = TypeVar("T")
 
 
-class PostgresStore:
+class PostgresStore(OffsetTables):
     def __init__(self, source: SourceSpec, retry: RetrySpec) -> None:
         self._source = source
         self._schema = source.schema
