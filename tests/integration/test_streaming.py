@@ -11,8 +11,8 @@ import pymysql
 import pytest
 from prometheus_client import generate_latest
 
-from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.commands.cli import main as cli
+from cdc_scorer.core.spec import ScorerSpec
 from cdc_scorer.local.churn_data import CHURN_TABLE_DDL, FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import ModelServer
 from cdc_scorer.local.servers import DatabaseServer
