@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-endpoints bench-sink system-packages mysql-server vector-servers kafka-stack clean
+.PHONY: demo test lint docs docs-serve bench bench-endpoints bench-sink system-packages mysql-server vector-servers kafka-stack clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,19 @@ test: $(STAMP) system-packages mysql-server vector-servers kafka-stack
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cdc_scorer tests benchmarks
-	$(VENV)/bin/ruff format --check cdc_scorer tests benchmarks
+	$(VENV)/bin/ruff check cdc_scorer tests benchmarks scripts
+	$(VENV)/bin/ruff format --check cdc_scorer tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site-check
+
+# The documentation site (MkDocs + Material) into site/; its reference pages are generated
+# from the code by `python scripts/reference.py` (tests/unit/test_docs.py fails when stale).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # Quick mode (about 11 minutes here, its Bedrock and Kafka parts included) by default;
 # `make bench BENCH=full` for the long one.

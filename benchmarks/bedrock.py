@@ -29,6 +29,7 @@ from typing import Any
 
 import tomli_w
 
+from benchmarks.harness import portable
 from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
 from cdc_scorer.core.spec import ScorerSpec
@@ -376,8 +377,10 @@ def write(rows: list[BudgetRow], out: Path) -> None:
     """bedrock-benchmarks.md and .json in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "bedrock-benchmarks.md").write_text(
-        "# Bedrock benchmarks (`python -m benchmarks.bedrock`, part of `make bench`)\n\n"
-        + render(rows)
+        portable(
+            "# Bedrock benchmarks (`python -m benchmarks.bedrock`, part of `make bench`)\n\n"
+            + render(rows)
+        )
     )
     (out / "bedrock-benchmarks.json").write_text(
         json.dumps([asdict(r) | {"share": r.share_of_budget} for r in rows], indent=2) + "\n"

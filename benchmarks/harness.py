@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,16 @@ class Batching:
     @property
     def feedback_rows(self) -> int:
         return min(25, self.max_rows)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable(text: str) -> str:
+    """A report's text without this machine's paths: files of the checkout relative to it,
+    installed packages from their package on (``pymysqlreplication/row_event.py``)."""
+    text = re.sub(r"/\S*?/site-packages/", "", text)
+    return text.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
 
 
 def create_bench_database(server: DatabaseServer, database: str) -> None:

@@ -48,6 +48,7 @@ from benchmarks.harness import (
     metric_value,
     metrics,
     percentile,
+    portable,
     scorer_process,
     wait_until,
     write_scorer_config,
@@ -573,8 +574,9 @@ def run(
             "groups": [asdict(g) for g in bench.groups],
         }
         out.mkdir(parents=True, exist_ok=True)
-        (out / "kafka-benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "kafka-benchmarks.md").write_text(report(bench, mode, seconds, f"MySQL {version}"))
+        (out / "kafka-benchmarks.json").write_text(portable(json.dumps(results, indent=2) + "\n"))
+        text = report(bench, mode, seconds, f"MySQL {version}")
+        (out / "kafka-benchmarks.md").write_text(portable(text))
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
+from benchmarks.harness import portable
+
 matplotlib.use("Agg")  # no screen here
 import matplotlib.pyplot as plt
 
@@ -345,4 +347,4 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         "```",
         "",
     ]
-    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    (out / "benchmarks.md").write_text(portable("\n".join(lines) + "\n"))

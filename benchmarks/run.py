@@ -40,6 +40,7 @@ from benchmarks.harness import (
     metric_value,
     metrics,
     percentile,
+    portable,
     scorer_process,
     sink_seconds,
     wait_until,
@@ -728,7 +729,9 @@ def write_report(results: dict[str, Any], rows: list[Row], bench: Bench, out: Pa
     from benchmarks.report import render
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "benchmarks.json").write_text(
+        portable(json.dumps(results, indent=2, default=str) + "\n")
+    )
     render(results, rows, bench, out)
 
 

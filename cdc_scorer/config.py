@@ -79,9 +79,10 @@ _MESSAGES = {
     "unexpected_keyword_argument": "Extra inputs are not permitted",
     "missing_argument": "Field required",
 }
+_KEYS = "docs/reference/configuration.md"
 _FIXES = {
-    "extra_forbidden": "remove it or fix its spelling (README: Configuration)",
-    "unexpected_keyword_argument": "remove it or fix its spelling (README: Configuration)",
+    "extra_forbidden": f"remove it or fix its spelling ({_KEYS})",
+    "unexpected_keyword_argument": f"remove it or fix its spelling ({_KEYS})",
     "missing": "set it in the file or in the environment as CDC_SCORER_{env}",
     "missing_argument": "set it in the file or in the environment as CDC_SCORER_{env}",
     "literal_error": "use one of the listed values",
@@ -330,7 +331,7 @@ def _key(loc: tuple[str | int, ...]) -> str:
 def _cross_checks(config: ScorerSpec) -> list[str]:
     problems: list[str] = []
     if not config.pipelines:
-        problems.append("pipelines: none configured — add a [[pipelines]] section (README)")
+        problems.append(f"pipelines: none configured — add a [[pipelines]] section ({_KEYS})")
     names = [p.name for p in config.pipelines]
     outputs = [n for p in config.pipelines for n in (p.predictions, p.view)]
     for index, pipeline in enumerate(config.pipelines):

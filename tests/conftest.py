@@ -47,7 +47,7 @@ _MYSQL_UNAVAILABLE: list[str] = []
 
 @dataclass(frozen=True)
 class Source:
-    """A server and the ``source.positions`` a test configures for it."""
+    """A server and the ``[source.binlog] positions`` a test configures for it."""
 
     name: str  # one of SOURCES
     server: DatabaseServer

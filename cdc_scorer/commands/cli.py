@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve-models",
         help="local SageMaker Runtime + Comprehend endpoints backed by real models",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="the port to listen on")
     serve.add_argument(
         "--endpoint",
         action="append",
@@ -305,7 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only these pipelines of the configuration (several processes can split one "
         "configuration; each takes only its pipelines' leader locks and checkpoint rows)",
     )
-    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="json: one object a line (production); console: for a terminal; auto: by the tty",
+    )
     run.add_argument(
         "--log-level",
         choices=("debug", "info", "warning"),

@@ -56,10 +56,13 @@ class TlsSpec:
 
     __pydantic_config__ = STRICT
 
+    # preferred: TLS when the server offers it, unverified; required: TLS or no connection,
+    # unverified; verify-ca: the certificate chains to ca_file; verify-identity: and names the
+    # host (PostgreSQL: libpq's sslmode prefer, require, verify-ca, verify-full)
     mode: TlsMode = "preferred"
-    ca_file: str | None = None  # e.g. the RDS global bundle (global-bundle.pem)
+    ca_file: str | None = None  # the CA bundle to verify against; RDS: global-bundle.pem
     cert_file: str | None = None  # a client certificate, with key_file
-    key_file: str | None = None
+    key_file: str | None = None  # the client certificate's key, with cert_file
 
     def __post_init__(self) -> None:
         if self.mode in ("verify-ca", "verify-identity") and not self.ca_file:
@@ -106,6 +109,8 @@ class SourceSpec:
 
     __pydantic_config__ = _MODEL_ANY
 
+    # MySQL: the database of the source tables and of the scorer's own; PostgreSQL: the
+    # database connected to
     database: Identifier
     feed: FeedSpec
     # The kind of database, a name of stores/registry.py (config.py checks it): "mysql" is
@@ -113,11 +118,12 @@ class SourceSpec:
     engine: str = "mysql"
     # PostgreSQL: the schema of the source tables and of the scorer's own (MySQL: the database).
     schema: Identifier = "public"
-    host: str = "127.0.0.1"
-    port: Port = 3306
-    user: str = "cdc_scorer"
+    host: str = "127.0.0.1"  # the writer's (the cluster's) endpoint
+    port: Port = 3306  # PostgreSQL: set 5432
+    user: str = "cdc_scorer"  # the grants it needs: deploy/grants.sql, grants-postgresql.sql
+    # Best from the environment: CDC_SCORER_SOURCE__PASSWORD (never printed or logged)
     password: str = field(default="", repr=False)
-    connect_timeout_s: Positive = 10.0
+    connect_timeout_s: Positive = 10.0  # each connection's
     tls: TlsSpec = TlsSpec()
     # password: the password above; rds-iam: a fresh RDS IAM token for every connection
     auth: Literal["password", "rds-iam"] = "password"
@@ -138,9 +144,14 @@ class SourceSpec:
 class BatchingSpec:
     __pydantic_config__ = STRICT
 
-    max_rows: Annotated[int, Ge(1), Le(100_000)] | None = None  # None: the service's default
+    # Rows per batch (None: the service's default: SageMaker 500, Comprehend 100, Bedrock 96)
+    max_rows: Annotated[int, Ge(1), Le(100_000)] | None = None
+    # Approximate input bytes per batch: each input value counts 21 bytes plus its length when
+    # it is text or binary
     max_bytes: Annotated[int, Ge(1_000), Le(6_000_000)] = 1_000_000
-    linger_ms: Annotated[float, Ge(0)] = 200
+    linger_ms: Annotated[float, Ge(0)] = 200  # the longest a batch waits to fill
+    # Concurrent model calls of the pipeline, held exactly; scored batches not yet committed
+    # count too
     max_in_flight: Annotated[int, Ge(1), Le(256)] = 4
 
     @property
@@ -165,18 +176,21 @@ class PipelineSpec:
     # of services/): here it is any ModelSpec.
     __pydantic_config__ = _MODEL_ANY
 
-    name: Annotated[str, Predicate(pipeline_name)]
-    table: Identifier
+    name: Annotated[str, Predicate(pipeline_name)]  # unique: its checkpoint row's key
+    table: Identifier  # the source table scored
     model: ModelSpec  # [pipelines.<service>]
     key_columns: tuple[str, ...] | None = None  # None: the table's primary key
     # A label of the model deployed, stamped on every prediction row (model_version).
     model_version: Annotated[str, MinLen(1)] = "1"
     # Where this pipeline's predictions go (None: <table>_predictions; a challenger model on
-    # the same table names its own) and the view joining them to the source (None: derived).
+    # the same table names its own).
     predictions_table: Identifier | None = None
+    # The view joining the predictions to the source (None: <table>_scored, or for
+    # x_predictions x_scored).
     scored_view: Identifier | None = None
+    # initial: score the rows already there, beside the stream; never: only changes from now
     snapshot: Literal["initial", "never"] = "initial"
-    snapshot_chunk_rows: Annotated[int, Ge(1), Le(100_000)] = 1000
+    snapshot_chunk_rows: Annotated[int, Ge(1), Le(100_000)] = 1000  # rows per snapshot chunk
     # Re-score every row when an ALTER TABLE changes the type of a model input.
     rescore_on_alter: bool = True
     rescore: RescoreSpec = RescoreSpec()
@@ -230,9 +244,9 @@ class PipelineSpec:
 class AwsSpec:
     __pydantic_config__ = STRICT
 
-    region: str | None = None
+    region: str | None = None  # None: the SDK's (AWS_REGION & co.)
     endpoint_url: str | None = None  # None: the SDK's standard resolution (AWS_ENDPOINT_URL...)
-    call_timeout_s: Positive = 30.0
+    call_timeout_s: Positive = 30.0  # the read timeout of one model call
 
 
 @dataclass(frozen=True)
@@ -241,8 +255,8 @@ class RetrySpec:
 
     __pydantic_config__ = STRICT
 
-    base_ms: Positive = 100
-    cap_ms: Positive = 10_000
+    base_ms: Positive = 100  # the first retry's backoff
+    cap_ms: Positive = 10_000  # the longest backoff
 
     def __post_init__(self) -> None:
         if self.cap_ms < self.base_ms:
@@ -263,9 +277,9 @@ class HttpSpec:
 
     __pydantic_config__ = STRICT
 
-    host: str = "0.0.0.0"
-    port: Annotated[int, Ge(0), Le(65535)] = 9400
-    ready_max_lag_s: Positive = 30.0
+    host: str = "0.0.0.0"  # the address /metrics, /healthz and /readyz listen on
+    port: Annotated[int, Ge(0), Le(65535)] = 9400  # 0: no server
+    ready_max_lag_s: Positive = 30.0  # /readyz fails above this source lag
 
 
 @dataclass(frozen=True)
@@ -276,5 +290,6 @@ class ScorerSpec:
     pipelines: tuple[PipelineSpec, ...]  # at least one (config.py checks)
     aws: AwsSpec = AwsSpec()
     retry: RetrySpec = RetrySpec()
+    # After SIGTERM: stop reading, finish the model calls in flight, commit, exit within this
     shutdown_grace_s: Positive = 20.0
     http: HttpSpec = HttpSpec()

@@ -61,7 +61,7 @@ SERVERS: dict[str, tuple[str, dict[str, Any]]] = {
 BLOG_QUERY = (
     "SELECT state, acc_length, area_code, int_plan, phone, will_churn FROM churn_scored LIMIT 5"
 )
-# The Bedrock pipelines of the demo (README "Bedrock"): the feedback's embedding, and its
+# The Bedrock pipelines of the demo (docs/how-to/bedrock.md): the feedback's embedding, and its
 # topic and urgency through Converse with a forced tool.
 CHAT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 BEDROCK_PIPELINES: dict[str, Any] = {

@@ -45,14 +45,14 @@ FIXES = {
     "connection this way when it requires TLS, require_secure_transport=ON: then set "
     "[source.tls] mode to required, verify-ca or verify-identity)",
     1049: "create the database or fix [source] database",
-    1142: "grant the missing privilege (README: Grants)",
+    1142: "grant the missing privilege (deploy/grants.sql)",
     1146: "create the table, or run `cdc-scorer init` for the scorer's own tables",
     1227: "grant REPLICATION SLAVE and BINLOG MONITOR (MariaDB) / REPLICATION CLIENT (MySQL)",
     3159: "the server requires TLS (require_secure_transport=ON): set [source.tls] mode to "
     "required, verify-ca or verify-identity",
     1236: "the position is no longer on the server (purged, or another server): raise binlog "
     "retention, and start the pipeline over from a snapshot by deleting its checkpoint row "
-    "(README: Server flavours and positions)",
+    "(docs/how-to/aurora-mysql.md: server flavours and positions)",
 }
 
 

@@ -21,7 +21,7 @@ Connection = psycopg2.extensions.connection
 # deadlocks, lock timeouts, operator intervention (a shutdown).
 _RETRIABLE_CLASSES = ("08", "40", "55P03", "57")
 _FIXES = {
-    "42501": "grant the missing privilege (README: PostgreSQL grants)",
+    "42501": "grant the missing privilege (deploy/grants-postgresql.sql)",
     "42P01": "create the table, or run `cdc-scorer init` for the scorer's own tables",
     "3D000": "create the database or fix [source] database",
     "28P01": "check [source] user and CDC_SCORER_SOURCE__PASSWORD",

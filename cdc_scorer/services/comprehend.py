@@ -30,11 +30,13 @@ class ComprehendSpec(ModelSpec):
     client_name: ClassVar[str] = "comprehend"
     default_max_rows: ClassVar[int] = 100  # 25 documents a call, four calls a batch
 
-    text_column: Identifier
-    language: str = "en"
-    language_column: Identifier | None = None
+    text_column: Identifier  # the column whose sentiment is detected
+    language: str = "en"  # the texts' language code
+    language_column: Identifier | None = None  # or each row's, from this column
+    # A text over Comprehend's 5,000 bytes: cut at a UTF-8 boundary, or a dead letter
     overlong_text: Literal["truncate", "dead_letter"] = "truncate"
-    sentiment_column: Identifier = "sentiment"
+    sentiment_column: Identifier = "sentiment"  # POSITIVE, NEGATIVE, NEUTRAL or MIXED
+    # The four scores' columns: <prefix>positive, …negative, …neutral, …mixed
     score_column_prefix: Annotated[str, Predicate(column_prefix)] = "sentiment_"
 
     @property

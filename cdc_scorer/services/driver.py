@@ -63,7 +63,7 @@ class ModelDriver(Generic[ItemT]):
     """Scores a pipeline's batches through ``codec`` on ``client``.
 
     At most ``max_in_flight`` calls are at the service at once, whatever calls them (batches
-    in flight, the requests of one batch, halves of a split): the limit the README promises
+    in flight, the requests of one batch, halves of a split): the limit the docs promise
     and the HTTP pool is sized for. With a ``budget``, each call (each attempt) waits for its
     share of it once it holds its slot, so what is counted is what is sent. Retriable errors
     are retried for ever, each reported to ``on_retry`` first; an ``on_retry`` that raises

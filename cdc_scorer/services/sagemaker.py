@@ -35,14 +35,16 @@ class SageMakerSpec(ModelSpec):
     # cuts batches long before.
     default_max_rows: ClassVar[int] = 500
 
-    endpoint_name: Annotated[str, MinLen(1)]
-    feature_columns: Annotated[tuple[str, ...], MinLen(1)]
-    content_type: Literal["text/csv"] = "text/csv"
+    endpoint_name: Annotated[str, MinLen(1)]  # the SageMaker endpoint called
+    feature_columns: Annotated[tuple[str, ...], MinLen(1)]  # the CSV's columns, in its order
+    content_type: Literal["text/csv"] = "text/csv"  # the request body's (CSV, one row a line)
+    # What the endpoint answers per row: "label,probability", the label alone, or the
+    # probabilities "[p_neg, p_pos]"
     output_form: OutputForm = "predicted_label,probability"
-    positive_label: str = "True."
-    negative_label: str = "False."
-    label_column: Identifier = "will_churn"
-    probability_column: Identifier = "churn_probability"
+    positive_label: str = "True."  # the label whose probability is stored
+    negative_label: str = "False."  # the other label (output_form "probabilities")
+    label_column: Identifier = "will_churn"  # the predictions table's label column
+    probability_column: Identifier = "churn_probability"  # the positive label's probability
 
     @property
     def input_columns(self) -> tuple[str, ...]:

@@ -333,16 +333,20 @@ def test_file_positions_purged_reset_and_switched_are_refused(
         assert "binlog file binlog.000099 is no longer on the server (purged" in line, line
         line = refused_at(f"file:{current_file}:999999999")
         assert "is past the end of that file" in line, line
-        # A GTID checkpoint read with source.positions = "file" (and the other way round).
+        # A GTID checkpoint read with source.binlog.positions = "file" (and the other way round).
         line = refused_at("gtid:0-8-1")
-        assert "is kept by gtid, but source.positions makes this run keep them by file" in line
+        assert (
+            "is kept by gtid, but source.binlog.positions makes this run keep them by file" in line
+        )
         if flavor == MYSQL:  # without GTIDs, "auto" keeps file:pos too: nothing to switch
             db.close()
             return
         auto = tmp_path / "auto.toml"
         auto.write_text(config.read_text().replace('positions = "file"', 'positions = "auto"'))
         line = refused_at(f"file:{current_file}:4", auto)
-        assert "is kept by file, but source.positions makes this run keep them by gtid" in line
+        assert (
+            "is kept by file, but source.binlog.positions makes this run keep them by gtid" in line
+        )
         db.close()
 
 

@@ -1,6 +1,6 @@
 """Scorers in one consumer group on Debezium's topics, as processes (``cdc-scorer run`` with
-``[kafka]``): a real MySQL or PostgreSQL, Debezium's connector for it in a real Kafka Connect
-worker, a KRaft broker, the local endpoints.
+``[source.debezium]``): a real MySQL or PostgreSQL, Debezium's connector for it in a real Kafka
+Connect worker, a KRaft broker, the local endpoints.
 
 Three processes share the partitions while a writer inserts, updates and deletes (on MySQL and
 on PostgreSQL); one is

@@ -838,7 +838,7 @@ def test_pipeline_subsets_on_postgresql_need_a_slot_each(
     # walsender that is letting go.
     same = start(config, "same-slot", args=("--pipelines", "feedback"))
     assert same.wait(timeout=90) == 1
-    assert "needs a slot of its own (set CDC_SCORER_SOURCE__SLOT_NAME" in same.log()
+    assert "needs a slot of its own (set CDC_SCORER_SOURCE__PGOUTPUT__SLOT_NAME" in same.log()
     # With a slot of its own (made by run), it scores its pipeline beside the first. The
     # refused attempt left feedback a checkpoint the new slot cannot serve: the fix its line
     # names (on_lost_position = "rescore") re-scores feedback's rows instead.
@@ -846,8 +846,8 @@ def test_pipeline_subsets_on_postgresql_need_a_slot_each(
         config,
         "own-slot",
         env={
-            "CDC_SCORER_SOURCE__SLOT_NAME": f"{pg.slot}_feedback",
-            "CDC_SCORER_SOURCE__ON_LOST_POSITION": "rescore",
+            "CDC_SCORER_SOURCE__PGOUTPUT__SLOT_NAME": f"{pg.slot}_feedback",
+            "CDC_SCORER_SOURCE__PGOUTPUT__ON_LOST_POSITION": "rescore",
         },
         args=("--pipelines", "feedback"),
     )

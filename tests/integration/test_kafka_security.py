@@ -44,7 +44,7 @@ def captured(
     tmp_path: Path, mysql_gtid: DatabaseServer, kafka: KafkaStack, models: ModelServer
 ) -> Iterator[tuple[Any, str, dict[str, Any]]]:
     """Churn rows on MySQL, Debezium's connector on them, the scorer's config without
-    ``[kafka]`` (the test adds it)."""
+    ``[source.debezium]`` (the test adds it)."""
     server, database = mysql_gtid, f"ktls_{uuid.uuid4().hex[:6]}"
     create_database(server, database)
     db = server.connect(database)

@@ -1,6 +1,6 @@
 """The blog scenario through Debezium: a real MySQL, Debezium's MySQL connector in a real
-Kafka Connect worker, a KRaft broker, the scorer in Kafka mode (``[kafka]``) in process with
-the local endpoints. Snapshot (``op: r``), inserts, updates, deletes and a key change converge
+Kafka Connect worker, a KRaft broker, the scorer in Kafka mode (``[source.debezium]``) in process
+with the local endpoints. Snapshot (``op: r``), inserts, updates, deletes and a key change converge
 to a from-scratch scoring; the offsets table holds every partition's next offset, and no
 binlog reader ran (the path is Kafka's: counted)."""
 
@@ -108,7 +108,7 @@ async def test_the_blog_scenario_through_debezium_on_mysql(
     prefix = put_churn_connector(kafka, server, database, letter="k", server_id=5701)
     try:
         base = write_config(tmp_path / "base.toml", server, database, models.url)
-        del base  # the log mode's config, with [kafka] added below
+        del base  # the log mode's config, with [source.debezium] instead of [source.binlog]
         config = load_config_text(tmp_path, kafka, prefix)
         assert cli(["init", "--config", str(config)]) == 0
         spec = load_config(config)

@@ -202,7 +202,7 @@ def test_the_debezium_section_lists_each_problem_with_its_key(tmp_path: Path) ->
     problems = problems_of(tmp_path, KAFKA_BASE.format(kafka=kafka))
     assert sorted(problems) == [
         "source.debezium.colour: Extra inputs are not permitted — remove it or fix its "
-        "spelling (README: Configuration)",
+        "spelling (docs/reference/configuration.md)",
         "source.debezium.session_timeout_ms: Input should be greater than or equal to 6000",
     ]
     kafka = kafka.replace('session_timeout_ms = 10\ncolour = "blue"\n', "")
@@ -285,7 +285,7 @@ def test_each_feed_has_its_own_section_and_old_places_name_the_new_one(
     monkeypatch.delenv("CDC_SCORER_SOURCE__BINLOG__SERVER_ID")
     assert problems_of(tmp_path, config('[source.binlog]\nslot_name = "s"\n')) == [
         "source.binlog.slot_name: Extra inputs are not permitted — remove it or fix its "
-        "spelling (README: Configuration)"
+        "spelling (docs/reference/configuration.md)"
     ]
     assert problems_of(tmp_path, config('engine = "postgresql"\n[source.binlog]\n')) == [
         "source.binlog: reads the changes of mysql, not of engine 'postgresql' — use "

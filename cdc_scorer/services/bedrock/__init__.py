@@ -52,29 +52,33 @@ class BedrockSpec(ModelSpec):
     # up to batching.max_in_flight.
     default_max_rows: ClassVar[int] = 96
 
-    model_id: Annotated[str, MinLen(1)]
+    model_id: Annotated[str, MinLen(1)]  # e.g. amazon.titan-embed-text-v2:0
+    # embedding: a vector column of a text; converse: columns of an LLM's structured answer
     task: Literal["embedding", "converse"]
-    # embedding
+    # Task embedding: the column embedded, or
     text_column: Identifier | None = None
+    # a template of the row's columns ("{title}: {body}"), one of the two
     text_template: str | None = None
-    embedding_column: Identifier = "embedding"
+    embedding_column: Identifier = "embedding"  # the predictions table's vector column
     # The vectors' length: Titan V2's dimensions (256, 512 or 1024, sent with each call);
     # for the other models the length they answer (Titan V1 1536, Cohere Embed v3 1024).
     dimensions: Annotated[int, Ge(1), Le(16_000)] | None = None
     normalize: bool = True  # Titan V2
+    # Cohere: the stored rows are documents
     input_type: Literal["search_document", "search_query", "classification", "clustering"] = (
-        "search_document"  # Cohere: stored rows are documents
+        "search_document"
     )
-    # converse
+    # Task converse: the prompt, a template of the row's columns
     prompt_template: str | None = None
-    system: str | None = None
-    max_tokens: Annotated[int, Ge(1), Le(200_000)] | None = None
-    temperature: Annotated[float, Ge(0), Le(1)] = 0.0
+    system: str | None = None  # the system prompt
+    max_tokens: Annotated[int, Ge(1), Le(200_000)] | None = None  # the longest answer
+    temperature: Annotated[float, Ge(0), Le(1)] = 0.0  # 0: the same answer for the same row
+    # The JSON Schema of the answer (a table): each property becomes a column
     output_schema: dict[str, Any] | None = None
-    tool_name: Annotated[str, Predicate(_tool_name)] = "record_answer"
-    # budget: Bedrock's quotas per model and region (None: not limited here)
+    tool_name: Annotated[str, Predicate(_tool_name)] = "record_answer"  # the answer's tool
+    # Budget: Bedrock's quotas per model and region (None: not limited here), requests
     requests_per_minute: Annotated[int, Ge(1)] | None = None
-    tokens_per_minute: Annotated[int, Ge(1)] | None = None
+    tokens_per_minute: Annotated[int, Ge(1)] | None = None  # and tokens
     # The part of the budget a re-score may use: the stream always may use all of it.
     rescore_share: Annotated[float, Gt(0), Le(1)] = 0.5
 

@@ -43,19 +43,20 @@ class DebeziumSpec(FeedSpec):
 
     bootstrap_servers: str  # "b-1.msk…:9098,b-2.msk…:9098"
     topic_prefix: str  # Debezium's topic.prefix: a table's topic is <prefix>.<db>.<table>
-    group_id: str = "cdc-scorer"
+    group_id: str = "cdc-scorer"  # the groups' prefix: pipeline churn is group <group_id>.churn
     # plaintext | ssl | msk-iam (SASL_SSL + OAUTHBEARER, AWS's signer) | sasl-scram
     security: Literal["plaintext", "ssl", "msk-iam", "sasl-scram"] = "plaintext"
     ca_file: str | None = None  # ssl / sasl-scram / msk-iam: None is the system's CAs
-    scram_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    scram_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"  # sasl-scram
     username: str | None = None  # sasl-scram
     password: str = field(default="", repr=False)  # sasl-scram
     iam_region: str | None = None  # msk-iam: the cluster's region (None: AWS_REGION & co.)
     # Messages without schemas: how the connector writes DECIMAL (its scale is lost in the
     # default, precise, encoding: such an input is refused until this says "string").
     decimal_handling_mode: Literal["precise", "string"] = "precise"
+    # The group's timeouts: a member silent this long is out of the group
     session_timeout_ms: Annotated[int, Ge(6000), Le(300_000)] = 45_000
-    max_poll_interval_ms: Annotated[int, Ge(10_000), Le(3_600_000)] = 300_000
+    max_poll_interval_ms: Annotated[int, Ge(10_000), Le(3_600_000)] = 300_000  # between polls
     # Messages librdkafka fetches ahead per partition (queued.min.messages): read, not yet
     # taken by the pipeline — the bound of what a member holds in memory.
     queue_max_messages: Annotated[int, Ge(1), Le(10_000_000)] = 2000

@@ -134,7 +134,7 @@ class PgoutputStream(ThreadedStream):
                             f"another connection for {SLOT_BUSY_LIMIT_S:.0f} s: another "
                             "process streams from it — each process that runs a part of the "
                             "pipelines (--pipelines) needs a slot of its own (set "
-                            "CDC_SCORER_SOURCE__SLOT_NAME for it)"
+                            "CDC_SCORER_SOURCE__PGOUTPUT__SLOT_NAME for it)"
                         ) from exc
                 else:
                     busy_since = None

@@ -16,9 +16,10 @@ class PgoutputSpec(LogFeedSpec):
     name: ClassVar[str] = "pgoutput"
     engines: ClassVar[tuple[str, ...]] = ("postgresql",)
 
-    # The publication of the captured tables and the scorer's replication slot (init makes
-    # both).
+    # The publication of the captured tables (init makes it, or extends one their owner made);
+    # the scorer's signal and heartbeat tables go in <publication>_own.
     publication: Identifier = "cdc_scorer"
+    # The scorer's replication slot (init makes it).
     slot_name: Annotated[str, Predicate(slot_identifier)] = "cdc_scorer"
 
 
