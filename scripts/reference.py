@@ -56,6 +56,10 @@ def _field_comments(cls: type) -> dict[str, str]:
 
 _CONSTRAINTS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
 _ALIASES = {
+    "str": "text",
+    "int": "integer",
+    "float": "number",
+    "bool": "true or false",
     "Identifier": "SQL identifier",
     "Port": "port (1 to 65535)",
     "Positive": "number > 0",

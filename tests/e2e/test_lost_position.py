@@ -102,7 +102,8 @@ def _rescore_through_kill_9(
     some orphans and before the rows are all re-scored, write beside it (a deleted key comes
     back), start again: the daemon that converges."""
     settings = tomllib.loads(config.read_text())
-    settings["source"]["binlog"]["on_lost_position"] = "rescore"
+    log = "pgoutput" if "pgoutput" in settings["source"] else "binlog"  # the log's section
+    settings["source"][log]["on_lost_position"] = "rescore"
     for pipeline in settings["pipelines"]:
         pipeline |= PACED
     config.write_text(tomli_w.dumps(settings))
