@@ -401,26 +401,36 @@ def _constants(path: Path) -> dict[str, str]:
 
 def _messages(tree: ast.Module, constants: dict[str, str]) -> Iterator[tuple[str, str]]:
     """(message, how it is used) of every error the module raises, and of every problem it
-    builds for a check or a start to stop with (``problem = …``, ``problems.append(…)``)."""
+    builds for a check or a start to stop with (``problem = …``, ``problems.append(…)``, a
+    check's ``(setting, problem or None)`` pair)."""
     for node in ast.walk(tree):
-        value: ast.expr | None = None
+        values: list[ast.expr] = []
         reason = ""
         if isinstance(node, ast.Call) and node.args:
-            name = ast.unparse(node.func).split(".")[-1]
-            if name in _RAISED or ast.unparse(node.func).endswith("problems.append"):
-                value = node.args[0]
+            func = ast.unparse(node.func)
+            first = node.args[0]
+            if func.split(".")[-1] in _RAISED or func.endswith("problems.append"):
+                values = [first]
             for keyword in node.keywords:
                 if keyword.arg == "reason" and isinstance(keyword.value, ast.Constant):
                     reason = f" (dead letter, reason `{keyword.value.value!s}`)"
         elif isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "problem" for t in node.targets
         ):
-            value = node.value
-        if value is None:
-            continue
-        text = _message_text(value, constants)
-        if text is not None and len(text) >= 25:
-            yield text, reason
+            values = [node.value]
+        elif (
+            isinstance(node, ast.Tuple)
+            and len(node.elts) == 2
+            and isinstance(node.elts[0], ast.Constant)
+            and isinstance(node.elts[1], ast.IfExp)
+        ):
+            values = [node.elts[1]]  # a check's (setting, None if fine else problem)
+        for value in values:
+            if isinstance(value, ast.IfExp):  # `None if fine else f"problem"`
+                value = value.orelse if isinstance(value.body, ast.Constant) else value.body
+            text = _message_text(value, constants)
+            if text is not None and len(text) >= 25:
+                yield text, reason
 
 
 def _area(path: Path) -> str:

@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -269,9 +270,12 @@ def _status(conn: Any) -> tuple[int, int, int, int]:
         cursor.execute(
             "SELECT (SELECT COUNT(*) FROM churn), (SELECT COUNT(*) FROM churn_scored "
             "WHERE will_churn IS NULL), (SELECT COUNT(*) FROM feedback), "
-            "(SELECT COUNT(*) FROM feedback_scored WHERE sentiment IS NULL) + "
-            "(SELECT COUNT(*) FROM feedback_embedding_scored WHERE embedding IS NULL) + "
-            "(SELECT COUNT(*) FROM feedback_topic_scored WHERE topic IS NULL)"
+            # Rows, not predictions: a feedback row waits while any of its three pipelines
+            # has not scored it.
+            "(SELECT COUNT(*) FROM feedback_scored s "
+            "JOIN feedback_embedding_scored e ON e.id = s.id "
+            "JOIN feedback_topic_scored t ON t.id = s.id "
+            "WHERE s.sentiment IS NULL OR e.embedding IS NULL OR t.topic IS NULL)"
         )
         row = cursor.fetchone()
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
@@ -342,7 +346,11 @@ async def run_demo(
         app = ScorerApp(spec)
         scorer_task = asyncio.create_task(app.run())
         print("[demo] scorer started: snapshot of existing rows first, then the change log")
-        await _play(conn, app, models, scorer_task, seconds, rate)
+        writer_conn = database.connect(spec)
+        try:
+            await _play(conn, writer_conn, app, models, scorer_task, seconds, rate)
+        finally:
+            writer_conn.close()
         _print_query(conn, BLOG_QUERY, database.prompt)
         _print_query(conn, database.sentiment_query, database.prompt)
         _print_query(conn, TOPIC_QUERY, database.prompt)
@@ -413,34 +421,68 @@ def store_kind(sql: str) -> str:
     return "the vectors are JSON arrays on this server: a dot product over them"
 
 
+class _Writer(threading.Thread):
+    """The live workload on a connection and a thread of its own, paced by a schedule (a
+    transaction every 1/rate s, catching up when late), so the scorer working in the same
+    process delays it no more than the machine's cores do."""
+
+    def __init__(self, conn: Any, rate: float, seconds: float) -> None:
+        super().__init__(name="demo-writer", daemon=True)
+        self._conn, self._rate, self._seconds = conn, rate, seconds
+        self.writes = 0
+        self.elapsed = 0.0
+        self.failure: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        churn, feedback, rng = ChurnRowGenerator(99), FeedbackGenerator(98), random.Random(97)
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT phone FROM churn")
+                phones = [str(r[0]) for r in cursor.fetchall()]
+            started = due = time.monotonic()
+            while not self._stop_event.is_set() and time.monotonic() - started < self._seconds:
+                _workload_step(self._conn, churn, feedback, rng, phones)
+                self.writes += 1
+                self.elapsed = time.monotonic() - started
+                due += 1 / self._rate
+                self._stop_event.wait(max(0.0, due - time.monotonic()))
+        except BaseException as exc:  # reported by the loop, which stops the demo
+            self.failure = exc
+
+    def rate_reached(self) -> float:
+        return self.writes / self.elapsed if self.elapsed else 0.0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
 async def _play(
     conn: Any,
+    writer_conn: Any,
     app: ScorerApp,
     models: ModelServer,
     scorer_task: asyncio.Task[None],
     seconds: float,
     rate: float,
 ) -> None:
-    churn, feedback, rng = ChurnRowGenerator(99), FeedbackGenerator(98), random.Random(97)
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT phone FROM churn")
-        phones = [str(r[0]) for r in cursor.fetchall()]
+    writer = _Writer(writer_conn, rate, seconds)
     started = time.monotonic()
-    next_report = started
-    writes = 0
     print(f"[demo] playing a live workload for {seconds:.0f}s at ~{rate:.0f} transactions/s")
-    while True:
-        now = time.monotonic()
-        if scorer_task.done():
-            scorer_task.result()
-        if now - started < seconds:
-            await asyncio.to_thread(_workload_step, conn, churn, feedback, rng, phones)
-            writes += 1
-        if now >= next_report:
+    writer.start()
+    try:
+        while True:
+            await asyncio.sleep(2)
+            now = time.monotonic()
+            if scorer_task.done():
+                scorer_task.result()
+            if writer.failure is not None:
+                raise writer.failure
             churn_rows, churn_pending, feedback_rows, feedback_pending = _status(conn)
             stats = models.stats()
             print(
-                f"[demo] t={now - started:5.1f}s writes={writes} "
+                f"[demo] t={now - started:5.1f}s writes={writer.writes} "
+                f"({writer.rate_reached():.0f}/s) "
                 f"scored churn={app.telemetry.rows_scored['churn']} "
                 f"feedback={app.telemetry.rows_scored['feedback']} "
                 f"embedding={app.telemetry.rows_scored['feedback_embedding']} "
@@ -450,9 +492,14 @@ async def _play(
                 f"{sum(app.telemetry.dead_letters.values())}",
                 flush=True,
             )
-            next_report = now + 2
-            if now - started >= seconds and churn_pending == 0 and feedback_pending == 0:
+            if not writer.is_alive() and churn_pending == 0 and feedback_pending == 0:
+                print(
+                    f"[demo] the workload wrote {writer.writes} transactions in "
+                    f"{writer.elapsed:.0f}s: {writer.rate_reached():.0f}/s (asked ~{rate:.0f}/s)"
+                )
                 return
             if now - started > seconds + 60:
                 raise RuntimeError("the scorer did not catch up within 60 s of the workload")
-        await asyncio.sleep(1 / rate if now - started < seconds else 0.2)
+    finally:
+        writer.stop()
+        writer.join(timeout=10)

@@ -436,7 +436,7 @@ def test_logical_decoding_off_and_a_user_without_replication_are_refused_with_th
         assert "wal_level is replica: set wal_level = logical" in line, line
         assert "rds.logical_replication = 1" in line, line
         checked = run_cli("check", "--config", str(config))
-        assert "FAIL  wal_level: is replica" in checked.stdout, checked.stdout
+        assert "FAIL  wal_level: wal_level is replica" in checked.stdout, checked.stdout
         other.conn.close()
     pg.execute("DROP OWNED BY scorer_plain")
     pg.execute("DROP ROLE scorer_plain")

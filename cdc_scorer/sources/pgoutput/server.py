@@ -77,7 +77,9 @@ def settings(info: ServerInfo, user: str) -> list[tuple[str, str | None]]:
     return [
         (
             "wal_level",
-            None if info.wal_level == "logical" else f"is {info.wal_level}: {WAL_LEVEL_FIX}",
+            None
+            if info.wal_level == "logical"
+            else f"wal_level is {info.wal_level}: {WAL_LEVEL_FIX}",
         ),
         (
             "REPLICATION",
@@ -90,7 +92,7 @@ def settings(info: ServerInfo, user: str) -> list[tuple[str, str | None]]:
 
 def preflight(conn: Connection, user: str) -> ServerInfo:
     info = server_info(conn)
-    problems = [f"{name} {problem}" for name, problem in settings(info, user) if problem]
+    problems = [problem for _name, problem in settings(info, user) if problem]
     if problems:
         raise FatalError("; ".join(problems))
     return info
