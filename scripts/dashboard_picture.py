@@ -23,17 +23,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cdc_scorer.local.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "cdc-scorer.json"
 OUT = ROOT / "docs" / "how-to" / "dashboard.png"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _query_range(prometheus: str, expr: str, start: float, end: float) -> list[dict[str, Any]]:
@@ -131,9 +125,12 @@ def main() -> int:
             target = found.group(1)
             break
     if target is None:
+        demo.terminate()
+        demo.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
         print("the demo did not print its metrics address", file=sys.stderr)
         return 1
-    port = _free_port()
+    port = free_port()
     config = work / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

@@ -51,8 +51,8 @@ FIXES = {
     3159: "the server requires TLS (require_secure_transport=ON): set [source.tls] mode to "
     "required, verify-ca or verify-identity",
     1236: "the position is no longer on the server (purged, or another server): raise binlog "
-    "retention, and start the pipeline over from a snapshot by deleting its checkpoint row "
-    "(docs/how-to/aurora-mysql.md: server flavours and positions)",
+    'retention, and set source.binlog.on_lost_position = "rescore" or run `cdc-scorer '
+    "reposition --config FILE --pipeline NAME --now --rescore` (docs/how-to/failover.md)",
 }
 
 

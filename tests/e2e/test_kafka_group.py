@@ -118,7 +118,6 @@ def captured(
                 prefix=prefix,
                 database=database,
                 tables=tables,
-                bootstrap=bootstrap,
                 slot=slot,
                 partitions=PARTITIONS,
                 keys={"churn": "phone"},

@@ -319,7 +319,6 @@ async def test_debezium_postgres_values_equal_the_pgoutput_values(
                 prefix=prefix,
                 database=pg.name,
                 tables=["types"],
-                bootstrap=kafka.bootstrap_servers,
                 slot=slot,
             ),
             "snapshot.mode": "no_data",

@@ -375,7 +375,6 @@ async def test_the_blog_scenario_through_debezium_on_postgresql(
                 prefix=prefix,
                 database=pg.name,
                 tables=["churn", "feedback"],
-                bootstrap=kafka.bootstrap_servers,
                 slot=slot,
                 partitions=PARTITIONS,
                 keys={"churn": "phone"},

@@ -58,8 +58,7 @@ def _deployed(name: str, deployment: Mapping[str, str]) -> dict[str, str]:
     return {**kept, **deployment}
 
 
-def _variant(prefix: str, bootstrap: str, partitions: int, schemas: bool) -> dict[str, str]:
-    del bootstrap
+def _variant(prefix: str, partitions: int, schemas: bool) -> dict[str, str]:
     flag = "true" if schemas else "false"
     return {
         "topic.prefix": prefix,
@@ -97,7 +96,7 @@ def mysql_connector(
         "mysql",
         {
             **_keys(database, keys),
-            **_variant(prefix, bootstrap, partitions, schemas),
+            **_variant(prefix, partitions, schemas),
             "database.hostname": server.host,
             "database.port": str(server.port),
             "database.user": server.user,
@@ -118,7 +117,6 @@ def postgres_connector(
     prefix: str,
     database: str,
     tables: list[str],
-    bootstrap: str,
     slot: str,
     partitions: int = 3,
     schemas: bool = True,
@@ -130,7 +128,7 @@ def postgres_connector(
         "postgresql",
         {
             **_keys("public", keys),
-            **_variant(prefix, bootstrap, partitions, schemas),
+            **_variant(prefix, partitions, schemas),
             "database.hostname": server.host,
             "database.port": str(server.port),
             "database.user": server.user,
