@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,26 @@ from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import DatabaseServer, free_port
 
 CLI = [sys.executable, "-m", "cdc_scorer"]
+# The scorer the phases run: the working tree's, or a baseline revision's (benchmarks/ab.py).
+# The model endpoints and the measuring stay the working tree's, so both are measured alike.
+_scorer_cli: list[str] = CLI
+
+
+def scorer_cli() -> list[str]:
+    return _scorer_cli
+
+
+@contextmanager
+def running_scorer(cli: list[str]) -> Iterator[None]:
+    """Phases inside run the scorer (``init``, ``run``) as ``cli``."""
+    global _scorer_cli
+    previous, _scorer_cli = _scorer_cli, cli
+    try:
+        yield
+    finally:
+        _scorer_cli = previous
+
+
 CHURN_COLUMNS = (*FEATURE_COLUMNS, LABEL_COLUMN)
 
 # The blog's tables (the same DDL as the demo's) plus what a benchmark needs: the time of the
@@ -145,7 +166,9 @@ def write_scorer_config(
 
 
 def init_scorer_tables(config: Path) -> None:
-    subprocess.run([*CLI, "init", "--config", str(config)], check=True, capture_output=True)
+    subprocess.run(
+        [*scorer_cli(), "init", "--config", str(config)], check=True, capture_output=True
+    )
 
 
 # ---------------------------------------------------------------------------- processes
@@ -275,7 +298,8 @@ class Process:
 
 def scorer_process(config: Path, log: Path) -> Process:
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-    return Process([*CLI, "run", "--config", str(config), "--log-format", "json"], log, env)
+    command = [*scorer_cli(), "run", "--config", str(config), "--log-format", "json"]
+    return Process(command, log, env)
 
 
 def metrics(port: int) -> str:

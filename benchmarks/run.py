@@ -2,6 +2,10 @@
 alternatives, in one run on this machine — written to docs/benchmarks.md with plots.
 
     python -m benchmarks.run [--mode quick|full|smoke] [--out docs]
+    python -m benchmarks.run --baseline REV [--phases rate,flat,idle,big-update] [--rounds 2]
+
+The second form is an A/B in one run (benchmarks/ab.py): the phases for git revision REV and
+for the working tree, alternated on the same servers, and the ratios.
 
 Modes differ only in sizes and durations: ``quick`` (under 3 minutes), ``full`` (the long one,
 with the 1M-row transaction), ``smoke`` (seconds; what the test suite runs).
@@ -229,6 +233,7 @@ class Bench:
         rate: float | None,
         max_rows: int | None = None,
         decoder: str = "fast",
+        seconds: float | None = None,
     ) -> Row:
         name = approach.split(" ")[0].lower().replace("-", "")
         database = self._database(name)
@@ -246,7 +251,7 @@ class Bench:
                 raise RuntimeError(
                     f"scorer did not get ready: {scorer.log_path.read_text()[-2000:]}"
                 )
-            return self._measure(approach, scorer, conn, workload, rate, max_rows, port)
+            return self._measure(approach, scorer, conn, workload, rate, max_rows, port, seconds)
         finally:
             scorer.stop()
             conn.close()
@@ -293,6 +298,7 @@ class Bench:
         rate: float | None,
         max_rows: int | None,
         port: int | None = None,
+        phase_s: float | None = None,
     ) -> Row:
         polling = approach.startswith("Polling")
         self.endpoints.reset_stats()
@@ -301,7 +307,7 @@ class Bench:
         others0 = self._others_cpu()
         sink0 = sink_seconds(port) if port else 0.0
         started = time.monotonic()
-        seconds = self.mode.phase_s if max_rows is None else 3600.0
+        seconds = phase_s or (self.mode.phase_s if max_rows is None else 3600.0)
         written_before = workload.rows_written
         # The flat-out phase is where the ceiling shows: sample where the scorer's time goes.
         profiler = (
@@ -512,6 +518,19 @@ class Bench:
             conn.close()
 
 
+IDLE_RATE = 2  # rows/s: a transaction of one row every half second
+PRODUCT_LINGER = Batching(linger_ms=200)  # the product's default linger_ms
+
+
+def idle_phase(bench: Bench) -> Row:
+    """One row at a time into idle tables (two pipelines, the product's 200 ms linger): the
+    time a lone change waits for a batch that nothing else will fill."""
+    seconds = bench.mode.phase_s * 2.5  # quick: 40 transactions for the percentiles
+    return bench.scorer_phase(
+        "cdc-scorer (one row at a time)", PRODUCT_LINGER, IDLE_RATE, seconds=seconds
+    )
+
+
 RESCORED = 'cdc_scorer_rescore_rows_total{pipeline="churn"}'
 CONFLICTS = 'cdc_scorer_rescore_conflicts_total{pipeline="churn"}'
 
@@ -583,6 +602,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 rows = bench.rows
                 for rate in mode.rates:
                     rows.append(bench.scorer_phase("cdc-scorer (fast decoder)", Batching(), rate))
+                rows.append(idle_phase(bench))
                 # Flat out, both decoders in the same run: where the ceiling is, and what the
                 # decoder changes of it.
                 for decoder in DECODERS:
@@ -741,11 +761,30 @@ def main() -> None:
     parser.add_argument(
         "--out", help="where benchmarks.md and the plots go (default: docs, docs/full for full)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="A/B: run --phases for git revision REV and for the working tree, alternated in "
+        "this run, and print the ratios (benchmarks/ab.py) instead of the full report",
+    )
+    parser.add_argument(
+        "--phases",
+        default="rate,flat,idle,big-update",
+        help="with --baseline: comma-separated, of rate, flat, idle, big-update, "
+        "big-update-mysql, postgresql",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --baseline")
     args = parser.parse_args()
-    if args.out is None:
-        args.out = "docs/full" if args.mode == "full" else "docs"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "bench")
+    if args.baseline is not None:
+        from benchmarks.ab import run_ab
+
+        phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+        print(run_ab(MODES[args.mode], phases, args.baseline, args.rounds), end="")
+        return
+    if args.out is None:
+        args.out = "docs/full" if args.mode == "full" else "docs"
     mode = MODES[args.mode]
     results = run(mode, Path(args.out))
     print(f"[bench] done in {results['seconds']:.0f} s: {Path(args.out) / 'benchmarks.md'}")

@@ -140,6 +140,12 @@ class Accumulator:
         self._sequence = 0
         self._emitted_checkpoint = checkpoint
         self._last_emit = clock()
+        self._in_transaction = False  # rows seen since the last commit
+
+    def at_commit(self) -> bool:
+        """Rows wait and the last item was their transaction's commit: a batch cut now loses
+        nothing to batching that the linger could still buy when nothing else is in flight."""
+        return bool(self._pending) and not self._in_transaction
 
     def linger_left_s(self) -> float | None:
         """Seconds until the pending rows must go, or a checkpoint that moved without rows
@@ -158,6 +164,7 @@ class Accumulator:
         if isinstance(item, RowChange):
             if self._was_applied(item.tx):
                 return None
+            self._in_transaction = True
             # A full batch waits for one more item: when that is the commit of the transaction
             # it ends in, the batch carries that boundary and nothing is replayed after a stop.
             # Only a transaction larger than the batch is cut inside.
@@ -182,6 +189,7 @@ class Accumulator:
         if isinstance(item, Commit):
             if self._was_applied(item.tx):
                 return None
+            self._in_transaction = False
             self._checkpoint = replace(self._checkpoint, position=item.position)
             if self._full() or self._truncate or self._columns_changed:
                 return self.flush()
@@ -190,6 +198,7 @@ class Accumulator:
             return None
         if self._was_applied(item.tx):
             return None
+        self._in_transaction = True  # a signal or a change of the table: its commit follows
         if isinstance(item, Signal):
             return self._signal(item)
         if isinstance(item, TableGone):
@@ -328,7 +337,12 @@ class Accumulator:
 
 class Batcher:
     """The accumulator's task: source items from ``inbox``, batches to ``outbox`` (bounded:
-    a slow model slows the batcher, and through the inboxes the reader)."""
+    a slow model slows the batcher, and through the inboxes the reader).
+
+    The linger buys batching only while earlier batches are in flight: with ``idle`` saying
+    the pipeline has none (nothing queued, scoring or being written), rows that end at a
+    commit go at once when the inbox has nothing more (Nagle's algorithm). An empty tuple in
+    the inbox only wakes the batcher: the pipeline sends one when its last batch is written."""
 
     def __init__(
         self,
@@ -340,12 +354,14 @@ class Batcher:
         *,
         exchange: ChunkExchange | None = None,
         on_chunk: Callable[[int, int, int], None] | None = None,
+        idle: Callable[[], bool] | None = None,
     ) -> None:
         self._accumulator = Accumulator(
             pipeline, key_columns, checkpoint, exchange=exchange, on_chunk=on_chunk
         )
         self._inbox = inbox
         self._outbox = outbox
+        self._idle = idle
 
     async def run(self) -> None:
         accumulator = self._accumulator
@@ -371,6 +387,13 @@ class Batcher:
                         await self._outbox.put(each)
                 else:
                     await self._outbox.put(batch)
+            if (
+                self._idle is not None
+                and accumulator.at_commit()
+                and self._inbox.empty()
+                and self._idle()
+            ):
+                await self._emit(accumulator.flush())
 
     async def _emit(self, batch: Batch | None) -> None:
         if batch is not None:

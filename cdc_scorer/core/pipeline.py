@@ -63,7 +63,7 @@ class PipelineRunner:
         self.inbox: Inbox = asyncio.Queue(maxsize=64)
         in_flight = pipeline.batching.max_in_flight
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
-        self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight)
+        self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight, on_idle=self._wake)
         self._exchange = exchange if exchange is not None else ChunkExchange()
         self._snapshotter = snapshotter
         # The batcher skips transactions the pipeline applied already.
@@ -77,6 +77,7 @@ class PipelineRunner:
             on_chunk=lambda rows, conflicts, orphans: telemetry.on_chunk(
                 pipeline.name, rows, conflicts, orphans
             ),
+            idle=self._idle,
         )
         self._scorer = scorer
         self._sink = sink
@@ -117,6 +118,16 @@ class PipelineRunner:
         if stopped is not None:
             while await self.inbox.get() is not END:
                 pass  # what the source still routes here is dropped, never blocking it
+
+    def _idle(self) -> bool:
+        """No batch of this pipeline queued, scoring or being written."""
+        return self._batches.empty() and self._sequencer.in_flight() == 0
+
+    def _wake(self) -> None:
+        """The last batch in flight is written: rows the batcher holds may go now. (A full
+        inbox needs no wake-up: its items wake the batcher.)"""
+        if not self.inbox.full():
+            self.inbox.put_nowait(())
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while (batch := await self._batches.get()) is not None:

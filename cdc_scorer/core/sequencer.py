@@ -7,7 +7,7 @@ commit in source order: a later batch's checkpoint covers the earlier batches' r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -15,14 +15,18 @@ T = TypeVar("T")
 
 class Sequencer(Generic[T]):
     """Up to ``max_in_flight`` pieces of work run at once; :meth:`released` yields their
-    results in the order they were submitted (and raises what one of them raised)."""
+    results in the order they were submitted (and raises what one of them raised).
+    ``on_idle`` is called when the last unreleased result is released (its consumer done with
+    it): nothing is in flight any more."""
 
-    def __init__(self, max_in_flight: int) -> None:
+    def __init__(self, max_in_flight: int, on_idle: Callable[[], None] | None = None) -> None:
         # A slot is taken before a task is made and given back when its result is released:
         # never more than max_in_flight tasks exist (a task made before waiting for room, as
         # a bounded queue of tasks does, is one more running). The queue keeps their order.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: asyncio.Queue[asyncio.Task[T] | None] = asyncio.Queue()
+        self._unreleased = 0
+        self._on_idle = on_idle
 
     async def close(self) -> None:
         """No more work: :meth:`released` ends after the last result."""
@@ -35,7 +39,8 @@ class Sequencer(Generic[T]):
         except BaseException:
             work.close()  # never started: no "coroutine was never awaited" warning
             raise
-        await self._in_flight.put(group.create_task(work))
+        self._unreleased += 1
+        self._in_flight.put_nowait(group.create_task(work))  # unbounded: never waits
 
     async def released(self) -> AsyncIterator[T]:
         while (task := await self._in_flight.get()) is not None:
@@ -43,6 +48,11 @@ class Sequencer(Generic[T]):
                 yield await task
             finally:
                 self._slots.release()
+                self._unreleased -= 1
+                if self._unreleased == 0 and self._on_idle is not None:
+                    self._on_idle()
 
     def in_flight(self) -> int:
-        return self._in_flight.qsize()
+        """Work submitted and not yet released: running, done and waiting for its turn, or
+        with its consumer."""
+        return self._unreleased

@@ -81,3 +81,56 @@ def test_unchanged_inputs_skipped_and_key_change_is_delete_plus_insert() -> None
     assert [c.key for c in batch.deletes] == [(1,)]
     assert [c.key for c in batch.upserts] == [(2,)]
     assert batch.checkpoint.position == commit(2).position
+
+
+def test_with_nothing_in_flight_a_committed_row_goes_at_once() -> None:
+    """The linger buys batching only while batches are in flight: an idle pipeline's rows go
+    when their transaction commits and the inbox has nothing more; a transaction not yet
+    committed waits; rows that wait while a batch is in flight go when the pipeline says it
+    is idle again (the empty tuple), long before the linger."""
+    spec = pipeline(max_rows=100, linger_ms=60_000)
+
+    async def run() -> None:
+        inbox: asyncio.Queue[tuple[SourceItem, ...] | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Batch | None] = asyncio.Queue()
+        busy = [False]
+        batcher = Batcher(spec, ("id",), Checkpoint(None), inbox, outbox, idle=lambda: not busy[0])
+        task = asyncio.create_task(batcher.run())
+        inbox.put_nowait((insert(1, "a", 1),))  # its commit has not come
+        await asyncio.sleep(0.05)
+        assert outbox.empty()
+        inbox.put_nowait((commit(1),))
+        first = await asyncio.wait_for(outbox.get(), 1)
+        assert first is not None and [c.key for c in first.upserts] == [(1,)]
+        busy[0] = True  # that batch is now in flight: the next rows wait to batch
+        inbox.put_nowait((insert(2, "b", 2), commit(2), insert(3, "c", 3), commit(3)))
+        await asyncio.sleep(0.05)
+        assert outbox.empty()
+        busy[0] = False
+        inbox.put_nowait(())  # the pipeline's wake-up: its last batch is written
+        second = await asyncio.wait_for(outbox.get(), 1)
+        assert second is not None and [c.key for c in second.upserts] == [(2,), (3,)]
+        inbox.put_nowait(None)
+        await task
+
+    asyncio.run(run())
+
+
+def test_without_an_idle_signal_rows_wait_for_the_linger() -> None:
+    spec = pipeline(max_rows=100, linger_ms=150)
+
+    async def run() -> float:
+        inbox: asyncio.Queue[tuple[SourceItem, ...] | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Batch | None] = asyncio.Queue()
+        batcher = Batcher(spec, ("id",), Checkpoint(None), inbox, outbox, idle=lambda: False)
+        task = asyncio.create_task(batcher.run())
+        started = asyncio.get_running_loop().time()
+        inbox.put_nowait((insert(1, "a", 1), commit(1)))
+        batch = await asyncio.wait_for(outbox.get(), 5)
+        waited = asyncio.get_running_loop().time() - started
+        assert batch is not None and len(batch.upserts) == 1
+        inbox.put_nowait(None)
+        await task
+        return waited
+
+    assert asyncio.run(run()) >= 0.14
