@@ -179,6 +179,39 @@ async def _saturate(
     )
 
 
+async def _quiet_table(
+    server: DatabaseServer, models: ModelServer, workdir: Path, rows: int, rpm: int
+) -> BudgetRow:
+    """The first snapshot of a quiet table of ``rows`` rows at the default pace, to its end:
+    its seconds against what ``rpm`` allows, and the most requests in any 60 s."""
+    database = await asyncio.to_thread(_database, server, rows)
+    spec = _config(workdir / "quiet.toml", server, database, models.url, requests_per_minute=rpm)
+    models.reset_stats()
+    app = ScorerApp(spec)
+    task = asyncio.create_task(app.run())
+    started = time.monotonic()
+    deadline = started + 10 * MINUTE_S
+    while await asyncio.to_thread(_scored, server, database) < rows:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a quiet table of {rows} rows not scored in 10 minutes")
+        await asyncio.sleep(0.5)
+    elapsed = time.monotonic() - started
+    await _stop(app, task)
+    arrivals = list(models.call_times["bedrock"])
+    most = max((sum(1 for u in arrivals if t <= u < t + MINUTE_S) for t in arrivals), default=0)
+    allowed_s = rows / rpm * MINUTE_S
+    return BudgetRow(
+        phase="a quiet table's first snapshot, default pace",
+        requests_per_minute=rpm,
+        tokens_per_minute=None,
+        measured_requests=len(arrivals),
+        measured_tokens=0.0,
+        most_requests_in_any_minute=most,
+        rows_per_s=rows / elapsed,
+        note=f"{rows} rows in {elapsed:.0f} s from the start (the budget allows {allowed_s:.0f} s)",
+    )
+
+
 async def _stop(app: ScorerApp, task: asyncio.Task[None]) -> None:
     """A clean stop drains the batches in flight, at the budget's pace (up to max_in_flight
     batches of 96 calls): past a few seconds it is cut, as the CLI's shutdown grace would."""
@@ -300,11 +333,24 @@ async def run_phases(server: DatabaseServer, workdir: Path) -> list[BudgetRow]:
                 workdir,
                 "requests-bound",
                 1200,
-                requests_per_minute=600,
-                # The snapshot alone, not paced: the budget holds it.
-                rescore={"max_rows_per_s": 1000},
+                requests_per_minute=600,  # the snapshot at its default pace
             ),
             await _saturate(server, models, workdir, "tokens-bound", 1500, tokens_per_minute=6000),
+            await _quiet_table(server, models, workdir, 50, 40),
+        ]
+        models.set_faults({"bedrock": {"latency_ms": CALL_LATENCY_MS, "throttle_rate": 0.1}})
+        rows.append(
+            await _saturate(
+                server,
+                models,
+                workdir,
+                "requests-bound, 10 % throttled",
+                1200,
+                requests_per_minute=600,
+            )
+        )
+        models.set_faults({"bedrock": {"latency_ms": CALL_LATENCY_MS, "throttle_rate": 0.0}})
+        rows += [
             await _shared(server, models, workdir, 300, rescore=False),
             await _shared(server, models, workdir, 300, rescore=True),
         ]
@@ -338,7 +384,7 @@ def render(rows: list[BudgetRow]) -> str:
             if r.stream_p50_s is not None and r.stream_p99_s is not None
             else ""
         )
-        share = f"{r.share_of_budget:.1%}" if r.phase.endswith("bound") else ""
+        share = f"{r.share_of_budget:.1%}" if "bound" in r.phase else ""
         lines.append(
             f"| {r.phase} | {budget} | {r.measured_requests:,} | {r.measured_tokens:,.0f} | "
             f"{share} | {r.most_requests_in_any_minute:,} | {r.rows_per_s:.1f} | {fresh} | "

@@ -771,7 +771,7 @@ def main() -> None:
         "--phases",
         default="rate,flat,idle,big-update",
         help="with --baseline: comma-separated, of rate, flat, idle, big-update, "
-        "big-update-mysql, postgresql",
+        "big-update-mysql, many, postgresql",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --baseline")
     args = parser.parse_args()

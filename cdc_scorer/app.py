@@ -197,12 +197,18 @@ class ScorerApp:
             feed.sink(pipeline),
             self.telemetry,
             exchange=exchange,
-            snapshotter=feed.rescorer(pipeline, exchange),
+            snapshotter=feed.rescorer(
+                pipeline, exchange, budget.stream_quiet if budget is not None else _never
+            ),
             on_committed=on_committed,
         )
         if budget is not None:
             self.telemetry.pipelines[pipeline.name].spending = budget.spending
         return runner
+
+
+def _never() -> bool:
+    return False
 
 
 def _committed(runners: list[PipelineRunner]) -> Position | None:

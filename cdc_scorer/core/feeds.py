@@ -156,9 +156,13 @@ class Feed(Protocol):
     def sink(self, pipeline: PipelineSpec) -> PipelineSink:
         """The pipeline's writer: its batches and the position they cover, in one step."""
 
-    def rescorer(self, pipeline: PipelineSpec, exchange: ChunkExchange) -> ChunkReader | None:
+    def rescorer(
+        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+    ) -> ChunkReader | None:
         """What reads the pipeline's re-score chunks (None: the feed re-reads the table
-        itself, its rows arriving in the stream)."""
+        itself, its rows arriving in the stream); ``stream_quiet``: whether the model's budget
+        saw no stream call within the minute (the chunks' pace, ``PipelineSpec.rescore_pace``).
+        """
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """Work beside the pipelines until the stop (named: a heartbeat), cancelled then."""

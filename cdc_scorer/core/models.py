@@ -75,6 +75,10 @@ class Budget(Protocol):
         """Wait until a call estimated at ``tokens`` fits; ``urgent`` calls (rows of the
         stream) go before the others (rows of a re-score) and may use the whole budget."""
 
+    def stream_quiet(self) -> bool:
+        """Whether no call for the stream's rows was granted within the last minute: then a
+        re-score may use the whole budget, not only its share."""
+
     def spending(self) -> dict[str, float]:
         """Requests granted, tokens reported (``input_tokens``, ``output_tokens``) and seconds
         waited (``wait_stream_s``, ``wait_rescore_s``) so far: the metrics."""
@@ -137,12 +141,13 @@ class ModelSpec(ABC):
     def codec(self) -> ModelCodec[Any]:
         """The service's wire format for this section."""
 
-    def rescore_rows_per_s(self) -> float | None:
+    def rescore_rows_per_s(self, stream_quiet: bool = False) -> float | None:
         """The pace a re-score of this model's table keeps by default, leaving the rest of
         the model's capacity to the stream (None: as fast as the model and the sink take
         rows). A re-score's rows go to the model in the pipeline's batches, before the stream
         rows behind them: a re-score faster than its share of a budget would queue batches in
-        front of the stream."""
+        front of the stream. ``stream_quiet``: the budget says the stream has not called
+        within the minute, and the re-score may spend (nearly) all of it."""
         return None
 
     def budget(self) -> Budget | None:

@@ -135,7 +135,9 @@ class Snapshotter:
         *,
         on_chunk_read: Callable[[int], None] | None = None,
         on_retry: Callable[[str, RetriableError], None] | None = None,
+        stream_quiet: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._stream_quiet = stream_quiet  # the model's budget says so (rescore_pace)
         self._store = store
         self._pipeline = pipeline
         self._table = table
@@ -152,6 +154,7 @@ class Snapshotter:
                 job = await self._exchange.next_job(last)
                 last = job.id
                 await self._job(job)
+                self._store.close()  # until the next job: no connection per idle pipeline
         finally:
             self._store.close()
 
@@ -300,7 +303,7 @@ class Snapshotter:
         return chunk.cursor, chunk.last
 
     async def _pace(self) -> None:
-        rate = self._pipeline.rescore.max_rows_per_s
+        rate = self._pipeline.rescore_pace(self._stream_quiet())
         if rate is None:
             return
         now = time.monotonic()

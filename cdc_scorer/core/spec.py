@@ -167,8 +167,10 @@ class RescoreSpec:
 
     __pydantic_config__ = STRICT
 
-    # A cap on rows read per second (None: as fast as the model and the sink take them), so a
-    # re-score cannot starve the stream's freshness or flood the endpoint.
+    # A cap on rows read per second, so a re-score cannot starve the stream's freshness or
+    # flood the endpoint (None: a budgeted model's default pace, its share of the budget while
+    # the stream calls and nearly all of it while the stream is quiet; else as fast as the
+    # model and the sink take them).
     max_rows_per_s: Positive | None = None
 
 
@@ -206,11 +208,19 @@ class PipelineSpec:
             object.__setattr__(self, "batching", batching)
         pace = self.model.rescore_rows_per_s()
         if pace is not None and self.rescore.max_rows_per_s is None:
-            # A model with a budget: re-scores keep under their share of it, in chunks of
-            # about two seconds of it, so their batches never queue in front of the stream's.
-            object.__setattr__(self, "rescore", replace(self.rescore, max_rows_per_s=pace))
+            # A model with a budget: re-scores keep under their share of it while the stream
+            # calls (rescore_pace), in chunks of about two seconds of that pace, so their
+            # batches never queue long in front of the stream's.
             chunk = min(self.snapshot_chunk_rows, max(1, int(pace * 2)))
             object.__setattr__(self, "snapshot_chunk_rows", chunk)
+
+    def rescore_pace(self, stream_quiet: bool) -> float | None:
+        """Rows per second a re-score reads now: ``rescore.max_rows_per_s`` when set, else
+        the model's default pace — its share of a budget while the stream calls, nearly all
+        of it while the stream is quiet (None: as fast as the model and the sink take rows)."""
+        if self.rescore.max_rows_per_s is not None:
+            return self.rescore.max_rows_per_s
+        return self.model.rescore_rows_per_s(stream_quiet)
 
     @property
     def service(self) -> str:

@@ -91,7 +91,9 @@ class ChunkStore(Protocol):
     def reset(self) -> None:
         """Drop the connection (after a retriable error)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop the connection; a later call opens one again (between jobs a pipeline holds
+        none: a process's idle pipelines do not each keep a connection)."""
 
 
 class Heartbeat(Protocol):

@@ -7,8 +7,9 @@ sliding tenth of a minute at a tenth of it, so a backlog spreads its calls over 
 instead of spending the minute's quota in its first second and leaving the stream to wait.
 Calls for rows of the stream (``urgent``) go first and may use the whole budget; calls for a
 re-score wait while a stream call waits, and while the stream has called within the minute
-they use at most ``rescore_share`` of it, so the stream finds room when it needs it (a re-score
-of a quiet table, the first snapshot, may use all of it).
+they use at most ``rescore_share`` of it (counted from the stream's first call after a quiet
+minute), so the stream finds room when it needs it (a re-score of a quiet table, the first
+snapshot, may use all of it).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class CallBudget:
         self._spent: deque[_Spend] = deque()
         self._urgent_waiting = 0
         self._last_urgent: float | None = None
+        # When the stream called first after a quiet minute: a re-score's share is counted
+        # from then, not over calls it made while it had the whole budget (those would block
+        # it for a minute, and the stream's rows queued behind its batches with it).
+        self._stream_since = 0.0
         self._changed = asyncio.Event()
         self.stats = BudgetStats()
 
@@ -97,6 +102,8 @@ class CallBudget:
         spend = _Spend(now, tokens, urgent)
         self._spent.append(spend)
         if urgent:
+            if self.stream_quiet():
+                self._stream_since = now
             self._last_urgent = now
         self.stats.requests += 1
         self.stats.wait_s["stream" if urgent else "rescore"] += now - started
@@ -112,6 +119,7 @@ class CallBudget:
         if not urgent and self._urgent_waiting:
             return 0.05
         quiet = self._last_urgent is None or self._last_urgent <= now - self._windows[0][0]
+        # (as stream_quiet(), at ``now``)
         wait = 0.0
         for window, part, with_tokens in self._windows:
             inside = [s for s in spent if s.at > now - window]
@@ -119,7 +127,9 @@ class CallBudget:
             # (while the stream is recent): the share is the re-score's, the rest the stream's.
             groups = [(inside, 1.0)]
             if not urgent and not quiet:
-                groups.append(([s for s in inside if not s.urgent], self._share))
+                since = self._stream_since
+                rescores = [s for s in inside if not s.urgent and s.at >= since]
+                groups.append((rescores, self._share))
             for calls, share in groups:
                 wait = max(
                     wait, self._wait_in(calls, now, window, part * share, tokens, with_tokens)
@@ -158,6 +168,10 @@ class CallBudget:
             else:
                 wait = max(wait, calls[-1].at + window - now)
         return wait
+
+    def stream_quiet(self) -> bool:
+        last = self._last_urgent
+        return last is None or last <= self._clock() - self._windows[0][0]
 
     def spending(self) -> dict[str, float]:
         stats = self.stats

@@ -8,7 +8,7 @@ pipeline committed (a replication slot is advanced)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -119,7 +119,9 @@ class LogFeed:
     def sink(self, pipeline: PipelineSpec) -> PipelineSink:
         return self._sinks[pipeline.name]
 
-    def rescorer(self, pipeline: PipelineSpec, exchange: ChunkExchange) -> ChunkReader | None:
+    def rescorer(
+        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+    ) -> ChunkReader | None:
         name, table = pipeline.name, self._tables[pipeline.table]
         return Snapshotter(
             self._store.chunks(pipeline, table),
@@ -129,6 +131,7 @@ class LogFeed:
             self._retry,
             on_chunk_read=lambda rows: self._telemetry.on_snapshot_rows(name, rows),
             on_retry=self._telemetry.on_retry,
+            stream_quiet=stream_quiet,
         )
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:

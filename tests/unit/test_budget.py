@@ -85,8 +85,36 @@ async def test_the_stream_goes_before_a_rescore_which_then_keeps_to_its_share() 
     assert budget.spending()["wait_rescore_s"] > budget.spending()["wait_stream_s"]
 
 
+async def test_the_share_is_counted_from_the_streams_return_not_over_the_quiet_minute() -> None:
+    """A re-score that had the whole budget while the stream was quiet is not stopped for the
+    rest of the minute when the stream calls again (its stream rows would queue behind its
+    batches): from then on it keeps to its share, within the room the minute has."""
+    budget = CallBudget(40, None, rescore_share=0.5, minute_s=MINUTE_S)
+    order: list[tuple[str, float]] = []
+
+    async def call(kind: str) -> None:
+        grant = await budget.acquire(1, urgent=kind == "stream")
+        order.append((kind, time.monotonic()))
+        grant.settle(None)
+
+    rescore = [asyncio.create_task(call("rescore")) for _ in range(40)]
+    await asyncio.sleep(0.6 * MINUTE_S)
+    alone = len(order)
+    assert alone > 20  # more than its share: the stream was quiet
+    await asyncio.gather(*(call("stream") for _ in range(3)))
+    stream_done = time.monotonic()
+    await asyncio.sleep(0.3 * MINUTE_S)
+    after = [t for kind, t in order if kind == "rescore" and t > stream_done]
+    # Counted over the whole minute, its share (20) was spent: nothing for ~0.4 of a minute.
+    assert after and after[0] - stream_done < 0.2 * MINUTE_S
+    for task in rescore:
+        task.cancel()
+    await asyncio.gather(*rescore, return_exceptions=True)
+    assert most_in_a_window([t for _, t in order], MINUTE_S) <= 40
+
+
 def test_a_budgeted_pipeline_paces_its_rescores_to_their_share() -> None:
-    from cdc_scorer.core.spec import PipelineSpec
+    from cdc_scorer.core.spec import PipelineSpec, RescoreSpec
     from cdc_scorer.services.bedrock import BedrockSpec
 
     def pipeline(**bedrock: object) -> PipelineSpec:
@@ -100,7 +128,35 @@ def test_a_budgeted_pipeline_paces_its_rescores_to_their_share() -> None:
 
     paced = pipeline(requests_per_minute=600, rescore_share=0.5)
     # Four fifths of half of 10 calls a second, a row each; chunks of two seconds of it.
-    assert paced.rescore.max_rows_per_s == 4.0
+    assert paced.rescore_pace(stream_quiet=False) == 4.0
     assert paced.snapshot_chunk_rows == 8
-    assert pipeline().rescore.max_rows_per_s is None  # no budget: as fast as it goes
+    # While the stream is quiet: nearly the whole budget (a re-score of a quiet table).
+    assert paced.rescore_pace(stream_quiet=True) == 0.95 * 10
+    assert pipeline().rescore_pace(stream_quiet=False) is None  # no budget: as fast as it goes
     assert pipeline().snapshot_chunk_rows == 1000
+    # The user's cap holds either way.
+    capped = PipelineSpec(
+        name="p",
+        table="t",
+        model=paced.model,
+        rescore=RescoreSpec(max_rows_per_s=3.0),
+    )
+    assert capped.rescore_pace(stream_quiet=True) == capped.rescore_pace(False) == 3.0
+
+
+def test_the_stream_is_quiet_a_minute_after_its_last_call() -> None:
+    now = [0.0]
+    budget = CallBudget(None, None, clock=lambda: now[0])  # never waits: no limit
+
+    async def calls() -> None:
+        assert budget.stream_quiet()
+        (await budget.acquire(1, urgent=False)).settle(None)
+        assert budget.stream_quiet()  # a re-score's call is not the stream's
+        (await budget.acquire(1, urgent=True)).settle(None)
+        assert not budget.stream_quiet()
+        now[0] = 60.5
+        assert not budget.stream_quiet()  # still within the minute (and its margin)
+        now[0] = 62.0
+        assert budget.stream_quiet()
+
+    asyncio.run(calls())

@@ -41,6 +41,9 @@ def _tool_name(text: str) -> bool:
     return re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_-]{0,63}", text) is not None
 
 
+QUIET_PACE = 0.95  # the part of the budget a re-score paces itself to while the stream is quiet
+
+
 @dataclass(frozen=True)
 class BedrockSpec(ModelSpec):
     """``[pipelines.bedrock]``."""
@@ -181,15 +184,20 @@ class BedrockSpec(ModelSpec):
 
         return ConverseCodec(self)
 
-    def rescore_rows_per_s(self) -> float | None:
+    def rescore_rows_per_s(self, stream_quiet: bool = False) -> float | None:
         if self.requests_per_minute is None:
             return None
         shape = embedding_shape(self.model_id) if self.task == "embedding" else None
         rows_per_call = 96 if shape is not None and shape[0] == "cohere" else 1
+        calls_per_s = self.requests_per_minute / 60
+        if stream_quiet:
+            # Nothing to queue in front of: nearly the whole budget (the budget itself holds
+            # the limit; a pace just under it keeps the calls from waiting one by one).
+            return QUIET_PACE * calls_per_s * rows_per_call
         # Four fifths of the share: a re-score at its full share would wait for the budget
         # call by call, and the stream's rows queue behind its batches (measured: freshness
         # p50 35 s beside a re-score at its full share, docs/bedrock-benchmarks.md).
-        return 0.8 * self.rescore_share * self.requests_per_minute / 60 * rows_per_call
+        return 0.8 * self.rescore_share * calls_per_s * rows_per_call
 
     def budget(self) -> CallBudget:
         # Always one, if only to count the tokens: without limits it never waits.

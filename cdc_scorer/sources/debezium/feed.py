@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -99,7 +99,9 @@ class DebeziumFeed:
         assert self._sink is not None, "start the feed first"
         return self._sink
 
-    def rescorer(self, pipeline: PipelineSpec, exchange: ChunkExchange) -> ChunkReader | None:
+    def rescorer(
+        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+    ) -> ChunkReader | None:
         return None  # Debezium re-reads the table: its rows arrive in the topic
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:

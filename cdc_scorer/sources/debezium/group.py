@@ -267,8 +267,9 @@ class GroupMember:
                     raise FatalError(
                         f"reading Debezium's topics: {error.str()} — the offset the database "
                         "holds for a partition is not in the topic any more (retention removed "
-                        "it, or the topic was made again): re-score the table (cdc-scorer "
-                        "rescore) after removing that pipeline's rows of cdc_scorer_kafka_offset"
+                        "it, or the topic was made again): stop the scorers and move the "
+                        "group with cdc-scorer reposition --config FILE --pipeline NAME "
+                        "--to-latest --rescore (the table read again by Debezium)"
                     )
                 if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and not error.fatal():
                     # Debezium makes a table's topic with its first message: until then the
