@@ -148,7 +148,8 @@ def _many_rows(servers: Servers) -> list[Any]:
     from benchmarks.many import measure
 
     bench = servers.mariadb()
-    return [measure(bench.server, servers.endpoints, servers.workdir, n, 5) for n in (2, 20, 60)]
+    sizes = (2, 20, 60, 100)
+    return [measure(bench.server, servers.endpoints, servers.workdir, n, 5) for n in sizes]
 
 
 def _postgresql_rows(servers: Servers) -> list[Any]:
@@ -163,7 +164,7 @@ PHASES: dict[str, Callable[[Servers], list[Any]]] = {
     "idle": _idle_rows,  # one row at a time into idle tables, the product's linger
     "big-update": lambda servers: [servers.mariadb().big_update()],
     "big-update-mysql": lambda servers: [servers.mysql().big_update()],
-    "many": _many_rows,  # 2, 20 and 60 pipelines in one process: connections, RSS, freshness
+    "many": _many_rows,  # 2, 20, 60 and 100 pipelines in one process: connections, RSS, freshness
     "postgresql": _postgresql_rows,  # the one big UPDATE and the mixed workload
 }
 
@@ -201,7 +202,8 @@ def run_ab(mode: Any, phases: list[str], revision: str, rounds: int) -> str:
 
 def _value(row: Any, metric: str) -> float | None:
     if metric == "rows_per_cpu_s":
-        return 1000 / row.cpu_s_per_1k if row.cpu_s_per_1k else None
+        cpu = getattr(row, "cpu_s_per_1k", None)
+        return 1000 / cpu if cpu else None
     value = getattr(row, metric, None)
     return None if value is None else float(value)
 

@@ -5,16 +5,22 @@ pipeline's leader lock.
 If that connection dies the lock goes with it; a new connection must win the lock again and
 find the checkpoint as this process left it before it writes anything — otherwise another
 instance has scored meanwhile and this one stops (fencing). A dialect adds its SQL only.
+
+The pipelines of a process share a few such connections (:class:`WriterConnection`, a store
+hands them out): each sink holds its own lock on the connection it commits through, the
+sinks take turns on it, and a lost connection makes every sink on it fence again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
-from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.errors import CdcScorerError, FatalError
 from cdc_scorer.core.records import Checkpoint, ScoredBatch
 from cdc_scorer.core.rescoring import encode_rescores
 from cdc_scorer.core.retry import retrying
@@ -36,6 +42,80 @@ def checkpoint_row(name: str, checkpoint: Checkpoint, identity: str) -> tuple[An
     )
 
 
+class WriterConnection(Generic[ConnectionT]):
+    """One database connection the sinks of several pipelines commit through, a transaction at
+    a time: a sink writes while holding :attr:`turn` (and waits for it on the event loop,
+    :attr:`queue`, not in a thread). ``generation`` counts the connections made: a sink fenced
+    on an older one fences again before it writes."""
+
+    def __init__(
+        self, open_: Callable[[], ConnectionT], close: Callable[[ConnectionT | None], None]
+    ) -> None:
+        self._open = open_
+        self._close = close
+        self._conn: ConnectionT | None = None
+        self.generation = 0
+        self.turn = threading.Lock()  # taken by the thread that uses the connection
+        self._queue: asyncio.Lock | None = None
+        self._users = 0
+
+    @property
+    def queue(self) -> asyncio.Lock:
+        if self._queue is None:
+            self._queue = asyncio.Lock()
+        return self._queue
+
+    def current(self) -> tuple[int, ConnectionT]:
+        """The connection (made now if there is none) and its generation; hold :attr:`turn`."""
+        if self._conn is None:
+            self._conn = self._open()
+            self.generation += 1
+        return self.generation, self._conn
+
+    def alive(self, generation: int) -> ConnectionT | None:
+        """The connection if it is still generation ``generation``; hold :attr:`turn`."""
+        return self._conn if self.generation == generation else None
+
+    def drop(self) -> None:
+        """After a failure (its transaction state unknown), or when no sink uses it: closed;
+        the locks held on it go with it. Hold :attr:`turn`."""
+        conn, self._conn = self._conn, None
+        self._close(conn)
+
+    def attach(self) -> None:
+        self._users += 1
+
+    def detach(self) -> None:
+        """A sink is done with it; the last one closes it. Hold :attr:`turn`."""
+        self._users -= 1
+        if self._users <= 0:
+            self._users = 0
+            self.drop()
+
+
+# Connections a process's sinks write through, whatever its number of pipelines: two, so one
+# pipeline's long transaction (a big UPDATE's batches) leaves the others a connection.
+WRITER_CONNECTIONS = 2
+
+
+class WriterPool(Generic[ConnectionT]):
+    """The writer connections of a store, handed to its sinks in turn."""
+
+    def __init__(
+        self,
+        open_: Callable[[], ConnectionT],
+        close: Callable[[ConnectionT | None], None],
+        size: int = WRITER_CONNECTIONS,
+    ) -> None:
+        self._writers = [WriterConnection(open_, close) for _ in range(size)]
+        self._handed = 0
+
+    def next(self) -> WriterConnection[ConnectionT]:
+        writer = self._writers[self._handed % len(self._writers)]
+        self._handed += 1
+        return writer
+
+
 class FencedSink(ABC, Generic[ConnectionT]):
     def __init__(
         self,
@@ -47,8 +127,15 @@ class FencedSink(ABC, Generic[ConnectionT]):
         lock: str,
         decode: PositionDecoder,
         step: PositionStep | None = None,
+        writer: WriterConnection[ConnectionT] | None = None,
     ) -> None:
         self.lock = lock
+        # The connection it commits through: shared with other pipelines' sinks, or its own.
+        self._writer: WriterConnection[ConnectionT] = (
+            writer if writer is not None else WriterConnection(self._open, self._close)
+        )
+        self._attached = False
+        self._fenced_on: int | None = None  # the writer's generation our lock is held on
         # A feed that keeps its positions otherwise (Debezium's: each partition's offset, moved
         # by compare-and-set): no leader lock and no checkpoint row to fence on.
         self._step = step
@@ -60,7 +147,6 @@ class FencedSink(ABC, Generic[ConnectionT]):
         self._leading = False
         self._written: tuple[Any, ...] | None = None  # the checkpoint row we last committed
         self._attempted: tuple[Any, ...] | None = None  # the one of a commit under way
-        self._conn: ConnectionT | None = None
 
     # ---------------------------------------------------------------- the dialect's part
     @abstractmethod
@@ -75,6 +161,10 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     @abstractmethod
     def _try_lock(self, conn: ConnectionT, wait_s: float) -> bool: ...
+
+    @abstractmethod
+    def _release_lock(self, conn: ConnectionT) -> None:
+        """Let the leader lock go on a connection other sinks go on using."""
 
     @abstractmethod
     def _stored(self, conn: ConnectionT) -> StoredCheckpoint | None: ...
@@ -96,88 +186,109 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     # ---------------------------------------------------------------- the fence
     async def write(self, batch: ScoredBatch) -> None:
-        await retrying(
-            lambda: asyncio.to_thread(self._write_transaction, batch),
-            spec=self._retry,
-            stage="sink",
-            on_retry=self._on_retry,
-        )
+        async with self._writer.queue:  # the sinks sharing the connection take turns here
+            await retrying(
+                lambda: asyncio.to_thread(self._write_transaction, batch),
+                spec=self._retry,
+                stage="sink",
+                on_retry=self._on_retry,
+            )
 
     def try_lead(self, wait_s: float) -> bool:
         """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
         if self._step is not None:
             self._leading = True
             return True
-        try:
-            if self._conn is None:
-                self._conn = self._open()
-            self._leading = self._try_lock(self._conn, wait_s)
-        except BaseException:
-            self.close()
-            raise
+        writer = self._writer
+        with writer.turn:
+            self._attach()
+            try:
+                generation, conn = writer.current()
+                self._leading = self._try_lock(conn, wait_s)
+            except BaseException:
+                writer.drop()
+                raise
+            if self._leading:
+                self._fenced_on = generation
         return self._leading
 
     def expect(self, checkpoint: Checkpoint) -> None:
         """The checkpoint the table holds now; a reconnect must find what we wrote last."""
         self._written = checkpoint_row(self._pipeline.name, checkpoint, self._identity)
 
+    def _attach(self) -> None:
+        if not self._attached:
+            self._writer.attach()
+            self._attached = True
+
     def _connection(self) -> ConnectionT:
-        if self._conn is not None:
-            return self._conn
+        """The writer's connection, this pipeline's lock held on it (fenced again on a new
+        one). Hold the writer's turn."""
         assert self._leading, "try_lead() first"
-        conn = self._open()
-        if self._step is not None:
-            self._conn = conn
+        self._attach()
+        generation, conn = self._writer.current()
+        if self._step is not None or self._fenced_on == generation:
             return conn
-        try:
-            name = self._pipeline.name
-            if not self._try_lock(conn, 0):
-                raise FatalError(
-                    f"lost the leader lock {self.lock}: another instance is scoring pipeline "
-                    f"{name}; this one stops (restart it to run as a standby)"
-                )
-            found = self._stored(conn)
-            row = (
-                None
-                if found is None
-                else checkpoint_row(name, found.checkpoint, found.server_identity)
+        name = self._pipeline.name
+        if not self._try_lock(conn, 0):
+            raise FatalError(
+                f"lost the leader lock {self.lock}: another instance is scoring pipeline "
+                f"{name}; this one stops (restart it to run as a standby)"
             )
-            # A commit whose answer was lost may have landed: the retried batch is idempotent.
-            if row not in (self._written, self._attempted):
-                raise FatalError(
-                    f"the checkpoint of pipeline {name} changed while this instance was "
-                    "disconnected: another instance scored it; this one stops (restart it to "
-                    "resume from the new checkpoint)"
-                )
-        except BaseException:
-            self._close(conn)
-            raise
-        self._conn = conn
+        self._fenced_on = generation
+        found = self._stored(conn)
+        row = (
+            None if found is None else checkpoint_row(name, found.checkpoint, found.server_identity)
+        )
+        # A commit whose answer was lost may have landed: the retried batch is idempotent.
+        if row not in (self._written, self._attempted):
+            raise FatalError(
+                f"the checkpoint of pipeline {name} changed while this instance was "
+                "disconnected: another instance scored it; this one stops (restart it to "
+                "resume from the new checkpoint)"
+            )
         return conn
 
     def stopped(self, reason: str) -> None:
         """Record why the pipeline stopped (for `status`), through the fenced connection."""
-        try:
-            with self._errors(f"recording that {self._pipeline.name} stopped"):
-                self._record_stop(self._connection(), reason)
-        except BaseException:
-            self.close()
-            raise
+        with self._writer.turn:
+            try:
+                with self._errors(f"recording that {self._pipeline.name} stopped"):
+                    self._record_stop(self._connection(), reason)
+            except BaseException:
+                self._writer.drop()
+                raise
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        self._close(conn)
+        """Done: the lock goes (with the connection, when no other sink uses it)."""
+        writer = self._writer
+        with writer.turn:
+            fenced, self._fenced_on = self._fenced_on, None
+            if not self._attached:
+                return
+            self._attached = False
+            conn = None if fenced is None or self._step is not None else writer.alive(fenced)
+            if conn is not None:
+                try:
+                    with self._errors(f"letting the leader lock {self.lock} go"):
+                        self._release_lock(conn)
+                except CdcScorerError:  # the connection that failed here is not reused
+                    writer.drop()
+            writer.detach()
 
     def _write_transaction(self, batch: ScoredBatch) -> None:
         row = checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
-        try:
-            with self._errors(f"writing predictions of {self._pipeline.name}"):
-                conn = self._connection()
-                self._attempted = row
-                self._apply(conn, batch, row)
-                self._written = row
-                if self._step is not None:
-                    self._step.committed()
-        except BaseException:
-            self.close()  # a failed transaction's connection is not reused
-            raise
+        with self._writer.turn:
+            try:
+                with self._errors(f"writing predictions of {self._pipeline.name}"):
+                    conn = self._connection()
+                    self._attempted = row
+                    self._apply(conn, batch, row)
+                    self._written = row
+                    if self._step is not None:
+                        self._step.committed()
+            except BaseException:
+                # A failed transaction's connection is not reused: every sink on it fences
+                # again on the next one.
+                self._writer.drop()
+                raise

@@ -111,8 +111,9 @@ async def test_a_first_snapshot_over_old_predictions_sweeps_the_rows_gone(
     async with Running(spec) as app:
         await wait_for(lambda: churn_matches(db), what="the old predictions swept")
         await wait_for(lambda: app.telemetry.rescore_orphans["churn"] == 10, what="counted")
+        # The sweep's chunks come first, then the rows' (counted as they are merged).
+        await wait_for(lambda: app.telemetry.rescore_rows["churn"] == 50, what="rows counted")
         assert app.telemetry.rescore_orphans["feedback"] == 0
-        assert app.telemetry.rescore_rows["churn"] == 50
 
 
 async def test_last_version_wins_and_cross_table_transaction(spec: ScorerSpec, db: Any) -> None:

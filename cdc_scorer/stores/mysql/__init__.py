@@ -29,6 +29,7 @@ from cdc_scorer.mysql.connection import (
     tls_state,
 )
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.fenced import WriterPool
 from cdc_scorer.stores.mysql import checkpoints, schema
 from cdc_scorer.stores.mysql.chunks import MysqlChunks
 from cdc_scorer.stores.mysql.heartbeat import MysqlHeartbeat
@@ -48,6 +49,10 @@ class MysqlStore(OffsetTables):
         self._source = source
         self._retry = retry
         self._conn: Connection | None = None
+        # The sinks' connections: a few per process, shared by its pipelines.
+        self._writers: WriterPool[Connection] = WriterPool(
+            lambda: connect(self._source), close_quietly
+        )
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -183,6 +188,7 @@ class MysqlStore(OffsetTables):
             lock=self.lock(pipeline),
             decode=decode,
             step=step,
+            writer=self._writers.next(),
         )
 
     def quoted(self, identifier: str) -> str:

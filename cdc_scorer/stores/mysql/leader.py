@@ -29,6 +29,13 @@ def try_lock(conn: Connection, name: str, timeout_s: float) -> bool:
     return row is not None and row[0] == 1
 
 
+def release_lock(conn: Connection, name: str) -> None:
+    """Let the lock go (a connection other pipelines' locks stay on)."""
+    with mysql_errors(f"letting the leader lock {name} go"), conn.cursor() as cursor:
+        cursor.execute("SELECT RELEASE_LOCK(%s)", (name,))
+        cursor.fetchone()
+
+
 def lock_holder(conn: Connection, name: str) -> int | None:
     """The connection id holding the lock, or None when free."""
     with mysql_errors(f"asking who holds the leader lock {name}"), conn.cursor() as cursor:

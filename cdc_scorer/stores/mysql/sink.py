@@ -20,10 +20,10 @@ from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.core.store import PositionStep
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
-from cdc_scorer.stores.fenced import FencedSink
+from cdc_scorer.stores.fenced import FencedSink, WriterConnection
 from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
-from cdc_scorer.stores.mysql.leader import try_lock
+from cdc_scorer.stores.mysql.leader import release_lock, try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, stored_types, view_statement
 
 
@@ -72,9 +72,17 @@ class Sink(FencedSink[Connection]):
         lock: str,
         decode: PositionDecoder,
         step: PositionStep | None = None,
+        writer: WriterConnection[Connection] | None = None,
     ) -> None:
         super().__init__(
-            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, step=step
+            pipeline,
+            server_identity,
+            retry,
+            on_retry,
+            lock=lock,
+            decode=decode,
+            step=step,
+            writer=writer,
         )
         self._source = source
         self._key_columns = key_columns
@@ -120,6 +128,9 @@ class Sink(FencedSink[Connection]):
 
     def _try_lock(self, conn: Connection, wait_s: float) -> bool:
         return try_lock(conn, self.lock, wait_s)
+
+    def _release_lock(self, conn: Connection) -> None:
+        release_lock(conn, self.lock)
 
     def _stored(self, conn: Connection) -> StoredCheckpoint | None:
         name = self._pipeline.name

@@ -28,6 +28,7 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.stores import OnRetry, PipelineCounts, PositionDecoder, StoredCheckpoint
+from cdc_scorer.stores.fenced import WriterPool
 from cdc_scorer.stores.offsets import OffsetsSql, OffsetTables
 from cdc_scorer.stores.postgresql import schema, tables
 from cdc_scorer.stores.postgresql.offsets import offsets_sql
@@ -42,6 +43,10 @@ class PostgresStore(OffsetTables):
         self._schema = source.schema
         self._retry = retry
         self._conn: Connection | None = None
+        # The sinks' connections: a few per process, shared by its pipelines.
+        self._writers: WriterPool[Connection] = WriterPool(
+            lambda: connect(self._source), close_quietly
+        )
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -187,6 +192,7 @@ class PostgresStore(OffsetTables):
             lock=self.lock(pipeline),
             decode=decode,
             step=step,
+            writer=self._writers.next(),
         )
 
     def quoted(self, identifier: str) -> str:

@@ -24,13 +24,14 @@ from cdc_scorer.postgresql.connection import (
     quote,
 )
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
-from cdc_scorer.stores.fenced import FencedSink
+from cdc_scorer.stores.fenced import FencedSink, WriterConnection
 from cdc_scorer.stores.keys import key_hash, key_json
 from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
 from cdc_scorer.stores.postgresql.tables import (
     checkpoint_upsert,
     load_checkpoints,
     record_stop,
+    release_lock,
     try_lock,
 )
 
@@ -48,9 +49,17 @@ class PostgresSink(FencedSink[Connection]):
         lock: str,
         decode: PositionDecoder,
         step: PositionStep | None = None,
+        writer: WriterConnection[Connection] | None = None,
     ) -> None:
         super().__init__(
-            pipeline, server_identity, retry, on_retry, lock=lock, decode=decode, step=step
+            pipeline,
+            server_identity,
+            retry,
+            on_retry,
+            lock=lock,
+            decode=decode,
+            step=step,
+            writer=writer,
         )
         self._source = source
         schema = quote(source.schema)
@@ -85,6 +94,9 @@ class PostgresSink(FencedSink[Connection]):
 
     def _try_lock(self, conn: Connection, wait_s: float) -> bool:
         return try_lock(conn, self.lock, wait_s)
+
+    def _release_lock(self, conn: Connection) -> None:
+        release_lock(conn, self.lock)
 
     def _stored(self, conn: Connection) -> StoredCheckpoint | None:
         name = self._pipeline.name

@@ -110,6 +110,13 @@ def try_lock(conn: Connection, name: str, wait_s: float) -> bool:
     return True
 
 
+def release_lock(conn: Connection, name: str) -> None:
+    """Let the session lock go (a connection other pipelines' locks stay on)."""
+    with pg_errors(f"letting the leader lock {name} go"), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+        cursor.fetchone()
+
+
 def lock_holder(conn: Connection, name: str) -> int | None:
     """The backend pid holding the lock, or None when free."""
     key = lock_key(name)

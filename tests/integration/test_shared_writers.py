@@ -1,0 +1,182 @@
+"""The sinks of a process share a few writer connections (stores/fenced.py), and fencing holds
+per pipeline: two "processes" (two stores) racing for a pipeline never both commit, on MariaDB
+and on PostgreSQL, through a connection killed by the server under the first one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.records import Checkpoint, Prediction, ScoredBatch
+from cdc_scorer.core.spec import FeedSpec, PipelineSpec, RetrySpec, SourceSpec
+from cdc_scorer.local.postgres import PostgresServer
+from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.services.comprehend import ComprehendSpec
+from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition, decode_binlog_position
+from cdc_scorer.stores import Store
+from cdc_scorer.stores.registry import build_store
+
+TABLES = ("fb1", "fb2", "fb3")
+PIPELINES = [PipelineSpec(t, t, ComprehendSpec("user_feedback")) for t in TABLES]
+AT = datetime(2026, 12, 7, 6, 0, 0)
+IDENTITY = "test:shared"
+
+
+class Database:
+    """One engine's database for the test: its store's source, SQL to run, a connection killed."""
+
+    def __init__(self, source: SourceSpec, sql: Callable[[str], list[tuple[Any, ...]]]) -> None:
+        self.source = source
+        self.sql = sql
+
+    def store(self) -> Store:
+        return build_store(self.source, RetrySpec(base_ms=10, cap_ms=50))
+
+
+def _mariadb(server: DatabaseServer) -> Database:
+    conn = server.connect()
+    with conn.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS shared_writers")
+        cursor.execute("CREATE DATABASE shared_writers")
+        for table in TABLES:
+            cursor.execute(
+                f"CREATE TABLE shared_writers.{table} (id BIGINT PRIMARY KEY, user_feedback TEXT)"
+            )
+    conn.close()
+
+    def sql(statement: str) -> list[tuple[Any, ...]]:
+        conn = server.connect("shared_writers")
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+                return list(cursor.fetchall())
+        finally:
+            conn.close()
+
+    source = SourceSpec(
+        database="shared_writers", host="127.0.0.1", port=server.port, user=server.user,
+        feed=FeedSpec(),
+    )  # fmt: skip
+    return Database(source, sql)
+
+
+def _postgresql(postgres: PostgresServer) -> Database:
+    conn = postgres.connect()
+    with conn.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS shared_writers")
+        cursor.execute("CREATE DATABASE shared_writers")
+    conn.close()
+    conn = postgres.connect("shared_writers")
+    with conn.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, user_feedback text)")
+    conn.close()
+
+    def sql(statement: str) -> list[tuple[Any, ...]]:
+        conn = postgres.connect("shared_writers")
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            conn.close()
+
+    source = SourceSpec(
+        database="shared_writers", engine="postgresql", host=postgres.host, port=postgres.port,
+        user=postgres.user, feed=FeedSpec(),
+    )  # fmt: skip
+    return Database(source, sql)
+
+
+@pytest.fixture(params=["mariadb", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Iterator[Database]:
+    if request.param == "mariadb":
+        yield _mariadb(request.getfixturevalue("mariadb"))
+    else:
+        yield _postgresql(request.getfixturevalue("postgres"))
+
+
+def _batch(seq: int, key: int) -> ScoredBatch:
+    position = MariadbGtidPosition("test:shared", (Gtid(0, 1, seq),))
+    prediction = Prediction(
+        (key,),
+        {"sentiment": "POSITIVE", "sentiment_positive": 0.9, "sentiment_negative": 0.1},
+        None,
+        f"0-1-{seq}",
+        AT,
+    )
+    return ScoredBatch(seq, (prediction,), (), (), Checkpoint(position, "done"))
+
+
+def _kill(database: Database, holder: int) -> None:
+    if database.source.engine == "postgresql":
+        database.sql(f"SELECT pg_terminate_backend({holder})")
+    else:
+        database.sql(f"KILL CONNECTION {holder}")
+
+
+async def test_pipelines_share_writer_connections_and_never_both_commit(
+    database: Database,
+) -> None:
+    first, second = database.store(), database.store()  # two processes
+    first.init(PIPELINES)
+    a1, a2, a3 = (first.sink(p, ("id",), IDENTITY, decode_binlog_position) for p in PIPELINES)
+    for sink in (a1, a2, a3):
+        assert await asyncio.to_thread(sink.try_lead, 0)
+    # Three pipelines, two connections: fb1 and fb3 hold their locks on the same one.
+    holders = [first.leader(p) for p in PIPELINES]
+    assert holders[0] == holders[2] != holders[1]
+    for seq, sink in enumerate((a1, a2, a3), start=1):
+        await sink.write(_batch(seq, seq))
+
+    # A pipeline's sink closed alone lets its lock go; the connection stays for the other.
+    a3.close()
+    assert first.leader(PIPELINES[2]) is None
+    assert first.leader(PIPELINES[0]) == holders[0]
+    b3 = second.sink(PIPELINES[2], ("id",), IDENTITY, decode_binlog_position)
+    assert await asyncio.to_thread(b3.try_lead, 0)
+    b3.close()
+
+    # The second process waits while the first holds fb1's lock.
+    b1 = second.sink(PIPELINES[0], ("id",), IDENTITY, decode_binlog_position)
+    assert not await asyncio.to_thread(b1.try_lead, 0)
+    # The server kills the first process's connection of fb1 (and of fb3): the lock goes
+    # with it, the second process takes the pipeline and commits.
+    assert holders[0] is not None
+    _kill(database, holders[0])
+    for _ in range(100):
+        if await asyncio.to_thread(b1.try_lead, 0):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the second process never took fb1's lock")
+    await b1.write(_batch(10, 10))
+    # The first process writes fb1 again: on a new connection its lock is someone else's,
+    # and it stops without committing.
+    with pytest.raises(FatalError, match="lost the leader lock"):
+        await a1.write(_batch(11, 11))
+    keys = database.sql("SELECT id FROM fb1_predictions ORDER BY id")
+    assert [int(k) for (k,) in keys] == [1, 10]  # the first's, then only the second's
+    (position,) = database.sql("SELECT position FROM cdc_scorer_checkpoint WHERE pipeline='fb1'")
+    assert "0-1-10" in str(position[0])
+    # fb2, on the other connection, goes on; and writes again after a reconnect when its
+    # connection is the one lost.
+    await a2.write(_batch(12, 12))
+    holder2 = first.leader(PIPELINES[1])
+    assert holder2 is not None
+    _kill(database, holder2)
+    await a2.write(_batch(13, 13))
+    assert [int(k) for (k,) in database.sql("SELECT id FROM fb2_predictions ORDER BY id")] == [
+        2,
+        12,
+        13,
+    ]
+    for sink in (a1, a2, b1):
+        sink.close()
+    first.close()
+    second.close()
