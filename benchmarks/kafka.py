@@ -501,11 +501,11 @@ def report(bench: KafkaBench, mode: KafkaMode, seconds: float, version: str) -> 
         "path's rows per scorer CPU-second** (target: >= 70 %).",
         "",
         "Both paths follow the same writer, so their batches are as large as what arrives "
-        "between two of them: the binlog path gets every commit within milliseconds (small "
-        "batches, the most CPU per row at 1,000 rows/s); Debezium hands changes on in bursts "
-        "(its poll interval, the producer's batching), and that is also most of the Kafka "
-        "path's freshness. Flat out, the Connect worker (on the same two cores) is the "
-        "slowest part: the Kafka path's p50 is how far Debezium fell behind the writer.",
+        "between two of them: each gets its changes within tens of milliseconds (the "
+        "connector files' `poll.interval.ms` = 50; the scorer takes what its consumer has "
+        "queued without waiting for a full batch), so at 1,000 rows/s batches are small and "
+        "cost the most CPU per row. Flat out, the Connect worker (on the same two cores) is "
+        "the slowest part: the Kafka path's p50 is how far Debezium fell behind the writer.",
         "",
         "## A group of one, two and three processes",
         "",

@@ -253,8 +253,17 @@ class GroupMember:
     async def poll(self, timeout_s: float = 0.5) -> list[RawMessage]:
         """The next messages of the owned partitions (empty when none came in time)."""
         assert self._consumer is not None, "enter the member first"
+        consumer = self._consumer
         with kafka_errors("reading Debezium's topics"):
-            messages = await self._consumer.consume(self._batch_max, timeout_s)
+            # consume(n, timeout) waits until it has n messages or the timeout passed: at a
+            # steady trickle every batch would wait the timeout (measured: freshness p50
+            # 0.37 s at 1,000 rows/s). What is there goes at once; only an empty queue waits,
+            # for its first message.
+            messages = await consumer.consume(self._batch_max, 0)
+            if not messages:
+                messages = await consumer.consume(1, timeout_s)
+                if messages:
+                    messages += await consumer.consume(self._batch_max - 1, 0)
         if self._refusal is not None:
             raise FatalError(self._refusal)
         batch: list[RawMessage] = []

@@ -33,6 +33,9 @@ log = structlog.get_logger("cdc_scorer.sources.debezium")
 LoadOffsets = Callable[[list[Partition], dict[Partition, int]], Awaitable[dict[Partition, int]]]
 
 
+LAG_EVERY_S = 0.5  # the partition lag's measuring interval (a scrape is every 15 s or so)
+
+
 class KafkaChangeStream:
     """A ``ChangeStream`` of one pipeline's table topic."""
 
@@ -56,6 +59,7 @@ class KafkaChangeStream:
         self._on_rows = on_rows  # (table, operation, rows) per poll: the rows-read counter
         self._on_lag = on_lag  # (messages behind, seconds not caught up, partitions)
         self._caught_up_at = time.monotonic()
+        self._lag_at = 0.0  # when the lag was last measured
         self._spec = spec
         self._pipeline = pipeline
         self._topic = topic
@@ -129,10 +133,13 @@ class KafkaChangeStream:
             self._on_rows(table, operation, rows)
 
     async def _report_lag(self, member: GroupMember) -> None:
-        if self._on_lag is None:
-            return
-        behind = await member.lag(self._committed_offset)
         now = time.monotonic()
+        # At most every LAG_EVERY_S: a poll returns as soon as messages are there, many a
+        # second when busy, and each measure asks librdkafka once per partition.
+        if self._on_lag is None or now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        behind = await member.lag(self._committed_offset)
         if behind == 0:
             self._caught_up_at = now
         self._on_lag(behind, now - self._caught_up_at, len(member.owned))
