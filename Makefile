@@ -34,7 +34,7 @@ demo: $(STAMP) system-packages mysql-server
 	$(VENV)/bin/cdc-scorer demo
 
 test: $(STAMP) system-packages mysql-server vector-servers kafka-stack
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cdc_scorer tests benchmarks scripts

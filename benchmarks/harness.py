@@ -353,6 +353,9 @@ class Profiler:
                     "--rate",
                     "100",
                     "--nonblocking",
+                    # Only the thread holding the GIL: where the CPU goes (without it a thread
+                    # waiting for the GIL is sampled in the frame it waits in).
+                    "--gil",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
