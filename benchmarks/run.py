@@ -362,7 +362,7 @@ class Bench:
         return row
 
     # ------------------------------------------------------------------ a re-score
-    def rescore_phase(self, rate: float) -> dict[str, Any]:
+    def rescore_phase(self, rate: float, capped: bool = True) -> dict[str, Any]:
         """The whole churn table re-scored (`cdc-scorer rescore`'s request) while the
         application writes ``rate`` rows/s: the re-score's pace, and the stream's freshness
         during it against a phase of the same stream without it, in one scorer process; then,
@@ -385,6 +385,9 @@ class Bench:
             phases["during"] = self._rescore_measure(conn, workload, port, scorer, rate, "TRUE")
         finally:
             scorer.stop()
+        if not capped:
+            conn.close()
+            return {"table_rows": rows, "stream_rate": rate, **phases}
         port = write_scorer_config(
             config,
             self.server,
@@ -396,8 +399,8 @@ class Bench:
         scorer = scorer_process(config, self.workdir / f"{database}-capped.log")
         try:
             self._wait_ready(port, scorer)
-            capped = self._rescore_measure(conn, workload, port, scorer, rate, CAPPED_WHERE)
-            phases["capped"] = capped | {"cap": RESCORE_CAP, "where": CAPPED_WHERE}
+            at_cap = self._rescore_measure(conn, workload, port, scorer, rate, CAPPED_WHERE)
+            phases["capped"] = at_cap | {"cap": RESCORE_CAP, "where": CAPPED_WHERE}
         finally:
             scorer.stop()
             conn.close()
@@ -771,7 +774,7 @@ def main() -> None:
         "--phases",
         default="rate,flat,idle,big-update",
         help="with --baseline: comma-separated, of rate, flat, idle, big-update, "
-        "big-update-mysql, many, postgresql",
+        "big-update-mysql, rescore, many, postgresql",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --baseline")
     args = parser.parse_args()

@@ -141,6 +141,7 @@ class Accumulator:
         self._emitted_checkpoint = checkpoint
         self._last_emit = clock()
         self._in_transaction = False  # rows seen since the last commit
+        self._merged = False  # a chunk was merged since the last batch
 
     def at_commit(self) -> bool:
         """Rows wait and the last item was their transaction's commit: a batch cut now loses
@@ -191,6 +192,8 @@ class Accumulator:
                 return None
             self._in_transaction = False
             self._checkpoint = replace(self._checkpoint, position=item.position)
+            if self._merged:  # the chunk's rows and cursor go now (the snapshotter waits)
+                return self.flush(force_checkpoint=True)
             if self._full() or self._truncate or self._columns_changed:
                 return self.flush()
             if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
@@ -253,6 +256,10 @@ class Accumulator:
             removed = 0 if chunk.orphans is None else kept
             self._on_chunk(kept - removed, conflicts, removed)
         self._set_rescores(advance(rescores, chunk, kept))
+        self._merged = True
+        # The batch flushed at the watermark's commit carries the chunk's last rows and its
+        # cursor: that batch's sequence is the next one.
+        self._exchange.merged(self._sequence)
         return batches
 
     def _set_rescores(self, rescores: Rescores) -> None:
@@ -326,6 +333,7 @@ class Accumulator:
         )
         self._truncate = False
         self._columns_changed = False
+        self._merged = False
         self._sequence += 1
         self._pending = {}
         self._pending_bytes = 0

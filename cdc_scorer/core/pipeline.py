@@ -141,6 +141,7 @@ class PipelineRunner:
             await self._sink.write(scored)
             self._telemetry.on_sink_write(name, time.monotonic() - started)
             self.checkpoint = scored.checkpoint
+            self._exchange.committed(scored.sequence)
             self._telemetry.on_commit(name, scored)
             if self._on_committed is not None:
                 self._on_committed()

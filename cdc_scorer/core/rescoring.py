@@ -14,6 +14,7 @@ Everything here is plain data and synchronous except the waits of the snapshotte
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -259,6 +260,10 @@ class Chunk:
     orphans: tuple[tuple[Any, ...], ...] | None = None
 
 
+# Merged chunks not yet committed when the next is read (2 gave the stream nothing, measured).
+CHUNKS_AHEAD = 1
+
+
 class ChunkExchange:
     """Between one pipeline's snapshotter and its accumulator.
 
@@ -275,6 +280,12 @@ class ChunkExchange:
         self._taken = asyncio.Event()
         self._job: RescoreJob | None = None
         self._job_changed = asyncio.Event()
+        # The batches whose commits make the merged chunks durable (each checkpoint carries
+        # its chunk's cursor): a chunk is read only while fewer than CHUNKS_AHEAD merged ones
+        # wait for theirs, so a re-score keeps little of its rows ahead of the stream's.
+        self._durable_at: collections.deque[int] = collections.deque()
+        self._durable = asyncio.Event()
+        self._durable.set()
 
     # ---- accumulator side
     def job_changed(self, job: RescoreJob | None) -> None:
@@ -308,7 +319,36 @@ class ChunkExchange:
         self._taken.set()
         return chunk, touched
 
+    def merged(self, batch_sequence: int) -> None:
+        """The chunk just merged is durable once batch ``batch_sequence`` has committed."""
+        self._durable_at.append(batch_sequence)
+        if len(self._durable_at) >= CHUNKS_AHEAD:
+            self._durable.clear()
+
+    def committed(self, batch_sequence: int) -> None:
+        """Batch ``batch_sequence`` (and every one before it) has committed."""
+        waiting = self._durable_at
+        while waiting and waiting[0] <= batch_sequence:
+            waiting.popleft()
+        if len(waiting) < CHUNKS_AHEAD:
+            self._durable.set()
+
     # ---- snapshotter side
+    async def durable(self) -> None:
+        """Until fewer than CHUNKS_AHEAD merged chunks wait for their commit (or the job
+        changed)."""
+        while not self._durable.is_set():
+            self._job_changed.clear()
+            waiting = asyncio.ensure_future(self._durable.wait())
+            changed = asyncio.ensure_future(self._job_changed.wait())
+            try:
+                await asyncio.wait((waiting, changed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                changed.cancel()
+            if changed.done() and not waiting.done():
+                return  # the job changed (cancelled, finished, another one): read on
+
     async def next_job(self, after: str | None) -> RescoreJob:
         """The running job, once there is one other than ``after`` (the last one worked on)."""
         while self._job is None or self._job.id == after:

@@ -264,6 +264,9 @@ class Snapshotter:
         was the last (of the job, or of its sweep). ``read`` None: a chunk of no rows that ends
         the job."""
 
+        # Little of the re-score ahead of the stream: the chunks before committed first.
+        await self._exchange.durable()
+
         async def attempt() -> Chunk:
             chunk_id = uuid.uuid4().hex
             self._exchange.expect(chunk_id)

@@ -3,6 +3,7 @@ watermark, where the job's cursor moves, and the jobs' bookkeeping."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime
 
@@ -22,6 +23,7 @@ from cdc_scorer.core.records import (
     TableTruncated,
 )
 from cdc_scorer.core.rescoring import (
+    CHUNKS_AHEAD,
     Chunk,
     ChunkExchange,
     cancel,
@@ -339,3 +341,32 @@ def test_a_sweep_chunk_deletes_its_orphans_except_keys_the_stream_wrote_in_the_w
     assert running is not None and running.swept and running.orphans_removed == 3
     restored = decode_rescores(encode_rescores(tail[-1].checkpoint.rescores)).running
     assert restored == running  # a restart resumes after the sweep
+
+
+def test_a_rescore_reads_ahead_only_while_few_merged_chunks_wait_for_their_commit() -> None:
+    """The snapshotter reads the next chunk only while fewer than CHUNKS_AHEAD merged chunks
+    wait for the commit of the batch that carries their cursor: a re-score keeps little of
+    its rows in front of the stream's."""
+
+    async def run() -> None:
+        exchange = ChunkExchange()
+        await asyncio.wait_for(exchange.durable(), 0.1)  # nothing merged: read
+        for sequence in range(CHUNKS_AHEAD):
+            exchange.merged(10 + sequence)
+        waiting = asyncio.create_task(exchange.durable())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        exchange.committed(9)  # an earlier batch: still waiting
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        exchange.committed(10)  # the first chunk's batch: one waits now, read on
+        await asyncio.wait_for(waiting, 0.5)
+        # A job that changed (cancelled, finished) does not keep the snapshotter waiting.
+        exchange.merged(12)
+        waiting = asyncio.create_task(exchange.durable())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        exchange.job_changed(None)
+        await asyncio.wait_for(waiting, 0.5)
+
+    asyncio.run(run())
