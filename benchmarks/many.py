@@ -146,7 +146,9 @@ def _connections(conn: Any, postgres: bool) -> int:
 
 def _slots(conn: Any) -> int:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_replication_slots")
+        cursor.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+        )
         (count,) = cursor.fetchone() or (0,)
     conn.commit()
     return int(count)
