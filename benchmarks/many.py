@@ -32,6 +32,7 @@ from benchmarks.harness import (
     scorer_process,
     wait_until,
 )
+from benchmarks.run import _ready
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, free_port
 
@@ -154,16 +155,6 @@ def _slots(conn: Any) -> int:
     return int(count)
 
 
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 def _freshness(
     conn: Any, tables: list[str], since: str, postgres: bool = False
 ) -> tuple[list[float], int]:
@@ -213,7 +204,7 @@ def measure(
     before = _connections(conn, postgres)
     scorer = scorer_process(config, workdir / f"{database}.log")
     try:
-        if not wait_until(lambda: scorer.alive() and _ready(port), 120):
+        if not wait_until(lambda: _ready(port, scorer), 120):
             raise RuntimeError(f"scorer not ready: {scorer.log_path.read_text()[-2000:]}")
         with conn.cursor() as cursor:
             cursor.execute("SELECT LOCALTIMESTAMP(6)" if postgres else "SELECT NOW(6)")

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from operator import itemgetter
 from typing import Any
 
 from cdc_scorer.core.errors import inputs_gone, table_gone
@@ -34,6 +33,7 @@ from cdc_scorer.core.records import (
     SourceItem,
     TableGone,
     TableTruncated,
+    row_picker,
 )
 from cdc_scorer.core.rescoring import (
     Chunk,
@@ -129,7 +129,7 @@ class Accumulator:
         self._clock = clock
         self._max_rows = pipeline.max_batch_rows
         # The model's inputs of a row, as a tuple (one C call; missing columns are None).
-        self._pick_inputs: Callable[[dict[str, Any]], tuple[Any, ...]] = _picker(self._inputs)
+        self._pick_inputs: Callable[[dict[str, Any]], tuple[Any, ...]] = row_picker(self._inputs)
         self._pending: dict[tuple[object, ...], RowChange] = {}
         self._pending_bytes = 0
         self._fixed_bytes = len(self._inputs) * (NUMBER_BYTES + 1)
@@ -406,20 +406,3 @@ class Batcher:
     async def _emit(self, batch: Batch | None) -> None:
         if batch is not None:
             await self._outbox.put(batch)
-
-
-def _picker(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """``tuple(row.get(c) for c in columns)``, through itemgetter when every column is there
-    (FULL row images: always)."""
-    if len(columns) == 1:
-        only = columns[0]
-        return lambda row: (row.get(only),)
-    get = itemgetter(*columns)
-
-    def pick(row: dict[str, Any]) -> tuple[Any, ...]:
-        try:
-            return get(row)  # type: ignore[no-any-return]
-        except KeyError:
-            return tuple(map(row.get, columns))
-
-    return pick

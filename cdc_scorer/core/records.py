@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from cdc_scorer.core.positions import Position, TxId
@@ -220,3 +222,21 @@ class ScoredBatch:
     rows_skipped: dict[str, int] = field(default_factory=dict)
     truncate: bool = False
     columns_changed: bool = False
+
+
+def row_picker(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """``tuple(values.get(c) for c in columns)``, through itemgetter when every column is there
+    (a full row image: always); made once by whoever picks from many rows."""
+    names = tuple(columns)
+    if len(names) == 1:
+        only = names[0]
+        return lambda values: (values.get(only),)
+    get = itemgetter(*names)
+
+    def pick(values: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            return get(values)  # type: ignore[no-any-return]
+        except KeyError:
+            return tuple(map(values.get, names))
+
+    return pick

@@ -10,14 +10,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from operator import itemgetter
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import MinLen
 
 from cdc_scorer.core.errors import PoisonError
 from cdc_scorer.core.models import Answer, ModelSpec, PredictionColumn
-from cdc_scorer.core.records import RowChange
+from cdc_scorer.core.records import RowChange, row_picker
 from cdc_scorer.core.spec import STRICT, Identifier
 
 OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
@@ -172,31 +171,13 @@ _FIELD_BY_TYPE: dict[type, Callable[[Any], str]] = {
 _PLAIN: frozenset[type] = frozenset({int, float, str, Decimal, date, time, timedelta})
 
 
-def row_picker(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """``tuple(values.get(c) for c in columns)``, through itemgetter when every column is there
-    (a full row image: always)."""
-    names = tuple(columns)
-    if len(names) == 1:
-        only = names[0]
-        return lambda values: (values.get(only),)
-    get = itemgetter(*names)
-
-    def pick(values: dict[str, Any]) -> tuple[Any, ...]:
-        try:
-            return get(values)  # type: ignore[no-any-return]
-        except KeyError:
-            return tuple(map(values.get, names))
-
-    return pick
-
-
 def csv_line(
     values: dict[str, Any],
     columns: Sequence[str],
     pick: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None,
 ) -> str:
     """One CSV record, quoted as the csv module quotes (QUOTE_MINIMAL). ``pick``: the
-    columns' values as a tuple (``row_picker(columns)``, made once by a caller that has many
+    columns' values as a tuple (``records.row_picker(columns)``, made once by a caller that has many
     rows)."""
     row = pick(values) if pick is not None else tuple(map(values.get, columns))
     if _PLAIN.issuperset(map(type, row)):

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_scorer.core.errors import PoisonError
-from cdc_scorer.services.sagemaker import csv_field, csv_line, row_picker
+from cdc_scorer.core.records import row_picker
+from cdc_scorer.services.sagemaker import csv_field, csv_line
 
 FIELD = st.text(alphabet=st.sampled_from('ab ,"\r\n1.-é'), max_size=6) | st.none()
 
