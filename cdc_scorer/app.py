@@ -93,7 +93,15 @@ class ScorerApp:
             # One client per AWS service, its connection pool sized for every call in flight.
             clients: dict[str, Any] = {}
             pool = sum(p.batching.max_in_flight for p in spec.pipelines)
-            for client_name in sorted({p.model.client_name for p in spec.pipelines}):
+            names = {p.model.client_name for p in spec.pipelines}
+            # A backfill's batch jobs: the service's control plane and S3.
+            names |= {
+                name
+                for p in spec.pipelines
+                if p.backfill.mode != "realtime"
+                for name in p.model.batch_clients
+            }
+            for client_name in sorted(names):
                 clients[client_name] = await stack.enter_async_context(
                     create_client_context(client_name, spec.aws, pool)
                 )
@@ -189,6 +197,9 @@ class ScorerApp:
             on_call=self.telemetry.model_call_observer(pipeline.service),
             budget=budget,
         )
+        batch = None
+        if pipeline.backfill.mode != "realtime":
+            batch = pipeline.model.batch(pipeline.name, pipeline.backfill, clients)
         runner = PipelineRunner(
             pipeline,
             table.key_columns,
@@ -198,7 +209,10 @@ class ScorerApp:
             self.telemetry,
             exchange=exchange,
             snapshotter=feed.rescorer(
-                pipeline, exchange, budget.stream_quiet if budget is not None else _never
+                pipeline,
+                exchange,
+                budget.stream_quiet if budget is not None else _never,
+                batch,
             ),
             on_committed=on_committed,
         )

@@ -359,6 +359,17 @@ def _cross_checks(config: ScorerSpec) -> list[str]:
                 f"pipelines.{index}.table: {pipeline.table!r} is one of the scorer's own tables "
                 "— score a source table"
             )
+        backfill = pipeline.backfill
+        problems += [
+            f"pipelines.{index}.backfill.{p}" for p in pipeline.model.batch_problems(backfill)
+        ]
+        if backfill.mode != "realtime" and not config.source.feed.batch_backfills:
+            problems.append(
+                f"pipelines.{index}.backfill.mode: {backfill.mode!r} needs the scorer's own "
+                f"re-score chunks; with [source.{config.source.feed.name}] the table is re-read "
+                "by the feed itself and its rows arrive as changes (real-time) — set mode = "
+                '"realtime"'
+            )
     return problems
 
 

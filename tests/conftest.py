@@ -20,6 +20,7 @@ from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServer, Model
 from cdc_scorer.local.kafka import BrokerTls, KafkaStack, KafkaUnavailable, ensure_kafka_jars
 from cdc_scorer.local.mysql_dist import MysqlDistribution, MysqlUnavailable, ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PostgresUnavailable, PrivatePostgreSQL
+from cdc_scorer.local.s3 import LocalS3
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 from cdc_scorer.local.sid_dist import ServerUnavailable
 from cdc_scorer.local.vector_servers import (
@@ -115,6 +116,13 @@ def server(request: pytest.FixtureRequest) -> DatabaseServer:
 def models_threaded() -> Iterator[BackgroundModelServer]:
     """Local endpoints in a thread, for blocking clients (boto3, subprocess daemons)."""
     with BackgroundModelServer(ModelServerConfig(endpoints=dict(TEST_ENDPOINTS))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3]:
+    """One S3 protocol server (moto's server mode) for the session's batch jobs."""
+    with LocalS3() as server:
         yield server
 
 

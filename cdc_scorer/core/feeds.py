@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TextIO
 
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.pipeline import ChunkReader
 from cdc_scorer.core.positions import Position
@@ -157,11 +158,17 @@ class Feed(Protocol):
         """The pipeline's writer: its batches and the position they cover, in one step."""
 
     def rescorer(
-        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+        self,
+        pipeline: PipelineSpec,
+        exchange: ChunkExchange,
+        stream_quiet: Callable[[], bool],
+        batch: BatchService | None = None,
     ) -> ChunkReader | None:
         """What reads the pipeline's re-score chunks (None: the feed re-reads the table
         itself, its rows arriving in the stream); ``stream_quiet``: whether the model's budget
-        saw no stream call within the minute (the chunks' pace, ``PipelineSpec.rescore_pace``).
+        saw no stream call within the minute (the chunks' pace, ``PipelineSpec.rescore_pace``);
+        ``batch``: the model's batch jobs, for re-scores its backfill section sends there (a
+        feed that re-reads the table itself cannot: config.py refuses the section for it).
         """
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:

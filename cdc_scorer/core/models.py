@@ -14,9 +14,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.records import Batch, RowChange, ScoredBatch
+
+if TYPE_CHECKING:
+    from cdc_scorer.core.spec import BackfillSpec
 
 ItemT = TypeVar("ItemT")
 
@@ -154,6 +158,25 @@ class ModelSpec(ABC):
         """What the pipeline may spend per minute, and what it spent (None: a service not
         metered; its throttling, retried, is the only limit)."""
         return None
+
+    # The aiobotocore clients a backfill's batch jobs use (none: the service has no batch
+    # mode), e.g. ("bedrock", "s3").
+    batch_clients: ClassVar[tuple[str, ...]] = ()
+
+    def batch_problems(self, backfill: BackfillSpec) -> list[str]:
+        """What is wrong with ``backfill`` for this service (config.py lists them)."""
+        if backfill.mode != "realtime" and not self.batch_clients:
+            return [
+                f"mode {backfill.mode!r}: {self.service} has no batch jobs cdc-scorer runs — "
+                'set mode = "realtime" (or remove the section)'
+            ]
+        return []
+
+    def batch(
+        self, pipeline: str, backfill: BackfillSpec, clients: Mapping[str, Any]
+    ) -> BatchService:
+        """The pipeline's batch jobs on ``clients`` (by the names of :attr:`batch_clients`)."""
+        raise NotImplementedError(f"{self.service} has no batch jobs")
 
 
 class MeteredCodec(ModelCodec[ItemT], Protocol):

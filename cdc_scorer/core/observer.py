@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from cdc_scorer.core.batch import BatchJob
 from cdc_scorer.core.errors import RetriableError
 from cdc_scorer.core.records import Rescores, ScoredBatch
 
@@ -72,6 +73,9 @@ class Observer(Protocol):
     def on_snapshot_rows(self, pipeline: str, rows: int) -> None: ...
 
     def on_chunk(self, pipeline: str, rows: int, conflicts: int, orphans: int = 0) -> None: ...
+
+    def on_batch_job(self, job: BatchJob) -> None:
+        """A backfill's batch job changed (submitted, ended, merged...)."""
 
     def on_retry(self, stage: str, exc: RetriableError) -> None: ...
 

@@ -18,7 +18,8 @@ CHECKPOINT_TABLE = "cdc_scorer_checkpoint"
 DEAD_LETTER_TABLE = "cdc_scorer_dead_letter"
 HEARTBEAT_TABLE = "cdc_scorer_heartbeat"
 SIGNAL_TABLE = "cdc_scorer_signal"
-OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE)
+BATCH_JOB_TABLE = "cdc_scorer_batch_job"  # a backfill's batch jobs (core/backfill.py)
+OWN_TABLES = (CHECKPOINT_TABLE, DEAD_LETTER_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE, BATCH_JOB_TABLE)
 # A predictions table's columns besides the key and the model's: who answered, from which
 # transaction, when (``key_hash`` and ``scored_at`` are the store's own too).
 PREDICTION_METADATA = (

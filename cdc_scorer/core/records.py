@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
@@ -30,6 +30,17 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class BatchAnswer:
+    """What a batch job (a backfill, ``core/backfill.py``) answered for a row, checked to be
+    for the row's current inputs: its prediction columns, or the service's reason it has none
+    (the row is a dead letter)."""
+
+    columns: Mapping[str, Any] | None
+    reason: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class RowChange:
     """One changed (or snapshotted) row of a source table.
 
@@ -53,6 +64,8 @@ class RowChange:
     unchanged: frozenset[str] = frozenset()
     # Why, as the source explains it (with the fix), when either of the two above is set.
     gap: Gap | None = None
+    # A re-score chunk's row whose prediction a batch job made already: no model call.
+    answered: BatchAnswer | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from cdc_scorer.core.backfill import Backfill
 from cdc_scorer.core.errors import CdcScorerError, FatalError, RetriableError, inputs_gone
 from cdc_scorer.core.own_tables import WINDOW_CLOSE, WINDOW_OPEN, watermark_id
 from cdc_scorer.core.records import Checkpoint, Op, RescoreJob, RowChange, TableInfo
@@ -136,8 +137,10 @@ class Snapshotter:
         on_chunk_read: Callable[[int], None] | None = None,
         on_retry: Callable[[str, RetriableError], None] | None = None,
         stream_quiet: Callable[[], bool] = lambda: False,
+        backfill: Backfill | None = None,
     ) -> None:
         self._stream_quiet = stream_quiet  # the model's budget says so (rescore_pace)
+        self._backfill = backfill  # re-scores as batch jobs when it takes them
         self._store = store
         self._pipeline = pipeline
         self._table = table
@@ -188,10 +191,14 @@ class Snapshotter:
                 return
         if types is None:
             types = await self._retrying(self._input_types)
+        rows = total or 0  # the job's rows, as counted at its start
         if job.sweep and not job.swept:
             if not await self._sweep(job, total):
                 return
             total = None  # carried by the sweep's first chunk
+        if self._backfill is not None and self._backfill.takes(rows):
+            await self._batch_jobs(job, total, types)
+            return
         cursor = job.cursor
         while True:
             await self._pace()
@@ -204,6 +211,37 @@ class Snapshotter:
                 return
             if self._cancelled(job):
                 return
+
+    async def _batch_jobs(
+        self, job: RescoreJob, total: int | None, types: InputTypes | None
+    ) -> None:
+        """The job's rows as batch jobs (``backfill.py``), merged through this snapshotter's
+        chunks between watermarks."""
+        assert self._backfill is not None
+        first = [total]
+
+        async def merge(read: ChunkRead) -> tuple[tuple[Any, ...] | None, bool]:
+            rows_total, first[0] = first[0], None  # carried by the first chunk
+            return await self._chunk(job, read, rows_total=rows_total, types=types)
+
+        def cancelled() -> bool:
+            current = self._exchange.current_job()
+            return current is None or current.id != job.id
+
+        try:
+            done = await self._backfill.run(job, merge, self._retrying, cancelled)
+        except FatalError as exc:
+            # The service refused a job for a setting (the role, the bucket, a quota): this
+            # re-score ends with the fix in its error (`status` shows it); the stream goes on.
+            log.error(
+                "re-score by batch jobs refused", pipeline=self._pipeline.name, error=str(exc)
+            )
+            await self._chunk(job, None, rows_total=0, types=None, error=str(exc))
+            return
+        if done:
+            log.info("re-score done", pipeline=self._pipeline.name, reason=job.reason)
+        else:
+            log.info("re-score cancelled", pipeline=self._pipeline.name, reason=job.reason)
 
     async def _sweep(self, job: RescoreJob, total: int | None) -> bool:
         """Remove the predictions whose source row is gone, a chunk of the predictions table

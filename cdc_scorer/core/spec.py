@@ -95,6 +95,12 @@ class FeedSpec:
         return 2.0
 
     @property
+    def batch_backfills(self) -> bool:
+        """Whether the feed's re-scores can run as batch jobs (its re-scorer reads the table's
+        chunks itself)."""
+        return True
+
+    @property
     def rescores_lost_position(self) -> bool:
         """Whether a stored position the database can no longer serve is re-scored from now
         (else the start stops with the fix)."""
@@ -174,6 +180,54 @@ class RescoreSpec:
     max_rows_per_s: Positive | None = None
 
 
+def is_s3_uri(text: str) -> bool:
+    return re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", text) is not None
+
+
+def is_role_arn(text: str) -> bool:
+    return re.fullmatch(r"arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+", text) is not None
+
+
+@dataclass(frozen=True)
+class BackfillSpec:
+    """``[pipelines.<name>.backfill]``: how re-scores of the whole table reach the model —
+    through the real-time endpoint like the stream's rows, or as batch jobs at batch prices
+    (Bedrock batch inference, SageMaker Batch Transform; ``core/backfill.py``)."""
+
+    __pydantic_config__ = STRICT
+
+    # realtime: every re-score through the endpoint; batch: as batch jobs; auto: batch jobs
+    # when the re-score covers at least min_rows rows
+    mode: Literal["realtime", "batch", "auto"] = "realtime"
+    min_rows: Annotated[int, Ge(1)] = 10_000  # auto: the smallest re-score sent as batch jobs
+    # Where the jobs' inputs and outputs go: s3://bucket/prefix/ (the scorer writes and reads
+    # it; the job's role too)
+    s3_uri: Annotated[str, Predicate(is_s3_uri)] | None = None
+    # The IAM role the service assumes to read and write s3_uri (docs: "Backfills")
+    role_arn: Annotated[str, Predicate(is_role_arn)] | None = None
+    # Records per job (within the service's quotas: Bedrock 100 to 50,000)
+    records_per_job: Annotated[int, Ge(1), Le(1_000_000)] = 10_000
+    max_jobs_in_flight: Annotated[int, Ge(1), Le(20)] = 2  # jobs submitted and not yet merged
+    timeout_hours: Annotated[int, Ge(24), Le(168)] = 24  # a job not done by then expires
+    poll_s: Positive = 30.0  # how often a running job's state is read
+    # SageMaker Batch Transform: the instances of each job
+    instance_type: str = "ml.m5.large"
+    instance_count: Annotated[int, Ge(1), Le(100)] = 1
+
+    def __post_init__(self) -> None:
+        if self.mode != "realtime":
+            missing = [k for k in ("s3_uri", "role_arn") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"mode {self.mode!r} submits batch jobs: set {' and '.join(missing)} "
+                    '(s3_uri = "s3://bucket/prefix/", role_arn = the job\'s IAM role)'
+                )
+
+    def takes(self, rows: int) -> bool:
+        """Whether a re-score of ``rows`` rows goes as batch jobs."""
+        return self.mode == "batch" or (self.mode == "auto" and rows >= self.min_rows)
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     # The model section is validated by config.py with its service's own class (the registry
@@ -198,6 +252,7 @@ class PipelineSpec:
     # Re-score every row when an ALTER TABLE changes the type of a model input.
     rescore_on_alter: bool = True
     rescore: RescoreSpec = RescoreSpec()
+    backfill: BackfillSpec = BackfillSpec()
     batching: BatchingSpec = BatchingSpec()
 
     def __post_init__(self) -> None:
@@ -259,6 +314,9 @@ class AwsSpec:
     region: str | None = None  # None: the SDK's (AWS_REGION & co.)
     endpoint_url: str | None = None  # None: the SDK's standard resolution (AWS_ENDPOINT_URL...)
     call_timeout_s: Positive = 30.0  # the read timeout of one model call
+    # S3's endpoint when not the SDK's (None: the standard one, or AWS_ENDPOINT_URL_S3); the
+    # local S3 of `serve-models` for example. endpoint_url does not apply to S3.
+    s3_endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,10 +63,14 @@ class ChunkStore(Protocol):
     """What a pipeline's snapshots and re-scores read and write (blocking; one connection)."""
 
     def select(
-        self, where: str | None, after: tuple[Any, ...] | None, rows: int
+        self,
+        where: str | None,
+        after: tuple[Any, ...] | None,
+        rows: int,
+        through: tuple[Any, ...] | None = None,
     ) -> list[dict[str, Any]]:
-        """Up to ``rows`` rows in key order after the key ``after``, matching ``where``;
-        no snapshot is held afterwards."""
+        """Up to ``rows`` rows in key order after the key ``after`` (and up to ``through``,
+        with it), matching ``where``; no snapshot is held afterwards."""
 
     def orphans(
         self, after: tuple[Any, ...] | None, rows: int
@@ -87,6 +91,14 @@ class ChunkStore(Protocol):
 
     def forget(self, signal_ids: list[str]) -> None:
         """Delete signal rows the stream has read."""
+
+    def batch_jobs(self, pipeline: str) -> list[str]:
+        """The pipeline's rows of the batch job table (their data, as saved)."""
+
+    def save_batch_job(
+        self, pipeline: str, name: str, rescore_id: str, sequence: int, state: str, data: str
+    ) -> None:
+        """Insert or update a batch job's row, committed."""
 
     def reset(self) -> None:
         """Drop the connection (after a retriable error)."""

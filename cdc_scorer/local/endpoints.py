@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from cdc_scorer.local import embeddings
+from cdc_scorer.local.batch_jobs import BedrockBatch
 from cdc_scorer.local.churn_model import ChurnModel, RecordError
 from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel, output_tokens
 from cdc_scorer.local.sentiment import COMPREHEND_LANGUAGES, SUPPORTED_LANGUAGES, SentimentModel
@@ -91,6 +92,11 @@ class Faults:
     # Bedrock Converse: an answer whose tool input breaks the tool's schema (a value outside
     # its enum), as a real model's sometimes does.
     invalid_answer_rate: float = 0.0
+    # Bedrock batch inference (``batch_jobs.py``): a record answered with an internal error, a
+    # job failing halfway, and the seconds each state of a job lasts (a slow job: more).
+    batch_record_error_rate: float = 0.0
+    batch_job_failure_rate: float = 0.0
+    batch_step_s: float = 0.5
 
     def merged(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises ValueError naming each bad key."""
@@ -136,6 +142,8 @@ class ModelServerConfig:
         default_factory=lambda: {service: Faults() for service in SERVICES}
     )
     seed: int = 0
+    # The S3 the batch services read and write (None: no batch jobs; serve-models starts one).
+    s3_url: str | None = None
 
     def __post_init__(self) -> None:
         for name, form in self.endpoints.items():
@@ -154,6 +162,7 @@ class ModelServer:
         self._sagemaker = _SageMakerRuntime(self)
         self._comprehend = _Comprehend(self)
         self._bedrock = _BedrockRuntime(self)
+        self.bedrock_batch = BedrockBatch(self, self.config.s3_url)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
         # When each model request arrived (monotonic), by service: what a quota counts.
         self.call_times: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
@@ -177,6 +186,7 @@ class ModelServer:
         app.router.add_post("/", self._comprehend.handle)
         app.router.add_post("/model/{model_id}/invoke", self._bedrock.invoke_model)
         app.router.add_post("/model/{model_id}/converse", self._bedrock.converse)
+        self.bedrock_batch.routes(app)
         app.router.add_get("/_local/faults", self._get_faults)
         app.router.add_post("/_local/faults", self._post_faults)
         app.router.add_get("/_local/stats", self._get_stats)
@@ -202,7 +212,12 @@ class ModelServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def bedrock_runtime(self) -> _BedrockRuntime:
+        return self._bedrock
+
     async def stop(self) -> None:
+        await self.bedrock_batch.close()
         if self._up_again is not None:
             self._up_again.cancel()
         if self._runner is not None:
@@ -265,6 +280,7 @@ class ModelServer:
             "total_calls": sum(s.calls for s in self._stats.values()),
             "total_rows": sum(s.rows for s in self._stats.values()),
             "peak_concurrent": dict(self._peak_serving),
+            "bedrock_batch": self.bedrock_batch.stats(),
         }
 
     def reset_stats(self) -> None:
@@ -304,7 +320,7 @@ class ModelServer:
             # Listening is already stopped; a kept-alive connection must fail as well.
             request.transport.abort()
             raise web.HTTPServiceUnavailable()
-        if request.path.startswith("/_local/"):
+        if request.path.startswith(("/_local/", "/model-invocation-job")):
             control: web.StreamResponse = await handler(request)
             return control
         service = (
@@ -469,36 +485,45 @@ class _BedrockRuntime:
         model_id = request.match_info["model_id"]
         try:
             _require_sigv4(request)
-            base = model_id.split(".", 1)[1] if model_id.split(".")[0] in _PROFILES else model_id
-            if base in EMBEDDING_MODELS:
-                raise _AwsError(
-                    400, "ValidationException", "This model doesn't support the Converse API."
-                )
-            if base not in CONVERSE_MODELS:
-                raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
             try:
                 params = json.loads(await request.read())
             except ValueError:
                 raise _AwsError(400, "ValidationException", "Malformed input request") from None
-            prompt, system, schema, tool, max_tokens = self._conversation(params)
-            input_tokens = embeddings.token_count(prompt + " " + system)
-            if input_tokens > CONTEXT_TOKENS:
-                raise _AwsError(
-                    400,
-                    "ValidationException",
-                    f"Input is too long for requested model: {input_tokens} tokens, the "
-                    f"local stand-in takes {CONTEXT_TOKENS}",
-                )
-            injected = await self._server.inject(BEDROCK, 1)
-            if injected is not None:
-                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
-            answer = await asyncio.to_thread(self._converse.tool_input, prompt, schema)
-            if self._server.rng.random() < self._server.faults(BEDROCK).invalid_answer_rate:
-                answer = _break(answer, schema)
+            body = await self.converse_answer(model_id, params)
         except _AwsError as exc:
             self._server.record("Converse", model_id, 0, exc.code)
             return _bedrock_error(exc)
         self._server.record("Converse", model_id, 1, None)
+        return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+    async def converse_answer(
+        self, model_id: str, params: Any, *, faults: bool = True
+    ) -> dict[str, Any]:
+        """Converse's answer to ``params`` (the request body), or the ``_AwsError`` Bedrock
+        gives; ``faults``: the runtime's injected faults apply (a batch job has its own)."""
+        base = model_id.split(".", 1)[1] if model_id.split(".")[0] in _PROFILES else model_id
+        if base in EMBEDDING_MODELS:
+            raise _AwsError(
+                400, "ValidationException", "This model doesn't support the Converse API."
+            )
+        if base not in CONVERSE_MODELS:
+            raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
+        prompt, system, schema, tool, max_tokens = self._conversation(params)
+        input_tokens = embeddings.token_count(prompt + " " + system)
+        if input_tokens > CONTEXT_TOKENS:
+            raise _AwsError(
+                400,
+                "ValidationException",
+                f"Input is too long for requested model: {input_tokens} tokens, the "
+                f"local stand-in takes {CONTEXT_TOKENS}",
+            )
+        if faults:
+            injected = await self._server.inject(BEDROCK, 1)
+            if injected is not None:
+                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
+        answer = await asyncio.to_thread(self._converse.tool_input, prompt, schema)
+        if faults and self._server.rng.random() < self._server.faults(BEDROCK).invalid_answer_rate:
+            answer = _break(answer, schema)
         produced = output_tokens(answer)
         if produced > max_tokens:
             content: list[dict[str, Any]] = [{"text": json.dumps(answer)[: max_tokens * 3]}]
@@ -507,7 +532,7 @@ class _BedrockRuntime:
             use_id = f"tooluse_{self._server.rng.getrandbits(64):016x}"
             content = [{"toolUse": {"toolUseId": use_id, "name": tool, "input": answer}}]
             stop = "tool_use"
-        body = {
+        return {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop,
             "usage": {
@@ -517,7 +542,6 @@ class _BedrockRuntime:
             },
             "metrics": {"latencyMs": 1},
         }
-        return web.Response(body=json.dumps(body).encode(), content_type="application/json")
 
     @staticmethod
     def _conversation(params: Any) -> tuple[str, str, dict[str, Any], str, int]:
@@ -558,24 +582,41 @@ class _BedrockRuntime:
         model_id = request.match_info["model_id"]
         try:
             _require_sigv4(request)
-            shape = EMBEDDING_MODELS.get(model_id)
-            if shape is None:
-                raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
             try:
                 params = json.loads(await request.read())
             except ValueError:
                 raise _AwsError(400, "ValidationException", "Malformed input request") from None
-            if not isinstance(params, dict):
-                raise _AwsError(400, "ValidationException", "Malformed input request")
-            texts, dimensions, normalize = self._texts(shape, params)
-            injected = await self._server.inject(BEDROCK, len(texts))
-            if injected is not None:
-                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
-            vectors = await asyncio.to_thread(embeddings.embed, texts, dimensions, normalize)
+            answer, texts, tokens = await self.embedding_answer(model_id, params)
         except _AwsError as exc:
             self._server.record("InvokeModel", model_id, 0, exc.code)
             return _bedrock_error(exc)
-        self._server.record("InvokeModel", model_id, len(texts), None)
+        self._server.record("InvokeModel", model_id, texts, None)
+        return web.Response(
+            body=json.dumps(answer).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "X-Amzn-Bedrock-Input-Token-Count": str(tokens),
+                "X-Amzn-Bedrock-Output-Token-Count": "0",
+            },
+        )
+
+    async def embedding_answer(
+        self, model_id: str, params: Any, *, faults: bool = True
+    ) -> tuple[dict[str, Any], int, int]:
+        """InvokeModel's answer to ``params`` (the body) of an embedding model, the texts it
+        embedded and its input tokens; or the ``_AwsError`` Bedrock gives. ``faults``: the
+        runtime's injected faults apply (a batch job has its own)."""
+        shape = EMBEDDING_MODELS.get(model_id)
+        if shape is None:
+            raise _AwsError(404, "ResourceNotFoundException", "Model not found.")
+        if not isinstance(params, dict):
+            raise _AwsError(400, "ValidationException", "Malformed input request")
+        texts, dimensions, normalize = self._texts(shape, params)
+        if faults:
+            injected = await self._server.inject(BEDROCK, len(texts))
+            if injected is not None:
+                raise _AwsError(_BEDROCK_STATUS[injected], injected, f"injected fault: {injected}")
+        vectors = await asyncio.to_thread(embeddings.embed, texts, dimensions, normalize)
         tokens = sum(embeddings.token_count(t) for t in texts)
         if shape == "cohere":
             answer: dict[str, Any] = {
@@ -588,14 +629,7 @@ class _BedrockRuntime:
             answer = {"embedding": vectors[0], "inputTextTokenCount": tokens}
             if shape == "titan-v2":
                 answer["embeddingsByType"] = {"float": vectors[0]}
-        return web.Response(
-            body=json.dumps(answer).encode(),
-            headers={
-                "Content-Type": "application/json",
-                "X-Amzn-Bedrock-Input-Token-Count": str(tokens),
-                "X-Amzn-Bedrock-Output-Token-Count": "0",
-            },
-        )
+        return answer, len(texts), tokens
 
     @staticmethod
     def _texts(shape: str, params: dict[str, Any]) -> tuple[list[str], int, bool]:

@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cdc_scorer import __version__
+from cdc_scorer.core.batch import DONE, ENDED, MERGED, SUBMITTED, BatchJob
 from cdc_scorer.core.errors import CdcScorerError, PoisonError, RetriableError
 from cdc_scorer.core.observer import PipelineState, SourceState
 from cdc_scorer.core.records import ScoredBatch
@@ -159,6 +160,18 @@ class _Instruments:
         self.leader_changes = PromCounter(
             "cdc_scorer_leader_acquisitions", "Times this process became the leader", registry=r
         )
+        self.backfill_records = PromCounter(
+            "cdc_scorer_backfill_records",
+            "Records of backfill batch jobs: submitted, completed, failed (by the service), and "
+            "as merged: answered (written with the job's prediction), superseded (the stream "
+            "changed the row since: its prediction stands), realtime (sent through the "
+            "endpoint), dead_letter",
+            ["pipeline", "outcome"],
+            registry=r,
+        )
+
+
+KEEP_BATCH_JOBS = 500
 
 
 class Telemetry:
@@ -178,6 +191,9 @@ class Telemetry:
         self.rescore_rows: Counter[str] = Counter()
         self.rescore_conflicts: Counter[str] = Counter()
         self.rescore_orphans: Counter[str] = Counter()
+        # Each backfill job as last reported, by (pipeline, name); and its records by outcome.
+        self.batch_jobs: dict[tuple[str, str], BatchJob] = {}
+        self.backfill_records: Counter[tuple[str, str]] = Counter()
         self.disconnects = 0
         self.source = SourceState()
         self.pipelines: dict[str, PipelineState] = {}
@@ -199,6 +215,30 @@ class Telemetry:
         self.rescore_orphans[pipeline] += orphans
         self._m.rescore_rows.labels(pipeline).inc(rows)
         self._m.rescore_conflicts.labels(pipeline).inc(conflicts)
+
+    def on_batch_job(self, job: BatchJob) -> None:
+        key = (job.pipeline, job.name)
+        before = self.batch_jobs.pop(key, None)
+        self.batch_jobs[key] = job
+        was = before.state if before is not None else None
+        counts: dict[str, int] = {}
+        if job.state == SUBMITTED and was != SUBMITTED:
+            counts["submitted"] = job.records
+        if job.state in (DONE, ENDED) and was not in (DONE, ENDED):
+            counts["completed"] = job.processed - job.failed
+            counts["failed"] = job.records - job.processed + job.failed
+        if job.state == MERGED and was != MERGED:
+            counts |= {
+                "answered": job.answered,
+                "superseded": job.superseded,
+                "realtime": job.realtime,
+                "dead_letter": job.dead,
+            }
+        for outcome, records in counts.items():
+            self.backfill_records[(job.pipeline, outcome)] += records
+            self._m.backfill_records.labels(job.pipeline, outcome).inc(records)
+        while len(self.batch_jobs) > KEEP_BATCH_JOBS:  # the oldest reported first
+            self.batch_jobs.pop(next(iter(self.batch_jobs)))
 
     def on_retry(self, stage: str, exc: RetriableError) -> None:
         self.retries[stage] += 1
@@ -396,7 +436,17 @@ class _StateCollector(Collector):
             stopped.add_metric([name], 0.0 if state.stopped is None else 1.0)
             for s in SNAPSHOT_STATES:
                 snapshot.add_metric([name, s], 1.0 if state.snapshot_state == s else 0.0)
-        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued, orphans)
+        jobs = GaugeMetricFamily(
+            "cdc_scorer_backfill_jobs",
+            "Backfill batch jobs of this process by state (prepared, submitted, done, ended, "
+            "merged, realtime, abandoned), the last few hundred",
+            None,
+            ["pipeline", "state"],
+        )
+        by_state = Counter((j.pipeline, j.state) for j in t.batch_jobs.values())
+        for (pipeline, job_state), count in sorted(by_state.items()):
+            jobs.add_metric([pipeline, job_state], float(count))
+        yield from (depth, in_flight, age, stopped, snapshot, remaining, queued, orphans, jobs)
         yield from _spending(t.pipelines)
 
 

@@ -52,17 +52,21 @@ POISON_CODES = {
 
 def create_client_context(service: str, aws: AwsSpec, pool_size: int) -> Any:
     """An async context manager of an aiobotocore client; retries are ours, not botocore's."""
+    s3 = service == "s3"
     config = AioConfig(
         retries={"total_max_attempts": 1},
         max_pool_connections=max(10, pool_size),
         read_timeout=aws.call_timeout_s,
         connect_timeout=min(10.0, aws.call_timeout_s),
+        # An S3 of its own address (a local one): buckets in the path, not in the host name.
+        s3={"addressing_style": "path"} if s3 and aws.s3_endpoint_url else None,
     )
     kwargs: dict[str, Any] = {"config": config}
     if aws.region:
         kwargs["region_name"] = aws.region
-    if aws.endpoint_url:
-        kwargs["endpoint_url"] = aws.endpoint_url
+    endpoint = aws.s3_endpoint_url if s3 else aws.endpoint_url
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
     try:
         return get_session().create_client(service, **kwargs)
     except NoRegionError as exc:

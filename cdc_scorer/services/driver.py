@@ -21,6 +21,7 @@ from cdc_scorer.core.models import (
 )
 from cdc_scorer.core.records import (
     Batch,
+    BatchAnswer,
     DeadLetter,
     Gap,
     Op,
@@ -94,12 +95,27 @@ class ModelDriver(Generic[ItemT]):
     async def score(self, batch: Batch) -> ScoredBatch:
         dead: list[DeadLetter] = []
         items: list[Item[ItemT]] = []
+        given: list[Prediction] = []
         for change in batch.upserts:
+            if change.answered is not None:  # by a batch job, for these very inputs
+                self._answered(change, change.answered, given, dead)
+                continue
             try:
                 require_complete(change, self._inputs)
                 items.append((change, self._codec.prepare(change)))
             except PoisonError as exc:
                 dead.append(self._dead(change, exc.reason, str(exc)))
+        if not items:
+            return ScoredBatch(
+                sequence=batch.sequence,
+                upserts=tuple(given),
+                deletes=tuple(c.key for c in batch.deletes),
+                dead_letters=tuple(dead),
+                checkpoint=batch.checkpoint,
+                rows_skipped=batch.rows_skipped,
+                truncate=batch.truncate,
+                columns_changed=batch.columns_changed,
+            )
         # A batch's requests go together (Titan and Converse take one row a call): the
         # in-flight limit holds them; their rows keep the batch's order.
         requests = list(self._codec.requests(items))
@@ -116,7 +132,7 @@ class ModelDriver(Generic[ItemT]):
             except BaseExceptionGroup as failed:  # the first failure, as one call raises it
                 raise failed.exceptions[0] from None
             calls = sum(t.result() for t in tasks)
-        predictions = [p for out, _ in outputs for p in out]
+        predictions = [*given, *(p for out, _ in outputs for p in out)]
         for _, letters in outputs:
             dead.extend(letters)
         return ScoredBatch(
@@ -232,6 +248,26 @@ class ModelDriver(Generic[ItemT]):
                 reason="bad_response",
             )
         return answer
+
+    def _answered(
+        self,
+        change: RowChange,
+        answer: BatchAnswer,
+        predictions: list[Prediction],
+        dead: list[DeadLetter],
+    ) -> None:
+        if answer.columns is None:
+            dead.append(self._dead(change, answer.reason, answer.error))
+            return
+        predictions.append(
+            Prediction(
+                key=change.key,
+                columns=dict(answer.columns),
+                variant=None,
+                source_position=str(change.tx) if change.tx else None,
+                source_committed_at=change.committed_at,
+            )
+        )
 
     def _dead(self, change: RowChange, reason: str, error: str) -> DeadLetter:
         return DeadLetter(

@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from cdc_scorer.core.backfill import Backfill
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.checkpoints import prepare_checkpoints, stream_start
 from cdc_scorer.core.errors import CdcScorerError
 from cdc_scorer.core.leadership import lead
@@ -120,11 +122,19 @@ class LogFeed:
         return self._sinks[pipeline.name]
 
     def rescorer(
-        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+        self,
+        pipeline: PipelineSpec,
+        exchange: ChunkExchange,
+        stream_quiet: Callable[[], bool],
+        batch: BatchService | None = None,
     ) -> ChunkReader | None:
         name, table = pipeline.name, self._tables[pipeline.table]
+        chunks = self._store.chunks(pipeline, table)
+        backfill = None
+        if batch is not None:
+            backfill = Backfill(batch, pipeline, table, chunks, on_job=self._telemetry.on_batch_job)
         return Snapshotter(
-            self._store.chunks(pipeline, table),
+            chunks,
             pipeline,
             table,
             exchange,
@@ -132,6 +142,7 @@ class LogFeed:
             on_chunk_read=lambda rows: self._telemetry.on_snapshot_rows(name, rows),
             on_retry=self._telemetry.on_retry,
             stream_quiet=stream_quiet,
+            backfill=backfill,
         )
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:

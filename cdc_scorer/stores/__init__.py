@@ -77,14 +77,24 @@ def table_info(
     return None if wrong else TableInfo(pipeline.table, column_types, tuple(key))
 
 
-def chunk_query(table: str, key: Sequence[str], where: str | None, after: bool, rows: int) -> str:
+def chunk_query(
+    table: str,
+    key: Sequence[str],
+    where: str | None,
+    after: bool,
+    rows: int,
+    through: bool = False,
+) -> str:
     """A snapshot chunk: up to ``rows`` rows of ``table`` in key order, after the key given as
-    parameters when ``after``, matching ``where`` (identifiers quoted by the dialect)."""
-    if where and after:
+    parameters when ``after``, up to and with the key given next when ``through``, matching
+    ``where`` (identifiers quoted by the dialect)."""
+    if where and (after or through):
         where = where.replace("%", "%%")  # the statement has parameters: % is theirs
     columns = ", ".join(key)
-    following = f"({columns}) > ({', '.join(['%s'] * len(key))})" if after else None
-    conditions = [c for c in (following, where) if c]
+    marks = ", ".join(["%s"] * len(key))
+    following = f"({columns}) > ({marks})" if after else None
+    before = f"({columns}) <= ({marks})" if through else None
+    conditions = [c for c in (following, before, where) if c]
     condition = " WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
     return f"SELECT * FROM {table}{condition} ORDER BY {columns} LIMIT {int(rows)}"
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen, Predicate
 
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.models import ModelCodec, ModelSpec, PredictionColumn
-from cdc_scorer.core.spec import STRICT, Identifier
+from cdc_scorer.core.spec import STRICT, BackfillSpec, Identifier
 from cdc_scorer.services.bedrock import answer_schema
 from cdc_scorer.services.bedrock.templates import template_columns
 from cdc_scorer.services.budget import CallBudget
@@ -198,6 +200,27 @@ class BedrockSpec(ModelSpec):
         # call by call, and the stream's rows queue behind its batches (measured: freshness
         # p50 35 s beside a re-score at its full share, docs/bedrock-benchmarks.md).
         return 0.8 * self.rescore_share * calls_per_s * rows_per_call
+
+    batch_clients: ClassVar[tuple[str, ...]] = ("bedrock", "s3")
+
+    def batch_problems(self, backfill: BackfillSpec) -> list[str]:
+        if backfill.mode == "realtime":
+            return []
+        from cdc_scorer.services.bedrock.batch import MAX_RECORDS, MIN_RECORDS
+
+        if not MIN_RECORDS <= backfill.records_per_job <= MAX_RECORDS:
+            return [
+                f"records_per_job: Bedrock batch inference takes {MIN_RECORDS} to "
+                f"{MAX_RECORDS:,} records a job (its quotas) — set one in that range"
+            ]
+        return []
+
+    def batch(
+        self, pipeline: str, backfill: BackfillSpec, clients: Mapping[str, Any]
+    ) -> BatchService:
+        from cdc_scorer.services.bedrock.batch import BedrockBatchJobs
+
+        return BedrockBatchJobs(self, pipeline, backfill, clients["bedrock"], clients["s3"])
 
     def budget(self) -> CallBudget:
         # Always one, if only to count the tokens: without limits it never waits.

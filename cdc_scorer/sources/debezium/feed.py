@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.observer import Observer
 from cdc_scorer.core.pipeline import ChunkReader
@@ -100,7 +101,11 @@ class DebeziumFeed:
         return self._sink
 
     def rescorer(
-        self, pipeline: PipelineSpec, exchange: ChunkExchange, stream_quiet: Callable[[], bool]
+        self,
+        pipeline: PipelineSpec,
+        exchange: ChunkExchange,
+        stream_quiet: Callable[[], bool],
+        batch: BatchService | None = None,
     ) -> ChunkReader | None:
         return None  # Debezium re-reads the table: its rows arrive in the topic
 

@@ -67,6 +67,10 @@ class DebeziumSpec(FeedSpec):
     # More librdkafka consumer settings, passed as they are (fetch.min.bytes, …).
     consumer: dict[str, str | int | float | bool] = field(default_factory=dict)
 
+    @property
+    def batch_backfills(self) -> bool:
+        return False  # Debezium's incremental snapshot re-reads the table into the topics
+
     def __post_init__(self) -> None:
         problems = []
         servers = [s.strip() for s in self.bootstrap_servers.split(",")]

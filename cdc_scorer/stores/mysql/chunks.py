@@ -8,6 +8,7 @@ from typing import Any
 
 import pymysql
 
+from cdc_scorer.core.own_tables import BATCH_JOB_TABLE
 from cdc_scorer.core.records import TableInfo
 from cdc_scorer.core.spec import PipelineSpec, SourceSpec
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
@@ -31,15 +32,21 @@ class MysqlChunks:
         return self._conn
 
     def select(
-        self, where: str | None, after: tuple[Any, ...] | None, rows: int
+        self,
+        where: str | None,
+        after: tuple[Any, ...] | None,
+        rows: int,
+        through: tuple[Any, ...] | None = None,
     ) -> list[dict[str, Any]]:
-        sql = chunk_query(quote(self._table), self._key, where, after is not None, rows)
+        sql = chunk_query(
+            quote(self._table), self._key, where, after is not None, rows, through is not None
+        )
         conn = self._connection()
         with (
             mysql_errors(f"reading a chunk of {self._table}"),
             conn.cursor(pymysql.cursors.DictCursor) as dict_cursor,
         ):
-            dict_cursor.execute(sql, after)
+            dict_cursor.execute(sql, (*(after or ()), *(through or ())) or None)
             found = list(dict_cursor.fetchall())
         conn.commit()  # ends the read: no snapshot is held between chunks
         return found
@@ -78,6 +85,27 @@ class MysqlChunks:
 
     def forget(self, signal_ids: list[str]) -> None:
         forget_signals(self._connection(), signal_ids)
+
+    def batch_jobs(self, pipeline: str) -> list[str]:
+        conn = self._connection()
+        with mysql_errors(f"reading {BATCH_JOB_TABLE}"), conn.cursor() as cursor:
+            cursor.execute(f"SELECT data FROM {BATCH_JOB_TABLE} WHERE pipeline = %s", (pipeline,))
+            found = [str(row[0]) for row in cursor.fetchall()]
+        conn.commit()
+        return found
+
+    def save_batch_job(
+        self, pipeline: str, name: str, rescore_id: str, sequence: int, state: str, data: str
+    ) -> None:
+        conn = self._connection()
+        with mysql_errors(f"writing {BATCH_JOB_TABLE}"), conn.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {BATCH_JOB_TABLE} (pipeline, name, rescore_id, sequence, state, "
+                "data, updated_at) VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY "
+                "UPDATE state = VALUES(state), data = VALUES(data), updated_at = NOW(6)",
+                (pipeline, name, rescore_id, sequence, state, data),
+            )
+        conn.commit()
 
     def reset(self) -> None:
         self.close()

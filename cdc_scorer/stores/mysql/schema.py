@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.models import PredictionColumn
 from cdc_scorer.core.own_tables import (
+    BATCH_JOB_TABLE,
     CHECKPOINT_TABLE,
     DEAD_LETTER_TABLE,
     HEARTBEAT_TABLE,
@@ -107,6 +108,16 @@ def schema_statements(
         f"""CREATE TABLE IF NOT EXISTS {HEARTBEAT_TABLE} (
   instance VARCHAR(64) NOT NULL PRIMARY KEY,
   beat_at DATETIME(6) NOT NULL
+) ENGINE=InnoDB CHARACTER SET utf8mb4""",
+        f"""CREATE TABLE IF NOT EXISTS {BATCH_JOB_TABLE} (
+  pipeline VARCHAR(64) NOT NULL,
+  name VARCHAR(64) NOT NULL,
+  rescore_id VARCHAR(64) NOT NULL,
+  sequence INT NOT NULL,
+  state VARCHAR(16) NOT NULL,
+  data MEDIUMTEXT NOT NULL,
+  updated_at DATETIME(6) NOT NULL,
+  PRIMARY KEY (pipeline, name)
 ) ENGINE=InnoDB CHARACTER SET utf8mb4""",
     ]
     for pipeline in pipelines:

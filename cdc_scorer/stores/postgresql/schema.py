@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from cdc_scorer.core.errors import FatalError
 from cdc_scorer.core.models import PredictionColumn
 from cdc_scorer.core.own_tables import (
+    BATCH_JOB_TABLE,
     CHECKPOINT_TABLE,
     DEAD_LETTER_TABLE,
     HEARTBEAT_TABLE,
@@ -142,6 +143,16 @@ def own_tables(schema: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {s}.{HEARTBEAT_TABLE} (
   instance varchar(64) PRIMARY KEY,
   beat_at timestamp(6) NOT NULL
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.{BATCH_JOB_TABLE} (
+  pipeline varchar(64) NOT NULL,
+  name varchar(64) NOT NULL,
+  rescore_id varchar(64) NOT NULL,
+  sequence integer NOT NULL,
+  state varchar(16) NOT NULL,
+  data text NOT NULL,
+  updated_at timestamp(6) NOT NULL,
+  PRIMARY KEY (pipeline, name)
 )""",
     ]
 

@@ -11,7 +11,12 @@ from typing import Any
 import psycopg2.extras
 import structlog
 
-from cdc_scorer.core.own_tables import CHECKPOINT_TABLE, HEARTBEAT_TABLE, SIGNAL_TABLE
+from cdc_scorer.core.own_tables import (
+    BATCH_JOB_TABLE,
+    CHECKPOINT_TABLE,
+    HEARTBEAT_TABLE,
+    SIGNAL_TABLE,
+)
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.rescoring import decode_rescores
 from cdc_scorer.core.spec import PipelineSpec, SourceSpec
@@ -151,15 +156,21 @@ class PostgresChunks:
         return self._conn
 
     def select(
-        self, where: str | None, after: tuple[Any, ...] | None, rows: int
+        self,
+        where: str | None,
+        after: tuple[Any, ...] | None,
+        rows: int,
+        through: tuple[Any, ...] | None = None,
     ) -> list[dict[str, Any]]:
-        sql = chunk_query(self._table, self._key, where, after is not None, rows)
+        sql = chunk_query(
+            self._table, self._key, where, after is not None, rows, through is not None
+        )
         conn = self._connection()
         with (
             pg_errors(f"reading a chunk of {self._name}"),
             conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
         ):
-            cursor.execute(sql, after)
+            cursor.execute(sql, (*(after or ()), *(through or ())) or None)
             return [dict(row) for row in cursor.fetchall()]
 
     def orphans(
@@ -205,6 +216,25 @@ class PostgresChunks:
             c.execute(
                 f"DELETE FROM {quote(self._schema)}.{SIGNAL_TABLE} WHERE id = ANY(%s)",
                 (signal_ids,),
+            )
+
+    def batch_jobs(self, pipeline: str) -> list[str]:
+        table = f"{quote(self._schema)}.{BATCH_JOB_TABLE}"
+        with pg_errors(f"reading {BATCH_JOB_TABLE}"), self._connection().cursor() as cursor:
+            cursor.execute(f"SELECT data FROM {table} WHERE pipeline = %s", (pipeline,))
+            return [str(row[0]) for row in cursor.fetchall()]
+
+    def save_batch_job(
+        self, pipeline: str, name: str, rescore_id: str, sequence: int, state: str, data: str
+    ) -> None:
+        table = f"{quote(self._schema)}.{BATCH_JOB_TABLE}"
+        with pg_errors(f"writing {BATCH_JOB_TABLE}"), self._connection().cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (pipeline, name, rescore_id, sequence, state, data, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, localtimestamp) ON CONFLICT "
+                "(pipeline, name) DO UPDATE SET state = EXCLUDED.state, data = EXCLUDED.data, "
+                "updated_at = EXCLUDED.updated_at",
+                (pipeline, name, rescore_id, sequence, state, data),
             )
 
     def reset(self) -> None:

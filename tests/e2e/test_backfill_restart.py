@@ -1,0 +1,79 @@
+"""Backfill jobs survive the scorer: kill -9 while batch jobs run at the local Bedrock, restart,
+and the new process re-attaches to them — the service counts one submission per job — and
+merges their answers; the predictions are those of a from-scratch scoring."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdc_scorer.core.batch import MERGED
+from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServerConfig
+from cdc_scorer.local.s3 import LocalS3
+from cdc_scorer.local.servers import DatabaseServer
+from tests.e2e.daemon import kill, start, wait
+from tests.integration.scenario import create_database
+from tests.integration.test_backfill import spec_for, stored_jobs, texts, versions
+from tests.integration.test_bedrock import feedback_rows, insert_feedback, vectors_match
+
+
+@pytest.fixture
+def batch_endpoints(local_s3: LocalS3) -> Iterator[BackgroundModelServer]:
+    with BackgroundModelServer(ModelServerConfig(s3_url=local_s3.url)) as server:
+        server.set_faults({"bedrock": {"batch_step_s": 1.0}})
+        yield server
+
+
+def batch_stats(endpoints: BackgroundModelServer) -> dict[str, Any]:
+    stats: dict[str, Any] = endpoints.stats()["bedrock_batch"]
+    return stats
+
+
+def test_kill_9_while_jobs_run_reattaches_and_submits_nothing_twice(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    batch_endpoints: BackgroundModelServer,
+    local_s3: LocalS3,
+) -> None:
+    database = f"backfill_kill_{uuid.uuid4().hex[:6]}"
+    create_database(mariadb, database)
+    bucket = f"kill-{uuid.uuid4().hex[:8]}"
+    local_s3.client().create_bucket(Bucket=bucket)
+    db = mariadb.connect(database)
+    insert_feedback(db, texts(300, 3))
+    spec_for(
+        tmp_path / "s.toml",
+        mariadb,
+        database,
+        batch_endpoints.url,
+        local_s3,
+        bucket,
+        backfill={"max_jobs_in_flight": 3},
+    )
+    config = tmp_path / "s.toml"
+    first = start(config, "first")
+    wait(
+        lambda: batch_stats(batch_endpoints)["by_state"].get("InProgress", 0) >= 1,
+        90,
+        "a batch job in progress",
+        first,
+    )
+    assert kill(first) == -9
+    jobs_then = batch_stats(batch_endpoints)["jobs"]
+    assert jobs_then >= 1
+    second = start(config, "second")
+    wait(lambda: vectors_match(db), 180, "the predictions of every row", second)
+    wait(lambda: all(j.state == MERGED for j in stored_jobs(db)), 30, "jobs merged", second)
+    assert kill(second) == -9
+    stats = batch_stats(batch_endpoints)
+    # Three jobs of 100 rows, each submitted once: the second process re-attached to those the
+    # first had submitted and submitted only what was left.
+    assert stats["jobs"] == 3 and stats["records"] == 300, stats
+    assert len(stored_jobs(db)) == 3
+    assert "backfill resuming" in second.log()
+    assert versions(db) == {"1": len(feedback_rows(db))}
+    db.close()
