@@ -102,10 +102,12 @@ def pg_config(
     http_port: int = 0,
     churn: dict[str, Any] | None = None,
     pipelines: dict[str, Any] | None = None,
+    top: dict[str, Any] | None = None,
     **source: Any,
 ) -> ScorerSpec:
     """The embedded default's config on ``db`` (engine postgresql, the test's own slot);
-    ``churn`` replaces keys of the churn pipeline, ``pipelines`` adds pipelines by name."""
+    ``churn`` replaces keys of the churn pipeline, ``pipelines`` adds pipelines by name,
+    ``top`` merges into the rest (e.g. ``{"aws": {...}}``)."""
     path.write_text(
         local_scorer_config(
             port=db.server.port,
@@ -130,6 +132,7 @@ def pg_config(
                     "feedback": {"batching": {"max_rows": 25, "linger_ms": 50}},
                     **(pipelines or {}),
                 },
+                **(top or {}),
             },
         )
     )

@@ -17,13 +17,16 @@ server (``s3.py``).
   record, ``{"recordId", "modelInput", "modelOutput"}`` or ``{"recordId", "modelInput",
   "error": {"errorCode", "errorMessage"}}``, and ``manifest.json.out`` with the counts;
 - faults (``/_local/faults``, the bedrock section): ``batch_record_error_rate`` (a record
-  answered with an internal error), ``batch_job_failure_rate`` (a job failing while in
-  progress, after its first half), ``batch_step_s``.
+  answered with an internal error), ``batch_record_refusal_rate`` (a record refused, 400),
+  ``batch_job_failure_rate`` (a job failing while in progress, after its first half),
+  ``batch_step_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import re
 import uuid
@@ -377,8 +380,14 @@ class BedrockBatch:
                     "recordId": record.get("recordId"),
                     "modelInput": record["modelInput"],
                 }
-                if rng.random() < faults.batch_record_error_rate:
+                draw = rng.random()
+                if draw < faults.batch_record_error_rate:
                     out["error"] = {"errorCode": 500, "errorMessage": "injected fault: internal"}
+                elif draw - faults.batch_record_error_rate < faults.batch_record_refusal_rate:
+                    out["error"] = {
+                        "errorCode": 400,
+                        "errorMessage": "injected fault: the model refused this input",
+                    }
                 else:
                     try:
                         answer, used_in, used_out = await self._answer(job, record["modelInput"])
@@ -461,3 +470,309 @@ def _error(exc: BatchError) -> web.Response:
         body=json.dumps({"message": exc.message}).encode(),
         headers={"Content-Type": "application/json", "x-amzn-ErrorType": exc.code},
     )
+
+
+# ---------------------------------------------------------------------- SageMaker
+SAGEMAKER_TARGET = "SageMaker."
+_TRANSFORM_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+_TRANSFORM_TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+def csv_filter(expression: str | None, fields: list[str]) -> list[str]:
+    """SageMaker's JSONPath subset on a CSV record (``DataProcessing``): ``$`` (all),
+    ``$[i]``, ``$[i,j,...]``, ``$[a:b]`` and lists of those, indexes from 0, negative from the
+    end."""
+    if expression is None or expression.strip() == "$":
+        return fields
+    match = re.fullmatch(r"\$\[(.+)\]", expression.strip())
+    if match is None:
+        raise BatchError(400, "ValidationException", f"unsupported filter {expression!r}")
+    out: list[str] = []
+    for part in match.group(1).split(","):
+        part = part.strip()
+        if ":" in part:
+            start, _, stop = part.partition(":")
+            out += fields[slice(int(start) if start else None, int(stop) if stop else None)]
+        else:
+            out.append(fields[int(part)])
+    return out
+
+
+@dataclass
+class _Transform:
+    name: str
+    arn: str
+    model: str
+    endpoint: str  # whose model answers
+    params: dict[str, Any]
+    status: str = "InProgress"
+    failure: str | None = None
+    created: str = field(default_factory=_now)
+    ended: str | None = None
+    stop: bool = False
+    records: int = 0
+
+    def set(self, status: str, failure: str | None = None) -> None:
+        self.status = status
+        if failure is not None:
+            self.failure = failure
+        if status in _TRANSFORM_TERMINAL:
+            self.ended = _now()
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            "TransformJobName": self.name,
+            "TransformJobArn": self.arn,
+            "TransformJobStatus": self.status,
+            "ModelName": self.model,
+            "CreationTime": self.created,
+            **{
+                k: v
+                for k, v in self.params.items()
+                if k
+                in (
+                    "TransformInput",
+                    "TransformOutput",
+                    "TransformResources",
+                    "DataProcessing",
+                    "BatchStrategy",
+                    "MaxPayloadInMB",
+                )
+            },
+        }
+        if self.failure is not None:
+            out["FailureReason"] = self.failure
+        if self.ended is not None:
+            out["TransformEndTime"] = self.ended
+        return out
+
+
+class SageMakerBatch:
+    """SageMaker's control plane for Batch Transform (JSON 1.1, ``X-Amz-Target:
+    SageMaker.*``): ``DescribeEndpoint`` and ``DescribeEndpointConfig`` of the local endpoints
+    (each endpoint's model is ``<endpoint>-model``), ``CreateTransformJob`` (a name taken is
+    ``ResourceInUse``: SageMaker has no idempotency token, the name is the job's identity),
+    ``DescribeTransformJob``, ``StopTransformJob``. A job reads CSV lines from S3
+    (``SplitType = Line``), applies ``InputFilter`` to each record, scores mini-batches of
+    them with the endpoint's model, joins each answer to its input record with ``JoinSource =
+    Input``, applies ``OutputFilter`` and writes ``<S3OutputPath>/<input file>.out``; a record
+    the model refuses fails the job (``ClientError``), as SageMaker does."""
+
+    def __init__(self, server: ModelServer, batch: BedrockBatch) -> None:
+        self._server = server
+        self._s3 = batch  # its S3 client
+        self.jobs: dict[str, _Transform] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.create_calls = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "create_calls": self.create_calls,
+            "jobs": len(self.jobs),
+            "by_state": dict(Counter(j.status for j in self.jobs.values())),
+            "records": sum(j.records for j in self.jobs.values()),
+        }
+
+    async def handle(self, request: web.Request, operation: str) -> web.Response:
+        try:
+            _signed(request)
+            params = await _json(request)
+            handler = {
+                "DescribeEndpoint": self._describe_endpoint,
+                "DescribeEndpointConfig": self._describe_endpoint_config,
+                "CreateTransformJob": self._create,
+                "DescribeTransformJob": self._describe,
+                "StopTransformJob": self._stop,
+            }.get(operation)
+            if handler is None:
+                raise BatchError(400, "UnknownOperationException", f"unknown {operation}")
+            answer = await handler(params)
+        except BatchError as exc:
+            body = {"__type": exc.code, "Message": exc.message}
+            return web.Response(
+                status=exc.status,
+                body=json.dumps(body).encode(),
+                content_type="application/x-amz-json-1.1",
+            )
+        return web.Response(
+            body=json.dumps(answer).encode(), content_type="application/x-amz-json-1.1"
+        )
+
+    def _endpoint(self, name: str) -> str:
+        if name not in self._server.config.endpoints:
+            raise BatchError(400, "ValidationException", f'Could not find endpoint "{name}".')
+        return name
+
+    async def _describe_endpoint(self, params: dict[str, Any]) -> dict[str, Any]:
+        from cdc_scorer.local.endpoints import ACCOUNT_ID, REGION
+
+        name = self._endpoint(str(params.get("EndpointName", "")))
+        return {
+            "EndpointName": name,
+            "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT_ID}:endpoint/{name.lower()}",
+            "EndpointConfigName": f"{name}-config",
+            "EndpointStatus": "InService",
+            "CreationTime": _now(),
+            "LastModifiedTime": _now(),
+        }
+
+    async def _describe_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        from cdc_scorer.local.endpoints import ACCOUNT_ID, REGION
+
+        config = str(params.get("EndpointConfigName", ""))
+        name = self._endpoint(config.removesuffix("-config"))
+        return {
+            "EndpointConfigName": config,
+            "EndpointConfigArn": (
+                f"arn:aws:sagemaker:{REGION}:{ACCOUNT_ID}:endpoint-config/{config.lower()}"
+            ),
+            "ProductionVariants": [
+                {
+                    "VariantName": self._server.config.variant,
+                    "ModelName": f"{name}-model",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.m5.large",
+                }
+            ],
+            "CreationTime": _now(),
+        }
+
+    async def _create(self, params: dict[str, Any]) -> dict[str, Any]:
+        from cdc_scorer.local.endpoints import ACCOUNT_ID, REGION
+
+        self.create_calls += 1
+        name = str(params.get("TransformJobName", ""))
+        if not _TRANSFORM_NAME.fullmatch(name):
+            raise BatchError(400, "ValidationException", f"TransformJobName {name!r} is invalid")
+        if name in self.jobs:
+            raise BatchError(
+                400,
+                "ResourceInUse",
+                "Job name must be unique within an AWS account and region, and a job with "
+                f"this name already exists ({self.jobs[name].arn})",
+            )
+        model = str(params.get("ModelName", ""))
+        endpoint = model.removesuffix("-model")
+        if not model.endswith("-model") or endpoint not in self._server.config.endpoints:
+            raise BatchError(400, "ValidationException", f'Could not find model "{model}".')
+        try:
+            source = params["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+            output = params["TransformOutput"]["S3OutputPath"]
+            resources = params["TransformResources"]
+            resources["InstanceType"]
+        except (KeyError, TypeError):
+            raise BatchError(
+                400,
+                "ValidationException",
+                "TransformInput.DataSource.S3DataSource.S3Uri, TransformOutput.S3OutputPath and "
+                "TransformResources.InstanceType are required",
+            ) from None
+        for uri in (source, output):
+            await asyncio.to_thread(self._s3._bucket_exists, split_s3(uri)[0])
+        arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT_ID}:transform-job/{name.lower()}"
+        job = _Transform(name, arn, model, endpoint, params)
+        self.jobs[name] = job
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {"TransformJobArn": arn}
+
+    def _job(self, params: dict[str, Any]) -> _Transform:
+        name = str(params.get("TransformJobName", ""))
+        job = self.jobs.get(name)
+        if job is None:
+            raise BatchError(400, "ValidationException", f"Could not find job {name!r}.")
+        return job
+
+    async def _describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._job(params).describe()
+
+    async def _stop(self, params: dict[str, Any]) -> dict[str, Any]:
+        job = self._job(params)
+        if job.status == "InProgress":
+            job.stop = True
+            job.set("Stopping")
+        return {}
+
+    async def _run(self, job: _Transform) -> None:
+        step = self._server.faults("sagemaker").batch_step_s
+        try:
+            await asyncio.sleep(step)  # the instances start
+            if job.stop:
+                job.set("Stopped")
+                return
+            files = await asyncio.to_thread(self._inputs, job)
+            await asyncio.sleep(step)
+            outputs = []
+            processing = job.params.get("DataProcessing") or {}
+            form = self._server.config.endpoints[job.endpoint]
+            for name, lines in files:
+                joined = []
+                for line in lines:
+                    fields = next(csv.reader(io.StringIO(line)))
+                    record = csv_filter(processing.get("InputFilter"), fields)
+                    try:
+                        answer = self._server.score_csv([record], form).decode().rstrip("\n")
+                    except Exception as exc:  # the container's 400: the job fails
+                        job.set(
+                            "Failed",
+                            "ClientError: the model container answered 400 for a mini-batch: "
+                            f"{exc}",
+                        )
+                        return
+                    answer_fields = next(csv.reader(io.StringIO(answer)))
+                    out_fields = (
+                        [*fields, *answer_fields]
+                        if processing.get("JoinSource") == "Input"
+                        else answer_fields
+                    )
+                    out = io.StringIO()
+                    csv.writer(out, lineterminator="\n").writerow(
+                        csv_filter(processing.get("OutputFilter"), out_fields)
+                    )
+                    joined.append(out.getvalue())
+                    job.records += 1
+                    if job.stop:
+                        job.set("Stopped")
+                        return
+                outputs.append((name, joined))
+                await asyncio.sleep(0)
+            await asyncio.to_thread(self._write, job, outputs)
+            job.set("Completed")
+        except BatchError as exc:
+            job.set("Failed", exc.message)
+        except Exception as exc:
+            job.set("Failed", f"InternalServerError: {exc!r}")
+
+    def _inputs(self, job: _Transform) -> list[tuple[str, list[str]]]:
+        source = job.params["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        bucket, prefix = split_s3(source)
+        s3 = self._s3.client()
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if not listed:
+            raise BatchError(400, "ValidationException", f"no input at {source}")
+        return [
+            (
+                obj["Key"].rsplit("/", 1)[-1],
+                [
+                    line
+                    for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
+                    .read()
+                    .decode("utf-8")
+                    .splitlines()
+                    if line.strip()
+                ],
+            )
+            for obj in listed
+        ]
+
+    def _write(self, job: _Transform, outputs: list[tuple[str, list[str]]]) -> None:
+        bucket, prefix = split_s3(job.params["TransformOutput"]["S3OutputPath"].rstrip("/") + "/")
+        s3 = self._s3.client()
+        for name, lines in outputs:
+            s3.put_object(Bucket=bucket, Key=f"{prefix}{name}.out", Body="".join(lines).encode())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

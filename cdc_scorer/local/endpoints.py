@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from cdc_scorer.local import embeddings
-from cdc_scorer.local.batch_jobs import BedrockBatch
+from cdc_scorer.local.batch_jobs import SAGEMAKER_TARGET, BedrockBatch, SageMakerBatch
 from cdc_scorer.local.churn_model import ChurnModel, RecordError
 from cdc_scorer.local.converse import CONTEXT_TOKENS, ConverseModel, output_tokens
 from cdc_scorer.local.sentiment import COMPREHEND_LANGUAGES, SUPPORTED_LANGUAGES, SentimentModel
@@ -93,8 +93,10 @@ class Faults:
     # its enum), as a real model's sometimes does.
     invalid_answer_rate: float = 0.0
     # Bedrock batch inference (``batch_jobs.py``): a record answered with an internal error, a
-    # job failing halfway, and the seconds each state of a job lasts (a slow job: more).
+    # record refused (a 400, as for an input the model does not take), a job failing halfway,
+    # and the seconds each state of a job lasts (a slow job: more).
     batch_record_error_rate: float = 0.0
+    batch_record_refusal_rate: float = 0.0
     batch_job_failure_rate: float = 0.0
     batch_step_s: float = 0.5
 
@@ -163,6 +165,7 @@ class ModelServer:
         self._comprehend = _Comprehend(self)
         self._bedrock = _BedrockRuntime(self)
         self.bedrock_batch = BedrockBatch(self, self.config.s3_url)
+        self.sagemaker_batch = SageMakerBatch(self, self.bedrock_batch)
         self._stats: dict[tuple[str, str], _CallStats] = defaultdict(_CallStats)
         # When each model request arrived (monotonic), by service: what a quota counts.
         self.call_times: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
@@ -216,8 +219,13 @@ class ModelServer:
     def bedrock_runtime(self) -> _BedrockRuntime:
         return self._bedrock
 
+    def score_csv(self, records: list[list[str]], form: str) -> bytes:
+        """The churn model's CSV answer to ``records`` (a batch transform's mini-batch)."""
+        return self._sagemaker.score_csv(records, form)
+
     async def stop(self) -> None:
         await self.bedrock_batch.close()
+        await self.sagemaker_batch.close()
         if self._up_again is not None:
             self._up_again.cancel()
         if self._runner is not None:
@@ -281,6 +289,7 @@ class ModelServer:
             "total_rows": sum(s.rows for s in self._stats.values()),
             "peak_concurrent": dict(self._peak_serving),
             "bedrock_batch": self.bedrock_batch.stats(),
+            "sagemaker_batch": self.sagemaker_batch.stats(),
         }
 
     def reset_stats(self) -> None:
@@ -320,7 +329,9 @@ class ModelServer:
             # Listening is already stopped; a kept-alive connection must fail as well.
             request.transport.abort()
             raise web.HTTPServiceUnavailable()
-        if request.path.startswith(("/_local/", "/model-invocation-job")):
+        if request.path.startswith(("/_local/", "/model-invocation-job")) or request.headers.get(
+            "X-Amz-Target", ""
+        ).startswith(SAGEMAKER_TARGET):
             control: web.StreamResponse = await handler(request)
             return control
         service = (
@@ -413,7 +424,7 @@ class _SageMakerRuntime:
                 raise _model_error(name, 500, "injected fault: model container error")
             if injected is not None:
                 raise _sagemaker_fault(injected)
-            payload = self._score_csv(records, form)
+            payload = self.score_csv(records, form)
         except _ContainerError as exc:
             self._server.record("InvokeEndpoint", name, 0, "ModelError")
             return _sagemaker_error(_model_error(name, exc.status, exc.message))
@@ -429,7 +440,7 @@ class _SageMakerRuntime:
             },
         )
 
-    def _score_csv(self, records: list[list[str]], form: str) -> bytes:
+    def score_csv(self, records: list[list[str]], form: str) -> bytes:
         out = io.StringIO()
         for number, record in enumerate(records, start=1):
             try:
@@ -453,7 +464,7 @@ class _SageMakerRuntime:
         name = next(iter(self._server.config.endpoints))
         try:
             records = _csv_records(await request.read(), request.content_type)
-            payload = self._score_csv(records, self._server.config.endpoints[name])
+            payload = self.score_csv(records, self._server.config.endpoints[name])
         except _ContainerError as exc:
             self._server.record("ContainerInvocations", name, 0, str(exc.status))
             return web.Response(status=exc.status, text=exc.message)
@@ -691,6 +702,10 @@ class _Comprehend:
 
     async def handle(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
+        if target.startswith(SAGEMAKER_TARGET):  # SageMaker's control plane shares the path
+            return await self._server.sagemaker_batch.handle(
+                request, target.removeprefix(SAGEMAKER_TARGET)
+            )
         operation = target.removeprefix(_TARGET_PREFIX)
         try:
             _require_sigv4(request)

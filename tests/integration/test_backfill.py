@@ -11,26 +11,38 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 
+from cdc_scorer.app import ScorerApp
 from cdc_scorer.config import load_config
 from cdc_scorer.core.batch import MERGED, BatchJob
 from cdc_scorer.core.spec import ScorerSpec
+from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer, ModelServerConfig
 from cdc_scorer.local.s3 import LocalS3
+from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import DatabaseServer
-from tests.integration.scenario import Running, create_database, init_scorer, wait_for
+from tests.conftest import TEST_ENDPOINTS
+from tests.integration.scenario import (
+    Running,
+    churn_matches,
+    create_database,
+    init_scorer,
+    insert_churn,
+    wait_for,
+)
 from tests.integration.test_bedrock import (
     embedding_pipeline,
     feedback_rows,
     insert_feedback,
     vectors_match,
 )
+from tests.pg import PgDatabase, pg_config
 
 ROLE = "arn:aws:iam::123456789012:role/cdc-scorer-batch"
 PIPELINE = "feedback_embedding"
@@ -50,9 +62,9 @@ WORDS = [
 
 @pytest.fixture
 async def batch_models(local_s3: LocalS3) -> AsyncIterator[ModelServer]:
-    server = ModelServer(ModelServerConfig(s3_url=local_s3.url))
+    server = ModelServer(ModelServerConfig(endpoints=dict(TEST_ENDPOINTS), s3_url=local_s3.url))
     await server.start()
-    server.set_faults({"bedrock": {"batch_step_s": 0.5}})
+    server.set_faults({"all": {"batch_step_s": 0.5}})
     yield server
     await server.stop()
 
@@ -123,6 +135,11 @@ def texts(count: int, seed: int) -> list[str]:
     ]
 
 
+def snapshot_done(app: ScorerApp) -> bool:
+    state = app.telemetry.pipelines.get(PIPELINE)
+    return state is not None and state.snapshot_state == "done"
+
+
 def stored_jobs(db: Any) -> list[BatchJob]:
     with db.cursor() as cursor:
         cursor.execute("SELECT data FROM cdc_scorer_batch_job WHERE pipeline=%s", (PIPELINE,))
@@ -186,7 +203,7 @@ async def test_a_rescore_by_batch_jobs_converges_beside_a_live_writer(
     async with Running(spec) as app:
         streamed = await write_while_jobs_run(db, batch_models)
         await wait_for(
-            lambda: app.telemetry.pipelines[PIPELINE].snapshot_state == "done",
+            lambda: snapshot_done(app),
             timeout_s=120,
             what="the first snapshot done by batch jobs",
         )
@@ -247,3 +264,225 @@ async def test_a_rescore_by_batch_jobs_converges_beside_a_live_writer(
         .splitlines()[0]
     )
     assert set(first) == {"recordId", "modelInput"} and first["modelInput"]["dimensions"] == 256
+
+
+def dead_letters(db: Any) -> dict[str, int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT reason, COUNT(*) FROM cdc_scorer_dead_letter GROUP BY 1")
+        return {str(r): int(n) for r, n in cursor.fetchall()}
+
+
+def predicted_ids(db: Any) -> set[int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id FROM feedback_embeddings")
+        return {int(row[0]) for row in cursor.fetchall()}
+
+
+async def test_failed_records_go_real_time_refused_ones_are_dead_letters(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """A partially completed job: records answered with an internal error are scored through
+    the endpoint, records the model refused are dead letters with the service's reason; then
+    a job that fails halfway: what it did not answer goes real-time."""
+    insert_feedback(db, texts(200, 5))
+    batch_models.set_faults(
+        {"bedrock": {"batch_record_error_rate": 0.1, "batch_record_refusal_rate": 0.05}}
+    )
+    spec = spec_for(tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, bucket)
+    async with Running(spec) as app:
+        await wait_for(
+            lambda: snapshot_done(app),
+            timeout_s=90,
+            what="the snapshot by batch jobs",
+        )
+        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+    jobs = stored_jobs(db)
+    assert {j.service_state for j in jobs} == {"PartiallyCompleted"}
+    refused = dead_letters(db).get("batch_record_error", 0)
+    assert counts["dead_letter"] == refused > 0, counts
+    assert counts["realtime"] > 0 and counts["failed"] == counts["realtime"] + refused, counts
+    # Every row has a prediction or a dead letter; the endpoint scored only the failed records.
+    assert invoke_rows(batch_models) == counts["realtime"]
+    assert len(predicted_ids(db)) + refused == 200
+    with db.cursor() as cursor:
+        cursor.execute("SELECT error FROM cdc_scorer_dead_letter LIMIT 1")
+        assert "400: injected fault: the model refused this input" in str(cursor.fetchone()[0])
+
+    # A job failing halfway: its answered half is written, the rest goes through the endpoint.
+    batch_models.set_faults(
+        {
+            "bedrock": {
+                "batch_record_error_rate": 0,
+                "batch_record_refusal_rate": 0,
+                "batch_job_failure_rate": 1.0,
+            }
+        }
+    )
+    batch_models.reset_stats()
+    spec2 = spec_for(
+        tmp_path / "s2.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        model_version="2",
+    )
+    async with Running(spec2) as app:
+        await wait_for(
+            lambda: versions(db) == {"2": 200},
+            timeout_s=90,
+            what="every row re-scored with model version 2",
+        )
+        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+    failed = [j for j in stored_jobs(db) if j.model_version == "2"]
+    assert {j.service_state for j in failed} == {"Failed"}
+    assert counts["answered"] == 100 and counts["realtime"] == 100, counts  # half of each
+    assert invoke_rows(batch_models) == 100
+    assert vectors_match(db)
+
+
+# ---------------------------------------------------------------- SageMaker Batch Transform
+def churn_rows(db: Any) -> list[dict[str, Any]]:
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(FEATURE_COLUMNS)}, Churn FROM churn ORDER BY phone")
+        names = [*FEATURE_COLUMNS, "Churn"]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+BACKFILL = {
+    "mode": "auto",
+    "min_rows": 1000,
+    "role_arn": ROLE,
+    "records_per_job": 5000,
+    "max_jobs_in_flight": 2,
+    "poll_s": 0.2,
+}
+
+
+def churn_spec(
+    path: Path, server: DatabaseServer, database: str, url: str, s3: LocalS3, bucket: str
+) -> ScorerSpec:
+    path.write_text(
+        local_scorer_config(
+            port=server.port,
+            database=database,
+            endpoint_url=url,
+            overrides={
+                "source": {"binlog": {"heartbeat_interval_s": 0.5}},
+                "aws": {"s3_endpoint_url": s3.url},
+                "retry": {"base_ms": 20, "cap_ms": 200},
+                "pipelines": {
+                    "churn": {
+                        "snapshot_chunk_rows": 2000,
+                        "batching": {"linger_ms": 50},
+                        "backfill": {**BACKFILL, "s3_uri": f"s3://{bucket}/transform"},
+                    },
+                    "feedback": {"snapshot": "never"},
+                },
+            },
+        )
+    )
+    spec = load_config(path)
+    init_scorer(spec)
+    return spec
+
+
+def invoke_endpoint_rows(models: ModelServer) -> int:
+    calls = models.stats()["operations"].get("InvokeEndpoint", {})
+    return sum(int(c.get("rows", 0)) for c in calls.values())
+
+
+@pytest.mark.parametrize("server", ["mariadb", "mysql-gtid"], indirect=True)
+async def test_sagemaker_batch_transform_converges_beside_a_live_writer(
+    tmp_path: Path,
+    server: DatabaseServer,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """20,000 rows re-scored by Batch Transform jobs of 5,000 over the endpoint's model while a
+    writer updates inputs, deletes, inserts and changes keys: the predictions equal a
+    from-scratch scoring; the stream's rows keep the stream's."""
+    database = f"transform_{uuid.uuid4().hex[:8]}"
+    create_database(server, database)
+    db = server.connect(database)
+    generator = ChurnRowGenerator(41)
+    insert_churn(db, list(generator.rows(20_000)))
+    spec = churn_spec(tmp_path / "s.toml", server, database, batch_models.url, local_s3, bucket)
+    await transform_beside_a_writer(
+        spec, db, generator, batch_models, lambda rows: insert_churn(db, rows)
+    )
+    db.close()
+
+
+async def test_sagemaker_batch_transform_converges_on_postgresql(
+    tmp_path: Path, pg: PgDatabase, batch_models: ModelServer, local_s3: LocalS3, bucket: str
+) -> None:
+    """The same through PostgreSQL's logical replication (pgoutput)."""
+    generator = ChurnRowGenerator(43)
+    pg.insert_churn(list(generator.rows(20_000)))
+    spec = pg_config(
+        tmp_path / "s.toml",
+        pg,
+        batch_models.url,
+        churn={
+            "snapshot_chunk_rows": 2000,
+            "backfill": {**BACKFILL, "s3_uri": f"s3://{bucket}/transform"},
+        },
+        pipelines={"feedback": {"snapshot": "never"}},
+        top={"aws": {"s3_endpoint_url": local_s3.url}},
+    )
+    init_scorer(spec)
+    await transform_beside_a_writer(spec, pg.conn, generator, batch_models, pg.insert_churn)
+
+
+async def transform_beside_a_writer(
+    spec: ScorerSpec,
+    db: Any,
+    generator: ChurnRowGenerator,
+    batch_models: ModelServer,
+    insert: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    async with Running(spec) as app:
+        await wait_for(
+            lambda: len(batch_models.sagemaker_batch.jobs) >= 2, what="transform jobs submitted"
+        )
+        rows = churn_rows(db)
+        rng = random.Random(3)
+        picked = rng.sample(rows, 120)
+        with db.cursor() as cursor:
+            for row in picked[:60]:  # new inputs, in every job's range
+                new = generator.changed(row)
+                sets = ", ".join(f"{c}=%s" for c in FEATURE_COLUMNS if c != "phone")
+                values = [new[c] for c in FEATURE_COLUMNS if c != "phone"]
+                cursor.execute(f"UPDATE churn SET {sets} WHERE phone=%s", (*values, row["phone"]))
+            for row in picked[60:90]:
+                cursor.execute("DELETE FROM churn WHERE phone=%s", (row["phone"],))
+            for number, row in enumerate(picked[90:]):  # key changes
+                cursor.execute(
+                    "UPDATE churn SET phone=%s WHERE phone=%s", (f"999-{number:04d}", row["phone"])
+                )
+        insert(list(generator.rows(40)))
+        streamed = 60 + 30 + 40
+        await wait_for(
+            lambda: app.telemetry.pipelines["churn"].snapshot_state == "done",
+            timeout_s=180,
+            what="the snapshot by transform jobs",
+        )
+        await wait_for(lambda: churn_matches(db), what="predictions of the current rows")
+        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == "churn"}
+    stats = batch_models.stats()["sagemaker_batch"]
+    # Four jobs of 5,000, and one of the rows the writer added past them (SageMaker takes a
+    # job of any size); each submitted once.
+    assert stats["jobs"] == stats["create_calls"] == 5, stats
+    assert counts["submitted"] == stats["records"] > 20_000
+    assert counts["superseded"] >= 1 and counts["answered"] >= 20_000 - 120, counts
+    # The endpoint saw the stream's rows and whatever came after the last job (new rows).
+    assert invoke_endpoint_rows(batch_models) <= streamed + counts.get("realtime", 0) + 40

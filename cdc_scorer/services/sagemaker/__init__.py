@@ -1,4 +1,5 @@
-"""Amazon SageMaker InvokeEndpoint with text/csv: one CSV line per row, one answer line each."""
+"""Amazon SageMaker InvokeEndpoint with text/csv: one CSV line per row, one answer line each;
+re-scores of whole tables also as Batch Transform jobs (``batch.py``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import MinLen
 
+from cdc_scorer.core.batch import BatchService
 from cdc_scorer.core.errors import PoisonError
 from cdc_scorer.core.models import Answer, ModelSpec, PredictionColumn
 from cdc_scorer.core.records import RowChange, row_picker
-from cdc_scorer.core.spec import STRICT, Identifier
+from cdc_scorer.core.spec import STRICT, BackfillSpec, Identifier
 
 OutputForm = Literal["predicted_label", "predicted_label,probability", "probabilities"]
 
@@ -62,6 +64,15 @@ class SageMakerSpec(ModelSpec):
 
     def codec(self) -> SageMakerCodec:
         return SageMakerCodec(self)
+
+    batch_clients: ClassVar[tuple[str, ...]] = ("sagemaker", "s3")
+
+    def batch(
+        self, pipeline: str, backfill: BackfillSpec, clients: Mapping[str, Any]
+    ) -> BatchService:
+        from cdc_scorer.services.sagemaker.batch import SageMakerTransformJobs
+
+        return SageMakerTransformJobs(self, pipeline, backfill, clients["sagemaker"], clients["s3"])
 
 
 class SageMakerCodec:
