@@ -28,6 +28,7 @@ from cdc_scorer.core.spec import (
     FeedSpec,
     HttpSpec,
     PipelineSpec,
+    PriceSpec,
     RetrySpec,
     ScorerSpec,
     SourceSpec,
@@ -57,6 +58,7 @@ class _Settings(BaseSettings):
     retry: RetrySpec = RetrySpec()
     shutdown_grace_s: float = Field(ScorerSpec.shutdown_grace_s, gt=0)
     http: HttpSpec = HttpSpec()
+    pricing: dict[str, PriceSpec] = Field(default_factory=dict)
     # Moved to [source.debezium]: reported with its new place (``_moved``).
     kafka: Any = None
 
@@ -160,6 +162,7 @@ def load_config(path: Path | str) -> ScorerSpec:
         retry=settings.retry,
         shutdown_grace_s=settings.shutdown_grace_s,
         http=settings.http,
+        pricing=dict(settings.pricing),
     )
     problems = _cross_checks(spec)
     if problems:

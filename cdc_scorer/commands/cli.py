@@ -173,6 +173,12 @@ def _rescore(args: argparse.Namespace) -> int:
     spec = load_config(args.config)
     pipeline = find_pipeline(spec, args.pipeline)
     with _source_and_store(spec) as (source, store):
+        if args.estimate:
+            from cdc_scorer.commands.estimate import estimate
+
+            for line in estimate(spec, pipeline, store, args.where or None):
+                print(line)
+            return 0
         rescores = source.rescores(store)
         if args.cancel:
             ended = rescores.cancel(pipeline, args.cancel, timeout_s=args.timeout or 60)
@@ -342,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--where", help="an SQL condition on the source table (default: every row)"
     )
     rescore.add_argument("--no-wait", action="store_true", help="return once it is requested")
+    rescore.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print rows, records, batch jobs and the cost both ways ([pricing]); submit nothing",
+    )
     rescore.add_argument(
         "--cancel", metavar="ID", help="end the re-score ID (running or waiting) instead"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 # A job's states in the core's words (each service maps its own onto these).
@@ -126,16 +126,17 @@ class RecordResult:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a backfill would cost, as ``rescore --estimate`` prints it."""
+    """What a backfill's records would use, both ways (``rescore --estimate``): ``units`` as
+    batch jobs, ``realtime_units`` through the endpoint; prices are per ``per`` units."""
 
     records: int
     jobs: int
-    units: float  # input tokens (Bedrock), instance-hours (SageMaker)
-    unit: str  # "input tokens", "instance-hours"
+    units: float  # input tokens (Bedrock), instance-hours of transform jobs (SageMaker)
+    unit: str
     method: str  # how ``units`` was estimated
-    realtime_units: float = 0.0  # the same rows through the real-time endpoint, in its units
-    realtime_unit: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    realtime_units: float  # the same records through the real-time endpoint
+    realtime_unit: str
+    per: int = 1  # the prices' quantity: 1,000 input tokens, 1 instance-hour
 
 
 class BatchService(Protocol):
@@ -165,5 +166,6 @@ class BatchService(Protocol):
     async def stop(self, job: BatchJob) -> None:
         """Stop a job still running (nothing if it ended)."""
 
-    def estimate(self, records: Sequence[str], jobs: int) -> Estimate:
-        """The cost of records like ``records`` (a sample; ``jobs`` jobs in all)."""
+    def estimate(self, records: int, characters: int, jobs: int) -> Estimate:
+        """What ``records`` records of ``characters`` characters in all (their inputs as
+        :meth:`record` writes them) would use as ``jobs`` jobs, and through the endpoint."""

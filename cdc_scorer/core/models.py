@@ -137,6 +137,11 @@ class ModelSpec(ABC):
         """The endpoint as `check` names it."""
         return self.model_endpoint
 
+    @property
+    def pricing_key(self) -> str:
+        """The model's name in ``[pricing]`` (the endpoint's, or the model id)."""
+        return self.model_endpoint
+
     def check_sample(self) -> dict[str, Any] | None:
         """Values `check` sends in one real call (None: a real row of the table)."""
         return None

@@ -353,6 +353,20 @@ class HttpSpec:
 
 
 @dataclass(frozen=True)
+class PriceSpec:
+    """``[pricing."<model>"]``: what a model costs, for ``rescore --estimate`` (prices change
+    and differ by region: the user sets them from the AWS price list). Bedrock: per 1,000
+    input tokens; SageMaker: per instance-hour (on_demand: the endpoint's instances, batch:
+    a transform job's)."""
+
+    __pydantic_config__ = STRICT
+
+    on_demand: Annotated[float, Ge(0)]  # through the real-time endpoint
+    batch: Annotated[float, Ge(0)]  # as batch jobs
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class ScorerSpec:
     __pydantic_config__ = STRICT
 
@@ -363,3 +377,5 @@ class ScorerSpec:
     # After SIGTERM: stop reading, finish the model calls in flight, commit, exit within this
     shutdown_grace_s: Positive = 20.0
     http: HttpSpec = HttpSpec()
+    # Prices by model: the Bedrock model id or the SageMaker endpoint name (rescore --estimate)
+    pricing: dict[str, PriceSpec] = field(default_factory=dict)

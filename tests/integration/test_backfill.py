@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ import pytest
 import tomli_w
 
 from cdc_scorer.app import ScorerApp
+from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
 from cdc_scorer.core.batch import MERGED, BatchJob
 from cdc_scorer.core.spec import ScorerSpec
@@ -486,3 +488,48 @@ async def transform_beside_a_writer(
     assert counts["superseded"] >= 1 and counts["answered"] >= 20_000 - 120, counts
     # The endpoint saw the stream's rows and whatever came after the last job (new rows).
     assert invoke_endpoint_rows(batch_models) <= streamed + counts.get("realtime", 0) + 40
+
+
+async def test_the_estimate_matches_the_jobs_it_then_runs(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    insert_feedback(db, texts(250, 9))
+    spec_for(tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, bucket)
+    config = tmp_path / "s.toml"
+    with config.open("a") as out:
+        out.write(f'\n[pricing."{TITAN_V2}"]\non_demand = 0.02\nbatch = 0.01\n')
+    assert cli(["rescore", "--config", str(config), "--pipeline", PIPELINE, "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    assert "rows: 250" in printed and "records: 250 (rows the model takes)" in printed
+    assert "batch jobs: 2 of up to 100 records" in printed
+    assert "50 left over go through the endpoint" in printed
+    characters = sum(
+        len(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+        for body in (
+            {"inputText": t, "dimensions": 256, "normalize": True}
+            for t in feedback_rows(db).values()
+        )
+    )
+    tokens = math.ceil(characters / 4)
+    assert f"as batch jobs: {tokens:,.2f} input tokens" in printed, printed
+    # 200 records at the batch price, 50 at the on-demand one; all 250 on demand the other way.
+    realtime = tokens / 1000 * 0.02
+    assert f"cost through the endpoint: {realtime:,.4f} USD" in printed
+    batch = tokens / 1000 * 0.01 * 200 / 250 + realtime * 50 / 250
+    assert f"cost as batch jobs: {batch:,.4f} USD" in printed
+    assert batch_models.bedrock_batch.create_calls == 0  # nothing submitted
+
+    spec = load_config(config)
+    async with Running(spec) as app:
+        await wait_for(lambda: snapshot_done(app), timeout_s=90, what="the snapshot")
+        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+    assert batch_models.bedrock_batch.create_calls == 2
+    assert counts["submitted"] == 200 and counts["realtime"] == 50, counts
+    assert vectors_match(db)

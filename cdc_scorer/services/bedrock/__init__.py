@@ -174,6 +174,10 @@ class BedrockSpec(ModelSpec):
     def display_name(self) -> str:
         return f"bedrock {self.model_id}"
 
+    @property
+    def pricing_key(self) -> str:
+        return self.model_id
+
     def check_sample(self) -> dict[str, Any] | None:
         return {c: "cdc-scorer check: my bill is wrong" for c in self.input_columns}
 

@@ -73,9 +73,10 @@ class BedrockBatchJobs:
         self._codec: Any = spec.codec()
         self._converse = spec.task == "converse"
         self.describe = f"Bedrock batch inference of {spec.model_id}"
-        assert backfill.s3_uri is not None and backfill.role_arn is not None
-        self._root = backfill.s3_uri.rstrip("/")
-        self._role = backfill.role_arn
+        # Both set when the section's mode submits jobs (BackfillSpec checks); an estimate
+        # of a real-time pipeline submits nothing.
+        self._root = (backfill.s3_uri or "").rstrip("/")
+        self._role = backfill.role_arn or ""
 
     # ---------------------------------------------------------------- records
     def record(self, values: Mapping[str, Any]) -> str:
@@ -211,20 +212,20 @@ class BedrockBatchJobs:
             return RecordResult(text, None, outcome.reason, outcome.message, outcome.retriable)
         return RecordResult(text, dict(outcome))
 
-    def estimate(self, records: Sequence[str], jobs: int) -> Estimate:
-        characters = sum(len(r) for r in records)
+    def estimate(self, records: int, characters: int, jobs: int) -> Estimate:
         tokens = math.ceil(characters / CHARS_PER_TOKEN)
         return Estimate(
-            records=len(records),
+            records=records,
             jobs=jobs,
             units=tokens,
             unit="input tokens",
             method=(
                 f"the request bodies' characters / {CHARS_PER_TOKEN} (each row's body as the "
-                "endpoint gets it; the model's own tokenizer counts differently)"
+                "endpoint gets it; the model's tokenizer counts its own way)"
             ),
             realtime_units=tokens,
             realtime_unit="input tokens",
+            per=1000,
         )
 
 

@@ -70,8 +70,7 @@ class SageMakerTransformJobs:
         self._codec = spec.codec()
         self._model: str | None = None
         self.describe = f"SageMaker Batch Transform of {spec.endpoint_name}'s model"
-        assert backfill.s3_uri is not None
-        self._root = backfill.s3_uri.rstrip("/")
+        self._root = (backfill.s3_uri or "").rstrip("/")  # set when jobs are submitted
 
     def record(self, values: Mapping[str, Any]) -> str:
         change = RowChange(Op.SNAPSHOT, "", (), dict(values), None, None)
@@ -238,20 +237,20 @@ class SageMakerTransformJobs:
         async with answer["Body"] as stream:
             return bytes(await stream.read()).decode("utf-8")
 
-    def estimate(self, records: Sequence[str], jobs: int) -> Estimate:
-        count = len(records)
+    def estimate(self, records: int, characters: int, jobs: int) -> Estimate:
         instances = self._backfill.instance_count
-        hours = jobs * instances * STARTUP_MINUTES / 60 + count / RECORDS_PER_INSTANCE_S / 3600
+        scoring_h = records / RECORDS_PER_INSTANCE_S / 3600
         return Estimate(
-            records=count,
+            records=records,
             jobs=jobs,
-            units=hours,
-            unit="instance-hours",
+            units=jobs * instances * STARTUP_MINUTES / 60 + scoring_h,
+            unit="instance-hours of transform jobs",
             method=(
                 f"{STARTUP_MINUTES} minutes of start-up per job and instance, then "
                 f"{RECORDS_PER_INSTANCE_S:,} records a second an instance (a small tabular "
-                "model; time a test job of yours)"
+                "model; time a test job of yours); through the endpoint the same scoring time "
+                "on its instances"
             ),
-            realtime_units=float(count),
-            realtime_unit="records through the endpoint",
+            realtime_units=scoring_h,
+            realtime_unit="instance-hours of the endpoint",
         )
