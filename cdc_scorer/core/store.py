@@ -43,6 +43,7 @@ class PipelineCounts:
     dead_letters: int
     dead_letters_24h: int
     leader_connection: int | None  # the session holding its leader lock (None: nobody)
+    batch_jobs: tuple[str, ...] = ()  # its backfill jobs' rows (their data, as saved)
 
 
 class PipelineSink(BatchSink, Protocol):

@@ -3,11 +3,13 @@ dead letters, snapshot state and re-scores, as the checkpoint rows keep them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from cdc_scorer.core.batch import DONE, ENDED, MERGED, BatchJob
 from cdc_scorer.core.feeds import PipelineReport, Source
 from cdc_scorer.core.positions import Position
 from cdc_scorer.core.records import RescoreJob, Rescores
@@ -35,6 +37,8 @@ class PipelineStatus:
     # What the change log keeps for the scorer (PostgreSQL: the slot's retained WAL), shared
     # by the pipelines of one source.
     change_log: dict[str, str] | None = None
+    # The running re-score's batch jobs, when it runs as a backfill (backfill_summary).
+    backfill: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -87,9 +91,48 @@ def _lines(s: PipelineStatus) -> tuple[str, ...]:
     ]
     if s.rescore is not None:
         lines.append(f"  re-score running: {_job_line(s.rescore)}")
+    if s.backfill is not None:
+        lines.append(f"  backfill: {backfill_line(s.backfill)}")
     if s.rescores_queued:
         lines.append(f"  re-scores waiting: {s.rescores_queued}")
     return tuple(lines)
+
+
+def backfill_summary(
+    jobs: Sequence[BatchJob], running: RescoreJob | None, db_now: datetime | None
+) -> dict[str, object] | None:
+    """The running re-score's batch jobs: their states, records done of the total (answered
+    by the service, or merged), and an ETA from the pace so far."""
+    if running is None:
+        return None
+    mine = [j for j in jobs if j.rescore_id == running.id]
+    if not mine:
+        return None
+    total = running.rows_total
+    done = sum(j.records if j.state in (MERGED, DONE, ENDED) else j.processed for j in mine)
+    started = min((j.submitted_at for j in mine if j.submitted_at), default=None)
+    eta_s: float | None = None
+    if started and db_now is not None and total and 0 < done < total:
+        elapsed = (db_now - datetime.fromisoformat(started)).total_seconds()
+        eta_s = max(0.0, elapsed * (total - done) / done)
+    return {
+        "jobs": {j.name: j.service_state or j.state for j in mine},
+        "states": dict(Counter(j.state for j in mine)),
+        "records_done": done,
+        "records_total": total,
+        "eta_s": eta_s,
+    }
+
+
+def backfill_line(summary: dict[str, Any]) -> str:
+    states = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items()))
+    total = summary["records_total"]
+    eta = summary["eta_s"]
+    return (
+        f"{len(summary['jobs'])} batch jobs ({states}); records {summary['records_done']}/"
+        f"{'?' if total is None else total}"
+        + (f", ETA {eta / 60:.0f} min" if eta is not None else "")
+    )
 
 
 def _job_line(job: dict[str, Any]) -> str:
@@ -133,4 +176,7 @@ def _status(
         rescores_queued=len(rescores.queued),
         rescores_finished=tuple(job_summary(j) for j in rescores.finished),
         server=found.server_identity if found else None,
+        backfill=backfill_summary(
+            [BatchJob.decode(text) for text in counts.batch_jobs], rescores.running, db_now
+        ),
     )

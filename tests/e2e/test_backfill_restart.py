@@ -4,6 +4,7 @@ merges their answers; the predictions are those of a from-scratch scoring."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from cdc_scorer.core.batch import MERGED
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServerConfig
 from cdc_scorer.local.s3 import LocalS3
 from cdc_scorer.local.servers import DatabaseServer
-from tests.e2e.daemon import kill, start, wait
+from tests.e2e.daemon import kill, run_cli, start, wait
 from tests.integration.scenario import create_database
 from tests.integration.test_backfill import spec_for, stored_jobs, texts, versions
 from tests.integration.test_bedrock import feedback_rows, insert_feedback, vectors_match
@@ -63,8 +64,14 @@ def test_kill_9_while_jobs_run_reattaches_and_submits_nothing_twice(
         first,
     )
     assert kill(first) == -9
-    jobs_then = batch_stats(batch_endpoints)["jobs"]
-    assert jobs_then >= 1
+    # status shows the running backfill from the job table, the daemon gone.
+    shown = run_cli("status", "--config", str(config), "--json")
+    assert shown.returncode == 0, shown.stderr
+    (fields,) = json.loads(shown.stdout)
+    backfill = fields["backfill"]
+    assert len(backfill["jobs"]) == 3 and backfill["records_total"] == 300, backfill
+    text = run_cli("status", "--config", str(config)).stdout
+    assert "backfill: 3 batch jobs (" in text and "records " in text, text
     second = start(config, "second")
     wait(lambda: vectors_match(db), 180, "the predictions of every row", second)
     wait(lambda: all(j.state == MERGED for j in stored_jobs(db)), 30, "jobs merged", second)

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 import pymysql
 
 from cdc_scorer.core.errors import CdcScorerError
-from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, HEARTBEAT_TABLE, OWN_TABLES
+from cdc_scorer.core.own_tables import (
+    BATCH_JOB_TABLE,
+    DEAD_LETTER_TABLE,
+    HEARTBEAT_TABLE,
+    OWN_TABLES,
+)
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec, TlsSpec
 from cdc_scorer.core.store import PositionStep
@@ -154,7 +159,18 @@ class MysqlStore(OffsetTables):
                 (pipeline.name,),
             )
             dead, dead_24h = cursor.fetchone() or (0, 0)
-        return PipelineCounts(int(predictions), int(dead), int(dead_24h), self.leader(pipeline))
+        jobs: tuple[str, ...] = ()
+        try:  # a table init makes since backfills came: absent until init runs again
+            with mysql_errors(f"reading {BATCH_JOB_TABLE}"), conn.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT data FROM {BATCH_JOB_TABLE} WHERE pipeline=%s", (pipeline.name,)
+                )
+                jobs = tuple(str(row[0]) for row in cursor.fetchall())
+        except CdcScorerError:
+            pass
+        return PipelineCounts(
+            int(predictions), int(dead), int(dead_24h), self.leader(pipeline), jobs
+        )
 
     def database_now(self) -> datetime | None:
         with mysql_errors("reading the time"), self._connection().cursor() as cursor:

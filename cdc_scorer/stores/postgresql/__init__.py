@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import psycopg2.extras
 
 from cdc_scorer.core.errors import CdcScorerError
-from cdc_scorer.core.own_tables import DEAD_LETTER_TABLE, OWN_TABLES
+from cdc_scorer.core.own_tables import BATCH_JOB_TABLE, DEAD_LETTER_TABLE, OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, TableInfo
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.core.store import PositionStep
@@ -158,7 +158,18 @@ class PostgresStore(OffsetTables):
                 (pipeline.name,),
             )
             dead, dead_24h = cursor.fetchone() or (0, 0)
-        return PipelineCounts(int(predictions), int(dead), int(dead_24h), self.leader(pipeline))
+            # A table init makes since backfills came: absent until init runs again.
+            jobs_table = self._table(BATCH_JOB_TABLE)
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (jobs_table,))
+            jobs: tuple[str, ...] = ()
+            if (cursor.fetchone() or (False,))[0]:
+                cursor.execute(
+                    f"SELECT data FROM {jobs_table} WHERE pipeline = %s", (pipeline.name,)
+                )
+                jobs = tuple(str(row[0]) for row in cursor.fetchall())
+        return PipelineCounts(
+            int(predictions), int(dead), int(dead_24h), self.leader(pipeline), jobs
+        )
 
     def database_now(self) -> datetime | None:
         with pg_errors("reading the time"), self._connection().cursor() as cursor:
