@@ -28,11 +28,20 @@ def _serve_models(args: argparse.Namespace) -> int:
         parse_endpoint_spec,
         serve_forever,
     )
+    from cdc_scorer.local.s3 import LocalS3
 
+    s3: LocalS3 | None = None
     try:
         endpoints = dict(parse_endpoint_spec(s) for s in (args.endpoint or [DEFAULT_ENDPOINT]))
+        s3_url = args.s3_url
+        if s3_url is None and args.s3_port is not None and args.s3_port >= 0:
+            s3 = LocalS3(args.host, args.s3_port)
+            s3_url = s3.start()
+            print(f"local S3 (moto) listening on {s3_url} ([aws] s3_endpoint_url)", flush=True)
         server = ModelServer(
-            ModelServerConfig(endpoints=endpoints, variant=args.variant, seed=args.seed)
+            ModelServerConfig(
+                endpoints=endpoints, variant=args.variant, seed=args.seed, s3_url=s3_url
+            )
         )
         flags = {
             "latency_ms": args.latency_ms,
@@ -47,9 +56,15 @@ def _serve_models(args: argparse.Namespace) -> int:
             server.set_faults(json.loads(args.faults))
     except ValueError as exc:
         print(f"cdc-scorer serve-models: {exc}", file=sys.stderr)
+        if s3 is not None:
+            s3.stop()
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(server, args.host, args.port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(server, args.host, args.port))
+    finally:
+        if s3 is not None:
+            s3.stop()
     return 0
 
 
@@ -269,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve-models",
-        help="local SageMaker Runtime + Comprehend endpoints backed by real models",
+        help="local SageMaker, Comprehend and Bedrock endpoints backed by real models, with "
+        "the batch jobs' control planes and an S3",
     )
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="the port to listen on")
@@ -281,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         "predicted_label,probability (default) | probabilities",
     )
     serve.add_argument("--variant", default="AllTraffic", help="production variant name")
+    serve.add_argument(
+        "--s3-port",
+        type=int,
+        default=0,
+        help="the port of the local S3 the batch jobs use (moto's server mode; 0: a free "
+        "port, -1: none)",
+    )
+    serve.add_argument(
+        "--s3-url", default=None, help="an S3 to use instead of starting one (e.g. moto's)"
+    )
     serve.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
     for flag, meaning in (
         ("latency-ms", "added latency per call"),

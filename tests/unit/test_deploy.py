@@ -129,3 +129,43 @@ def test_the_ecs_template_runs_n_tasks_in_kafka_mode_with_the_msk_iam_policy() -
         msk["Action"]
     )
     assert len(msk["Resource"]) == 3  # the cluster, its topics under the prefix, the groups
+
+
+def test_the_ecs_template_grants_what_backfills_need() -> None:
+    """The task role may write and read the jobs' files, pass the job role to Bedrock, run
+    Bedrock batch inference and SageMaker transform jobs — the actions docs/how-to/backfills.md
+    lists, each one; the job role Bedrock assumes reads and writes the prefix."""
+    template = _template()
+    policies = template["Resources"]["TaskRole"]["Properties"]["Policies"]
+    statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    backfill = [s["!If"][1] for s in statements if "!If" in s and s["!If"][0] == "UseBackfill"]
+    granted = set()
+    for statement in backfill:
+        actions = statement["Action"]
+        granted |= {actions} if isinstance(actions, str) else set(actions)
+    needed = {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+        "iam:PassRole",
+        "bedrock:CreateModelInvocationJob",
+        "bedrock:GetModelInvocationJob",
+        "bedrock:StopModelInvocationJob",
+        "sagemaker:CreateTransformJob",
+        "sagemaker:DescribeTransformJob",
+        "sagemaker:StopTransformJob",
+        "sagemaker:DescribeEndpoint",
+        "sagemaker:DescribeEndpointConfig",
+    }
+    assert granted == needed
+    docs = (ROOT / "docs" / "how-to" / "backfills.md").read_text()
+    assert all(f"`{action}`" in docs for action in needed), "the how-to lists each action"
+    job_role = template["Resources"]["BackfillJobRole"]["Properties"]
+    trusted = job_role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"]
+    assert trusted == "bedrock.amazonaws.com"
+    job_actions = {
+        a
+        for s in job_role["Policies"][0]["PolicyDocument"]["Statement"]
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert job_actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
