@@ -172,8 +172,8 @@ class ModelSpec(ABC):
         """What is wrong with ``backfill`` for this service (config.py lists them)."""
         if backfill.mode != "realtime" and not self.batch_clients:
             return [
-                f"mode {backfill.mode!r}: {self.service} has no batch jobs cdc-scorer runs — "
-                'set mode = "realtime" (or remove the section)'
+                f"mode: {backfill.mode!r} needs batch jobs, and {self.service} has none "
+                'cdc-scorer runs — set mode = "realtime" (or remove the section)'
             ]
         return []
 

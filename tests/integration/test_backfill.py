@@ -533,3 +533,55 @@ async def test_the_estimate_matches_the_jobs_it_then_runs(
     assert batch_models.bedrock_batch.create_calls == 2
     assert counts["submitted"] == 200 and counts["realtime"] == 50, counts
     assert vectors_match(db)
+
+
+async def test_a_new_model_version_stops_the_old_versions_jobs(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """The scorer stops while its jobs run; it comes back with model version 2: the version 1
+    jobs are stopped at the service and never merged, the table is scored with version 2."""
+    insert_feedback(db, texts(300, 13))
+    batch_models.set_faults({"bedrock": {"batch_step_s": 2.0}})
+    spec = spec_for(
+        tmp_path / "s.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        backfill={"max_jobs_in_flight": 3},
+    )
+    async with Running(spec):
+        await wait_for(
+            lambda: len(batch_models.bedrock_batch.jobs) == 3, what="three jobs submitted"
+        )
+    old = {j.name for j in stored_jobs(db)}
+    batch_models.set_faults({"bedrock": {"batch_step_s": 0.3}})
+    spec2 = spec_for(
+        tmp_path / "s2.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        model_version="2",
+        backfill={"max_jobs_in_flight": 3},
+    )
+    async with Running(spec2):
+        await wait_for(
+            lambda: versions(db) == {"2": 300}, timeout_s=90, what="every row with version 2"
+        )
+    jobs = {j.name: j for j in stored_jobs(db)}
+    assert {jobs[n].state for n in old} == {"abandoned"}
+    assert all(
+        j.state == MERGED and j.model_version == "2" for n, j in jobs.items() if n not in old
+    )
+    service = {j.name: j.status for j in batch_models.bedrock_batch.jobs.values()}
+    assert {service[n] for n in old} <= {"Stopped", "Stopping"}, service
+    assert vectors_match(db)

@@ -305,3 +305,46 @@ def test_every_example_configuration_loads(example: Path) -> None:
     spec = load_config(example)
     assert spec.pipelines
     assert f"[source.{spec.source.feed.name}]" in example.read_text()
+
+
+BEDROCK_BACKFILL = (
+    '[[pipelines]]\nname = "e"\ntable = "t"\nservice = "bedrock"\n'
+    '[pipelines.bedrock]\nmodel_id = "amazon.titan-embed-text-v2:0"\ntask = "embedding"\n'
+    'text_column = "x"\n[pipelines.backfill]\n{backfill}'
+)
+ROLE = 'role_arn = "arn:aws:iam::123456789012:role/r"\n'
+
+
+def test_a_backfill_section_is_checked_against_its_service_and_feed(tmp_path: Path) -> None:
+    log = '[source]\ndatabase = "db"\n'
+    # Batch jobs need where their files go and the role the service assumes.
+    assert problems_of(tmp_path, log + BEDROCK_BACKFILL.format(backfill='mode = "batch"\n')) == [
+        "pipelines.0.backfill: mode 'batch' submits batch jobs: set s3_uri and role_arn "
+        '(s3_uri = "s3://bucket/prefix/", role_arn = the job\'s IAM role)'
+    ]
+    backfill = f'mode = "auto"\ns3_uri = "s3://bkt/p/"\n{ROLE}records_per_job = 60000\n'
+    assert problems_of(tmp_path, log + BEDROCK_BACKFILL.format(backfill=backfill)) == [
+        "pipelines.0.backfill.records_per_job: Bedrock batch inference takes 100 to 50,000 "
+        "records a job (its quotas) — set one in that range"
+    ]
+    # Comprehend has no batch jobs.
+    comprehend = (
+        '[[pipelines]]\nname = "c"\ntable = "t"\nservice = "comprehend"\n'
+        '[pipelines.comprehend]\ntext_column = "x"\n'
+        f'[pipelines.backfill]\nmode = "batch"\ns3_uri = "s3://bkt/p/"\n{ROLE}'
+    )
+    assert problems_of(tmp_path, log + comprehend) == [
+        "pipelines.0.backfill.mode: 'batch' needs batch jobs, and comprehend has none "
+        'cdc-scorer runs — set mode = "realtime" (or remove the section)'
+    ]
+    # Debezium re-reads the table itself: its rows arrive as changes.
+    kafka = (
+        '[source]\ndatabase = "db"\n[source.debezium]\nbootstrap_servers = "b:9092"\n'
+        'topic_prefix = "dbz"\n'
+    )
+    backfill = f'mode = "batch"\ns3_uri = "s3://bkt/p/"\n{ROLE}'
+    assert problems_of(tmp_path, kafka + BEDROCK_BACKFILL.format(backfill=backfill)) == [
+        "pipelines.0.backfill.mode: 'batch' needs the scorer's own re-score chunks; with "
+        "[source.debezium] the table is re-read by the feed itself and its rows arrive as "
+        'changes (real-time) — set mode = "realtime"'
+    ]
