@@ -4,7 +4,9 @@ A private MariaDB or MySQL with row binlog, or PostgreSQL with logical decoding 
 tables with 5,000 generated churn rows and a few hundred feedback texts → local model endpoints
 (SageMaker, Comprehend, and Bedrock: a feedback embedding and a Converse-derived topic) → the
 scorer (snapshot first) → a live workload of inserts, updates and deletes → the blog's queries
-against the ``*_scored`` views, and the feedback nearest "my bill is wrong".
+against the ``*_scored`` views, and the feedback nearest "my bill is wrong" → a new churn model
+version, the table re-scored by SageMaker Batch Transform jobs at a local control plane and S3
+while the stream goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,10 @@ from cdc_scorer.local.churn_data import (
     ChurnRowGenerator,
     FeedbackGenerator,
 )
-from cdc_scorer.local.endpoints import TITAN_V2, ModelServer
+from cdc_scorer.local.endpoints import TITAN_V2, ModelServer, ModelServerConfig
 from cdc_scorer.local.mysql_dist import ensure_mysql
 from cdc_scorer.local.postgres import PostgresServer, PrivatePostgreSQL
+from cdc_scorer.local.s3 import LocalS3
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import MARIADB, MYSQL, DatabaseServer, free_port, private_server
 from cdc_scorer.local.sid_dist import ServerUnavailable
@@ -113,6 +117,22 @@ TOPIC_QUERY = (
     "FROM feedback_topic_scored ORDER BY id DESC LIMIT 5"
 )
 NEAREST_TEXT = "my bill is wrong"
+# The new churn model of the demo's second part: a re-score by Batch Transform jobs.
+DEMO_BUCKET = "cdc-scorer-demo"
+NEW_CHURN_MODEL: dict[str, Any] = {
+    "model_version": "2",
+    "backfill": {
+        "mode": "auto",
+        "min_rows": 1000,
+        "s3_uri": f"s3://{DEMO_BUCKET}/backfills/",
+        "role_arn": "arn:aws:iam::123456789012:role/cdc-scorer-demo-backfill",
+        "records_per_job": 2000,
+        "poll_s": 0.5,
+    },
+}
+VERSIONS_QUERY = (
+    "SELECT model_version, COUNT(*) AS predictions FROM churn_predictions GROUP BY model_version"
+)
 SENTIMENT_QUERY = (
     "SELECT id, LEFT(user_feedback, 50) AS user_feedback, sentiment, "
     "ROUND(sentiment_positive, 3) AS positive, ROUND(sentiment_negative, 3) AS negative "
@@ -319,7 +339,10 @@ async def run_demo(
     label = database.label
     print(f"[demo] starting a private {label} with its change log in {base}", flush=True)
     port = await asyncio.to_thread(database.start)
-    models = ModelServer()
+    s3 = LocalS3()
+    s3_url = await asyncio.to_thread(s3.start)
+    await asyncio.to_thread(lambda: s3.client().create_bucket(Bucket=DEMO_BUCKET))
+    models = ModelServer(ModelServerConfig(s3_url=s3_url))
     app: ScorerApp | None = None
     scorer_task: asyncio.Task[None] | None = None
     try:
@@ -355,6 +378,32 @@ async def run_demo(
         _print_query(conn, database.sentiment_query, database.prompt)
         _print_query(conn, TOPIC_QUERY, database.prompt)
         await asyncio.to_thread(_print_nearest, conn, spec, database.prompt)
+        # A new churn model: the scorer restarts with model_version 2 and re-scores the table
+        # by SageMaker Batch Transform jobs, the stream scoring beside them.
+        app.request_stop()
+        await asyncio.wait_for(scorer_task, 30)
+        config_path.write_text(
+            local_scorer_config(
+                port=port,
+                database=DATABASE,
+                endpoint_url=endpoint_url,
+                http_port=http_port,
+                overrides={
+                    "source": database.source(),
+                    "aws": {"s3_endpoint_url": s3_url},
+                    "pipelines": {**BEDROCK_PIPELINES, "churn": NEW_CHURN_MODEL},
+                },
+            )
+        )
+        spec = load_config(config_path)
+        app = ScorerApp(spec)
+        scorer_task = asyncio.create_task(app.run())
+        writer_conn = database.connect(spec)
+        try:
+            await _new_model_version(conn, writer_conn, app, models, scorer_task)
+        finally:
+            writer_conn.close()
+        _print_query(conn, VERSIONS_QUERY, database.prompt)
         print(
             f"\n[demo] connect while it runs:  {database.client(port)}\n"
             "        e.g. SELECT * FROM churn_scored LIMIT 5;"
@@ -377,6 +426,7 @@ async def run_demo(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(scorer_task, 30)
         await models.stop()
+        await asyncio.to_thread(s3.stop)
         await asyncio.to_thread(database.stop)
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -419,6 +469,66 @@ def store_kind(sql: str) -> str:
     if "VECTOR_TO_STRING" in sql:
         return "a VECTOR column; MySQL community has no distance function: a dot product"
     return "the vectors are JSON arrays on this server: a dot product over them"
+
+
+async def _new_model_version(
+    conn: Any,
+    writer_conn: Any,
+    app: ScorerApp,
+    models: ModelServer,
+    scorer_task: asyncio.Task[None],
+) -> None:
+    """Model version 2 of churn: every row re-scored by Batch Transform jobs while a short
+    workload goes on; progress until no prediction of version 1 is left."""
+    print(
+        "\n[demo] churn model version 2: a re-score of the table by SageMaker Batch Transform "
+        "jobs (files in the local S3), the stream scoring changes beside them",
+        flush=True,
+    )
+    calls_before = _endpoint_rows(models)
+    writer = _Writer(writer_conn, 20, 4)
+    writer.start()
+    started = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(1)
+            if scorer_task.done():
+                scorer_task.result()
+            with conn.cursor() as cursor:
+                # Predictions, by key (the blog's table has no primary key: a phone may repeat).
+                cursor.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN model_version = '2' THEN 1 ELSE 0 "
+                    "END), 0) FROM churn_predictions"
+                )
+                predictions, renewed = (int(v) for v in cursor.fetchone())
+            jobs = Counter(j.state for j in app.telemetry.batch_jobs.values())
+            print(
+                f"[demo] t={time.monotonic() - started:4.1f}s churn predictions of version 2: "
+                f"{renewed}/{predictions} | batch jobs: {dict(jobs) or 'preparing'} | real-time "
+                f"rows at the endpoint since: {_endpoint_rows(models) - calls_before}",
+                flush=True,
+            )
+            state = app.telemetry.pipelines.get("churn")
+            rescoring = state is None or state.rescores.running is not None
+            if renewed == predictions and not rescoring and not writer.is_alive():
+                break
+            if time.monotonic() - started > 120:
+                raise RuntimeError("the re-score by batch jobs did not finish within 120 s")
+    finally:
+        writer.stop()
+        writer.join(timeout=10)
+    counts = app.telemetry.backfill_records
+    print(
+        f"[demo] version 2 everywhere: {counts[('churn', 'answered')]} rows from "
+        f"{len(app.telemetry.batch_jobs)} batch jobs, {counts[('churn', 'superseded')]} kept "
+        "the stream's newer prediction; the endpoint scored only the stream's changes "
+        f"({_endpoint_rows(models) - calls_before} rows)"
+    )
+
+
+def _endpoint_rows(models: ModelServer) -> int:
+    calls = models.stats()["operations"].get("InvokeEndpoint", {})
+    return sum(int(c.get("rows", 0)) for c in calls.values())
 
 
 class _Writer(threading.Thread):
