@@ -132,10 +132,11 @@ def write_scorer_config(
     decoder: str = "fast",
     churn: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    top: dict[str, Any] | None = None,
 ) -> int:
     """Write a config for ``database`` (``churn``: more keys of the churn pipeline; ``source``:
-    more keys of ``[source]``, e.g. PostgreSQL's engine and slot); returns its operations
-    port."""
+    more keys of ``[source]``, e.g. PostgreSQL's engine and slot; ``top``: more sections, e.g.
+    ``aws`` or ``pricing``); returns its operations port."""
     http_port = free_port()
     batching_keys = {"linger_ms": batching.linger_ms, "max_in_flight": batching.max_in_flight}
     path.write_text(
@@ -147,7 +148,8 @@ def write_scorer_config(
             overrides={
                 "shutdown_grace_s": 60,
                 "source": _source(source or {}, decoder),
-                "aws": {"call_timeout_s": 60},
+                "aws": {"call_timeout_s": 60, **(top or {}).get("aws", {})},
+                **{k: v for k, v in (top or {}).items() if k != "aws"},
                 "pipelines": {
                     "churn": {
                         "snapshot": "never",
@@ -217,6 +219,9 @@ class ModelEndpoints:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The local S3 of the batch jobs (backfills), beside the endpoints.
+        self.s3_port = free_port()
+        self.s3_url = f"http://127.0.0.1:{self.s3_port}"
         self._log = (workdir / "endpoints.log").open("w")
         self._process = subprocess.Popen(
             [
@@ -224,6 +229,8 @@ class ModelEndpoints:
                 "serve-models",
                 "--port",
                 str(self.port),
+                "--s3-port",
+                str(self.s3_port),
                 "--faults",
                 json.dumps(LATENCY_PROFILE),
             ],

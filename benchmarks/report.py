@@ -163,6 +163,56 @@ def _rescore(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def backfill_section(r: dict[str, Any] | None) -> list[str]:
+    """The table re-scored through the endpoint, then by batch jobs (``Bench.backfill_phase``)."""
+    if not r:
+        return []
+    lines = [
+        "",
+        f"## A {r['table_rows']:,}-row re-score: through the endpoint or by batch jobs",
+        "",
+        f"The churn table re-scored beside a {r['stream_rate']:,} rows/s stream, first through "
+        "the real-time endpoint (the default), then — the scorer restarted with "
+        '`[pipelines.backfill] mode = "batch"` — by SageMaker Batch Transform jobs of '
+        "25,000 records at the local control plane and S3; each against the same stream alone "
+        "in the same scorer process just before it. Endpoint rows count every row the "
+        "real-time endpoint scored during the phase (the stream's and the re-score's).",
+        "",
+        "| re-score | seconds | stream p50 s alone | stream p99 s alone | stream p50 s during | "
+        "stream p99 s during | p99 ratio | endpoint rows during | of them the stream's | "
+        "re-score rows through the endpoint |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("realtime", "batch"):
+        phase = r.get(name)
+        if not phase:
+            continue
+        alone, during = phase["alone"], phase["during"]
+        ratio = during["p99_s"] / alone["p99_s"] if during["p99_s"] and alone["p99_s"] else None
+        outcomes = phase.get("outcomes") or {}
+        through = outcomes.get("realtime") or 0 if name == "batch" else during["rescored_rows"]
+        lines.append(
+            f"| {name} | {during['seconds']:.1f} | {_fmt(alone['p50_s'])} | "
+            f"{_fmt(alone['p99_s'])} | {_fmt(during['p50_s'])} | {_fmt(during['p99_s'])} | "
+            f"{_fmt(ratio)} | {during['sagemaker_rows']:,} | "
+            f"{during['sagemaker_rows'] - through:,.0f} | {through:,.0f} |"
+        )
+    batch = r.get("batch") or {}
+    outcomes = batch.get("outcomes") or {}
+    if outcomes:
+        lines += [
+            "",
+            "Batch records (`cdc_scorer_backfill_records_total`): "
+            + ", ".join(f"{k} {v or 0:,.0f}" for k, v in outcomes.items())
+            + f"; transform jobs at the service: {batch.get('jobs', {}).get('jobs', '-')}.",
+        ]
+    if r.get("estimate"):
+        lines += ["", "The modelled cost (`cdc-scorer rescore --estimate`):", "", "```"]
+        lines += [line.rstrip() for line in str(r["estimate"]).strip().splitlines()]
+        lines += ["```"]
+    return lines
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -310,6 +360,7 @@ def render(results: dict[str, Any], rows: list[Row], bench: Bench, out: Path) ->
         )
     lines += _end_to_end_vs_parse(results, rows)
     lines += _rescore(results)
+    lines += backfill_section(results.get("backfill"))
     lines += _mysql_against_mariadb(results, rows)
     lines += _postgresql_beside_mysql(results, rows)
     if big is not None:

@@ -20,6 +20,7 @@ import os
 import platform
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ from benchmarks.harness import (
     metrics,
     percentile,
     portable,
+    scorer_cli,
     scorer_process,
     sink_seconds,
     wait_until,
@@ -52,7 +54,9 @@ from benchmarks.harness import (
 )
 from cdc_scorer.core.own_tables import RESCORE
 from cdc_scorer.core.positions import Position
+from cdc_scorer.local.endpoints import DEFAULT_ENDPOINT
 from cdc_scorer.local.mysql_dist import MysqlUnavailable, ensure_mysql
+from cdc_scorer.local.s3 import s3_client
 from cdc_scorer.local.servers import DatabaseServer, PrivateMariaDB, PrivateMySQL
 from cdc_scorer.sources.binlog.positions import decode_binlog_position
 from cdc_scorer.sources.binlog.resume import current_position
@@ -75,15 +79,23 @@ class Mode:
     big_update_rows: int
     preload_rows: int
     rescore_rows: int  # the table re-scored beside the stream
+    backfill_rows: int  # the table re-scored real-time, then by batch jobs
     profile: bool = True  # py-spy on the scorer in the flat-out phase
 
 
 MODES = {
-    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500, 2_000, profile=False),
-    "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000, 200_000),
-    "full": Mode("full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000, 200_000),
+    "smoke": Mode("smoke", 2, 20, (100,), 500, 2_000, 2_000, 500, 2_000, 2_000, profile=False),
+    "quick": Mode("quick", 8, 40, (100, 1000), 20_000, 20_000, 50_000, 5_000, 200_000, 100_000),
+    "full": Mode(
+        "full", 30, 300, (100, 1000, 5000), 200_000, 200_000, 1_000_000, 50_000, 200_000, 100_000
+    ),
 }
 RESCORE_STREAM_RATE = 1000  # rows/s the application writes while the table is re-scored
+BACKFILL_BUCKET = "cdc-scorer-bench"
+BACKFILL_RECORDS_PER_JOB = 25_000
+# The modelled prices (per instance-hour, USD): an ml.m5.large endpoint and transform
+# instance in us-east-1 as listed when this was written; set your own in [pricing].
+BACKFILL_PRICES = {"on_demand": 0.115, "batch": 0.115}
 RESCORE_CAP = 2000  # rescore.max_rows_per_s of the capped phase
 CAPPED_WHERE = "acc_length < 50"  # about a quarter of the rows
 
@@ -406,6 +418,77 @@ class Bench:
             conn.close()
         return {"table_rows": rows, "stream_rate": rate, **phases}
 
+    # ------------------------------------------------------------------ a backfill
+    def backfill_phase(self, rate: float) -> dict[str, Any]:
+        """The churn table re-scored beside a ``rate`` rows/s stream twice in one run: through
+        the endpoint, then by SageMaker Batch Transform jobs (the local control plane and S3);
+        each against the same stream alone in the same scorer process before it. The stream's
+        p99 during each, the endpoint rows the re-score took, and the modelled cost
+        (``rescore --estimate`` at the prices below)."""
+        rows = self.mode.backfill_rows
+        database = self._database("backfill")
+        config = self.workdir / f"{database}.toml"
+        top = {
+            "aws": {"s3_endpoint_url": self.endpoints.s3_url},
+            "pricing": {DEFAULT_ENDPOINT: BACKFILL_PRICES},
+        }
+        batch = {
+            "backfill": {
+                "mode": "batch",
+                "s3_uri": f"s3://{BACKFILL_BUCKET}/backfills/",
+                "role_arn": "arn:aws:iam::123456789012:role/cdc-scorer-bench",
+                "records_per_job": BACKFILL_RECORDS_PER_JOB,
+                "max_jobs_in_flight": 2,
+                "poll_s": 1,
+            }
+        }
+        s3_client(self.endpoints.s3_url).create_bucket(Bucket=BACKFILL_BUCKET)
+        conn = self.server.connect(database)
+        workload = Workload(conn, seed=19)
+        result: dict[str, Any] = {"table_rows": rows, "stream_rate": rate}
+        for name, churn in (("realtime", {}), ("batch", batch)):
+            port = write_scorer_config(
+                config, self.server, database, self.endpoints.url, Batching(), churn=churn, top=top
+            )
+            if name == "realtime":
+                init_scorer_tables(config)
+                workload.preload(rows)
+            scorer = scorer_process(config, self.workdir / f"{database}-{name}.log")
+            try:
+                self._wait_ready(port, scorer)
+                alone = self._rescore_measure(conn, workload, port, scorer, rate)
+                during = self._rescore_measure(conn, workload, port, scorer, rate, "TRUE")
+                text = metrics(port)
+                outcomes = {
+                    o: metric_value(
+                        text, f'cdc_scorer_backfill_records_total{{outcome="{o}",pipeline="churn"}}'
+                    )
+                    for o in ("submitted", "answered", "superseded", "realtime", "dead_letter")
+                }
+            finally:
+                scorer.stop()
+            result[name] = {"alone": alone, "during": during, "outcomes": outcomes}
+        result["batch"]["jobs"] = self.endpoints.stats().get("sagemaker_batch", {})
+        # The count and the cost both ways, as `rescore --estimate` models them.
+        estimate = subprocess.run(
+            [
+                *scorer_cli(),
+                "rescore",
+                "--estimate",
+                "--config",
+                str(config),
+                "--pipeline",
+                "churn",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        result["estimate"] = estimate.stdout or estimate.stderr
+        conn.close()
+        self.log(f"backfill phases: {result}")
+        return result
+
     def _wait_ready(self, port: int, scorer: Process) -> None:
         if not wait_until(lambda: _ready(port, scorer), 60):
             raise RuntimeError(f"scorer not ready: {scorer.log_path.read_text()[-2000:]}")
@@ -628,6 +711,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                     rows.append(bench.polling_phase(rate))
                 rows.append(bench.big_update())
                 rescore = bench.rescore_phase(RESCORE_STREAM_RATE)
+                backfill = bench.backfill_phase(RESCORE_STREAM_RATE)
                 # The same parse-only and big-UPDATE phases on MySQL, in the same run.
                 mysql_note = _mysql_phases(mode, workdir, bench)
                 # And on PostgreSQL (pgoutput), with its own mixed workload.
@@ -652,6 +736,7 @@ def run(mode: Mode, out: Path) -> dict[str, Any]:
                 "kafka": kafka_note,
                 "scorer_profiles": bench.scorer_profiles,
                 "rescore": rescore,
+                "backfill": backfill,
             }
             write_report(results, rows, bench, out)
             return results

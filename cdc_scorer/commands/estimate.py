@@ -77,8 +77,8 @@ def estimate(
         key = pipeline.model.pricing_key
         if price is None:
             lines.append(
-                f'  cost: set [pricing."{key}"] on_demand and batch (per {found.per:,} '
-                f"{found.unit.split(' of ')[0]}) to see it"
+                f'  cost: set [pricing."{key}"] on_demand and batch (per {found.price_unit}) '
+                "to see it"
             )
             return lines
         # The records left over for the endpoint cost its price, the others the batch one.
@@ -88,9 +88,9 @@ def estimate(
         realtime_cost = found.realtime_units / found.per * price.on_demand
         lines += [
             f"  cost through the endpoint: {realtime_cost:,.4f} {price.currency} "
-            f'(on_demand {price.on_demand} per {found.per:,}, [pricing."{key}"])',
+            f'(on_demand {price.on_demand} per {found.price_unit}, [pricing."{key}"])',
             f"  cost as batch jobs: {batch_cost:,.4f} {price.currency} "
-            f"(batch {price.batch} per {found.per:,})",
+            f"(batch {price.batch} per {found.price_unit})",
         ]
         return lines
     finally:

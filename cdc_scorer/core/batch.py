@@ -137,6 +137,7 @@ class Estimate:
     realtime_units: float  # the same records through the real-time endpoint
     realtime_unit: str
     per: int = 1  # the prices' quantity: 1,000 input tokens, 1 instance-hour
+    price_unit: str = "unit"  # what a price is for, e.g. "1,000 input tokens"
 
 
 class BatchService(Protocol):

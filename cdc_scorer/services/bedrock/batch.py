@@ -226,6 +226,7 @@ class BedrockBatchJobs:
             realtime_units=tokens,
             realtime_unit="input tokens",
             per=1000,
+            price_unit="1,000 input tokens",
         )
 
 

@@ -253,4 +253,5 @@ class SageMakerTransformJobs:
             ),
             realtime_units=scoring_h,
             realtime_unit="instance-hours of the endpoint",
+            price_unit="instance-hour",
         )
