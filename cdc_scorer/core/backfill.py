@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -212,15 +212,12 @@ class Backfill:
         """Read the next range of rows, write its job row and submit it (None: no rows
         left)."""
         limit = self._spec.records_per_job
-        rows: list[dict[str, Any]] = await retrying(
-            functools.partial(self._store.select, job.where, after, limit)
-        )
-        if not rows:
+        read = functools.partial(self._read_range, job.where, after, limit, None)
+        count, last, records = await retrying(lambda: asyncio.to_thread(read))
+        if not count:
             return None
-        key_columns = self._table.key_columns
-        last = tuple(rows[-1][c] for c in key_columns)
-        records = self._records(rows)
-        final = len(rows) < limit
+        assert last is not None
+        final = count < limit
         batch_job = BatchJob(
             pipeline=self._pipeline.name,
             rescore_id=job.id,
@@ -258,18 +255,25 @@ class Backfill:
         self._report(submitted)
         return submitted
 
-    def _records(self, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-        """(key text, record input) of each row the service can take (the others are read
-        again by the merge and go through the real-time path, which dead-letters them)."""
+    def _read_range(
+        self, where: str | None, after: Key | None, limit: int, through: Key | None
+    ) -> tuple[int, Key | None, list[tuple[str, str]]]:
+        """A range's rows read (blocking: in a thread, with their records made there too —
+        tens of thousands of rows must not hold the event loop the stream runs on): how many,
+        the last key, and (key text, record input) of each row the service can take (the
+        others are read again by the merge and go through the real-time path, which
+        dead-letters them)."""
+        rows = self._store.select(where, after, limit, through)
         key_columns = self._table.key_columns
-        out = []
+        records = []
         for values in rows:
             try:
                 record = self.service.record(values)
             except PoisonError:
                 continue
-            out.append((key_text(tuple(values[c] for c in key_columns)), record))
-        return out
+            records.append((key_text(tuple(values[c] for c in key_columns)), record))
+        last = tuple(rows[-1][c] for c in key_columns) if rows else None
+        return len(rows), last, records
 
     async def _submit_again(
         self, batch_job: BatchJob, job: RescoreJob, retrying: Retrying
@@ -277,10 +281,10 @@ class Backfill:
         """A job whose row was written before a stop, perhaps submitted: its range read again
         and submitted under the same token (the service answers with the job it made)."""
         limit = self._spec.records_per_job
-        rows: list[dict[str, Any]] = await retrying(
-            functools.partial(self._store.select, job.where, batch_job.after, limit, batch_job.last)
+        read = functools.partial(
+            self._read_range, job.where, batch_job.after, limit, batch_job.last
         )
-        records = self._records(rows)  # used only if its input was never written
+        _, _, records = await retrying(lambda: asyncio.to_thread(read))  # if never written
         return await self._submit(batch_job, records, retrying, "backfill job re-attached")
 
     async def _follow(

@@ -25,9 +25,11 @@ server (``s3.py``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import csv
 import io
 import json
+import multiprocessing
 import re
 import uuid
 from collections import Counter
@@ -564,6 +566,7 @@ class SageMakerBatch:
         self.jobs: dict[str, _Transform] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.create_calls = 0
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -597,6 +600,15 @@ class SageMakerBatch:
         return web.Response(
             body=json.dumps(answer).encode(), content_type="application/x-amz-json-1.1"
         )
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The transform "instances": a process of their own (spawned, not forked from a
+        process with threads), so a job's scoring never holds the endpoints' interpreter."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
 
     def _endpoint(self, name: str) -> str:
         if name not in self._server.config.endpoints:
@@ -706,37 +718,36 @@ class SageMakerBatch:
             outputs = []
             processing = job.params.get("DataProcessing") or {}
             form = self._server.config.endpoints[job.endpoint]
+            payload = int(job.params.get("MaxPayloadInMB") or 6) * 1_000_000
             for name, lines in files:
-                joined = []
-                for line in lines:
-                    fields = next(csv.reader(io.StringIO(line)))
-                    record = csv_filter(processing.get("InputFilter"), fields)
-                    try:
-                        answer = self._server.score_csv([record], form).decode().rstrip("\n")
-                    except Exception as exc:  # the container's 400: the job fails
-                        job.set(
-                            "Failed",
-                            "ClientError: the model container answered 400 for a mini-batch: "
-                            f"{exc}",
-                        )
-                        return
-                    answer_fields = next(csv.reader(io.StringIO(answer)))
-                    out_fields = (
-                        [*fields, *answer_fields]
-                        if processing.get("JoinSource") == "Input"
-                        else answer_fields
-                    )
-                    out = io.StringIO()
-                    csv.writer(out, lineterminator="\n").writerow(
-                        csv_filter(processing.get("OutputFilter"), out_fields)
-                    )
-                    joined.append(out.getvalue())
-                    job.records += 1
-                    if job.stop:
-                        job.set("Stopped")
-                        return
+                joined: list[str] = []
+                # MultiRecord: mini-batches of lines up to MaxPayloadInMB, each scored in one
+                # call of the model (in a thread: the endpoints keep answering meanwhile).
+                batch: list[str] = []
+                size = 0
+                for line in [*lines, None]:
+                    if line is not None and size + len(line) < payload and len(batch) < 1000:
+                        batch.append(line)
+                        size += len(line) + 1
+                        continue
+                    if batch:
+                        try:
+                            joined += await asyncio.get_running_loop().run_in_executor(
+                                self._workers(), transform_mini_batch, batch, processing, form
+                            )
+                        except Exception as exc:  # the container's 400: the job fails
+                            job.set(
+                                "Failed",
+                                "ClientError: the model container answered 400 for a "
+                                f"mini-batch: {exc}",
+                            )
+                            return
+                        job.records += len(batch)
+                        if job.stop:
+                            job.set("Stopped")
+                            return
+                    batch, size = ([line], len(line) + 1) if line is not None else ([], 0)
                 outputs.append((name, joined))
-                await asyncio.sleep(0)
             await asyncio.to_thread(self._write, job, outputs)
             job.set("Completed")
         except BatchError as exc:
@@ -776,3 +787,31 @@ class SageMakerBatch:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_WORKER_MODEL: Any = None
+
+
+def transform_mini_batch(lines: list[str], processing: dict[str, Any], form: str) -> list[str]:
+    """One mini-batch of a transform job, in a worker process: each record filtered, scored
+    by the churn model, joined to its input and filtered again, as CSV lines."""
+    global _WORKER_MODEL
+    from cdc_scorer.local.churn_model import ChurnModel
+    from cdc_scorer.local.endpoints import score_churn_csv
+
+    if _WORKER_MODEL is None:
+        _WORKER_MODEL = ChurnModel.load()
+    inputs = [next(csv.reader(io.StringIO(line))) for line in lines]
+    records = [csv_filter(processing.get("InputFilter"), fields) for fields in inputs]
+    answers = score_churn_csv(_WORKER_MODEL, records, form).decode().splitlines()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for fields, answer in zip(inputs, answers, strict=True):
+        answer_fields = next(csv.reader(io.StringIO(answer)))
+        joined = (
+            [*fields, *answer_fields] if processing.get("JoinSource") == "Input" else answer_fields
+        )
+        writer.writerow(csv_filter(processing.get("OutputFilter"), joined))
+    return out.getvalue().splitlines(keepends=True)

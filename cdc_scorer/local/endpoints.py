@@ -441,20 +441,7 @@ class _SageMakerRuntime:
         )
 
     def score_csv(self, records: list[list[str]], form: str) -> bytes:
-        out = io.StringIO()
-        for number, record in enumerate(records, start=1):
-            try:
-                p_true = self._churn.probability(record)
-            except RecordError as exc:
-                raise _ContainerError(400, f"record {number}: {exc}") from None
-            label = "True." if p_true >= 0.5 else "False."
-            if form == "predicted_label":
-                out.write(f"{label}\n")
-            elif form == "predicted_label,probability":
-                out.write(f"{label},{max(p_true, 1 - p_true)!r}\n")
-            else:
-                out.write(f'"[{1 - p_true!r}, {p_true!r}]"\n')
-        return out.getvalue().encode()
+        return score_churn_csv(self._churn, records, form)
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -824,6 +811,25 @@ class _Comprehend:
             raise _AwsError(503, injected, "Service unavailable, injected fault")
         if injected == "InternalServerException":
             raise _AwsError(500, injected, "Internal server error, injected fault")
+
+
+def score_churn_csv(model: ChurnModel, records: list[list[str]], form: str) -> bytes:
+    """The churn model's CSV answer to ``records``, one line each in ``form``; a record it
+    cannot read is the container's 400 for the whole request."""
+    out = io.StringIO()
+    for number, record in enumerate(records, start=1):
+        try:
+            p_true = model.probability(record)
+        except RecordError as exc:
+            raise _ContainerError(400, f"record {number}: {exc}") from None
+        label = "True." if p_true >= 0.5 else "False."
+        if form == "predicted_label":
+            out.write(f"{label}\n")
+        elif form == "predicted_label,probability":
+            out.write(f"{label},{max(p_true, 1 - p_true)!r}\n")
+        else:
+            out.write(f'"[{1 - p_true!r}, {p_true!r}]"\n')
+    return out.getvalue().encode()
 
 
 class _ContainerError(Exception):

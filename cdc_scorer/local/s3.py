@@ -1,37 +1,64 @@
-"""A local S3: moto's server mode on a free loopback port (a real S3 protocol server: the
-scorer's aiobotocore client and the local batch services' boto3 client talk to it as to S3).
+"""A local S3: moto's server mode in a process of its own on a loopback port (a real S3
+protocol server: the scorer's aiobotocore client and the local batch services' boto3 client
+talk to it as to S3, and its work does not share a process with the model endpoints).
 
-Its buckets live in the memory of the process that started it: ``cdc-scorer serve-models``
-starts one beside the model endpoints, the tests one per session.
+Its buckets live in that process's memory: ``cdc-scorer serve-models`` starts one beside the
+model endpoints, the tests one per session.
 """
 
 from __future__ import annotations
 
-import logging
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 REGION = "us-east-1"
+START_TIMEOUT_S = 30.0
 
 
 class LocalS3:
-    """moto's threaded server; ``start()`` returns its URL."""
+    """``python -m moto.server`` on ``host:port`` (0: a free port); ``start()`` returns its
+    URL once it answers."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
+        from cdc_scorer.local.servers import free_port
 
-        # werkzeug logs every request at INFO: the scorer's polling would flood the log.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        self.url = ""
+        self.host = host
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
-        return self.url
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):
+                    return self.url
+            except (OSError, urllib.error.URLError):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"the local S3 (moto's server mode) did not start on {self.url}"
+                    ) from None
+                time.sleep(0.1)
 
     def stop(self) -> None:
-        self._server.stop()
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
     def client(self) -> Any:
         """A boto3 S3 client of this server (path-style addressing, test credentials)."""

@@ -585,3 +585,30 @@ async def test_a_new_model_version_stops_the_old_versions_jobs(
     service = {j.name: j.status for j in batch_models.bedrock_batch.jobs.values()}
     assert {service[n] for n in old} <= {"Stopped", "Stopping"}, service
     assert vectors_match(db)
+
+
+async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+) -> None:
+    """A bucket that does not exist: the re-score ends with an error naming s3_uri (status
+    shows it), and the stream goes on scoring in real time."""
+    insert_feedback(db, texts(150, 17))
+    spec = spec_for(
+        tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, "no-such-bucket-x"
+    )
+    async with Running(spec) as app:
+        await wait_for(lambda: snapshot_done(app), timeout_s=60, what="the snapshot's end")
+        finished = app.telemetry.pipelines[PIPELINE].rescores.finished
+        insert_feedback(db, ["A new row after the refusal."])
+        await wait_for(
+            lambda: max(feedback_rows(db)) in predicted_ids(db), what="the stream going on"
+        )
+    (job,) = finished
+    assert job.error is not None and "s3_uri" in job.error, job.error
+    assert "NoSuchBucket" in job.error, job.error
+    assert batch_models.bedrock_batch.create_calls == 0

@@ -11,6 +11,7 @@ line order), and the service's ``output/<job id>/records.jsonl.out`` and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -158,27 +159,36 @@ class BedrockBatchJobs:
     async def results(self, job: BatchJob) -> Mapping[str, RecordResult]:
         bucket, key = split_s3(self._prefix(job))
         with aws_errors(f"{self.describe}: reading job {job.name}'s files from S3"):
-            keys = json.loads(await self._read(bucket, f"{key}/keys.json"))
-            inputs = {}
-            for line in (await self._read(bucket, f"{key}/input/records.jsonl")).splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    inputs[record["recordId"]] = record["modelInput"]
-            outputs: dict[str, dict[str, Any]] = {}
+            keys = await self._read(bucket, f"{key}/keys.json")
+            inputs = await self._read(bucket, f"{key}/input/records.jsonl")
+            outputs = []
             listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/output/")
             for obj in listed.get("Contents", []):
-                if not obj["Key"].endswith(".jsonl.out"):
-                    continue
-                for line in (await self._read(bucket, obj["Key"])).splitlines():
-                    if line.strip():
-                        answer = json.loads(line)
-                        outputs[str(answer.get("recordId"))] = answer
+                if obj["Key"].endswith(".jsonl.out"):
+                    outputs.append(await self._read(bucket, obj["Key"]))
+        # Tens of thousands of records: parsed in a thread, not on the stream's event loop.
+        return await asyncio.to_thread(self._parse, keys, inputs, outputs)
+
+    def _parse(
+        self, keys_text: str, inputs_text: str, outputs: list[str]
+    ) -> dict[str, RecordResult]:
+        keys = json.loads(keys_text)
+        inputs = {}
+        for line in inputs_text.splitlines():
+            if line.strip():
+                record = json.loads(line)
+                inputs[record["recordId"]] = record["modelInput"]
+        answers: dict[str, dict[str, Any]] = {}
+        for text in outputs:
+            for line in text.splitlines():
+                if line.strip():
+                    answer = json.loads(line)
+                    answers[str(answer.get("recordId"))] = answer
         results: dict[str, RecordResult] = {}
         for record_id, body in inputs.items():
             key_text = keys.get(record_id)
-            if key_text is None:
-                continue
-            results[key_text] = self._result(body, outputs.get(record_id))
+            if key_text is not None:
+                results[key_text] = self._result(body, answers.get(record_id))
         return results
 
     async def _exists(self, bucket: str, key: str) -> bool:

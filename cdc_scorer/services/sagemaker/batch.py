@@ -14,6 +14,7 @@ identity, and a name already taken is the job a previous submission made.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -195,18 +196,29 @@ class SageMakerTransformJobs:
     async def results(self, job: BatchJob) -> Mapping[str, RecordResult]:
         bucket, key = split_s3(self._prefix(job))
         with aws_errors(f"{self.describe}: reading job {job.name}'s files from S3"):
-            keys = json.loads(await self._read(bucket, f"{key}/keys.json"))
-            inputs: dict[str, str] = {}
-            for line in (await self._read(bucket, f"{key}/input/records.csv")).splitlines():
-                if line:
-                    record_id, _, features = line.partition(",")
-                    inputs[record_id] = features
-            answers: dict[str, str] = {}
+            keys = await self._read(bucket, f"{key}/keys.json")
+            inputs = await self._read(bucket, f"{key}/input/records.csv")
+            outputs = []
             listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/output/")
             for obj in listed.get("Contents", []):
-                for line in (await self._read(bucket, obj["Key"])).splitlines():
-                    record_id, _, joined = line.partition(",")
-                    answers[record_id] = joined
+                outputs.append(await self._read(bucket, obj["Key"]))
+        # Tens of thousands of records: parsed in a thread, not on the stream's event loop.
+        return await asyncio.to_thread(self._parse, keys, inputs, outputs)
+
+    def _parse(
+        self, keys_text: str, inputs_text: str, outputs: list[str]
+    ) -> dict[str, RecordResult]:
+        keys = json.loads(keys_text)
+        inputs: dict[str, str] = {}
+        for line in inputs_text.splitlines():
+            if line:
+                record_id, _, features = line.partition(",")
+                inputs[record_id] = features
+        answers: dict[str, str] = {}
+        for text in outputs:
+            for line in text.splitlines():
+                record_id, _, joined = line.partition(",")
+                answers[record_id] = joined
         results: dict[str, RecordResult] = {}
         for record_id, features in inputs.items():
             key_text = keys.get(record_id)
