@@ -55,6 +55,7 @@ from cdc_scorer.core.records import BatchAnswer, Op, RescoreJob, RowChange, Tabl
 from cdc_scorer.core.spec import BackfillSpec, PipelineSpec
 
 log = structlog.get_logger("cdc_scorer.core.backfill")
+READ_ROWS = 2000  # rows a range is read in at a time (each piece in a thread)
 Key = tuple[Any, ...]
 # One chunk as the snapshotter merges it: rows, orphans (None), cursor, last.
 ChunkContent = tuple[tuple[RowChange, ...], None, Key | None, bool]
@@ -212,8 +213,7 @@ class Backfill:
         """Read the next range of rows, write its job row and submit it (None: no rows
         left)."""
         limit = self._spec.records_per_job
-        read = functools.partial(self._read_range, job.where, after, limit, None)
-        count, last, records = await retrying(lambda: asyncio.to_thread(read))
+        count, last, records = await self._read_range(job.where, after, limit, None, retrying)
         if not count:
             return None
         assert last is not None
@@ -255,25 +255,45 @@ class Backfill:
         self._report(submitted)
         return submitted
 
-    def _read_range(
-        self, where: str | None, after: Key | None, limit: int, through: Key | None
+    async def _read_range(
+        self,
+        where: str | None,
+        after: Key | None,
+        limit: int,
+        through: Key | None,
+        retrying: Retrying,
     ) -> tuple[int, Key | None, list[tuple[str, str]]]:
-        """A range's rows read (blocking: in a thread, with their records made there too —
-        tens of thousands of rows must not hold the event loop the stream runs on): how many,
-        the last key, and (key text, record input) of each row the service can take (the
-        others are read again by the merge and go through the real-time path, which
-        dead-letters them)."""
-        rows = self._store.select(where, after, limit, through)
+        """A range of up to ``limit`` rows read, in pieces of READ_ROWS each in a thread with
+        its records made there: a job's tens of thousands of rows parsed in one go would hold
+        the interpreter long enough to stall the stream on the event loop. How many rows, the
+        last key, and (key text, record input) of each row the service can take (the others
+        are read again by the merge and go through the real-time path, which dead-letters
+        them)."""
+        count, last, records = 0, after, []
+        while count < limit:
+            want = min(READ_ROWS, limit - count)
+            piece = functools.partial(self._read_piece, where, last, want, through)
+            read, last, made = await retrying(functools.partial(asyncio.to_thread, piece))
+            count += read
+            records += made
+            if read < want:
+                break
+        return count, (last if count else None), records
+
+    def _read_piece(
+        self, where: str | None, after: Key | None, rows: int, through: Key | None
+    ) -> tuple[int, Key | None, list[tuple[str, str]]]:
+        found = self._store.select(where, after, rows, through)
         key_columns = self._table.key_columns
         records = []
-        for values in rows:
+        for values in found:
             try:
                 record = self.service.record(values)
             except PoisonError:
                 continue
             records.append((key_text(tuple(values[c] for c in key_columns)), record))
-        last = tuple(rows[-1][c] for c in key_columns) if rows else None
-        return len(rows), last, records
+        last = tuple(found[-1][c] for c in key_columns) if found else after
+        return len(found), last, records
 
     async def _submit_again(
         self, batch_job: BatchJob, job: RescoreJob, retrying: Retrying
@@ -281,10 +301,10 @@ class Backfill:
         """A job whose row was written before a stop, perhaps submitted: its range read again
         and submitted under the same token (the service answers with the job it made)."""
         limit = self._spec.records_per_job
-        read = functools.partial(
-            self._read_range, job.where, batch_job.after, limit, batch_job.last
+        # The records are used only if the job's input was never written.
+        _, _, records = await self._read_range(
+            job.where, batch_job.after, limit, batch_job.last, retrying
         )
-        _, _, records = await retrying(lambda: asyncio.to_thread(read))  # if never written
         return await self._submit(batch_job, records, retrying, "backfill job re-attached")
 
     async def _follow(

@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -35,6 +35,7 @@ from cdc_scorer.core.spec import BackfillSpec
 from cdc_scorer.services.aws import aws_errors, map_aws_error
 from cdc_scorer.services.bedrock import BedrockSpec
 
+T = TypeVar("T")
 MIN_RECORDS = 100  # Bedrock refuses a job of fewer ("minimum number of records per job")
 MAX_RECORDS = 50_000  # the default quota of records per job
 CHARS_PER_TOKEN = 4  # the estimate's rule: about four characters of English a token
@@ -166,29 +167,19 @@ class BedrockBatchJobs:
             for obj in listed.get("Contents", []):
                 if obj["Key"].endswith(".jsonl.out"):
                     outputs.append(await self._read(bucket, obj["Key"]))
-        # Tens of thousands of records: parsed in a thread, not on the stream's event loop.
-        return await asyncio.to_thread(self._parse, keys, inputs, outputs)
-
-    def _parse(
-        self, keys_text: str, inputs_text: str, outputs: list[str]
-    ) -> dict[str, RecordResult]:
-        keys = json.loads(keys_text)
-        inputs = {}
-        for line in inputs_text.splitlines():
-            if line.strip():
-                record = json.loads(line)
-                inputs[record["recordId"]] = record["modelInput"]
-        answers: dict[str, dict[str, Any]] = {}
+        # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
+        # stream's event loop is never held for long.
+        key_of = json.loads(keys)
+        bodies: dict[str, Any] = {}
+        for piece in _pieces(inputs.splitlines()):
+            bodies |= await asyncio.to_thread(_json_lines, piece, "modelInput")
+        answers: dict[str, Any] = {}
         for text in outputs:
-            for line in text.splitlines():
-                if line.strip():
-                    answer = json.loads(line)
-                    answers[str(answer.get("recordId"))] = answer
+            for piece in _pieces(text.splitlines()):
+                answers |= await asyncio.to_thread(_json_lines, piece, None)
         results: dict[str, RecordResult] = {}
-        for record_id, body in inputs.items():
-            key_text = keys.get(record_id)
-            if key_text is not None:
-                results[key_text] = self._result(body, answers.get(record_id))
+        for records in _pieces(list(bodies.items())):
+            results |= await asyncio.to_thread(self._results, records, key_of, answers)
         return results
 
     async def _exists(self, bucket: str, key: str) -> bool:
@@ -199,6 +190,18 @@ class BedrockBatchJobs:
         answer = await self._s3.get_object(Bucket=bucket, Key=key)
         async with answer["Body"] as stream:
             return bytes(await stream.read()).decode("utf-8")
+
+    def _results(
+        self,
+        records: list[tuple[str, Any]],
+        key_of: Mapping[str, str],
+        answers: Mapping[str, Any],
+    ) -> dict[str, RecordResult]:
+        return {
+            key_of[record_id]: self._result(body, answers.get(record_id))
+            for record_id, body in records
+            if record_id in key_of
+        }
 
     def _result(self, body: Any, output: Mapping[str, Any] | None) -> RecordResult:
         text = canonical(body)
@@ -272,3 +275,20 @@ def _retriable(error: CdcScorerError) -> bool:
     from cdc_scorer.core.errors import RetriableError
 
     return isinstance(error, RetriableError)
+
+
+PIECE = 2000  # records parsed at a time
+
+
+def _pieces(items: list[T]) -> list[list[T]]:
+    return [items[i : i + PIECE] for i in range(0, len(items), PIECE)]
+
+
+def _json_lines(lines: list[str], field: str | None) -> dict[str, Any]:
+    """JSONL records by recordId: ``field`` of each (None: the whole record)."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        if line.strip():
+            record = json.loads(line)
+            out[str(record.get("recordId"))] = record if field is None else record[field]
+    return out

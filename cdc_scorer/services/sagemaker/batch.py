@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from cdc_scorer.core.batch import (
     DONE,
@@ -36,6 +36,7 @@ from cdc_scorer.core.spec import BackfillSpec
 from cdc_scorer.services.aws import aws_errors
 from cdc_scorer.services.sagemaker import SageMakerSpec
 
+T = TypeVar("T")
 MAX_PAYLOAD_MB = 6  # a mini-batch's body, as InvokeEndpoint's limit
 # The estimate's rule: records a ml.m5.large-class instance scores per second with a small
 # tabular model (the local container: ~2,000; set it against a test job of yours), and the
@@ -202,29 +203,29 @@ class SageMakerTransformJobs:
             listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/output/")
             for obj in listed.get("Contents", []):
                 outputs.append(await self._read(bucket, obj["Key"]))
-        # Tens of thousands of records: parsed in a thread, not on the stream's event loop.
-        return await asyncio.to_thread(self._parse, keys, inputs, outputs)
-
-    def _parse(
-        self, keys_text: str, inputs_text: str, outputs: list[str]
-    ) -> dict[str, RecordResult]:
-        keys = json.loads(keys_text)
-        inputs: dict[str, str] = {}
-        for line in inputs_text.splitlines():
-            if line:
-                record_id, _, features = line.partition(",")
-                inputs[record_id] = features
+        # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
+        # stream's event loop is never held for long.
+        key_of = json.loads(keys)
+        features = dict(line.partition(",")[::2] for line in inputs.splitlines() if line)
         answers: dict[str, str] = {}
         for text in outputs:
-            for line in text.splitlines():
-                record_id, _, joined = line.partition(",")
-                answers[record_id] = joined
+            answers |= dict(line.partition(",")[::2] for line in text.splitlines() if line)
         results: dict[str, RecordResult] = {}
-        for record_id, features in inputs.items():
-            key_text = keys.get(record_id)
-            if key_text is not None:
-                results[key_text] = self._result(features, answers.get(record_id))
+        for piece in _pieces(list(features.items())):
+            results |= await asyncio.to_thread(self._results, piece, key_of, answers)
         return results
+
+    def _results(
+        self,
+        records: list[tuple[str, str]],
+        key_of: Mapping[str, str],
+        answers: Mapping[str, str],
+    ) -> dict[str, RecordResult]:
+        return {
+            key_of[record_id]: self._result(line, answers.get(record_id))
+            for record_id, line in records
+            if record_id in key_of
+        }
 
     def _result(self, features: str, joined: str | None) -> RecordResult:
         if joined is None:
@@ -267,3 +268,10 @@ class SageMakerTransformJobs:
             realtime_unit="instance-hours of the endpoint",
             price_unit="instance-hour",
         )
+
+
+PIECE = 2000  # records parsed at a time
+
+
+def _pieces(items: list[T]) -> list[list[T]]:
+    return [items[i : i + PIECE] for i in range(0, len(items), PIECE)]
