@@ -41,7 +41,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     title = f"# Backfill benchmark (`python -m benchmarks.backfill --mode {mode.name}`)"
-    text = "\n".join([title, *backfill_section(result)[1:]]) + "\n"
+    text = "\n".join([title, *backfill_section(result)[2:]]) + "\n"
     (out / "backfill-benchmarks.md").write_text(portable(text))
     (out / "backfill-benchmarks.json").write_text(
         portable(json.dumps(result, indent=2, default=str) + "\n")

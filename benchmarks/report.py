@@ -176,7 +176,10 @@ def backfill_section(r: dict[str, Any] | None) -> list[str]:
         '`[pipelines.backfill] mode = "batch"` — by SageMaker Batch Transform jobs of '
         "25,000 records at the local control plane and S3; each against the same stream alone "
         "in the same scorer process just before it. Endpoint rows count every row the "
-        "real-time endpoint scored during the phase (the stream's and the re-score's).",
+        "real-time endpoint scored during the phase (the stream's and the re-score's). Here "
+        "the transform jobs' scoring (a worker process of `serve-models`) and S3 (moto, a "
+        "process of its own) share the machine's two cores with the scorer, the database "
+        "and the stream's endpoint; on AWS they run elsewhere.",
         "",
         "| re-score | seconds | stream p50 s alone | stream p99 s alone | stream p50 s during | "
         "stream p99 s during | p99 ratio | endpoint rows during | of them the stream's | "

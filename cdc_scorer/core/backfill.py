@@ -55,7 +55,7 @@ from cdc_scorer.core.records import BatchAnswer, Op, RescoreJob, RowChange, Tabl
 from cdc_scorer.core.spec import BackfillSpec, PipelineSpec
 
 log = structlog.get_logger("cdc_scorer.core.backfill")
-READ_ROWS = 2000  # rows a range is read in at a time (each piece in a thread)
+READ_ROWS = 500  # rows a range is read in at a time (each piece in a thread)
 Key = tuple[Any, ...]
 # One chunk as the snapshotter merges it: rows, orphans (None), cursor, last.
 ChunkContent = tuple[tuple[RowChange, ...], None, Key | None, bool]

@@ -277,7 +277,7 @@ def _retriable(error: CdcScorerError) -> bool:
     return isinstance(error, RetriableError)
 
 
-PIECE = 2000  # records parsed at a time
+PIECE = 500  # records parsed at a time
 
 
 def _pieces(items: list[T]) -> list[list[T]]:

@@ -270,7 +270,7 @@ class SageMakerTransformJobs:
         )
 
 
-PIECE = 2000  # records parsed at a time
+PIECE = 500  # records parsed at a time
 
 
 def _pieces(items: list[T]) -> list[list[T]]:
