@@ -210,7 +210,8 @@ def backfill_section(r: dict[str, Any] | None) -> list[str]:
             + f"; transform jobs at the service: {batch.get('jobs', {}).get('jobs', '-')}.",
         ]
     if r.get("estimate"):
-        lines += ["", "The modelled cost (`cdc-scorer rescore --config FILE --pipeline churn --estimate`):", "", "```"]
+        command = "cdc-scorer rescore --config FILE --pipeline churn --estimate"
+        lines += ["", f"The modelled cost (`{command}`):", "", "```"]
         lines += [line.rstrip() for line in str(r["estimate"]).strip().splitlines()]
         lines += ["```"]
     return lines
