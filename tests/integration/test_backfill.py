@@ -8,6 +8,7 @@ sees no real-time call for the re-score's rows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -23,12 +24,15 @@ from cdc_scorer.app import ScorerApp
 from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
 from cdc_scorer.core.batch import MERGED, BatchJob
-from cdc_scorer.core.spec import ScorerSpec
+from cdc_scorer.core.spec import AwsSpec, BackfillSpec, ScorerSpec
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer, ModelServerConfig
 from cdc_scorer.local.s3 import LocalS3
 from cdc_scorer.local.scorer_config import local_scorer_config
 from cdc_scorer.local.servers import DatabaseServer
+from cdc_scorer.services.aws import create_client_context
+from cdc_scorer.services.bedrock import BedrockSpec
+from cdc_scorer.services.sagemaker import SageMakerSpec
 from tests.conftest import TEST_ENDPOINTS
 from tests.integration.scenario import (
     Running,
@@ -39,6 +43,8 @@ from tests.integration.scenario import (
     wait_for,
 )
 from tests.integration.test_bedrock import (
+    TOPICS,
+    converse_pipeline,
     embedding_pipeline,
     feedback_rows,
     insert_feedback,
@@ -612,3 +618,112 @@ async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
     assert job.error is not None and "s3_uri" in job.error, job.error
     assert "NoSuchBucket" in job.error, job.error
     assert batch_models.bedrock_batch.create_calls == 0
+
+
+# ---------------------------------------------------------------- a submission repeated
+def repeated_job(name: str) -> BatchJob:
+    return BatchJob(
+        pipeline="p",
+        rescore_id="r" * 12,
+        sequence=0,
+        name=name,
+        token=name.replace("-", "") + "token",
+        after=None,
+        last=(1,),
+        records=2,
+        final=True,
+    )
+
+
+async def test_a_repeated_submission_is_the_same_job(
+    batch_models: ModelServer, local_s3: LocalS3, bucket: str
+) -> None:
+    """After a crash between a submission and its row's update, the job is submitted again:
+    Bedrock answers the same token with the job it made; SageMaker refuses the name
+    (ResourceInUse), and the service reads the job of that name. Each service counts one job,
+    and its input, written once, is not written again."""
+    backfill = BackfillSpec(mode="batch", s3_uri=f"s3://{bucket}/again", role_arn=ROLE)
+    aws = AwsSpec(region="us-east-1", endpoint_url=batch_models.url, s3_endpoint_url=local_s3.url)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(create_client_context(name, aws, 4))
+            for name in ("bedrock", "sagemaker", "s3")
+        }
+        bedrock_spec = BedrockSpec(
+            model_id=TITAN_V2, task="embedding", text_column="t", dimensions=256
+        )
+        sagemaker_spec = SageMakerSpec(
+            endpoint_name="churn-autopilot-endpoint", feature_columns=("a",)
+        )
+        for spec, stats in ((bedrock_spec, "bedrock_batch"), (sagemaker_spec, "sagemaker_batch")):
+            service = spec.batch("p", backfill, clients)
+            job = repeated_job(f"cdc-p-{stats[:3]}-0")
+            first = await service.submit(job, [("[1]", "one"), ("[2]", "two")])
+            again = await service.submit(job, [("[1]", "changed meanwhile")])
+            assert first.arn == again.arn and first.arn is not None
+            counted = batch_models.stats()[stats]
+            assert counted["create_calls"] == 2 and counted["jobs"] == 1, counted
+    listed = local_s3.client().list_objects_v2(Bucket=bucket, Prefix="again/")["Contents"]
+    bodies = [
+        local_s3.client().get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listed
+        if "/input/" in o["Key"]
+    ]
+    assert bodies and all(b"changed meanwhile" not in body for body in bodies)
+
+
+async def test_a_converse_pipeline_backfills_by_batch_jobs_of_converse_records(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """An LLM-derived column (Converse with a forced tool): the job's records are Converse
+    request bodies (``modelInvocationType = "Converse"``), its answers decoded as the
+    real-time ones, none through the endpoint."""
+    insert_feedback(db, texts(120, 21))
+    backfill = {
+        "mode": "batch",
+        "s3_uri": f"s3://{bucket}/converse/",
+        "role_arn": ROLE,
+        "records_per_job": 100,
+        "poll_s": 0.2,
+    }
+    config = {
+        "source": {"host": "127.0.0.1", "port": mariadb.port, "user": "root", "database": database},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "aws": {
+            "region": "us-east-1",
+            "endpoint_url": batch_models.url,
+            "s3_endpoint_url": local_s3.url,
+        },
+        "pipelines": [{**converse_pipeline(), "backfill": backfill}],
+    }
+    path = tmp_path / "s.toml"
+    path.write_text(tomli_w.dumps(config))
+    spec = load_config(path)
+    init_scorer(spec)
+    async with Running(spec) as app:
+        await wait_for(
+            lambda: (
+                (state := app.telemetry.pipelines.get("feedback_topic")) is not None
+                and state.snapshot_state == "done"
+            ),
+            timeout_s=90,
+            what="the snapshot by batch jobs",
+        )
+        counts = {
+            o: n for (p, o), n in app.telemetry.backfill_records.items() if p == "feedback_topic"
+        }
+    assert counts["answered"] == 100 and counts["realtime"] == 20, counts
+    converse = batch_models.stats()["operations"].get("Converse", {})
+    assert sum(c["rows"] for c in converse.values()) == 20  # only the range too small for a job
+    with db.cursor() as cursor:
+        cursor.execute("SELECT topic, COUNT(*) FROM feedback_topics GROUP BY topic")
+        topics = dict(cursor.fetchall())
+    assert sum(topics.values()) == 120 and set(topics) <= set(TOPICS), topics
+    (job,) = [j for j in batch_models.bedrock_batch.jobs.values()]
+    assert job.invocation_type == "Converse"
