@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cdc_scorer.core.batch import DONE, ENDED, MERGED, BatchJob
@@ -99,7 +99,7 @@ def _lines(s: PipelineStatus) -> tuple[str, ...]:
 
 
 def backfill_summary(
-    jobs: Sequence[BatchJob], running: RescoreJob | None, db_now: datetime | None
+    jobs: Sequence[BatchJob], running: RescoreJob | None
 ) -> dict[str, object] | None:
     """The running re-score's batch jobs: their states, records done of the total (answered
     by the service, or merged), and an ETA from the pace so far."""
@@ -112,8 +112,10 @@ def backfill_summary(
     done = sum(j.records if j.state in (MERGED, DONE, ENDED) else j.processed for j in mine)
     started = min((j.submitted_at for j in mine if j.submitted_at), default=None)
     eta_s: float | None = None
-    if started and db_now is not None and total and 0 < done < total:
-        elapsed = (db_now - datetime.fromisoformat(started)).total_seconds()
+    if started and total and 0 < done < total:
+        # The jobs' times are the scorer's own (UTC), not the database's clock.
+        now = datetime.now(UTC).replace(tzinfo=None)
+        elapsed = (now - datetime.fromisoformat(started)).total_seconds()
         eta_s = max(0.0, elapsed * (total - done) / done)
     return {
         "jobs": {j.name: j.service_state or j.state for j in mine},
@@ -177,6 +179,6 @@ def _status(
         rescores_finished=tuple(job_summary(j) for j in rescores.finished),
         server=found.server_identity if found else None,
         backfill=backfill_summary(
-            [BatchJob.decode(text) for text in counts.batch_jobs], rescores.running, db_now
+            [BatchJob.decode(text) for text in counts.batch_jobs], rescores.running
         ),
     )
