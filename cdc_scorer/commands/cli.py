@@ -59,6 +59,8 @@ def _serve_models(args: argparse.Namespace) -> int:
         if s3 is not None:
             s3.stop()
         return 2
+    # SIGTERM (a supervisor's stop) ends it as Ctrl-C does: the S3 server it started goes too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(server, args.host, args.port))

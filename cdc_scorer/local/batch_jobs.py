@@ -30,7 +30,10 @@ import csv
 import io
 import json
 import multiprocessing
+import os
 import re
+import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -606,7 +609,9 @@ class SageMakerBatch:
         process with threads), so a job's scoring never holds the endpoints' interpreter."""
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_background_priority,
             )
         return self._pool
 
@@ -787,11 +792,29 @@ class SageMakerBatch:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:  # its worker ends now, not when the interpreter does
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
 
 _WORKER_MODEL: Any = None
+# The local stand-ins of what runs elsewhere on AWS (a transform job's instances, S3) yield the
+# shared cores to the scorer, its database and the endpoints it calls.
+BACKGROUND_NICE = 10
+
+
+def _background_priority() -> None:
+    """A transform worker's start: a lower priority, and an end with its parent (a
+    serve-models stopped by a signal does not leave it behind)."""
+    os.nice(BACKGROUND_NICE)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def transform_mini_batch(lines: list[str], processing: dict[str, Any], form: str) -> list[str]:
