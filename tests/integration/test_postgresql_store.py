@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 
 from cdc_scorer.core.errors import FatalError
+from cdc_scorer.core.own_tables import OWN_TABLES
 from cdc_scorer.core.records import Checkpoint, DeadLetter, Prediction, ScoredBatch
 from cdc_scorer.core.spec import FeedSpec, PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.local.postgres import PostgresServer
@@ -71,7 +72,10 @@ async def test_the_store_protocol_on_postgresql(postgres: PostgresServer) -> Non
     statements = store.init([FEEDBACK])
     assert store.init([FEEDBACK]) == statements  # idempotent
     store.check_schema([FEEDBACK])
-    assert [problem for _, problem in store.check_writes([FEEDBACK])] == [None] * 5
+    # Each of the scorer's own tables and the predictions table.
+    assert [problem for _, problem in store.check_writes([FEEDBACK])] == [None] * (
+        len(OWN_TABLES) + 1
+    )
     (connection, tls) = store.check_connection()
     assert connection[1] and tls[2].startswith("plaintext")
     assert store.inspect_tables([FEEDBACK])["feedback"].key_columns == ("id",)
