@@ -203,7 +203,7 @@ class Checkpoint:
     """What a pipeline has durably applied."""
 
     position: Position | None
-    snapshot_state: str = "pending"  # pending | running | done | skipped (the first snapshot)
+    snapshot_state: str = "pending"  # pending | running | done | failed | skipped (the first)
     rescores: Rescores = Rescores()
 
 

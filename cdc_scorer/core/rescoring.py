@@ -141,11 +141,16 @@ def cancel(rescores: Rescores, job_id: str) -> Rescores:
 
 
 def snapshot_state(state: str, rescores: Rescores) -> str:
-    """The first snapshot's state: running while its job runs or waits, then done."""
+    """The first snapshot's state: running while its job runs or waits, then done — or
+    failed, when its job ended with an error (e.g. its batch jobs were refused: the rows have
+    no predictions; `rescore` scores them once the cause is fixed)."""
     jobs = [j for j in (rescores.running, *rescores.queued) if j is not None]
     if any(j.reason == FIRST_SNAPSHOT for j in jobs):
         return "running"
-    return "done" if state == "running" else state
+    if state != "running":
+        return state
+    ended = next((j for j in reversed(rescores.finished) if j.reason == FIRST_SNAPSHOT), None)
+    return "failed" if ended is not None and ended.error else "done"
 
 
 def remaining_rows(rescores: Rescores) -> int:

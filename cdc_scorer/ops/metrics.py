@@ -33,7 +33,7 @@ from cdc_scorer.core.rescoring import remaining_rows
 # `_created` series double every counter for little use, and Prometheus ignores them anyway.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-SNAPSHOT_STATES = ("pending", "running", "done", "skipped")
+SNAPSHOT_STATES = ("pending", "running", "done", "failed", "skipped")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)

@@ -608,7 +608,12 @@ async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
         tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, "no-such-bucket-x"
     )
     async with Running(spec) as app:
-        await wait_for(lambda: snapshot_done(app), timeout_s=60, what="the snapshot's end")
+
+        def snapshot_failed() -> bool:
+            state = app.telemetry.pipelines.get(PIPELINE)
+            return state is not None and state.snapshot_state == "failed"
+
+        await wait_for(snapshot_failed, timeout_s=60, what="the snapshot failed")
         finished = app.telemetry.pipelines[PIPELINE].rescores.finished
         insert_feedback(db, ["A new row after the refusal."])
         await wait_for(
