@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -34,8 +34,8 @@ from cdc_scorer.core.records import Op, RowChange
 from cdc_scorer.core.spec import BackfillSpec
 from cdc_scorer.services.aws import aws_errors, map_aws_error
 from cdc_scorer.services.bedrock import BedrockSpec
+from cdc_scorer.services.s3_files import exists, pieces, read_outputs, read_text, split_s3
 
-T = TypeVar("T")
 MIN_RECORDS = 100  # Bedrock refuses a job of fewer ("minimum number of records per job")
 MAX_RECORDS = 50_000  # the default quota of records per job
 CHARS_PER_TOKEN = 4  # the estimate's rule: about four characters of English a token
@@ -46,11 +46,6 @@ _DONE = ("Completed", "PartiallyCompleted")
 def canonical(body: Any) -> str:
     """A request body as the text records are compared by (key order and spacing fixed)."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 class BedrockBatchJobs:
@@ -109,7 +104,7 @@ class BedrockBatchJobs:
         with self._refusals("writing the job's input to S3", "s3_uri"):
             # The keys first, the records last: records in S3 mean the job's files are whole
             # (and maybe in use by the job: never written again).
-            if not await self._exists(bucket, f"{key}/input/records.jsonl"):
+            if not await exists(self._s3, bucket, f"{key}/input/records.jsonl"):
                 await self._s3.put_object(
                     Bucket=bucket, Key=f"{key}/keys.json", Body=json.dumps(keys).encode()
                 )
@@ -160,36 +155,23 @@ class BedrockBatchJobs:
     async def results(self, job: BatchJob) -> Mapping[str, RecordResult]:
         bucket, key = split_s3(self._prefix(job))
         with aws_errors(f"{self.describe}: reading job {job.name}'s files from S3"):
-            keys = await self._read(bucket, f"{key}/keys.json")
-            inputs = await self._read(bucket, f"{key}/input/records.jsonl")
-            outputs = []
-            listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/output/")
-            for obj in listed.get("Contents", []):
-                if obj["Key"].endswith(".jsonl.out"):
-                    outputs.append(await self._read(bucket, obj["Key"]))
+            keys = await read_text(self._s3, bucket, f"{key}/keys.json")
+            inputs = await read_text(self._s3, bucket, f"{key}/input/records.jsonl")
+            outputs = await read_outputs(self._s3, bucket, f"{key}/output/", ".jsonl.out")
         # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
         # stream's event loop is never held for long.
         key_of = json.loads(keys)
         bodies: dict[str, Any] = {}
-        for piece in _pieces(inputs.splitlines()):
+        for piece in pieces(inputs.splitlines()):
             bodies |= await asyncio.to_thread(_json_lines, piece, "modelInput")
         answers: dict[str, Any] = {}
         for text in outputs:
-            for piece in _pieces(text.splitlines()):
+            for piece in pieces(text.splitlines()):
                 answers |= await asyncio.to_thread(_json_lines, piece, None)
         results: dict[str, RecordResult] = {}
-        for records in _pieces(list(bodies.items())):
+        for records in pieces(list(bodies.items())):
             results |= await asyncio.to_thread(self._results, records, key_of, answers)
         return results
-
-    async def _exists(self, bucket: str, key: str) -> bool:
-        listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-        return any(o["Key"] == key for o in listed.get("Contents", []))
-
-    async def _read(self, bucket: str, key: str) -> str:
-        answer = await self._s3.get_object(Bucket=bucket, Key=key)
-        async with answer["Body"] as stream:
-            return bytes(await stream.read()).decode("utf-8")
 
     def _results(
         self,
@@ -275,13 +257,6 @@ def _retriable(error: CdcScorerError) -> bool:
     from cdc_scorer.core.errors import RetriableError
 
     return isinstance(error, RetriableError)
-
-
-PIECE = 500  # records parsed at a time
-
-
-def _pieces(items: list[T]) -> list[list[T]]:
-    return [items[i : i + PIECE] for i in range(0, len(items), PIECE)]
 
 
 def _json_lines(lines: list[str], field: str | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from cdc_scorer.core.batch import (
     DONE,
@@ -34,20 +34,15 @@ from cdc_scorer.core.errors import FatalError, PoisonError
 from cdc_scorer.core.records import Op, RowChange
 from cdc_scorer.core.spec import BackfillSpec
 from cdc_scorer.services.aws import aws_errors
+from cdc_scorer.services.s3_files import exists, pieces, read_outputs, read_text, split_s3
 from cdc_scorer.services.sagemaker import SageMakerSpec
 
-T = TypeVar("T")
 MAX_PAYLOAD_MB = 6  # a mini-batch's body, as InvokeEndpoint's limit
 # The estimate's rule: records a ml.m5.large-class instance scores per second with a small
 # tabular model (the local container: ~2,000; set it against a test job of yours), and the
 # minutes each job spends starting its instances (billed).
 RECORDS_PER_INSTANCE_S = 2_000
 STARTUP_MINUTES = 6
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 class SageMakerTransformJobs:
@@ -100,10 +95,8 @@ class SageMakerTransformJobs:
         input_uri, output_uri = f"{prefix}/input/", f"{prefix}/output/"
         try:
             with aws_errors(f"{self.describe}: writing job {job.name}'s input to S3"):
-                listed = await self._s3.list_objects_v2(
-                    Bucket=bucket, Prefix=f"{key}/input/records.csv", MaxKeys=1
-                )
-                if not listed.get("Contents"):  # written once: the job may be reading it
+                # Written once: the job may be reading it.
+                if not await exists(self._s3, bucket, f"{key}/input/records.csv"):
                     keys = {rid: text for rid, (text, _) in zip(ids, records, strict=True)}
                     await self._s3.put_object(
                         Bucket=bucket, Key=f"{key}/keys.json", Body=json.dumps(keys).encode()
@@ -197,12 +190,9 @@ class SageMakerTransformJobs:
     async def results(self, job: BatchJob) -> Mapping[str, RecordResult]:
         bucket, key = split_s3(self._prefix(job))
         with aws_errors(f"{self.describe}: reading job {job.name}'s files from S3"):
-            keys = await self._read(bucket, f"{key}/keys.json")
-            inputs = await self._read(bucket, f"{key}/input/records.csv")
-            outputs = []
-            listed = await self._s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/output/")
-            for obj in listed.get("Contents", []):
-                outputs.append(await self._read(bucket, obj["Key"]))
+            keys = await read_text(self._s3, bucket, f"{key}/keys.json")
+            inputs = await read_text(self._s3, bucket, f"{key}/input/records.csv")
+            outputs = await read_outputs(self._s3, bucket, f"{key}/output/")
         # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
         # stream's event loop is never held for long.
         key_of = json.loads(keys)
@@ -211,7 +201,7 @@ class SageMakerTransformJobs:
         for text in outputs:
             answers |= dict(line.partition(",")[::2] for line in text.splitlines() if line)
         results: dict[str, RecordResult] = {}
-        for piece in _pieces(list(features.items())):
+        for piece in pieces(list(features.items())):
             results |= await asyncio.to_thread(self._results, piece, key_of, answers)
         return results
 
@@ -245,11 +235,6 @@ class SageMakerTransformJobs:
             {self._spec.label_column: label, self._spec.probability_column: probability},
         )
 
-    async def _read(self, bucket: str, key: str) -> str:
-        answer = await self._s3.get_object(Bucket=bucket, Key=key)
-        async with answer["Body"] as stream:
-            return bytes(await stream.read()).decode("utf-8")
-
     def estimate(self, records: int, characters: int, jobs: int) -> Estimate:
         instances = self._backfill.instance_count
         scoring_h = records / RECORDS_PER_INSTANCE_S / 3600
@@ -268,10 +253,3 @@ class SageMakerTransformJobs:
             realtime_unit="instance-hours of the endpoint",
             price_unit="instance-hour",
         )
-
-
-PIECE = 500  # records parsed at a time
-
-
-def _pieces(items: list[T]) -> list[list[T]]:
-    return [items[i : i + PIECE] for i in range(0, len(items), PIECE)]
