@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -709,3 +710,61 @@ async def test_a_converse_pipeline_backfills_by_batch_jobs_of_converse_records(
     assert sum(topics.values()) == 120 and set(topics) <= set(TOPICS), topics
     (job,) = [j for j in batch_models.bedrock_batch.jobs.values()]
     assert job.invocation_type == "Converse"
+
+
+async def test_cancelling_a_batch_rescore_stops_its_jobs(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`rescore --cancel` of a re-score running as batch jobs: its jobs are stopped at the
+    service, their rows abandoned, the re-score ends as cancelled."""
+    insert_feedback(db, texts(300, 23))
+    batch_models.set_faults({"bedrock": {"batch_step_s": 3.0}})
+    spec_for(
+        tmp_path / "s.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        snapshot="never",
+        backfill={"max_jobs_in_flight": 3},
+    )
+    config = str(tmp_path / "s.toml")
+    async with Running(load_config(config)) as app:
+        await wait_for(lambda: PIPELINE in app.telemetry.pipelines, what="the pipeline running")
+
+        def checkpointed() -> bool:
+            with db.cursor() as cursor:
+                cursor.execute(
+                    "SELECT COUNT(*) FROM cdc_scorer_checkpoint WHERE pipeline=%s", (PIPELINE,)
+                )
+                return bool(cursor.fetchone()[0])
+
+        await wait_for(checkpointed, what="the pipeline's checkpoint row")
+        request = ["rescore", "--config", config, "--pipeline", PIPELINE, "--no-wait"]
+        assert await asyncio.to_thread(cli, request) == 0
+        said = re.search(r"re-score (\w+) of pipeline", capsys.readouterr().out)
+        assert said is not None
+        job_id = said.group(1)
+        await wait_for(lambda: len(batch_models.bedrock_batch.jobs) == 3, what="3 jobs")
+        await wait_for(
+            lambda: app.telemetry.pipelines[PIPELINE].rescores.running is not None,
+            what="the running re-score committed in the checkpoint",
+        )
+        cancel = ["rescore", "--config", config, "--pipeline", PIPELINE, "--cancel", job_id]
+        assert await asyncio.to_thread(cli, cancel) == 0
+        await wait_for(
+            lambda: all(j.state == "abandoned" for j in stored_jobs(db)),
+            what="the jobs abandoned",
+        )
+    assert "cancelled" in capsys.readouterr().out
+    states = {j.status for j in batch_models.bedrock_batch.jobs.values()}
+    assert states <= {"Stopping", "Stopped"}, states
+    assert invoke_rows(batch_models) == 0
