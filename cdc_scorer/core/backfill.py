@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -96,8 +97,6 @@ def job_name(pipeline: str, rescore_id: str, sequence: int) -> str:
 
 def job_token(pipeline: str, rescore_id: str, sequence: int, after: Key | None) -> str:
     """The idempotency token of a job's submission, derived from its row."""
-    import hashlib
-
     seed = f"{pipeline}\0{rescore_id}\0{sequence}\0{key_json(after) if after else None}"
     return hashlib.sha256(seed.encode()).hexdigest()[:48]
 
