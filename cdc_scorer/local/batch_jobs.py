@@ -6,7 +6,8 @@ server (``s3.py``).
 ``StopModelInvocationJob``, ``ListModelInvocationJobs``, as the service documents them:
 
 - a ``clientRequestToken`` seen before returns that job (an idempotent retry); a job name
-  taken by another token is a ``ConflictException``;
+  taken by another token is a ``ConflictException``; a role of another account than the
+  local one (123456789012) is an ``AccessDeniedException`` (iam:PassRole);
 - states Submitted → Validating → Scheduled → InProgress → Completed, PartiallyCompleted (some
   records answered with an error), Failed (the input refused, or an injected failure), Stopping
   → Stopped; each step takes ``batch_step_s`` (a fault setting: a slow job);
@@ -212,6 +213,16 @@ class BedrockBatch:
             problems.append("timeoutDurationInHours must be between 24 and 168")
         if problems:
             raise BatchError(400, "ValidationException", "; ".join(problems))
+        from cdc_scorer.local.endpoints import ACCOUNT_ID
+
+        role_account = role.split(":")[4]
+        if role_account != ACCOUNT_ID:  # a role of another account is not passed to Bedrock
+            raise BatchError(
+                403,
+                "AccessDeniedException",
+                f"User: arn:aws:iam::{ACCOUNT_ID}:user/local is not authorized to perform: "
+                f"iam:PassRole on resource: {role}",
+            )
         if any(j.name == name for j in self.jobs.values()):
             raise BatchError(409, "ConflictException", f"a job named {name} already exists")
         running = [

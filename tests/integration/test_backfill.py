@@ -768,3 +768,38 @@ async def test_cancelling_a_batch_rescore_stops_its_jobs(
     states = {j.status for j in batch_models.bedrock_batch.jobs.values()}
     assert states <= {"Stopping", "Stopped"}, states
     assert invoke_rows(batch_models) == 0
+
+
+async def test_a_role_the_service_may_not_be_given_ends_the_rescore_naming_role_arn(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """CreateModelInvocationJob refused for the role (iam:PassRole): the re-score ends with
+    the service's words and the key to fix; nothing runs at the service."""
+    insert_feedback(db, texts(150, 29))
+    spec = spec_for(
+        tmp_path / "s.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        backfill={"role_arn": "arn:aws:iam::999999999999:role/someone-elses"},
+    )
+    async with Running(spec) as app:
+
+        def snapshot_failed() -> bool:
+            state = app.telemetry.pipelines.get(PIPELINE)
+            return state is not None and state.snapshot_state == "failed"
+
+        await wait_for(snapshot_failed, timeout_s=60, what="the snapshot failed")
+        (job,) = app.telemetry.pipelines[PIPELINE].rescores.finished
+    assert job.error is not None
+    assert "AccessDeniedException" in job.error and "iam:PassRole" in job.error, job.error
+    assert f"[pipelines.{PIPELINE}.backfill] role_arn" in job.error, job.error
+    assert batch_models.bedrock_batch.create_calls == 1 and not batch_models.bedrock_batch.jobs
