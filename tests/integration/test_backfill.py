@@ -144,9 +144,14 @@ def texts(count: int, seed: int) -> list[str]:
     ]
 
 
-def snapshot_done(app: ScorerApp) -> bool:
-    state = app.telemetry.pipelines.get(PIPELINE)
-    return state is not None and state.snapshot_state == "done"
+def snapshot_done(app: ScorerApp, pipeline: str = PIPELINE, wanted: str = "done") -> bool:
+    state = app.telemetry.pipelines.get(pipeline)
+    return state is not None and state.snapshot_state == wanted
+
+
+def outcomes(app: ScorerApp, pipeline: str = PIPELINE) -> dict[str, int]:
+    """The pipeline's backfill records by outcome, as the daemon counted them."""
+    return {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == pipeline}
 
 
 def stored_jobs(db: Any) -> list[BatchJob]:
@@ -217,11 +222,7 @@ async def test_a_rescore_by_batch_jobs_converges_beside_a_live_writer(
             what="the first snapshot done by batch jobs",
         )
         await wait_for(lambda: vectors_match(db), what="predictions of the current rows")
-        counts = {
-            outcome: n
-            for (pipeline, outcome), n in app.telemetry.backfill_records.items()
-            if pipeline == PIPELINE
-        }
+        counts = outcomes(app)
     jobs = stored_jobs(db)
     submitted = [j for j in jobs if j.arn is not None]
     # 400 rows in jobs of 100: four jobs; the writer's few new rows after them are too few for
@@ -287,7 +288,7 @@ async def test_failed_records_go_real_time_refused_ones_are_dead_letters(
             timeout_s=90,
             what="the snapshot by batch jobs",
         )
-        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+        counts = outcomes(app)
     jobs = stored_jobs(db)
     assert {j.service_state for j in jobs} == {"PartiallyCompleted"}
     refused = dead_letters(db).get("batch_record_error", 0)
@@ -326,7 +327,7 @@ async def test_failed_records_go_real_time_refused_ones_are_dead_letters(
             timeout_s=90,
             what="every row re-scored with model version 2",
         )
-        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+        counts = outcomes(app)
     failed = [j for j in stored_jobs(db) if j.model_version == "2"]
     assert {j.service_state for j in failed} == {"Failed"}
     assert counts["answered"] == 100 and counts["realtime"] == 100, counts  # half of each
@@ -463,7 +464,7 @@ async def transform_beside_a_writer(
             what="the snapshot by transform jobs",
         )
         await wait_for(lambda: churn_matches(db), what="predictions of the current rows")
-        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == "churn"}
+        counts = outcomes(app, "churn")
     stats = batch_models.stats()["sagemaker_batch"]
     # Four jobs of 5,000, and one of the rows the writer added past them (SageMaker takes a
     # job of any size); each submitted once.
@@ -513,7 +514,7 @@ async def test_the_estimate_matches_the_jobs_it_then_runs(
     spec = load_config(config)
     async with Running(spec) as app:
         await wait_for(lambda: snapshot_done(app), timeout_s=90, what="the snapshot")
-        counts = {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == PIPELINE}
+        counts = outcomes(app)
     assert batch_models.bedrock_batch.create_calls == 2
     assert counts["submitted"] == 200 and counts["realtime"] == 50, counts
     assert vectors_match(db)
@@ -586,12 +587,9 @@ async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
         tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, "no-such-bucket-x"
     )
     async with Running(spec) as app:
-
-        def snapshot_failed() -> bool:
-            state = app.telemetry.pipelines.get(PIPELINE)
-            return state is not None and state.snapshot_state == "failed"
-
-        await wait_for(snapshot_failed, timeout_s=60, what="the snapshot failed")
+        await wait_for(
+            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
+        )
         finished = app.telemetry.pipelines[PIPELINE].rescores.finished
         insert_feedback(db, ["A new row after the refusal."])
         await wait_for(
@@ -698,9 +696,7 @@ async def test_a_converse_pipeline_backfills_by_batch_jobs_of_converse_records(
             timeout_s=90,
             what="the snapshot by batch jobs",
         )
-        counts = {
-            o: n for (p, o), n in app.telemetry.backfill_records.items() if p == "feedback_topic"
-        }
+        counts = outcomes(app, "feedback_topic")
     assert counts["answered"] == 100 and counts["realtime"] == 20, counts
     converse = batch_models.stats()["operations"].get("Converse", {})
     assert sum(c["rows"] for c in converse.values()) == 20  # only the range too small for a job
@@ -792,12 +788,9 @@ async def test_a_role_the_service_may_not_be_given_ends_the_rescore_naming_role_
         backfill={"role_arn": "arn:aws:iam::999999999999:role/someone-elses"},
     )
     async with Running(spec) as app:
-
-        def snapshot_failed() -> bool:
-            state = app.telemetry.pipelines.get(PIPELINE)
-            return state is not None and state.snapshot_state == "failed"
-
-        await wait_for(snapshot_failed, timeout_s=60, what="the snapshot failed")
+        await wait_for(
+            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
+        )
         (job,) = app.telemetry.pipelines[PIPELINE].rescores.finished
     assert job.error is not None
     assert "AccessDeniedException" in job.error and "iam:PassRole" in job.error, job.error
