@@ -149,8 +149,10 @@ class VersionMonitor(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=10)
-        self._conn.close()
+        if self.is_alive():
+            self.join(timeout=10)
+        with contextlib.suppress(Exception):  # stopped twice: closed already
+            self._conn.close()
 
 
 def _transaction_order(position: str | None) -> tuple[str, int]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -127,8 +128,10 @@ class Writer(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=10)
-        self._conn.close()
+        if self.is_alive():
+            self.join(timeout=10)
+        with contextlib.suppress(Exception):  # stopped twice: closed already
+            self._conn.close()
 
 
 def job_progress(config: Path, reason: str) -> int:
@@ -160,51 +163,62 @@ def test_a_new_model_version_rescores_beside_the_stream_through_kill_9(
     writer.start()
     monitor = VersionMonitor(server, spec.source.database)
     monitor.start()
-    daemon = start(config)
-    wait(lambda: job_progress(config, "model version 2") >= 600, 90, "re-score under way", daemon)
-    kill(daemon)  # kill -9 in the middle of the re-score
-    at_kill = job_progress(config, "model version 2")
-    assert 0 < at_kill < 3000, at_kill
-    daemon = start(config, "after-kill-1")
-    wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
-    wait(lambda: status(config)["churn"]["rescore"] is None, 120, "re-score done", daemon)
-    assert versions(db) == {"2": len(stored_churn(db))}
+    try:
+        daemon = start(config)
+        wait(
+            lambda: job_progress(config, "model version 2") >= 600, 90, "re-score under way", daemon
+        )
+        kill(daemon)  # kill -9 in the middle of the re-score
+        at_kill = job_progress(config, "model version 2")
+        assert 0 < at_kill < 3000, at_kill
+        daemon = start(config, "after-kill-1")
+        wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
+        wait(lambda: status(config)["churn"]["rescore"] is None, 120, "re-score done", daemon)
+        # (the writer runs: a row it just inserted may still wait for its prediction)
+        assert set(versions(db)) == {"2"}
 
-    # An operator's re-score while the daemon runs, killed half-way too.
-    asked = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
-    assert asked.returncode == 0, asked.stderr
-    wait(lambda: job_progress(config, "requested") >= 600, 90, "requested under way", daemon)
-    kill(daemon)
-    assert 0 < job_progress(config, "requested") < 3000 + writer.writes
-    daemon = start(config, "after-kill-2")
-    wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
-    wait(lambda: status(config)["churn"]["rescore"] is None, 120, "requested done", daemon)
+        # An operator's re-score while the daemon runs, killed half-way too.
+        asked = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
+        assert asked.returncode == 0, asked.stderr
+        wait(lambda: job_progress(config, "requested") >= 600, 90, "requested under way", daemon)
+        kill(daemon)
+        assert 0 < job_progress(config, "requested") < 3000 + writer.writes
+        daemon = start(config, "after-kill-2")
+        wait(lambda: "re-score resuming" in daemon.log(), 30, "resumed at its cursor", daemon)
+        wait(lambda: status(config)["churn"]["rescore"] is None, 120, "requested done", daemon)
 
-    # One more, cancelled half-way (the pace keeps it running for seconds).
-    more = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
-    more_id = more.stdout.split()[1]
-    wait(lambda: job_progress(config, "requested") >= 200, 60, "it runs", daemon)
-    ended = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id)
-    assert ended.returncode == 0, ended.stderr
-    assert f"re-score {more_id} of pipeline churn cancelled after" in ended.stdout
-    cancelled = status(config)["churn"]["rescores_finished"][-1]
-    assert cancelled["id"] == more_id and cancelled["error"] == "cancelled"
-    assert cancelled["rows_done"] < 2500, cancelled
-    again = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id)
-    assert again.returncode == 1 and "no such re-score is running or waiting" in again.stderr
-    writer.stop()
-    wait(lambda: churn_matches(db), 90, "convergence", daemon)
-    assert versions(db) == {"2": len(stored_churn(db))}
-    assert kill(daemon, signal.SIGTERM) == 0
-    monitor.stop()
-    assert monitor.polls > 10 and writer.writes > 100
-    assert not monitor.regressions, monitor.regressions[:5]
-    version_job, requested, _ = status(config)["churn"]["rescores_finished"][-3:]
-    assert version_job["reason"] == "model version 2" and requested["reason"] == "requested"
-    for job in (version_job, requested):
-        assert job["error"] is None
-        # Resumed at the committed chunk: rows done before the kill are not read again.
-        assert 3000 - 200 <= job["rows_done"] < 3000 + writer.writes, job
+        # One more, cancelled half-way (the pace keeps it running for seconds).
+        more = run_cli("rescore", "--config", str(config), "--pipeline", "churn", "--no-wait")
+        more_id = more.stdout.split()[1]
+        wait(lambda: job_progress(config, "requested") >= 200, 60, "it runs", daemon)
+        ended = run_cli(
+            "rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id
+        )
+        assert ended.returncode == 0, ended.stderr
+        assert f"re-score {more_id} of pipeline churn cancelled after" in ended.stdout
+        cancelled = status(config)["churn"]["rescores_finished"][-1]
+        assert cancelled["id"] == more_id and cancelled["error"] == "cancelled"
+        assert cancelled["rows_done"] < 2500, cancelled
+        again = run_cli(
+            "rescore", "--config", str(config), "--pipeline", "churn", "--cancel", more_id
+        )
+        assert again.returncode == 1 and "no such re-score is running or waiting" in again.stderr
+        writer.stop()
+        wait(lambda: churn_matches(db), 90, "convergence", daemon)
+        assert versions(db) == {"2": len(stored_churn(db))}
+        assert kill(daemon, signal.SIGTERM) == 0
+        monitor.stop()
+        assert monitor.polls > 10 and writer.writes > 100
+        assert not monitor.regressions, monitor.regressions[:5]
+        version_job, requested, _ = status(config)["churn"]["rescores_finished"][-3:]
+        assert version_job["reason"] == "model version 2" and requested["reason"] == "requested"
+        for job in (version_job, requested):
+            assert job["error"] is None
+            # Resumed at the committed chunk: rows done before the kill are not read again.
+            assert 3000 - 200 <= job["rows_done"] < 3000 + writer.writes, job
+    finally:  # a failed assertion must not leave the writer writing into the next test
+        writer.stop()
+        monitor.stop()
     db.close()
 
 
@@ -331,8 +345,10 @@ class FeedbackFreshness(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=10)
-        self._conn.close()
+        if self.is_alive():
+            self.join(timeout=10)
+        with contextlib.suppress(Exception):  # stopped twice: closed already
+            self._conn.close()
 
     def scored_since(self, at: float) -> bool:
         """Whether a row written at or after ``at`` has its prediction."""
