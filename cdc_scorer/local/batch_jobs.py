@@ -10,7 +10,8 @@ server (``s3.py``).
   local one (123456789012) is an ``AccessDeniedException`` (iam:PassRole);
 - states Submitted → Validating → Scheduled → InProgress → Completed, PartiallyCompleted (some
   records answered with an error), Failed (the input refused, or an injected failure), Stopping
-  → Stopped; each step takes ``batch_step_s`` (a fault setting: a slow job);
+  → Stopped, Expired (not done within ``timeoutDurationInHours``: what it did is written); each
+  step takes ``batch_step_s`` (a fault setting: a slow job);
 - the input is JSONL of ``{"recordId", "modelInput"}``, the body InvokeModel (or Converse, with
   ``modelInvocationType = "Converse"``) takes; fewer than MIN_RECORDS records fail validation,
   more than MAX_RECORDS too;
@@ -20,7 +21,7 @@ server (``s3.py``).
 - faults (``/_local/faults``, the bedrock section): ``batch_record_error_rate`` (a record
   answered with an internal error), ``batch_record_refusal_rate`` (a record refused, 400),
   ``batch_job_failure_rate`` (a job failing while in progress, after its first half),
-  ``batch_step_s``.
+  ``batch_step_s``, ``batch_hour_s`` (how long an hour of the timeout lasts: a job expiring).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+_EXPIRED = "the job did not complete within its timeoutDurationInHours"
+
+
 @dataclass
 class _Job:
     arn: str
@@ -95,6 +99,10 @@ class _Job:
     success: int = 0
     errors: int = 0
     stop: bool = False
+    expires: float = 0.0  # monotonic time its timeoutDurationInHours ends at
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires
 
     @property
     def job_id(self) -> str:
@@ -315,12 +323,18 @@ class BedrockBatch:
 
     # ------------------------------------------------------------------ a job's life
     async def _run(self, job: _Job) -> None:
-        step = self._server.faults("bedrock").batch_step_s
+        faults = self._server.faults("bedrock")
+        step = faults.batch_step_s
+        job.expires = time.monotonic() + job.timeout_hours * faults.batch_hour_s
         try:
             for state in ("Validating", "Scheduled"):
                 await asyncio.sleep(step)
                 if job.stop:
                     job.set("Stopped")
+                    return
+                if job.expired():
+                    await asyncio.to_thread(self._write, job, [], 0, 0)
+                    job.set("Expired", _EXPIRED)
                     return
                 job.set(state)
                 if state == "Validating":
@@ -386,7 +400,7 @@ class BedrockBatch:
             lines: list[str] = []
             outputs.append((name, lines))
             for record in records:
-                if job.stop:
+                if job.stop or job.expired():
                     break
                 if fail_after is not None and job.processed >= fail_after:
                     await asyncio.to_thread(self._write, job, outputs, tokens_in, tokens_out)
@@ -425,6 +439,8 @@ class BedrockBatch:
         await asyncio.to_thread(self._write, job, outputs, tokens_in, tokens_out)
         if job.stop:
             job.set("Stopped")
+        elif job.processed < job.total:  # (what it did is written, as AWS does)
+            job.set("Expired", _EXPIRED)
         else:
             job.set("PartiallyCompleted" if job.errors else "Completed")
 

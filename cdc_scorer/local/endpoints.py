@@ -94,11 +94,13 @@ class Faults:
     invalid_answer_rate: float = 0.0
     # Bedrock batch inference (``batch_jobs.py``): a record answered with an internal error, a
     # record refused (a 400, as for an input the model does not take), a job failing halfway,
-    # and the seconds each state of a job lasts (a slow job: more).
+    # the seconds each state of a job lasts (a slow job: more), and the seconds an hour of a
+    # job's timeoutDurationInHours lasts (less: a job that expires before it is done).
     batch_record_error_rate: float = 0.0
     batch_record_refusal_rate: float = 0.0
     batch_job_failure_rate: float = 0.0
     batch_step_s: float = 0.5
+    batch_hour_s: float = 3600.0
 
     def merged(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises ValueError naming each bad key."""

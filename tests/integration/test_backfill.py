@@ -796,3 +796,67 @@ async def test_a_role_the_service_may_not_be_given_ends_the_rescore_naming_role_
     assert "AccessDeniedException" in job.error and "iam:PassRole" in job.error, job.error
     assert f"[pipelines.{PIPELINE}.backfill] role_arn" in job.error, job.error
     assert batch_models.bedrock_batch.create_calls == 1 and not batch_models.bedrock_batch.jobs
+
+
+async def test_an_expired_job_s_records_go_real_time(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """Jobs that outlive their timeoutDurationInHours end Expired (an hour lasts 20 ms at the
+    local service): their records, unanswered, are scored through the endpoint."""
+    insert_feedback(db, texts(200, 31))
+    batch_models.set_faults({"bedrock": {"batch_hour_s": 0.02, "batch_step_s": 0.6}})
+    spec = spec_for(tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, bucket)
+    async with Running(spec) as app:
+        await wait_for(lambda: snapshot_done(app), timeout_s=90, what="the snapshot")
+        counts = outcomes(app)
+    jobs = stored_jobs(db)
+    assert len(jobs) == 2 and {j.service_state for j in jobs} == {"Expired"}
+    assert counts["realtime"] == 200 and counts.get("answered", 0) == 0, counts
+    assert invoke_rows(batch_models) == 200
+    assert vectors_match(db)
+
+
+async def test_a_job_refused_for_the_jobs_quota_ends_the_rescore_naming_the_settings(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """Another user's 20 jobs of the model are in flight (the default quota of jobs submitted
+    or in progress per model): CreateModelInvocationJob is refused with
+    ServiceQuotaExceededException, and the re-score ends naming what to lower."""
+    batch_models.set_faults({"bedrock": {"batch_step_s": 60}})
+    aws = AwsSpec(region="us-east-1", endpoint_url=batch_models.url)
+    async with create_client_context("bedrock", aws, 4) as bedrock:
+        for n in range(20):
+            await bedrock.create_model_invocation_job(
+                jobName=f"someone-else-{n}",
+                roleArn=ROLE,
+                modelId=TITAN_V2,
+                inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/other/"}},
+                outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/other-out/"}},
+            )
+    insert_feedback(db, texts(150, 37))
+    spec = spec_for(tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, bucket)
+    async with Running(spec) as app:
+        await wait_for(
+            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
+        )
+        (job,) = app.telemetry.pipelines[PIPELINE].rescores.finished
+        insert_feedback(db, ["A new row after the refusal."])
+        await wait_for(
+            lambda: max(feedback_rows(db)) in predicted_ids(db), what="the stream going on"
+        )
+    assert job.error is not None
+    assert "ServiceQuotaExceededException" in job.error, job.error
+    assert "max_jobs_in_flight" in job.error and "records_per_job" in job.error, job.error
+    assert len(batch_models.bedrock_batch.jobs) == 20  # none of the re-score's
