@@ -57,8 +57,8 @@ class BatchLanes:
     """The batcher's batches on their way to the model: the stream's (and barriers) in a queue
     of ``max_stream`` (a slow model slows the batcher, and through the inboxes the reader), a
     re-score's chunk batches beside it. Those never make the batcher wait — the stream's rows
-    behind them would — and hold at most one chunk's rows (the snapshotter reads the next chunk
-    once the last one has committed: ``ChunkExchange.durable``). The dispatcher takes the
+    behind them would — and hold at most CHUNKS_AHEAD chunks' rows (the snapshotter reads the
+    next chunk only while fewer merged ones wait for their commit: ``ChunkExchange.durable``). The dispatcher takes the
     stream's first."""
 
     def __init__(self, max_stream: int) -> None:
@@ -84,8 +84,9 @@ class BatchLanes:
         """Room for work may have come (a result was released)."""
         self._changed.set()
 
-    def empty(self) -> bool:
-        return not self._stream and not self._chunks
+    def stream_empty(self) -> bool:
+        """No batch of the stream's order waits (a chunk's may: the stream passes those)."""
+        return not self._stream
 
     async def get(self, room: Callable[[Lane], bool]) -> Batch | None:
         """The next batch: the stream's if one waits, else a chunk's once ``room`` says one
@@ -188,11 +189,12 @@ class PipelineRunner:
                 pass  # what the source still routes here is dropped, never blocking it
 
     def _idle(self) -> bool:
-        """No batch of this pipeline queued, scoring or being written."""
-        return self._batches.empty() and self._sequencer.in_flight() == 0
+        """No batch of this pipeline's stream queued, scoring or being written (a re-score's
+        chunk batches may be: the stream's next batch passes them)."""
+        return self._batches.stream_empty() and self._sequencer.in_order() == 0
 
     def _wake(self) -> None:
-        """The last batch in flight is written: rows the batcher holds may go now. (A full
+        """The stream's last batch in flight is written: rows the batcher holds may go now. (A full
         inbox needs no wake-up: its items wake the batcher.)"""
         if not self.inbox.full():
             self.inbox.put_nowait(())

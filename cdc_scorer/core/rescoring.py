@@ -266,8 +266,9 @@ class Chunk:
     orphans: tuple[tuple[Any, ...], ...] | None = None
 
 
-# Merged chunks not yet committed when the next is read (2 gave the stream nothing, measured).
-CHUNKS_AHEAD = 1
+# Merged chunks not yet committed when the next is read: the stream passes their batches, and
+# a second one keeps the re-score's batches coming while the stream goes first.
+CHUNKS_AHEAD = 2
 
 
 class ChunkExchange:

@@ -35,8 +35,8 @@ class Sequencer(Generic[T]):
     :meth:`released` yields their results — ``(sequence, lane, result)`` — in sequence order,
     except that a ``STREAM`` result goes before an earlier ``CHUNK`` one that is not
     released yet (and raises what one of them raised, at its turn). ``on_idle`` is called
-    when the last unreleased result is released (its consumer done with it): nothing is in
-    flight any more. Sequences are consecutive integers from ``first``; the stream's and the
+    when the last unreleased result of the stream's order is released (its consumer done with
+    it): nothing of it is in flight any more (a chunk's may be: the stream passes those). Sequences are consecutive integers from ``first``; the stream's and the
     barriers' are submitted in order, a chunk's in order."""
 
     def __init__(
@@ -129,7 +129,7 @@ class Sequencer(Generic[T]):
                     self._chunk_slots.release()
                 if self._on_release is not None:
                     self._on_release()
-                if not self._work and self._on_idle is not None:
+                if work.lane != CHUNK and self._on_idle is not None and not self.in_order():
                     self._on_idle()
 
     def _advance(self, sequence: int) -> None:
@@ -145,6 +145,10 @@ class Sequencer(Generic[T]):
     def released_through(self) -> int:
         """The last sequence such that it and every one before it is released."""
         return self._next - 1
+
+    def in_order(self) -> int:
+        """Work of the stream's order (not a chunk's) submitted and not yet released."""
+        return sum(1 for work in self._work.values() if work.lane != CHUNK)
 
     def in_flight(self) -> int:
         """Work submitted and not yet released: running, done and waiting for its turn, or
