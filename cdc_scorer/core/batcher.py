@@ -15,16 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from cdc_scorer.core.errors import inputs_gone, table_gone
 from cdc_scorer.core.own_tables import WINDOW_CLOSE, WINDOW_OPEN
 from cdc_scorer.core.positions import Position, TxId
 from cdc_scorer.core.records import (
-    BARRIER,
-    CHUNK,
     END,
-    STREAM,
     Batch,
     Checkpoint,
     ColumnsGone,
@@ -144,9 +141,7 @@ class Accumulator:
         self._emitted_checkpoint = checkpoint
         self._last_emit = clock()
         self._in_transaction = False  # rows seen since the last commit
-        # A re-score was requested, cancelled or queued by an ALTER since the last batch: that
-        # batch is a barrier (no chunk batch before it may be passed by it).
-        self._rescores_changed = False
+        self._merged = False  # a chunk was merged since the last batch
 
     def at_commit(self) -> bool:
         """Rows wait and the last item was their transaction's commit: a batch cut now loses
@@ -197,6 +192,8 @@ class Accumulator:
                 return None
             self._in_transaction = False
             self._checkpoint = replace(self._checkpoint, position=item.position)
+            if self._merged:  # the chunk's rows and cursor go now (the snapshotter waits)
+                return self.flush(force_checkpoint=True)
             if self._full() or self._truncate or self._columns_changed:
                 return self.flush()
             if not self._pending and self._clock() - self._last_emit >= CHECKPOINT_ONLY_INTERVAL_S:
@@ -215,7 +212,6 @@ class Accumulator:
         if self._pipeline.rescore_on_alter:
             rescores = self._checkpoint.rescores
             self._set_rescores(on_alter(rescores, item.tx, self._pipeline.model_version))
-            self._rescores_changed = True
         return None
 
     # ---------------------------------------------------------------- re-scores (DBLog)
@@ -229,77 +225,42 @@ class Accumulator:
         else:  # a request
             rescores = self._checkpoint.rescores
             self._set_rescores(on_request(rescores, item, self._pipeline.model_version))
-            self._rescores_changed = True
         return None
 
     def _merge(
         self, chunk: Chunk, touched: frozenset[tuple[Any, ...]], tx: TxId | None
     ) -> list[Batch]:
-        """The stream's pending rows as a batch (they are older than the chunk's), then the
-        chunk's rows the stream did not change in its window as batches of their own (the
-        ``CHUNK`` lane: the stream's later batches may commit before them); the job's cursor
-        moves with the last of them (earlier ones keep the old cursor).
+        """The chunk's rows the stream did not change in its window join the pending rows; the
+        job's cursor moves with the last of them (earlier batches keep the old cursor).
 
         A row the stream did not change between the watermarks is the version it had at the
         high watermark: its prediction names that transaction (``tx``) as its source. A sweep
         chunk's orphans join as deletes the same way: a key the stream wrote in the window
-        keeps what the stream made of it. Until a chunk batch commits its keys are guarded: a
-        key the stream writes meanwhile is left out of it (``ChunkExchange.unguard``)."""
+        keeps what the stream made of it."""
         rescores = self._checkpoint.rescores
         if rescores.running is None or rescores.running.id != chunk.job_id:
             return []  # the job was cancelled meanwhile
         changes, read = chunk_changes(chunk, touched, tx, self._pipeline.table, self._key_columns)
         batches = []
-        pending = self.flush()
-        if pending is not None:
-            batches.append(pending)
+        for change in changes:
+            if self._full():
+                batch = self.flush()
+                if batch is not None:
+                    batches.append(batch)
+            self._put(change)
         kept = len(changes)
         conflicts = read - kept
+        if conflicts:
+            self._skipped["rescore_conflict"] += conflicts
         if self._on_chunk is not None:
             removed = 0 if chunk.orphans is None else kept
             self._on_chunk(kept - removed, conflicts, removed)
-        before = self._checkpoint
         self._set_rescores(advance(rescores, chunk, kept))
-        after = self._checkpoint
-        # A key a table without a unique key repeats: one row of it, the last (as pending
-        # rows are), or the write would touch a row twice.
-        unique = list({c.key: c for c in changes}.values())
-        skipped = {"rescore_conflict": conflicts, "superseded": len(changes) - len(unique)}
-        pieces = self._pieces(unique)
-        for n, piece in enumerate(pieces):
-            last = n == len(pieces) - 1
-            batch = Batch(
-                sequence=self._sequence,
-                upserts=tuple(c for c in piece if c.op is not Op.DELETE),
-                deletes=tuple(c for c in piece if c.op is Op.DELETE),
-                checkpoint=after if last else before,
-                rows_skipped={k: count for k, count in skipped.items() if count} if last else {},
-                lane=CHUNK,
-            )
-            self._exchange.guard(batch.sequence, (c.key for c in piece))
-            self._sequence += 1
-            batches.append(batch)
-        # The chunk is durable once its last batch (with the cursor) has committed.
-        self._exchange.merged(batches[-1].sequence)
-        self._emitted_checkpoint = after
-        self._last_emit = self._clock()
+        self._merged = True
+        # The batch flushed at the watermark's commit carries the chunk's last rows and its
+        # cursor: that batch's sequence is the next one.
+        self._exchange.merged(self._sequence)
         return batches
-
-    def _pieces(self, changes: list[RowChange]) -> list[list[RowChange]]:
-        """A chunk's changes cut as the pending rows are: max rows, max request bytes (at
-        least one piece, which carries the cursor)."""
-        pieces: list[list[RowChange]] = [[]]
-        size = 0
-        max_bytes = self._pipeline.batching.max_bytes
-        for change in changes:
-            piece = pieces[-1]
-            if piece and (len(piece) >= self._max_rows or size >= max_bytes):
-                pieces.append([])
-                piece, size = pieces[-1], 0
-            piece.append(change)
-            if change.op is not Op.DELETE:
-                size += request_bytes(self._pick_inputs(change.values), self._fixed_bytes)
-        return pieces
 
     def _set_rescores(self, rescores: Rescores) -> None:
         state = snapshot_state(self._checkpoint.snapshot_state, rescores)
@@ -340,8 +301,6 @@ class Accumulator:
             # update skipped for unchanged inputs never gets here: the chunk's row has the
             # same inputs, and its prediction is the one to keep — with the model running now.)
             self._exchange.touched(change.key)
-        if self._exchange.guarding:  # newer than a merged chunk's row not committed yet
-            self._exchange.stream_wrote(change.key)
         if not self._pending:
             self._first_at = self._clock()
         previous = self._pending.pop(change.key, None)
@@ -363,7 +322,6 @@ class Accumulator:
         ):
             return None
         changes = list(self._pending.values())
-        barrier = self._truncate or self._columns_changed or self._rescores_changed
         batch = Batch(
             sequence=self._sequence,
             upserts=tuple(c for c in changes if c.op is not Op.DELETE),
@@ -372,11 +330,10 @@ class Accumulator:
             rows_skipped=dict(self._skipped),
             truncate=self._truncate,
             columns_changed=self._columns_changed,
-            lane=BARRIER if barrier else STREAM,
         )
         self._truncate = False
         self._columns_changed = False
-        self._rescores_changed = False
+        self._merged = False
         self._sequence += 1
         self._pending = {}
         self._pending_bytes = 0
@@ -384,12 +341,6 @@ class Accumulator:
         self._emitted_checkpoint = self._checkpoint
         self._last_emit = self._clock()
         return batch
-
-
-class Outbox(Protocol):
-    """Where the batcher's batches go (None: the end); the pipeline's lanes."""
-
-    async def put(self, item: Batch | None, /) -> None: ...
 
 
 class Batcher:
@@ -407,7 +358,7 @@ class Batcher:
         key_columns: tuple[str, ...],
         checkpoint: Checkpoint,
         inbox: asyncio.Queue[tuple[SourceItem, ...] | None],
-        outbox: Outbox,
+        outbox: asyncio.Queue[Batch | None],
         *,
         exchange: ChunkExchange | None = None,
         on_chunk: Callable[[int, int, int], None] | None = None,

@@ -1,13 +1,10 @@
-"""One pipeline: batcher → concurrent scoring (bounded in flight) → ordered commit, the stream's
-batches ahead of a re-score's chunks (for the model and for the sink)."""
+"""One pipeline: batcher → concurrent scoring (bounded in flight) → ordered commit."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 import structlog
@@ -16,17 +13,7 @@ from cdc_scorer.core.batcher import Batcher
 from cdc_scorer.core.errors import CdcScorerError, PipelineStopped
 from cdc_scorer.core.models import Scorer
 from cdc_scorer.core.observer import Observer, PipelineState
-from cdc_scorer.core.records import (
-    BARRIER,
-    CHUNK,
-    END,
-    STREAM,
-    Batch,
-    Checkpoint,
-    Lane,
-    ScoredBatch,
-    SourceItem,
-)
+from cdc_scorer.core.records import END, Batch, Checkpoint, ScoredBatch, SourceItem
 from cdc_scorer.core.rescoring import ChunkExchange
 from cdc_scorer.core.sequencer import Sequencer
 from cdc_scorer.core.spec import PipelineSpec
@@ -53,59 +40,6 @@ class ChunkReader(Protocol):
     async def run(self) -> None: ...
 
 
-class BatchLanes:
-    """The batcher's batches on their way to the model: the stream's (and barriers) in a queue
-    of ``max_stream`` (a slow model slows the batcher, and through the inboxes the reader), a
-    re-score's chunk batches beside it. Those never make the batcher wait — the stream's rows
-    behind them would — and hold at most CHUNKS_AHEAD chunks' rows (the snapshotter reads the
-    next chunk only while fewer merged ones wait for their commit: ``ChunkExchange.durable``). The dispatcher takes the
-    stream's first."""
-
-    def __init__(self, max_stream: int) -> None:
-        self._stream: collections.deque[Batch] = collections.deque()
-        self._chunks: collections.deque[Batch] = collections.deque()
-        self._max_stream = max_stream
-        self._changed = asyncio.Event()
-        self._ended = False
-
-    async def put(self, item: Batch | None, /) -> None:
-        if item is None:
-            self._ended = True
-        elif item.lane == CHUNK:
-            self._chunks.append(item)
-        else:
-            while len(self._stream) >= self._max_stream:
-                self._changed.clear()
-                await self._changed.wait()
-            self._stream.append(item)
-        self._changed.set()
-
-    def poke(self) -> None:
-        """Room for work may have come (a result was released)."""
-        self._changed.set()
-
-    def stream_empty(self) -> bool:
-        """No batch of the stream's order waits (a chunk's may: the stream passes those)."""
-        return not self._stream
-
-    async def get(self, room: Callable[[Lane], bool]) -> Batch | None:
-        """The next batch: the stream's if one waits, else a chunk's once ``room`` says one
-        would start at once (None: the end)."""
-        while True:
-            # A barrier waits for every batch before it, so it takes a slot only once the
-            # chunk's batches before it have theirs (else they could wait for its slot).
-            if self._stream and not (self._stream[0].lane == BARRIER and self._chunks):
-                batch = self._stream.popleft()
-                self._changed.set()  # room in the stream's queue
-                return batch
-            if self._chunks and room(CHUNK):
-                return self._chunks.popleft()
-            if self._ended and not self._chunks:
-                return None
-            self._changed.clear()
-            await self._changed.wait()
-
-
 class PipelineRunner:
     """Items from :attr:`inbox` (``None`` ends the run) → batches → scores → the sink; and
     the pipeline's re-score chunks, read by ``snapshotter`` and merged through ``exchange``."""
@@ -128,11 +62,8 @@ class PipelineRunner:
         self.checkpoint = checkpoint
         self.inbox: Inbox = asyncio.Queue(maxsize=64)
         in_flight = pipeline.batching.max_in_flight
-        self._batches = BatchLanes(in_flight)
-        self._sequencer: Sequencer[ScoredBatch] = Sequencer(
-            in_flight, on_idle=self._wake, on_release=self._batches.poke
-        )
-        self._last_written = -1  # the highest sequence written
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
+        self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight, on_idle=self._wake)
         self._exchange = exchange if exchange is not None else ChunkExchange()
         self._snapshotter = snapshotter
         # The batcher skips transactions the pipeline applied already.
@@ -189,67 +120,28 @@ class PipelineRunner:
                 pass  # what the source still routes here is dropped, never blocking it
 
     def _idle(self) -> bool:
-        """No batch of this pipeline's stream queued, scoring or being written (a re-score's
-        chunk batches may be: the stream's next batch passes them)."""
-        return self._batches.stream_empty() and self._sequencer.in_order() == 0
+        """No batch of this pipeline queued, scoring or being written."""
+        return self._batches.empty() and self._sequencer.in_flight() == 0
 
     def _wake(self) -> None:
-        """The stream's last batch in flight is written: rows the batcher holds may go now. (A full
+        """The last batch in flight is written: rows the batcher holds may go now. (A full
         inbox needs no wake-up: its items wake the batcher.)"""
         if not self.inbox.full():
             self.inbox.put_nowait(())
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
-        while (batch := await self._batches.get(self._sequencer.room)) is not None:
-            work = self._scorer.score(batch)
-            await self._sequencer.submit(group, work, batch.sequence, batch.lane)
+        while (batch := await self._batches.get()) is not None:
+            await self._sequencer.submit(group, self._scorer.score(batch))
         await self._sequencer.close()
 
     async def _commit_in_order(self) -> None:
         name = self.pipeline.name
-        async for sequence, lane, result in self._sequencer.released():
-            scored = self._composed(sequence, lane, result)
+        async for scored in self._sequencer.released():
             started = time.monotonic()
             await self._sink.write(scored)
             self._telemetry.on_sink_write(name, time.monotonic() - started)
             self.checkpoint = scored.checkpoint
-            self._last_written = max(self._last_written, sequence)
-            self._exchange.committed(sequence)
+            self._exchange.committed(scored.sequence)
             self._telemetry.on_commit(name, scored)
             if self._on_committed is not None:
                 self._on_committed()
-
-    def _composed(self, sequence: int, lane: Lane, scored: ScoredBatch) -> ScoredBatch:
-        """What a batch writes when it did not come in sequence order. The stream's batch
-        passing a chunk's: the checkpoint's re-scores are the committed ones (the chunk's
-        cursor moves when the chunk commits; after a crash it is read again). A chunk's batch
-        after later stream batches: the committed position (it never goes back), and not the
-        keys the stream wrote after the merge (theirs are newer)."""
-        committed = self.checkpoint
-        if lane == STREAM and self._sequencer.released_through() < sequence - 1:
-            checkpoint = replace(
-                scored.checkpoint,
-                rescores=committed.rescores,
-                snapshot_state=committed.snapshot_state,
-            )
-            return replace(scored, checkpoint=checkpoint)
-        if lane != CHUNK:
-            return scored
-        keys = [p.key for p in scored.upserts] + list(scored.deletes)
-        keys += [d.key for d in scored.dead_letters]
-        passed = self._exchange.unguard(sequence, keys)
-        if self._last_written > sequence:
-            scored = replace(
-                scored, checkpoint=replace(scored.checkpoint, position=committed.position)
-            )
-        if not passed:
-            return scored
-        skipped = dict(scored.rows_skipped)
-        skipped["rescore_conflict"] = skipped.get("rescore_conflict", 0) + len(passed)
-        return replace(
-            scored,
-            upserts=tuple(p for p in scored.upserts if p.key not in passed),
-            deletes=tuple(k for k in scored.deletes if k not in passed),
-            dead_letters=tuple(d for d in scored.dead_letters if d.key not in passed),
-            rows_skipped=skipped,
-        )

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any
 
 from cdc_scorer.core.positions import Position, TxId
 
@@ -207,15 +207,6 @@ class Checkpoint:
     rescores: Rescores = Rescores()
 
 
-# How a batch keeps its place in a pipeline's commits (``sequencer.py``): the stream's rows in
-# order; a re-score chunk's rows, which later stream batches may pass; a barrier (a truncate,
-# an ALTER, a re-score requested or cancelled), which passes nothing and nothing passes.
-Lane = Literal["stream", "chunk", "barrier"]
-STREAM: Lane = "stream"
-CHUNK: Lane = "chunk"
-BARRIER: Lane = "barrier"
-
-
 @dataclass(frozen=True)
 class Batch:
     """Rows of one pipeline to score and apply together; ``checkpoint`` is what it completes."""
@@ -229,7 +220,6 @@ class Batch:
     # An ALTER TABLE changed the table's columns: the analysts' view, which names them, is
     # made again before this batch is applied.
     columns_changed: bool = False
-    lane: Lane = STREAM
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -266,9 +265,8 @@ class Chunk:
     orphans: tuple[tuple[Any, ...], ...] | None = None
 
 
-# Merged chunks not yet committed when the next is read: the stream passes their batches, and
-# a second one keeps the re-score's batches coming while the stream goes first.
-CHUNKS_AHEAD = 2
+# Merged chunks not yet committed when the next is read (2 gave the stream nothing, measured).
+CHUNKS_AHEAD = 1
 
 
 class ChunkExchange:
@@ -293,11 +291,6 @@ class ChunkExchange:
         self._durable_at: collections.deque[int] = collections.deque()
         self._durable = asyncio.Event()
         self._durable.set()
-        # A merged chunk's keys until its batch commits: the stream's later batches may commit
-        # first (the stream first), and a key one of them writes is left out of the chunk's
-        # batch — its version is newer than the chunk's.
-        self._guarded: dict[tuple[Any, ...], int] = {}
-        self._passed: dict[int, set[tuple[Any, ...]]] = {}
 
     # ---- accumulator side
     def job_changed(self, job: RescoreJob | None) -> None:
@@ -338,35 +331,12 @@ class ChunkExchange:
             self._durable.clear()
 
     def committed(self, batch_sequence: int) -> None:
-        """Batch ``batch_sequence`` has committed (a chunk's last batch commits after every
-        batch before it; the stream's may commit before it)."""
+        """Batch ``batch_sequence`` (and every one before it) has committed."""
         waiting = self._durable_at
-        if batch_sequence in waiting:
-            waiting.remove(batch_sequence)
+        while waiting and waiting[0] <= batch_sequence:
+            waiting.popleft()
         if len(waiting) < CHUNKS_AHEAD:
             self._durable.set()
-
-    @property
-    def guarding(self) -> bool:
-        return bool(self._guarded)
-
-    def guard(self, batch_sequence: int, keys: Iterable[tuple[Any, ...]]) -> None:
-        """A chunk's batch ``batch_sequence`` is made of these keys' rows."""
-        for key in keys:
-            self._guarded[key] = batch_sequence
-
-    def stream_wrote(self, key: tuple[Any, ...]) -> None:
-        """The stream has a newer version of ``key`` (in a batch after the chunk's)."""
-        sequence = self._guarded.get(key)
-        if sequence is not None:
-            self._passed.setdefault(sequence, set()).add(key)
-
-    def unguard(self, batch_sequence: int, keys: Iterable[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """The chunk batch ``batch_sequence`` commits now: the keys it must leave out."""
-        for key in keys:
-            if self._guarded.get(key) == batch_sequence:
-                del self._guarded[key]
-        return self._passed.pop(batch_sequence, set())
 
     # ---- snapshotter side
     async def durable(self) -> None:
