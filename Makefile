@@ -33,8 +33,11 @@ kafka-stack: $(STAMP)
 demo: $(STAMP) system-packages mysql-server
 	$(VENV)/bin/cdc-scorer demo
 
+# Two worker processes (pytest-xdist), each with its own private servers; the Kafka tests
+# together in one of them (tests/conftest.py). `TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-packages mysql-server vector-servers kafka-stack
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cdc_scorer tests benchmarks scripts

@@ -242,20 +242,51 @@ def _broker_tls(directory: Path) -> BrokerTls:
     return BrokerTls(keystore, authority.path, {KAFKA_SCRAM_USER: KAFKA_SCRAM_PASSWORD})
 
 
+# The banners, by the start of the skip reasons the fixtures above give: read from the run's
+# skip reports, so they are printed whether the tests ran in this process or in workers.
+_BANNERS = (
+    ("KAFKA NOT TESTED", ("Kafka stack unavailable",), ""),
+    ("VECTOR SERVERS NOT TESTED", ("MariaDB 11.8 unavailable", "PostgreSQL with pgvector"), ""),
+    ("PostgreSQL NOT TESTED", ("PostgreSQL server unavailable",), ""),
+    (
+        "MySQL NOT TESTED",
+        ("MySQL server unavailable",),
+        "every MySQL case of the matrix was skipped: this run proves MariaDB only",
+    ),
+)
+
+
+def _skip_reasons(terminalreporter: pytest.TerminalReporter) -> list[str]:
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            reasons.append(str(longrepr[2]).removeprefix("Skipped: "))
+    return reasons
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _KAFKA_UNAVAILABLE:
-        terminalreporter.section("KAFKA NOT TESTED", sep="!", red=True, bold=True)
-        terminalreporter.line(_KAFKA_UNAVAILABLE[0], red=True)
-    if _VECTORS_UNAVAILABLE:
-        terminalreporter.section("VECTOR SERVERS NOT TESTED", sep="!", red=True, bold=True)
-        for line in dict.fromkeys(_VECTORS_UNAVAILABLE):
+    reasons = _skip_reasons(terminalreporter)
+    for title, starts, after in _BANNERS:
+        lines = list(dict.fromkeys(r for r in reasons if r.startswith(starts)))
+        if not lines:
+            continue
+        terminalreporter.section(title, sep="!", red=True, bold=True)
+        for line in lines:
             terminalreporter.line(line, red=True)
-    if _POSTGRES_UNAVAILABLE:
-        terminalreporter.section("PostgreSQL NOT TESTED", sep="!", red=True, bold=True)
-        terminalreporter.line(_POSTGRES_UNAVAILABLE[0], red=True)
-    if _MYSQL_UNAVAILABLE:
-        terminalreporter.section("MySQL NOT TESTED", sep="!", red=True, bold=True)
-        terminalreporter.line(f"{_MYSQL_UNAVAILABLE[0]}", red=True)
-        terminalreporter.line(
-            "every MySQL case of the matrix was skipped: this run proves MariaDB only", red=True
-        )
+        if after:
+            terminalreporter.line(after, red=True)
+
+
+# Tests that share one heavy server of their own per process (the Kafka stack: a broker and a
+# Connect worker on the JVM) run in one worker when the suite runs in several (`make test`:
+# pytest-xdist, --dist loadgroup), so only one process starts it.
+_ONE_WORKER = {"kafka": "kafka"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, group in _ONE_WORKER.items():
+            if fixture in fixtures:
+                item.add_marker(pytest.mark.xdist_group(group))
