@@ -284,6 +284,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 _ONE_WORKER = {"kafka": "kafka"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
