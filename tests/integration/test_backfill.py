@@ -25,6 +25,7 @@ from cdc_scorer.app import ScorerApp
 from cdc_scorer.commands.cli import main as cli
 from cdc_scorer.config import load_config
 from cdc_scorer.core.batch import MERGED, BatchJob
+from cdc_scorer.core.records import RescoreJob
 from cdc_scorer.core.spec import AwsSpec, BackfillSpec, ScorerSpec
 from cdc_scorer.local.churn_data import FEATURE_COLUMNS, ChurnRowGenerator
 from cdc_scorer.local.endpoints import TITAN_V2, ModelServer, ModelServerConfig
@@ -572,6 +573,21 @@ async def test_a_new_model_version_stops_the_old_versions_jobs(
     assert vectors_match(db)
 
 
+async def refused_then_streaming(spec: ScorerSpec, db: Any) -> RescoreJob:
+    """Runs ``spec`` until its first snapshot fails (a job refused); the re-score as it ended,
+    once a row inserted after the refusal has been scored (the stream goes on)."""
+    async with Running(spec) as app:
+        await wait_for(
+            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
+        )
+        (job,) = app.telemetry.pipelines[PIPELINE].rescores.finished
+        insert_feedback(db, ["A new row after the refusal."])
+        await wait_for(
+            lambda: max(feedback_rows(db)) in predicted_ids(db), what="the stream going on"
+        )
+    return job
+
+
 async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
     tmp_path: Path,
     mariadb: DatabaseServer,
@@ -586,16 +602,7 @@ async def test_a_job_refused_for_a_setting_ends_the_rescore_naming_it(
     spec = spec_for(
         tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, "no-such-bucket-x"
     )
-    async with Running(spec) as app:
-        await wait_for(
-            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
-        )
-        finished = app.telemetry.pipelines[PIPELINE].rescores.finished
-        insert_feedback(db, ["A new row after the refusal."])
-        await wait_for(
-            lambda: max(feedback_rows(db)) in predicted_ids(db), what="the stream going on"
-        )
-    (job,) = finished
+    job = await refused_then_streaming(spec, db)
     assert job.error is not None and "s3_uri" in job.error, job.error
     assert "NoSuchBucket" in job.error, job.error
     assert batch_models.bedrock_batch.create_calls == 0
@@ -847,15 +854,7 @@ async def test_a_job_refused_for_the_jobs_quota_ends_the_rescore_naming_the_sett
             )
     insert_feedback(db, texts(150, 37))
     spec = spec_for(tmp_path / "s.toml", mariadb, database, batch_models.url, local_s3, bucket)
-    async with Running(spec) as app:
-        await wait_for(
-            lambda: snapshot_done(app, wanted="failed"), timeout_s=60, what="the snapshot failed"
-        )
-        (job,) = app.telemetry.pipelines[PIPELINE].rescores.finished
-        insert_feedback(db, ["A new row after the refusal."])
-        await wait_for(
-            lambda: max(feedback_rows(db)) in predicted_ids(db), what="the stream going on"
-        )
+    job = await refused_then_streaming(spec, db)
     assert job.error is not None
     assert "ServiceQuotaExceededException" in job.error, job.error
     assert "max_jobs_in_flight" in job.error and "records_per_job" in job.error, job.error
