@@ -179,12 +179,15 @@ def backfill_section(r: dict[str, Any] | None) -> list[str]:
         "real-time endpoint scored during the phase (the stream's and the re-score's). Here "
         "the transform jobs' scoring (a worker process of `serve-models`) and S3 (moto, a "
         "process of its own) share the machine's two cores with the scorer, the database "
-        "and the stream's endpoint; on AWS they run elsewhere.",
+        "and the stream's endpoint; on AWS they run elsewhere. Writer busy: the share of the "
+        "phase the pipeline's database writer spent writing batches (its "
+        "`cdc_scorer_sink_write_duration_seconds`); the stream's rows queue behind the "
+        "re-score's writes as it nears 100 %.",
         "",
         "| re-score | seconds | stream p50 s alone | stream p99 s alone | stream p50 s during | "
-        "stream p99 s during | p99 ratio | endpoint rows during | of them the stream's | "
-        "re-score rows through the endpoint |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "stream p99 s during | p99 ratio | writer busy alone | writer busy during | "
+        "endpoint rows during | of them the stream's | re-score rows through the endpoint |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("realtime", "batch"):
         phase = r.get(name)
@@ -197,7 +200,8 @@ def backfill_section(r: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"| {name} | {during['seconds']:.1f} | {_fmt(alone['p50_s'])} | "
             f"{_fmt(alone['p99_s'])} | {_fmt(during['p50_s'])} | {_fmt(during['p99_s'])} | "
-            f"{_fmt(ratio)} | {during['sagemaker_rows']:,} | "
+            f"{_fmt(ratio)} | {_pct(alone.get('writer_busy'))} | "
+            f"{_pct(during.get('writer_busy'))} | {during['sagemaker_rows']:,} | "
             f"{during['sagemaker_rows'] - through:,.0f} | {through:,.0f} |"
         )
     batch = r.get("batch") or {}

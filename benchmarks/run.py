@@ -508,6 +508,7 @@ class Bench:
         self.endpoints.reset_stats()
         rescored0 = metric_value(metrics(port), RESCORED) or 0.0
         conflicts0 = metric_value(metrics(port), CONFLICTS) or 0.0
+        sink0 = sink_seconds(port)
         started = time.monotonic()
         written0 = workload.rows_written
         if where is None:
@@ -520,6 +521,9 @@ class Bench:
                 scorer.check_alive()
         seconds = time.monotonic() - started
         caught = wait_until(lambda: caught_up(conn, workload.last_gtid), self.mode.drain_s, 0.05)
+        # The share of the phase (its drain too) the pipeline's writer spent writing batches:
+        # the stream's rows queue behind the re-score's writes as it nears 1.
+        writer_busy = (sink_seconds(port) - sink0) / (time.monotonic() - started)
         fresh = freshness_s(conn, since, stream_only=True)
         invoke = self.endpoints.stats()["operations"].get("InvokeEndpoint", {})
         rescored = (metric_value(metrics(port), RESCORED) or 0.0) - rescored0
@@ -535,6 +539,7 @@ class Bench:
             "rescored_rows": rescored,
             "conflicts": (metric_value(metrics(port), CONFLICTS) or 0.0) - conflicts0,
             "rescore_rows_per_s": rescored / seconds if where is not None else None,
+            "writer_busy": writer_busy,
         }
         self.log(f"re-score phase (where {where}): {measured}")
         return measured
