@@ -236,6 +236,9 @@ class PrivateServer(ABC):
         A restart after ``stop()`` or ``kill()`` keeps the data and the port."""
         base = self._directory()
         datadir = base / "data"
+        # Its own temporary directory: servers installed at the same time (tests in several
+        # processes) otherwise share /tmp's "#sql-temptable-…" files, which failed a bootstrap.
+        (base / "tmp").mkdir(exist_ok=True)
         if not (datadir / "mysql").is_dir():
             self._install(datadir)
         last_error = ""
@@ -285,6 +288,7 @@ class PrivateServer(ABC):
         args = [
             *self._server_args(server, base),
             f"--datadir={server.datadir}",
+            f"--tmpdir={base / 'tmp'}",
             f"--port={server.port}",
             "--bind-address=127.0.0.1",
             f"--socket={server.socket_path}",
@@ -392,6 +396,7 @@ class PrivateMariaDB(PrivateServer):
             "--no-defaults",
             *basedir,
             f"--datadir={datadir}",
+            f"--tmpdir={datadir.parent / 'tmp'}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         ]
@@ -437,7 +442,9 @@ class PrivateMySQL(PrivateServer):
         return self.distribution
 
     def _install(self, datadir: Path) -> None:
-        args = self._mysql().mysqld(f"--datadir={datadir}", "--initialize-insecure")
+        args = self._mysql().mysqld(
+            f"--datadir={datadir}", f"--tmpdir={datadir.parent / 'tmp'}", "--initialize-insecure"
+        )
         if os.geteuid() == 0:
             args.append("--user=root")
         result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
