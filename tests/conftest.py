@@ -43,6 +43,11 @@ TEST_ENDPOINTS = {
 }
 
 SOURCES = ("mariadb-gtid", "mariadb-file", "mysql-gtid", "mysql-file")
+# How each fixture's skip reason starts: the banners at the end of the run look for these.
+MYSQL_UNAVAILABLE = "MySQL server unavailable"
+POSTGRES_UNAVAILABLE = "PostgreSQL server unavailable"
+KAFKA_UNAVAILABLE = "Kafka stack unavailable"
+VECTOR_SERVERS = ("MariaDB 11.8", "PostgreSQL with pgvector")
 _MYSQL_UNAVAILABLE: list[str] = []
 
 
@@ -74,7 +79,7 @@ def mysql_distribution() -> MysqlDistribution:
     try:
         return ensure_mysql()
     except MysqlUnavailable as exc:
-        _MYSQL_UNAVAILABLE.append(f"MySQL server unavailable: {exc}")
+        _MYSQL_UNAVAILABLE.append(f"{MYSQL_UNAVAILABLE}: {exc}")
         pytest.skip(_MYSQL_UNAVAILABLE[0])
 
 
@@ -147,7 +152,7 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         server = launcher.start()
     except PostgresUnavailable as exc:
-        _POSTGRES_UNAVAILABLE.append(f"PostgreSQL server unavailable: {exc}")
+        _POSTGRES_UNAVAILABLE.append(f"{POSTGRES_UNAVAILABLE}: {exc}")
         pytest.skip(_POSTGRES_UNAVAILABLE[0])
     try:
         yield server
@@ -163,7 +168,6 @@ def pg(postgres: PostgresServer) -> Iterator[PgDatabase]:
     database.drop()
 
 
-_VECTORS_UNAVAILABLE: list[str] = []
 _Fetched = TypeVar("_Fetched")
 
 
@@ -171,15 +175,14 @@ def _fetch_or_skip(fetch: Callable[[], _Fetched], what: str) -> _Fetched:
     try:
         return fetch()
     except ServerUnavailable as exc:
-        _VECTORS_UNAVAILABLE.append(f"{what} unavailable: {exc}")
-        pytest.skip(_VECTORS_UNAVAILABLE[-1])
+        pytest.skip(f"{what} unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
 def mariadb_vector_distribution() -> MariadbDistribution:
     """MariaDB 11.8 (``VECTOR(N)``; Debian sid's, unpacked); skips (red banner) if it cannot
     be had."""
-    return _fetch_or_skip(ensure_mariadb_vector, "MariaDB 11.8")
+    return _fetch_or_skip(ensure_mariadb_vector, VECTOR_SERVERS[0])
 
 
 @pytest.fixture(scope="session")
@@ -194,12 +197,9 @@ def mariadb_vector(mariadb_vector_distribution: MariadbDistribution) -> Iterator
 def postgres_vector() -> Iterator[PostgresServer]:
     """A private PostgreSQL 18 with pgvector (Debian sid's, unpacked); skips (red banner) if
     it cannot be had."""
-    distribution = _fetch_or_skip(ensure_pgvector, "PostgreSQL with pgvector")
+    distribution = _fetch_or_skip(ensure_pgvector, VECTOR_SERVERS[1])
     with PrivatePostgreSQL(distribution=distribution) as server:
         yield server
-
-
-_KAFKA_UNAVAILABLE: list[str] = []
 
 
 KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD = "scorer", "scram-secret-7"
@@ -214,8 +214,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaStack]:
     try:
         ensure_kafka_jars()
     except KafkaUnavailable as exc:
-        _KAFKA_UNAVAILABLE.append(f"Kafka stack unavailable: {exc}")
-        pytest.skip(_KAFKA_UNAVAILABLE[-1])
+        pytest.skip(f"{KAFKA_UNAVAILABLE}: {exc}")
     with KafkaStack(tls=_broker_tls(tmp_path_factory.mktemp("kafka-tls"))) as stack:
         yield stack
 
@@ -245,12 +244,12 @@ def _broker_tls(directory: Path) -> BrokerTls:
 # The banners, by the start of the skip reasons the fixtures above give: read from the run's
 # skip reports, so they are printed whether the tests ran in this process or in workers.
 _BANNERS = (
-    ("KAFKA NOT TESTED", ("Kafka stack unavailable",), ""),
-    ("VECTOR SERVERS NOT TESTED", ("MariaDB 11.8 unavailable", "PostgreSQL with pgvector"), ""),
-    ("PostgreSQL NOT TESTED", ("PostgreSQL server unavailable",), ""),
+    ("KAFKA NOT TESTED", (KAFKA_UNAVAILABLE,), ""),
+    ("VECTOR SERVERS NOT TESTED", tuple(f"{what} unavailable" for what in VECTOR_SERVERS), ""),
+    ("PostgreSQL NOT TESTED", (POSTGRES_UNAVAILABLE,), ""),
     (
         "MySQL NOT TESTED",
-        ("MySQL server unavailable",),
+        (MYSQL_UNAVAILABLE,),
         "every MySQL case of the matrix was skipped: this run proves MariaDB only",
     ),
 )
@@ -278,16 +277,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.line(after, red=True)
 
 
-# Tests that share one heavy server of their own per process (the Kafka stack: a broker and a
-# Connect worker on the JVM) run in one worker when the suite runs in several (`make test`:
-# pytest-xdist, --dist loadgroup), so only one process starts it.
-_ONE_WORKER = {"kafka": "kafka"}
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the Kafka stack (a broker and a Connect worker on the JVM, one per process)
+    run in one worker when the suite runs in several (`make test`: pytest-xdist, --dist
+    loadgroup), so only one process starts it."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        for fixture, group in _ONE_WORKER.items():
-            if fixture in fixtures:
-                item.add_marker(pytest.mark.xdist_group(group))
+        if "kafka" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("kafka"))

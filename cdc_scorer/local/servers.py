@@ -238,7 +238,7 @@ class PrivateServer(ABC):
         datadir = base / "data"
         # Its own temporary directory: servers installed at the same time (tests in several
         # processes) otherwise share /tmp's "#sql-temptable-…" files, which failed a bootstrap.
-        (base / "tmp").mkdir(exist_ok=True)
+        _tmpdir(base).mkdir(exist_ok=True)
         if not (datadir / "mysql").is_dir():
             self._install(datadir)
         last_error = ""
@@ -288,7 +288,7 @@ class PrivateServer(ABC):
         args = [
             *self._server_args(server, base),
             f"--datadir={server.datadir}",
-            f"--tmpdir={base / 'tmp'}",
+            f"--tmpdir={_tmpdir(base)}",
             f"--port={server.port}",
             "--bind-address=127.0.0.1",
             f"--socket={server.socket_path}",
@@ -396,7 +396,7 @@ class PrivateMariaDB(PrivateServer):
             "--no-defaults",
             *basedir,
             f"--datadir={datadir}",
-            f"--tmpdir={datadir.parent / 'tmp'}",
+            f"--tmpdir={_tmpdir(datadir.parent)}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         ]
@@ -443,7 +443,7 @@ class PrivateMySQL(PrivateServer):
 
     def _install(self, datadir: Path) -> None:
         args = self._mysql().mysqld(
-            f"--datadir={datadir}", f"--tmpdir={datadir.parent / 'tmp'}", "--initialize-insecure"
+            f"--datadir={datadir}", f"--tmpdir={_tmpdir(datadir.parent)}", "--initialize-insecure"
         )
         if os.geteuid() == 0:
             args.append("--user=root")
@@ -462,6 +462,11 @@ class PrivateMySQL(PrivateServer):
             f"--gtid-mode={gtid}",
             f"--enforce-gtid-consistency={gtid}",
         )
+
+
+def _tmpdir(base: Path) -> Path:
+    """A private server's temporary directory (beside its data)."""
+    return base / "tmp"
 
 
 def private_server(flavor: str, *, gtid: bool = True, **options: Any) -> PrivateServer:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cdc_scorer.config import load_config
-from cdc_scorer.core.batch import MERGED, BatchJob
+from cdc_scorer.core.batch import MERGED
 from cdc_scorer.local.churn_data import ChurnRowGenerator
 from cdc_scorer.local.endpoints import BackgroundModelServer, ModelServerConfig
 from cdc_scorer.local.s3 import LocalS3
@@ -97,9 +97,9 @@ def test_kill_9_while_transform_jobs_run_reattaches_by_name(
     local_s3: LocalS3,
 ) -> None:
     """The same with SageMaker Batch Transform, whose jobs are known by name: after kill -9
-    the new process follows the running jobs (a job not yet recorded as submitted is
-    submitted again under its name: ``ResourceInUse``, then DescribeTransformJob), each job
-    is made once, the endpoint scores none of the re-score's rows."""
+    the new process follows the jobs the first one submitted (the name refused as
+    ``ResourceInUse`` is itself tested in test_backfill.py), each job is made once, the
+    endpoint scores none of the re-score's rows."""
     database = f"transform_kill_{uuid.uuid4().hex[:6]}"
     create_database(mariadb, database)
     bucket = f"kill-{uuid.uuid4().hex[:8]}"
@@ -148,19 +148,15 @@ def test_kill_9_while_transform_jobs_run_reattaches_by_name(
     assert kill(first) == -9
     second = start(config, "second")
     wait(lambda: churn_matches(db), 180, "the predictions of every row", second)
-    wait(lambda: all(j.state == MERGED for j in churn_jobs(db)), 30, "jobs merged", second)
+    wait(
+        lambda: all(j.state == MERGED for j in stored_jobs(db, "churn")), 30, "jobs merged", second
+    )
     assert kill(second) == -9
     stats = transform_jobs()
     assert stats["jobs"] == 3 and stats["records"] == 3000, stats
     assert stats["create_calls"] >= 3, stats
-    assert len(churn_jobs(db)) == 3
+    assert len(stored_jobs(db, "churn")) == 3
     assert "backfill resuming" in second.log()
     invoked = batch_endpoints.stats()["operations"].get("InvokeEndpoint", {})
     assert sum(int(c.get("rows", 0)) for c in invoked.values()) == 0  # none through the endpoint
     db.close()
-
-
-def churn_jobs(db: Any) -> list[BatchJob]:
-    with db.cursor() as cursor:
-        cursor.execute("SELECT data FROM cdc_scorer_batch_job WHERE pipeline='churn'")
-        return [BatchJob.decode(str(row[0])) for row in cursor.fetchall()]

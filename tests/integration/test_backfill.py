@@ -155,9 +155,9 @@ def outcomes(app: ScorerApp, pipeline: str = PIPELINE) -> dict[str, int]:
     return {o: n for (p, o), n in app.telemetry.backfill_records.items() if p == pipeline}
 
 
-def stored_jobs(db: Any) -> list[BatchJob]:
+def stored_jobs(db: Any, pipeline: str = PIPELINE) -> list[BatchJob]:
     with db.cursor() as cursor:
-        cursor.execute("SELECT data FROM cdc_scorer_batch_job WHERE pipeline=%s", (PIPELINE,))
+        cursor.execute("SELECT data FROM cdc_scorer_batch_job WHERE pipeline=%s", (pipeline,))
         return [BatchJob.decode(str(row[0])) for row in cursor.fetchall()]
 
 
