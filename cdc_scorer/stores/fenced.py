@@ -8,7 +8,10 @@ instance has scored meanwhile and this one stops (fencing). A dialect adds its S
 
 The pipelines of a process share a few such connections (:class:`WriterConnection`, a store
 hands them out): each sink holds its own lock on the connection it commits through, the
-sinks take turns on it, and a lost connection makes every sink on it fence again.
+sinks take turns on it, and a lost connection makes every sink on it fence again. Batches of
+several pipelines waiting for the same connection commit together, in one transaction (a group
+commit: 100 pipelines' one-row batches cost a few commits, not 100); if that transaction fails,
+each batch is written again on its own, so one pipeline's failure stays its own.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+import structlog
 
 from cdc_scorer.core.errors import CdcScorerError, FatalError
 from cdc_scorer.core.records import Checkpoint, ScoredBatch
@@ -27,6 +34,8 @@ from cdc_scorer.core.retry import retrying
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec
 from cdc_scorer.core.store import PositionStep
 from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint
+
+log = structlog.get_logger("cdc_scorer.stores.fenced")
 
 ConnectionT = TypeVar("ConnectionT")
 
@@ -58,6 +67,9 @@ class WriterConnection(Generic[ConnectionT]):
         self.turn = threading.Lock()  # taken by the thread that uses the connection
         self._queue: asyncio.Lock | None = None
         self._users = 0
+        # Batches waiting for the connection, in the order their sinks asked (the queue's).
+        self.pending: deque[_Write] = deque()
+        self.turns: set[asyncio.Future[None]] = set()  # group writes under way (kept alive)
 
     @property
     def queue(self) -> asyncio.Lock:
@@ -91,6 +103,46 @@ class WriterConnection(Generic[ConnectionT]):
         if self._users <= 0:
             self._users = 0
             self.drop()
+
+    def take(self) -> list[_Write]:
+        """The batches one transaction writes: the oldest waiting, and those behind it while
+        the transaction stays moderate (the first alone however big it is)."""
+        group = [self.pending.popleft()]
+        rows = group[0].rows
+        while self.pending and len(group) < GROUP_BATCHES:
+            rows += self.pending[0].rows
+            if rows > GROUP_ROWS:
+                break
+            group.append(self.pending.popleft())
+        return group
+
+
+@dataclass(eq=False)
+class _Write:
+    """A batch waiting for its writer connection; ``done`` is set when it committed (or failed:
+    then with the error its sink raises)."""
+
+    sink: FencedSink[Any]
+    batch: ScoredBatch
+    done: asyncio.Future[None] = field(init=False)
+    abandoned: bool = False  # its sink stopped waiting (cancelled)
+
+    def __post_init__(self) -> None:
+        self.done = asyncio.get_running_loop().create_future()
+        # Its sink may be gone (its pipeline stopped while it waited): the outcome is then
+        # nobody's, and not an "exception never retrieved".
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    @property
+    def rows(self) -> int:
+        b = self.batch
+        return len(b.upserts) + len(b.deletes) + len(b.dead_letters)
+
+
+# A group commit's bounds: a transaction of many pipelines' batches stays short enough that no
+# one waits long behind it, and small enough that a failure costs little to write again.
+GROUP_BATCHES = 200
+GROUP_ROWS = 2_000
 
 
 # Connections a process's sinks write through, whatever its number of pipelines: two, so one
@@ -172,10 +224,22 @@ class FencedSink(ABC, Generic[ConnectionT]):
     @abstractmethod
     def _record_stop(self, conn: ConnectionT, reason: str) -> None: ...
 
+    def _before(self, conn: ConnectionT, batch: ScoredBatch) -> None:
+        """What must run before the batch's transaction, committing on its own (MySQL's DDL);
+        run again if the transaction is replayed, so idempotent."""
+
     @abstractmethod
-    def _apply(self, conn: ConnectionT, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
-        """The batch and its checkpoint row ``row`` in one transaction, committed (with
-        :meth:`_checkpoint_step` last in it)."""
+    def _begin(self, conn: ConnectionT) -> None: ...
+
+    @abstractmethod
+    def _statements(self, conn: ConnectionT, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+        """The batch's writes and its checkpoint row ``row`` inside an open transaction (with
+        :meth:`_checkpoint_step` last); other pipelines' batches may share the transaction."""
+
+    @abstractmethod
+    def _commit(self, conn: ConnectionT) -> None:
+        """Commit. (A failed transaction is never rolled back here: its connection is closed,
+        which rolls it back.)"""
 
     def _checkpoint_step(self, cursor: Any, statement: str, batch: ScoredBatch, row: Any) -> None:
         """The transaction's last step: the checkpoint row, or the feed's own step."""
@@ -186,13 +250,31 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
     # ---------------------------------------------------------------- the fence
     async def write(self, batch: ScoredBatch) -> None:
-        async with self._writer.queue:  # the sinks sharing the connection take turns here
-            await retrying(
-                lambda: asyncio.to_thread(self._write_transaction, batch),
-                spec=self._retry,
-                stage="sink",
-                on_retry=self._on_retry,
-            )
+        """The batch committed with its checkpoint, maybe in one transaction with other
+        pipelines' batches waiting for the same connection."""
+        writer = self._writer
+        entry = _Write(self, batch)
+        writer.pending.append(entry)
+        try:
+            async with writer.queue:  # the sinks sharing the connection take turns here
+                if not entry.done.done() and entry in writer.pending:
+                    # Ours is the oldest batch waiting: this turn writes it and those behind.
+                    group = writer.take()
+                    # Shielded: other pipelines' batches are in it, and a cancelled sink (its
+                    # pipeline stopped) must not take their commits down with it.
+                    turn = asyncio.ensure_future(_write_group(group))
+                    writer.turns.add(turn)
+                    turn.add_done_callback(writer.turns.discard)
+                    await asyncio.shield(turn)
+            await asyncio.shield(entry.done)  # written by this turn or an earlier one
+        except asyncio.CancelledError:
+            # Not written again if its group fails (what a turn has begun may still commit,
+            # as a transaction under way in a thread always could).
+            entry.abandoned = True
+            raise
+        finally:
+            if not entry.done.done() and entry in writer.pending:
+                writer.pending.remove(entry)  # cancelled while waiting: nobody writes it
 
     def try_lead(self, wait_s: float) -> bool:
         """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
@@ -276,19 +358,87 @@ class FencedSink(ABC, Generic[ConnectionT]):
                     writer.drop()
             writer.detach()
 
-    def _write_transaction(self, batch: ScoredBatch) -> None:
-        row = checkpoint_row(self._pipeline.name, batch.checkpoint, self._identity)
+    async def _write_alone(self, batch: ScoredBatch) -> None:
+        """The batch in a transaction of its own, retried while the failure is retriable."""
+        await retrying(
+            lambda: asyncio.to_thread(self._write_transaction, [(self, batch)]),
+            spec=self._retry,
+            stage="sink",
+            on_retry=self._on_retry,
+        )
+
+    def _write_transaction(self, parts: list[tuple[FencedSink[Any], ScoredBatch]]) -> None:
+        """Sinks' batches (all of sinks on this writer) in ONE transaction, each with its
+        checkpoint. Blocking: run in a thread."""
+        rows = [
+            checkpoint_row(sink._pipeline.name, batch.checkpoint, sink._identity)
+            for sink, batch in parts
+        ]
+        names = ", ".join(sink._pipeline.name for sink, _ in parts)
         with self._writer.turn:
             try:
-                with self._errors(f"writing predictions of {self._pipeline.name}"):
+                with self._errors(f"writing predictions of {names}"):
                     conn = self._connection()
-                    self._attempted = row
-                    self._apply(conn, batch, row)
-                    self._written = row
-                    if self._step is not None:
-                        self._step.committed()
+                    for sink, _ in parts[1:]:
+                        sink._connection()  # fenced on this connection too
+                    for sink, batch in parts:
+                        sink._before(conn, batch)
+                    self._begin(conn)
+                    for (sink, batch), row in zip(parts, rows, strict=True):
+                        sink._attempted = row
+                        sink._statements(conn, batch, row)
+                    self._commit(conn)
+                    for (sink, _), row in zip(parts, rows, strict=True):
+                        sink._written = row
+                        if sink._step is not None:
+                            sink._step.committed()
             except BaseException:
                 # A failed transaction's connection is not reused: every sink on it fences
                 # again on the next one.
                 self._writer.drop()
                 raise
+
+
+async def _write_group(group: list[_Write]) -> None:
+    """One turn on a writer: the group's batches in one transaction; if that fails, each again
+    in its own (retried as a sink retries), so a failure reaches only the sink it belongs to.
+    Every batch's ``done`` is set, whatever happens."""
+    try:
+        if len(group) > 1:
+            first = group[0].sink
+            try:
+                await asyncio.to_thread(
+                    first._write_transaction, [(w.sink, w.batch) for w in group]
+                )
+            except Exception as error:  # written again one by one, below
+                log.info(
+                    "group commit failed; writing its batches one by one",
+                    batches=len(group),
+                    error=str(error),
+                )
+            else:
+                for w in group:
+                    _settle(w, None)
+                return
+        for w in group:
+            if w.abandoned:
+                continue
+            try:
+                await w.sink._write_alone(w.batch)
+            except Exception as error:
+                _settle(w, error)
+            else:
+                _settle(w, None)
+    finally:
+        for w in group:
+            if not w.done.done():  # abandoned, or the process is stopping
+                w.done.cancel()
+
+
+def _settle(write: _Write, error: Exception | None) -> None:
+    if write.done.done():
+        return
+    if error is None:
+        write.done.set_result(None)
+    else:
+        write.done.set_exception(error)

@@ -21,7 +21,7 @@ from cdc_scorer.sources.binlog.positions import Gtid, MariadbGtidPosition, decod
 from cdc_scorer.stores import Store
 from cdc_scorer.stores.registry import build_store
 
-TABLES = ("fb1", "fb2", "fb3")
+TABLES = ("fb1", "fb2", "fb3", "fb4", "fb5")
 PIPELINES = [PipelineSpec(t, t, ComprehendSpec("user_feedback")) for t in TABLES]
 AT = datetime(2026, 12, 7, 6, 0, 0)
 IDENTITY = "test:shared"
@@ -101,11 +101,11 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
         yield _postgresql(request.getfixturevalue("postgres"))
 
 
-def _batch(seq: int, key: int) -> ScoredBatch:
+def _batch(seq: int, key: int, sentiment: str = "POSITIVE") -> ScoredBatch:
     position = MariadbGtidPosition("test:shared", (Gtid(0, 1, seq),))
     prediction = Prediction(
         (key,),
-        {"sentiment": "POSITIVE", "sentiment_positive": 0.9, "sentiment_negative": 0.1},
+        {"sentiment": sentiment, "sentiment_positive": 0.9, "sentiment_negative": 0.1},
         None,
         f"0-1-{seq}",
         AT,
@@ -125,11 +125,11 @@ async def test_pipelines_share_writer_connections_and_never_both_commit(
 ) -> None:
     first, second = database.store(), database.store()  # two processes
     first.init(PIPELINES)
-    a1, a2, a3 = (first.sink(p, ("id",), IDENTITY, decode_binlog_position) for p in PIPELINES)
+    a1, a2, a3 = (first.sink(p, ("id",), IDENTITY, decode_binlog_position) for p in PIPELINES[:3])
     for sink in (a1, a2, a3):
         assert await asyncio.to_thread(sink.try_lead, 0)
     # Three pipelines, two connections: fb1 and fb3 hold their locks on the same one.
-    holders = [first.leader(p) for p in PIPELINES]
+    holders = [first.leader(p) for p in PIPELINES[:3]]
     assert holders[0] == holders[2] != holders[1]
     for seq, sink in enumerate((a1, a2, a3), start=1):
         await sink.write(_batch(seq, seq))
@@ -180,3 +180,54 @@ async def test_pipelines_share_writer_connections_and_never_both_commit(
         sink.close()
     first.close()
     second.close()
+
+
+def _transactions(database: Database, since: int = 0) -> int:
+    """MariaDB: COMMITs the server ran since the count ``since`` (nothing else commits on it
+    meanwhile). PostgreSQL: the transactions that wrote the checkpoint rows (their xmin)."""
+    if database.source.engine == "postgresql":
+        ((count,),) = database.sql(
+            "SELECT count(DISTINCT xmin::text) FROM cdc_scorer_checkpoint "
+            "WHERE pipeline IN ('fb1', 'fb3', 'fb5')"
+        )
+        return int(count)
+    ((_, value),) = database.sql("SHOW GLOBAL STATUS LIKE 'Com_commit'")
+    return int(value) - since
+
+
+async def test_batches_waiting_for_one_connection_commit_together_and_fail_alone(
+    database: Database,
+) -> None:
+    store = database.store()
+    store.init(PIPELINES)
+    sinks = [store.sink(p, ("id",), IDENTITY, decode_binlog_position) for p in PIPELINES]
+    for sink in sinks:
+        assert await asyncio.to_thread(sink.try_lead, 0)
+    holders = [store.leader(p) for p in PIPELINES]
+    assert holders[0] == holders[2] == holders[4] != holders[1]  # two writer connections
+    fb1, fb3, fb5 = sinks[0], sinks[2], sinks[4]
+
+    # fb1's batch takes the connection; fb3's and fb5's wait for it, then commit together.
+    before = _transactions(database)
+    await asyncio.gather(fb1.write(_batch(1, 1)), fb3.write(_batch(1, 1)), fb5.write(_batch(1, 1)))
+    assert _transactions(database, before) == 2
+    for table in ("fb1", "fb3", "fb5"):
+        assert database.sql(f"SELECT id FROM {table}_predictions") == [(1,)]
+
+    # A batch the database refuses (a label too long for its column) fails its own sink only:
+    # the group's transaction is written again one batch at a time.
+    results = await asyncio.gather(
+        fb1.write(_batch(2, 2)),
+        fb3.write(_batch(2, 2, sentiment="NOT A LABEL " * 4)),
+        fb5.write(_batch(2, 2)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None, results
+    assert isinstance(results[1], FatalError) and "fb3" in str(results[1]), results
+    assert [int(k) for (k,) in database.sql("SELECT id FROM fb5_predictions ORDER BY id")] == [1, 2]
+    assert [int(k) for (k,) in database.sql("SELECT id FROM fb3_predictions")] == [1]
+    positions = dict(database.sql("SELECT pipeline, position FROM cdc_scorer_checkpoint"))
+    assert "0-1-1" in str(positions["fb3"]) and "0-1-2" in str(positions["fb5"])
+    for sink in sinks:
+        sink.close()
+    store.close()

@@ -204,13 +204,20 @@ class Sink(FencedSink[Connection]):
         pairs = list(zip(columns, wraps, strict=True))
         return lambda values: [literal(values.get(c), wrap) for c, wrap in pairs]
 
-    def _apply(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+    def _before(self, conn: Connection, batch: ScoredBatch) -> None:
         if batch.columns_changed:
             # DDL commits on its own: made before the batch's transaction, and made again if
             # that transaction is replayed (it is idempotent).
             with conn.cursor() as cursor:
                 cursor.execute(self._view)
+
+    def _begin(self, conn: Connection) -> None:
         conn.begin()
+
+    def _commit(self, conn: Connection) -> None:
+        conn.commit()
+
+    def _statements(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
         with conn.cursor() as cursor:
             if batch.truncate:  # the source table was truncated: so are they
                 cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")
@@ -236,4 +243,3 @@ class Sink(FencedSink[Connection]):
                     ],
                 )
             self._checkpoint_step(cursor, CHECKPOINT_UPSERT, batch, row)
-        conn.commit()

@@ -4,7 +4,6 @@ Unlike MySQL, the view made again after an ALTER TABLE commits with the batch.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from contextlib import AbstractContextManager
 from typing import Any
@@ -105,66 +104,64 @@ class PostgresSink(FencedSink[Connection]):
     def _record_stop(self, conn: Connection, reason: str) -> None:
         record_stop(conn, self._source.schema, self._pipeline.name, reason)
 
-    def _apply(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+    def _begin(self, conn: Connection) -> None:
+        conn.autocommit = False  # psycopg2 begins the transaction at the first statement
+
+    def _commit(self, conn: Connection) -> None:
+        conn.commit()
+        conn.autocommit = True
+
+    def _statements(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
         model = self._pipeline
-        conn.autocommit = False
-        try:
-            with conn.cursor() as cursor:
-                if batch.columns_changed:
-                    for statement in self._views:
-                        cursor.execute(statement)
-                if batch.truncate:
-                    cursor.execute(self._truncate)
-                if batch.upserts:
-                    vectors = self._vectors
-                    values = [
-                        (
-                            psycopg2.Binary(key_hash(p.key)),
-                            *p.key,
-                            *[
-                                _vector_text(p.columns.get(c)) if c in vectors else p.columns.get(c)
-                                for c in self._value_columns
-                            ],
-                            model.model.model_endpoint,
-                            p.variant,
-                            model.model_version,
-                            p.source_position,
-                            p.source_committed_at,
-                        )
-                        for p in batch.upserts
-                    ]
-                    psycopg2.extras.execute_values(
-                        cursor, self._upsert, values, template=self._template, page_size=500
-                    )
-                removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
-                if removed:
-                    cursor.execute(self._delete, ([psycopg2.Binary(key_hash(k)) for k in removed],))
-                if batch.dead_letters:
-                    psycopg2.extras.execute_values(
-                        cursor,
-                        self._dead_letter,
-                        [
-                            (
-                                model.name,
-                                key_json(d.key),
-                                d.source_position,
-                                d.reason[:64],
-                                d.error,
-                                d.payload,
-                            )
-                            for d in batch.dead_letters
+        with conn.cursor() as cursor:
+            if batch.columns_changed:
+                for statement in self._views:
+                    cursor.execute(statement)
+            if batch.truncate:
+                cursor.execute(self._truncate)
+            if batch.upserts:
+                vectors = self._vectors
+                values = [
+                    (
+                        psycopg2.Binary(key_hash(p.key)),
+                        *p.key,
+                        *[
+                            _vector_text(p.columns.get(c)) if c in vectors else p.columns.get(c)
+                            for c in self._value_columns
                         ],
-                        template="(%s, %s, %s, %s, %s, %s, localtimestamp)",
-                        page_size=50,
+                        model.model.model_endpoint,
+                        p.variant,
+                        model.model_version,
+                        p.source_position,
+                        p.source_committed_at,
                     )
-                self._checkpoint_step(cursor, self._checkpoint, batch, row)
-            conn.commit()
-        except BaseException:
-            with contextlib.suppress(psycopg2.Error):  # a lost connection cannot roll back
-                conn.rollback()
-            raise
-        finally:
-            conn.autocommit = True
+                    for p in batch.upserts
+                ]
+                psycopg2.extras.execute_values(
+                    cursor, self._upsert, values, template=self._template, page_size=500
+                )
+            removed = [*batch.deletes, *(d.key for d in batch.dead_letters)]
+            if removed:
+                cursor.execute(self._delete, ([psycopg2.Binary(key_hash(k)) for k in removed],))
+            if batch.dead_letters:
+                psycopg2.extras.execute_values(
+                    cursor,
+                    self._dead_letter,
+                    [
+                        (
+                            model.name,
+                            key_json(d.key),
+                            d.source_position,
+                            d.reason[:64],
+                            d.error,
+                            d.payload,
+                        )
+                        for d in batch.dead_letters
+                    ],
+                    template="(%s, %s, %s, %s, %s, %s, localtimestamp)",
+                    page_size=50,
+                )
+            self._checkpoint_step(cursor, self._checkpoint, batch, row)
 
 
 def _vector_text(value: Any) -> str | None:
