@@ -69,7 +69,7 @@ def _batches(rows: int, first_seq: int) -> list[ScoredBatch]:
 def _rate(sink: Sink, batches: list[ScoredBatch]) -> float:
     async def write_all() -> None:
         for batch in batches:
-            await sink.write(batch)
+            await sink.write([batch])  # one transaction each, as the stream alone writes
 
     started = time.perf_counter()
     asyncio.run(write_all())

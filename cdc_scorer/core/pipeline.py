@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -26,7 +26,9 @@ class BatchSink(Protocol):
     """Where scored batches go, in order: predictions and the checkpoint that covers them in
     one durable step (``sink.Sink``: one database transaction)."""
 
-    async def write(self, batch: ScoredBatch) -> None: ...
+    async def write(self, batches: Sequence[ScoredBatch]) -> None:
+        """The batches in order, each with its checkpoint (several may share a transaction:
+        a later checkpoint covers the earlier batches)."""
 
     def stopped(self, reason: str) -> None:
         """Record why the pipeline stopped (blocking: run it in a thread)."""
@@ -136,12 +138,15 @@ class PipelineRunner:
 
     async def _commit_in_order(self) -> None:
         name = self.pipeline.name
-        async for scored in self._sequencer.released():
+        # Batches scored while the one before them was being written go together: one
+        # transaction for several batches costs less than one each when the writer is busy.
+        async for run in self._sequencer.released_runs():
             started = time.monotonic()
-            await self._sink.write(scored)
+            await self._sink.write(run)
             self._telemetry.on_sink_write(name, time.monotonic() - started)
-            self.checkpoint = scored.checkpoint
-            self._exchange.committed(scored.sequence)
-            self._telemetry.on_commit(name, scored)
+            for scored in run:
+                self.checkpoint = scored.checkpoint
+                self._exchange.committed(scored.sequence)
+                self._telemetry.on_commit(name, scored)
             if self._on_committed is not None:
                 self._on_committed()

@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 class Sequencer(Generic[T]):
-    """Up to ``max_in_flight`` pieces of work run at once; :meth:`released` yields their
+    """Up to ``max_in_flight`` pieces of work run at once; :meth:`released_runs` yields their
     results in the order they were submitted (and raises what one of them raised).
     ``on_idle`` is called when the last unreleased result is released (its consumer done with
     it): nothing is in flight any more."""
@@ -29,7 +29,7 @@ class Sequencer(Generic[T]):
         self._on_idle = on_idle
 
     async def close(self) -> None:
-        """No more work: :meth:`released` ends after the last result."""
+        """No more work: :meth:`released_runs` ends after the last result."""
         await self._in_flight.put(None)
 
     async def submit(self, group: asyncio.TaskGroup, work: Coroutine[Any, Any, T]) -> None:
@@ -42,13 +42,36 @@ class Sequencer(Generic[T]):
         self._unreleased += 1
         self._in_flight.put_nowait(group.create_task(work))  # unbounded: never waits
 
-    async def released(self) -> AsyncIterator[T]:
-        while (task := await self._in_flight.get()) is not None:
+    async def released_runs(self) -> AsyncIterator[list[T]]:
+        """The results in submission order, in runs: the next result (waited for) and those
+        after it that are already done, so their consumer can take several at once (a sink:
+        in one transaction). A failed result ends the run before it and is raised in its
+        turn. Each stays counted in flight until its consumer is done with its run."""
+        ahead: list[asyncio.Task[T] | None] = []  # taken from the queue, not yet in a run
+        while True:
+            task = ahead.pop() if ahead else await self._in_flight.get()
+            if task is None:
+                return
+            run = [task]
             try:
-                yield await task
+                results = [await task]
+                while not self._in_flight.empty():
+                    following = self._in_flight.get_nowait()
+                    if (
+                        following is None
+                        or not following.done()
+                        or following.cancelled()
+                        or following.exception() is not None
+                    ):
+                        ahead.append(following)  # next: waited for, raised, or the end
+                        break
+                    run.append(following)
+                    results.append(following.result())
+                yield results
             finally:
-                self._slots.release()
-                self._unreleased -= 1
+                for _ in run:
+                    self._slots.release()
+                    self._unreleased -= 1
                 if self._unreleased == 0 and self._on_idle is not None:
                     self._on_idle()
 

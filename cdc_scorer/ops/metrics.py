@@ -120,8 +120,9 @@ class _Instruments:
         )
         self.sink_write = Histogram(
             "cdc_scorer_sink_write_duration_seconds",
-            "Writing one batch: its transaction of predictions, dead letters and checkpoint, "
-            "retries included (one connection per pipeline: its sum over time is how busy it is)",
+            "Writing a run of a pipeline's batches (one, or those scored while the one before "
+            "them was written) with their checkpoint, in one transaction while it stays "
+            "moderate; waiting for the shared writer connection and retries included",
             ["pipeline"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

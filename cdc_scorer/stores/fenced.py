@@ -20,7 +20,7 @@ import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -199,6 +199,7 @@ class FencedSink(ABC, Generic[ConnectionT]):
         self._leading = False
         self._written: tuple[Any, ...] | None = None  # the checkpoint row we last committed
         self._attempted: tuple[Any, ...] | None = None  # the one of a commit under way
+        self._failed: Exception | None = None  # a batch's write failed: no later one is written
 
     # ---------------------------------------------------------------- the dialect's part
     @abstractmethod
@@ -232,7 +233,9 @@ class FencedSink(ABC, Generic[ConnectionT]):
     def _begin(self, conn: ConnectionT) -> None: ...
 
     @abstractmethod
-    def _statements(self, conn: ConnectionT, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+    def _statements(
+        self, conn: ConnectionT, batch: ScoredBatch, row: tuple[Any, ...] | None
+    ) -> None:
         """The batch's writes and its checkpoint row ``row`` inside an open transaction (with
         :meth:`_checkpoint_step` last); other pipelines' batches may share the transaction."""
 
@@ -242,23 +245,28 @@ class FencedSink(ABC, Generic[ConnectionT]):
         which rolls it back.)"""
 
     def _checkpoint_step(self, cursor: Any, statement: str, batch: ScoredBatch, row: Any) -> None:
-        """The transaction's last step: the checkpoint row, or the feed's own step."""
+        """The batch's last step: the checkpoint row, or the feed's own step (none for a batch
+        followed by another of this pipeline in the same transaction: ``row`` is None)."""
+        if row is None:
+            return
         if self._step is not None:
             self._step.advance(cursor, batch.checkpoint.position)
         else:
             cursor.execute(statement, row)
 
     # ---------------------------------------------------------------- the fence
-    async def write(self, batch: ScoredBatch) -> None:
-        """The batch committed with its checkpoint, maybe in one transaction with other
-        pipelines' batches waiting for the same connection."""
+    async def write(self, batches: Sequence[ScoredBatch]) -> None:
+        """The batches, in order, committed with their checkpoints: together in a transaction
+        (with other pipelines' batches waiting for the same connection too) while it stays
+        moderate; only the last of a transaction carries this pipeline's checkpoint, which
+        covers the batches before it."""
         writer = self._writer
-        entry = _Write(self, batch)
-        writer.pending.append(entry)
+        entries = [_Write(self, batch) for batch in batches]
+        writer.pending.extend(entries)
         try:
             async with writer.queue:  # the sinks sharing the connection take turns here
-                if not entry.done.done() and entry in writer.pending:
-                    # Ours is the oldest batch waiting: this turn writes it and those behind.
+                while any(entry in writer.pending for entry in entries):
+                    # The oldest batches waiting are ours or before ours: a turn writes them.
                     group = writer.take()
                     # Shielded: other pipelines' batches are in it, and a cancelled sink (its
                     # pipeline stopped) must not take their commits down with it.
@@ -266,15 +274,18 @@ class FencedSink(ABC, Generic[ConnectionT]):
                     writer.turns.add(turn)
                     turn.add_done_callback(writer.turns.discard)
                     await asyncio.shield(turn)
-            await asyncio.shield(entry.done)  # written by this turn or an earlier one
+            for entry in entries:
+                await asyncio.shield(entry.done)  # written by our turns or earlier ones
         except asyncio.CancelledError:
-            # Not written again if its group fails (what a turn has begun may still commit,
+            # Not written again if their group fails (what a turn has begun may still commit,
             # as a transaction under way in a thread always could).
-            entry.abandoned = True
+            for entry in entries:
+                entry.abandoned = True
             raise
         finally:
-            if not entry.done.done() and entry in writer.pending:
-                writer.pending.remove(entry)  # cancelled while waiting: nobody writes it
+            for entry in entries:
+                if not entry.done.done() and entry in writer.pending:
+                    writer.pending.remove(entry)  # cancelled while waiting: nobody writes it
 
     def try_lead(self, wait_s: float) -> bool:
         """Try to take the leader lock for up to ``wait_s`` (blocking; run in a thread)."""
@@ -368,13 +379,17 @@ class FencedSink(ABC, Generic[ConnectionT]):
         )
 
     def _write_transaction(self, parts: list[tuple[FencedSink[Any], ScoredBatch]]) -> None:
-        """Sinks' batches (all of sinks on this writer) in ONE transaction, each with its
-        checkpoint. Blocking: run in a thread."""
+        """Batches of sinks on this writer, in order, in ONE transaction; each sink's last
+        batch in it carries the sink's checkpoint (a checkpoint covers the batches before
+        it, and a feed's step moves once). Blocking: run in a thread."""
+        last = {id(sink): i for i, (sink, _) in enumerate(parts)}
         rows = [
             checkpoint_row(sink._pipeline.name, batch.checkpoint, sink._identity)
-            for sink, batch in parts
+            if last[id(sink)] == i
+            else None
+            for i, (sink, batch) in enumerate(parts)
         ]
-        names = ", ".join(sink._pipeline.name for sink, _ in parts)
+        names = ", ".join(dict.fromkeys(sink._pipeline.name for sink, _ in parts))
         with self._writer.turn:
             try:
                 with self._errors(f"writing predictions of {names}"):
@@ -385,13 +400,15 @@ class FencedSink(ABC, Generic[ConnectionT]):
                         sink._before(conn, batch)
                     self._begin(conn)
                     for (sink, batch), row in zip(parts, rows, strict=True):
-                        sink._attempted = row
+                        if row is not None:
+                            sink._attempted = row
                         sink._statements(conn, batch, row)
                     self._commit(conn)
                     for (sink, _), row in zip(parts, rows, strict=True):
-                        sink._written = row
-                        if sink._step is not None:
-                            sink._step.committed()
+                        if row is not None:
+                            sink._written = row
+                            if sink._step is not None:
+                                sink._step.committed()
             except BaseException:
                 # A failed transaction's connection is not reused: every sink on it fences
                 # again on the next one.
@@ -401,31 +418,40 @@ class FencedSink(ABC, Generic[ConnectionT]):
 
 async def _write_group(group: list[_Write]) -> None:
     """One turn on a writer: the group's batches in one transaction; if that fails, each again
-    in its own (retried as a sink retries), so a failure reaches only the sink it belongs to.
-    Every batch's ``done`` is set, whatever happens."""
+    in its own (retried as a sink retries), so a failure reaches only the sink it belongs to,
+    and none of that sink's later batches is written. Every batch's ``done`` is set, whatever
+    happens."""
     try:
-        if len(group) > 1:
-            first = group[0].sink
+        live = []
+        for w in group:
+            if w.sink._failed is not None:  # an earlier batch of its pipeline failed
+                _settle(w, w.sink._failed)
+            else:
+                live.append(w)
+        if len(live) > 1:
+            first = live[0].sink
             try:
-                await asyncio.to_thread(
-                    first._write_transaction, [(w.sink, w.batch) for w in group]
-                )
+                await asyncio.to_thread(first._write_transaction, [(w.sink, w.batch) for w in live])
             except Exception as error:  # written again one by one, below
                 log.info(
                     "group commit failed; writing its batches one by one",
-                    batches=len(group),
+                    batches=len(live),
                     error=str(error),
                 )
             else:
-                for w in group:
+                for w in live:
                     _settle(w, None)
                 return
-        for w in group:
+        for w in live:
             if w.abandoned:
+                continue
+            if w.sink._failed is not None:
+                _settle(w, w.sink._failed)
                 continue
             try:
                 await w.sink._write_alone(w.batch)
             except Exception as error:
+                w.sink._failed = error
                 _settle(w, error)
             else:
                 _settle(w, None)

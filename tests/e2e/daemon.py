@@ -69,7 +69,8 @@ def wait(condition: Any, timeout_s: float, what: str, process: Daemon | None = N
                 f"daemon exited ({process.returncode}) waiting for {what}: {process.log()[-3000:]}"
             )
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            tail = f": {process.log()[-3000:]}" if process is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{tail}")
         time.sleep(0.05)
 
 

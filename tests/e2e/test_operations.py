@@ -174,10 +174,11 @@ def test_metrics_are_valid_and_scraped_by_prometheus(
             or 0
         ) > 0
         assert metric(text, 'cdc_scorer_rows_scored_total{pipeline="churn"}') == 350.0
-        # One sink write per committed batch of the pipeline.
+        # One sink write per run of the pipeline's batches (a batch, or those scored while the
+        # one before them was written): never more writes than batches.
         batches = metric(text, 'cdc_scorer_batch_rows_count{pipeline="churn"}') or 0
         writes = metric(text, 'cdc_scorer_sink_write_duration_seconds_count{pipeline="churn"}')
-        assert writes is not None and writes >= batches > 0
+        assert writes is not None and 0 < writes <= batches
         assert metric(text, 'cdc_scorer_snapshot_rows_total{pipeline="churn"}') == 300.0
         assert metric(text, 'cdc_scorer_source_rows_total{operation="insert",table="churn"}') == 50
         assert metric(text, "cdc_scorer_leader") == 1.0

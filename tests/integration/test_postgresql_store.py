@@ -86,7 +86,7 @@ async def test_the_store_protocol_on_postgresql(postgres: PostgresServer) -> Non
     assert not other.try_lead(0.2)  # one leader per pipeline
     assert store.leader(FEEDBACK) is not None
     sink.expect(Checkpoint(None))
-    await sink.write(_batch(0, 5, range(1, 21)))
+    await sink.write([_batch(0, 5, range(1, 21))])
     stored = store.load_checkpoints(["feedback"], decode_binlog_position)["feedback"]
     assert str(stored.checkpoint.position) == "gtid:0-1-5"
     counts = store.counts(FEEDBACK)
@@ -100,14 +100,16 @@ async def test_the_store_protocol_on_postgresql(postgres: PostgresServer) -> Non
         cursor.execute("ALTER TABLE feedback ADD COLUMN channel varchar(8) DEFAULT 'web'")
     changed = _batch(1, 6, range(21, 26))
     await sink.write(
-        ScoredBatch(
-            changed.sequence,
-            changed.upserts,
-            (),
-            (),
-            changed.checkpoint,
-            columns_changed=True,
-        )
+        [
+            ScoredBatch(
+                changed.sequence,
+                changed.upserts,
+                (),
+                (),
+                changed.checkpoint,
+                columns_changed=True,
+            )
+        ]
     )
     with conn.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM feedback_scored WHERE channel = 'web'")
@@ -128,7 +130,7 @@ async def test_the_store_protocol_on_postgresql(postgres: PostgresServer) -> Non
         "feedback", Checkpoint(MariadbGtidPosition("pg:test", (Gtid(0, 1, 99),))), "pg:test"
     )
     with pytest.raises(FatalError, match="changed while this instance was disconnected"):
-        await sink.write(_batch(2, 7, range(1, 3)))
+        await sink.write([_batch(2, 7, range(1, 3))])
     sink.close()
     other.close()
 

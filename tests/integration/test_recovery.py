@@ -9,7 +9,7 @@ The source and the sink are the two seams (``sources.ChangeStream``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -115,15 +115,17 @@ class MemorySink:
     checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(None))
     writes: int = 0
 
-    async def write(self, batch: ScoredBatch) -> None:
-        self.writes += 1
-        if self.writes == self.crash_at_write:
-            raise Crash(f"crash at write {self.writes}")
-        for prediction in batch.upserts:
-            self.predictions[prediction.key] = prediction
-        for key in batch.deletes:
-            self.predictions.pop(key, None)
-        self.checkpoint = batch.checkpoint
+    async def write(self, batches: Sequence[ScoredBatch]) -> None:
+        # Each batch as its own transaction (one of the ways the real sink may commit a run).
+        for batch in batches:
+            self.writes += 1
+            if self.writes == self.crash_at_write:
+                raise Crash(f"crash at write {self.writes}")
+            for prediction in batch.upserts:
+                self.predictions[prediction.key] = prediction
+            for key in batch.deletes:
+                self.predictions.pop(key, None)
+            self.checkpoint = batch.checkpoint
 
     def stopped(self, reason: str) -> None:
         raise AssertionError(f"no pipeline stops here: {reason}")

@@ -132,7 +132,7 @@ async def test_pipelines_share_writer_connections_and_never_both_commit(
     holders = [first.leader(p) for p in PIPELINES[:3]]
     assert holders[0] == holders[2] != holders[1]
     for seq, sink in enumerate((a1, a2, a3), start=1):
-        await sink.write(_batch(seq, seq))
+        await sink.write([_batch(seq, seq)])
 
     # A pipeline's sink closed alone lets its lock go; the connection stays for the other.
     a3.close()
@@ -155,22 +155,22 @@ async def test_pipelines_share_writer_connections_and_never_both_commit(
         await asyncio.sleep(0.05)
     else:
         pytest.fail("the second process never took fb1's lock")
-    await b1.write(_batch(10, 10))
+    await b1.write([_batch(10, 10)])
     # The first process writes fb1 again: on a new connection its lock is someone else's,
     # and it stops without committing.
     with pytest.raises(FatalError, match="lost the leader lock"):
-        await a1.write(_batch(11, 11))
+        await a1.write([_batch(11, 11)])
     keys = database.sql("SELECT id FROM fb1_predictions ORDER BY id")
     assert [int(k) for (k,) in keys] == [1, 10]  # the first's, then only the second's
     (position,) = database.sql("SELECT position FROM cdc_scorer_checkpoint WHERE pipeline='fb1'")
     assert "0-1-10" in str(position[0])
     # fb2, on the other connection, goes on; and writes again after a reconnect when its
     # connection is the one lost.
-    await a2.write(_batch(12, 12))
+    await a2.write([_batch(12, 12)])
     holder2 = first.leader(PIPELINES[1])
     assert holder2 is not None
     _kill(database, holder2)
-    await a2.write(_batch(13, 13))
+    await a2.write([_batch(13, 13)])
     assert [int(k) for (k,) in database.sql("SELECT id FROM fb2_predictions ORDER BY id")] == [
         2,
         12,
@@ -182,14 +182,13 @@ async def test_pipelines_share_writer_connections_and_never_both_commit(
     second.close()
 
 
-def _transactions(database: Database, since: int = 0) -> int:
+def _transactions(database: Database, tables: tuple[str, ...], since: int = 0) -> int:
     """MariaDB: COMMITs the server ran since the count ``since`` (nothing else commits on it
-    meanwhile). PostgreSQL: the transactions that wrote the checkpoint rows (their xmin)."""
+    meanwhile). PostgreSQL: the transactions that wrote the predictions of ``tables`` (their
+    rows' xmin)."""
     if database.source.engine == "postgresql":
-        ((count,),) = database.sql(
-            "SELECT count(DISTINCT xmin::text) FROM cdc_scorer_checkpoint "
-            "WHERE pipeline IN ('fb1', 'fb3', 'fb5')"
-        )
+        rows = " UNION ALL ".join(f"SELECT xmin::text AS x FROM {t}_predictions" for t in tables)
+        ((count,),) = database.sql(f"SELECT count(DISTINCT x) FROM ({rows}) AS written")
         return int(count)
     ((_, value),) = database.sql("SHOW GLOBAL STATUS LIKE 'Com_commit'")
     return int(value) - since
@@ -208,18 +207,33 @@ async def test_batches_waiting_for_one_connection_commit_together_and_fail_alone
     fb1, fb3, fb5 = sinks[0], sinks[2], sinks[4]
 
     # fb1's batch takes the connection; fb3's and fb5's wait for it, then commit together.
-    before = _transactions(database)
-    await asyncio.gather(fb1.write(_batch(1, 1)), fb3.write(_batch(1, 1)), fb5.write(_batch(1, 1)))
-    assert _transactions(database, before) == 2
+    shared = ("fb1", "fb3", "fb5")
+    before = _transactions(database, shared)
+    await asyncio.gather(
+        fb1.write([_batch(1, 1)]), fb3.write([_batch(1, 1)]), fb5.write([_batch(1, 1)])
+    )
+    assert _transactions(database, shared, before) == 2
+
+    # One pipeline's run of batches: one transaction, which carries the last one's checkpoint.
+    before = _transactions(database, ("fb2",))
+    await sinks[1].write([_batch(seq, seq) for seq in (20, 21, 22)])
+    assert _transactions(database, ("fb2",), before) == 1
+    assert [int(k) for (k,) in database.sql("SELECT id FROM fb2_predictions ORDER BY id")] == [
+        20,
+        21,
+        22,
+    ]
+    ((position,),) = database.sql("SELECT position FROM cdc_scorer_checkpoint WHERE pipeline='fb2'")
+    assert "0-1-22" in str(position)
     for table in ("fb1", "fb3", "fb5"):
         assert database.sql(f"SELECT id FROM {table}_predictions") == [(1,)]
 
     # A batch the database refuses (a label too long for its column) fails its own sink only:
     # the group's transaction is written again one batch at a time.
     results = await asyncio.gather(
-        fb1.write(_batch(2, 2)),
-        fb3.write(_batch(2, 2, sentiment="NOT A LABEL " * 4)),
-        fb5.write(_batch(2, 2)),
+        fb1.write([_batch(2, 2)]),
+        fb3.write([_batch(2, 2, sentiment="NOT A LABEL " * 4)]),
+        fb5.write([_batch(2, 2)]),
         return_exceptions=True,
     )
     assert results[0] is None and results[2] is None, results

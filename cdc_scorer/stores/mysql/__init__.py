@@ -1,7 +1,7 @@
 """The MySQL / Aurora MySQL / MariaDB store (the ``Store`` of ``stores/``).
 
 - ``schema.py``: the source tables' shapes, and the DDL of ``init`` (tables, views, upgrades);
-- ``sink.py``: one transaction per batch — predictions, dead letters, checkpoint;
+- ``sink.py``: one transaction per batch or run of batches — predictions, dead letters, checkpoint;
 - ``checkpoints.py``, ``signals.py``: the checkpoint and signal tables' statements;
 - ``chunks.py``: what snapshots and re-scores read; ``leader.py``: the named-lock fence;
 - ``heartbeat.py``: the heartbeat row.

@@ -1,6 +1,7 @@
-"""The MySQL sink: ONE transaction per batch — prediction upserts/deletes, dead letters,
-checkpoint — in MySQL's SQL; the fence around it (the leader lock held on the connection, the
-checkpoint found as left after a reconnect) is ``stores/fenced.py``.
+"""The MySQL sink: ONE transaction per batch (or run of batches: ``stores/fenced.py``) —
+prediction upserts/deletes, dead letters, checkpoint — in MySQL's SQL; the fence around it
+(the leader lock held on the connection, the checkpoint found as left after a reconnect) is
+``stores/fenced.py``.
 
 Because the checkpoint commits with the predictions it covers, a crash at any point leaves
 either both or neither, and restart resumes exactly after the last applied batch.
@@ -217,7 +218,9 @@ class Sink(FencedSink[Connection]):
     def _commit(self, conn: Connection) -> None:
         conn.commit()
 
-    def _statements(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+    def _statements(
+        self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...] | None
+    ) -> None:
         with conn.cursor() as cursor:
             if batch.truncate:  # the source table was truncated: so are they
                 cursor.execute(f"DELETE FROM {quote(self._pipeline.predictions)}")

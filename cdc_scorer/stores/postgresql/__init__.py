@@ -3,7 +3,8 @@
 
 - ``connection.py``: connections (TLS by libpq's sslmode), psycopg2 errors mapped at the boundary;
 - ``schema.py``: the source tables' shapes, ``init``'s DDL in one transaction, the views;
-- ``sink.py``: one transaction per batch (``INSERT … ON CONFLICT``), fenced (``stores/fenced.py``);
+- ``sink.py``: one transaction per batch or run of batches (``INSERT … ON CONFLICT``), fenced
+  (``stores/fenced.py``);
 - ``tables.py``: checkpoints, signals, the heartbeat, the advisory leader lock, chunks.
 """
 

@@ -1,5 +1,6 @@
-"""The PostgreSQL sink: ONE transaction per batch — prediction upserts/deletes, dead letters,
-checkpoint — in PostgreSQL's SQL (``INSERT … ON CONFLICT``); the fence is ``stores/fenced.py``.
+"""The PostgreSQL sink: ONE transaction per batch (or run of batches: ``stores/fenced.py``) —
+prediction upserts/deletes, dead letters, checkpoint — in PostgreSQL's SQL (``INSERT … ON
+CONFLICT``); the fence is ``stores/fenced.py``.
 Unlike MySQL, the view made again after an ALTER TABLE commits with the batch."""
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class PostgresSink(FencedSink[Connection]):
         conn.commit()
         conn.autocommit = True
 
-    def _statements(self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...]) -> None:
+    def _statements(
+        self, conn: Connection, batch: ScoredBatch, row: tuple[Any, ...] | None
+    ) -> None:
         model = self._pipeline
         with conn.cursor() as cursor:
             if batch.columns_changed:
