@@ -567,23 +567,25 @@ def freshness_s(conn: Any, since: str, stream_only: bool = False) -> list[float]
     """Seconds from each row's last write (since ``since``) to its prediction, both DB time.
     ``stream_only``: rows whose prediction came from the binlog (a re-score chunk's row has no
     source commit time, and its ``scored_at`` is when the chunk reached it, not a freshness)."""
+    by_table = freshness_by_table(conn, since, stream_only)
+    return by_table["churn"] + by_table["feedback"]
+
+
+def freshness_by_table(conn: Any, since: str, stream_only: bool = False) -> dict[str, list[float]]:
+    """:func:`freshness_s` per source table: ``churn`` (the SageMaker model) and ``feedback``
+    (Comprehend)."""
     stream = " AND p.source_committed_at IS NOT NULL" if stream_only else ""
+    found: dict[str, list[float]] = {}
     with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, c.updated_at, p.scored_at) FROM churn c "
-            "JOIN churn_predictions p ON p.phone = c.phone "
-            f"WHERE c.updated_at >= %s AND p.scored_at >= c.updated_at{stream}",
-            (since,),
-        )
-        values = [int(r[0]) / 1e6 for r in cursor.fetchall()]
-        cursor.execute(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, f.updated_at, p.scored_at) FROM feedback f "
-            "JOIN feedback_predictions p ON p.id = f.id "
-            f"WHERE f.updated_at >= %s AND p.scored_at >= f.updated_at{stream}",
-            (since,),
-        )
-        values += [int(r[0]) / 1e6 for r in cursor.fetchall()]
-    return values
+        for table, key in (("churn", "phone"), ("feedback", "id")):
+            cursor.execute(
+                f"SELECT TIMESTAMPDIFF(MICROSECOND, t.updated_at, p.scored_at) FROM {table} t "
+                f"JOIN {table}_predictions p ON p.{key} = t.{key} "
+                f"WHERE t.updated_at >= %s AND p.scored_at >= t.updated_at{stream}",
+                (since,),
+            )
+            found[table] = [int(r[0]) / 1e6 for r in cursor.fetchall()]
+    return found
 
 
 def db_now(conn: Any) -> str:
