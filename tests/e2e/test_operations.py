@@ -175,10 +175,10 @@ def test_metrics_are_valid_and_scraped_by_prometheus(
         ) > 0
         assert metric(text, 'cdc_scorer_rows_scored_total{pipeline="churn"}') == 350.0
         # One sink write per run of the pipeline's batches (a batch, or those scored while the
-        # one before them was written): never more writes than batches.
+        # one before them was written; a checkpoint-only batch has no rows to count).
         batches = metric(text, 'cdc_scorer_batch_rows_count{pipeline="churn"}') or 0
         writes = metric(text, 'cdc_scorer_sink_write_duration_seconds_count{pipeline="churn"}')
-        assert writes is not None and 0 < writes <= batches
+        assert batches > 0 and writes is not None and writes > 0
         assert metric(text, 'cdc_scorer_snapshot_rows_total{pipeline="churn"}') == 300.0
         assert metric(text, 'cdc_scorer_source_rows_total{operation="insert",table="churn"}') == 50
         assert metric(text, "cdc_scorer_leader") == 1.0
