@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,11 @@ class ScorerApp:
                     create_client_context(client_name, spec.aws, pool)
                 )
             running = [self._feed(feed, tables, clients) for feed in feeds]
+            # What start-up made (service models, settings, the decoders' plans: a few hundred
+            # thousand objects) lives as long as the process: out of the collector's sight, a
+            # full collection scans only what came after it. Before, those collections stopped
+            # the stream for up to 65 ms every few seconds (the benchmark's p99 at 1,000 rows/s).
+            gc.freeze()
             self._coordinators = [coordinator for coordinator, _runners in running]
             if self._stop.is_set():
                 self.request_stop()
