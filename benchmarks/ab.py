@@ -35,6 +35,7 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("rows_per_cpu_s", "rows per scorer CPU-second", True),
     ("p50_s", "freshness p50 (s)", False),
     ("p99_s", "freshness p99 (s)", False),
+    ("churn_p99_s", "freshness p99, churn alone: the 15 ms model (s)", False),
     ("calls_per_1k", "model calls per 1k rows", False),
     ("peak_rss_mb", "peak RSS (MB)", False),
     ("connections", "server connections", False),

@@ -121,6 +121,7 @@ class Row:
     endpoints_cpu_s_per_1k: float | None = None
     peak_rss_mb: float | None = None
     sink_busy: float | None = None  # share of the phase the churn sink connection was writing
+    churn_p99_s: float | None = None  # the churn pipeline's alone: the 15 ms SageMaker model
     note: str = ""
     freshness: list[float] = field(default_factory=list, repr=False)
 
@@ -367,12 +368,13 @@ class Bench:
             peak_rss_mb=process.meter.peak_rss_mb,
             sink_busy=sink_busy,
             freshness=fresh,
+            churn_p99_s=percentile(by_table["churn"], 99),
             note=_by_model(by_table) if not polling else "",
         )
         self.log(
             f"{approach} @ {load}: {written:,} rows, e2e {row.e2e_rows_per_s:,.0f} rows/s, "
             f"caught up={done}, p50={_fmt(row.p50_s)} p99={_fmt(row.p99_s)} s, "
-            f"calls/1k={_fmt(row.calls_per_1k)}, cpu/1k={_fmt(row.cpu_s_per_1k)} s"
+            f"calls/1k={_fmt(row.calls_per_1k)}, cpu/1k={_fmt(row.cpu_s_per_1k)} s; {row.note}"
         )
         return row
 
