@@ -117,6 +117,10 @@ class WriterConnection(Generic[ConnectionT]):
         return group
 
 
+class _Abandoned(Exception):
+    """A batch whose sink stopped waiting: not tried again."""
+
+
 @dataclass(eq=False)
 class _Write:
     """A batch waiting for its writer connection; ``done`` is set when it committed (or failed:
@@ -369,14 +373,17 @@ class FencedSink(ABC, Generic[ConnectionT]):
                     writer.drop()
             writer.detach()
 
-    async def _write_alone(self, batch: ScoredBatch) -> None:
-        """The batch in a transaction of its own, retried while the failure is retriable."""
-        await retrying(
-            lambda: asyncio.to_thread(self._write_transaction, [(self, batch)]),
-            spec=self._retry,
-            stage="sink",
-            on_retry=self._on_retry,
-        )
+    async def _write_alone(self, write: _Write) -> None:
+        """The batch in a transaction of its own, retried while the failure is retriable and
+        its sink still waits for it: a pipeline that stopped (or restarted from its
+        checkpoint) must not have an older batch written after it, over newer predictions."""
+
+        async def attempt() -> None:
+            if write.abandoned:
+                raise _Abandoned(f"pipeline {self._pipeline.name} no longer waits for its batch")
+            await asyncio.to_thread(self._write_transaction, [(self, write.batch)])
+
+        await retrying(attempt, spec=self._retry, stage="sink", on_retry=self._on_retry)
 
     def _write_transaction(self, parts: list[tuple[FencedSink[Any], ScoredBatch]]) -> None:
         """Batches of sinks on this writer, in order, in ONE transaction; each sink's last
@@ -449,7 +456,7 @@ async def _write_group(group: list[_Write]) -> None:
                 _settle(w, w.sink._failed)
                 continue
             try:
-                await w.sink._write_alone(w.batch)
+                await w.sink._write_alone(w)
             except Exception as error:
                 w.sink._failed = error
                 _settle(w, error)
