@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,8 +54,32 @@ def _find_binary(*names: str) -> str:
     )
 
 
+# Test workers side by side (pytest-xdist sets PYTEST_XDIST_WORKER=gw0, gw1, …) draw ports
+# from ranges of their own below Linux's ephemeral ports (32768 and up): a port handed out and
+# not yet bound can then be neither the other worker's nor the source port of some outgoing
+# connection (both happened: "address already in use" for a daemon's /metrics).
+_WORKER_PORTS = 2000
+_WORKER_BASE = 20000
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
+    """A loopback TCP port that was free a moment ago (and not handed out before by this
+    process, in a test worker)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = _WORKER_BASE + _WORKER_PORTS * (int(worker[2:]) % 6)
+        for _ in range(_WORKER_PORTS):
+            port = random.randrange(base, base + _WORKER_PORTS)
+            if port in _handed:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

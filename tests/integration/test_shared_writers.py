@@ -34,8 +34,8 @@ class Database:
         self.source = source
         self.sql = sql
 
-    def store(self) -> Store:
-        return build_store(self.source, RetrySpec(base_ms=10, cap_ms=50))
+    def store(self, retry: RetrySpec | None = None) -> Store:
+        return build_store(self.source, retry or RetrySpec(base_ms=10, cap_ms=50))
 
 
 def _mariadb(server: DatabaseServer) -> Database:
@@ -244,4 +244,37 @@ async def test_batches_waiting_for_one_connection_commit_together_and_fail_alone
     assert "0-1-1" in str(positions["fb3"]) and "0-1-2" in str(positions["fb5"])
     for sink in sinks:
         sink.close()
+    store.close()
+
+
+async def test_a_batch_its_sink_stopped_waiting_for_is_not_written_later(
+    database: Database,
+) -> None:
+    """A pipeline cancelled while its batch's write is being retried (it stopped, or restarts
+    from its checkpoint): the writer does not go on retrying that batch, which would land
+    later, over what the restarted pipeline wrote."""
+    store = database.store(RetrySpec(base_ms=200, cap_ms=200))
+    store.init(PIPELINES)
+    writing: list[asyncio.Task[None]] = []
+    retried: list[str] = []
+
+    def on_retry(stage: str, error: Exception) -> None:
+        retried.append(stage)
+        writing[0].cancel()  # the pipeline gives up at the first failure
+
+    sink = store.sink(PIPELINES[0], ("id",), IDENTITY, decode_binlog_position, on_retry)
+    assert await asyncio.to_thread(sink.try_lead, 0)
+    await sink.write([_batch(1, 1)])
+    holder = store.leader(PIPELINES[0])
+    assert holder is not None
+    _kill(database, holder)  # the next attempt fails, and would be retried
+    writing.append(asyncio.create_task(sink.write([_batch(2, 2)])))
+    with pytest.raises(asyncio.CancelledError):
+        await writing[0]
+    await asyncio.sleep(1.0)  # five retry intervals
+    assert retried == ["sink"]
+    assert [int(k) for (k,) in database.sql("SELECT id FROM fb1_predictions")] == [1]
+    ((position,),) = database.sql("SELECT position FROM cdc_scorer_checkpoint WHERE pipeline='fb1'")
+    assert "0-1-1" in str(position)
+    sink.close()
     store.close()
