@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from cdc_scorer.core.models import PredictionColumn
 from cdc_scorer.core.own_tables import PREDICTION_METADATA
-from cdc_scorer.core.records import TableInfo
+from cdc_scorer.core.records import ScoredBatch, TableInfo
 from cdc_scorer.core.spec import PipelineSpec
 from cdc_scorer.core.store import (
     AdminStore,
@@ -27,6 +27,7 @@ from cdc_scorer.core.store import (
     Store,
     StoredCheckpoint,
 )
+from cdc_scorer.stores.keys import key_json
 
 __all__ = [
     "AdminStore",
@@ -154,3 +155,12 @@ def prediction_columns(
         *PREDICTION_METADATA,
     ]
     return columns, [c for c in columns if c != "key_hash" and c not in key_columns]
+
+
+def dead_letter_rows(pipeline: str, batch: ScoredBatch) -> list[tuple[str | None, ...]]:
+    """The batch's dead letters as the dead-letter table's values (pipeline, source key,
+    source position, reason, error, payload), for either dialect's statement."""
+    return [
+        (pipeline, key_json(d.key), d.source_position, d.reason[:64], d.error, d.payload)
+        for d in batch.dead_letters
+    ]

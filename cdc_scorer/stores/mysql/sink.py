@@ -20,9 +20,15 @@ from cdc_scorer.core.records import ScoredBatch
 from cdc_scorer.core.spec import PipelineSpec, RetrySpec, SourceSpec
 from cdc_scorer.core.store import PositionStep
 from cdc_scorer.mysql.connection import Connection, close_quietly, connect, mysql_errors, quote
-from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
+from cdc_scorer.stores import (
+    OnRetry,
+    PositionDecoder,
+    StoredCheckpoint,
+    dead_letter_rows,
+    prediction_columns,
+)
 from cdc_scorer.stores.fenced import FencedSink, WriterConnection
-from cdc_scorer.stores.keys import key_hash, key_json
+from cdc_scorer.stores.keys import key_hash
 from cdc_scorer.stores.mysql.checkpoints import CHECKPOINT_UPSERT, load_checkpoints, record_stop
 from cdc_scorer.stores.mysql.leader import release_lock, try_lock
 from cdc_scorer.stores.mysql.schema import prediction_value_columns, stored_types, view_statement
@@ -233,16 +239,6 @@ class Sink(FencedSink[Connection]):
             if batch.dead_letters:
                 self._dead_letter.execute(
                     cursor,
-                    [
-                        (
-                            self._pipeline.name,
-                            key_json(d.key),
-                            d.source_position,
-                            d.reason[:64],
-                            d.error,
-                            d.payload,
-                        )
-                        for d in batch.dead_letters
-                    ],
+                    dead_letter_rows(self._pipeline.name, batch),
                 )
             self._checkpoint_step(cursor, CHECKPOINT_UPSERT, batch, row)

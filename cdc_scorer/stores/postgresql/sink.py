@@ -23,9 +23,15 @@ from cdc_scorer.postgresql.connection import (
     pg_errors,
     quote,
 )
-from cdc_scorer.stores import OnRetry, PositionDecoder, StoredCheckpoint, prediction_columns
+from cdc_scorer.stores import (
+    OnRetry,
+    PositionDecoder,
+    StoredCheckpoint,
+    dead_letter_rows,
+    prediction_columns,
+)
 from cdc_scorer.stores.fenced import FencedSink, WriterConnection
-from cdc_scorer.stores.keys import key_hash, key_json
+from cdc_scorer.stores.keys import key_hash
 from cdc_scorer.stores.postgresql.schema import prediction_value_columns, view_statements
 from cdc_scorer.stores.postgresql.tables import (
     checkpoint_upsert,
@@ -150,17 +156,7 @@ class PostgresSink(FencedSink[Connection]):
                 psycopg2.extras.execute_values(
                     cursor,
                     self._dead_letter,
-                    [
-                        (
-                            model.name,
-                            key_json(d.key),
-                            d.source_position,
-                            d.reason[:64],
-                            d.error,
-                            d.payload,
-                        )
-                        for d in batch.dead_letters
-                    ],
+                    dead_letter_rows(model.name, batch),
                     template="(%s, %s, %s, %s, %s, %s, localtimestamp)",
                     page_size=50,
                 )
