@@ -447,7 +447,9 @@ class Bench:
                 "poll_s": 1,
             }
         }
-        s3_client(self.endpoints.s3_url).create_bucket(Bucket=BACKFILL_BUCKET)
+        s3 = s3_client(self.endpoints.s3_url)
+        if BACKFILL_BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+            s3.create_bucket(Bucket=BACKFILL_BUCKET)  # once per run: A/B calls this again
         conn = self.server.connect(database)
         workload = Workload(conn, seed=19)
         result: dict[str, Any] = {"table_rows": rows, "stream_rate": rate}
@@ -882,7 +884,7 @@ def main() -> None:
         "--phases",
         default="rate,flat,idle,big-update",
         help="with --baseline: comma-separated, of rate, flat, idle, big-update, "
-        "big-update-mysql, rescore, many, postgresql",
+        "big-update-mysql, rescore, backfill, many, postgresql",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --baseline")
     args = parser.parse_args()
