@@ -94,22 +94,16 @@ class BedrockBatchJobs:
     async def submit(self, job: BatchJob, records: Sequence[tuple[str, str]]) -> BatchJob:
         prefix = self._prefix(job)
         bucket, key = split_s3(prefix)
-        ids = [f"{number:011d}" for number in range(len(records))]
-        lines = "".join(
-            f'{{"recordId":"{rid}","modelInput":{body}}}\n'
-            for rid, (_, body) in zip(ids, records, strict=True)
-        )
-        keys = {rid: key_text for rid, (key_text, _) in zip(ids, records, strict=True)}
         input_uri, output_uri = f"{prefix}/input/records.jsonl", f"{prefix}/output/"
         with self._refusals("writing the job's input to S3", "s3_uri"):
             # The keys first, the records last: records in S3 mean the job's files are whole
             # (and maybe in use by the job: never written again).
             if not await exists(self._s3, bucket, f"{key}/input/records.jsonl"):
+                # Made in a thread: tens of thousands of records held the event loop.
+                keys, lines = await asyncio.to_thread(_input_files, records)
+                await self._s3.put_object(Bucket=bucket, Key=f"{key}/keys.json", Body=keys)
                 await self._s3.put_object(
-                    Bucket=bucket, Key=f"{key}/keys.json", Body=json.dumps(keys).encode()
-                )
-                await self._s3.put_object(
-                    Bucket=bucket, Key=f"{key}/input/records.jsonl", Body=lines.encode()
+                    Bucket=bucket, Key=f"{key}/input/records.jsonl", Body=lines
                 )
         with self._refusals("CreateModelInvocationJob", "role_arn"):
             answer = await self._bedrock.create_model_invocation_job(
@@ -160,7 +154,7 @@ class BedrockBatchJobs:
             outputs = await read_outputs(self._s3, bucket, f"{key}/output/", ".jsonl.out")
         # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
         # stream's event loop is never held for long.
-        key_of = json.loads(keys)
+        key_of: dict[str, str] = await asyncio.to_thread(json.loads, keys)
         bodies: dict[str, Any] = {}
         for piece in pieces(inputs.splitlines()):
             bodies |= await asyncio.to_thread(_json_lines, piece, "modelInput")
@@ -267,3 +261,15 @@ def _json_lines(lines: list[str], field: str | None) -> dict[str, Any]:
             record = json.loads(line)
             out[str(record.get("recordId"))] = record if field is None else record[field]
     return out
+
+
+def _input_files(records: Sequence[tuple[str, str]]) -> tuple[bytes, bytes]:
+    """A job's ``keys.json`` (record id → key) and ``records.jsonl`` (``recordId`` and
+    ``modelInput``, the InvokeModel body), from (key text, body) pairs."""
+    ids = [f"{number:011d}" for number in range(len(records))]
+    lines = "".join(
+        f'{{"recordId":"{rid}","modelInput":{body}}}\n'
+        for rid, (_, body) in zip(ids, records, strict=True)
+    )
+    keys = {rid: key_text for rid, (key_text, _) in zip(ids, records, strict=True)}
+    return json.dumps(keys).encode(), lines.encode()

@@ -91,21 +91,15 @@ class SageMakerTransformJobs:
     async def submit(self, job: BatchJob, records: Sequence[tuple[str, str]]) -> BatchJob:
         prefix = self._prefix(job)
         bucket, key = split_s3(prefix)
-        ids = [f"r{number}" for number in range(len(records))]
         input_uri, output_uri = f"{prefix}/input/", f"{prefix}/output/"
         try:
             with aws_errors(f"{self.describe}: writing job {job.name}'s input to S3"):
                 # Written once: the job may be reading it.
                 if not await exists(self._s3, bucket, f"{key}/input/records.csv"):
-                    keys = {rid: text for rid, (text, _) in zip(ids, records, strict=True)}
+                    keys, lines = await asyncio.to_thread(_input_files, records)
+                    await self._s3.put_object(Bucket=bucket, Key=f"{key}/keys.json", Body=keys)
                     await self._s3.put_object(
-                        Bucket=bucket, Key=f"{key}/keys.json", Body=json.dumps(keys).encode()
-                    )
-                    lines = "".join(
-                        f"{rid},{line}\n" for rid, (_, line) in zip(ids, records, strict=True)
-                    )
-                    await self._s3.put_object(
-                        Bucket=bucket, Key=f"{key}/input/records.csv", Body=lines.encode()
+                        Bucket=bucket, Key=f"{key}/input/records.csv", Body=lines
                     )
         except FatalError as exc:
             raise FatalError(
@@ -193,13 +187,10 @@ class SageMakerTransformJobs:
             keys = await read_text(self._s3, bucket, f"{key}/keys.json")
             inputs = await read_text(self._s3, bucket, f"{key}/input/records.csv")
             outputs = await read_outputs(self._s3, bucket, f"{key}/output/")
-        # Tens of thousands of records: parsed a piece at a time, each in a thread, so the
-        # stream's event loop is never held for long.
-        key_of = json.loads(keys)
-        features = dict(line.partition(",")[::2] for line in inputs.splitlines() if line)
-        answers: dict[str, str] = {}
-        for text in outputs:
-            answers |= dict(line.partition(",")[::2] for line in text.splitlines() if line)
+        # Tens of thousands of records: parsed in threads, the results a piece at a time, so
+        # the stream's event loop is never held for long (tens of milliseconds per job when
+        # the files were split on it).
+        key_of, features, answers = await asyncio.to_thread(_read_files, keys, inputs, outputs)
         results: dict[str, RecordResult] = {}
         for piece in pieces(list(features.items())):
             results |= await asyncio.to_thread(self._results, piece, key_of, answers)
@@ -253,3 +244,24 @@ class SageMakerTransformJobs:
             realtime_unit="instance-hours of the endpoint",
             price_unit="instance-hour",
         )
+
+
+def _input_files(records: Sequence[tuple[str, str]]) -> tuple[bytes, bytes]:
+    """A job's ``keys.json`` (record id → key) and ``records.csv`` (the record id, then the
+    model's CSV line), from (key text, CSV line) pairs."""
+    ids = [f"r{number}" for number in range(len(records))]
+    keys = {rid: text for rid, (text, _) in zip(ids, records, strict=True)}
+    lines = "".join(f"{rid},{line}\n" for rid, (_, line) in zip(ids, records, strict=True))
+    return json.dumps(keys).encode(), lines.encode()
+
+
+def _read_files(
+    keys: str, inputs: str, outputs: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """A job's files read back: keys, inputs and answers by record id."""
+    key_of: dict[str, str] = json.loads(keys)
+    features = dict(line.partition(",")[::2] for line in inputs.splitlines() if line)
+    answers: dict[str, str] = {}
+    for text in outputs:
+        answers |= dict(line.partition(",")[::2] for line in text.splitlines() if line)
+    return key_of, features, answers
