@@ -350,7 +350,8 @@ class Batcher:
     The linger buys batching only while earlier batches are in flight: with ``idle`` saying
     the pipeline has none (nothing queued, scoring or being written), rows that end at a
     commit go at once when the inbox has nothing more (Nagle's algorithm). An empty tuple in
-    the inbox only wakes the batcher: the pipeline sends one when its last batch is written."""
+    the inbox only wakes the batcher: the pipeline sends one when its last batch is written.
+    ``on_emit`` sees each batch before it is queued (the pipeline counts the stream's)."""
 
     def __init__(
         self,
@@ -363,7 +364,9 @@ class Batcher:
         exchange: ChunkExchange | None = None,
         on_chunk: Callable[[int, int, int], None] | None = None,
         idle: Callable[[], bool] | None = None,
+        on_emit: Callable[[Batch], None] | None = None,
     ) -> None:
+        self._on_emit = on_emit
         self._accumulator = Accumulator(
             pipeline, key_columns, checkpoint, exchange=exchange, on_chunk=on_chunk
         )
@@ -392,9 +395,9 @@ class Batcher:
                     continue
                 if isinstance(batch, list):  # a chunk's rows
                     for each in batch:
-                        await self._outbox.put(each)
+                        await self._emit(each)
                 else:
-                    await self._outbox.put(batch)
+                    await self._emit(batch)
             if (
                 self._idle is not None
                 and accumulator.at_commit()
@@ -405,4 +408,6 @@ class Batcher:
 
     async def _emit(self, batch: Batch | None) -> None:
         if batch is not None:
+            if self._on_emit is not None:
+                self._on_emit(batch)
             await self._outbox.put(batch)

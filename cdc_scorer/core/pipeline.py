@@ -67,6 +67,8 @@ class PipelineRunner:
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight)
         self._sequencer: Sequencer[ScoredBatch] = Sequencer(in_flight, on_idle=self._wake)
         self._exchange = exchange if exchange is not None else ChunkExchange()
+        # The sequences of the batches with change-log rows, from the batcher until written.
+        self._stream_batches: set[int] = set()
         self._snapshotter = snapshotter
         # The batcher skips transactions the pipeline applied already.
         self._batcher = Batcher(
@@ -80,6 +82,7 @@ class PipelineRunner:
                 pipeline.name, rows, conflicts, orphans
             ),
             idle=self._idle,
+            on_emit=self._emitted,
         )
         self._scorer = scorer
         self._sink = sink
@@ -122,8 +125,15 @@ class PipelineRunner:
                 pass  # what the source still routes here is dropped, never blocking it
 
     def _idle(self) -> bool:
-        """No batch of this pipeline queued, scoring or being written."""
-        return self._batches.empty() and self._sequencer.in_flight() == 0
+        """No batch of this pipeline's stream queued, scoring or being written. A snapshot's
+        or re-score's chunk in flight does not count: the stream's rows do not wait for it
+        to fill a batch (they are written after it all the same, in order). Lingering behind
+        chunks added the whole linger to the stream's p99 while a table was re-scored."""
+        return not self._stream_batches
+
+    def _emitted(self, batch: Batch) -> None:
+        if batch.from_stream():
+            self._stream_batches.add(batch.sequence)
 
     def _wake(self) -> None:
         """The last batch in flight is written: rows the batcher holds may go now. (A full
@@ -144,9 +154,14 @@ class PipelineRunner:
             started = time.monotonic()
             await self._sink.write(run)
             self._telemetry.on_sink_write(name, time.monotonic() - started)
+            stream_batches = self._stream_batches
             for scored in run:
                 self.checkpoint = scored.checkpoint
                 self._exchange.committed(scored.sequence)
                 self._telemetry.on_commit(name, scored)
+                if scored.sequence in stream_batches:
+                    stream_batches.discard(scored.sequence)
+                    if not stream_batches:
+                        self._wake()  # the stream's rows the batcher holds may go now
             if self._on_committed is not None:
                 self._on_committed()

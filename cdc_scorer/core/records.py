@@ -221,6 +221,10 @@ class Batch:
     # made again before this batch is applied.
     columns_changed: bool = False
 
+    def from_stream(self) -> bool:
+        """Whether it carries a row of the change log (not only snapshot or re-score rows)."""
+        return any(c.op is not Op.SNAPSHOT for c in (*self.upserts, *self.deletes))
+
 
 @dataclass(frozen=True)
 class ScoredBatch:

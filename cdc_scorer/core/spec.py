@@ -155,8 +155,9 @@ class BatchingSpec:
     # Approximate input bytes per batch: each input value counts 21 bytes plus its length when
     # it is text or binary
     max_bytes: Annotated[int, Ge(1_000), Le(6_000_000)] = 1_000_000
-    # The longest a batch waits to fill while the pipeline's earlier batches are in flight;
-    # with none in flight, rows go as soon as their transaction's commit is read
+    # The longest a batch waits to fill while the pipeline's earlier batches of the change log
+    # are in flight (a snapshot's or re-score's chunks do not count); with none in flight,
+    # rows go as soon as their transaction's commit is read
     linger_ms: Annotated[float, Ge(0)] = 200
     # Concurrent model calls of the pipeline, held exactly; scored batches not yet committed
     # count too
