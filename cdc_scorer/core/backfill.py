@@ -129,6 +129,12 @@ class Backfill:
         self._on_job = on_job
         self._sleep = sleep
 
+    @property
+    def merge_rows(self) -> int:
+        """Rows per merged chunk. Answered rows go to the sink without a model call, and the
+        stream's rows behind them wait for their write: no more than one batch."""
+        return min(self._pipeline.snapshot_chunk_rows, self._pipeline.max_batch_rows)
+
     def takes(self, rows: int) -> bool:
         return rows >= self.service.min_records and self._spec.takes(rows)
 
@@ -355,9 +361,7 @@ class Backfill:
         """The job's range read again in chunks between watermarks from ``start``, its answers
         given to the rows whose input is still the one it scored."""
         counts = {"answered": 0, "superseded": 0, "realtime": 0, "dead": 0}
-        # A chunk of answered rows goes to the sink without a model call, and the stream's
-        # rows behind it wait for its write: no bigger than one batch.
-        limit = min(self._pipeline.snapshot_chunk_rows, self._pipeline.max_batch_rows)
+        limit = self.merge_rows
         key_columns = self._table.key_columns
         realtime = batch_job.state == REALTIME
         after = start

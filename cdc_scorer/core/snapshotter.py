@@ -220,8 +220,13 @@ class Snapshotter:
         assert self._backfill is not None
         first = [total]
 
+        backfill = self._backfill
+
         async def merge(read: ChunkRead) -> tuple[tuple[Any, ...] | None, bool]:
             rows_total, first[0] = first[0], None  # carried by the first chunk
+            # A job's answers need no model call: only a cap the user set paces their merge
+            # (the stream's p99 against the re-score's speed), not a model's budget.
+            await self._paced(self._pipeline.rescore.max_rows_per_s, backfill.merge_rows)
             return await self._chunk(job, read, rows_total=rows_total, types=types)
 
         def cancelled() -> bool:
@@ -345,12 +350,16 @@ class Snapshotter:
 
     async def _pace(self) -> None:
         rate = self._pipeline.rescore_pace(self._stream_quiet())
+        await self._paced(rate, self._pipeline.snapshot_chunk_rows)
+
+    async def _paced(self, rate: float | None, rows: int) -> None:
+        """Until a chunk of ``rows`` may be read at ``rate`` rows/s (None: now)."""
         if rate is None:
             return
         now = time.monotonic()
         if self._next_at > now:
             await asyncio.sleep(self._next_at - now)
-        self._next_at = max(now, self._next_at) + self._pipeline.snapshot_chunk_rows / rate
+        self._next_at = max(now, self._next_at) + rows / rate
 
     async def _retrying(self, operation: Callable[[], Any]) -> Any:
         async def once() -> Any:

@@ -177,7 +177,8 @@ class RescoreSpec:
     # A cap on rows read per second, so a re-score cannot starve the stream's freshness or
     # flood the endpoint (None: a budgeted model's default pace, its share of the budget while
     # the stream calls and nearly all of it while the stream is quiet; else as fast as the
-    # model and the sink take them).
+    # model and the sink take them). It also paces the merge of a batch backfill's answers
+    # (which no model's budget paces: they need no model call).
     max_rows_per_s: Positive | None = None
 
 

@@ -254,6 +254,43 @@ async def test_a_rescore_by_batch_jobs_converges_beside_a_live_writer(
     assert set(first) == {"recordId", "modelInput"} and first["modelInput"]["dimensions"] == 256
 
 
+async def test_a_set_rescore_cap_paces_the_merge_of_a_jobs_answers(
+    tmp_path: Path,
+    mariadb: DatabaseServer,
+    database: str,
+    db: Any,
+    batch_models: ModelServer,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    """``rescore.max_rows_per_s`` holds the merge of a job's answers to its pace (they need no
+    model call, so no model's budget paces them): 500 rows in chunks of one batch (100) at 250
+    rows/s, the fifth chunk read four intervals of 100/250 s after the first. Counted from the
+    first chunk's merge (which comes a little after its read): more than three intervals.
+    Without the cap the same merge takes ~0.1 s. (A lower bound: a slow machine only makes
+    it longer.)"""
+    insert_feedback(db, texts(500, 5))
+    spec = spec_for(
+        tmp_path / "s.toml",
+        mariadb,
+        database,
+        batch_models.url,
+        local_s3,
+        bucket,
+        backfill={"records_per_job": 500},
+        batching={"linger_ms": 50, "max_in_flight": 8, "max_rows": 100},
+        rescore={"max_rows_per_s": 250},
+    )
+    async with Running(spec) as app:
+        merged = app.telemetry.rescore_rows
+        await wait_for(lambda: merged[PIPELINE] > 0, timeout_s=120, what="the first chunk")
+        started = asyncio.get_running_loop().time()
+        await wait_for(lambda: merged[PIPELINE] >= 500, timeout_s=60, what="the whole merge")
+        took = asyncio.get_running_loop().time() - started
+    assert batch_models.bedrock_batch.create_calls == 1  # the rows were a job's answers
+    assert took >= 3 * 100 / 250, took
+
+
 def dead_letters(db: Any) -> dict[str, int]:
     with db.cursor() as cursor:
         cursor.execute("SELECT reason, COUNT(*) FROM cdc_scorer_dead_letter GROUP BY 1")
