@@ -192,7 +192,7 @@ def _backfill_rows(servers: Servers) -> list[Any]:
     found = servers.mariadb().backfill_phase(RESCORE_STREAM_RATE)
     load = f"{found['stream_rate']:,} rows/s, {found['table_rows']:,}-row table"
     rows: list[Any] = []
-    for way in ("realtime", "batch"):
+    for way in ("realtime", "batch", "batch_capped"):
         alone, during = found[way]["alone"], found[way]["during"]
         ratio = during["p99_s"] / alone["p99_s"] if during["p99_s"] and alone["p99_s"] else None
         rows += [

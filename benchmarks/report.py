@@ -182,23 +182,26 @@ def backfill_section(r: dict[str, Any] | None) -> list[str]:
         "and the stream's endpoint; on AWS they run elsewhere. Writer busy: the share of the "
         "phase the pipeline's database writer spent writing batches (its "
         "`cdc_scorer_sink_write_duration_seconds`); the stream's rows queue behind the "
-        "re-score's writes as it nears 100 %.",
+        "re-score's writes as it nears 100 %. The last row runs the batch re-score again "
+        f"with `[pipelines.rescore] max_rows_per_s = {r.get('cap', 1000):,}`, which paces the "
+        "merge of the jobs' answers: the stream's p99 against the re-score's speed.",
         "",
         "| re-score | seconds | stream p50 s alone | stream p99 s alone | stream p50 s during | "
         "stream p99 s during | p99 ratio | writer busy alone | writer busy during | "
         "endpoint rows during | of them the stream's | re-score rows through the endpoint |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("realtime", "batch"):
+    labels = {"batch_capped": f"batch, max_rows_per_s {r.get('cap', 1000):,}"}
+    for name in ("realtime", "batch", "batch_capped"):
         phase = r.get(name)
         if not phase:
             continue
         alone, during = phase["alone"], phase["during"]
         ratio = during["p99_s"] / alone["p99_s"] if during["p99_s"] and alone["p99_s"] else None
         outcomes = phase.get("outcomes") or {}
-        through = outcomes.get("realtime") or 0 if name == "batch" else during["rescored_rows"]
+        through = outcomes.get("realtime") or 0 if name != "realtime" else during["rescored_rows"]
         lines.append(
-            f"| {name} | {during['seconds']:.1f} | {_fmt(alone['p50_s'])} | "
+            f"| {labels.get(name, name)} | {during['seconds']:.1f} | {_fmt(alone['p50_s'])} | "
             f"{_fmt(alone['p99_s'])} | {_fmt(during['p50_s'])} | {_fmt(during['p99_s'])} | "
             f"{_fmt(ratio)} | {_pct(alone.get('writer_busy'))} | "
             f"{_pct(during.get('writer_busy'))} | {during['sagemaker_rows']:,} | "
