@@ -127,8 +127,7 @@ class PipelineRunner:
     def _idle(self) -> bool:
         """No batch of this pipeline's stream queued, scoring or being written. A snapshot's
         or re-score's chunk in flight does not count: the stream's rows do not wait for it
-        to fill a batch (they are written after it all the same, in order). Lingering behind
-        chunks added the whole linger to the stream's p99 while a table was re-scored."""
+        to fill a batch (they are written after it all the same, in order)."""
         return not self._stream_batches
 
     def _emitted(self, batch: Batch) -> None:
