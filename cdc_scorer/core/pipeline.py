@@ -135,7 +135,8 @@ class PipelineRunner:
             self._stream_batches.add(batch.sequence)
 
     def _wake(self) -> None:
-        """The last batch in flight is written: rows the batcher holds may go now. (A full
+        """The stream's last batch in flight is written (or the last batch of all: the
+        sequencer's call, which comes after): rows the batcher holds may go now. (A full
         inbox needs no wake-up: its items wake the batcher.)"""
         if not self.inbox.full():
             self.inbox.put_nowait(())

@@ -223,7 +223,10 @@ class Batch:
 
     def from_stream(self) -> bool:
         """Whether it carries a row of the change log (not only snapshot or re-score rows)."""
-        return any(c.op is not Op.SNAPSHOT for c in (*self.upserts, *self.deletes))
+        # (Not over a tuple of both: that copied every row of the batch to look at the first.)
+        return any(c.op is not Op.SNAPSHOT for c in self.upserts) or any(
+            c.op is not Op.SNAPSHOT for c in self.deletes
+        )
 
 
 @dataclass(frozen=True)
